@@ -1,0 +1,33 @@
+//! Edge data-governance agent.
+//!
+//! Reads process data from Modbus (and later MQTT) devices, labels every sample with a
+//! data-security level and category **at the moment it is read**, keeps everything in a local
+//! historian, and forwards upstream only what an explicit egress policy permits.
+//!
+//! # Layout
+//! - [`model`]: `Level`, `Category`, `Value`, `Quality`, `Tagged`, `Summary`, `Permitted<T>`.
+//! - [`config`]: strict TOML config, validation that reports every error, compiled runtime types.
+//! - [`source`]: acquisition; each source emits only `Tagged` samples.
+//! - [`summary`]: pure tumbling-window aggregator.
+//! - [`policy`]: the egress decision, the only constructor of `Permitted<T>`.
+//! - [`store`]: the local historian.
+//! - [`uplink`]: the only publisher; accepts only `Permitted<T>`.
+//! - [`pipeline`]: wires the stages together for `run`.
+//! - [`stats`]: per-level counters.
+//!
+//! # Data flow
+//! ```text
+//!  source::modbus ── Tagged ──> pipeline ──┬─> store (all levels)
+//!  (level stamped at source)               └─> summary ─> policy ─ Permitted ─> uplink ─> broker
+//!                                 raw ─────────────────────┘   └─ denied ─> counted + logged
+//! ```
+
+pub mod config;
+pub mod model;
+pub mod pipeline;
+pub mod policy;
+pub mod source;
+pub mod stats;
+pub mod store;
+pub mod summary;
+pub mod uplink;

@@ -1,0 +1,333 @@
+//! The data model every stage shares.
+//!
+//! Invariants:
+//! - A [`Tagged`] sample always carries its level, category and classifying rule: they live in
+//!   the point's [`PointMeta`], fixed when the config was compiled, and a source can only emit
+//!   samples for points it was given. There is no way to build an untagged sample.
+//! - Anything derived from several inputs takes the highest input level ([`Level::highest`]).
+//! - [`Permitted`] (re-exported from `policy`) can only be constructed by the policy module.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::policy::Permitted;
+
+/// Data-security level (MIIT 9-11). Ordered: `General < Important < Core`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    General,
+    Important,
+    Core,
+}
+
+impl Level {
+    pub const ALL: [Level; 3] = [Level::General, Level::Important, Level::Core];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::General => "general",
+            Level::Important => "important",
+            Level::Core => "core",
+        }
+    }
+
+    /// Index for per-level counters (`[u64; 3]`).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The level of anything derived from `levels` (就高: take the highest). An empty input is
+    /// `General` only because there is nothing to protect; callers never label emptiness.
+    pub fn highest(levels: impl IntoIterator<Item = Level>) -> Level {
+        levels.into_iter().max().unwrap_or(Level::General)
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Data category (MIIT 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    RdDesign,
+    ProductionOperation,
+    Management,
+    OperationsMaintenance,
+    BusinessService,
+}
+
+impl Category {
+    pub const ALL: [Category; 5] = [
+        Category::RdDesign,
+        Category::ProductionOperation,
+        Category::Management,
+        Category::OperationsMaintenance,
+        Category::BusinessService,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::RdDesign => "rd_design",
+            Category::ProductionOperation => "production_operation",
+            Category::Management => "management",
+            Category::OperationsMaintenance => "operations_maintenance",
+            Category::BusinessService => "business_service",
+        }
+    }
+}
+
+impl fmt::Display for Category {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A decoded sample value. `Copy` and allocation-free on purpose: it is on the hot path.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+}
+
+impl Value {
+    /// Numeric view used by summaries (`true` = 1).
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Value::Bool(b) => f64::from(u8::from(b)),
+            Value::Int(i) => i as f64,
+            Value::Float(f) => f,
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Float(x) => write!(f, "{x}"),
+        }
+    }
+}
+
+/// Per-sample quality. A device exception is data, not an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "code")]
+pub enum Quality {
+    Good,
+    /// No answer, broken connection, or a malformed response.
+    CommError,
+    /// The device answered with Modbus exception code n.
+    DeviceException(u8),
+    /// The registers arrived but could not be decoded (e.g. NaN where a number was expected).
+    DecodeError,
+    /// The last good value is older than the point's staleness limit.
+    Stale,
+}
+
+impl Quality {
+    pub fn is_good(self) -> bool {
+        matches!(self, Quality::Good)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quality::Good => "good",
+            Quality::CommError => "comm_error",
+            Quality::DeviceException(_) => "device_exception",
+            Quality::DecodeError => "decode_error",
+            Quality::Stale => "stale",
+        }
+    }
+}
+
+/// Acquisition protocol of a point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    ModbusTcp,
+    ModbusRtu,
+    ModbusRtuOverTcp,
+    Mqtt,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::ModbusTcp => "modbus_tcp",
+            Protocol::ModbusRtu => "modbus_rtu",
+            Protocol::ModbusRtuOverTcp => "modbus_rtu_over_tcp",
+            Protocol::Mqtt => "mqtt",
+        }
+    }
+}
+
+/// Everything about a point that is fixed at config-compile time: identity, classification and
+/// provenance. Shared by `Arc` so stamping a sample costs one reference-count increment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PointMeta {
+    /// Dense index of the point (0..n) in the compiled point table; used by the summary and
+    /// counters as an array index.
+    pub id: u32,
+    pub tag: Arc<str>,
+    pub level: Level,
+    pub category: Category,
+    /// Id and version of the classification rule that set level/category, e.g. `point:explicit`
+    /// or `rule:R-core-recipe@v1`, or `default` for unmapped data.
+    pub rule_id: Arc<str>,
+    pub device: Arc<str>,
+    pub protocol: Protocol,
+    /// Human-readable source address, e.g. `unit=1 holding:100` or an MQTT topic.
+    pub address: Arc<str>,
+    pub gateway: Arc<str>,
+    pub site: Arc<str>,
+    /// Engineering unit, if configured.
+    pub unit: Option<Arc<str>>,
+    /// Collection interval in milliseconds (provenance: how often this point is sampled).
+    pub interval_ms: u64,
+}
+
+/// A classified sample: the only kind of value that exists after a source.
+#[derive(Debug, Clone)]
+pub struct Tagged {
+    pub meta: Arc<PointMeta>,
+    pub value: Value,
+    pub quality: Quality,
+    /// UTC time of the read, milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    /// Per-gateway monotonically increasing sequence number, assigned at source.
+    pub seq: u64,
+}
+
+impl Tagged {
+    pub fn level(&self) -> Level {
+        self.meta.level
+    }
+
+    pub fn category(&self) -> Category {
+        self.meta.category
+    }
+}
+
+/// Statistics a summary can carry upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stat {
+    Count,
+    Min,
+    Max,
+    Mean,
+    Last,
+    Good,
+    Bad,
+}
+
+impl Stat {
+    pub const ALL: [Stat; 7] =
+        [Stat::Count, Stat::Min, Stat::Max, Stat::Mean, Stat::Last, Stat::Good, Stat::Bad];
+}
+
+/// A closed tumbling window over one point. Carries the point's level (one input) — anything that
+/// combines summaries of several points takes [`Level::highest`] of them.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub meta: Arc<PointMeta>,
+    /// Window start, inclusive, ms since epoch (UTC).
+    pub window_start_ms: i64,
+    /// Window end, exclusive.
+    pub window_end_ms: i64,
+    /// Number of samples (good + bad).
+    pub count: u64,
+    pub good: u64,
+    pub bad: u64,
+    /// Min/max/mean/last over *good* samples; `None` when there were none.
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub mean: Option<f64>,
+    pub last: Option<f64>,
+}
+
+impl Summary {
+    pub fn level(&self) -> Level {
+        self.meta.level
+    }
+}
+
+/// The form in which data may leave the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Form {
+    Raw,
+    Summary,
+}
+
+impl Form {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Form::Raw => "raw",
+            Form::Summary => "summary",
+        }
+    }
+}
+
+impl fmt::Display for Form {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Current UTC time in ms since epoch. Only drivers call this; pure cores take time as an argument.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+
+    pub fn meta(id: u32, tag: &str, level: Level) -> Arc<PointMeta> {
+        Arc::new(PointMeta {
+            id,
+            tag: tag.into(),
+            level,
+            category: Category::ProductionOperation,
+            rule_id: "point:explicit".into(),
+            device: "dev".into(),
+            protocol: Protocol::ModbusTcp,
+            address: "unit=1 holding:0".into(),
+            gateway: "gw".into(),
+            site: "site".into(),
+            unit: None,
+            interval_ms: 1000,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn highest_level_wins_when_mixing() {
+        assert_eq!(Level::highest([Level::General, Level::Core, Level::Important]), Level::Core);
+        assert_eq!(Level::highest([Level::General, Level::Important]), Level::Important);
+        assert_eq!(Level::highest([Level::General]), Level::General);
+    }
+
+    #[test]
+    fn levels_order_general_important_core() {
+        assert!(Level::General < Level::Important && Level::Important < Level::Core);
+    }
+}

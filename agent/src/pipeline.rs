@@ -1,1 +1,186 @@
-//! (in progress)
+//! Wires the stages for `run`: sources → router → historian, summaries → policy → uplinks.
+//!
+//! Channels and their when-full behaviour:
+//! - source → router: bounded (`SOURCE_QUEUE` poll batches); a full queue makes the source wait
+//!   (backpressure), so a slow pipeline delays polls instead of losing reads.
+//! - router → historian: bounded; a full queue drops the batch, counted per level (`store_dropped`).
+//! - router → uplink: bounded per destination; a full queue drops the item, counted per level.
+//!
+//! Shutdown order: sources stop, the router drains what they sent, the uplinks flush and wait
+//! (bounded) for acknowledgements, the historian commits everything it was offered.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::AgentConfig;
+use crate::model::{now_ms, Tagged};
+use crate::policy::Policy;
+use crate::stats::Stats;
+use crate::summary::SummaryEngine;
+use crate::{source, store, uplink};
+
+/// Poll batches the router may have queued before sources wait.
+const SOURCE_QUEUE: usize = 256;
+/// How often the router closes due summary windows. Windows are multiples of 100 ms.
+const SUMMARY_TICK: Duration = Duration::from_millis(100);
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The historian could not be opened; check the path, its permissions and free space.
+    #[error("historian: {0}")]
+    Store(#[from] store::StoreError),
+    /// An uplink could not be set up (usually TLS files); check the destination's broker settings.
+    #[error("uplink: {0}")]
+    Uplink(#[from] uplink::UplinkError),
+}
+
+/// A running agent: its counters, and how to stop it.
+#[derive(Debug)]
+pub struct RunningAgent {
+    pub stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    router: JoinHandle<()>,
+}
+
+impl RunningAgent {
+    /// A token that stops the agent when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stop the agent and wait until everything read has been stored and flushed upstream.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+
+    /// Wait until the agent stops (after the shutdown token is cancelled).
+    pub async fn wait(self) {
+        if let Err(e) = self.router.await {
+            warn!(error = %e, "Router task ended abnormally.");
+        }
+    }
+}
+
+/// Start every stage of `cfg`. Must be called inside a tokio runtime.
+pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
+    let stats = Arc::new(Stats::new(cfg.destinations.iter().map(|d| d.name.clone())));
+    let shutdown = CancellationToken::new();
+    // Uplinks stop only after the router has drained the sources, so nothing read is lost.
+    let uplink_shutdown = CancellationToken::new();
+
+    let historian = store::Historian::spawn(&cfg.historian, &cfg.points, stats.clone())?;
+    let mut uplinks = Vec::new();
+    for dest in &cfg.destinations {
+        let handle = uplink::spawn(dest.clone(), &cfg.gateway, stats.clone(), uplink_shutdown.clone())?;
+        uplinks.push((Policy::new(dest.clone()), handle));
+    }
+
+    let (tx, rx) = mpsc::channel::<Vec<Tagged>>(SOURCE_QUEUE);
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut sources = Vec::new();
+    for device in &cfg.devices {
+        sources.push(tokio::spawn(source::modbus::run_device(
+            device.clone(),
+            tx.clone(),
+            seq.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        )));
+    }
+    drop(tx);
+    info!(
+        devices = cfg.devices.len(),
+        points = cfg.points.len(),
+        destinations = cfg.destinations.len(),
+        "Agent started."
+    );
+
+    let summary = SummaryEngine::new(&cfg.points, &cfg.summary.windows);
+    let router_stats = stats.clone();
+    let router = tokio::spawn(async move {
+        let mut router = Router { summary, uplinks, stats: router_stats, summaries: Vec::new() };
+        router.run(rx, &historian).await;
+        for s in sources {
+            let _ = s.await;
+        }
+        uplink_shutdown.cancel();
+        for (_, u) in router.uplinks {
+            u.closed().await;
+        }
+        let hist_stats = router.stats.clone();
+        // The historian's writer is a blocking thread; join it off the async runtime.
+        let joined = tokio::task::spawn_blocking(move || historian.close()).await;
+        if let Err(e) = joined {
+            warn!(error = %e, "Historian writer ended abnormally.");
+        }
+        info!(stored = ?hist_stats.stored.snapshot(), "Agent stopped.");
+    });
+    Ok(RunningAgent { stats, shutdown, router })
+}
+
+struct Router {
+    summary: SummaryEngine,
+    uplinks: Vec<(Policy, uplink::UplinkHandle)>,
+    stats: Arc<Stats>,
+    summaries: Vec<crate::model::Summary>,
+}
+
+impl Router {
+    async fn run(&mut self, mut rx: mpsc::Receiver<Vec<Tagged>>, historian: &store::HistorianHandle) {
+        let mut tick = tokio::time::interval(SUMMARY_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                batch = rx.recv() => match batch {
+                    Some(batch) => self.on_batch(batch, historian),
+                    // Every source has stopped.
+                    None => break,
+                },
+                _ = tick.tick() => self.close_summaries(now_ms()),
+            }
+        }
+        self.close_summaries(now_ms());
+        debug!("Router drained.");
+    }
+
+    fn on_batch(&mut self, batch: Vec<Tagged>, historian: &store::HistorianHandle) {
+        let now = now_ms();
+        for t in &batch {
+            self.summary.observe(t);
+            for (i, (policy, handle)) in self.uplinks.iter_mut().enumerate() {
+                match policy.decide_raw(t, now) {
+                    Ok(permitted) => handle.offer(permitted),
+                    // Raw denials are the normal case for important/core data (they leave as
+                    // summaries or not at all), so they are counted, not logged one by one.
+                    Err(_) => self.stats.destinations[i].denied.add(t.level(), 1),
+                }
+            }
+        }
+        historian.offer(batch);
+    }
+
+    fn close_summaries(&mut self, now: i64) {
+        self.summaries.clear();
+        self.summary.close_due(now, &mut self.summaries);
+        for s in &self.summaries {
+            self.stats.summaries.add(s.level(), 1);
+            for (i, (policy, handle)) in self.uplinks.iter_mut().enumerate() {
+                match policy.decide_summary(s, now) {
+                    Ok(permitted) => handle.offer(permitted),
+                    Err(reason) => {
+                        self.stats.destinations[i].denied.add(s.level(), 1);
+                        debug!(point = %s.meta.tag, destination = %policy.destination().name, reason = %reason, "Summary egress denied by policy.");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Human-readable reports: `check`, `explain`, and the counters line `run` and the demo print.
+//! Pure functions of the compiled config (and counters), so they are tested without I/O.
+
+use std::fmt::Write as _;
+
+use crate::config::{load::points_per_level_category, AgentConfig, Loaded};
+use crate::model::{Form, Level};
+use crate::policy::Policy;
+use crate::source::modbus::plan;
+use crate::stats::Stats;
+
+/// The `check` report of a valid config.
+pub fn check(loaded: &Loaded) -> String {
+    let cfg = &loaded.config;
+    let mut s = String::new();
+    let g = &cfg.gateway;
+    let _ = writeln!(s, "config {}: OK", loaded.file.display());
+    let _ = writeln!(
+        s,
+        "gateway {} at site {} ({}); data processor {}; responsible {} ({})",
+        g.id, g.site, g.jurisdiction, g.data_processor, g.responsible_person, g.department
+    );
+    let _ = writeln!(s, "\ndevices ({}):", cfg.devices.len());
+    let mut total_requests = 0;
+    for d in &cfg.devices {
+        let blocks = plan::plan(&d.points, d.max_registers_per_request, d.max_bits_per_request, d.max_gap);
+        total_requests += blocks.len();
+        let _ = writeln!(
+            s,
+            "  {} {} {} unit {} every {}: {} points, {} request(s) per poll cycle",
+            d.name,
+            d.protocol.as_str(),
+            d.endpoint,
+            d.unit_id,
+            humantime::format_duration(d.poll_interval),
+            d.points.len(),
+            blocks.len()
+        );
+        for b in &blocks {
+            let _ = writeln!(
+                s,
+                "    read {} {}..{} ({} {}) for {} point(s)",
+                b.table.as_str(),
+                b.start,
+                u32::from(b.start) + u32::from(b.count) - 1,
+                b.count,
+                if b.table.is_bit() { "bits" } else { "registers" },
+                b.points.len()
+            );
+        }
+    }
+    let _ = writeln!(s, "Modbus requests per poll cycle: {total_requests}");
+
+    let _ = writeln!(s, "\npoints per level and category ({} in all):", cfg.points.len());
+    for ((level, category), n) in points_per_level_category(cfg) {
+        let _ = writeln!(s, "  {:<10} {:<24} {n}", level.as_str(), category.as_str());
+    }
+
+    let _ = writeln!(s, "\negress matrix (destination x level -> forms):");
+    let _ = writeln!(s, "  {:<28} {:<16} {:<16} {:<16}", "destination", "general", "important", "core");
+    for d in &cfg.destinations {
+        let m = Policy::new(d.clone()).matrix();
+        let cell = |forms: &Vec<Form>| {
+            if forms.is_empty() {
+                "nothing".to_owned()
+            } else {
+                forms.iter().map(|f| f.as_str()).collect::<Vec<_>>().join("+")
+            }
+        };
+        let _ = writeln!(
+            s,
+            "  {:<28} {:<16} {:<16} {:<16}",
+            format!("{} ({}{})", d.name, d.jurisdiction, if d.is_cross_border() { ", cross-border" } else { "" }),
+            cell(&m[0]),
+            cell(&m[1]),
+            cell(&m[2])
+        );
+    }
+    if loaded.warnings.is_empty() {
+        let _ = writeln!(s, "\nno warnings");
+    } else {
+        let _ = writeln!(s, "\nwarnings ({}):", loaded.warnings.len());
+        for w in &loaded.warnings {
+            let _ = writeln!(s, "  - {}", w.0);
+        }
+    }
+    s
+}
+
+/// The `explain` report of one point, or `None` if no point has that tag.
+pub fn explain(cfg: &AgentConfig, tag: &str, now_ms: i64) -> Option<String> {
+    let meta = cfg.point_by_tag(tag)?;
+    let device = cfg.devices.iter().find(|d| d.name == meta.device)?;
+    let point = device.points.iter().find(|p| p.meta.id == meta.id)?;
+    let mut s = String::new();
+    let _ = writeln!(s, "point {}", meta.tag);
+    let _ = writeln!(s, "  level:     {}", meta.level);
+    let _ = writeln!(s, "  category:  {}", meta.category);
+    let why = match &*meta.rule_id {
+        "point:explicit" => "set explicitly on the point".to_owned(),
+        "default" => format!(
+            "no rule matches: unmapped data takes classification.default_level ({})",
+            cfg.classification.default_level
+        ),
+        r if r.starts_with("rule:") => format!("first matching pattern rule {}", &r[5..]),
+        r => format!("defaults of {}", r.replace(':', " ")),
+    };
+    let _ = writeln!(s, "  decided by {} ({why})", meta.rule_id);
+    let _ = writeln!(
+        s,
+        "  source:    device {} ({}) {} as {} order {:?} scale {} offset {}",
+        meta.device,
+        meta.protocol.as_str(),
+        meta.address,
+        point.data_type.as_str(),
+        point.order,
+        point.scale,
+        point.offset
+    );
+    let _ = writeln!(s, "  sampled every {} ms; stored locally in {}", meta.interval_ms, cfg.historian.path.display());
+    if cfg.destinations.is_empty() {
+        let _ = writeln!(s, "  egress: no destinations configured; the point stays on the gateway");
+    }
+    for d in &cfg.destinations {
+        let _ = writeln!(
+            s,
+            "  destination {} ({}{}; recipient {}; legal basis {}):",
+            d.name,
+            d.jurisdiction,
+            if d.is_cross_border() { ", cross-border" } else { "" },
+            d.recipient,
+            d.legal_basis
+        );
+        for line in Policy::new(d.clone()).explain(meta, now_ms) {
+            let _ = writeln!(s, "    {line}");
+        }
+    }
+    Some(s)
+}
+
+/// One line of per-level counters: read, stored, and per destination forwarded/denied/dropped.
+pub fn counters_line(stats: &Stats) -> String {
+    let mut s = String::new();
+    let fmt3 = |v: [u64; 3]| format!("{}/{}/{}", v[0], v[1], v[2]);
+    let _ = write!(
+        s,
+        "[general/important/core] read {} stored {} summaries {}",
+        fmt3(stats.read.snapshot()),
+        fmt3(stats.stored.snapshot()),
+        fmt3(stats.summaries.snapshot())
+    );
+    let dropped = stats.store_dropped.snapshot();
+    if dropped.iter().any(|n| *n > 0) {
+        let _ = write!(s, " store-dropped {}", fmt3(dropped));
+    }
+    for d in &stats.destinations {
+        let _ = write!(
+            s,
+            " | {}: forwarded {} denied {}",
+            d.name,
+            fmt3(d.forwarded.snapshot()),
+            fmt3(d.denied.snapshot())
+        );
+        let dr = d.dropped.snapshot();
+        if dr.iter().any(|n| *n > 0) {
+            let _ = write!(s, " dropped {}", fmt3(dr));
+        }
+        if !d.connected.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = write!(s, " (disconnected)");
+        }
+    }
+    let _ = Level::General;
+    s
+}

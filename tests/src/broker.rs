@@ -1,0 +1,171 @@
+//! An in-process MQTT broker (rumqttd) on a free loopback port.
+//!
+//! rumqttd 0.20 is configured in code, not from a file: one MQTT 3.1.1 (`v4`) listener, plain TCP,
+//! no auth, no console, no prometheus, no metrics. Everything else it could open stays closed so
+//! parallel tests never fight over its fixed default ports (3030, 9042).
+//!
+//! Invariants:
+//! - Listens on `127.0.0.1` only, on a port picked at start ([`crate::net::free_port`]).
+//!   rumqttd binds the address from its config and never reports the bound port, so `:0` is of
+//!   no use; we pick a free port, hand it over, and retry if rumqttd loses the bind race.
+//! - [`EmbeddedBroker::start`] returns only after the broker answered an MQTT CONNECT with a
+//!   CONNACK (bounded by [`READY_TIMEOUT`]), so the first client of a test never races startup.
+//! - `dynamic_filters` is on: rumqttd otherwise rejects a publish to a topic no one subscribed to
+//!   yet and drops the publisher's connection, which is not how a real upstream broker behaves.
+//! - rumqttd has no shutdown API: the broker's threads live until the test process exits. Each
+//!   test binary is its own process, so this costs a few idle threads, not ports across runs.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+use crate::net::{free_port, READY_TIMEOUT};
+
+/// Largest MQTT packet the broker accepts. Upstream batches are far below this; rumqttd's own
+/// example config (20 KiB) is small enough that a big summary batch could trip it.
+pub const MAX_PACKET_SIZE: usize = 1024 * 1024;
+
+/// How many times to pick a new port after rumqttd lost a bind race.
+const BIND_ATTEMPTS: usize = 5;
+
+/// A running in-process rumqttd broker. See the module docs for its lifetime.
+#[derive(Debug)]
+pub struct EmbeddedBroker {
+    addr: SocketAddr,
+    // Kept so the thread is not detached anonymously; rumqttd never returns while healthy.
+    _thread: JoinHandle<()>,
+}
+
+impl EmbeddedBroker {
+    /// Starts a broker on a free `127.0.0.1` port and waits until it answers MQTT.
+    pub fn start() -> anyhow::Result<EmbeddedBroker> {
+        let mut last_error = anyhow!("no attempt made");
+        for _ in 0..BIND_ATTEMPTS {
+            match Self::start_on(free_port()?) {
+                Ok(broker) => return Ok(broker),
+                // Most likely another process took the port between our probe and rumqttd's bind.
+                Err(error) => last_error = error,
+            }
+        }
+        Err(last_error.context(format!(
+            "starting the embedded rumqttd broker failed {BIND_ATTEMPTS} times"
+        )))
+    }
+
+    /// The broker's address, always on `127.0.0.1`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn start_on(addr: SocketAddr) -> anyhow::Result<EmbeddedBroker> {
+        let config = config(addr);
+        let thread = std::thread::Builder::new()
+            .name(format!("rumqttd-{}", addr.port()))
+            .spawn(move || {
+                let mut broker = Broker::new(config);
+                // `start` blocks while the listener runs; it returns only when the listener
+                // thread died, most often because the bind failed. That error is already logged
+                // by rumqttd; the caller notices the thread ended and retries on another port.
+                if let Err(error) = broker.start() {
+                    tracing::debug!(%error, "Embedded rumqttd stopped.");
+                }
+            })
+            .context("spawning the embedded broker thread")?;
+        wait_for_connack(addr, READY_TIMEOUT, || !thread.is_finished())
+            .with_context(|| format!("embedded rumqttd on {addr} did not come up"))?;
+        Ok(EmbeddedBroker {
+            addr,
+            _thread: thread,
+        })
+    }
+}
+
+/// The whole rumqttd configuration: one plain v4 listener on `addr`, nothing else.
+fn config(addr: SocketAddr) -> Config {
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 5_000,
+        max_payload_size: MAX_PACKET_SIZE,
+        max_inflight_count: 500,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = ServerSettings {
+        name: format!("v4-test-{}", addr.port()),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections,
+    };
+    Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 1_000,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 16 * MAX_PACKET_SIZE,
+            max_segment_count: 10,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("test".to_string(), server)])),
+        // Console and prometheus would bind fixed ports (3030, 9042): keep them off.
+        ..Config::default()
+    }
+}
+
+/// Bounded readiness probe: connect, send an MQTT 3.1.1 CONNECT, expect a CONNACK.
+///
+/// A bare TCP connect would do for readiness, but rumqttd logs an ERROR for every connection that
+/// closes without sending CONNECT; a real handshake keeps test output clean and proves it is an
+/// MQTT broker answering, not whatever else may sit on the port.
+fn wait_for_connack(
+    addr: SocketAddr,
+    timeout: Duration,
+    mut alive: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(2);
+    loop {
+        if !alive() {
+            bail!("the broker thread exited (most likely it could not bind {addr})");
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            bail!("no CONNACK from {addr} within {timeout:?}");
+        }
+        if probe_connack(addr, deadline - now).is_ok() {
+            return Ok(());
+        }
+        // Poll interval while the broker thread starts, not a fixed wait.
+        std::thread::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())));
+        backoff = (backoff * 2).min(Duration::from_millis(50));
+    }
+}
+
+fn probe_connack(addr: SocketAddr, budget: Duration) -> anyhow::Result<()> {
+    let budget = budget.min(Duration::from_secs(1));
+    let mut stream = TcpStream::connect_timeout(&addr, budget)?;
+    stream.set_read_timeout(Some(budget))?;
+    stream.set_write_timeout(Some(budget))?;
+    let client_id = b"edge-tests-probe";
+    // CONNECT: protocol "MQTT" level 4, clean session, keep-alive 10 s, client id.
+    let mut packet = vec![0x10, (10 + 2 + client_id.len()) as u8];
+    packet.extend_from_slice(&[0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x0a]);
+    packet.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    packet.extend_from_slice(client_id);
+    stream.write_all(&packet)?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack)?;
+    if connack != [0x20, 0x02, 0x00, 0x00] {
+        bail!("unexpected reply to CONNECT: {connack:02x?}");
+    }
+    // DISCONNECT, so the broker closes the session quietly.
+    stream.write_all(&[0xe0, 0x00])?;
+    Ok(())
+}

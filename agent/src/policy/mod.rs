@@ -445,3 +445,252 @@ fn reason_text(r: DenyReason) -> &'static str {
         DenyReason::NoMatchingRule => "no allow rule matches",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::{AllowRule, Assessment, Broker, Destination, Jurisdiction, TlsSettings};
+    use crate::model::{Category, PointMeta, Protocol, Quality, Value};
+
+    const NOW: i64 = 1_767_225_600_000;
+    const DAY: i64 = 86_400_000;
+
+    fn meta(level: Level, category: Category) -> Arc<PointMeta> {
+        Arc::new(PointMeta {
+            id: 0,
+            tag: "p".into(),
+            level,
+            category,
+            rule_id: "point:explicit".into(),
+            device: "d".into(),
+            protocol: Protocol::ModbusTcp,
+            address: "unit=1 holding:0".into(),
+            gateway: "gw".into(),
+            site: "s".into(),
+            unit: None,
+            interval_ms: 1000,
+        })
+    }
+
+    fn sample(m: &Arc<PointMeta>) -> Tagged {
+        Tagged { meta: m.clone(), value: Value::Float(1.0), quality: Quality::Good, ts_ms: NOW, seq: 1 }
+    }
+
+    fn summary(m: &Arc<PointMeta>, window_ms: i64) -> Summary {
+        Summary {
+            meta: m.clone(),
+            window_start_ms: NOW - window_ms,
+            window_end_ms: NOW,
+            count: 1,
+            good: 1,
+            bad: 0,
+            min: Some(1.0),
+            max: Some(1.0),
+            mean: Some(1.0),
+            last: Some(1.0),
+        }
+    }
+
+    fn rule(index: usize, levels: &[Level], form: Form) -> AllowRule {
+        AllowRule {
+            index,
+            levels: levels.to_vec(),
+            categories: None,
+            form,
+            window: (form == Form::Summary).then(|| Duration::from_secs(10)),
+            stats: if form == Form::Summary { vec![Stat::Count, Stat::Mean] } else { vec![] },
+        }
+    }
+
+    fn dest(jurisdiction: &str, host: &str, tls: bool, allow: Vec<AllowRule>, assessment: Option<Assessment>) -> Arc<Destination> {
+        Arc::new(Destination {
+            name: "d".into(),
+            jurisdiction: Jurisdiction(jurisdiction.into()),
+            recipient: "r".into(),
+            purpose: "p".into(),
+            legal_basis: "contract".into(),
+            broker: Broker {
+                host: host.into(),
+                port: 8883,
+                client_id: "c".into(),
+                keep_alive: Duration::from_secs(30),
+                tls: tls.then(|| TlsSettings { ca: "ca.pem".into(), client_cert: None, client_key: None, server_name: None }),
+            },
+            topic_prefix: "edge".into(),
+            allow,
+            assessment,
+            batch_max_items: 10,
+            batch_max_delay: Duration::from_millis(100),
+            queue_items: 100,
+        })
+    }
+
+    fn permissive(jurisdiction: &str, assessment: Option<Assessment>) -> Policy {
+        Policy::new(dest(
+            jurisdiction,
+            "broker.example",
+            true,
+            vec![
+                rule(0, &[Level::General, Level::Important, Level::Core], Form::Raw),
+                rule(1, &[Level::General, Level::Important, Level::Core], Form::Summary),
+            ],
+            assessment,
+        ))
+    }
+
+    #[test]
+    fn general_raw_is_permitted_by_a_raw_rule() {
+        let mut p = permissive("CN", None);
+        let m = meta(Level::General, Category::ProductionOperation);
+        assert!(p.decide_raw(&sample(&m), NOW).is_ok());
+    }
+
+    #[test]
+    fn raw_important_and_core_are_denied_even_if_a_rule_allows_them() {
+        let mut p = permissive("CN", None);
+        let imp = meta(Level::Important, Category::ProductionOperation);
+        let core = meta(Level::Core, Category::RdDesign);
+        assert_eq!(p.decide_raw(&sample(&imp), NOW).err(), Some(DenyReason::RawNotGeneral));
+        assert_eq!(p.decide_raw(&sample(&core), NOW).err(), Some(DenyReason::CoreNeverLeaves));
+    }
+
+    #[test]
+    fn summaries_of_core_points_never_leave() {
+        let mut p = permissive("CN", None);
+        let core = meta(Level::Core, Category::RdDesign);
+        assert_eq!(p.decide_summary(&summary(&core, 10_000), NOW).err(), Some(DenyReason::CoreNeverLeaves));
+    }
+
+    #[test]
+    fn important_summaries_go_domestic_with_the_rule_stats() {
+        let mut p = permissive("CN", None);
+        let imp = meta(Level::Important, Category::ProductionOperation);
+        let permitted = p.decide_summary(&summary(&imp, 10_000), NOW).expect("permitted");
+        match permitted.get() {
+            EgressItem::Summary { stats, .. } => assert_eq!(&stats[..], &[Stat::Count, Stat::Mean]),
+            other => panic!("unexpected {other:?}"),
+        }
+        // A summary of a window no rule asks for is denied.
+        assert_eq!(p.decide_summary(&summary(&imp, 60_000), NOW).err(), Some(DenyReason::NoMatchingRule));
+    }
+
+    #[test]
+    fn important_cross_border_needs_a_valid_assessment_covering_the_category() {
+        let imp = meta(Level::Important, Category::ProductionOperation);
+        let s = summary(&imp, 10_000);
+        assert_eq!(permissive("DE", None).decide_summary(&s, NOW).err(), Some(DenyReason::CrossBorderWithoutAssessment));
+        let a = |expires_ms, categories: Vec<Category>, cap| Some(Assessment { reference: "A-1".into(), expires_ms, categories, daily_item_cap: cap });
+        let cat = vec![Category::ProductionOperation];
+        assert_eq!(permissive("HK", a(NOW, cat.clone(), None)).decide_summary(&s, NOW).err(), Some(DenyReason::AssessmentExpired));
+        assert_eq!(
+            permissive("DE", a(NOW + DAY, vec![Category::Management], None)).decide_summary(&s, NOW).err(),
+            Some(DenyReason::CategoryNotAssessed)
+        );
+        let mut capped = permissive("DE", a(NOW + 2 * DAY, cat, Some(2)));
+        assert!(capped.decide_summary(&s, NOW).is_ok());
+        assert!(capped.decide_summary(&s, NOW).is_ok());
+        assert_eq!(capped.decide_summary(&s, NOW).err(), Some(DenyReason::VolumeCapExceeded));
+        // The cap is per UTC day.
+        assert!(capped.decide_summary(&s, NOW + DAY).is_ok());
+    }
+
+    #[test]
+    fn important_needs_tls_unless_the_broker_is_loopback() {
+        let imp = meta(Level::Important, Category::ProductionOperation);
+        let s = summary(&imp, 10_000);
+        let rules = vec![rule(0, &[Level::Important], Form::Summary)];
+        let mut remote = Policy::new(dest("CN", "dc.example.cn", false, rules.clone(), None));
+        assert_eq!(remote.decide_summary(&s, NOW).err(), Some(DenyReason::ImportantWithoutTls));
+        let mut local = Policy::new(dest("CN", "127.0.0.1", false, rules, None));
+        assert!(local.decide_summary(&s, NOW).is_ok());
+    }
+
+    #[test]
+    fn a_destination_without_rules_receives_nothing() {
+        let mut p = Policy::new(dest("CN", "127.0.0.1", true, vec![], None));
+        let g = meta(Level::General, Category::ProductionOperation);
+        assert_eq!(p.decide_raw(&sample(&g), NOW).err(), Some(DenyReason::NoMatchingRule));
+        assert_eq!(p.decide_summary(&summary(&g, 10_000), NOW).err(), Some(DenyReason::NoMatchingRule));
+        assert_eq!(p.matrix(), [vec![], vec![], vec![]]);
+    }
+
+    #[test]
+    fn matrix_shows_what_the_invariants_leave_of_the_rules() {
+        let p = permissive("CN", None);
+        assert_eq!(p.matrix(), [vec![Form::Raw, Form::Summary], vec![Form::Summary], vec![]]);
+    }
+
+    fn arb_level() -> impl Strategy<Value = Level> {
+        prop_oneof![Just(Level::General), Just(Level::Important), Just(Level::Core)]
+    }
+
+    fn arb_category() -> impl Strategy<Value = Category> {
+        proptest::sample::select(Category::ALL.to_vec())
+    }
+
+    prop_compose! {
+        fn arb_rule()(levels in proptest::collection::vec(arb_level(), 1..4),
+                      raw in any::<bool>(),
+                      cats in proptest::option::of(proptest::collection::vec(arb_category(), 1..3))) -> AllowRule {
+            let form = if raw { Form::Raw } else { Form::Summary };
+            AllowRule { index: 0, categories: cats, ..rule(0, &levels, form) }
+        }
+    }
+
+    prop_compose! {
+        fn arb_policy()(j in proptest::sample::select(vec!["CN", "HK", "DE", "US"]),
+                        host in proptest::sample::select(vec!["127.0.0.1", "dc.example.cn"]),
+                        tls in any::<bool>(),
+                        rules in proptest::collection::vec(arb_rule(), 0..5),
+                        assessment in proptest::option::of((-2i64..3, proptest::collection::vec(arb_category(), 0..3)))) -> Policy {
+            let assessment = assessment.map(|(days, categories)| Assessment {
+                reference: "A".into(), expires_ms: NOW + days * DAY, categories, daily_item_cap: None,
+            });
+            Policy::new(dest(j, host, tls, rules, assessment))
+        }
+    }
+
+    proptest! {
+        /// Whatever the destination config (even one `check` would reject), nothing raw above
+        /// general, nothing core, and no important data breaking TLS or assessment rules is
+        /// ever permitted.
+        #[test]
+        fn hard_invariants_hold_for_any_destination(mut p in arb_policy(), level in arb_level(), cat in arb_category(), raw in any::<bool>()) {
+            let m = meta(level, cat);
+            let d = p.destination().clone();
+            let permitted = if raw { p.decide_raw(&sample(&m), NOW).is_ok() } else { p.decide_summary(&summary(&m, 10_000), NOW).is_ok() };
+            if permitted {
+                prop_assert!(level != Level::Core);
+                prop_assert!(!(raw && level != Level::General));
+                if level == Level::Important {
+                    prop_assert!(d.broker.tls.is_some() || d.broker.is_loopback());
+                    if d.is_cross_border() {
+                        let a = d.assessment.as_ref().expect("assessment required");
+                        prop_assert!(a.expires_ms > NOW && a.categories.contains(&cat));
+                    }
+                }
+                // Default deny: something permitted matched a rule of that level and form.
+                let form = if raw { Form::Raw } else { Form::Summary };
+                prop_assert!(d.allow.iter().any(|r| r.form == form && r.levels.contains(&level)));
+            }
+        }
+
+        /// `check` rejects exactly the configs asking for what `decide` would refuse on
+        /// invariant grounds: a config with no violations never has a rule whose level the
+        /// invariants deny outright.
+        #[test]
+        fn validated_destinations_never_ask_for_core_or_raw_important(p in arb_policy()) {
+            let d = p.destination();
+            if invariant_violations(d, NOW).is_empty() {
+                for r in &d.allow {
+                    prop_assert!(!r.levels.contains(&Level::Core));
+                    prop_assert!(r.form == Form::Summary || r.levels.iter().all(|l| *l == Level::General));
+                }
+            }
+        }
+    }
+}

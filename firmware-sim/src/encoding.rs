@@ -268,8 +268,19 @@ mod tests {
     #[test]
     fn decode_inverts_encode_in_every_order() {
         for order in ByteOrder::ALL {
-            for v in [0, 1, 0x0BAD_C0DE, 0x8000_0001, u32::MAX, 731_337.0_f32.to_bits()] {
-                assert_eq!(decode_u32(encode_u32(v, order), order), v, "{order:?} {v:#x}");
+            for v in [
+                0,
+                1,
+                0x0BAD_C0DE,
+                0x8000_0001,
+                u32::MAX,
+                731_337.0_f32.to_bits(),
+            ] {
+                assert_eq!(
+                    decode_u32(encode_u32(v, order), order),
+                    v,
+                    "{order:?} {v:#x}"
+                );
             }
             assert_eq!(decode_u16(encode_u16(0x1234, order), order), 0x1234);
         }
@@ -297,8 +308,14 @@ mod tests {
     #[test]
     fn wrapping_samples_wrap_in_the_type() {
         let o = ByteOrder::Abcd;
-        assert_eq!(encode(Sample::Wrapping(65_536), DataType::U16, o), Encoded::One(0));
-        assert_eq!(encode(Sample::Wrapping(65_537), DataType::U16, o), Encoded::One(1));
+        assert_eq!(
+            encode(Sample::Wrapping(65_536), DataType::U16, o),
+            Encoded::One(0)
+        );
+        assert_eq!(
+            encode(Sample::Wrapping(65_537), DataType::U16, o),
+            Encoded::One(1)
+        );
         assert_eq!(
             encode(Sample::Wrapping(32_768), DataType::I16, o),
             Encoded::One(0x8000)
@@ -307,20 +324,50 @@ mod tests {
             encode(Sample::Wrapping(1 << 32), DataType::U32, o),
             Encoded::Two([0, 0])
         );
-        assert_eq!(encode(Sample::Wrapping(-1), DataType::I32, o), Encoded::Two([0xFFFF; 2]));
-        assert_eq!(encode(Sample::Wrapping(3), DataType::Bool, o), Encoded::Bit(true));
-        assert_eq!(encode(Sample::Wrapping(4), DataType::Bool, o), Encoded::Bit(false));
+        assert_eq!(
+            encode(Sample::Wrapping(-1), DataType::I32, o),
+            Encoded::Two([0xFFFF; 2])
+        );
+        assert_eq!(
+            encode(Sample::Wrapping(3), DataType::Bool, o),
+            Encoded::Bit(true)
+        );
+        assert_eq!(
+            encode(Sample::Wrapping(4), DataType::Bool, o),
+            Encoded::Bit(false)
+        );
     }
 
     #[test]
     fn analog_samples_round_and_saturate_instead_of_wrapping() {
         let o = ByteOrder::Abcd;
-        assert_eq!(encode(Sample::Analog(70_000.0), DataType::U16, o), Encoded::One(0xFFFF));
-        assert_eq!(encode(Sample::Analog(-5.0), DataType::U16, o), Encoded::One(0));
-        assert_eq!(encode(Sample::Analog(-2.5), DataType::I16, o), Encoded::One((-3_i16) as u16));
-        assert_eq!(encode(Sample::Analog(449.6), DataType::I16, o), Encoded::One(450));
-        assert_eq!(encode(Sample::Analog(f64::NAN), DataType::U32, o), Encoded::Two([0, 0]));
-        assert_eq!(encode(Sample::Analog(0.4), DataType::Bool, o), Encoded::Bit(false));
-        assert_eq!(encode(Sample::Analog(0.6), DataType::Bool, o), Encoded::Bit(true));
+        assert_eq!(
+            encode(Sample::Analog(70_000.0), DataType::U16, o),
+            Encoded::One(0xFFFF)
+        );
+        assert_eq!(
+            encode(Sample::Analog(-5.0), DataType::U16, o),
+            Encoded::One(0)
+        );
+        assert_eq!(
+            encode(Sample::Analog(-2.5), DataType::I16, o),
+            Encoded::One((-3_i16) as u16)
+        );
+        assert_eq!(
+            encode(Sample::Analog(449.6), DataType::I16, o),
+            Encoded::One(450)
+        );
+        assert_eq!(
+            encode(Sample::Analog(f64::NAN), DataType::U32, o),
+            Encoded::Two([0, 0])
+        );
+        assert_eq!(
+            encode(Sample::Analog(0.4), DataType::Bool, o),
+            Encoded::Bit(false)
+        );
+        assert_eq!(
+            encode(Sample::Analog(0.6), DataType::Bool, o),
+            Encoded::Bit(true)
+        );
     }
 }

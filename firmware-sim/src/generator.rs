@@ -120,7 +120,11 @@ fn unit_step(seed: u64, tick: u64) -> f64 {
 }
 
 /// The closed-form value at `tick`, or `None` for the stateful random walk.
-pub fn sample_closed_form(spec: &GeneratorSpec, tick: u64, tick_period: Duration) -> Option<Sample> {
+pub fn sample_closed_form(
+    spec: &GeneratorSpec,
+    tick: u64,
+    tick_period: Duration,
+) -> Option<Sample> {
     let t = seconds_at(tick, tick_period);
     match *spec {
         GeneratorSpec::Constant { value } => Some(Sample::Analog(value)),
@@ -158,7 +162,9 @@ impl GeneratorState {
     /// A generator positioned at tick 0.
     pub fn new(spec: GeneratorSpec, tick_period: Duration) -> Self {
         let walk_value = match spec {
-            GeneratorSpec::RandomWalk { start, min, max, .. } => start.clamp(min, max.max(min)),
+            GeneratorSpec::RandomWalk {
+                start, min, max, ..
+            } => start.clamp(min, max.max(min)),
             _ => 0.0,
         };
         Self {
@@ -293,11 +299,18 @@ mod tests {
         for tick in 1..5_000 {
             let v = analog(g.sample(tick));
             assert!((40.0..=60.0).contains(&v), "tick {tick}: {v}");
-            assert!((v - prev).abs() <= 5.0 + 1e-9, "tick {tick}: jumped {prev} -> {v}");
+            assert!(
+                (v - prev).abs() <= 5.0 + 1e-9,
+                "tick {tick}: jumped {prev} -> {v}"
+            );
             distinct.insert(v.to_bits());
             prev = v;
         }
-        assert!(distinct.len() > 100, "the walk should wander, saw {}", distinct.len());
+        assert!(
+            distinct.len() > 100,
+            "the walk should wander, saw {}",
+            distinct.len()
+        );
     }
 
     #[test]

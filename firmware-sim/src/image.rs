@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::{
     encoding::{encode, ByteOrder, DataType, Encoded, Table},
     generator::GeneratorState,
-    scenario::DeviceSpec,
+    scenario::{DeviceSpec, Scenario},
 };
 
 /// The four tables of one device.
@@ -206,10 +206,20 @@ pub fn evaluate_device(device: &DeviceSpec, elapsed: Duration) -> RegisterImage 
     image
 }
 
+/// The image of every device of `scenario` at `elapsed` after the plant started, in scenario
+/// order. Pure; see [`evaluate_device`].
+pub fn evaluate(scenario: &Scenario, elapsed: Duration) -> Vec<(String, RegisterImage)> {
+    scenario
+        .devices
+        .iter()
+        .map(|d| (d.name.clone(), evaluate_device(d, elapsed)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{encoding::decode_f32, encoding::decode_u32, Scenario};
+    use crate::encoding::{decode_f32, decode_u32};
 
     const PLANT: &str = r#"
         [[devices]]
@@ -247,9 +257,16 @@ mod tests {
         assert_eq!(decode_u32([h2[2], h2[3]], ByteOrder::Dcba), 0);
         assert_eq!(h2[4] as i16, -60);
         assert_eq!(at2.read_bits(Table::Coil, 3, 1), Some(&[false][..]));
-        assert_eq!(evaluate_device(&d, Duration::from_secs(3)).read_bits(Table::Coil, 3, 1), Some(&[true][..]));
+        assert_eq!(
+            evaluate_device(&d, Duration::from_secs(3)).read_bits(Table::Coil, 3, 1),
+            Some(&[true][..])
+        );
 
-        assert_eq!(at2, evaluate_device(&d, Duration::from_millis(2_999)), "same tick, same image");
+        assert_eq!(
+            at2,
+            evaluate_device(&d, Duration::from_millis(2_999)),
+            "same tick, same image"
+        );
     }
 
     #[test]
@@ -269,12 +286,16 @@ mod tests {
         let mut img = RegisterImage::new(&d);
         let mut model = DeviceModel::new(&d);
         model.apply(0, &mut img);
-        img.write_words(Table::Holding, 0, &[1, 2]).expect("in range");
+        img.write_words(Table::Holding, 0, &[1, 2])
+            .expect("in range");
         img.write_words(Table::Holding, 4, &[7]).expect("in range");
         model.apply(1, &mut img);
         // The constant did not change, so the poke survives; the ramp moved and overwrote it.
         assert_eq!(img.read_words(Table::Holding, 0, 2), Some(&[1, 2][..]));
-        assert_eq!(img.read_words(Table::Holding, 4, 1), Some(&[(-80_i16) as u16][..]));
+        assert_eq!(
+            img.read_words(Table::Holding, 4, 1),
+            Some(&[(-80_i16) as u16][..])
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //!   functions of the tick number.
 //! - [`encoding`]: data types and the four byte orders (`ABCD`, `CDAB`, `BADC`, `DCBA`).
 //! - [`image`]: a device's register image and the model that applies generators to it;
-//!   [`evaluate_device`] computes an image at a given elapsed time with no I/O.
+//!   [`evaluate`] / [`evaluate_device`] compute images at a given elapsed time with no I/O.
 //! - [`service`]: the pure request handler and the tokio-modbus `Service` around it.
 //! - [`plant`]: the async shell: one TCP server and one ticker task per device, stop and
 //!   restart on the same port.
@@ -51,6 +51,6 @@ pub mod service;
 
 pub use encoding::{ByteOrder, DataType, Table};
 pub use generator::GeneratorSpec;
-pub use image::{evaluate_device, DeviceModel, RegisterImage};
+pub use image::{evaluate, evaluate_device, DeviceModel, RegisterImage};
 pub use plant::{Plant, PlantError};
 pub use scenario::{DeviceSpec, ExceptionSpec, RegisterSpec, Scenario, ScenarioError};

@@ -2,7 +2,7 @@
 //!
 //! Exit codes match the agent's: 0 ok, 1 runtime failure, 2 invalid scenario or usage.
 
-use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal as _, net::IpAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -10,7 +10,11 @@ use firmware_sim::{Plant, Scenario};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "firmware-sim", version, about = "Simulated Modbus plant for demos and tests")]
+#[command(
+    name = "firmware-sim",
+    version,
+    about = "Simulated Modbus plant for demos and tests"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,6 +44,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in captured logs.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let path = match &cli.command {

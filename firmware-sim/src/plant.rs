@@ -7,18 +7,21 @@
 //! - A device's ticker runs from start to shutdown, independent of its network side: a
 //!   stopped device is a PLC whose cable was pulled; its values keep moving, and a restarted
 //!   device serves the values of "now", not of when it was stopped.
-//! - [`Plant::stop_device`] returns once the listener is closed (new connections are refused)
-//!   and existing connections have been told to close; [`Plant::restart_device`] binds the
+//! - [`Plant::stop_device`] returns once the listener is closed (new connections are refused);
+//!   from then on no request is answered, and existing connections close promptly; [`Plant::restart_device`] binds the
 //!   same address again (SO_REUSEADDR, so TIME_WAIT sockets do not block it).
 //! - Dropping a [`Plant`] without [`Plant::shutdown`] still cancels every task it spawned.
 
 use std::{
     io,
     net::{IpAddr, SocketAddr},
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context, Poll},
 };
 
 use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpSocket, TcpStream},
     task::JoinHandle,
     time::{Instant, MissedTickBehavior},
@@ -96,8 +99,11 @@ impl Plant {
             let mut image = RegisterImage::new(spec);
             model.apply(0, &mut image);
             let image = Arc::new(Mutex::new(image));
-            let service =
-                DeviceService::new(spec.unit_id, Arc::clone(&image), spec.exceptions.clone().into());
+            let service = DeviceService::new(
+                spec.unit_id,
+                Arc::clone(&image),
+                spec.exceptions.clone().into(),
+            );
             let addr = SocketAddr::new(bind_ip, spec.port);
             let server = match spawn_server(&spec.name, addr, service.clone(), &root) {
                 Ok(s) => s,
@@ -174,7 +180,8 @@ impl Plant {
         self.stop_device(name).await?;
         let root = self.root.clone();
         let device = self.device_mut(name)?;
-        let (addr, server) = spawn_server(&device.name, device.addr, device.service.clone(), &root)?;
+        let (addr, server) =
+            spawn_server(&device.name, device.addr, device.service.clone(), &root)?;
         device.server = Some(server);
         info!(device = %device.name, addr = %addr, "Device restarted.");
         Ok(())
@@ -257,6 +264,10 @@ async fn run_server(
     let on_connected = |stream: TcpStream, peer: SocketAddr| {
         let service = service.clone();
         let name = name.clone();
+        let stream = GuardedStream {
+            inner: stream,
+            cancel: cancel.clone(),
+        };
         async move {
             debug!(device = %name, %peer, "Client connected.");
             Ok::<_, io::Error>(Some((service, stream)))
@@ -274,6 +285,62 @@ async fn run_server(
             }
         }
         () = cancel.cancelled() => {}
+    }
+}
+
+/// A client connection that fails every read and write once its device is stopped.
+///
+/// tokio-modbus cancels its connection tasks when `serve` is dropped, but a request that
+/// arrives in the same instant may still be answered (its cancellation is biased towards
+/// finishing the task's work). Checking the token on every I/O call makes the contract
+/// exact: once `stop_device` has cancelled the token, no request is answered.
+#[derive(Debug)]
+struct GuardedStream {
+    inner: TcpStream,
+    cancel: CancellationToken,
+}
+
+impl GuardedStream {
+    fn check(&self) -> io::Result<()> {
+        if self.cancel.is_cancelled() {
+            Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "device stopped by the simulator",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.check()?;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.check()?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check()?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -340,7 +340,10 @@ fn validate_device(device: &DeviceSpec, path: &str, errors: &mut Vec<ValidationE
         if exc.start > exc.end {
             errors.push(err(
                 &epath,
-                format!("start {} is after end {} (end is inclusive)", exc.start, exc.end),
+                format!(
+                    "start {} is after end {} (end is inclusive)",
+                    exc.start, exc.end
+                ),
             ));
         }
         if exc.code == 0 {
@@ -374,7 +377,10 @@ fn validate_register(
     if reg.table.is_bit() && dt != DataType::Bool {
         errors.push(err(
             path,
-            format!("a {} holds bits; its type must be bool, not {dt}", reg.table),
+            format!(
+                "a {} holds bits; its type must be bool, not {dt}",
+                reg.table
+            ),
         ));
     }
     if !reg.table.is_bit() && dt == DataType::Bool {
@@ -430,7 +436,10 @@ fn validate_generator(
     match *generator {
         GeneratorSpec::Ramp { min, max, period } => {
             if min >= max {
-                errors.push(err(&gpath, format!("ramp min {min} must be below max {max}")));
+                errors.push(err(
+                    &gpath,
+                    format!("ramp min {min} must be below max {max}"),
+                ));
             }
             check_period(period, &gpath, errors);
         }
@@ -450,7 +459,10 @@ fn validate_generator(
             ..
         } => {
             if min > max {
-                errors.push(err(&gpath, format!("random_walk min {min} is above max {max}")));
+                errors.push(err(
+                    &gpath,
+                    format!("random_walk min {min} is above max {max}"),
+                ));
             } else if !(min..=max).contains(&start) {
                 errors.push(err(
                     &gpath,
@@ -479,7 +491,8 @@ fn validate_generator(
             }
         }
     }
-    if let Some((lo, hi)) = generator.analog_bounds() {
+    // A bool takes "rounded value is non-zero", so any finite range is meaningful for it.
+    if let (Some((lo, hi)), false) = (generator.analog_bounds(), dt == DataType::Bool) {
         let (tlo, thi) = dt.range();
         if lo < tlo || hi > thi {
             errors.push(err(
@@ -557,9 +570,11 @@ mod tests {
         assert!(top.contains("colour"), "{top}");
         let device = parse_error(&MINIMAL.replace("unit_id = 3", "unit_id = 3\nbaud = 9600"));
         assert!(device.contains("baud"), "{device}");
-        let register = parse_error(&MINIMAL.replace("order = \"CDAB\"", "order = \"CDAB\", scale = 0.1"));
+        let register =
+            parse_error(&MINIMAL.replace("order = \"CDAB\"", "order = \"CDAB\", scale = 0.1"));
         assert!(register.contains("scale"), "{register}");
-        let generator = parse_error(&MINIMAL.replace("amplitude = 2.0", "amplitude = 2.0, phase = 1"));
+        let generator =
+            parse_error(&MINIMAL.replace("amplitude = 2.0", "amplitude = 2.0, phase = 1"));
         assert!(generator.contains("phase"), "{generator}");
         let exception = parse_error(&MINIMAL.replace("code = 4", "code = 4, note = \"x\""));
         assert!(exception.contains("note"), "{exception}");
@@ -572,7 +587,10 @@ mod tests {
         let kind = parse_error(&MINIMAL.replace("\"sine\"", "\"square\""));
         assert!(kind.contains("square"), "{kind}");
         let period = parse_error(&MINIMAL.replace("\"5s\"", "\"5 parsecs\""));
-        assert!(period.contains("period") || period.contains("parsecs"), "{period}");
+        assert!(
+            period.contains("period") || period.contains("parsecs"),
+            "{period}"
+        );
     }
 
     #[test]
@@ -597,16 +615,31 @@ mod tests {
         );
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         let has = |needle: &str| text.iter().any(|e| e.contains(needle));
-        assert!(has(r#"registers[1] "y": holding 11..11 overlaps registers[0] "x""#), "{text:#?}");
-        assert!(has(r#"registers[1] "y".generator: constant produces values in [70000"#), "{text:#?}");
+        assert!(
+            has(r#"registers[1] "y": holding 11..11 overlaps registers[0] "x""#),
+            "{text:#?}"
+        );
+        assert!(
+            has(r#"registers[1] "y".generator: constant produces values in [70000"#),
+            "{text:#?}"
+        );
         assert!(has("registers[2]: a coil holds bits"), "{text:#?}");
-        assert!(has("registers[3]: a u32 at input 65535 needs address 65536"), "{text:#?}");
+        assert!(
+            has("registers[3]: a u32 at input 65535 needs address 65536"),
+            "{text:#?}"
+        );
         assert!(has("ramp min 5 must be below max 1"), "{text:#?}");
         assert!(has("period must be longer than 0s"), "{text:#?}");
         assert!(has("exceptions[0]: start 9 is after end 3"), "{text:#?}");
-        assert!(has("exceptions[0].code: 0 is not a Modbus exception code"), "{text:#?}");
+        assert!(
+            has("exceptions[0].code: 0 is not a Modbus exception code"),
+            "{text:#?}"
+        );
         assert!(has(r#"devices[1] "a": duplicate device name"#), "{text:#?}");
-        assert!(has(r#"devices[1] "a".port: port 5020 is used by another device"#), "{text:#?}");
+        assert!(
+            has(r#"devices[1] "a".port: port 5020 is used by another device"#),
+            "{text:#?}"
+        );
     }
 
     #[test]
@@ -631,7 +664,10 @@ mod tests {
               generator = { kind = "random_walk", seed = 1, start = 99, step = 1, min = 0, max = 10 } }]
             "#,
         );
-        assert!(errors[0].message.contains("start 99 is outside [0, 10]"), "{errors:?}");
+        assert!(
+            errors[0].message.contains("start 99 is outside [0, 10]"),
+            "{errors:?}"
+        );
     }
 
     #[test]

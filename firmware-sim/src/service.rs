@@ -284,11 +284,17 @@ mod tests {
     fn writes_land_in_the_image_and_failed_writes_change_nothing() {
         let s = service();
         assert_eq!(
-            s.answer(7, &Request::WriteMultipleRegisters(0, Cow::Borrowed(&[1, 2, 3]))),
+            s.answer(
+                7,
+                &Request::WriteMultipleRegisters(0, Cow::Borrowed(&[1, 2, 3]))
+            ),
             Ok(Response::WriteMultipleRegisters(0, 3))
         );
         assert_eq!(
-            s.answer(7, &Request::WriteMultipleRegisters(98, Cow::Borrowed(&[9, 9, 9]))),
+            s.answer(
+                7,
+                &Request::WriteMultipleRegisters(98, Cow::Borrowed(&[9, 9, 9]))
+            ),
             Err(ExceptionCode::IllegalDataAddress)
         );
         assert_eq!(

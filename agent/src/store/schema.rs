@@ -1,0 +1,217 @@
+//! Schema, migrations and connection settings. The format itself is documented in `store/mod.rs`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+
+use super::StoreError;
+use crate::model::{Category, Level, PointMeta};
+
+/// The schema version this code writes and reads (`PRAGMA user_version`).
+pub(super) const VERSION: i64 = 1;
+
+/// How long a connection waits for a lock held by another connection (a reader's WAL recovery,
+/// a checkpoint) before failing: generous, because failing a write drops data.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// WAL size kept after a checkpoint; bounds the `-wal` file on small gateway disks.
+const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE points (
+    id          INTEGER PRIMARY KEY,
+    tag         TEXT NOT NULL UNIQUE,
+    level       TEXT NOT NULL,
+    category    TEXT NOT NULL,
+    rule_id     TEXT NOT NULL,
+    device      TEXT NOT NULL,
+    protocol    TEXT NOT NULL,
+    address     TEXT NOT NULL,
+    unit        TEXT,
+    gateway     TEXT NOT NULL,
+    site        TEXT NOT NULL,
+    interval_ms INTEGER NOT NULL
+);
+CREATE TABLE samples (
+    point_id     INTEGER NOT NULL REFERENCES points(id),
+    ts_ms        INTEGER NOT NULL,
+    seq          INTEGER NOT NULL,
+    level        TEXT NOT NULL,
+    category     TEXT NOT NULL,
+    quality      TEXT NOT NULL,
+    quality_code INTEGER,
+    value_kind   TEXT NOT NULL,
+    value_num    REAL,
+    value_int    INTEGER,
+    enc          INTEGER NOT NULL DEFAULT 0,
+    payload      BLOB
+);
+CREATE INDEX samples_level_ts ON samples(level, ts_ms);
+CREATE INDEX samples_point_ts ON samples(point_id, ts_ms);
+";
+
+pub(super) const INSERT_SAMPLE: &str = "
+INSERT INTO samples (point_id, ts_ms, seq, level, category, quality, quality_code,
+                     value_kind, value_num, value_int, enc, payload)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, NULL)";
+
+const UPSERT_POINT: &str = "
+INSERT INTO points (tag, level, category, rule_id, device, protocol, address, unit, gateway,
+                    site, interval_ms)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+ON CONFLICT (tag) DO UPDATE SET
+    level = excluded.level, category = excluded.category, rule_id = excluded.rule_id,
+    device = excluded.device, protocol = excluded.protocol, address = excluded.address,
+    unit = excluded.unit, gateway = excluded.gateway, site = excluded.site,
+    interval_ms = excluded.interval_ms
+RETURNING id";
+
+/// Open (creating if needed) the database for writing: WAL, `synchronous = FULL`, schema migrated.
+pub(super) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(open_err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::NotWal {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    // FULL: the WAL is fsynced at every commit, so a sample counted as stored survives power
+    // loss. NORMAL would only risk the last commits, but those are ones we already reported as
+    // stored. Batching keeps the fsync rate low (see ADR 0003).
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
+        .map_err(open_err)?;
+    migrate(&conn, path)?;
+    Ok(conn)
+}
+
+/// Open an existing database read-only.
+pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    let version = user_version(&conn).map_err(open_err)?;
+    if version > VERSION {
+        return Err(StoreError::SchemaTooNew {
+            path: path.to_owned(),
+            found: version,
+            supported: VERSION,
+        });
+    }
+    if version < VERSION {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("schema version {version}: not an edge-agent historian, or never opened by a writer"),
+        });
+    }
+    Ok(conn)
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+/// Bring the schema to [`VERSION`], in one transaction per step.
+fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let version = user_version(conn).map_err(open_err)?;
+    if version > VERSION {
+        return Err(StoreError::SchemaTooNew {
+            path: path.to_owned(),
+            found: version,
+            supported: VERSION,
+        });
+    }
+    if version == 0 {
+        // Plain CREATE (no IF NOT EXISTS): a foreign database with clashing tables fails here
+        // instead of being written into.
+        let sql = format!("BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = {VERSION}; COMMIT;");
+        if let Err(source) = conn.execute_batch(&sql) {
+            // Best effort: the error above is what the operator needs; a failed rollback only
+            // means there was no transaction left to roll back.
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(open_err(source));
+        }
+    }
+    Ok(())
+}
+
+/// Upsert the compiled point table; returns the store id of each point, indexed by
+/// `PointMeta::id` (`None` for ids not in `points`).
+pub(super) fn upsert_points(
+    conn: &mut Connection,
+    path: &Path,
+    points: &[std::sync::Arc<PointMeta>],
+) -> Result<Vec<Option<i64>>, StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let len = points.iter().map(|p| p.id as usize + 1).max().unwrap_or(0);
+    let mut ids = vec![None; len];
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(open_err)?;
+    for p in points {
+        ids[p.id as usize] = Some(upsert_point(&tx, p).map_err(open_err)?);
+    }
+    tx.commit().map_err(open_err)?;
+    Ok(ids)
+}
+
+/// Insert or update one point row; returns its store id.
+pub(super) fn upsert_point(conn: &Connection, p: &PointMeta) -> rusqlite::Result<i64> {
+    let interval_ms = i64::try_from(p.interval_ms).unwrap_or(i64::MAX);
+    conn.prepare_cached(UPSERT_POINT)?.query_row(
+        params![
+            &*p.tag,
+            p.level.as_str(),
+            p.category.as_str(),
+            &*p.rule_id,
+            &*p.device,
+            p.protocol.as_str(),
+            &*p.address,
+            p.unit.as_deref(),
+            &*p.gateway,
+            &*p.site,
+            interval_ms,
+        ],
+        |row| row.get(0),
+    )
+}
+
+pub(super) fn parse_level(s: &str) -> Option<Level> {
+    Level::ALL.into_iter().find(|l| l.as_str() == s)
+}
+
+pub(super) fn parse_category(s: &str) -> Option<Category> {
+    Category::ALL.into_iter().find(|c| c.as_str() == s)
+}

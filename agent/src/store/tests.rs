@@ -1,0 +1,383 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::config::HistorianSettings;
+use crate::model::{Category, Level, PointMeta, Protocol, Quality, Tagged, Value};
+use crate::stats::Stats;
+
+fn point(id: u32, tag: &str, level: Level, category: Category) -> Arc<PointMeta> {
+    Arc::new(PointMeta {
+        id,
+        tag: tag.into(),
+        level,
+        category,
+        rule_id: format!("rule:{tag}@v1").into(),
+        device: "press-1".into(),
+        protocol: Protocol::ModbusTcp,
+        address: format!("unit=1 holding:{}", 100 + id).into(),
+        gateway: "gw-1".into(),
+        site: "plant-a".into(),
+        unit: Some("bar".into()),
+        interval_ms: 500,
+    })
+}
+
+fn three_points() -> Vec<Arc<PointMeta>> {
+    vec![
+        point(0, "speed", Level::General, Category::ProductionOperation),
+        point(1, "recipe", Level::Important, Category::RdDesign),
+        point(2, "key", Level::Core, Category::OperationsMaintenance),
+    ]
+}
+
+fn settings(path: &Path) -> HistorianSettings {
+    HistorianSettings {
+        path: path.to_owned(),
+        batch_size: 100,
+        flush_interval: Duration::from_millis(20),
+        queue_batches: 16,
+    }
+}
+
+fn stats() -> Arc<Stats> {
+    Arc::new(Stats::new(Vec::<Arc<str>>::new()))
+}
+
+fn sample(p: &Arc<PointMeta>, ts_ms: i64, value: Value) -> Tagged {
+    Tagged {
+        meta: p.clone(),
+        value,
+        quality: Quality::Good,
+        ts_ms,
+        seq: ts_ms as u64,
+    }
+}
+
+fn db_in(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("nested/dir/historian.db")
+}
+
+#[test]
+fn all_levels_are_persisted_with_their_classification_and_provenance() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    let pts = three_points();
+    let st = stats();
+    let h =
+        Historian::spawn(&settings(&path), &pts, st.clone()).expect("spawn creates parent dirs");
+    h.offer(vec![
+        sample(&pts[0], 1_000, Value::Float(12.5)),
+        sample(&pts[1], 1_000, Value::Int(-7)),
+        sample(&pts[2], 1_000, Value::Bool(true)),
+        Tagged {
+            quality: Quality::DeviceException(2),
+            ..sample(&pts[0], 2_000, Value::Float(0.0))
+        },
+    ]);
+    h.close().expect("close");
+    assert_eq!(st.stored.snapshot(), [2, 1, 1]);
+
+    let r = HistorianReader::open(&path).expect("reader");
+    assert_eq!(r.count_by_level().expect("count"), [2, 1, 1]);
+    let core = r.latest("key").expect("read").expect("core sample stored");
+    assert_eq!(
+        core,
+        StoredSample {
+            tag: "key".into(),
+            ts_ms: 1_000,
+            seq: 1_000,
+            level: Level::Core,
+            category: Category::OperationsMaintenance,
+            quality: Quality::Good,
+            value: Some(Value::Bool(true)),
+            enc: 0,
+            rule_id: "rule:key@v1".into(),
+            device: "press-1".into(),
+            protocol: "modbus_tcp".into(),
+            address: "unit=1 holding:102".into(),
+            unit: Some("bar".into()),
+        }
+    );
+    let recipe = r
+        .latest("recipe")
+        .expect("read")
+        .expect("important sample stored");
+    assert_eq!(
+        (recipe.level, recipe.category, recipe.value),
+        (Level::Important, Category::RdDesign, Some(Value::Int(-7)))
+    );
+    let speed = r.samples_for_tag("speed", 10).expect("read");
+    assert_eq!(speed.len(), 2);
+    assert_eq!(
+        (speed[0].ts_ms, speed[0].value),
+        (1_000, Some(Value::Float(12.5))),
+        "oldest first"
+    );
+    assert_eq!(speed[1].quality, Quality::DeviceException(2));
+    assert_eq!(
+        r.samples_for_tag("speed", 1).expect("read")[0].ts_ms,
+        2_000,
+        "limit keeps the newest"
+    );
+    assert_eq!(r.latest("nobody").expect("read"), None);
+}
+
+#[test]
+fn sequence_numbers_and_extreme_values_round_trip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    let pts = three_points();
+    let h = Historian::spawn(&settings(&path), &pts, stats()).expect("spawn");
+    h.offer(vec![
+        Tagged {
+            seq: u64::MAX,
+            ..sample(&pts[0], 1, Value::Int(i64::MIN))
+        },
+        Tagged {
+            seq: 1,
+            ..sample(&pts[0], 2, Value::Float(f64::MAX))
+        },
+    ]);
+    h.close().expect("close");
+    let got = HistorianReader::open(&path)
+        .expect("reader")
+        .samples_for_tag("speed", 10)
+        .expect("read");
+    assert_eq!(
+        (got[0].seq, got[0].value),
+        (u64::MAX, Some(Value::Int(i64::MIN)))
+    );
+    assert_eq!(
+        (got[1].seq, got[1].value),
+        (1, Some(Value::Float(f64::MAX)))
+    );
+}
+
+#[test]
+fn data_survives_close_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    let pts = three_points();
+    for round in 0..2_i64 {
+        let h = Historian::spawn(&settings(&path), &pts, stats()).expect("spawn");
+        h.offer(
+            pts.iter()
+                .map(|p| sample(p, round * 1_000, Value::Float(round as f64)))
+                .collect(),
+        );
+        h.close().expect("close");
+    }
+    let r = HistorianReader::open(&path).expect("reader");
+    assert_eq!(r.count_by_level().expect("count"), [2, 2, 2]);
+    let speed = r.samples_for_tag("speed", 10).expect("read");
+    assert_eq!(
+        speed.iter().map(|s| s.ts_ms).collect::<Vec<_>>(),
+        [0, 1_000]
+    );
+    let points: i64 = rusqlite::Connection::open(&path)
+        .and_then(|c| c.query_row("SELECT COUNT(*) FROM points", [], |row| row.get(0)))
+        .expect("count points");
+    assert_eq!(
+        points, 3,
+        "reopening upserts points, it does not duplicate them"
+    );
+}
+
+#[test]
+fn reclassifying_a_point_does_not_relabel_its_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    let before = point(0, "temp", Level::General, Category::ProductionOperation);
+    let h =
+        Historian::spawn(&settings(&path), std::slice::from_ref(&before), stats()).expect("spawn");
+    h.offer(vec![sample(&before, 1, Value::Float(1.0))]);
+    h.close().expect("close");
+
+    // New config: another point first (ids shift) and `temp` raised to important.
+    let other = point(0, "other", Level::General, Category::Management);
+    let after = point(1, "temp", Level::Important, Category::ProductionOperation);
+    let h = Historian::spawn(&settings(&path), &[other, after.clone()], stats()).expect("respawn");
+    h.offer(vec![sample(&after, 2, Value::Float(2.0))]);
+    h.close().expect("close");
+
+    let got = HistorianReader::open(&path)
+        .expect("reader")
+        .samples_for_tag("temp", 10)
+        .expect("read");
+    assert_eq!(
+        got.iter().map(|s| s.level).collect::<Vec<_>>(),
+        [Level::General, Level::Important]
+    );
+    assert_eq!(
+        got.iter().map(|s| s.address.as_str()).collect::<Vec<_>>(),
+        ["unit=1 holding:101"; 2]
+    );
+}
+
+#[test]
+fn a_second_writer_is_rejected_naming_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    let pts = three_points();
+    let first = Historian::spawn(&settings(&path), &pts, stats()).expect("first writer");
+    let err =
+        Historian::spawn(&settings(&path), &pts, stats()).expect_err("second writer must fail");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    // A reader is fine meanwhile.
+    HistorianReader::open(&path).expect("readers do not need the writer lock");
+    first.close().expect("close");
+    Historian::spawn(&settings(&path), &pts, stats())
+        .expect("the lock is released on close")
+        .close()
+        .expect("close");
+}
+
+#[test]
+fn a_full_queue_drops_batches_and_counts_them_per_level() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    let pts = three_points();
+    let st = stats();
+    let s = HistorianSettings {
+        queue_batches: 2,
+        ..settings(&path)
+    };
+    let (open_gate, gate) = std::sync::mpsc::channel();
+    // The writer waits at the gate, so the queue holds exactly `queue_batches` batches.
+    let h = Historian::spawn_gated(&s, &pts, st.clone(), Some(gate)).expect("spawn");
+    let batch = || {
+        pts.iter()
+            .map(|p| sample(p, 1, Value::Int(1)))
+            .collect::<Vec<_>>()
+    };
+    h.offer(batch());
+    h.offer(batch());
+    h.offer(batch());
+    h.offer(vec![sample(&pts[2], 1, Value::Int(1))]);
+    assert_eq!(st.store_dropped.snapshot(), [1, 1, 2]);
+    open_gate.send(()).expect("writer waits at the gate");
+    h.close().expect("close");
+    assert_eq!(st.stored.snapshot(), [2, 2, 2]);
+    assert_eq!(
+        HistorianReader::open(&path)
+            .expect("reader")
+            .count_by_level()
+            .expect("count"),
+        [2, 2, 2]
+    );
+}
+
+#[test]
+fn close_drains_and_commits_everything_offered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    let pts = three_points();
+    let st = stats();
+    // A flush interval that never fires and batches that do not divide the input: only close
+    // can commit the tail.
+    let s = HistorianSettings {
+        batch_size: 7,
+        flush_interval: Duration::from_secs(3600),
+        queue_batches: 64,
+        ..settings(&path)
+    };
+    let h = Historian::spawn(&s, &pts, st.clone()).expect("spawn");
+    for i in 0..50_i64 {
+        h.offer(vec![sample(&pts[(i % 3) as usize], i, Value::Int(i))]);
+    }
+    h.close().expect("close");
+    assert_eq!(st.store_dropped.snapshot(), [0, 0, 0]);
+    assert_eq!(st.stored.snapshot(), [17, 17, 16]);
+    assert_eq!(
+        HistorianReader::open(&path)
+            .expect("reader")
+            .count_by_level()
+            .expect("count"),
+        [17, 17, 16]
+    );
+}
+
+#[test]
+fn a_partial_batch_is_committed_after_the_flush_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    let pts = three_points();
+    let st = stats();
+    let s = HistorianSettings {
+        batch_size: 10_000,
+        flush_interval: Duration::from_millis(10),
+        ..settings(&path)
+    };
+    let h = Historian::spawn(&s, &pts, st.clone()).expect("spawn");
+    h.offer(vec![sample(&pts[0], 1, Value::Int(1))]);
+    // Waits on the observable effect, bounded; it does not sleep for a guessed duration.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while st.stored.get(Level::General) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "flush interval never committed the sample"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Committed means visible to a reader while the writer still runs (WAL).
+    assert_eq!(
+        HistorianReader::open(&path)
+            .expect("reader")
+            .count_by_level()
+            .expect("count"),
+        [1, 0, 0]
+    );
+    h.close().expect("close");
+}
+
+#[test]
+fn a_historian_from_a_newer_version_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    Historian::spawn(&settings(&path), &[], stats())
+        .expect("spawn")
+        .close()
+        .expect("close");
+    rusqlite::Connection::open(&path)
+        .and_then(|c| c.pragma_update(None, "user_version", 99))
+        .expect("bump version");
+    let err = Historian::spawn(&settings(&path), &[], stats()).expect_err("newer schema");
+    assert!(
+        matches!(
+            err,
+            StoreError::SchemaTooNew {
+                found: 99,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = HistorianReader::open(&path).expect_err("newer schema");
+    assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err:?}");
+}
+
+#[test]
+fn the_database_is_in_wal_mode() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    let h = Historian::spawn(&settings(&path), &[], stats()).expect("spawn");
+    let c = rusqlite::Connection::open(&path).expect("open");
+    let mode: String = c
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .expect("journal_mode");
+    assert_eq!(mode, "wal");
+    h.close().expect("close");
+}
+
+#[test]
+fn the_handle_can_be_shared_by_async_tasks() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<HistorianHandle>();
+}

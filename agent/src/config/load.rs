@@ -262,7 +262,7 @@ struct CompiledRule {
 }
 
 /// Distinct summary window lengths the summary engine supports (fixed-capacity accumulators).
-pub const MAX_SUMMARY_WINDOWS: usize = 4;
+pub const MAX_SUMMARY_WINDOWS: usize = crate::summary::MAX_WINDOWS;
 
 /// Default summary window for summary rules that do not set one.
 pub const DEFAULT_SUMMARY_WINDOW: Duration = Duration::from_secs(60);
@@ -750,7 +750,7 @@ impl Validator {
                     Form::Raw => {
                         if r.window.is_some() || r.stats.is_some() {
                             self.err(ConfigIssue::new(
-                                format!("{rpath}"),
+                                rpath.clone(),
                                 "`window` and `stats` apply only to form = \"summary\"",
                             ));
                         }

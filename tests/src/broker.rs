@@ -12,6 +12,13 @@
 //!   CONNACK (bounded by [`READY_TIMEOUT`]), so the first client of a test never races startup.
 //! - `dynamic_filters` is on: rumqttd otherwise rejects a publish to a topic no one subscribed to
 //!   yet and drops the publisher's connection, which is not how a real upstream broker behaves.
+//! - KNOWN RUMQTTD RACE (0.20): a client that sends DISCONNECT and then closes its socket makes
+//!   rumqttd remove its connection twice, the second time by a connection id that may already
+//!   belong to the *next* client to connect, which is then dropped. Harness clients therefore
+//!   either close without DISCONNECT (readiness probe, collector) or wait for the broker to close
+//!   after DISCONNECT ([`crate::publish_once`]). A client under test that reconnects right after
+//!   another one disconnected can still be hit once; rumqttc reconnects, and the collector
+//!   records such drops in [`crate::Collector::connection_errors`].
 //! - rumqttd has no shutdown API: the broker's threads live until the test process exits. Each
 //!   test binary is its own process, so this costs a few idle threads, not ports across runs.
 
@@ -122,7 +129,7 @@ fn config(addr: SocketAddr) -> Config {
 /// Bounded readiness probe: connect, send an MQTT 3.1.1 CONNECT, expect a CONNACK.
 ///
 /// A bare TCP connect would do for readiness, but rumqttd logs an ERROR for every connection that
-/// closes without sending CONNECT; a real handshake keeps test output clean and proves it is an
+/// closes without sending CONNECT; a real handshake keeps rumqttd's log clean and proves it is an
 /// MQTT broker answering, not whatever else may sit on the port.
 fn wait_for_connack(
     addr: SocketAddr,
@@ -165,7 +172,6 @@ fn probe_connack(addr: SocketAddr, budget: Duration) -> anyhow::Result<()> {
     if connack != [0x20, 0x02, 0x00, 0x00] {
         bail!("unexpected reply to CONNECT: {connack:02x?}");
     }
-    // DISCONNECT, so the broker closes the session quietly.
-    stream.write_all(&[0xe0, 0x00])?;
+    // No DISCONNECT: just close. See `KNOWN RUMQTTD RACE` in the module docs.
     Ok(())
 }

@@ -12,7 +12,7 @@
 //! - the 4 bytes in orders ABCD, CDAB, BADC, DCBA, as raw bytes and as lower/upper-case hex text.
 //!
 //! Pure functions, no I/O. Canary values must be chosen to be distinctive (6+ significant
-//! digits, no zero bytes in the interesting orders is a plus): short values like `1.0` match
+//! digits, exactly representable as f32, e.g. an integer below 2^24): short values like `1.0` match
 //! innocent text and make these scans useless.
 
 use std::fmt;
@@ -48,11 +48,17 @@ pub fn contains_canary(haystack: &[u8], canary_text: &str) -> bool {
 /// `true` if `needle` occurs in `haystack`. An empty needle matches nothing, so a bad pattern
 /// cannot make a scan pass or fail vacuously.
 pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|window| window == needle)
+    !needle.is_empty()
+        && haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
 }
 
 /// The first pattern found in `haystack`, if any.
-pub fn find_canary<'p>(haystack: &[u8], patterns: &'p [CanaryPattern]) -> Option<&'p CanaryPattern> {
+pub fn find_canary<'p>(
+    haystack: &[u8],
+    patterns: &'p [CanaryPattern],
+) -> Option<&'p CanaryPattern> {
     patterns
         .iter()
         .find(|pattern| contains_bytes(haystack, &pattern.bytes))

@@ -37,7 +37,9 @@ pub fn free_port() -> anyhow::Result<SocketAddr> {
     for _ in 0..64 {
         let listener = TcpListener::bind(SocketAddrV4::new(LOOPBACK, 0))
             .context("binding 127.0.0.1:0 to find a free port; is the loopback interface up?")?;
-        let addr = listener.local_addr().context("reading the probe listener's address")?;
+        let addr = listener
+            .local_addr()
+            .context("reading the probe listener's address")?;
         drop(listener);
         let mut ports = handed_out()
             .lock()

@@ -25,9 +25,9 @@
 
 pub mod config;
 pub mod model;
-// pub mod pipeline; (re-enabled once store/summary/uplink land)
+pub mod pipeline;
 pub mod policy;
-// pub mod report;
+pub mod report;
 pub mod source;
 pub mod stats;
 pub mod store;

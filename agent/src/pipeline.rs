@@ -118,8 +118,10 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
         let hist_stats = router.stats.clone();
         // The historian's writer is a blocking thread; join it off the async runtime.
         let joined = tokio::task::spawn_blocking(move || historian.close()).await;
-        if let Err(e) = joined {
-            warn!(error = %e, "Historian writer ended abnormally.");
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "Historian did not close cleanly."),
+            Err(e) => warn!(error = %e, "Historian writer ended abnormally."),
         }
         info!(stored = ?hist_stats.stored.snapshot(), "Agent stopped.");
     });

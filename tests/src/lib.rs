@@ -1,1 +1,65 @@
+//! End-to-end test harness: brokers, a recording subscriber, canary scans and a test PKI.
+//!
+//! The end-to-end tests (and the demo) run the firmware simulator, the agent and an MQTT broker
+//! in one process on real loopback sockets, then look at what arrived upstream.
+//!
+//! # Layout
+//!
+//! - [`broker`]: [`EmbeddedBroker`], in-process rumqttd on a free `127.0.0.1` port (default run).
+//! - [`collector`]: [`Collector`], a `#` subscriber recording every publish, with bounded waits.
+//! - [`canary`]: the byte forms a leaked canary value could take (text, registers, 4 byte
+//!   orders raw and hex) and scans for them.
+//! - [`pki`]: [`TestPki`], a fresh CA + server + client certificate (rcgen), and a matching
+//!   rustls client config.
+//! - [`mosquitto`]: [`Mosquitto`], the system broker as a child process with a mutual-TLS and a
+//!   plain listener, for `#[ignore]`d interop tests (`cargo test -- --ignored`).
+//! - [`client`]: [`publish_once`], a bounded one-shot QoS 1 publisher.
+//! - [`net`]: free-port picking and bounded readiness probes.
+//! - [`plant`]: the simulated demo plant wired to the agent (shared by end-to-end tests and the
+//!   demo binary).
+//!
+//! ```text
+//!  firmware-sim ──Modbus/TCP──▶ edge-agent ──MQTT──▶ EmbeddedBroker | Mosquitto(TLS)
+//!                                                          │ `#`
+//!                                                          ▼
+//!                                   Collector ──▶ wait_for(..) / all_bytes() ⨯ canary patterns
+//! ```
+//!
+//! Rules every helper follows: `127.0.0.1` only, no fixed ports, every wait bounded, no
+//! sleep-to-wait (only short poll intervals while another process starts).
 
+pub mod broker;
+pub mod canary;
+pub mod client;
+pub mod collector;
+pub mod mosquitto;
+pub mod net;
+pub mod pki;
+pub mod plant;
+
+pub use broker::EmbeddedBroker;
+pub use canary::{
+    canary_patterns_f32, canary_patterns_u32, contains_canary, find_canary, CanaryPattern,
+};
+pub use client::publish_once;
+pub use collector::Collector;
+pub use mosquitto::Mosquitto;
+pub use pki::{PkiPaths, TestPki};
+
+/// Default log filter for tests and the demo: warnings from our code, nothing from rumqttd
+/// (a test fixture whose per-connection chatter would bury the agent's logs). `RUST_LOG` wins.
+pub const QUIET_LOG_FILTER: &str = "warn,rumqttd=off";
+
+/// Installs a tracing subscriber writing through the test harness's capture, once per process.
+///
+/// Uses `RUST_LOG` when set, else [`QUIET_LOG_FILTER`]. Safe to call from every test.
+pub fn init_test_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(QUIET_LOG_FILTER));
+    // Only the first call in a process installs; later calls find a subscriber and do nothing.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

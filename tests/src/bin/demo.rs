@@ -1,1 +1,116 @@
-fn main(){}
+//! The demo: the simulated plant, an embedded MQTT broker standing in for upstream, and the agent
+//! on `configs/demo.toml`, in one process. Prints per-level counters every few seconds; Ctrl-C
+//! stops everything cleanly (the agent drains, flushes upstream and commits the historian).
+//!
+//!     cargo run --release -p edge-tests --bin demo
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use edge_agent::model::Level;
+use edge_agent::pipeline;
+use edge_agent::stats::Stats;
+use edge_tests::plant::{demo_agent_config, start_demo_plant, Wiring};
+use edge_tests::{Collector, EmbeddedBroker};
+
+#[derive(Debug, Parser)]
+#[command(about = "Run the agent on a simulated plant with an embedded upstream broker")]
+struct Args {
+    /// Seconds between counter reports.
+    #[arg(long, default_value_t = 3)]
+    every: u64,
+    /// Stop by itself after this many seconds (0 = run until Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    duration: u64,
+    /// Serve the simulated devices on the scenario's fixed ports (5020-5022) instead of free ones.
+    #[arg(long)]
+    fixed_ports: bool,
+    /// Historian file.
+    #[arg(long, default_value = "data/demo-historian.db")]
+    historian: PathBuf,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let broker = EmbeddedBroker::start().context("starting the embedded broker")?;
+    let collector = Collector::start(broker.addr()).await.context("subscribing to upstream")?;
+    let plant = start_demo_plant(!args.fixed_ports).await?;
+    println!("simulated plant:");
+    for (name, addr) in plant.devices() {
+        println!("  device {name} listening on {addr}");
+    }
+    println!("upstream broker (embedded, standing in for the group DC and HQ): {}", broker.addr());
+    let wiring = Wiring { broker: broker.addr(), historian: args.historian.clone(), window: None };
+    let loaded = demo_agent_config(&plant, &wiring)?;
+    for w in &loaded.warnings {
+        println!("config warning: {}", w.0);
+    }
+    println!(
+        "agent: {} points on {} devices; historian {}; Ctrl-C to stop\n",
+        loaded.config.points.len(),
+        loaded.config.devices.len(),
+        args.historian.display()
+    );
+    let agent = pipeline::start(loaded.config).context("starting the agent")?;
+    let stats = agent.stats.clone();
+    let token = agent.shutdown_token();
+
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(args.every.max(1)));
+    tick.tick().await;
+    let deadline = (args.duration > 0).then(|| started + Duration::from_secs(args.duration));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => {
+                print_report(started.elapsed(), &stats, &collector);
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+            }
+        }
+    }
+    println!("stopping: draining the agent...");
+    token.cancel();
+    agent.wait().await;
+    plant.shutdown().await;
+    print_report(started.elapsed(), &stats, &collector);
+    println!("stopped cleanly.");
+    Ok(())
+}
+
+fn print_report(elapsed: Duration, stats: &Stats, collector: &Collector) {
+    println!("t={:>4}s {:<10} {:>8} {:>8} {:>9}", elapsed.as_secs(), "level", "read", "stored", "bad-qual");
+    for level in Level::ALL {
+        let mut line = format!(
+            "        {:<10} {:>8} {:>8} {:>9}",
+            level.as_str(),
+            stats.read.get(level),
+            stats.stored.get(level),
+            stats.bad_quality.get(level)
+        );
+        for d in &stats.destinations {
+            line.push_str(&format!(
+                " | {} forwarded {:>6} denied {:>6}",
+                d.name,
+                d.forwarded.get(level),
+                d.denied.get(level)
+            ));
+        }
+        println!("{line}");
+    }
+    let mut topics: BTreeMap<String, usize> = BTreeMap::new();
+    for (topic, _) in collector.messages() {
+        *topics.entry(topic).or_default() += 1;
+    }
+    let received: Vec<String> = topics.iter().map(|(t, n)| format!("{t}={n}")).collect();
+    println!("        upstream received (messages per topic): {}\n", received.join("  "));
+}

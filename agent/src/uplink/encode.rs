@@ -1,0 +1,275 @@
+//! The upstream message (DESIGN.md, "Upstream message"): compact JSON, versioned, one form and
+//! one level per message, so a message's level is trivially the highest of its items.
+//!
+//! ```json
+//! {"v":1,"gateway":"gw-01","site":"suzhou-casting","destination":"group-dc","form":"summary",
+//!  "level":"important","legal_basis":"...","items":[
+//!   {"key":"furnace1.zone1.temp@1763856000000/60000","point":"furnace1.zone1.temp",
+//!    "level":"important","category":"production","window_start":1763856000000,
+//!    "window_end":1763856060000,"stats":{"count":60,"mean":812.4}}]}
+//! ```
+//!
+//! Raw items carry `ts` (ms since epoch, UTC), `seq`, `quality` and `value`. Summary items carry
+//! the window and only the stats the destination's rule allows. Every item has an idempotency
+//! `key` (`point@ts` for raw, `point@window_start/window_ms` for summaries) so a replay after a
+//! reconnect is harmless to a consumer that de-duplicates.
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
+use crate::model::{Form, Level, Quality, Stat, Summary, Tagged};
+use crate::policy::EgressItem;
+
+/// Version of the message schema; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Who is sending, to whom, and under what legal basis: the constant part of every message.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub gateway: String,
+    pub site: String,
+    pub destination: String,
+    pub legal_basis: String,
+}
+
+/// `<prefix>/<site>/<gateway>/<form>/<level>`.
+pub fn topic(prefix: &str, env: &Envelope, form: Form, level: Level) -> String {
+    let prefix = prefix.trim_end_matches('/');
+    format!("{prefix}/{}/{}/{}/{}", env.site, env.gateway, form.as_str(), level.as_str())
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    v: u32,
+    gateway: &'a str,
+    site: &'a str,
+    destination: &'a str,
+    form: &'static str,
+    level: &'static str,
+    legal_basis: &'a str,
+    items: Items<'a>,
+}
+
+struct Items<'a>(&'a [EgressItem]);
+
+impl Serialize for Items<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(Item))
+    }
+}
+
+struct Item<'a>(&'a EgressItem);
+
+impl Serialize for Item<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            EgressItem::Raw(t) => serialize_raw(t, s),
+            EgressItem::Summary { summary, stats } => serialize_summary(summary, stats, s),
+        }
+    }
+}
+
+fn serialize_raw<S: Serializer>(t: &Tagged, s: S) -> Result<S::Ok, S::Error> {
+    let mut m = s.serialize_map(None)?;
+    m.serialize_entry("key", &format_args!("{}@{}", t.meta.tag, t.ts_ms))?;
+    m.serialize_entry("point", &*t.meta.tag)?;
+    m.serialize_entry("level", t.level().as_str())?;
+    m.serialize_entry("category", t.category().as_str())?;
+    m.serialize_entry("quality", t.quality.as_str())?;
+    if let Quality::DeviceException(code) = t.quality {
+        m.serialize_entry("exception", &code)?;
+    }
+    m.serialize_entry("ts", &t.ts_ms)?;
+    m.serialize_entry("seq", &t.seq)?;
+    m.serialize_entry("value", &t.value)?;
+    if let Some(unit) = &t.meta.unit {
+        m.serialize_entry("unit", &**unit)?;
+    }
+    m.end()
+}
+
+fn serialize_summary<S: Serializer>(sum: &Summary, stats: &[Stat], s: S) -> Result<S::Ok, S::Error> {
+    let window_ms = sum.window_end_ms - sum.window_start_ms;
+    let mut m = s.serialize_map(None)?;
+    m.serialize_entry(
+        "key",
+        &format_args!("{}@{}/{}", sum.meta.tag, sum.window_start_ms, window_ms),
+    )?;
+    m.serialize_entry("point", &*sum.meta.tag)?;
+    m.serialize_entry("level", sum.level().as_str())?;
+    m.serialize_entry("category", sum.meta.category.as_str())?;
+    // A window with any bad sample is flagged, so a consumer can tell a mean over a partial window.
+    m.serialize_entry("quality", if sum.bad == 0 { "good" } else { "partial" })?;
+    m.serialize_entry("window_start", &sum.window_start_ms)?;
+    m.serialize_entry("window_end", &sum.window_end_ms)?;
+    m.serialize_entry("stats", &StatsMap { sum, stats })?;
+    if let Some(unit) = &sum.meta.unit {
+        m.serialize_entry("unit", &**unit)?;
+    }
+    m.end()
+}
+
+/// Only the stats the destination's allow rule names; nothing else of the window leaves.
+struct StatsMap<'a> {
+    sum: &'a Summary,
+    stats: &'a [Stat],
+}
+
+impl Serialize for StatsMap<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let sum = self.sum;
+        let mut m = s.serialize_map(Some(self.stats.len()))?;
+        for stat in self.stats {
+            match stat {
+                Stat::Count => m.serialize_entry("count", &sum.count)?,
+                Stat::Good => m.serialize_entry("good", &sum.good)?,
+                Stat::Bad => m.serialize_entry("bad", &sum.bad)?,
+                // `None` (no good sample in the window) becomes `null`, never a made-up number.
+                Stat::Min => m.serialize_entry("min", &finite(sum.min))?,
+                Stat::Max => m.serialize_entry("max", &finite(sum.max))?,
+                Stat::Mean => m.serialize_entry("mean", &finite(sum.mean))?,
+                Stat::Last => m.serialize_entry("last", &finite(sum.last))?,
+            }
+        }
+        m.end()
+    }
+}
+
+fn finite(x: Option<f64>) -> Option<f64> {
+    x.filter(|v| v.is_finite())
+}
+
+/// Encode one message. Every item must have the given form and level (the batcher groups by
+/// them); a mismatch is a bug, so it is checked in debug builds and filtered out in release so a
+/// message never understates the level of what it carries.
+pub fn encode(env: &Envelope, form: Form, level: Level, items: &[EgressItem]) -> Vec<u8> {
+    debug_assert!(items.iter().all(|i| i.form() == form && i.level() == level));
+    let msg = Message {
+        v: SCHEMA_VERSION,
+        gateway: &env.gateway,
+        site: &env.site,
+        destination: &env.destination,
+        form: form.as_str(),
+        level: level.as_str(),
+        legal_basis: &env.legal_basis,
+        items: Items(items),
+    };
+    // Serialising plain structs to a Vec cannot fail (no I/O, string keys, NaN filtered above;
+    // serde_json writes non-finite raw floats as null).
+    serde_json::to_vec(&msg).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::Value as Json;
+
+    use super::*;
+    use crate::model::testutil::meta;
+    use crate::model::Value;
+
+    fn env() -> Envelope {
+        Envelope {
+            gateway: "gw-01".into(),
+            site: "plant-a".into(),
+            destination: "dc".into(),
+            legal_basis: "contract".into(),
+        }
+    }
+
+    fn raw(tag: &str, level: Level, value: Value, quality: Quality) -> EgressItem {
+        EgressItem::Raw(Tagged { meta: meta(0, tag, level), value, quality, ts_ms: 1_000, seq: 7 })
+    }
+
+    fn summary(tag: &str, level: Level) -> Summary {
+        Summary {
+            meta: meta(1, tag, level),
+            window_start_ms: 60_000,
+            window_end_ms: 120_000,
+            count: 60,
+            good: 59,
+            bad: 1,
+            min: Some(1.0),
+            max: Some(9.0),
+            mean: Some(5.5),
+            last: None,
+        }
+    }
+
+    #[test]
+    fn topic_follows_the_design() {
+        let t = topic("groupdc/", &env(), Form::Summary, Level::Important);
+        assert_eq!(t, "groupdc/plant-a/gw-01/summary/important");
+    }
+
+    #[test]
+    fn raw_message_has_envelope_and_item_fields() {
+        let items = [
+            raw("line.speed", Level::General, Value::Float(12.5), Quality::Good),
+            raw("line.run", Level::General, Value::Bool(true), Quality::DeviceException(2)),
+        ];
+        let bytes = encode(&env(), Form::Raw, Level::General, &items);
+        let m: Json = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(m["v"], 1);
+        assert_eq!(m["gateway"], "gw-01");
+        assert_eq!(m["site"], "plant-a");
+        assert_eq!(m["destination"], "dc");
+        assert_eq!(m["form"], "raw");
+        assert_eq!(m["level"], "general");
+        assert_eq!(m["legal_basis"], "contract");
+        let i = &m["items"][0];
+        assert_eq!(i["key"], "line.speed@1000");
+        assert_eq!(i["point"], "line.speed");
+        assert_eq!(i["value"], 12.5);
+        assert_eq!(i["quality"], "good");
+        assert_eq!(i["ts"], 1000);
+        assert_eq!(i["seq"], 7);
+        let j = &m["items"][1];
+        assert_eq!(j["value"], true);
+        assert_eq!(j["quality"], "device_exception");
+        assert_eq!(j["exception"], 2);
+    }
+
+    #[test]
+    fn summary_carries_only_the_allowed_stats() {
+        let items = [EgressItem::Summary {
+            summary: summary("kiln.temp", Level::Important),
+            stats: Arc::from(vec![Stat::Count, Stat::Mean, Stat::Last]),
+        }];
+        let bytes = encode(&env(), Form::Summary, Level::Important, &items);
+        let m: Json = serde_json::from_slice(&bytes).expect("json");
+        let i = &m["items"][0];
+        assert_eq!(i["key"], "kiln.temp@60000/60000");
+        assert_eq!(i["window_start"], 60_000);
+        assert_eq!(i["window_end"], 120_000);
+        assert_eq!(i["quality"], "partial");
+        assert!(i.get("value").is_none());
+        let stats = i["stats"].as_object().expect("stats");
+        let mut keys: Vec<_> = stats.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["count", "last", "mean"]);
+        assert_eq!(stats["count"], 60);
+        assert_eq!(stats["mean"], 5.5);
+        // No good sample for `last`: null, not a fabricated value.
+        assert!(stats["last"].is_null());
+        // Nothing of min/max leaks through other fields.
+        let text = String::from_utf8(bytes).expect("utf8");
+        assert!(!text.contains("9.0") && !text.contains(":9"), "{text}");
+    }
+
+    #[test]
+    fn non_finite_values_become_null() {
+        let mut s = summary("x", Level::General);
+        s.mean = Some(f64::NAN);
+        let items = [EgressItem::Summary { summary: s, stats: Arc::from(vec![Stat::Mean]) }];
+        let m: Json =
+            serde_json::from_slice(&encode(&env(), Form::Summary, Level::General, &items))
+                .expect("json");
+        assert!(m["items"][0]["stats"]["mean"].is_null());
+        let items = [raw("y", Level::General, Value::Float(f64::INFINITY), Quality::Good)];
+        let m: Json = serde_json::from_slice(&encode(&env(), Form::Raw, Level::General, &items))
+            .expect("json");
+        assert!(m["items"][0]["value"].is_null());
+    }
+}

@@ -1,0 +1,82 @@
+//! The simulated demo plant wired to the agent: starts `configs/sim-demo.toml` and points
+//! `configs/demo.toml` at it and at a broker. Shared by the end-to-end tests and the demo binary
+//! so both exercise the same wiring.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use edge_agent::config::{self, AgentConfig, Loaded};
+use edge_agent::model::now_ms;
+use firmware_sim::{Plant, Scenario};
+
+/// Root of the workspace (for `configs/`), whatever the current directory of the test.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+pub fn config_path(name: &str) -> PathBuf {
+    workspace_root().join("configs").join(name)
+}
+
+/// Start the demo plant. `ephemeral` binds every device to port 0 (tests); otherwise the
+/// scenario's fixed ports are used (the demo, so `configs/demo.toml` works as written).
+pub async fn start_demo_plant(ephemeral: bool) -> anyhow::Result<Plant> {
+    let path = config_path("sim-demo.toml");
+    let mut scenario = Scenario::from_file(&path).with_context(|| format!("loading {}", path.display()))?;
+    if ephemeral {
+        for d in &mut scenario.devices {
+            d.port = 0;
+        }
+    }
+    Plant::start(scenario, IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .await
+        .map_err(|e| anyhow!("starting the simulated plant: {e}"))
+}
+
+/// Options for [`demo_agent_config`].
+#[derive(Debug, Clone)]
+pub struct Wiring {
+    /// Every destination's broker.
+    pub broker: SocketAddr,
+    pub historian: PathBuf,
+    /// Override of every summary window (tests use short windows to finish quickly).
+    pub window: Option<Duration>,
+}
+
+/// Load `configs/demo.toml`, then point its devices at `plant`, its destinations at
+/// `wiring.broker` and its historian at `wiring.historian`.
+pub fn demo_agent_config(plant: &Plant, wiring: &Wiring) -> anyhow::Result<Loaded> {
+    let path = config_path("demo.toml");
+    let mut loaded = config::load(&path, now_ms()).map_err(|e| anyhow!("{e}"))?;
+    rewire(&mut loaded.config, plant, wiring)?;
+    Ok(loaded)
+}
+
+fn rewire(cfg: &mut AgentConfig, plant: &Plant, wiring: &Wiring) -> anyhow::Result<()> {
+    for d in &mut cfg.devices {
+        let addr = plant
+            .device_addr(&d.name)
+            .ok_or_else(|| anyhow!("the simulated plant has no device {:?}", d.name))?;
+        Arc::make_mut(d).endpoint = addr.to_string();
+    }
+    for dest in &mut cfg.destinations {
+        let dest = Arc::make_mut(dest);
+        dest.broker.host = wiring.broker.ip().to_string();
+        dest.broker.port = wiring.broker.port();
+        if let Some(w) = wiring.window {
+            for rule in &mut dest.allow {
+                if rule.window.is_some() {
+                    rule.window = Some(w);
+                }
+            }
+        }
+    }
+    if let Some(w) = wiring.window {
+        cfg.summary.windows = vec![w];
+    }
+    cfg.historian.path = wiring.historian.clone();
+    Ok(())
+}

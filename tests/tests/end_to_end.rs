@@ -1,0 +1,250 @@
+//! End to end: the simulated demo plant → the agent on `configs/demo.toml` → an in-process
+//! broker, with a subscriber on `#` recording every byte the broker delivers.
+//!
+//! The demo config has two destinations on the broker: `group-dc` (CN, topic prefix `groupdc`)
+//! allowing general raw and general+important summaries, and `hq-eu` (DE, cross-border, no
+//! assessment, prefix `hq`) allowing general summaries only. The furnace recipe block is core and
+//! carries canary values (see `configs/sim-demo.toml`).
+
+use std::time::Duration;
+
+use edge_agent::model::{Level, Quality, Value};
+use edge_agent::pipeline::{self, RunningAgent};
+use edge_agent::store::HistorianReader;
+use edge_tests::plant::{demo_agent_config, start_demo_plant, Wiring};
+use edge_tests::{canary_patterns_f32, canary_patterns_u32, init_test_tracing, Collector, EmbeddedBroker};
+use firmware_sim::Plant;
+use serde_json::Value as Json;
+
+const WINDOW: Duration = Duration::from_secs(1);
+const WAIT: Duration = Duration::from_secs(20);
+const PREFIX_DC: &str = "groupdc/suzhou-casting/gw-01";
+const PREFIX_HQ: &str = "hq/suzhou-casting/gw-01";
+
+/// Core points of the demo and the distinctive values the simulator gives them.
+const CORE_TAGS: [&str; 4] = [
+    "furnace1.recipe.soak_temp",
+    "furnace1.recipe.id",
+    "furnace1.recipe.quench_delay",
+    "furnace1.recipe.step_count",
+];
+
+struct Rig {
+    _broker: EmbeddedBroker,
+    collector: Collector,
+    plant: Plant,
+    agent: RunningAgent,
+    dir: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn start() -> Rig {
+        init_test_tracing();
+        let broker = EmbeddedBroker::start().expect("broker");
+        let collector = Collector::start(broker.addr()).await.expect("collector");
+        let plant = start_demo_plant(true).await.expect("plant");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wiring = Wiring {
+            broker: broker.addr(),
+            historian: dir.path().join("historian.db"),
+            window: Some(WINDOW),
+        };
+        let loaded = demo_agent_config(&plant, &wiring).expect("demo config");
+        let agent = pipeline::start(loaded.config).expect("agent starts");
+        Rig { _broker: broker, collector, plant, agent, dir }
+    }
+
+    async fn stop(self) -> (Collector, tempfile::TempDir) {
+        self.agent.stop().await;
+        self.plant.shutdown().await;
+        (self.collector, self.dir)
+    }
+}
+
+fn items(payload: &[u8]) -> Vec<Json> {
+    let msg: Json = serde_json::from_slice(payload).expect("upstream payloads are JSON");
+    msg["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn has_item(payload: &[u8], tag: &str) -> bool {
+    items(payload).iter().any(|i| i["point"] == tag)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn general_points_arrive_upstream_raw_and_summarised() {
+    let rig = Rig::start().await;
+    let c = &rig.collector;
+    let raw_topic = format!("{PREFIX_DC}/raw/general");
+    assert!(
+        c.wait_for(|t, p| t == raw_topic && has_item(p, "press1.ram_speed"), WAIT).await,
+        "no raw general sample of press1.ram_speed reached {raw_topic}"
+    );
+    let summary_topic = format!("{PREFIX_DC}/summary/general");
+    assert!(
+        c.wait_for(|t, p| t == summary_topic && has_item(p, "meter.active_power"), WAIT).await,
+        "no general summary reached {summary_topic}"
+    );
+    let hq_topic = format!("{PREFIX_HQ}/summary/general");
+    assert!(
+        c.wait_for(|t, p| t == hq_topic && has_item(p, "press1.ram_speed"), WAIT).await,
+        "no general summary reached the cross-border destination"
+    );
+    let (c, _dir) = rig.stop().await;
+
+    for (topic, payload) in c.messages() {
+        let msg: Json = serde_json::from_slice(&payload).expect("JSON");
+        assert_eq!(msg["v"], 1);
+        assert_eq!(msg["gateway"], "gw-01");
+        assert_eq!(msg["site"], "suzhou-casting");
+        for item in items(&payload) {
+            assert!(item["key"].as_str().is_some_and(|k| k.contains('@')), "item without idempotency key: {item}");
+            if topic.ends_with("/raw/general") {
+                assert_eq!(item["level"], "general");
+                assert!(item.get("value").is_some() && item.get("quality").is_some());
+            }
+            if topic.starts_with(PREFIX_HQ) {
+                // hq-eu is configured for count/mean/last only.
+                let stats = item["stats"].as_object().expect("summary stats");
+                let mut keys: Vec<&str> = stats.keys().map(String::as_str).collect();
+                keys.sort();
+                assert!(keys.iter().all(|k| ["count", "last", "mean"].contains(k)), "{keys:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn important_points_leave_only_as_summaries_and_only_domestically() {
+    let rig = Rig::start().await;
+    let topic = format!("{PREFIX_DC}/summary/important");
+    // Two important summary windows, so the run covers several windows of everything.
+    let mut windows = 0;
+    assert!(
+        rig.collector
+            .wait_for(
+                |t, p| {
+                    if t == topic && has_item(p, "furnace1.zone1.temp") {
+                        windows += 1;
+                    }
+                    windows >= 2
+                },
+                WAIT
+            )
+            .await,
+        "important summaries did not reach the domestic destination"
+    );
+    let (c, _dir) = rig.stop().await;
+    let messages = c.messages();
+    assert!(!messages.is_empty());
+    for (topic, payload) in &messages {
+        assert!(!topic.contains("/raw/important") && !topic.contains("/core"), "forbidden topic {topic}");
+        let msg: Json = serde_json::from_slice(payload).expect("JSON");
+        for item in items(payload) {
+            let level = item["level"].as_str().expect("level");
+            assert_ne!(level, "core", "core item upstream on {topic}: {item}");
+            if level == "important" {
+                assert!(topic.starts_with(PREFIX_DC), "important data at a cross-border destination: {topic}");
+                assert_eq!(msg["form"], "summary", "raw important item on {topic}");
+                assert!(item.get("value").is_none(), "important item carries a raw value: {item}");
+            }
+        }
+        if topic.starts_with(PREFIX_HQ) {
+            assert_eq!(msg["level"], "general", "hq-eu got a {} message", msg["level"]);
+        }
+    }
+}
+
+/// Every byte the broker delivered, scanned for the core canaries in every form they could take:
+/// their tags, their decimal text (as whole numbers, not digits inside a timestamp), and their
+/// register bytes in all four byte orders, raw and as hex.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_core_canary_and_no_raw_important_sample_ever_reaches_the_broker() {
+    let rig = Rig::start().await;
+    // Let several summary windows close and plenty of raw traffic flow.
+    let topic = format!("{PREFIX_DC}/summary/important");
+    let mut windows = 0;
+    assert!(
+        rig.collector
+            .wait_for(
+                |t, _| {
+                    windows += usize::from(t == topic);
+                    windows >= 3
+                },
+                WAIT
+            )
+            .await
+    );
+    let (c, dir) = rig.stop().await;
+    let bytes = c.all_bytes();
+    assert!(bytes.len() > 1000, "too little traffic to prove anything: {} bytes", bytes.len());
+    let text = String::from_utf8_lossy(&bytes);
+
+    for tag in CORE_TAGS {
+        assert!(!text.contains(tag), "core tag {tag} appeared upstream");
+    }
+    for number in ["731337", "195936478", "-1337001", "31337"] {
+        assert!(!contains_number(&text, number), "core canary {number} appeared upstream");
+    }
+    let mut patterns = canary_patterns_f32(731_337.0);
+    patterns.extend(canary_patterns_u32(0x0BAD_C0DE));
+    patterns.extend(canary_patterns_u32(-1_337_001i32 as u32));
+    for p in patterns.iter().filter(|p| p.bytes.len() >= 4) {
+        assert!(!edge_tests::canary::contains_bytes(&bytes, &p.bytes), "canary pattern {p:?} appeared upstream");
+    }
+    // No raw important sample either: no raw item of an important point.
+    for (topic, payload) in c.messages() {
+        if topic.contains("/raw/") {
+            for item in items(&payload) {
+                assert_eq!(item["level"], "general", "raw non-general item on {topic}: {item}");
+            }
+        }
+    }
+
+    // Meanwhile the canaries were read and kept locally: the control that the scan is meaningful.
+    let reader = HistorianReader::open(dir.path().join("historian.db")).expect("historian");
+    let soak = reader.latest("furnace1.recipe.soak_temp").expect("read").expect("stored");
+    assert_eq!(soak.value, Some(Value::Float(731_337.0)));
+    let id = reader.latest("furnace1.recipe.id").expect("read").expect("stored");
+    assert_eq!(id.value, Some(Value::Int(0x0BAD_C0DE)));
+}
+
+/// `needle` occurring in `haystack` as a whole number: not inside a longer number or a
+/// fraction (timestamps and sequence numbers contain arbitrary digit runs).
+fn contains_number(haystack: &str, needle: &str) -> bool {
+    haystack.match_indices(needle).any(|(i, _)| {
+        let before = haystack[..i].chars().next_back();
+        let after = haystack[i + needle.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_digit() || c == '.')
+            && !after.is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
+#[test]
+fn whole_number_scan_ignores_digit_runs_inside_other_numbers() {
+    assert!(contains_number("{\"v\":731337.0}", "731337"));
+    assert!(contains_number("[31337,", "31337"));
+    assert!(!contains_number("\"ts\":1795731337123", "731337"));
+    assert!(!contains_number("0.31337", "31337"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_level_core_included_is_kept_in_the_historian_with_its_quality() {
+    let rig = Rig::start().await;
+    let topic = format!("{PREFIX_DC}/summary/important");
+    assert!(rig.collector.wait_for(|t, _| t == topic, WAIT).await);
+    let (_c, dir) = rig.stop().await;
+    let reader = HistorianReader::open(dir.path().join("historian.db")).expect("historian");
+    let counts = reader.count_by_level().expect("counts");
+    for level in Level::ALL {
+        assert!(counts[level.index()] > 0, "no {level} samples stored: {counts:?}");
+    }
+    let core = reader.latest("furnace1.recipe.quench_delay").expect("read").expect("stored");
+    assert_eq!(core.level, Level::Core);
+    assert_eq!(core.value, Some(Value::Int(-1_337_001)));
+    assert_eq!(core.rule_id, "rule:recipes-are-core@v1");
+    // The locked diagnostic block answers exception 2: stored as a quality, not an error.
+    let diag = reader.latest("press1.diag.status").expect("read").expect("stored");
+    assert_eq!(diag.quality, Quality::DeviceException(2));
+    let speed = reader.latest("press1.ram_speed").expect("read").expect("stored");
+    assert_eq!(speed.quality, Quality::Good);
+}

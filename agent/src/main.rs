@@ -65,7 +65,10 @@ fn main() -> ExitCode {
             },
             Err(code) => code,
         },
-        Command::Run { config, stats_every } => {
+        Command::Run {
+            config,
+            stats_every,
+        } => {
             let loaded = match load(&config) {
                 Ok(l) => l,
                 Err(code) => return code,
@@ -154,5 +157,8 @@ async fn wait_for_signal() {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

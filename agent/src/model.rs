@@ -232,8 +232,15 @@ pub enum Stat {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 7] =
-        [Stat::Count, Stat::Min, Stat::Max, Stat::Mean, Stat::Last, Stat::Good, Stat::Bad];
+    pub const ALL: [Stat; 7] = [
+        Stat::Count,
+        Stat::Min,
+        Stat::Max,
+        Stat::Mean,
+        Stat::Last,
+        Stat::Good,
+        Stat::Bad,
+    ];
 }
 
 /// A closed tumbling window over one point. Carries the point's level (one input) — anything that
@@ -321,8 +328,14 @@ mod tests {
 
     #[test]
     fn highest_level_wins_when_mixing() {
-        assert_eq!(Level::highest([Level::General, Level::Core, Level::Important]), Level::Core);
-        assert_eq!(Level::highest([Level::General, Level::Important]), Level::Important);
+        assert_eq!(
+            Level::highest([Level::General, Level::Core, Level::Important]),
+            Level::Core
+        );
+        assert_eq!(
+            Level::highest([Level::General, Level::Important]),
+            Level::Important
+        );
         assert_eq!(Level::highest([Level::General]), Level::General);
     }
 

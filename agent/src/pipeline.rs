@@ -79,7 +79,12 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
     let historian = store::Historian::spawn(&cfg.historian, &cfg.points, stats.clone())?;
     let mut uplinks = Vec::new();
     for dest in &cfg.destinations {
-        let handle = uplink::spawn(dest.clone(), &cfg.gateway, stats.clone(), uplink_shutdown.clone())?;
+        let handle = uplink::spawn(
+            dest.clone(),
+            &cfg.gateway,
+            stats.clone(),
+            uplink_shutdown.clone(),
+        )?;
         uplinks.push((Policy::new(dest.clone()), handle));
     }
 
@@ -106,7 +111,12 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
     let summary = SummaryEngine::new(&cfg.points, &cfg.summary.windows);
     let router_stats = stats.clone();
     let router = tokio::spawn(async move {
-        let mut router = Router { summary, uplinks, stats: router_stats, summaries: Vec::new() };
+        let mut router = Router {
+            summary,
+            uplinks,
+            stats: router_stats,
+            summaries: Vec::new(),
+        };
         router.run(rx, &historian).await;
         for s in sources {
             let _ = s.await;
@@ -125,7 +135,11 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
         }
         info!(stored = ?hist_stats.stored.snapshot(), "Agent stopped.");
     });
-    Ok(RunningAgent { stats, shutdown, router })
+    Ok(RunningAgent {
+        stats,
+        shutdown,
+        router,
+    })
 }
 
 struct Router {
@@ -136,7 +150,11 @@ struct Router {
 }
 
 impl Router {
-    async fn run(&mut self, mut rx: mpsc::Receiver<Vec<Tagged>>, historian: &store::HistorianHandle) {
+    async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Vec<Tagged>>,
+        historian: &store::HistorianHandle,
+    ) {
         let mut tick = tokio::time::interval(SUMMARY_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

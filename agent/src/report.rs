@@ -23,7 +23,12 @@ pub fn check(loaded: &Loaded) -> String {
     let _ = writeln!(s, "\ndevices ({}):", cfg.devices.len());
     let mut total_requests = 0;
     for d in &cfg.devices {
-        let blocks = plan::plan(&d.points, d.max_registers_per_request, d.max_bits_per_request, d.max_gap);
+        let blocks = plan::plan(
+            &d.points,
+            d.max_registers_per_request,
+            d.max_bits_per_request,
+            d.max_gap,
+        );
         total_requests += blocks.len();
         let _ = writeln!(
             s,
@@ -44,33 +49,58 @@ pub fn check(loaded: &Loaded) -> String {
                 b.start,
                 u32::from(b.start) + u32::from(b.count) - 1,
                 b.count,
-                if b.table.is_bit() { "bits" } else { "registers" },
+                if b.table.is_bit() {
+                    "bits"
+                } else {
+                    "registers"
+                },
                 b.points.len()
             );
         }
     }
     let _ = writeln!(s, "Modbus requests per poll cycle: {total_requests}");
 
-    let _ = writeln!(s, "\npoints per level and category ({} in all):", cfg.points.len());
+    let _ = writeln!(
+        s,
+        "\npoints per level and category ({} in all):",
+        cfg.points.len()
+    );
     for ((level, category), n) in points_per_level_category(cfg) {
         let _ = writeln!(s, "  {:<10} {:<24} {n}", level.as_str(), category.as_str());
     }
 
     let _ = writeln!(s, "\negress matrix (destination x level -> forms):");
-    let _ = writeln!(s, "  {:<28} {:<16} {:<16} {:<16}", "destination", "general", "important", "core");
+    let _ = writeln!(
+        s,
+        "  {:<28} {:<16} {:<16} {:<16}",
+        "destination", "general", "important", "core"
+    );
     for d in &cfg.destinations {
         let m = Policy::new(d.clone()).matrix();
         let cell = |forms: &Vec<Form>| {
             if forms.is_empty() {
                 "nothing".to_owned()
             } else {
-                forms.iter().map(|f| f.as_str()).collect::<Vec<_>>().join("+")
+                forms
+                    .iter()
+                    .map(|f| f.as_str())
+                    .collect::<Vec<_>>()
+                    .join("+")
             }
         };
         let _ = writeln!(
             s,
             "  {:<28} {:<16} {:<16} {:<16}",
-            format!("{} ({}{})", d.name, d.jurisdiction, if d.is_cross_border() { ", cross-border" } else { "" }),
+            format!(
+                "{} ({}{})",
+                d.name,
+                d.jurisdiction,
+                if d.is_cross_border() {
+                    ", cross-border"
+                } else {
+                    ""
+                }
+            ),
             cell(&m[0]),
             cell(&m[1]),
             cell(&m[2])
@@ -117,9 +147,17 @@ pub fn explain(cfg: &AgentConfig, tag: &str, now_ms: i64) -> Option<String> {
         point.scale,
         point.offset
     );
-    let _ = writeln!(s, "  sampled every {} ms; stored locally in {}", meta.interval_ms, cfg.historian.path.display());
+    let _ = writeln!(
+        s,
+        "  sampled every {} ms; stored locally in {}",
+        meta.interval_ms,
+        cfg.historian.path.display()
+    );
     if cfg.destinations.is_empty() {
-        let _ = writeln!(s, "  egress: no destinations configured; the point stays on the gateway");
+        let _ = writeln!(
+            s,
+            "  egress: no destinations configured; the point stays on the gateway"
+        );
     }
     for d in &cfg.destinations {
         let _ = writeln!(
@@ -127,7 +165,11 @@ pub fn explain(cfg: &AgentConfig, tag: &str, now_ms: i64) -> Option<String> {
             "  destination {} ({}{}; recipient {}; legal basis {}):",
             d.name,
             d.jurisdiction,
-            if d.is_cross_border() { ", cross-border" } else { "" },
+            if d.is_cross_border() {
+                ", cross-border"
+            } else {
+                ""
+            },
             d.recipient,
             d.legal_basis
         );

@@ -20,7 +20,11 @@ impl PerLevel {
     }
 
     pub fn snapshot(&self) -> [u64; 3] {
-        [self.get(Level::General), self.get(Level::Important), self.get(Level::Core)]
+        [
+            self.get(Level::General),
+            self.get(Level::Important),
+            self.get(Level::Core),
+        ]
     }
 }
 
@@ -81,7 +85,10 @@ impl Stats {
             summaries: PerLevel::default(),
             requests: AtomicU64::new(0),
             request_failures: AtomicU64::new(0),
-            destinations: destinations.into_iter().map(DestinationStats::new).collect(),
+            destinations: destinations
+                .into_iter()
+                .map(DestinationStats::new)
+                .collect(),
         }
     }
 

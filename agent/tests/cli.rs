@@ -13,17 +13,27 @@ fn configs() -> PathBuf {
 }
 
 fn run(args: &[&str]) -> Output {
-    bin().args(args).env_remove("RUST_LOG").output().expect("edge-agent runs")
+    bin()
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("edge-agent runs")
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 /// Write the demo config with `from` replaced by `to` into a temp dir.
 fn demo_with(from: &str, to: &str) -> (tempfile::TempDir, PathBuf) {
     let demo = std::fs::read_to_string(configs().join("demo.toml")).expect("demo.toml");
-    assert!(demo.contains(from), "fixture text {from:?} not in demo.toml");
+    assert!(
+        demo.contains(from),
+        "fixture text {from:?} not in demo.toml"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("agent.toml");
     std::fs::write(&path, demo.replacen(from, to, 1)).expect("write");
@@ -32,19 +42,48 @@ fn demo_with(from: &str, to: &str) -> (tempfile::TempDir, PathBuf) {
 
 #[test]
 fn check_accepts_the_demo_config_and_prints_plan_levels_and_egress_matrix() {
-    let out = run(&["check", "-c", configs().join("demo.toml").to_str().expect("utf8")]);
+    let out = run(&[
+        "check",
+        "-c",
+        configs().join("demo.toml").to_str().expect("utf8"),
+    ]);
     let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.contains("Modbus requests per poll cycle:"), "{stdout}");
-    assert!(stdout.contains("press-1 modbus_tcp 127.0.0.1:5020"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("Modbus requests per poll cycle:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("press-1 modbus_tcp 127.0.0.1:5020"),
+        "{stdout}"
+    );
     assert!(stdout.contains("core       rd_design"), "{stdout}");
     // Egress matrix: the domestic DC gets general raw+summary and important summaries; the
     // cross-border HQ only general summaries; core goes nowhere.
-    let dc = stdout.lines().find(|l| l.trim_start().starts_with("group-dc (CN)")).expect("group-dc row");
-    assert_eq!(dc.split_whitespace().skip(2).collect::<Vec<_>>(), ["raw+summary", "summary", "nothing"]);
-    let hq = stdout.lines().find(|l| l.trim_start().starts_with("hq-eu (DE")).expect("hq-eu row");
-    assert!(hq.ends_with("summary          nothing          nothing         "), "{hq:?}");
-    assert!(stdout.contains("ClassificationUnmapped"), "unmapped furnace1.alarm_word should warn: {stdout}");
+    let dc = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("group-dc (CN)"))
+        .expect("group-dc row");
+    assert_eq!(
+        dc.split_whitespace().skip(2).collect::<Vec<_>>(),
+        ["raw+summary", "summary", "nothing"]
+    );
+    let hq = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("hq-eu (DE"))
+        .expect("hq-eu row");
+    assert!(
+        hq.ends_with("summary          nothing          nothing         "),
+        "{hq:?}"
+    );
+    assert!(
+        stdout.contains("ClassificationUnmapped"),
+        "unmapped furnace1.alarm_word should warn: {stdout}"
+    );
 }
 
 #[test]
@@ -67,14 +106,20 @@ fn check_and_run_reject_a_config_breaking_an_invariant_naming_it() {
         let out = run(&[cmd, "-c", path.to_str().expect("utf8")]);
         let (_, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(2), "{cmd}: {stderr}");
-        assert!(stderr.contains("destinations[0].allow[0]"), "{cmd}: {stderr}");
+        assert!(
+            stderr.contains("destinations[0].allow[0]"),
+            "{cmd}: {stderr}"
+        );
         assert!(stderr.contains("raw-only-general"), "{cmd}: {stderr}");
     }
 }
 
 #[test]
 fn check_rejects_core_egress_and_cross_border_important_without_assessment() {
-    let (_d, core) = demo_with("levels = [\"general\", \"important\"]", "levels = [\"general\", \"important\", \"core\"]");
+    let (_d, core) = demo_with(
+        "levels = [\"general\", \"important\"]",
+        "levels = [\"general\", \"important\", \"core\"]",
+    );
     let (_, stderr) = text(&run(&["check", "-c", core.to_str().expect("utf8")]));
     assert!(stderr.contains("core-never-leaves"), "{stderr}");
 
@@ -86,7 +131,10 @@ fn check_rejects_core_egress_and_cross_border_important_without_assessment() {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("destinations[1].assessment"), "{stderr}");
-    assert!(stderr.contains("cross-border-important-needs-assessment"), "{stderr}");
+    assert!(
+        stderr.contains("cross-border-important-needs-assessment"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -114,17 +162,30 @@ fn environment_overrides_apply_and_are_validated() {
 #[test]
 fn explain_names_level_category_rule_and_where_the_point_may_go() {
     let demo = configs().join("demo.toml");
-    let out = run(&["explain", "-c", demo.to_str().expect("utf8"), "furnace1.recipe.soak_temp"]);
+    let out = run(&[
+        "explain",
+        "-c",
+        demo.to_str().expect("utf8"),
+        "furnace1.recipe.soak_temp",
+    ]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stdout.contains("level:     core"), "{stdout}");
     assert!(stdout.contains("rule:recipes-are-core@v1"), "{stdout}");
     assert!(stdout.contains("core_never_leaves"), "{stdout}");
 
-    let out = run(&["explain", "-c", demo.to_str().expect("utf8"), "furnace1.zone1.temp"]);
+    let out = run(&[
+        "explain",
+        "-c",
+        demo.to_str().expect("utf8"),
+        "furnace1.zone1.temp",
+    ]);
     let (stdout, _) = text(&out);
     assert!(stdout.contains("raw: denied (raw_not_general"), "{stdout}");
-    assert!(stdout.contains("summary: allowed by allow[1] every 5s"), "{stdout}");
+    assert!(
+        stdout.contains("summary: allowed by allow[1] every 5s"),
+        "{stdout}"
+    );
 
     let out = run(&["explain", "-c", demo.to_str().expect("utf8"), "no.such.tag"]);
     assert_eq!(out.status.code(), Some(2));
@@ -140,11 +201,21 @@ fn a_missing_config_file_is_a_clear_error_with_exit_2() {
 
 #[test]
 fn the_reference_config_documents_every_option_and_fails_only_on_absent_pki_files() {
-    let out = run(&["check", "-c", configs().join("reference.toml").to_str().expect("utf8")]);
+    let out = run(&[
+        "check",
+        "-c",
+        configs().join("reference.toml").to_str().expect("utf8"),
+    ]);
     let (_, stderr) = text(&out);
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.trim_start().starts_with("- ")).collect();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- "))
+        .collect();
     assert!(!errors.is_empty(), "{stderr}");
     for e in errors {
-        assert!(e.contains(".broker.tls.") && e.contains("does not exist"), "unexpected error: {e}");
+        assert!(
+            e.contains(".broker.tls.") && e.contains("does not exist"),
+            "unexpected error: {e}"
+        );
     }
 }

@@ -15,7 +15,11 @@ fn point(id: u32) -> Arc<PointMeta> {
     Arc::new(PointMeta {
         id,
         tag: format!("p{id}").into(),
-        level: if id % 3 == 0 { Level::Important } else { Level::General },
+        level: if id % 3 == 0 {
+            Level::Important
+        } else {
+            Level::General
+        },
         category: Category::ProductionOperation,
         rule_id: "point:explicit".into(),
         device: "d".into(),
@@ -39,7 +43,11 @@ fn observing_samples_does_not_allocate_even_across_window_boundaries() {
         .map(|i| Tagged {
             meta: points[(i % 100) as usize].clone(),
             value: Value::Float(i as f64),
-            quality: if i % 17 == 0 { Quality::CommError } else { Quality::Good },
+            quality: if i % 17 == 0 {
+                Quality::CommError
+            } else {
+                Quality::Good
+            },
             ts_ms: 1_700_000_000_000 + (i as i64 / 100) * 100,
             seq: i,
         })
@@ -54,6 +62,12 @@ fn observing_samples_does_not_allocate_even_across_window_boundaries() {
         }
     }
     let change = region.change();
-    assert_eq!(change.allocations, 0, "observe/close_due allocated: {change:?}");
-    assert_eq!(change.reallocations, 0, "observe/close_due reallocated: {change:?}");
+    assert_eq!(
+        change.allocations, 0,
+        "observe/close_due allocated: {change:?}"
+    );
+    assert_eq!(
+        change.reallocations, 0,
+        "observe/close_due reallocated: {change:?}"
+    );
 }

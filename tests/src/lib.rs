@@ -36,6 +36,7 @@ pub mod mosquitto;
 pub mod net;
 pub mod pki;
 pub mod plant;
+pub mod proxy;
 
 pub use broker::EmbeddedBroker;
 pub use canary::{
@@ -45,6 +46,7 @@ pub use client::publish_once;
 pub use collector::Collector;
 pub use mosquitto::Mosquitto;
 pub use pki::{PkiPaths, TestPki};
+pub use proxy::CutProxy;
 
 /// Default log filter for tests and the demo: warnings from our code, nothing from rumqttd
 /// (a test fixture whose per-connection chatter would bury the agent's logs). `RUST_LOG` wins.

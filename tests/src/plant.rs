@@ -14,7 +14,10 @@ use firmware_sim::{Plant, Scenario};
 
 /// Root of the workspace (for `configs/`), whatever the current directory of the test.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 pub fn config_path(name: &str) -> PathBuf {
@@ -25,7 +28,8 @@ pub fn config_path(name: &str) -> PathBuf {
 /// scenario's fixed ports are used (the demo, so `configs/demo.toml` works as written).
 pub async fn start_demo_plant(ephemeral: bool) -> anyhow::Result<Plant> {
     let path = config_path("sim-demo.toml");
-    let mut scenario = Scenario::from_file(&path).with_context(|| format!("loading {}", path.display()))?;
+    let mut scenario =
+        Scenario::from_file(&path).with_context(|| format!("loading {}", path.display()))?;
     if ephemeral {
         for d in &mut scenario.devices {
             d.port = 0;

@@ -12,7 +12,9 @@ use edge_agent::model::{Level, Quality, Value};
 use edge_agent::pipeline::{self, RunningAgent};
 use edge_agent::store::HistorianReader;
 use edge_tests::plant::{demo_agent_config, start_demo_plant, Wiring};
-use edge_tests::{canary_patterns_f32, canary_patterns_u32, init_test_tracing, Collector, EmbeddedBroker};
+use edge_tests::{
+    canary_patterns_f32, canary_patterns_u32, init_test_tracing, Collector, EmbeddedBroker,
+};
 use firmware_sim::Plant;
 use serde_json::Value as Json;
 
@@ -51,7 +53,13 @@ impl Rig {
         };
         let loaded = demo_agent_config(&plant, &wiring).expect("demo config");
         let agent = pipeline::start(loaded.config).expect("agent starts");
-        Rig { _broker: broker, collector, plant, agent, dir }
+        Rig {
+            _broker: broker,
+            collector,
+            plant,
+            agent,
+            dir,
+        }
     }
 
     async fn stop(self) -> (Collector, tempfile::TempDir) {
@@ -76,17 +84,29 @@ async fn general_points_arrive_upstream_raw_and_summarised() {
     let c = &rig.collector;
     let raw_topic = format!("{PREFIX_DC}/raw/general");
     assert!(
-        c.wait_for(|t, p| t == raw_topic && has_item(p, "press1.ram_speed"), WAIT).await,
+        c.wait_for(
+            |t, p| t == raw_topic && has_item(p, "press1.ram_speed"),
+            WAIT
+        )
+        .await,
         "no raw general sample of press1.ram_speed reached {raw_topic}"
     );
     let summary_topic = format!("{PREFIX_DC}/summary/general");
     assert!(
-        c.wait_for(|t, p| t == summary_topic && has_item(p, "meter.active_power"), WAIT).await,
+        c.wait_for(
+            |t, p| t == summary_topic && has_item(p, "meter.active_power"),
+            WAIT
+        )
+        .await,
         "no general summary reached {summary_topic}"
     );
     let hq_topic = format!("{PREFIX_HQ}/summary/general");
     assert!(
-        c.wait_for(|t, p| t == hq_topic && has_item(p, "press1.ram_speed"), WAIT).await,
+        c.wait_for(
+            |t, p| t == hq_topic && has_item(p, "press1.ram_speed"),
+            WAIT
+        )
+        .await,
         "no general summary reached the cross-border destination"
     );
     let (c, _dir) = rig.stop().await;
@@ -97,7 +117,10 @@ async fn general_points_arrive_upstream_raw_and_summarised() {
         assert_eq!(msg["gateway"], "gw-01");
         assert_eq!(msg["site"], "suzhou-casting");
         for item in items(&payload) {
-            assert!(item["key"].as_str().is_some_and(|k| k.contains('@')), "item without idempotency key: {item}");
+            assert!(
+                item["key"].as_str().is_some_and(|k| k.contains('@')),
+                "item without idempotency key: {item}"
+            );
             if topic.ends_with("/raw/general") {
                 assert_eq!(item["level"], "general");
                 assert!(item.get("value").is_some() && item.get("quality").is_some());
@@ -107,7 +130,10 @@ async fn general_points_arrive_upstream_raw_and_summarised() {
                 let stats = item["stats"].as_object().expect("summary stats");
                 let mut keys: Vec<&str> = stats.keys().map(String::as_str).collect();
                 keys.sort();
-                assert!(keys.iter().all(|k| ["count", "last", "mean"].contains(k)), "{keys:?}");
+                assert!(
+                    keys.iter().all(|k| ["count", "last", "mean"].contains(k)),
+                    "{keys:?}"
+                );
             }
         }
     }
@@ -137,19 +163,32 @@ async fn important_points_leave_only_as_summaries_and_only_domestically() {
     let messages = c.messages();
     assert!(!messages.is_empty());
     for (topic, payload) in &messages {
-        assert!(!topic.contains("/raw/important") && !topic.contains("/core"), "forbidden topic {topic}");
+        assert!(
+            !topic.contains("/raw/important") && !topic.contains("/core"),
+            "forbidden topic {topic}"
+        );
         let msg: Json = serde_json::from_slice(payload).expect("JSON");
         for item in items(payload) {
             let level = item["level"].as_str().expect("level");
             assert_ne!(level, "core", "core item upstream on {topic}: {item}");
             if level == "important" {
-                assert!(topic.starts_with(PREFIX_DC), "important data at a cross-border destination: {topic}");
+                assert!(
+                    topic.starts_with(PREFIX_DC),
+                    "important data at a cross-border destination: {topic}"
+                );
                 assert_eq!(msg["form"], "summary", "raw important item on {topic}");
-                assert!(item.get("value").is_none(), "important item carries a raw value: {item}");
+                assert!(
+                    item.get("value").is_none(),
+                    "important item carries a raw value: {item}"
+                );
             }
         }
         if topic.starts_with(PREFIX_HQ) {
-            assert_eq!(msg["level"], "general", "hq-eu got a {} message", msg["level"]);
+            assert_eq!(
+                msg["level"], "general",
+                "hq-eu got a {} message",
+                msg["level"]
+            );
         }
     }
 }
@@ -176,35 +215,54 @@ async fn no_core_canary_and_no_raw_important_sample_ever_reaches_the_broker() {
     );
     let (c, dir) = rig.stop().await;
     let bytes = c.all_bytes();
-    assert!(bytes.len() > 1000, "too little traffic to prove anything: {} bytes", bytes.len());
+    assert!(
+        bytes.len() > 1000,
+        "too little traffic to prove anything: {} bytes",
+        bytes.len()
+    );
     let text = String::from_utf8_lossy(&bytes);
 
     for tag in CORE_TAGS {
         assert!(!text.contains(tag), "core tag {tag} appeared upstream");
     }
     for number in ["731337", "195936478", "-1337001", "31337"] {
-        assert!(!contains_number(&text, number), "core canary {number} appeared upstream");
+        assert!(
+            !contains_number(&text, number),
+            "core canary {number} appeared upstream"
+        );
     }
     let mut patterns = canary_patterns_f32(731_337.0);
     patterns.extend(canary_patterns_u32(0x0BAD_C0DE));
     patterns.extend(canary_patterns_u32(-1_337_001i32 as u32));
     for p in patterns.iter().filter(|p| p.bytes.len() >= 4) {
-        assert!(!edge_tests::canary::contains_bytes(&bytes, &p.bytes), "canary pattern {p:?} appeared upstream");
+        assert!(
+            !edge_tests::canary::contains_bytes(&bytes, &p.bytes),
+            "canary pattern {p:?} appeared upstream"
+        );
     }
     // No raw important sample either: no raw item of an important point.
     for (topic, payload) in c.messages() {
         if topic.contains("/raw/") {
             for item in items(&payload) {
-                assert_eq!(item["level"], "general", "raw non-general item on {topic}: {item}");
+                assert_eq!(
+                    item["level"], "general",
+                    "raw non-general item on {topic}: {item}"
+                );
             }
         }
     }
 
     // Meanwhile the canaries were read and kept locally: the control that the scan is meaningful.
     let reader = HistorianReader::open(dir.path().join("historian.db")).expect("historian");
-    let soak = reader.latest("furnace1.recipe.soak_temp").expect("read").expect("stored");
+    let soak = reader
+        .latest("furnace1.recipe.soak_temp")
+        .expect("read")
+        .expect("stored");
     assert_eq!(soak.value, Some(Value::Float(731_337.0)));
-    let id = reader.latest("furnace1.recipe.id").expect("read").expect("stored");
+    let id = reader
+        .latest("furnace1.recipe.id")
+        .expect("read")
+        .expect("stored");
     assert_eq!(id.value, Some(Value::Int(0x0BAD_C0DE)));
 }
 
@@ -236,15 +294,27 @@ async fn every_level_core_included_is_kept_in_the_historian_with_its_quality() {
     let reader = HistorianReader::open(dir.path().join("historian.db")).expect("historian");
     let counts = reader.count_by_level().expect("counts");
     for level in Level::ALL {
-        assert!(counts[level.index()] > 0, "no {level} samples stored: {counts:?}");
+        assert!(
+            counts[level.index()] > 0,
+            "no {level} samples stored: {counts:?}"
+        );
     }
-    let core = reader.latest("furnace1.recipe.quench_delay").expect("read").expect("stored");
+    let core = reader
+        .latest("furnace1.recipe.quench_delay")
+        .expect("read")
+        .expect("stored");
     assert_eq!(core.level, Level::Core);
     assert_eq!(core.value, Some(Value::Int(-1_337_001)));
     assert_eq!(core.rule_id, "rule:recipes-are-core@v1");
     // The locked diagnostic block answers exception 2: stored as a quality, not an error.
-    let diag = reader.latest("press1.diag.status").expect("read").expect("stored");
+    let diag = reader
+        .latest("press1.diag.status")
+        .expect("read")
+        .expect("stored");
     assert_eq!(diag.quality, Quality::DeviceException(2));
-    let speed = reader.latest("press1.ram_speed").expect("read").expect("stored");
+    let speed = reader
+        .latest("press1.ram_speed")
+        .expect("read")
+        .expect("stored");
     assert_eq!(speed.quality, Quality::Good);
 }

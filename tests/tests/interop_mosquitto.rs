@@ -17,11 +17,16 @@ const WAIT: Duration = Duration::from_secs(30);
 #[ignore = "needs the mosquitto binary; run by .ci/run with --ignored"]
 async fn agent_publishes_to_mosquitto_over_mutual_tls_and_only_permitted_data_arrives() {
     init_test_tracing();
-    assert!(Mosquitto::available(), "mosquitto is not installed (apt-get install mosquitto)");
+    assert!(
+        Mosquitto::available(),
+        "mosquitto is not installed (apt-get install mosquitto)"
+    );
     let pki = TestPki::generate().expect("pki");
     let mosquitto = Mosquitto::start(&pki).expect("mosquitto starts");
     // The test listens on the plain listener; the agent must use the mutual-TLS one.
-    let collector = Collector::start(mosquitto.plain_addr()).await.expect("collector");
+    let collector = Collector::start(mosquitto.plain_addr())
+        .await
+        .expect("collector");
     let plant = start_demo_plant(true).await.expect("plant");
     let dir = tempfile::tempdir().expect("tempdir");
     let wiring = Wiring {
@@ -45,18 +50,37 @@ async fn agent_publishes_to_mosquitto_over_mutual_tls_and_only_permitted_data_ar
         .wait_for(|t, _| t == "groupdc/suzhou-casting/gw-01/raw/general", WAIT)
         .await;
     let got_important = collector
-        .wait_for(|t, _| t == "groupdc/suzhou-casting/gw-01/summary/important", WAIT)
+        .wait_for(
+            |t, _| t == "groupdc/suzhou-casting/gw-01/summary/important",
+            WAIT,
+        )
         .await;
-    let acked: u64 = agent.stats.destinations.iter().map(|d| d.messages_acked.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    let acked: u64 = agent
+        .stats
+        .destinations
+        .iter()
+        .map(|d| d.messages_acked.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
     agent.stop().await;
     plant.shutdown().await;
-    assert!(got_raw, "no raw general data over TLS; mosquitto log:\n{}", mosquitto.log());
-    assert!(got_important, "no important summaries over TLS; mosquitto log:\n{}", mosquitto.log());
+    assert!(
+        got_raw,
+        "no raw general data over TLS; mosquitto log:\n{}",
+        mosquitto.log()
+    );
+    assert!(
+        got_important,
+        "no important summaries over TLS; mosquitto log:\n{}",
+        mosquitto.log()
+    );
     assert!(acked > 0, "no PUBACK counted from mosquitto");
 
     let bytes = collector.all_bytes();
     let text = String::from_utf8_lossy(&bytes);
-    assert!(!text.contains("furnace1.recipe."), "core tag reached mosquitto");
+    assert!(
+        !text.contains("furnace1.recipe."),
+        "core tag reached mosquitto"
+    );
     for (topic, payload) in collector.messages() {
         let msg: Json = serde_json::from_slice(&payload).expect("JSON");
         assert_ne!(msg["level"], "core", "{topic}");

@@ -29,7 +29,11 @@ pub struct ConfigIssue {
 
 impl ConfigIssue {
     fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into(), hint: None }
+        Self {
+            path: path.into(),
+            message: message.into(),
+            hint: None,
+        }
     }
 
     fn hint(mut self, hint: impl Into<String>) -> Self {
@@ -61,11 +65,18 @@ pub enum ConfigError {
     },
     /// The file parsed but breaks one or more rules; every problem is listed.
     #[error("{file}: {} error(s):\n{}", issues.len(), render_issues(issues))]
-    Invalid { file: PathBuf, issues: Vec<ConfigIssue> },
+    Invalid {
+        file: PathBuf,
+        issues: Vec<ConfigIssue>,
+    },
 }
 
 fn render_issues(issues: &[ConfigIssue]) -> String {
-    issues.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n")
+    issues
+        .iter()
+        .map(|i| format!("  - {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Non-fatal findings `check` prints.
@@ -84,7 +95,11 @@ pub struct Loaded {
 /// `now_ms` is used for time-dependent checks (assessment expiry).
 pub fn load(file: &Path, now_ms: i64) -> Result<Loaded, ConfigError> {
     let built = config::Config::builder()
-        .add_source(config::File::from(file).format(config::FileFormat::Toml).required(true))
+        .add_source(
+            config::File::from(file)
+                .format(config::FileFormat::Toml)
+                .required(true),
+        )
         .add_source(
             config::Environment::with_prefix("EDGE_AGENT")
                 .prefix_separator("__")
@@ -92,10 +107,16 @@ pub fn load(file: &Path, now_ms: i64) -> Result<Loaded, ConfigError> {
                 .try_parsing(true),
         )
         .build()
-        .map_err(|source| ConfigError::Load { file: file.to_owned(), source })?;
+        .map_err(|source| ConfigError::Load {
+            file: file.to_owned(),
+            source,
+        })?;
     let tree: serde_json::Value = built
         .try_deserialize()
-        .map_err(|source| ConfigError::Load { file: file.to_owned(), source })?;
+        .map_err(|source| ConfigError::Load {
+            file: file.to_owned(),
+            source,
+        })?;
     from_tree(tree, file, now_ms)
 }
 
@@ -118,14 +139,27 @@ fn toml_to_json(text: &str) -> Result<serde_json::Value, String> {
 }
 
 fn from_tree(tree: serde_json::Value, file: &Path, now_ms: i64) -> Result<Loaded, ConfigError> {
-    let raw = deserialize_collecting(tree)
-        .map_err(|issues| ConfigError::Invalid { file: file.to_owned(), issues })?;
-    let mut v = Validator { issues: Vec::new(), warnings: Vec::new(), now_ms };
+    let raw = deserialize_collecting(tree).map_err(|issues| ConfigError::Invalid {
+        file: file.to_owned(),
+        issues,
+    })?;
+    let mut v = Validator {
+        issues: Vec::new(),
+        warnings: Vec::new(),
+        now_ms,
+    };
     let config = v.compile(&raw);
     if v.issues.is_empty() {
-        Ok(Loaded { config, warnings: v.warnings, file: file.to_owned() })
+        Ok(Loaded {
+            config,
+            warnings: v.warnings,
+            file: file.to_owned(),
+        })
     } else {
-        Err(ConfigError::Invalid { file: file.to_owned(), issues: v.issues })
+        Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            issues: v.issues,
+        })
     }
 }
 
@@ -162,7 +196,11 @@ fn deserialize_collecting(mut tree: serde_json::Value) -> Result<RawConfig, Vec<
 }
 
 fn structural_issue(path: &str, message: &str) -> ConfigIssue {
-    let path = if path.is_empty() || path == "." { "<root>".to_owned() } else { path.to_owned() };
+    let path = if path.is_empty() || path == "." {
+        "<root>".to_owned()
+    } else {
+        path.to_owned()
+    };
     // serde: "unknown field `pol_interval`, expected one of `a`, `b`" (same for variants).
     let mut issue = ConfigIssue::new(path.clone(), message.to_owned());
     if let Some(hint) = did_you_mean(message) {
@@ -194,7 +232,9 @@ fn did_you_mean(message: &str) -> Option<String> {
 /// Remove the node at a serde_path_to_error path (`a.b[2].c`) from the tree.
 fn remove_path(tree: &mut serde_json::Value, path: &str) -> bool {
     let segments = parse_path(path);
-    let Some((last, parents)) = segments.split_last() else { return false };
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
     let mut node = tree;
     for seg in parents {
         node = match (seg, node) {
@@ -300,7 +340,9 @@ impl Validator {
             );
         }
         if devices.is_empty() {
-            self.warnings.push(Warning("no devices configured: nothing will be read".into()));
+            self.warnings.push(Warning(
+                "no devices configured: nothing will be read".into(),
+            ));
         }
         AgentConfig {
             gateway,
@@ -322,7 +364,10 @@ impl Validator {
             ("department", &g.department),
         ] {
             if value.trim().is_empty() {
-                self.err(ConfigIssue::new(format!("gateway.{key}"), "must not be empty"));
+                self.err(ConfigIssue::new(
+                    format!("gateway.{key}"),
+                    "must not be empty",
+                ));
             }
         }
         for (key, value) in [("id", &g.id), ("site", &g.site)] {
@@ -367,7 +412,10 @@ impl Validator {
                 .hint("use \"important\" (the safe default) or \"core\""),
             );
         }
-        ClassificationSettings { default_level: c.default_level, default_category: c.default_category }
+        ClassificationSettings {
+            default_level: c.default_level,
+            default_category: c.default_category,
+        }
     }
 
     fn rules(&mut self, rules: &[RawRule]) -> Vec<CompiledRule> {
@@ -378,7 +426,10 @@ impl Validator {
             if let Some(prev) = seen.insert(r.id.clone(), i) {
                 self.err(ConfigIssue::new(
                     format!("{path}.id"),
-                    format!("rule id {:?} is already used by classification.rules[{prev}]", r.id),
+                    format!(
+                        "rule id {:?} is already used by classification.rules[{prev}]",
+                        r.id
+                    ),
                 ));
             }
             match Glob::new(&r.pattern) {
@@ -400,13 +451,22 @@ impl Validator {
 
     fn historian(&mut self, h: &RawHistorian) -> HistorianSettings {
         if h.batch_size == 0 {
-            self.err(ConfigIssue::new("historian.batch_size", "must be at least 1"));
+            self.err(ConfigIssue::new(
+                "historian.batch_size",
+                "must be at least 1",
+            ));
         }
         if h.queue_batches == 0 {
-            self.err(ConfigIssue::new("historian.queue_batches", "must be at least 1"));
+            self.err(ConfigIssue::new(
+                "historian.queue_batches",
+                "must be at least 1",
+            ));
         }
         if h.flush_interval.is_zero() {
-            self.err(ConfigIssue::new("historian.flush_interval", "must be greater than zero"));
+            self.err(ConfigIssue::new(
+                "historian.flush_interval",
+                "must be greater than zero",
+            ));
         }
         HistorianSettings {
             path: h.path.clone(),
@@ -433,7 +493,10 @@ impl Validator {
             if let Some(prev) = device_names.insert(d.name.clone(), di) {
                 self.err(ConfigIssue::new(
                     format!("{dpath}.name"),
-                    format!("device name {:?} is already used by devices[{prev}]", d.name),
+                    format!(
+                        "device name {:?} is already used by devices[{prev}]",
+                        d.name
+                    ),
                 ));
             }
             if split_host_port(&d.endpoint).is_none() {
@@ -446,10 +509,16 @@ impl Validator {
                 );
             }
             if d.poll_interval.is_zero() {
-                self.err(ConfigIssue::new(format!("{dpath}.poll_interval"), "must be greater than zero"));
+                self.err(ConfigIssue::new(
+                    format!("{dpath}.poll_interval"),
+                    "must be greater than zero",
+                ));
             }
             if d.timeout.is_zero() {
-                self.err(ConfigIssue::new(format!("{dpath}.timeout"), "must be greater than zero"));
+                self.err(ConfigIssue::new(
+                    format!("{dpath}.timeout"),
+                    "must be greater than zero",
+                ));
             }
             if !(1..=125).contains(&d.max_registers_per_request) {
                 self.err(
@@ -497,16 +566,23 @@ impl Validator {
                             .hint("tags are non-empty and contain no '#', '+' or '@'"),
                     );
                 }
-                let Some((table, address)) = self.register(&label, &p.register) else { continue };
-                let Some(data_type) = self.data_type(&label, &p.data_type) else { continue };
+                let Some((table, address)) = self.register(&label, &p.register) else {
+                    continue;
+                };
+                let Some(data_type) = self.data_type(&label, &p.data_type) else {
+                    continue;
+                };
                 let order = match p.order.as_deref() {
                     None => ByteOrder::Abcd,
                     Some(o) => match parse_order(o) {
                         Some(o) => o,
                         None => {
                             self.err(
-                                ConfigIssue::new(format!("{label}.order"), format!("unknown byte order {o:?}"))
-                                    .hint("one of ABCD, CDAB, BADC, DCBA"),
+                                ConfigIssue::new(
+                                    format!("{label}.order"),
+                                    format!("unknown byte order {o:?}"),
+                                )
+                                .hint("one of ABCD, CDAB, BADC, DCBA"),
                             );
                             continue;
                         }
@@ -516,7 +592,11 @@ impl Validator {
                     self.err(
                         ConfigIssue::new(
                             format!("{label}.type"),
-                            format!("a {} holds one bit; type must be bool, not {}", table.as_str(), data_type.as_str()),
+                            format!(
+                                "a {} holds one bit; type must be bool, not {}",
+                                table.as_str(),
+                                data_type.as_str()
+                            ),
                         )
                         .hint("use a holding or input register for numeric types"),
                     );
@@ -529,12 +609,18 @@ impl Validator {
                             "bit applies only to bool points on holding or input registers",
                         ));
                     } else if bit > 15 {
-                        self.err(ConfigIssue::new(format!("{label}.bit"), format!("{bit} is outside 0..=15")));
+                        self.err(ConfigIssue::new(
+                            format!("{label}.bit"),
+                            format!("{bit} is outside 0..=15"),
+                        ));
                     }
                 } else if data_type == DataType::Bool && !table.is_bit() {
                     self.err(
-                        ConfigIssue::new(format!("{label}.bit"), "a bool on a register needs `bit`")
-                            .hint("e.g. bit = 0 for the least significant bit"),
+                        ConfigIssue::new(
+                            format!("{label}.bit"),
+                            "a bool on a register needs `bit`",
+                        )
+                        .hint("e.g. bit = 0 for the least significant bit"),
                     );
                 }
                 if !p.scale.is_finite() || p.scale == 0.0 || !p.offset.is_finite() {
@@ -576,8 +662,7 @@ impl Validator {
                 }
                 spans.push((table, address, end, pi, p.bit));
 
-                let (level, category, rule_id) =
-                    classify(p, d, rules, classification, &p.tag);
+                let (level, category, rule_id) = classify(p, d, rules, classification, &p.tag);
                 if rule_id.as_ref() == "default" {
                     unmapped += 1;
                 }
@@ -665,7 +750,8 @@ impl Validator {
                 ))
                 .unwrap_or_else(|| "one of bool, u16, i16, u32, i32, f32".into());
                 self.err(
-                    ConfigIssue::new(format!("{label}.type"), format!("unknown type {other:?}")).hint(hint),
+                    ConfigIssue::new(format!("{label}.type"), format!("unknown type {other:?}"))
+                        .hint(hint),
                 );
                 return None;
             }
@@ -681,11 +767,18 @@ impl Validator {
             if let Some(prev) = names.insert(d.name.clone(), i) {
                 self.err(ConfigIssue::new(
                     format!("{path}.name"),
-                    format!("destination name {:?} is already used by destinations[{prev}]", d.name),
+                    format!(
+                        "destination name {:?} is already used by destinations[{prev}]",
+                        d.name
+                    ),
                 ));
             }
             let jurisdiction = self.jurisdiction(&format!("{path}.jurisdiction"), &d.jurisdiction);
-            for (key, v) in [("recipient", &d.recipient), ("purpose", &d.purpose), ("legal_basis", &d.legal_basis)] {
+            for (key, v) in [
+                ("recipient", &d.recipient),
+                ("purpose", &d.purpose),
+                ("legal_basis", &d.legal_basis),
+            ] {
                 if v.trim().is_empty() {
                     self.err(
                         ConfigIssue::new(format!("{path}.{key}"), "must not be empty")
@@ -706,7 +799,11 @@ impl Validator {
                 ));
             }
             let tls = d.broker.tls.as_ref().map(|t| {
-                for (key, file) in [("ca", Some(&t.ca)), ("client_cert", t.client_cert.as_ref()), ("client_key", t.client_key.as_ref())] {
+                for (key, file) in [
+                    ("ca", Some(&t.ca)),
+                    ("client_cert", t.client_cert.as_ref()),
+                    ("client_key", t.client_key.as_ref()),
+                ] {
                     if let Some(f) = file {
                         if !f.exists() {
                             self.err(ConfigIssue::new(
@@ -744,7 +841,10 @@ impl Validator {
             for (ri, r) in d.allow.iter().enumerate() {
                 let rpath = format!("{path}.allow[{ri}]");
                 if r.levels.is_empty() {
-                    self.err(ConfigIssue::new(format!("{rpath}.levels"), "must list at least one level"));
+                    self.err(ConfigIssue::new(
+                        format!("{rpath}.levels"),
+                        "must list at least one level",
+                    ));
                 }
                 let (window, stats) = match r.form {
                     Form::Raw => {
@@ -760,13 +860,19 @@ impl Validator {
                         let w = r.window.unwrap_or(DEFAULT_SUMMARY_WINDOW);
                         if w < Duration::from_millis(100) || w.as_millis() % 100 != 0 {
                             self.err(
-                                ConfigIssue::new(format!("{rpath}.window"), "must be a multiple of 100ms, at least 100ms")
-                                    .hint("e.g. \"10s\" or \"1m\""),
+                                ConfigIssue::new(
+                                    format!("{rpath}.window"),
+                                    "must be a multiple of 100ms, at least 100ms",
+                                )
+                                .hint("e.g. \"10s\" or \"1m\""),
                             );
                         }
                         let stats = r.stats.clone().unwrap_or_else(|| Stat::ALL.to_vec());
                         if stats.is_empty() {
-                            self.err(ConfigIssue::new(format!("{rpath}.stats"), "must list at least one stat"));
+                            self.err(ConfigIssue::new(
+                                format!("{rpath}.stats"),
+                                "must list at least one stat",
+                            ));
                         }
                         (Some(w), stats)
                     }
@@ -785,14 +891,20 @@ impl Validator {
                     Some(ms) => ms,
                     None => {
                         self.err(
-                            ConfigIssue::new(format!("{path}.assessment.expires"), format!("{:?} is not a date", a.expires))
-                                .hint("YYYY-MM-DD, the last day of validity"),
+                            ConfigIssue::new(
+                                format!("{path}.assessment.expires"),
+                                format!("{:?} is not a date", a.expires),
+                            )
+                            .hint("YYYY-MM-DD, the last day of validity"),
                         );
                         return None;
                     }
                 };
                 if a.reference.trim().is_empty() {
-                    self.err(ConfigIssue::new(format!("{path}.assessment.reference"), "must not be empty"));
+                    self.err(ConfigIssue::new(
+                        format!("{path}.assessment.reference"),
+                        "must not be empty",
+                    ));
                 }
                 Some(Assessment {
                     reference: a.reference.clone(),
@@ -848,21 +960,39 @@ fn classify(
         .or(d.category)
         .unwrap_or(c.default_category);
     if let Some(level) = p.level {
-        return (level, p.category.unwrap_or(fallback_category), "point:explicit".into());
+        return (
+            level,
+            p.category.unwrap_or(fallback_category),
+            "point:explicit".into(),
+        );
     }
     if let Some(r) = rule {
-        let cat = p.category.or(r.category).or(d.category).unwrap_or(c.default_category);
+        let cat = p
+            .category
+            .or(r.category)
+            .or(d.category)
+            .unwrap_or(c.default_category);
         return (r.level, cat, format!("rule:{}@v{}", r.id, r.version).into());
     }
     if let Some(level) = d.level {
-        return (level, p.category.or(d.category).unwrap_or(c.default_category), format!("device:{}", d.name).into());
+        return (
+            level,
+            p.category.or(d.category).unwrap_or(c.default_category),
+            format!("device:{}", d.name).into(),
+        );
     }
-    (c.default_level, p.category.unwrap_or(c.default_category), "default".into())
+    (
+        c.default_level,
+        p.category.unwrap_or(c.default_category),
+        "default".into(),
+    )
 }
 
 /// `holding:100`, `input:7`, `coil:3`, `discrete:12`.
 pub fn parse_register(s: &str) -> Result<(Table, u16), String> {
-    let (table, addr) = s.split_once(':').ok_or_else(|| format!("{s:?} has no table prefix"))?;
+    let (table, addr) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} has no table prefix"))?;
     let table = match table.trim() {
         "holding" => Table::Holding,
         "input" => Table::Input,
@@ -894,7 +1024,9 @@ fn split_host_port(s: &str) -> Option<(&str, u16)> {
 }
 
 fn is_topic_safe(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// End of day `YYYY-MM-DD` (UTC) in ms since epoch, i.e. the first ms of the next day.
@@ -1023,13 +1155,19 @@ stats = ["count", "mean"]
         let c = &l.config;
         assert_eq!(c.points.len(), 3);
         let speed = c.point_by_tag("press1.ram_speed").expect("point");
-        assert_eq!((speed.level, &*speed.rule_id), (Level::General, "device:press-1"));
+        assert_eq!(
+            (speed.level, &*speed.rule_id),
+            (Level::General, "device:press-1")
+        );
         let recipe = c.point_by_tag("press1.recipe.pressure").expect("point");
         assert_eq!(recipe.level, Level::Core);
         assert_eq!(recipe.category, Category::RdDesign);
         assert_eq!(&*recipe.rule_id, "rule:recipes@v1");
         let oil = c.point_by_tag("press1.oil_temp").expect("point");
-        assert_eq!((oil.level, &*oil.rule_id), (Level::Important, "point:explicit"));
+        assert_eq!(
+            (oil.level, &*oil.rule_id),
+            (Level::Important, "point:explicit")
+        );
         assert_eq!(&*oil.address, "unit=1 holding:20");
         assert_eq!(&*oil.gateway, "gw-01");
         assert_eq!(c.summary.windows, vec![Duration::from_secs(10)]);
@@ -1037,16 +1175,28 @@ stats = ["count", "mean"]
 
     #[test]
     fn unmapped_points_take_the_default_level_and_warn() {
-        let text = BASE.replace("level = \"general\"\n[[devices.points]]", "[[devices.points]]");
+        let text = BASE.replace(
+            "level = \"general\"\n[[devices.points]]",
+            "[[devices.points]]",
+        );
         let l = load_ok(&text);
         let speed = l.config.point_by_tag("press1.ram_speed").expect("point");
-        assert_eq!((speed.level, &*speed.rule_id), (Level::Important, "default"));
-        assert!(l.warnings.iter().any(|w| w.0.contains("ClassificationUnmapped")));
+        assert_eq!(
+            (speed.level, &*speed.rule_id),
+            (Level::Important, "default")
+        );
+        assert!(l
+            .warnings
+            .iter()
+            .any(|w| w.0.contains("ClassificationUnmapped")));
     }
 
     #[test]
     fn misspelt_key_is_reported_with_its_path_and_a_suggestion() {
-        let text = BASE.replace("endpoint = \"127.0.0.1:5020\"", "endpoint = \"127.0.0.1:5020\"\npol_interval = \"1s\"");
+        let text = BASE.replace(
+            "endpoint = \"127.0.0.1:5020\"",
+            "endpoint = \"127.0.0.1:5020\"\npol_interval = \"1s\"",
+        );
         let i = issues(&text);
         assert_eq!(i.len(), 1, "{i:?}");
         assert_eq!(i[0].path, "devices[0].pol_interval");
@@ -1064,7 +1214,11 @@ stats = ["count", "mean"]
         paths.sort();
         assert_eq!(
             paths,
-            vec!["destinations[0].allow[0].windw", "devices[0].points[2].scal", "gateway.sitee"]
+            vec![
+                "destinations[0].allow[0].windw",
+                "devices[0].points[2].scal",
+                "gateway.sitee"
+            ]
         );
     }
 
@@ -1073,40 +1227,70 @@ stats = ["count", "mean"]
         let text = BASE
             .replace("register = \"holding:10\"", "register = \"holding:1\"")
             .replace("type = \"i16\"", "type = \"i61\"")
-            .replace("default_level = \"important\"", "default_level = \"general\"");
+            .replace(
+                "default_level = \"important\"",
+                "default_level = \"general\"",
+            );
         let i = issues(&text);
         let rendered: Vec<String> = i.iter().map(|i| i.to_string()).collect();
-        assert!(rendered.iter().any(|r| r.starts_with("classification.default_level")), "{rendered:#?}");
+        assert!(
+            rendered
+                .iter()
+                .any(|r| r.starts_with("classification.default_level")),
+            "{rendered:#?}"
+        );
         assert!(
             rendered.iter().any(|r| r.starts_with("devices[0].points[1] \"press1.recipe.pressure\".register: holding:1 overlaps \"press1.ram_speed\"")),
             "{rendered:#?}"
         );
-        assert!(rendered.iter().any(|r| r.contains("unknown type \"i61\"") && r.contains("did you mean `i16`")), "{rendered:#?}");
+        assert!(
+            rendered
+                .iter()
+                .any(|r| r.contains("unknown type \"i61\"") && r.contains("did you mean `i16`")),
+            "{rendered:#?}"
+        );
     }
 
     #[test]
     fn config_asking_for_raw_important_is_rejected_naming_the_invariant() {
-        let text = BASE.replace("levels = [\"general\"]\nform = \"raw\"", "levels = [\"general\", \"important\"]\nform = \"raw\"");
+        let text = BASE.replace(
+            "levels = [\"general\"]\nform = \"raw\"",
+            "levels = [\"general\", \"important\"]\nform = \"raw\"",
+        );
         let i = issues(&text);
         assert_eq!(i.len(), 1, "{i:?}");
         assert_eq!(i[0].path, "destinations[0].allow[0]");
-        assert!(i[0].message.contains("raw-only-general"), "{}", i[0].message);
+        assert!(
+            i[0].message.contains("raw-only-general"),
+            "{}",
+            i[0].message
+        );
     }
 
     #[test]
     fn config_asking_for_core_egress_is_rejected_naming_the_invariant() {
-        let text = BASE.replace("levels = [\"general\", \"important\"]", "levels = [\"general\", \"core\"]");
+        let text = BASE.replace(
+            "levels = [\"general\", \"important\"]",
+            "levels = [\"general\", \"core\"]",
+        );
         let i = issues(&text);
-        assert!(i.iter().any(|i| i.message.contains("core-never-leaves")), "{i:?}");
+        assert!(
+            i.iter().any(|i| i.message.contains("core-never-leaves")),
+            "{i:?}"
+        );
     }
 
     #[test]
     fn cross_border_important_without_assessment_is_rejected() {
-        let text = BASE.replace("jurisdiction = \"CN\"\nrecipient", "jurisdiction = \"DE\"\nrecipient");
+        let text = BASE.replace(
+            "jurisdiction = \"CN\"\nrecipient",
+            "jurisdiction = \"DE\"\nrecipient",
+        );
         let i = issues(&text);
         assert!(
             i.iter().any(|i| i.path == "destinations[0].assessment"
-                && i.message.contains("cross-border-important-needs-assessment")),
+                && i.message
+                    .contains("cross-border-important-needs-assessment")),
             "{i:?}"
         );
         // With an unexpired assessment covering every category it is accepted.
@@ -1117,14 +1301,19 @@ stats = ["count", "mean"]
         load_ok(&ok);
         // An expired one is not.
         let expired = ok.replace("2027-06-30", "2025-12-31");
-        assert!(issues(&expired).iter().any(|i| i.message.contains("has expired")));
+        assert!(issues(&expired)
+            .iter()
+            .any(|i| i.message.contains("has expired")));
     }
 
     #[test]
     fn important_over_plain_tcp_to_a_remote_broker_is_rejected() {
         let text = BASE.replace("host = \"127.0.0.1\"", "host = \"dc.example.cn\"");
         let i = issues(&text);
-        assert!(i.iter().any(|i| i.message.contains("important-needs-tls")), "{i:?}");
+        assert!(
+            i.iter().any(|i| i.message.contains("important-needs-tls")),
+            "{i:?}"
+        );
     }
 
     #[test]

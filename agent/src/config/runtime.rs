@@ -199,7 +199,11 @@ impl Broker {
     /// may travel without TLS.
     pub fn is_loopback(&self) -> bool {
         self.host == "localhost"
-            || self.host.parse::<std::net::IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .map(|ip| ip.is_loopback())
+                .unwrap_or(false)
     }
 }
 

@@ -42,7 +42,10 @@ use crate::model::{Form, Level, Stat, Summary, Tagged};
 #[derive(Debug, Clone)]
 pub enum EgressItem {
     Raw(Tagged),
-    Summary { summary: Summary, stats: Arc<[Stat]> },
+    Summary {
+        summary: Summary,
+        stats: Arc<[Stat]>,
+    },
 }
 
 impl EgressItem {
@@ -96,7 +99,9 @@ impl Invariant {
         match self {
             Invariant::CoreNeverLeaves => "core-never-leaves",
             Invariant::RawOnlyGeneral => "raw-only-general",
-            Invariant::CrossBorderImportantNeedsAssessment => "cross-border-important-needs-assessment",
+            Invariant::CrossBorderImportantNeedsAssessment => {
+                "cross-border-important-needs-assessment"
+            }
             Invariant::ImportantNeedsTls => "important-needs-tls",
         }
     }
@@ -133,7 +138,9 @@ impl Violation {
     pub fn path(&self, dest_path: &str) -> String {
         match (self.invariant, self.rule) {
             (Invariant::ImportantNeedsTls, _) => format!("{dest_path}.broker.tls"),
-            (Invariant::CrossBorderImportantNeedsAssessment, _) => format!("{dest_path}.assessment"),
+            (Invariant::CrossBorderImportantNeedsAssessment, _) => {
+                format!("{dest_path}.assessment")
+            }
             (_, Some(r)) => format!("{dest_path}.allow[{r}]"),
             (_, None) => dest_path.to_owned(),
         }
@@ -180,7 +187,10 @@ pub fn invariant_violations(dest: &Destination, now_ms: i64) -> Vec<Violation> {
     }
     if allows_important && dest.is_cross_border() {
         let detail = match &dest.assessment {
-            None => Some(format!("{} is cross-border and has no assessment", dest.jurisdiction)),
+            None => Some(format!(
+                "{} is cross-border and has no assessment",
+                dest.jurisdiction
+            )),
             Some(a) if a.expires_ms <= now_ms => {
                 Some(format!("assessment {:?} has expired", a.reference))
             }
@@ -189,7 +199,11 @@ pub fn invariant_violations(dest: &Destination, now_ms: i64) -> Vec<Violation> {
                     .allow
                     .iter()
                     .filter(|r| r.levels.contains(&Level::Important))
-                    .flat_map(|r| r.categories.clone().unwrap_or_else(|| Category::ALL.to_vec()))
+                    .flat_map(|r| {
+                        r.categories
+                            .clone()
+                            .unwrap_or_else(|| Category::ALL.to_vec())
+                    })
                     .filter(|c| !a.categories.contains(c))
                     .map(|c| c.to_string())
                     .collect();
@@ -214,7 +228,10 @@ pub fn invariant_violations(dest: &Destination, now_ms: i64) -> Vec<Violation> {
         out.push(Violation {
             invariant: Invariant::ImportantNeedsTls,
             rule: None,
-            detail: format!("broker {} has no TLS and allows important data", dest.broker.host),
+            detail: format!(
+                "broker {} has no TLS and allows important data",
+                dest.broker.host
+            ),
         });
     }
     out
@@ -299,8 +316,17 @@ pub struct Policy {
 
 impl Policy {
     pub fn new(dest: Arc<Destination>) -> Self {
-        let rule_stats = dest.allow.iter().map(|r| Arc::from(r.stats.as_slice())).collect();
-        Self { dest, rule_stats, cap_day: -1, cap_used: 0 }
+        let rule_stats = dest
+            .allow
+            .iter()
+            .map(|r| Arc::from(r.stats.as_slice()))
+            .collect();
+        Self {
+            dest,
+            rule_stats,
+            cap_day: -1,
+            cap_used: 0,
+        }
     }
 
     pub fn destination(&self) -> &Arc<Destination> {
@@ -308,9 +334,14 @@ impl Policy {
     }
 
     /// Decide whether a raw sample may go to this destination.
-    pub fn decide_raw(&mut self, t: &Tagged, now_ms: i64) -> Result<Permitted<EgressItem>, DenyReason> {
+    pub fn decide_raw(
+        &mut self,
+        t: &Tagged,
+        now_ms: i64,
+    ) -> Result<Permitted<EgressItem>, DenyReason> {
         self.hard_checks(&t.meta, Form::Raw, now_ms)?;
-        self.matching_rule(&t.meta, Form::Raw, None).ok_or(DenyReason::NoMatchingRule)?;
+        self.matching_rule(&t.meta, Form::Raw, None)
+            .ok_or(DenyReason::NoMatchingRule)?;
         self.charge(t.meta.level, now_ms)?;
         Ok(Permitted::new(EgressItem::Raw(t.clone())))
     }
@@ -328,7 +359,10 @@ impl Policy {
             .ok_or(DenyReason::NoMatchingRule)?;
         let stats = self.rule_stats[rule].clone();
         self.charge(s.meta.level, now_ms)?;
-        Ok(Permitted::new(EgressItem::Summary { summary: s.clone(), stats }))
+        Ok(Permitted::new(EgressItem::Summary {
+            summary: s.clone(),
+            stats,
+        }))
     }
 
     /// The invariants, checked on every item whatever the allow rules say.
@@ -341,7 +375,11 @@ impl Policy {
                     return Err(DenyReason::ImportantWithoutTls);
                 }
                 if self.dest.is_cross_border() {
-                    let a = self.dest.assessment.as_ref().ok_or(DenyReason::CrossBorderWithoutAssessment)?;
+                    let a = self
+                        .dest
+                        .assessment
+                        .as_ref()
+                        .ok_or(DenyReason::CrossBorderWithoutAssessment)?;
                     if a.expires_ms <= now_ms {
                         return Err(DenyReason::AssessmentExpired);
                     }
@@ -375,7 +413,10 @@ impl Policy {
     }
 
     fn matching_rule(&self, meta: &PointMeta, form: Form, window_ms: Option<u64>) -> Option<usize> {
-        self.dest.allow.iter().position(|r| rule_matches(r, meta, form, window_ms))
+        self.dest
+            .allow
+            .iter()
+            .position(|r| rule_matches(r, meta, form, window_ms))
     }
 
     /// Explain, for one point, what this destination receives of it and why.
@@ -385,7 +426,9 @@ impl Policy {
             let line = match self.hard_checks(meta, form, now_ms) {
                 Err(reason) => format!("{form}: denied ({reason}: {})", reason_text(reason)),
                 Ok(()) => {
-                    let rule = self.dest.allow.iter().find(|r| rule_matches(r, meta, form, r.window.map(|w| w.as_millis() as u64)));
+                    let rule = self.dest.allow.iter().find(|r| {
+                        rule_matches(r, meta, form, r.window.map(|w| w.as_millis() as u64))
+                    });
                     match rule {
                         Some(r) => match r.window {
                             Some(w) => format!(
@@ -411,7 +454,11 @@ impl Policy {
         let mut m: [Vec<Form>; 3] = Default::default();
         for level in Level::ALL {
             for form in [Form::Raw, Form::Summary] {
-                let possible = self.dest.allow.iter().any(|r| r.form == form && r.levels.contains(&level));
+                let possible = self
+                    .dest
+                    .allow
+                    .iter()
+                    .any(|r| r.form == form && r.levels.contains(&level));
                 let hard_ok = match level {
                     Level::Core => false,
                     Level::Important => form == Form::Summary,
@@ -429,7 +476,9 @@ impl Policy {
 fn rule_matches(r: &AllowRule, meta: &PointMeta, form: Form, window_ms: Option<u64>) -> bool {
     r.form == form
         && r.levels.contains(&meta.level)
-        && r.categories.as_ref().is_none_or(|c| c.contains(&meta.category))
+        && r.categories
+            .as_ref()
+            .is_none_or(|c| c.contains(&meta.category))
         && (form == Form::Raw || r.window.map(|w| w.as_millis() as u64) == window_ms)
 }
 
@@ -439,7 +488,9 @@ fn reason_text(r: DenyReason) -> &'static str {
         DenyReason::RawNotGeneral => Invariant::RawOnlyGeneral.describe(),
         DenyReason::CrossBorderWithoutAssessment
         | DenyReason::AssessmentExpired
-        | DenyReason::CategoryNotAssessed => Invariant::CrossBorderImportantNeedsAssessment.describe(),
+        | DenyReason::CategoryNotAssessed => {
+            Invariant::CrossBorderImportantNeedsAssessment.describe()
+        }
         DenyReason::VolumeCapExceeded => "the assessment's daily volume cap is used up",
         DenyReason::ImportantWithoutTls => Invariant::ImportantNeedsTls.describe(),
         DenyReason::NoMatchingRule => "no allow rule matches",
@@ -477,7 +528,13 @@ mod tests {
     }
 
     fn sample(m: &Arc<PointMeta>) -> Tagged {
-        Tagged { meta: m.clone(), value: Value::Float(1.0), quality: Quality::Good, ts_ms: NOW, seq: 1 }
+        Tagged {
+            meta: m.clone(),
+            value: Value::Float(1.0),
+            quality: Quality::Good,
+            ts_ms: NOW,
+            seq: 1,
+        }
     }
 
     fn summary(m: &Arc<PointMeta>, window_ms: i64) -> Summary {
@@ -502,11 +559,21 @@ mod tests {
             categories: None,
             form,
             window: (form == Form::Summary).then(|| Duration::from_secs(10)),
-            stats: if form == Form::Summary { vec![Stat::Count, Stat::Mean] } else { vec![] },
+            stats: if form == Form::Summary {
+                vec![Stat::Count, Stat::Mean]
+            } else {
+                vec![]
+            },
         }
     }
 
-    fn dest(jurisdiction: &str, host: &str, tls: bool, allow: Vec<AllowRule>, assessment: Option<Assessment>) -> Arc<Destination> {
+    fn dest(
+        jurisdiction: &str,
+        host: &str,
+        tls: bool,
+        allow: Vec<AllowRule>,
+        assessment: Option<Assessment>,
+    ) -> Arc<Destination> {
         Arc::new(Destination {
             name: "d".into(),
             jurisdiction: Jurisdiction(jurisdiction.into()),
@@ -518,7 +585,12 @@ mod tests {
                 port: 8883,
                 client_id: "c".into(),
                 keep_alive: Duration::from_secs(30),
-                tls: tls.then(|| TlsSettings { ca: "ca.pem".into(), client_cert: None, client_key: None, server_name: None }),
+                tls: tls.then(|| TlsSettings {
+                    ca: "ca.pem".into(),
+                    client_cert: None,
+                    client_key: None,
+                    server_name: None,
+                }),
             },
             topic_prefix: "edge".into(),
             allow,
@@ -535,8 +607,16 @@ mod tests {
             "broker.example",
             true,
             vec![
-                rule(0, &[Level::General, Level::Important, Level::Core], Form::Raw),
-                rule(1, &[Level::General, Level::Important, Level::Core], Form::Summary),
+                rule(
+                    0,
+                    &[Level::General, Level::Important, Level::Core],
+                    Form::Raw,
+                ),
+                rule(
+                    1,
+                    &[Level::General, Level::Important, Level::Core],
+                    Form::Summary,
+                ),
             ],
             assessment,
         ))
@@ -554,46 +634,80 @@ mod tests {
         let mut p = permissive("CN", None);
         let imp = meta(Level::Important, Category::ProductionOperation);
         let core = meta(Level::Core, Category::RdDesign);
-        assert_eq!(p.decide_raw(&sample(&imp), NOW).err(), Some(DenyReason::RawNotGeneral));
-        assert_eq!(p.decide_raw(&sample(&core), NOW).err(), Some(DenyReason::CoreNeverLeaves));
+        assert_eq!(
+            p.decide_raw(&sample(&imp), NOW).err(),
+            Some(DenyReason::RawNotGeneral)
+        );
+        assert_eq!(
+            p.decide_raw(&sample(&core), NOW).err(),
+            Some(DenyReason::CoreNeverLeaves)
+        );
     }
 
     #[test]
     fn summaries_of_core_points_never_leave() {
         let mut p = permissive("CN", None);
         let core = meta(Level::Core, Category::RdDesign);
-        assert_eq!(p.decide_summary(&summary(&core, 10_000), NOW).err(), Some(DenyReason::CoreNeverLeaves));
+        assert_eq!(
+            p.decide_summary(&summary(&core, 10_000), NOW).err(),
+            Some(DenyReason::CoreNeverLeaves)
+        );
     }
 
     #[test]
     fn important_summaries_go_domestic_with_the_rule_stats() {
         let mut p = permissive("CN", None);
         let imp = meta(Level::Important, Category::ProductionOperation);
-        let permitted = p.decide_summary(&summary(&imp, 10_000), NOW).expect("permitted");
+        let permitted = p
+            .decide_summary(&summary(&imp, 10_000), NOW)
+            .expect("permitted");
         match permitted.get() {
             EgressItem::Summary { stats, .. } => assert_eq!(&stats[..], &[Stat::Count, Stat::Mean]),
             other => panic!("unexpected {other:?}"),
         }
         // A summary of a window no rule asks for is denied.
-        assert_eq!(p.decide_summary(&summary(&imp, 60_000), NOW).err(), Some(DenyReason::NoMatchingRule));
+        assert_eq!(
+            p.decide_summary(&summary(&imp, 60_000), NOW).err(),
+            Some(DenyReason::NoMatchingRule)
+        );
     }
 
     #[test]
     fn important_cross_border_needs_a_valid_assessment_covering_the_category() {
         let imp = meta(Level::Important, Category::ProductionOperation);
         let s = summary(&imp, 10_000);
-        assert_eq!(permissive("DE", None).decide_summary(&s, NOW).err(), Some(DenyReason::CrossBorderWithoutAssessment));
-        let a = |expires_ms, categories: Vec<Category>, cap| Some(Assessment { reference: "A-1".into(), expires_ms, categories, daily_item_cap: cap });
-        let cat = vec![Category::ProductionOperation];
-        assert_eq!(permissive("HK", a(NOW, cat.clone(), None)).decide_summary(&s, NOW).err(), Some(DenyReason::AssessmentExpired));
         assert_eq!(
-            permissive("DE", a(NOW + DAY, vec![Category::Management], None)).decide_summary(&s, NOW).err(),
+            permissive("DE", None).decide_summary(&s, NOW).err(),
+            Some(DenyReason::CrossBorderWithoutAssessment)
+        );
+        let a = |expires_ms, categories: Vec<Category>, cap| {
+            Some(Assessment {
+                reference: "A-1".into(),
+                expires_ms,
+                categories,
+                daily_item_cap: cap,
+            })
+        };
+        let cat = vec![Category::ProductionOperation];
+        assert_eq!(
+            permissive("HK", a(NOW, cat.clone(), None))
+                .decide_summary(&s, NOW)
+                .err(),
+            Some(DenyReason::AssessmentExpired)
+        );
+        assert_eq!(
+            permissive("DE", a(NOW + DAY, vec![Category::Management], None))
+                .decide_summary(&s, NOW)
+                .err(),
             Some(DenyReason::CategoryNotAssessed)
         );
         let mut capped = permissive("DE", a(NOW + 2 * DAY, cat, Some(2)));
         assert!(capped.decide_summary(&s, NOW).is_ok());
         assert!(capped.decide_summary(&s, NOW).is_ok());
-        assert_eq!(capped.decide_summary(&s, NOW).err(), Some(DenyReason::VolumeCapExceeded));
+        assert_eq!(
+            capped.decide_summary(&s, NOW).err(),
+            Some(DenyReason::VolumeCapExceeded)
+        );
         // The cap is per UTC day.
         assert!(capped.decide_summary(&s, NOW + DAY).is_ok());
     }
@@ -604,7 +718,10 @@ mod tests {
         let s = summary(&imp, 10_000);
         let rules = vec![rule(0, &[Level::Important], Form::Summary)];
         let mut remote = Policy::new(dest("CN", "dc.example.cn", false, rules.clone(), None));
-        assert_eq!(remote.decide_summary(&s, NOW).err(), Some(DenyReason::ImportantWithoutTls));
+        assert_eq!(
+            remote.decide_summary(&s, NOW).err(),
+            Some(DenyReason::ImportantWithoutTls)
+        );
         let mut local = Policy::new(dest("CN", "127.0.0.1", false, rules, None));
         assert!(local.decide_summary(&s, NOW).is_ok());
     }
@@ -613,19 +730,32 @@ mod tests {
     fn a_destination_without_rules_receives_nothing() {
         let mut p = Policy::new(dest("CN", "127.0.0.1", true, vec![], None));
         let g = meta(Level::General, Category::ProductionOperation);
-        assert_eq!(p.decide_raw(&sample(&g), NOW).err(), Some(DenyReason::NoMatchingRule));
-        assert_eq!(p.decide_summary(&summary(&g, 10_000), NOW).err(), Some(DenyReason::NoMatchingRule));
+        assert_eq!(
+            p.decide_raw(&sample(&g), NOW).err(),
+            Some(DenyReason::NoMatchingRule)
+        );
+        assert_eq!(
+            p.decide_summary(&summary(&g, 10_000), NOW).err(),
+            Some(DenyReason::NoMatchingRule)
+        );
         assert_eq!(p.matrix(), [vec![], vec![], vec![]]);
     }
 
     #[test]
     fn matrix_shows_what_the_invariants_leave_of_the_rules() {
         let p = permissive("CN", None);
-        assert_eq!(p.matrix(), [vec![Form::Raw, Form::Summary], vec![Form::Summary], vec![]]);
+        assert_eq!(
+            p.matrix(),
+            [vec![Form::Raw, Form::Summary], vec![Form::Summary], vec![]]
+        );
     }
 
     fn arb_level() -> impl Strategy<Value = Level> {
-        prop_oneof![Just(Level::General), Just(Level::Important), Just(Level::Core)]
+        prop_oneof![
+            Just(Level::General),
+            Just(Level::Important),
+            Just(Level::Core)
+        ]
     }
 
     fn arb_category() -> impl Strategy<Value = Category> {

@@ -35,7 +35,13 @@ pub struct Envelope {
 /// `<prefix>/<site>/<gateway>/<form>/<level>`.
 pub fn topic(prefix: &str, env: &Envelope, form: Form, level: Level) -> String {
     let prefix = prefix.trim_end_matches('/');
-    format!("{prefix}/{}/{}/{}/{}", env.site, env.gateway, form.as_str(), level.as_str())
+    format!(
+        "{prefix}/{}/{}/{}/{}",
+        env.site,
+        env.gateway,
+        form.as_str(),
+        level.as_str()
+    )
 }
 
 #[derive(Serialize)]
@@ -88,7 +94,11 @@ fn serialize_raw<S: Serializer>(t: &Tagged, s: S) -> Result<S::Ok, S::Error> {
     m.end()
 }
 
-fn serialize_summary<S: Serializer>(sum: &Summary, stats: &[Stat], s: S) -> Result<S::Ok, S::Error> {
+fn serialize_summary<S: Serializer>(
+    sum: &Summary,
+    stats: &[Stat],
+    s: S,
+) -> Result<S::Ok, S::Error> {
     let window_ms = sum.window_end_ms - sum.window_start_ms;
     let mut m = s.serialize_map(None)?;
     m.serialize_entry(
@@ -179,7 +189,13 @@ mod tests {
     }
 
     fn raw(tag: &str, level: Level, value: Value, quality: Quality) -> EgressItem {
-        EgressItem::Raw(Tagged { meta: meta(0, tag, level), value, quality, ts_ms: 1_000, seq: 7 })
+        EgressItem::Raw(Tagged {
+            meta: meta(0, tag, level),
+            value,
+            quality,
+            ts_ms: 1_000,
+            seq: 7,
+        })
     }
 
     fn summary(tag: &str, level: Level) -> Summary {
@@ -206,8 +222,18 @@ mod tests {
     #[test]
     fn raw_message_has_envelope_and_item_fields() {
         let items = [
-            raw("line.speed", Level::General, Value::Float(12.5), Quality::Good),
-            raw("line.run", Level::General, Value::Bool(true), Quality::DeviceException(2)),
+            raw(
+                "line.speed",
+                Level::General,
+                Value::Float(12.5),
+                Quality::Good,
+            ),
+            raw(
+                "line.run",
+                Level::General,
+                Value::Bool(true),
+                Quality::DeviceException(2),
+            ),
         ];
         let bytes = encode(&env(), Form::Raw, Level::General, &items);
         let m: Json = serde_json::from_slice(&bytes).expect("json");
@@ -262,12 +288,20 @@ mod tests {
     fn non_finite_values_become_null() {
         let mut s = summary("x", Level::General);
         s.mean = Some(f64::NAN);
-        let items = [EgressItem::Summary { summary: s, stats: Arc::from(vec![Stat::Mean]) }];
+        let items = [EgressItem::Summary {
+            summary: s,
+            stats: Arc::from(vec![Stat::Mean]),
+        }];
         let m: Json =
             serde_json::from_slice(&encode(&env(), Form::Summary, Level::General, &items))
                 .expect("json");
         assert!(m["items"][0]["stats"]["mean"].is_null());
-        let items = [raw("y", Level::General, Value::Float(f64::INFINITY), Quality::Good)];
+        let items = [raw(
+            "y",
+            Level::General,
+            Value::Float(f64::INFINITY),
+            Quality::Good,
+        )];
         let m: Json = serde_json::from_slice(&encode(&env(), Form::Raw, Level::General, &items))
             .expect("json");
         assert!(m["items"][0]["value"].is_null());

@@ -54,7 +54,10 @@ const NETWORK_TIMEOUT_S: u64 = 5;
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
     #[error("destination {destination}: {source}")]
-    Tls { destination: String, source: TlsError },
+    Tls {
+        destination: String,
+        source: TlsError,
+    },
 }
 
 /// The sending side of one destination's uplink. Cheap to call from the router: `offer` never
@@ -75,7 +78,9 @@ impl UplinkHandle {
             let item = match e {
                 mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => i,
             };
-            self.stats.destinations[self.index].dropped.add(item.get().level(), 1);
+            self.stats.destinations[self.index]
+                .dropped
+                .add(item.get().level(), 1);
         }
     }
 
@@ -127,7 +132,12 @@ pub fn spawn(
     };
     let batch_task = tokio::spawn(batcher.run(rx, shutdown, closing.clone()));
     let conn_task = tokio::spawn(connection(dest, options, shared, closing));
-    Ok(UplinkHandle { tx, index, stats, tasks: [batch_task, conn_task] })
+    Ok(UplinkHandle {
+        tx,
+        index,
+        stats,
+        tasks: [batch_task, conn_task],
+    })
 }
 
 fn mqtt_options(dest: &Destination) -> Result<MqttOptions, UplinkError> {
@@ -139,9 +149,13 @@ fn mqtt_options(dest: &Destination) -> Result<MqttOptions, UplinkError> {
     o.set_clean_session(true);
     o.set_max_packet_size(64 * 1024, 2 * MAX_PAYLOAD);
     if let Some(t) = &b.tls {
-        let cfg = tls::client_config(t, &b.host)
-            .map_err(|source| UplinkError::Tls { destination: dest.name.to_string(), source })?;
-        o.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(cfg)));
+        let cfg = tls::client_config(t, &b.host).map_err(|source| UplinkError::Tls {
+            destination: dest.name.to_string(),
+            source,
+        })?;
+        o.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(cfg),
+        ));
     }
     Ok(o)
 }
@@ -214,7 +228,9 @@ impl Shared {
                 .iter()
                 .position(|m| m.level == Level::General)
                 .unwrap_or(0);
-            let Some(m) = st.queue.remove(victim) else { break };
+            let Some(m) = st.queue.remove(victim) else {
+                break;
+            };
             st.items -= m.items;
             self.counters().dropped.add(m.level, m.items);
             warn!(
@@ -229,11 +245,19 @@ impl Shared {
 
     /// Hand queued messages to the current client while the in-flight window has room.
     fn pump(&self, st: &mut State) {
-        let Some(client) = st.client.clone() else { return };
+        let Some(client) = st.client.clone() else {
+            return;
+        };
         while st.awaiting_pkid.len() + st.in_flight.len() < MAX_IN_FLIGHT {
-            let Some(msg) = st.queue.pop_front() else { break };
-            match client.try_publish(msg.topic.clone(), QoS::AtLeastOnce, false, msg.payload.clone())
-            {
+            let Some(msg) = st.queue.pop_front() else {
+                break;
+            };
+            match client.try_publish(
+                msg.topic.clone(),
+                QoS::AtLeastOnce,
+                false,
+                msg.payload.clone(),
+            ) {
                 Ok(()) => st.awaiting_pkid.push_back(msg),
                 Err(e) => {
                     // Only possible if the event loop is gone; it re-queues on its way out.
@@ -310,7 +334,10 @@ impl Batcher {
 
     fn add(&mut self, item: EgressItem) {
         let key = (item.form(), item.level());
-        let (items, _) = self.pending.entry(key).or_insert_with(|| (Vec::new(), Instant::now()));
+        let (items, _) = self
+            .pending
+            .entry(key)
+            .or_insert_with(|| (Vec::new(), Instant::now()));
         items.push(item);
         if items.len() >= self.dest.batch_max_items {
             self.flush(key);
@@ -330,7 +357,9 @@ impl Batcher {
     }
 
     fn flush(&mut self, key: (Form, Level)) {
-        let Some((items, _)) = self.pending.remove(&key) else { return };
+        let Some((items, _)) = self.pending.remove(&key) else {
+            return;
+        };
         let (form, level) = key;
         let topic = topic(&self.dest.topic_prefix, &self.env, form, level);
         self.encode_split(&topic, form, level, &items);
@@ -555,7 +584,13 @@ mod tests {
     }
 
     fn msg(level: Level, items: u64) -> Message {
-        Message { id: 0, topic: "t".into(), payload: vec![], level, items }
+        Message {
+            id: 0,
+            topic: "t".into(),
+            payload: vec![],
+            level,
+            items,
+        }
     }
 
     #[test]
@@ -662,7 +697,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         shutdown.cancel();
         // A hang guard, not a timing assertion: shutdown must end (it is bounded by FLUSH_TIMEOUT).
-        tokio::time::timeout(Duration::from_secs(60), h.closed()).await.expect("uplink stops");
+        tokio::time::timeout(Duration::from_secs(60), h.closed())
+            .await
+            .expect("uplink stops");
         let d = &stats.destinations[0];
         assert_eq!(d.dropped.get(Level::General), 1);
         assert_eq!(d.forwarded.get(Level::General), 0);

@@ -20,9 +20,17 @@ use crate::config::TlsSettings;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {what} {path}: {reason}")]
-    Read { what: &'static str, path: PathBuf, reason: String },
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("{what} {path} contains no {expected}")]
-    Empty { what: &'static str, path: PathBuf, expected: &'static str },
+    Empty {
+        what: &'static str,
+        path: PathBuf,
+        expected: &'static str,
+    },
     #[error("CA file {path}: {reason}")]
     BadCa { path: PathBuf, reason: String },
     #[error("client_cert and client_key must be given together (got only {0})")]
@@ -48,7 +56,11 @@ fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| err(&e))?;
     if certs.is_empty() {
-        return Err(TlsError::Empty { what, path: path.to_owned(), expected: "PEM certificate" });
+        return Err(TlsError::Empty {
+            what,
+            path: path.to_owned(),
+            expected: "PEM certificate",
+        });
     }
     Ok(certs)
 }
@@ -58,13 +70,14 @@ fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
 pub fn client_config(tls: &TlsSettings, host: &str) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in read_certs("CA file", &tls.ca)? {
-        roots
-            .add(cert)
-            .map_err(|e| TlsError::BadCa { path: tls.ca.clone(), reason: e.to_string() })?;
+        roots.add(cert).map_err(|e| TlsError::BadCa {
+            path: tls.ca.clone(),
+            reason: e.to_string(),
+        })?;
     }
     let roots = Arc::new(roots);
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?;
+    let builder =
+        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = match tls.server_name.as_deref().filter(|n| *n != host) {
         None => builder.with_root_certificates(roots),
         Some(name) => {
@@ -72,7 +85,10 @@ pub fn client_config(tls: &TlsSettings, host: &str) -> Result<Arc<ClientConfig>,
                 .map_err(|_| TlsError::BadServerName(name.to_owned()))?;
             let inner = WebPkiServerVerifier::builder_with_provider(roots, provider())
                 .build()
-                .map_err(|e| TlsError::BadCa { path: tls.ca.clone(), reason: e.to_string() })?;
+                .map_err(|e| TlsError::BadCa {
+                    path: tls.ca.clone(),
+                    reason: e.to_string(),
+                })?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(NamedVerifier { inner, expected }))
@@ -113,7 +129,13 @@ impl ServerCertVerifier for NamedVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner.verify_server_cert(end_entity, intermediates, &self.expected, ocsp_response, now)
+        self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            &self.expected,
+            ocsp_response,
+            now,
+        )
     }
 
     fn verify_tls12_signature(
@@ -188,7 +210,10 @@ mod tests {
         s.server_name = Some("broker.example".into());
         client_config(&s, "127.0.0.1").expect("named");
         s.server_name = Some("not a name!".into());
-        assert!(matches!(client_config(&s, "127.0.0.1"), Err(TlsError::BadServerName(_))));
+        assert!(matches!(
+            client_config(&s, "127.0.0.1"),
+            Err(TlsError::BadServerName(_))
+        ));
     }
 
     /// A self-signed CA certificate in PEM, made with rcgen (a dev-dependency).

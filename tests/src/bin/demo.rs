@@ -38,17 +38,29 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
     let broker = EmbeddedBroker::start().context("starting the embedded broker")?;
-    let collector = Collector::start(broker.addr()).await.context("subscribing to upstream")?;
+    let collector = Collector::start(broker.addr())
+        .await
+        .context("subscribing to upstream")?;
     let plant = start_demo_plant(!args.fixed_ports).await?;
     println!("simulated plant:");
     for (name, addr) in plant.devices() {
         println!("  device {name} listening on {addr}");
     }
-    println!("upstream broker (embedded, standing in for the group DC and HQ): {}", broker.addr());
-    let wiring = Wiring { broker: broker.addr(), historian: args.historian.clone(), window: None };
+    println!(
+        "upstream broker (embedded, standing in for the group DC and HQ): {}",
+        broker.addr()
+    );
+    let wiring = Wiring {
+        broker: broker.addr(),
+        historian: args.historian.clone(),
+        window: None,
+    };
     let loaded = demo_agent_config(&plant, &wiring)?;
     for w in &loaded.warnings {
         println!("config warning: {}", w.0);
@@ -88,7 +100,14 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn print_report(elapsed: Duration, stats: &Stats, collector: &Collector) {
-    println!("t={:>4}s {:<10} {:>8} {:>8} {:>9}", elapsed.as_secs(), "level", "read", "stored", "bad-qual");
+    println!(
+        "t={:>4}s {:<10} {:>8} {:>8} {:>9}",
+        elapsed.as_secs(),
+        "level",
+        "read",
+        "stored",
+        "bad-qual"
+    );
     for level in Level::ALL {
         let mut line = format!(
             "        {:<10} {:>8} {:>8} {:>9}",
@@ -112,5 +131,8 @@ fn print_report(elapsed: Duration, stats: &Stats, collector: &Collector) {
         *topics.entry(topic).or_default() += 1;
     }
     let received: Vec<String> = topics.iter().map(|(t, n)| format!("{t}={n}")).collect();
-    println!("        upstream received (messages per topic): {}\n", received.join("  "));
+    println!(
+        "        upstream received (messages per topic): {}\n",
+        received.join("  ")
+    );
 }

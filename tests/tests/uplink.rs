@@ -1,0 +1,235 @@
+//! The uplink against an in-process broker through a proxy the test can cut: items are counted
+//! as forwarded only on PUBACK, nothing offered during an outage is lost, and everything arrives
+//! after the network comes back (possibly twice; the idempotency keys make that harmless).
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_agent::config::{AllowRule, Broker, Destination, Gateway, Jurisdiction};
+use edge_agent::model::{
+    now_ms, Category, Form, Level, PointMeta, Protocol, Quality, Tagged, Value,
+};
+use edge_agent::policy::Policy;
+use edge_agent::stats::Stats;
+use edge_agent::uplink;
+use edge_tests::{init_test_tracing, Collector, CutProxy, EmbeddedBroker};
+use serde_json::Value as Json;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn destination(port: u16) -> Arc<Destination> {
+    Arc::new(Destination {
+        name: Arc::from("dc"),
+        jurisdiction: Jurisdiction("CN".into()),
+        recipient: "Group DC".into(),
+        purpose: "monitoring".into(),
+        legal_basis: "contract".into(),
+        broker: Broker {
+            host: "127.0.0.1".into(),
+            port,
+            client_id: "uplink-test".into(),
+            keep_alive: Duration::from_secs(5),
+            tls: None,
+        },
+        topic_prefix: "dc".into(),
+        allow: vec![AllowRule {
+            index: 0,
+            levels: vec![Level::General],
+            categories: None,
+            form: Form::Raw,
+            window: None,
+            stats: vec![],
+        }],
+        assessment: None,
+        batch_max_items: 7,
+        batch_max_delay: Duration::from_millis(20),
+        queue_items: 10_000,
+    })
+}
+
+fn gateway() -> Gateway {
+    Gateway {
+        id: Arc::from("gw-t"),
+        site: Arc::from("site-t"),
+        jurisdiction: Jurisdiction("CN".into()),
+        data_processor: "p".into(),
+        responsible_person: "r".into(),
+        department: "d".into(),
+    }
+}
+
+fn point(level: Level) -> Arc<PointMeta> {
+    Arc::new(PointMeta {
+        id: 0,
+        tag: Arc::from(format!("line.{level}")),
+        level,
+        category: Category::ALL[0],
+        rule_id: Arc::from("point:explicit"),
+        device: Arc::from("dev"),
+        protocol: Protocol::ModbusTcp,
+        address: Arc::from("unit=1 holding:0"),
+        gateway: Arc::from("gw-t"),
+        site: Arc::from("site-t"),
+        unit: None,
+        interval_ms: 100,
+    })
+}
+
+fn sample(meta: &Arc<PointMeta>, seq: u64) -> Tagged {
+    Tagged {
+        meta: meta.clone(),
+        value: Value::Int(seq as i64),
+        quality: Quality::Good,
+        ts_ms: 1_000 + seq as i64,
+        seq,
+    }
+}
+
+async fn wait_until(mut pred: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if pred() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pred()
+}
+
+fn received_seqs(c: &Collector) -> (HashSet<u64>, usize) {
+    let mut seqs = HashSet::new();
+    let mut total = 0;
+    for (topic, payload) in c.messages() {
+        assert_eq!(topic, "dc/site-t/gw-t/raw/general");
+        let msg: Json = serde_json::from_slice(&payload).expect("JSON");
+        for item in msg["items"].as_array().expect("items") {
+            total += 1;
+            seqs.insert(item["seq"].as_u64().expect("seq"));
+        }
+    }
+    (seqs, total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_offered_during_an_outage_are_delivered_after_reconnect() {
+    init_test_tracing();
+    let broker = EmbeddedBroker::start().expect("broker");
+    let collector = Collector::start(broker.addr()).await.expect("collector");
+    let proxy = CutProxy::start(broker.addr()).await.expect("proxy");
+    let dest = destination(proxy.addr().port());
+    let stats = Arc::new(Stats::new([dest.name.clone()]));
+    let shutdown = CancellationToken::new();
+    let up =
+        uplink::spawn(dest.clone(), &gateway(), stats.clone(), shutdown.clone()).expect("uplink");
+    let mut policy = Policy::new(dest);
+    let general = point(Level::General);
+    let important = point(Level::Important);
+    let d = &stats.destinations[0];
+
+    let offer = |policy: &mut Policy, range: std::ops::Range<u64>| {
+        for seq in range {
+            up.offer(
+                policy
+                    .decide_raw(&sample(&general, seq), now_ms())
+                    .expect("general raw is allowed"),
+            );
+            // Raw important data cannot even be offered: the policy refuses to make it `Permitted`.
+            assert!(policy
+                .decide_raw(&sample(&important, seq), now_ms())
+                .is_err());
+        }
+    };
+
+    offer(&mut policy, 0..50);
+    assert!(
+        wait_until(|| d.forwarded.get(Level::General) == 50).await,
+        "first 50 not acknowledged"
+    );
+    assert!(d.connected.load(Ordering::Relaxed));
+
+    proxy.cut();
+    assert!(
+        wait_until(|| !d.connected.load(Ordering::Relaxed)).await,
+        "outage not noticed"
+    );
+    offer(&mut policy, 50..120);
+    // No broker can acknowledge anything while the network is cut.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        d.forwarded.get(Level::General),
+        50,
+        "items counted as forwarded without a PUBACK"
+    );
+
+    proxy.restore();
+    assert!(
+        wait_until(|| d.forwarded.get(Level::General) == 120).await,
+        "backlog not delivered after reconnect: forwarded {}",
+        d.forwarded.get(Level::General)
+    );
+    assert!(
+        collector
+            .wait_for(
+                |_, p| String::from_utf8_lossy(p).contains("\"seq\":119"),
+                WAIT
+            )
+            .await
+    );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), up.closed())
+        .await
+        .expect("uplink stops");
+
+    let (seqs, total) = received_seqs(&collector);
+    assert_eq!(
+        seqs,
+        (0..120).collect::<HashSet<_>>(),
+        "some items never arrived"
+    );
+    assert!(total >= 120);
+    assert_eq!(d.dropped.get(Level::General), 0);
+    assert_eq!(d.forwarded.get(Level::Important), 0);
+    assert!(!String::from_utf8_lossy(&collector.all_bytes()).contains("line.important"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_a_partial_batch_before_stopping() {
+    init_test_tracing();
+    let broker = EmbeddedBroker::start().expect("broker");
+    let collector = Collector::start(broker.addr()).await.expect("collector");
+    let mut dest = (*destination(broker.addr().port())).clone();
+    // A batch that would only go out on size or after a minute: shutdown must flush it anyway.
+    dest.batch_max_items = 1000;
+    dest.batch_max_delay = Duration::from_secs(60);
+    let dest = Arc::new(dest);
+    let stats = Arc::new(Stats::new([dest.name.clone()]));
+    let shutdown = CancellationToken::new();
+    let up =
+        uplink::spawn(dest.clone(), &gateway(), stats.clone(), shutdown.clone()).expect("uplink");
+    let d = &stats.destinations[0];
+    assert!(
+        wait_until(|| d.connected.load(Ordering::Relaxed)).await,
+        "never connected"
+    );
+    let mut policy = Policy::new(dest);
+    let general = point(Level::General);
+    for seq in 0..5 {
+        up.offer(
+            policy
+                .decide_raw(&sample(&general, seq), now_ms())
+                .expect("allowed"),
+        );
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), up.closed())
+        .await
+        .expect("uplink stops");
+    assert_eq!(d.forwarded.get(Level::General), 5);
+    assert_eq!(d.messages_acked.load(Ordering::Relaxed), 1);
+    assert!(collector.wait_for_count(1, WAIT).await);
+    let (seqs, _) = received_seqs(&collector);
+    assert_eq!(seqs.len(), 5);
+}

@@ -89,22 +89,29 @@ impl fmt::Display for Category {
     }
 }
 
-/// A decoded sample value. `Copy` and allocation-free on purpose: it is on the hot path.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// A decoded sample value. Numeric variants are allocation-free (the hot path); `Text` (fixed-
+/// length strings, value-map labels) shares its bytes: a label is the config's own `Arc`, and a
+/// string register is only re-allocated when its content changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Value {
     Bool(bool),
     Int(i64),
+    /// Unsigned 64-bit registers: above `i64::MAX` they do not fit `Int`.
+    UInt(u64),
     Float(f64),
+    Text(Arc<str>),
 }
 
 impl Value {
-    /// Numeric view used by summaries (`true` = 1).
-    pub fn as_f64(self) -> f64 {
-        match self {
-            Value::Bool(b) => f64::from(u8::from(b)),
-            Value::Int(i) => i as f64,
-            Value::Float(f) => f,
+    /// Numeric view used by summaries (`true` = 1); `None` for text, which has no min or mean.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::Bool(b) => Some(f64::from(u8::from(b))),
+            Value::Int(i) => Some(i as f64),
+            Value::UInt(u) => Some(u as f64),
+            Value::Float(f) => Some(f),
+            Value::Text(_) => None,
         }
     }
 }
@@ -114,7 +121,9 @@ impl fmt::Display for Value {
         match self {
             Value::Bool(b) => write!(f, "{b}"),
             Value::Int(i) => write!(f, "{i}"),
+            Value::UInt(u) => write!(f, "{u}"),
             Value::Float(x) => write!(f, "{x}"),
+            Value::Text(s) => write!(f, "{s:?}"),
         }
     }
 }

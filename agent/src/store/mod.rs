@@ -20,11 +20,11 @@
 //!         level TEXT NOT NULL, category TEXT NOT NULL,  -- as stamped on *this* sample
 //!         quality TEXT NOT NULL,           -- Quality::as_str()
 //!         quality_code INTEGER,            -- Modbus exception code for device_exception
-//!         value_kind TEXT NOT NULL,        -- 'bool' | 'int' | 'float'
+//!         value_kind TEXT NOT NULL,        -- 'bool' | 'int' | 'uint' | 'float' | 'text'
 //!         value_num REAL,                  -- numeric view (bool 0/1), NULL when enc != 0
-//!         value_int INTEGER,               -- exact bool/int value, NULL for float or enc != 0
+//!         value_int INTEGER,               -- exact bool/int value (uint: its i64 bit pattern)
 //!         enc INTEGER NOT NULL DEFAULT 0,  -- 0 = plaintext; later: key id (AES-256-GCM)
-//!         payload BLOB)                    -- ciphertext of the value when enc != 0
+//!         payload BLOB)                    -- text: UTF-8; when enc != 0: ciphertext of the value
 //! INDEX samples_level_ts(level, ts_ms)     -- per-level retention and counts
 //! INDEX samples_point_ts(point_id, ts_ms)  -- per-tag queries
 //! ```

@@ -11,7 +11,8 @@ use crate::model::{Category, Level, Quality, Value};
 
 const SELECT_SAMPLE: &str = "
 SELECT p.tag, s.ts_ms, s.seq, s.level, s.category, s.quality, s.quality_code, s.value_kind,
-       s.value_num, s.value_int, s.enc, p.rule_id, p.device, p.protocol, p.address, p.unit
+       s.value_num, s.value_int, s.enc, p.rule_id, p.device, p.protocol, p.address, p.unit,
+       s.payload
 FROM samples s JOIN points p ON p.id = s.point_id
 WHERE p.tag = ?1
 ORDER BY s.ts_ms DESC, s.seq DESC
@@ -139,6 +140,7 @@ struct RawRow {
     value_num: Option<f64>,
     value_int: Option<i64>,
     enc: i64,
+    payload: Option<Vec<u8>>,
     rule_id: String,
     device: String,
     protocol: String,
@@ -160,6 +162,7 @@ impl RawRow {
             value_num: row.get(8)?,
             value_int: row.get(9)?,
             enc: row.get(10)?,
+            payload: row.get(16)?,
             rule_id: row.get(11)?,
             device: row.get(12)?,
             protocol: row.get(13)?,
@@ -190,6 +193,11 @@ impl RawRow {
                 match (self.value_kind.as_str(), self.value_int, self.value_num) {
                     ("bool", Some(i), _) => Value::Bool(i != 0),
                     ("int", Some(i), _) => Value::Int(i),
+                    ("uint", Some(i), _) => Value::UInt(i as u64),
+                    ("text", _, _) => match self.payload.as_deref().map(std::str::from_utf8) {
+                        Some(Ok(s)) => Value::Text(s.into()),
+                        _ => return Err("text value without a UTF-8 payload".into()),
+                    },
                     // SQLite stores NaN as NULL.
                     ("float", _, num) => Value::Float(num.unwrap_or(f64::NAN)),
                     (kind, int, num) => {

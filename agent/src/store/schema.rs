@@ -54,7 +54,7 @@ CREATE INDEX samples_point_ts ON samples(point_id, ts_ms);
 pub(super) const INSERT_SAMPLE: &str = "
 INSERT INTO samples (point_id, ts_ms, seq, level, category, quality, quality_code,
                      value_kind, value_num, value_int, enc, payload)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, NULL)";
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11)";
 
 const UPSERT_POINT: &str = "
 INSERT INTO points (tag, level, category, rule_id, device, protocol, address, unit, gateway,

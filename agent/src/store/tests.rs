@@ -111,7 +111,7 @@ fn all_levels_are_persisted_with_their_classification_and_provenance() {
     let speed = r.samples_for_tag("speed", 10).expect("read");
     assert_eq!(speed.len(), 2);
     assert_eq!(
-        (speed[0].ts_ms, speed[0].value),
+        (speed[0].ts_ms, speed[0].value.clone()),
         (1_000, Some(Value::Float(12.5))),
         "oldest first"
     );
@@ -146,11 +146,11 @@ fn sequence_numbers_and_extreme_values_round_trip() {
         .samples_for_tag("speed", 10)
         .expect("read");
     assert_eq!(
-        (got[0].seq, got[0].value),
+        (got[0].seq, got[0].value.clone()),
         (u64::MAX, Some(Value::Int(i64::MIN)))
     );
     assert_eq!(
-        (got[1].seq, got[1].value),
+        (got[1].seq, got[1].value.clone()),
         (1, Some(Value::Float(f64::MAX)))
     );
 }

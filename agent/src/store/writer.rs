@@ -238,10 +238,14 @@ fn write_batch(
         let mut insert = tx.prepare_cached(schema::INSERT_SAMPLE)?;
         for t in batch {
             let point_id = ids.get(&tx, &t.meta)?;
-            let (kind, num, int) = match t.value {
-                Value::Bool(b) => ("bool", Some(t.value.as_f64()), Some(i64::from(b))),
-                Value::Int(i) => ("int", Some(t.value.as_f64()), Some(i)),
-                Value::Float(f) => ("float", Some(f), None),
+            let num = t.value.as_f64();
+            let (kind, int, text) = match &t.value {
+                Value::Bool(b) => ("bool", Some(i64::from(*b)), None),
+                Value::Int(i) => ("int", Some(*i), None),
+                // Bit pattern, like `seq`: exact for every u64.
+                Value::UInt(u) => ("uint", Some(*u as i64), None),
+                Value::Float(_) => ("float", None, None),
+                Value::Text(s) => ("text", None, Some(s.as_bytes())),
             };
             let code = match t.quality {
                 Quality::DeviceException(c) => Some(i64::from(c)),
@@ -259,6 +263,7 @@ fn write_batch(
                 kind,
                 num,
                 int,
+                text,
             ])?;
         }
     }

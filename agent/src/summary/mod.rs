@@ -43,6 +43,8 @@ struct Acc {
     count: u64,
     good: u64,
     bad: u64,
+    /// Good samples with a numeric value (text has no min, max or mean).
+    numeric: u64,
     min: f64,
     max: f64,
     /// Running sum of good values; mean = sum / good.
@@ -58,6 +60,7 @@ impl Acc {
         count: 0,
         good: 0,
         bad: 0,
+        numeric: 0,
         min: f64::INFINITY,
         max: f64::NEG_INFINITY,
         sum: 0.0,
@@ -78,8 +81,11 @@ impl Acc {
             self.bad += 1;
             return;
         }
-        let v = t.value.as_f64();
         self.good += 1;
+        let Some(v) = t.value.as_f64() else {
+            return;
+        };
+        self.numeric += 1;
         self.min = self.min.min(v);
         self.max = self.max.max(v);
         self.sum += v;
@@ -94,8 +100,8 @@ impl Acc {
     }
 
     fn summarise(&self, meta: &Arc<PointMeta>, len_ms: i64) -> Summary {
-        let has_good = self.good > 0;
-        let some = |x: f64| if has_good { Some(x) } else { None };
+        let has_numeric = self.numeric > 0;
+        let some = |x: f64| if has_numeric { Some(x) } else { None };
         Summary {
             meta: meta.clone(),
             window_start_ms: self.start_ms,
@@ -105,7 +111,7 @@ impl Acc {
             bad: self.bad,
             min: some(self.min),
             max: some(self.max),
-            mean: some(self.sum / self.good as f64),
+            mean: some(self.sum / self.numeric as f64),
             last: some(self.last),
         }
     }

@@ -441,10 +441,15 @@ impl Driver {
         let point = &self.device.points[pi];
         let (value, quality) = match outcome {
             Ok(v) => {
-                self.last_good[pi] = Some(v);
+                self.last_good[pi] = Some(v.clone());
                 (v, Quality::Good)
             }
-            Err(q) => (self.last_good[pi].unwrap_or_else(|| typed_zero(point)), q),
+            Err(q) => (
+                self.last_good[pi]
+                    .clone()
+                    .unwrap_or_else(|| typed_zero(point)),
+                q,
+            ),
         };
         self.last_quality[pi] = quality;
         batch.push(Tagged {
@@ -954,7 +959,7 @@ mod tests {
 
         let good = |tag: &str, want: Value| {
             let s = by_tag(&batch, tag);
-            assert_eq!((s.quality, s.value), (Quality::Good, want), "{tag}");
+            assert_eq!((s.quality, s.value.clone()), (Quality::Good, want), "{tag}");
             assert_eq!(
                 s.level(),
                 Level::Important,
@@ -973,7 +978,7 @@ mod tests {
         good("valve_di", Value::Bool(false));
         let nan = by_tag(&batch, "broken_f32");
         assert_eq!(
-            (nan.quality, nan.value),
+            (nan.quality, nan.value.clone()),
             (Quality::DecodeError, Value::Float(0.0))
         );
 
@@ -1071,7 +1076,7 @@ mod tests {
             .await;
         let s = by_tag(&batch, "bad_a");
         assert_eq!(
-            (s.quality, s.value),
+            (s.quality, s.value.clone()),
             (Quality::DeviceException(2), Value::Int(22))
         );
         assert_eq!(by_tag(&batch, "ok_a").quality, Quality::Good);

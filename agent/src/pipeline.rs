@@ -91,9 +91,9 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
     let (tx, rx) = mpsc::channel::<Vec<Tagged>>(SOURCE_QUEUE);
     let seq = Arc::new(AtomicU64::new(0));
     let mut sources = Vec::new();
-    for device in &cfg.devices {
-        sources.push(tokio::spawn(source::modbus::run_device(
-            device.clone(),
+    for line in &cfg.lines {
+        sources.push(tokio::spawn(source::modbus::run_line(
+            line.clone(),
             tx.clone(),
             seq.clone(),
             stats.clone(),
@@ -102,7 +102,8 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
     }
     drop(tx);
     info!(
-        devices = cfg.devices.len(),
+        lines = cfg.lines.len(),
+        devices = cfg.devices().count(),
         points = cfg.points.len(),
         destinations = cfg.destinations.len(),
         "Agent started."

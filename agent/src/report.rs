@@ -3,11 +3,81 @@
 
 use std::fmt::Write as _;
 
+use crate::config::ModbusDevice;
 use crate::config::{load::points_per_level_category, AgentConfig, Loaded};
 use crate::model::{Form, Level};
 use crate::policy::Policy;
-use crate::source::modbus::plan;
+use crate::source::modbus;
 use crate::stats::Stats;
+
+/// Writes one device's poll groups and request plan; returns its requests per cycle.
+fn device_plan(s: &mut String, d: &ModbusDevice) -> usize {
+    let mut requests = 0;
+    let _ = writeln!(
+        s,
+        "    device {} unit {}: {} points, timeout {}, retries {}, max_gap {}{}",
+        d.name,
+        d.unit_id,
+        d.points.len(),
+        humantime::format_duration(d.timeout),
+        d.retries,
+        d.max_gap,
+        if d.forbidden.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", forbidden {}",
+                d.forbidden
+                    .iter()
+                    .map(|f| format!("{}:{}-{}", f.table.as_str(), f.start, f.end))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        }
+    );
+    for (g, group) in d.groups.iter().enumerate() {
+        if group.points.is_empty() {
+            continue;
+        }
+        let blocks = modbus::plan_group(d, g);
+        requests += blocks.len();
+        let _ = writeln!(
+            s,
+            "      group {} every {}: {} points, {} request(s) per cycle",
+            group.name,
+            humantime::format_duration(group.interval),
+            group.points.len(),
+            blocks.len()
+        );
+        for b in &blocks {
+            let tags: Vec<&str> = b.points.iter().map(|&i| &*d.points[i].meta.tag).collect();
+            let shown = if tags.len() > 4 {
+                format!(
+                    "{} ... {} ({} points)",
+                    tags[..3].join(", "),
+                    tags[tags.len() - 1],
+                    tags.len()
+                )
+            } else {
+                tags.join(", ")
+            };
+            let _ = writeln!(
+                s,
+                "        read {} {}..{} ({} {}): {shown}",
+                b.table.as_str(),
+                b.start,
+                b.end() - 1,
+                b.count,
+                if b.table.is_bit() {
+                    "bits"
+                } else {
+                    "registers"
+                },
+            );
+        }
+    }
+    requests
+}
 
 /// The `check` report of a valid config.
 pub fn check(loaded: &Loaded) -> String {
@@ -20,42 +90,24 @@ pub fn check(loaded: &Loaded) -> String {
         "gateway {} at site {} ({}); data processor {}; responsible {} ({})",
         g.id, g.site, g.jurisdiction, g.data_processor, g.responsible_person, g.department
     );
-    let _ = writeln!(s, "\ndevices ({}):", cfg.devices.len());
+    let _ = writeln!(
+        s,
+        "\nModbus lines ({}), devices ({}):",
+        cfg.lines.len(),
+        cfg.devices().count()
+    );
     let mut total_requests = 0;
-    for d in &cfg.devices {
-        let blocks = plan::plan(
-            &d.points,
-            d.max_registers_per_request,
-            d.max_bits_per_request,
-            d.max_gap,
-        );
-        total_requests += blocks.len();
+    for line in &cfg.lines {
         let _ = writeln!(
             s,
-            "  {} {} {} unit {} every {}: {} points, {} request(s) per poll cycle",
-            d.name,
-            d.protocol.as_str(),
-            d.endpoint,
-            d.unit_id,
-            humantime::format_duration(d.poll_interval),
-            d.points.len(),
-            blocks.len()
+            "  line {} {} {}: {} device(s)",
+            line.name,
+            line.transport.protocol().as_str(),
+            line.transport.describe(),
+            line.devices.len()
         );
-        for b in &blocks {
-            let _ = writeln!(
-                s,
-                "    read {} {}..{} ({} {}) for {} point(s)",
-                b.table.as_str(),
-                b.start,
-                u32::from(b.start) + u32::from(b.count) - 1,
-                b.count,
-                if b.table.is_bit() {
-                    "bits"
-                } else {
-                    "registers"
-                },
-                b.points.len()
-            );
+        for d in &line.devices {
+            total_requests += device_plan(&mut s, d);
         }
     }
     let _ = writeln!(s, "Modbus requests per poll cycle: {total_requests}");
@@ -120,7 +172,7 @@ pub fn check(loaded: &Loaded) -> String {
 /// The `explain` report of one point, or `None` if no point has that tag.
 pub fn explain(cfg: &AgentConfig, tag: &str, now_ms: i64) -> Option<String> {
     let meta = cfg.point_by_tag(tag)?;
-    let device = cfg.devices.iter().find(|d| d.name == meta.device)?;
+    let (line, device) = cfg.devices().find(|(_, d)| d.name == meta.device)?;
     let point = device.points.iter().find(|p| p.meta.id == meta.id)?;
     let mut s = String::new();
     let _ = writeln!(s, "point {}", meta.tag);
@@ -138,14 +190,20 @@ pub fn explain(cfg: &AgentConfig, tag: &str, now_ms: i64) -> Option<String> {
     let _ = writeln!(s, "  decided by {} ({why})", meta.rule_id);
     let _ = writeln!(
         s,
-        "  source:    device {} ({}) {} as {} order {:?} scale {} offset {}",
+        "  source:    device {} ({} via {}) {} as {} order {} scale {} offset {}{}",
         meta.device,
         meta.protocol.as_str(),
+        line.transport.describe(),
         meta.address,
         point.data_type.as_str(),
-        point.order,
+        point.order.name(point.data_type.width()),
         point.scale,
-        point.offset
+        point.offset,
+        point
+            .map
+            .as_ref()
+            .map(|m| format!(", mapped to {} label(s)", m.0.len()))
+            .unwrap_or_default()
     );
     let _ = writeln!(
         s,

@@ -72,6 +72,14 @@ pub struct Stats {
     /// Modbus requests sent / failed.
     pub requests: AtomicU64,
     pub request_failures: AtomicU64,
+    /// Modbus requests repeated after a timeout or a garbled answer.
+    pub request_retries: AtomicU64,
+    /// Poll cycles not started because the previous cycle of the group was still running (the
+    /// line is over capacity), or started late by more than one interval.
+    pub cycles_overrun: AtomicU64,
+    /// Poll cycles completed without a request because their device was backed off or its line
+    /// was down.
+    pub cycles_skipped: AtomicU64,
     pub destinations: Vec<DestinationStats>,
 }
 
@@ -85,6 +93,9 @@ impl Stats {
             summaries: PerLevel::default(),
             requests: AtomicU64::new(0),
             request_failures: AtomicU64::new(0),
+            request_retries: AtomicU64::new(0),
+            cycles_overrun: AtomicU64::new(0),
+            cycles_skipped: AtomicU64::new(0),
             destinations: destinations
                 .into_iter()
                 .map(DestinationStats::new)

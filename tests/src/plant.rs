@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use edge_agent::config::{self, AgentConfig, Loaded};
+use edge_agent::config::{self, AgentConfig, LineTransport, Loaded};
 use edge_agent::model::now_ms;
 use firmware_sim::{Plant, Scenario};
 
@@ -60,11 +60,27 @@ pub fn demo_agent_config(plant: &Plant, wiring: &Wiring) -> anyhow::Result<Loade
 }
 
 fn rewire(cfg: &mut AgentConfig, plant: &Plant, wiring: &Wiring) -> anyhow::Result<()> {
-    for d in &mut cfg.devices {
+    for line in &mut cfg.lines {
+        let line = Arc::make_mut(line);
+        let name = line
+            .devices
+            .first()
+            .map(|d| d.name.clone())
+            .unwrap_or_default();
         let addr = plant
-            .device_addr(&d.name)
-            .ok_or_else(|| anyhow!("the simulated plant has no device {:?}", d.name))?;
-        Arc::make_mut(d).endpoint = addr.to_string();
+            .device_addr(&name)
+            .ok_or_else(|| anyhow!("the simulated plant has no device {name:?}"))?;
+        match &mut line.transport {
+            LineTransport::Tcp { endpoint } | LineTransport::RtuOverTcp { endpoint } => {
+                *endpoint = addr.to_string();
+            }
+            LineTransport::Serial(_) => {
+                return Err(anyhow!(
+                    "line {:?} is serial; the plant serves TCP",
+                    line.name
+                ))
+            }
+        }
     }
     for dest in &mut cfg.destinations {
         let dest = Arc::make_mut(dest);

@@ -16,8 +16,11 @@ use globset::{Glob, GlobMatcher};
 
 use super::raw::*;
 use super::runtime::*;
-use crate::model::{Category, Form, Level, PointMeta, Protocol, Stat};
+use crate::model::{Category, Form, Level, Stat};
 use crate::policy;
+
+mod modbus;
+pub use modbus::{parse_order, parse_range, parse_register};
 
 /// One problem in a config, located by its key path (`devices[0].points[3].register`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,7 +321,7 @@ impl Validator {
         let rules = self.rules(&raw.classification.rules);
         let historian = self.historian(&raw.historian);
         let mut points = Vec::new();
-        let devices = self.devices(raw, &gateway, &classification, &rules, &mut points);
+        let lines = self.modbus(raw, &gateway, &classification, &rules, &mut points);
         let destinations = self.destinations(&raw.destinations);
         let mut windows: Vec<Duration> = destinations
             .iter()
@@ -339,7 +342,7 @@ impl Validator {
                 .hint("use the same window length in several destinations"),
             );
         }
-        if devices.is_empty() {
+        if lines.is_empty() {
             self.warnings.push(Warning(
                 "no devices configured: nothing will be read".into(),
             ));
@@ -347,7 +350,7 @@ impl Validator {
         AgentConfig {
             gateway,
             classification,
-            devices,
+            lines,
             points,
             historian,
             summary: SummarySettings { windows },
@@ -474,289 +477,6 @@ impl Validator {
             flush_interval: h.flush_interval,
             queue_batches: h.queue_batches.max(1),
         }
-    }
-
-    fn devices(
-        &mut self,
-        raw: &RawConfig,
-        gateway: &Gateway,
-        classification: &ClassificationSettings,
-        rules: &[CompiledRule],
-        points: &mut Vec<Arc<PointMeta>>,
-    ) -> Vec<Arc<ModbusDevice>> {
-        let mut devices = Vec::new();
-        let mut device_names = HashMap::new();
-        let mut tags: HashMap<String, String> = HashMap::new();
-        let mut unmapped = 0usize;
-        for (di, d) in raw.devices.iter().enumerate() {
-            let dpath = format!("devices[{di}]");
-            if let Some(prev) = device_names.insert(d.name.clone(), di) {
-                self.err(ConfigIssue::new(
-                    format!("{dpath}.name"),
-                    format!(
-                        "device name {:?} is already used by devices[{prev}]",
-                        d.name
-                    ),
-                ));
-            }
-            if split_host_port(&d.endpoint).is_none() {
-                self.err(
-                    ConfigIssue::new(
-                        format!("{dpath}.endpoint"),
-                        format!("{:?} is not host:port", d.endpoint),
-                    )
-                    .hint("e.g. \"192.168.10.21:502\""),
-                );
-            }
-            if d.poll_interval.is_zero() {
-                self.err(ConfigIssue::new(
-                    format!("{dpath}.poll_interval"),
-                    "must be greater than zero",
-                ));
-            }
-            if d.timeout.is_zero() {
-                self.err(ConfigIssue::new(
-                    format!("{dpath}.timeout"),
-                    "must be greater than zero",
-                ));
-            }
-            if !(1..=125).contains(&d.max_registers_per_request) {
-                self.err(
-                    ConfigIssue::new(
-                        format!("{dpath}.max_registers_per_request"),
-                        format!("{} is outside 1..=125", d.max_registers_per_request),
-                    )
-                    .hint("the Modbus protocol limit for one register read is 125"),
-                );
-            }
-            if !(1..=2000).contains(&d.max_bits_per_request) {
-                self.err(
-                    ConfigIssue::new(
-                        format!("{dpath}.max_bits_per_request"),
-                        format!("{} is outside 1..=2000", d.max_bits_per_request),
-                    )
-                    .hint("the Modbus protocol limit for one coil/discrete read is 2000"),
-                );
-            }
-            if d.backoff_initial.is_zero() || d.backoff_max < d.backoff_initial {
-                self.err(ConfigIssue::new(
-                    format!("{dpath}.backoff_max"),
-                    "backoff_initial must be > 0 and backoff_max >= backoff_initial",
-                ));
-            }
-            let protocol = match d.protocol {
-                RawProtocol::ModbusTcp => Protocol::ModbusTcp,
-            };
-            let name: Arc<str> = d.name.as_str().into();
-            let mut mpoints: Vec<ModbusPoint> = Vec::new();
-            // (table, start, end inclusive, point index) for overlap detection.
-            let mut spans: Vec<(Table, u16, u16, usize, Option<u8>)> = Vec::new();
-            for (pi, p) in d.points.iter().enumerate() {
-                let ppath = format!("{dpath}.points[{pi}]");
-                let label = format!("{ppath} {:?}", p.tag);
-                if let Some(prev) = tags.insert(p.tag.clone(), ppath.clone()) {
-                    self.err(ConfigIssue::new(
-                        format!("{label}.tag"),
-                        format!("tag is already used by {prev}"),
-                    ));
-                }
-                if p.tag.is_empty() || p.tag.contains(['#', '+', '@']) {
-                    self.err(
-                        ConfigIssue::new(format!("{label}.tag"), "invalid tag")
-                            .hint("tags are non-empty and contain no '#', '+' or '@'"),
-                    );
-                }
-                let Some((table, address)) = self.register(&label, &p.register) else {
-                    continue;
-                };
-                let Some(data_type) = self.data_type(&label, &p.data_type) else {
-                    continue;
-                };
-                let order = match p.order.as_deref() {
-                    None => ByteOrder::Abcd,
-                    Some(o) => match parse_order(o) {
-                        Some(o) => o,
-                        None => {
-                            self.err(
-                                ConfigIssue::new(
-                                    format!("{label}.order"),
-                                    format!("unknown byte order {o:?}"),
-                                )
-                                .hint("one of ABCD, CDAB, BADC, DCBA"),
-                            );
-                            continue;
-                        }
-                    },
-                };
-                if table.is_bit() && data_type != DataType::Bool {
-                    self.err(
-                        ConfigIssue::new(
-                            format!("{label}.type"),
-                            format!(
-                                "a {} holds one bit; type must be bool, not {}",
-                                table.as_str(),
-                                data_type.as_str()
-                            ),
-                        )
-                        .hint("use a holding or input register for numeric types"),
-                    );
-                    continue;
-                }
-                if let Some(bit) = p.bit {
-                    if data_type != DataType::Bool || table.is_bit() {
-                        self.err(ConfigIssue::new(
-                            format!("{label}.bit"),
-                            "bit applies only to bool points on holding or input registers",
-                        ));
-                    } else if bit > 15 {
-                        self.err(ConfigIssue::new(
-                            format!("{label}.bit"),
-                            format!("{bit} is outside 0..=15"),
-                        ));
-                    }
-                } else if data_type == DataType::Bool && !table.is_bit() {
-                    self.err(
-                        ConfigIssue::new(
-                            format!("{label}.bit"),
-                            "a bool on a register needs `bit`",
-                        )
-                        .hint("e.g. bit = 0 for the least significant bit"),
-                    );
-                }
-                if !p.scale.is_finite() || p.scale == 0.0 || !p.offset.is_finite() {
-                    self.err(ConfigIssue::new(
-                        format!("{label}.scale"),
-                        "scale must be finite and non-zero, offset finite",
-                    ));
-                }
-                let end = u32::from(address) + u32::from(data_type.width()) - 1;
-                if end > u32::from(u16::MAX) {
-                    self.err(ConfigIssue::new(
-                        format!("{label}.register"),
-                        "the value runs past the last address 65535",
-                    ));
-                    continue;
-                }
-                let end = end as u16;
-                for &(t, s, e, other, obit) in &spans {
-                    let same_bit = p.bit.is_some() && obit.is_some() && p.bit != obit;
-                    if t == table && s <= end && address <= e && !same_bit {
-                        let o = &d.points[other];
-                        self.err(
-                            ConfigIssue::new(
-                                format!("{label}.register"),
-                                format!(
-                                    "{}:{} overlaps {:?} ({}:{}, {})",
-                                    table.as_str(),
-                                    address,
-                                    o.tag,
-                                    t.as_str(),
-                                    s,
-                                    o.data_type
-                                ),
-                            )
-                            .hint("check the register map; only bool points with different `bit` may share a register"),
-                        );
-                        break;
-                    }
-                }
-                spans.push((table, address, end, pi, p.bit));
-
-                let (level, category, rule_id) = classify(p, d, rules, classification, &p.tag);
-                if rule_id.as_ref() == "default" {
-                    unmapped += 1;
-                }
-                let meta = Arc::new(PointMeta {
-                    id: points.len() as u32,
-                    tag: p.tag.as_str().into(),
-                    level,
-                    category,
-                    rule_id,
-                    device: name.clone(),
-                    protocol,
-                    address: format!(
-                        "unit={} {}:{}{}",
-                        d.unit_id,
-                        table.as_str(),
-                        address,
-                        p.bit.map(|b| format!(".{b}")).unwrap_or_default()
-                    )
-                    .into(),
-                    gateway: gateway.id.clone(),
-                    site: gateway.site.clone(),
-                    unit: p.unit.as_deref().map(Into::into),
-                    interval_ms: d.poll_interval.as_millis() as u64,
-                });
-                points.push(meta.clone());
-                mpoints.push(ModbusPoint {
-                    meta,
-                    table,
-                    address,
-                    data_type,
-                    order,
-                    bit: p.bit,
-                    scale: p.scale,
-                    offset: p.offset,
-                });
-            }
-            devices.push(Arc::new(ModbusDevice {
-                name,
-                protocol,
-                endpoint: d.endpoint.clone(),
-                unit_id: d.unit_id,
-                poll_interval: d.poll_interval,
-                timeout: d.timeout,
-                max_registers_per_request: d.max_registers_per_request.clamp(1, 125),
-                max_bits_per_request: d.max_bits_per_request.clamp(1, 2000),
-                max_gap: d.max_gap,
-                backoff_initial: d.backoff_initial,
-                backoff_max: d.backoff_max,
-                points: mpoints,
-            }));
-        }
-        if unmapped > 0 {
-            self.warnings.push(Warning(format!(
-                "{unmapped} point(s) match no rule and take the default level `{}` (ClassificationUnmapped)",
-                classification.default_level
-            )));
-        }
-        devices
-    }
-
-    fn register(&mut self, label: &str, s: &str) -> Option<(Table, u16)> {
-        match parse_register(s) {
-            Ok(r) => Some(r),
-            Err(msg) => {
-                self.err(
-                    ConfigIssue::new(format!("{label}.register"), msg)
-                        .hint("holding:N, input:N, coil:N or discrete:N with a 0-based address"),
-                );
-                None
-            }
-        }
-    }
-
-    fn data_type(&mut self, label: &str, s: &str) -> Option<DataType> {
-        let t = match s {
-            "bool" => DataType::Bool,
-            "u16" => DataType::U16,
-            "i16" => DataType::I16,
-            "u32" => DataType::U32,
-            "i32" => DataType::I32,
-            "f32" => DataType::F32,
-            other => {
-                let hint = did_you_mean(&format!(
-                    "`{other}` expected `bool`, `u16`, `i16`, `u32`, `i32`, `f32`"
-                ))
-                .unwrap_or_else(|| "one of bool, u16, i16, u32, i32, f32".into());
-                self.err(
-                    ConfigIssue::new(format!("{label}.type"), format!("unknown type {other:?}"))
-                        .hint(hint),
-                );
-                return None;
-            }
-        };
-        Some(t)
     }
 
     fn destinations(&mut self, raw: &[RawDestination]) -> Vec<Arc<Destination>> {
@@ -988,35 +708,6 @@ fn classify(
     )
 }
 
-/// `holding:100`, `input:7`, `coil:3`, `discrete:12`.
-pub fn parse_register(s: &str) -> Result<(Table, u16), String> {
-    let (table, addr) = s
-        .split_once(':')
-        .ok_or_else(|| format!("{s:?} has no table prefix"))?;
-    let table = match table.trim() {
-        "holding" => Table::Holding,
-        "input" => Table::Input,
-        "coil" => Table::Coil,
-        "discrete" => Table::DiscreteInput,
-        other => return Err(format!("unknown register table {other:?}")),
-    };
-    let addr = addr
-        .trim()
-        .parse::<u16>()
-        .map_err(|_| format!("address {:?} is not a number in 0..=65535", addr.trim()))?;
-    Ok((table, addr))
-}
-
-fn parse_order(s: &str) -> Option<ByteOrder> {
-    match s.to_ascii_uppercase().as_str() {
-        "ABCD" => Some(ByteOrder::Abcd),
-        "CDAB" => Some(ByteOrder::Cdab),
-        "BADC" => Some(ByteOrder::Badc),
-        "DCBA" => Some(ByteOrder::Dcba),
-        _ => None,
-    }
-}
-
 fn split_host_port(s: &str) -> Option<(&str, u16)> {
     let (host, port) = s.rsplit_once(':')?;
     let port = port.parse().ok()?;
@@ -1246,7 +937,7 @@ stats = ["count", "mean"]
         assert!(
             rendered
                 .iter()
-                .any(|r| r.contains("unknown type \"i61\"") && r.contains("did you mean `i16`")),
+                .any(|r| r.contains("unknown type \"i61\"") && r.contains("did you mean `i64`")),
             "{rendered:#?}"
         );
     }
@@ -1322,13 +1013,5 @@ stats = ["count", "mean"]
         assert_eq!(parse_date_end_ms("2025-12-31"), Some(NOW));
         assert_eq!(parse_date_end_ms("2025-02-29"), None);
         assert_eq!(parse_date_end_ms("2024-02-29").map(|m| m > 0), Some(true));
-    }
-
-    #[test]
-    fn registers_parse_with_table_and_address() {
-        assert_eq!(parse_register("holding:100"), Ok((Table::Holding, 100)));
-        assert_eq!(parse_register("discrete:7"), Ok((Table::DiscreteInput, 7)));
-        assert!(parse_register("holding:70000").is_err());
-        assert!(parse_register("40001").is_err());
     }
 }

@@ -18,6 +18,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub historian: RawHistorian,
     #[serde(default)]
+    pub lines: Vec<RawLine>,
+    #[serde(default)]
     pub devices: Vec<RawDevice>,
     #[serde(default)]
     pub destinations: Vec<RawDestination>,
@@ -109,6 +111,71 @@ fn default_queue_batches() -> usize {
 #[serde(rename_all = "snake_case")]
 pub enum RawProtocol {
     ModbusTcp,
+    ModbusRtu,
+    ModbusRtuOverTcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawTransport {
+    Tcp,
+    Rtu,
+    RtuOverTcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawParity {
+    None,
+    Even,
+    Odd,
+}
+
+/// A shared communication line: a serial port, a serial device server reached over TCP, or a
+/// Modbus TCP gateway with several unit ids behind it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLine {
+    pub name: String,
+    pub transport: RawTransport,
+    /// `host:port`, for `tcp` and `rtu_over_tcp`.
+    pub endpoint: Option<String>,
+    /// Serial device path, for `rtu`.
+    pub port: Option<String>,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// The Modbus serial-line spec's default is even parity.
+    #[serde(default = "default_parity")]
+    pub parity: RawParity,
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    /// Silence between frames; default t3.5 computed from the baud rate.
+    #[serde(default, with = "humantime_serde")]
+    pub inter_frame_delay: Option<Duration>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+}
+
+fn default_baud() -> u32 {
+    9600
+}
+fn default_parity() -> RawParity {
+    RawParity::Even
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(3)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,29 +183,56 @@ pub enum RawProtocol {
 pub struct RawDevice {
     pub name: String,
     pub protocol: RawProtocol,
-    /// `host:port`.
-    pub endpoint: String,
+    /// `host:port` of a device with a connection of its own (`modbus_tcp`, `modbus_rtu_over_tcp`).
+    pub endpoint: Option<String>,
+    /// Name of a shared `[[lines]]` entry (required for `modbus_rtu`).
+    pub line: Option<String>,
     #[serde(default = "default_unit_id")]
     pub unit_id: u8,
+    /// Interval of the default poll group.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// Further poll groups; points join one with `group = "name"`.
+    #[serde(default)]
+    pub poll_groups: Vec<RawPollGroup>,
+    #[serde(default, with = "humantime_serde")]
+    pub jitter: Duration,
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    #[serde(default = "default_retries")]
+    pub retries: u8,
     #[serde(default = "default_max_registers")]
     pub max_registers_per_request: u16,
     #[serde(default = "default_max_bits")]
     pub max_bits_per_request: u16,
     #[serde(default)]
     pub max_gap: u16,
+    /// Address ranges never read: `holding:100-199`, `40301-40310`, `coil:7`.
+    #[serde(default)]
+    pub forbidden: Vec<String>,
+    /// Base of the numbers in `table:N` addresses: 0 (protocol address, the default) or 1 (as
+    /// some vendor manuals number registers). Modicon references (`40001`) are always 1-based.
+    #[serde(default)]
+    pub address_base: u8,
     #[serde(default = "default_backoff_initial", with = "humantime_serde")]
     pub backoff_initial: Duration,
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub backoff_max: Duration,
+    #[serde(default = "default_relearn_after", with = "humantime_serde")]
+    pub relearn_after: Duration,
     /// Defaults for this device's points.
     pub level: Option<Level>,
     pub category: Option<Category>,
     #[serde(default)]
     pub points: Vec<RawPoint>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPollGroup {
+    pub name: String,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
 }
 
 fn default_unit_id() -> u8 {
@@ -149,6 +243,9 @@ fn default_poll_interval() -> Duration {
 }
 fn default_timeout() -> Duration {
     Duration::from_millis(1000)
+}
+fn default_retries() -> u8 {
+    1
 }
 fn default_max_registers() -> u16 {
     125
@@ -162,23 +259,34 @@ fn default_backoff_initial() -> Duration {
 fn default_backoff_max() -> Duration {
     Duration::from_secs(30)
 }
+fn default_relearn_after() -> Duration {
+    Duration::from_secs(600)
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPoint {
     pub tag: String,
-    /// `holding:100`, `input:7`, `coil:3`, `discrete:12` (0-based protocol addresses).
+    /// `holding:100`, `input:7`, `coil:3`, `discrete:12`, or a Modicon reference (`40101`).
     pub register: String,
     #[serde(rename = "type")]
     pub data_type: String,
     #[serde(default)]
     pub order: Option<String>,
-    /// Bit of a register for `bool` points on holding/input registers (0 = LSB).
+    /// Bit of a register for `bool` points, or the lowest bit of a `bits` field (0 = LSB).
     pub bit: Option<u8>,
+    /// Width of a `bits` field.
+    pub bit_count: Option<u8>,
+    /// Length of a `string`, in registers (two characters each).
+    pub registers: Option<u8>,
     #[serde(default = "one_f64")]
     pub scale: f64,
     #[serde(default)]
     pub offset: f64,
+    /// Labels for raw integer values: `{ "0" = "stopped", "1" = "running" }`.
+    pub map: Option<std::collections::BTreeMap<String, String>>,
+    /// Poll group (default: the device's `poll_interval`).
+    pub group: Option<String>,
     pub unit: Option<String>,
     pub level: Option<Level>,
     pub category: Option<Category>,

@@ -14,7 +14,8 @@ use crate::model::{Category, Form, Level, PointMeta, Protocol, Stat};
 pub struct AgentConfig {
     pub gateway: Gateway,
     pub classification: ClassificationSettings,
-    pub devices: Vec<Arc<ModbusDevice>>,
+    /// Modbus lines, each with its devices.
+    pub lines: Vec<Arc<ModbusLine>>,
     /// Every point of every device, indexed by `PointMeta::id`.
     pub points: Vec<Arc<PointMeta>>,
     pub historian: HistorianSettings,
@@ -23,6 +24,13 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// Every Modbus device, line by line.
+    pub fn devices(&self) -> impl Iterator<Item = (&ModbusLine, &ModbusDevice)> {
+        self.lines
+            .iter()
+            .flat_map(|l| l.devices.iter().map(move |d| (&**l, d)))
+    }
+
     pub fn point_by_tag(&self, tag: &str) -> Option<&Arc<PointMeta>> {
         self.points.iter().find(|p| &*p.tag == tag)
     }
@@ -105,43 +113,99 @@ impl Table {
             Table::Input => "input",
         }
     }
+
+    /// The read function code.
+    pub fn function_code(self) -> u8 {
+        match self {
+            Table::Coil => 1,
+            Table::DiscreteInput => 2,
+            Table::Holding => 3,
+            Table::Input => 4,
+        }
+    }
 }
 
-/// Decoded data types (first cut; issue 3 extends this).
+/// Decoded data types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DataType {
+    /// A coil or discrete input, or bit `bit` of a register.
     Bool,
+    /// An unsigned field of `count` bits starting at bit `lsb` (0 = least significant) of one
+    /// register, e.g. a 3-bit mode selector in a status word.
+    Bits {
+        lsb: u8,
+        count: u8,
+    },
     U16,
     I16,
     U32,
     I32,
+    U64,
+    I64,
     F32,
+    F64,
+    /// Packed BCD, 4 digits in one register.
+    Bcd16,
+    /// Packed BCD, 8 digits in two registers (word order per `order`).
+    Bcd32,
+    /// Fixed-length text over `registers` registers, two bytes each; trailing NULs and spaces
+    /// are trimmed.
+    String {
+        registers: u8,
+    },
 }
 
 impl DataType {
     /// Registers (or bits, in a bit table) the type spans.
     pub fn width(self) -> u16 {
         match self {
-            DataType::Bool | DataType::U16 | DataType::I16 => 1,
-            DataType::U32 | DataType::I32 | DataType::F32 => 2,
+            DataType::Bool | DataType::Bits { .. } | DataType::U16 | DataType::I16 => 1,
+            DataType::Bcd16 => 1,
+            DataType::U32 | DataType::I32 | DataType::F32 | DataType::Bcd32 => 2,
+            DataType::U64 | DataType::I64 | DataType::F64 => 4,
+            DataType::String { registers } => u16::from(registers),
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             DataType::Bool => "bool",
+            DataType::Bits { .. } => "bits",
             DataType::U16 => "u16",
             DataType::I16 => "i16",
             DataType::U32 => "u32",
             DataType::I32 => "i32",
+            DataType::U64 => "u64",
+            DataType::I64 => "i64",
             DataType::F32 => "f32",
+            DataType::F64 => "f64",
+            DataType::Bcd16 => "bcd16",
+            DataType::Bcd32 => "bcd32",
+            DataType::String { .. } => "string",
         }
+    }
+
+    /// Integer-valued types: the ones a value map and exact `Int` output apply to.
+    pub fn is_integer(self) -> bool {
+        !matches!(
+            self,
+            DataType::F32 | DataType::F64 | DataType::String { .. }
+        )
     }
 }
 
-/// Byte order of multi-register values, named by where bytes A (most significant) .. D land.
-/// `Abcd` = big-endian words, big-endian bytes (Modbus default); `Cdab` = word swap;
-/// `Badc` = byte swap within words; `Dcba` = little-endian.
+/// Byte order of multi-register values. Two independent choices: the order of the registers
+/// (most significant first = "big-endian words") and the order of the two bytes inside each
+/// register. Named by where bytes A (most significant) .. D (or H) land on the wire:
+///
+/// | variant | 32-bit | 64-bit     | words  | bytes in a word |
+/// |---------|--------|------------|--------|-----------------|
+/// | `Abcd`  | ABCD   | ABCDEFGH   | MSW first | MSB first (Modbus default) |
+/// | `Cdab`  | CDAB   | GHEFCDAB   | LSW first | MSB first (word swap)      |
+/// | `Badc`  | BADC   | BADCFEHG   | MSW first | LSB first (byte swap)      |
+/// | `Dcba`  | DCBA   | HGFEDCBA   | LSW first | LSB first (little-endian)  |
+///
+/// 16-bit values and strings only see the byte order (`AB` or `BA`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ByteOrder {
     #[default]
@@ -149,6 +213,54 @@ pub enum ByteOrder {
     Cdab,
     Badc,
     Dcba,
+}
+
+impl ByteOrder {
+    pub const ALL: [ByteOrder; 4] = [
+        ByteOrder::Abcd,
+        ByteOrder::Cdab,
+        ByteOrder::Badc,
+        ByteOrder::Dcba,
+    ];
+
+    /// Registers are on the wire least significant first.
+    pub fn words_swapped(self) -> bool {
+        matches!(self, ByteOrder::Cdab | ByteOrder::Dcba)
+    }
+
+    /// The two bytes of each register are on the wire least significant first.
+    pub fn bytes_swapped(self) -> bool {
+        matches!(self, ByteOrder::Badc | ByteOrder::Dcba)
+    }
+
+    /// The order's name for a value of `registers` registers (`AB`/`BA` for one register).
+    pub fn name(self, registers: u16) -> &'static str {
+        match (registers, self) {
+            (0 | 1, ByteOrder::Abcd | ByteOrder::Cdab) => "AB",
+            (0 | 1, ByteOrder::Badc | ByteOrder::Dcba) => "BA",
+            (4.., ByteOrder::Abcd) => "ABCDEFGH",
+            (4.., ByteOrder::Cdab) => "GHEFCDAB",
+            (4.., ByteOrder::Badc) => "BADCFEHG",
+            (4.., ByteOrder::Dcba) => "HGFEDCBA",
+            (_, ByteOrder::Abcd) => "ABCD",
+            (_, ByteOrder::Cdab) => "CDAB",
+            (_, ByteOrder::Badc) => "BADC",
+            (_, ByteOrder::Dcba) => "DCBA",
+        }
+    }
+}
+
+/// A value map for enumerations: raw integer to label. Sorted by raw value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueMap(pub Vec<(i64, Arc<str>)>);
+
+impl ValueMap {
+    pub fn get(&self, raw: i64) -> Option<&Arc<str>> {
+        self.0
+            .binary_search_by_key(&raw, |(k, _)| *k)
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -164,24 +276,177 @@ pub struct ModbusPoint {
     /// Engineering value = raw * scale + offset (numeric types only).
     pub scale: f64,
     pub offset: f64,
+    /// Labels for raw integer values (then the sample's value is the label).
+    pub map: Option<Arc<ValueMap>>,
+    /// Index into the device's `groups`.
+    pub group: usize,
 }
 
+impl ModbusPoint {
+    /// One past the last address the point occupies (u32: address 65535 + width must not wrap).
+    pub fn end(&self) -> u32 {
+        u32::from(self.address) + u32::from(self.data_type.width())
+    }
+}
+
+/// A set of points of one device polled together at one interval.
+#[derive(Debug, Clone)]
+pub struct PollGroup {
+    pub name: Arc<str>,
+    pub interval: Duration,
+    /// Indices into the device's `points`, ascending.
+    pub points: Vec<usize>,
+}
+
+/// An address range a device must never be asked for (`end` inclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forbidden {
+    pub table: Table,
+    pub start: u16,
+    pub end: u16,
+}
+
+impl Forbidden {
+    /// Whether `[start, end)` touches this range.
+    pub fn overlaps(&self, table: Table, start: u32, end: u32) -> bool {
+        self.table == table && start <= u32::from(self.end) && u32::from(self.start) < end
+    }
+}
+
+/// One Modbus device (a unit id on a line).
 #[derive(Debug, Clone)]
 pub struct ModbusDevice {
     pub name: Arc<str>,
     pub protocol: Protocol,
-    /// `host:port`.
-    pub endpoint: String,
     pub unit_id: u8,
-    pub poll_interval: Duration,
+    /// How long one request may take before it counts as unanswered.
     pub timeout: Duration,
+    /// Extra attempts for a request that timed out or came back garbled (RTU), before the device
+    /// counts as failing.
+    pub retries: u8,
     pub max_registers_per_request: u16,
     pub max_bits_per_request: u16,
     /// Unused addresses a block read may span to save a request.
     pub max_gap: u16,
+    /// Ranges never read, even to fill a gap.
+    pub forbidden: Vec<Forbidden>,
+    /// Each cycle's start is delayed by a uniform random amount in `[0, jitter]`.
+    pub jitter: Duration,
+    /// Back-off of a failing device: the first skip period, doubling up to `backoff_max`.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// How long learned bad addresses and block splits are kept before the full plan is tried
+    /// again (the PLC program may have changed).
+    pub relearn_after: Duration,
+    pub groups: Vec<PollGroup>,
     pub points: Vec<ModbusPoint>,
+}
+
+/// Serial parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+impl Parity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Parity::None => "none",
+            Parity::Even => "even",
+            Parity::Odd => "odd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialSettings {
+    /// Device path, e.g. `/dev/ttyUSB0`.
+    pub port: String,
+    pub baud: u32,
+    pub parity: Parity,
+    pub data_bits: u8,
+    pub stop_bits: u8,
+}
+
+impl SerialSettings {
+    /// Bits per character on the wire: start + data + parity + stop.
+    pub fn bits_per_char(&self) -> u32 {
+        1 + u32::from(self.data_bits)
+            + u32::from(self.parity != Parity::None)
+            + u32::from(self.stop_bits)
+    }
+
+    /// The Modbus RTU inter-frame silence t3.5: 3.5 character times, fixed at 1.75 ms above
+    /// 19 200 baud (Modbus over serial line spec v1.02, 2.5.1.1).
+    pub fn t35(&self) -> Duration {
+        if self.baud > 19_200 {
+            return Duration::from_micros(1750);
+        }
+        let micros = 3_500_000u64 * u64::from(self.bits_per_char()) / u64::from(self.baud.max(1));
+        Duration::from_micros(micros)
+    }
+}
+
+/// How a line reaches its devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineTransport {
+    /// Modbus TCP (MBAP framing) to `host:port`.
+    Tcp { endpoint: String },
+    /// RTU frames through a TCP socket (serial device servers, DTUs).
+    RtuOverTcp { endpoint: String },
+    /// RTU on a local serial port.
+    Serial(SerialSettings),
+}
+
+impl LineTransport {
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            LineTransport::Tcp { .. } => Protocol::ModbusTcp,
+            LineTransport::RtuOverTcp { .. } => Protocol::ModbusRtuOverTcp,
+            LineTransport::Serial(_) => Protocol::ModbusRtu,
+        }
+    }
+
+    /// `host:port` or the serial port, for logs and reports.
+    pub fn describe(&self) -> String {
+        match self {
+            LineTransport::Tcp { endpoint } | LineTransport::RtuOverTcp { endpoint } => {
+                endpoint.clone()
+            }
+            LineTransport::Serial(s) => format!(
+                "{} {} {}{}{}",
+                s.port,
+                s.baud,
+                s.data_bits,
+                s.parity
+                    .as_str()
+                    .chars()
+                    .next()
+                    .unwrap_or('n')
+                    .to_ascii_uppercase(),
+                s.stop_bits
+            ),
+        }
+    }
+}
+
+/// One communication channel: a serial port, a TCP connection to a serial server, or a Modbus
+/// TCP connection. Strictly one transaction is in flight on a line at a time; its devices share
+/// it fairly.
+#[derive(Debug, Clone)]
+pub struct ModbusLine {
+    pub name: Arc<str>,
+    pub transport: LineTransport,
+    /// Silence kept between frames on RTU lines (t3.5 by default).
+    pub inter_frame: Duration,
+    /// Bound on opening the port or connecting.
+    pub connect_timeout: Duration,
+    /// Reconnect back-off of the line itself.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub devices: Vec<ModbusDevice>,
 }
 
 /// An upstream MQTT broker endpoint.

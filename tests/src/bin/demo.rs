@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "agent: {} points on {} devices; historian {}; Ctrl-C to stop\n",
         loaded.config.points.len(),
-        loaded.config.devices.len(),
+        loaded.config.devices().count(),
         args.historian.display()
     );
     let agent = pipeline::start(loaded.config).context("starting the agent")?;

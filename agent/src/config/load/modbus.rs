@@ -1,0 +1,1207 @@
+//! Validation and compilation of `[[lines]]` and `[[devices]]` into [`ModbusLine`]s.
+//!
+//! Addressing rule (documented in `configs/reference.toml`): `table:N` is the 0-based protocol
+//! address, the number that goes on the wire, unless the device sets `address_base = 1`; a bare
+//! Modicon reference (`40101`, `300008`) is always 1-based, its first digit naming the table
+//! (0 coil, 1 discrete input, 3 input register, 4 holding register).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{
+    classify, did_you_mean, split_host_port, CompiledRule, ConfigIssue, Validator, Warning,
+};
+use crate::config::raw::*;
+use crate::config::runtime::*;
+use crate::model::{PointMeta, Protocol};
+
+/// Highest RTU slave address (248..=255 are reserved; 0 is broadcast, which nobody answers).
+const MAX_RTU_UNIT: u8 = 247;
+const MAX_RETRIES: u8 = 10;
+
+impl Validator {
+    /// Compiles every line and device; every point's metadata is appended to `points`.
+    pub(super) fn modbus(
+        &mut self,
+        raw: &RawConfig,
+        gateway: &Gateway,
+        classification: &ClassificationSettings,
+        rules: &[CompiledRule],
+        points: &mut Vec<Arc<PointMeta>>,
+    ) -> Vec<Arc<ModbusLine>> {
+        let mut lines: Vec<ModbusLine> = Vec::new();
+        let mut line_index: HashMap<String, usize> = HashMap::new();
+        for (li, l) in raw.lines.iter().enumerate() {
+            let path = format!("lines[{li}]");
+            if let Some(prev) = line_index.get(&l.name) {
+                self.err(ConfigIssue::new(
+                    format!("{path}.name"),
+                    format!("line name {:?} is already used by lines[{prev}]", l.name),
+                ));
+                continue;
+            }
+            if let Some(line) = self.line(&path, l) {
+                line_index.insert(l.name.clone(), lines.len());
+                lines.push(line);
+            }
+        }
+        let explicit_lines = lines.len();
+
+        let mut device_names: HashMap<String, usize> = HashMap::new();
+        let mut tags: HashMap<String, String> = HashMap::new();
+        let mut unmapped = 0usize;
+        for (di, d) in raw.devices.iter().enumerate() {
+            let dpath = format!("devices[{di}]");
+            if let Some(prev) = device_names.insert(d.name.clone(), di) {
+                self.err(ConfigIssue::new(
+                    format!("{dpath}.name"),
+                    format!(
+                        "device name {:?} is already used by devices[{prev}]",
+                        d.name
+                    ),
+                ));
+            }
+            let Some(li) = self.device_line(&dpath, d, &mut lines, &mut line_index) else {
+                continue;
+            };
+            let protocol = lines[li].transport.protocol();
+            self.unit_id(&dpath, d, &lines[li]);
+            let ctx = DeviceCtx {
+                gateway,
+                classification,
+                rules,
+                protocol,
+            };
+            if let Some(device) = self.device(&dpath, d, &ctx, points, &mut tags, &mut unmapped) {
+                lines[li].devices.push(device);
+            }
+        }
+        for (li, line) in lines.iter().enumerate().take(explicit_lines) {
+            if line.devices.is_empty() {
+                self.warnings.push(Warning(format!(
+                    "lines[{li}] {:?} has no devices: it is not opened",
+                    line.name
+                )));
+            }
+        }
+        if unmapped > 0 {
+            self.warnings.push(Warning(format!(
+                "{unmapped} point(s) match no rule and take the default level `{}` (ClassificationUnmapped)",
+                classification.default_level
+            )));
+        }
+        lines
+            .into_iter()
+            .filter(|l| !l.devices.is_empty())
+            .map(Arc::new)
+            .collect()
+    }
+
+    fn line(&mut self, path: &str, l: &RawLine) -> Option<ModbusLine> {
+        let mut ok = true;
+        let transport = match l.transport {
+            RawTransport::Tcp | RawTransport::RtuOverTcp => {
+                if l.port.is_some() {
+                    self.err(
+                        ConfigIssue::new(format!("{path}.port"), "a TCP line has no serial port")
+                            .hint("use `endpoint = \"host:port\"`"),
+                    );
+                    ok = false;
+                }
+                let endpoint = self.endpoint(path, l.endpoint.as_deref())?;
+                if l.transport == RawTransport::Tcp {
+                    LineTransport::Tcp { endpoint }
+                } else {
+                    LineTransport::RtuOverTcp { endpoint }
+                }
+            }
+            RawTransport::Rtu => {
+                if l.endpoint.is_some() {
+                    self.err(
+                        ConfigIssue::new(
+                            format!("{path}.endpoint"),
+                            "a serial line has no endpoint",
+                        )
+                        .hint("use transport = \"rtu_over_tcp\" for a serial device server"),
+                    );
+                    ok = false;
+                }
+                let Some(port) = l.port.clone().filter(|p| !p.is_empty()) else {
+                    self.err(
+                        ConfigIssue::new(format!("{path}.port"), "a serial line needs `port`")
+                            .hint("e.g. port = \"/dev/ttyUSB0\""),
+                    );
+                    return None;
+                };
+                if !(300..=4_000_000).contains(&l.baud) {
+                    self.err(ConfigIssue::new(
+                        format!("{path}.baud"),
+                        format!("{} is outside 300..=4000000", l.baud),
+                    ));
+                    ok = false;
+                }
+                if !(5..=8).contains(&l.data_bits) {
+                    self.err(ConfigIssue::new(
+                        format!("{path}.data_bits"),
+                        format!("{} is outside 5..=8", l.data_bits),
+                    ));
+                    ok = false;
+                }
+                if !(1..=2).contains(&l.stop_bits) {
+                    self.err(ConfigIssue::new(
+                        format!("{path}.stop_bits"),
+                        format!("{} is not 1 or 2", l.stop_bits),
+                    ));
+                    ok = false;
+                }
+                LineTransport::Serial(SerialSettings {
+                    port,
+                    baud: l.baud,
+                    parity: match l.parity {
+                        RawParity::None => Parity::None,
+                        RawParity::Even => Parity::Even,
+                        RawParity::Odd => Parity::Odd,
+                    },
+                    data_bits: l.data_bits,
+                    stop_bits: l.stop_bits,
+                })
+            }
+        };
+        ok &= self.backoff(path, l.backoff_initial, l.backoff_max);
+        if l.connect_timeout.is_zero() {
+            self.err(ConfigIssue::new(
+                format!("{path}.connect_timeout"),
+                "must be greater than zero",
+            ));
+            ok = false;
+        }
+        let inter_frame = l.inter_frame_delay.unwrap_or(match &transport {
+            LineTransport::Serial(s) => s.t35(),
+            // A serial server forwards bytes as they come; keep the silence of 9600 8E1, the
+            // most common RS-485 setting, so its UART sees frame boundaries.
+            LineTransport::RtuOverTcp { .. } => Duration::from_micros(4010),
+            LineTransport::Tcp { .. } => Duration::ZERO,
+        });
+        ok.then(|| ModbusLine {
+            name: l.name.as_str().into(),
+            transport,
+            inter_frame,
+            connect_timeout: l.connect_timeout,
+            backoff_initial: l.backoff_initial,
+            backoff_max: l.backoff_max,
+            devices: Vec::new(),
+        })
+    }
+
+    fn endpoint(&mut self, path: &str, endpoint: Option<&str>) -> Option<String> {
+        match endpoint {
+            Some(e) if split_host_port(e).is_some() => Some(e.to_owned()),
+            Some(e) => {
+                self.err(
+                    ConfigIssue::new(
+                        format!("{path}.endpoint"),
+                        format!("{e:?} is not host:port"),
+                    )
+                    .hint("e.g. \"192.168.10.21:502\""),
+                );
+                None
+            }
+            None => {
+                self.err(
+                    ConfigIssue::new(format!("{path}.endpoint"), "missing")
+                        .hint("e.g. endpoint = \"192.168.10.21:502\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn backoff(&mut self, path: &str, initial: Duration, max: Duration) -> bool {
+        if initial.is_zero() || max < initial {
+            self.err(ConfigIssue::new(
+                format!("{path}.backoff_max"),
+                "backoff_initial must be > 0 and backoff_max >= backoff_initial",
+            ));
+            return false;
+        }
+        true
+    }
+
+    /// The index of the line `d` is on: a shared `[[lines]]` entry, or a line of its own for a
+    /// device with an `endpoint`.
+    fn device_line(
+        &mut self,
+        dpath: &str,
+        d: &RawDevice,
+        lines: &mut Vec<ModbusLine>,
+        line_index: &mut HashMap<String, usize>,
+    ) -> Option<usize> {
+        let wanted = match d.protocol {
+            RawProtocol::ModbusTcp => Protocol::ModbusTcp,
+            RawProtocol::ModbusRtu => Protocol::ModbusRtu,
+            RawProtocol::ModbusRtuOverTcp => Protocol::ModbusRtuOverTcp,
+        };
+        match (&d.endpoint, &d.line) {
+            (Some(_), Some(_)) => {
+                self.err(ConfigIssue::new(
+                    format!("{dpath}.line"),
+                    "set either `endpoint` (a connection of its own) or `line` (shared), not both",
+                ));
+                None
+            }
+            (None, None) => {
+                let hint = if wanted == Protocol::ModbusRtu {
+                    "a modbus_rtu device names a serial line: line = \"rs485-1\" with a [[lines]] entry"
+                } else {
+                    "e.g. endpoint = \"192.168.10.21:502\""
+                };
+                self.err(ConfigIssue::new(format!("{dpath}.endpoint"), "missing").hint(hint));
+                None
+            }
+            (Some(endpoint), None) => {
+                let transport = match wanted {
+                    Protocol::ModbusRtu => {
+                        self.err(
+                            ConfigIssue::new(
+                                format!("{dpath}.endpoint"),
+                                "a modbus_rtu device is on a serial line, not an endpoint",
+                            )
+                            .hint("declare the port in [[lines]] and set `line`, or use protocol = \"modbus_rtu_over_tcp\""),
+                        );
+                        return None;
+                    }
+                    Protocol::ModbusRtuOverTcp => LineTransport::RtuOverTcp {
+                        endpoint: self.endpoint(dpath, Some(endpoint))?,
+                    },
+                    _ => LineTransport::Tcp {
+                        endpoint: self.endpoint(dpath, Some(endpoint))?,
+                    },
+                };
+                if !self.backoff(dpath, d.backoff_initial, d.backoff_max) {
+                    return None;
+                }
+                // A line of its own, named after the device; `[[lines]]` names cannot clash with
+                // it silently because a device name is also checked below.
+                if let Some(&li) = line_index.get(&d.name) {
+                    self.err(ConfigIssue::new(
+                        format!("{dpath}.name"),
+                        format!(
+                            "{:?} is also the name of a line ({:?}); device and line names must differ",
+                            d.name, lines[li].name
+                        ),
+                    ));
+                    return None;
+                }
+                let inter_frame = match transport {
+                    LineTransport::RtuOverTcp { .. } => Duration::from_micros(4010),
+                    _ => Duration::ZERO,
+                };
+                line_index.insert(d.name.clone(), lines.len());
+                lines.push(ModbusLine {
+                    name: d.name.as_str().into(),
+                    transport,
+                    inter_frame,
+                    connect_timeout: d.timeout.max(Duration::from_secs(3)),
+                    backoff_initial: d.backoff_initial,
+                    backoff_max: d.backoff_max,
+                    devices: Vec::new(),
+                });
+                Some(lines.len() - 1)
+            }
+            (None, Some(name)) => {
+                let Some(&li) = line_index.get(name) else {
+                    let known: Vec<&str> = line_index.keys().map(String::as_str).collect();
+                    let mut issue = ConfigIssue::new(
+                        format!("{dpath}.line"),
+                        format!("no line named {name:?}"),
+                    );
+                    issue = match did_you_mean(&format!("`{name}` expected {}", quote_list(&known)))
+                    {
+                        Some(h) => issue.hint(h),
+                        None => issue.hint("declare it in [[lines]]"),
+                    };
+                    self.err(issue);
+                    return None;
+                };
+                let has = lines[li].transport.protocol();
+                if has != wanted {
+                    self.err(ConfigIssue::new(
+                        format!("{dpath}.protocol"),
+                        format!(
+                            "{} does not match line {:?}, which carries {}",
+                            wanted.as_str(),
+                            name,
+                            has.as_str()
+                        ),
+                    ));
+                    return None;
+                }
+                Some(li)
+            }
+        }
+    }
+
+    fn unit_id(&mut self, dpath: &str, d: &RawDevice, line: &ModbusLine) {
+        let rtu = !matches!(line.transport, LineTransport::Tcp { .. });
+        if rtu && !(1..=MAX_RTU_UNIT).contains(&d.unit_id) {
+            self.err(
+                ConfigIssue::new(
+                    format!("{dpath}.unit_id"),
+                    format!("{} is outside 1..=247", d.unit_id),
+                )
+                .hint("RTU slave addresses are 1..=247; 0 is broadcast, which never answers"),
+            );
+        }
+        if let Some(other) = line.devices.iter().find(|o| o.unit_id == d.unit_id) {
+            self.err(ConfigIssue::new(
+                format!("{dpath}.unit_id"),
+                format!(
+                    "unit {} is already device {:?} on line {:?}",
+                    d.unit_id, other.name, line.name
+                ),
+            ));
+        }
+    }
+
+    fn device(
+        &mut self,
+        dpath: &str,
+        d: &RawDevice,
+        ctx: &DeviceCtx<'_>,
+        points: &mut Vec<Arc<PointMeta>>,
+        tags: &mut HashMap<String, String>,
+        unmapped: &mut usize,
+    ) -> Option<ModbusDevice> {
+        let mut ok = true;
+        let mut positive = |v: &mut Self, key: &str, d: Duration| {
+            if d.is_zero() {
+                v.err(ConfigIssue::new(
+                    format!("{dpath}.{key}"),
+                    "must be greater than zero",
+                ));
+                ok = false;
+            }
+        };
+        positive(self, "poll_interval", d.poll_interval);
+        positive(self, "timeout", d.timeout);
+        positive(self, "relearn_after", d.relearn_after);
+        if !(1..=125).contains(&d.max_registers_per_request) {
+            self.err(
+                ConfigIssue::new(
+                    format!("{dpath}.max_registers_per_request"),
+                    format!("{} is outside 1..=125", d.max_registers_per_request),
+                )
+                .hint("the Modbus protocol limit for one register read is 125"),
+            );
+            ok = false;
+        }
+        if !(1..=2000).contains(&d.max_bits_per_request) {
+            self.err(
+                ConfigIssue::new(
+                    format!("{dpath}.max_bits_per_request"),
+                    format!("{} is outside 1..=2000", d.max_bits_per_request),
+                )
+                .hint("the Modbus protocol limit for one coil/discrete read is 2000"),
+            );
+            ok = false;
+        }
+        if d.retries > MAX_RETRIES {
+            self.err(ConfigIssue::new(
+                format!("{dpath}.retries"),
+                format!("{} is above {MAX_RETRIES}", d.retries),
+            ));
+        }
+        if d.address_base > 1 {
+            self.err(ConfigIssue::new(
+                format!("{dpath}.address_base"),
+                format!("{} is not 0 or 1", d.address_base),
+            ));
+            ok = false;
+        }
+        ok &= self.backoff(dpath, d.backoff_initial, d.backoff_max);
+
+        // Poll groups: the default one, then the named ones.
+        let mut groups = vec![PollGroup {
+            name: "default".into(),
+            interval: d.poll_interval,
+            points: Vec::new(),
+        }];
+        for (gi, g) in d.poll_groups.iter().enumerate() {
+            let gpath = format!("{dpath}.poll_groups[{gi}]");
+            if groups.iter().any(|o| *o.name == *g.name) {
+                self.err(ConfigIssue::new(
+                    format!("{gpath}.name"),
+                    format!("poll group {:?} is defined twice (\"default\" is the device's poll_interval)", g.name),
+                ));
+                continue;
+            }
+            if g.interval.is_zero() {
+                self.err(ConfigIssue::new(
+                    format!("{gpath}.interval"),
+                    "must be greater than zero",
+                ));
+            }
+            groups.push(PollGroup {
+                name: g.name.as_str().into(),
+                interval: g.interval,
+                points: Vec::new(),
+            });
+        }
+        let shortest = groups.iter().map(|g| g.interval).min().unwrap_or_default();
+        if !d.jitter.is_zero() && d.jitter >= shortest {
+            self.err(
+                ConfigIssue::new(
+                    format!("{dpath}.jitter"),
+                    format!(
+                        "{} is not below the shortest poll interval {}",
+                        humantime::format_duration(d.jitter),
+                        humantime::format_duration(shortest)
+                    ),
+                )
+                .hint("jitter spreads cycle starts; keep it a small fraction of the interval"),
+            );
+        }
+
+        let mut forbidden = Vec::new();
+        for (fi, f) in d.forbidden.iter().enumerate() {
+            match parse_range(f, d.address_base) {
+                Ok(r) => forbidden.push(r),
+                Err(msg) => self.err(
+                    ConfigIssue::new(format!("{dpath}.forbidden[{fi}]"), msg)
+                        .hint("e.g. \"holding:100-199\", \"40301-40310\" or \"coil:7\""),
+                ),
+            }
+        }
+
+        let name: Arc<str> = d.name.as_str().into();
+        let mut mpoints: Vec<ModbusPoint> = Vec::new();
+        for (pi, p) in d.points.iter().enumerate() {
+            let ppath = format!("{dpath}.points[{pi}]");
+            let label = format!("{ppath} {:?}", p.tag);
+            if let Some(prev) = tags.insert(p.tag.clone(), ppath.clone()) {
+                self.err(ConfigIssue::new(
+                    format!("{label}.tag"),
+                    format!("tag is already used by {prev}"),
+                ));
+            }
+            if p.tag.is_empty() || p.tag.contains(['#', '+', '@']) {
+                self.err(
+                    ConfigIssue::new(format!("{label}.tag"), "invalid tag")
+                        .hint("tags are non-empty and contain no '#', '+' or '@'"),
+                );
+            }
+            let Some(decoding) = self.point_decoding(&label, p, d) else {
+                continue;
+            };
+            let group = match &p.group {
+                None => 0,
+                Some(g) => match groups.iter().position(|o| *o.name == **g) {
+                    Some(i) => i,
+                    None => {
+                        let names: Vec<&str> = groups.iter().map(|o| &*o.name).collect();
+                        self.err(
+                            ConfigIssue::new(
+                                format!("{label}.group"),
+                                format!("no poll group {g:?} on this device"),
+                            )
+                            .hint(format!("one of {}", quote_list(&names))),
+                        );
+                        continue;
+                    }
+                },
+            };
+            let candidate = ModbusPoint {
+                meta: Arc::clone(&PLACEHOLDER_META),
+                table: decoding.table,
+                address: decoding.address,
+                data_type: decoding.data_type,
+                order: decoding.order,
+                bit: decoding.bit,
+                scale: p.scale,
+                offset: p.offset,
+                map: decoding.map,
+                group,
+            };
+            if !self.point_placement(&label, &candidate, d, &forbidden, &mpoints) {
+                continue;
+            }
+            let (level, category, rule_id) = classify(p, d, ctx.rules, ctx.classification, &p.tag);
+            if rule_id.as_ref() == "default" {
+                *unmapped += 1;
+            }
+            let meta = Arc::new(PointMeta {
+                id: points.len() as u32,
+                tag: p.tag.as_str().into(),
+                level,
+                category,
+                rule_id,
+                device: name.clone(),
+                protocol: ctx.protocol,
+                address: describe_address(d.unit_id, &candidate).into(),
+                gateway: ctx.gateway.id.clone(),
+                site: ctx.gateway.site.clone(),
+                unit: p.unit.as_deref().map(Into::into),
+                interval_ms: groups[group].interval.as_millis() as u64,
+            });
+            points.push(meta.clone());
+            groups[group].points.push(mpoints.len());
+            mpoints.push(ModbusPoint { meta, ..candidate });
+        }
+        for (gi, g) in groups.iter().enumerate().skip(1) {
+            if g.points.is_empty() {
+                self.warnings.push(Warning(format!(
+                    "{dpath}.poll_groups[{}] {:?} has no points",
+                    gi - 1,
+                    g.name
+                )));
+            }
+        }
+        ok.then(|| ModbusDevice {
+            name,
+            protocol: ctx.protocol,
+            unit_id: d.unit_id,
+            timeout: d.timeout,
+            retries: d.retries.min(MAX_RETRIES),
+            max_registers_per_request: d.max_registers_per_request.clamp(1, 125),
+            max_bits_per_request: d.max_bits_per_request.clamp(1, 2000),
+            max_gap: d.max_gap,
+            forbidden,
+            jitter: d.jitter,
+            backoff_initial: d.backoff_initial,
+            backoff_max: d.backoff_max,
+            relearn_after: d.relearn_after,
+            groups,
+            points: mpoints,
+        })
+    }
+
+    /// Address, type, order, bit and map of a point, each validated.
+    fn point_decoding(&mut self, label: &str, p: &RawPoint, d: &RawDevice) -> Option<Decoding> {
+        let (table, address) = match parse_register(&p.register, d.address_base) {
+            Ok(r) => r,
+            Err(msg) => {
+                self.err(ConfigIssue::new(format!("{label}.register"), msg).hint(
+                    "holding:N, input:N, coil:N, discrete:N (0-based unless address_base = 1) \
+                     or a Modicon reference such as 40001",
+                ));
+                return None;
+            }
+        };
+        let data_type = self.data_type(label, p)?;
+        if table.is_bit() && data_type != DataType::Bool {
+            self.err(
+                ConfigIssue::new(
+                    format!("{label}.type"),
+                    format!(
+                        "a {} holds one bit; type must be bool, not {}",
+                        table.as_str(),
+                        data_type.as_str()
+                    ),
+                )
+                .hint("use a holding or input register for numeric types"),
+            );
+            return None;
+        }
+        let bit = match (data_type, p.bit) {
+            (DataType::Bool, Some(_)) if table.is_bit() => {
+                self.err(ConfigIssue::new(
+                    format!("{label}.bit"),
+                    "a coil or discrete input is a single bit already; remove `bit`",
+                ));
+                return None;
+            }
+            (DataType::Bool, Some(bit)) if bit > 15 => {
+                self.err(ConfigIssue::new(
+                    format!("{label}.bit"),
+                    format!("{bit} is outside 0..=15"),
+                ));
+                return None;
+            }
+            (DataType::Bool, None) if !table.is_bit() => {
+                self.err(
+                    ConfigIssue::new(format!("{label}.bit"), "a bool on a register needs `bit`")
+                        .hint("e.g. bit = 0 for the least significant bit"),
+                );
+                return None;
+            }
+            (DataType::Bool, bit) => bit,
+            // `bits` consumed `bit` as its lowest bit.
+            (DataType::Bits { .. }, _) => None,
+            (_, Some(_)) => {
+                self.err(ConfigIssue::new(
+                    format!("{label}.bit"),
+                    "bit applies only to bool and bits points on holding or input registers",
+                ));
+                return None;
+            }
+            (_, None) => None,
+        };
+        let order = self.order(label, p, data_type)?;
+        let map = self.map(label, p, data_type)?;
+        let numeric = !matches!(data_type, DataType::Bool | DataType::String { .. });
+        if !p.scale.is_finite() || p.scale == 0.0 || !p.offset.is_finite() {
+            self.err(ConfigIssue::new(
+                format!("{label}.scale"),
+                "scale must be finite and non-zero, offset finite",
+            ));
+            return None;
+        }
+        if (!numeric || map.is_some()) && (p.scale != 1.0 || p.offset != 0.0) {
+            self.err(ConfigIssue::new(
+                format!("{label}.scale"),
+                format!(
+                    "scale and offset apply to numbers; this point is {}",
+                    if map.is_some() {
+                        "mapped to labels"
+                    } else {
+                        data_type.as_str()
+                    }
+                ),
+            ));
+            return None;
+        }
+        Some(Decoding {
+            table,
+            address,
+            data_type,
+            order,
+            bit,
+            map,
+        })
+    }
+
+    fn data_type(&mut self, label: &str, p: &RawPoint) -> Option<DataType> {
+        const NAMES: &str =
+            "`bool`, `bits`, `u16`, `i16`, `u32`, `i32`, `u64`, `i64`, `f32`, `f64`, `bcd16`, `bcd32`, `string`";
+        let t = match p.data_type.as_str() {
+            "bool" => DataType::Bool,
+            "u16" => DataType::U16,
+            "i16" => DataType::I16,
+            "u32" => DataType::U32,
+            "i32" => DataType::I32,
+            "u64" => DataType::U64,
+            "i64" => DataType::I64,
+            "f32" => DataType::F32,
+            "f64" => DataType::F64,
+            "bcd16" => DataType::Bcd16,
+            "bcd32" => DataType::Bcd32,
+            "bits" => {
+                let (Some(lsb), Some(count)) = (p.bit, p.bit_count) else {
+                    self.err(
+                        ConfigIssue::new(
+                            format!("{label}.bit_count"),
+                            "a bits field needs `bit` (its lowest bit) and `bit_count`",
+                        )
+                        .hint("e.g. bit = 4, bit_count = 3 for bits 4..=6"),
+                    );
+                    return None;
+                };
+                if count == 0 || u16::from(lsb) + u16::from(count) > 16 {
+                    self.err(ConfigIssue::new(
+                        format!("{label}.bit_count"),
+                        format!(
+                            "bits {lsb}..{} do not fit one 16-bit register",
+                            u16::from(lsb) + u16::from(count)
+                        ),
+                    ));
+                    return None;
+                }
+                DataType::Bits { lsb, count }
+            }
+            "string" => {
+                let Some(registers) = p.registers.filter(|&r| r > 0) else {
+                    self.err(
+                        ConfigIssue::new(
+                            format!("{label}.registers"),
+                            "a string needs its length in registers (two characters each)",
+                        )
+                        .hint("e.g. registers = 8 for 16 characters"),
+                    );
+                    return None;
+                };
+                DataType::String { registers }
+            }
+            other => {
+                let hint = did_you_mean(&format!("`{other}` expected {NAMES}"))
+                    .unwrap_or_else(|| format!("one of {}", NAMES.replace('`', "")));
+                self.err(
+                    ConfigIssue::new(format!("{label}.type"), format!("unknown type {other:?}"))
+                        .hint(hint),
+                );
+                return None;
+            }
+        };
+        if p.bit_count.is_some() && !matches!(t, DataType::Bits { .. }) {
+            self.err(ConfigIssue::new(
+                format!("{label}.bit_count"),
+                "bit_count applies only to type = \"bits\"",
+            ));
+            return None;
+        }
+        if p.registers.is_some() && !matches!(t, DataType::String { .. }) {
+            self.err(ConfigIssue::new(
+                format!("{label}.registers"),
+                "registers applies only to type = \"string\" (other types have a fixed width)",
+            ));
+            return None;
+        }
+        Some(t)
+    }
+
+    fn order(&mut self, label: &str, p: &RawPoint, t: DataType) -> Option<ByteOrder> {
+        let Some(o) = p.order.as_deref() else {
+            return Some(ByteOrder::Abcd);
+        };
+        let width = match t {
+            DataType::Bool | DataType::Bits { .. } => {
+                self.err(ConfigIssue::new(
+                    format!("{label}.order"),
+                    "a bit has no byte order; remove `order`",
+                ));
+                return None;
+            }
+            DataType::String { .. } => 1,
+            _ => t.width(),
+        };
+        match parse_order(o, width) {
+            Ok(order) => Some(order),
+            Err(msg) => {
+                let choices = ByteOrder::ALL.map(|b| b.name(width)).join(", ");
+                self.err(
+                    ConfigIssue::new(format!("{label}.order"), msg)
+                        .hint(format!("for {} use one of {choices}", t.as_str())),
+                );
+                None
+            }
+        }
+    }
+
+    fn map(&mut self, label: &str, p: &RawPoint, t: DataType) -> Option<Option<Arc<ValueMap>>> {
+        let Some(raw) = &p.map else {
+            return Some(None);
+        };
+        if !t.is_integer() {
+            self.err(ConfigIssue::new(
+                format!("{label}.map"),
+                format!("a value map needs an integer type, not {}", t.as_str()),
+            ));
+            return None;
+        }
+        let mut entries = BTreeMap::new();
+        for (k, v) in raw {
+            let Ok(key) = k.trim().parse::<i64>() else {
+                self.err(
+                    ConfigIssue::new(
+                        format!("{label}.map.{k}"),
+                        format!("key {k:?} is not an integer"),
+                    )
+                    .hint("map = { \"0\" = \"stopped\", \"1\" = \"running\" }"),
+                );
+                return None;
+            };
+            if v.trim().is_empty() {
+                self.err(ConfigIssue::new(format!("{label}.map.{k}"), "empty label"));
+                return None;
+            }
+            if entries.insert(key, Arc::<str>::from(v.as_str())).is_some() {
+                self.err(ConfigIssue::new(
+                    format!("{label}.map.{k}"),
+                    format!("value {key} is mapped twice"),
+                ));
+                return None;
+            }
+        }
+        if entries.is_empty() {
+            self.err(ConfigIssue::new(format!("{label}.map"), "empty map"));
+            return None;
+        }
+        Some(Some(Arc::new(ValueMap(entries.into_iter().collect()))))
+    }
+
+    /// Checks that the point fits the address space and one request, stays out of forbidden
+    /// ranges and overlaps no earlier point of the device.
+    fn point_placement(
+        &mut self,
+        label: &str,
+        p: &ModbusPoint,
+        d: &RawDevice,
+        forbidden: &[Forbidden],
+        earlier: &[ModbusPoint],
+    ) -> bool {
+        if p.end() > 65_536 {
+            self.err(ConfigIssue::new(
+                format!("{label}.register"),
+                "the value runs past the last address 65535",
+            ));
+            return false;
+        }
+        let limit = if p.table.is_bit() {
+            d.max_bits_per_request
+        } else {
+            d.max_registers_per_request
+        };
+        if p.data_type.width() > limit {
+            self.err(ConfigIssue::new(
+                format!("{label}.registers"),
+                format!(
+                    "{} registers do not fit one request (max_registers_per_request = {limit})",
+                    p.data_type.width()
+                ),
+            ));
+            return false;
+        }
+        if let Some(f) = forbidden
+            .iter()
+            .find(|f| f.overlaps(p.table, u32::from(p.address), p.end()))
+        {
+            self.err(
+                ConfigIssue::new(
+                    format!("{label}.register"),
+                    format!(
+                        "{}:{} lies in the forbidden range {}:{}-{}",
+                        p.table.as_str(),
+                        p.address,
+                        f.table.as_str(),
+                        f.start,
+                        f.end
+                    ),
+                )
+                .hint("the device must never be asked for a forbidden address; fix the point or the range"),
+            );
+            return false;
+        }
+        for o in earlier {
+            let overlaps = o.table == p.table
+                && u32::from(o.address) < p.end()
+                && u32::from(p.address) < o.end();
+            // Bits of one register may share it when they use different bits.
+            let disjoint_bits = match (bit_mask(p), bit_mask(o)) {
+                (Some(a), Some(b)) => a & b == 0,
+                _ => false,
+            };
+            if overlaps && !disjoint_bits {
+                self.err(
+                    ConfigIssue::new(
+                        format!("{label}.register"),
+                        format!(
+                            "{}:{} overlaps {:?} ({}:{}, {})",
+                            p.table.as_str(),
+                            p.address,
+                            &*o.meta.tag,
+                            o.table.as_str(),
+                            o.address,
+                            o.data_type.as_str()
+                        ),
+                    )
+                    .hint("check the register map; only bool/bits points on different bits may share a register"),
+                );
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// What `point_decoding` found.
+struct Decoding {
+    table: Table,
+    address: u16,
+    data_type: DataType,
+    order: ByteOrder,
+    bit: Option<u8>,
+    map: Option<Arc<ValueMap>>,
+}
+
+/// Per-device context for compiling points.
+struct DeviceCtx<'a> {
+    gateway: &'a Gateway,
+    classification: &'a ClassificationSettings,
+    rules: &'a [CompiledRule],
+    protocol: Protocol,
+}
+
+/// Stand-in metadata while a point is validated; replaced before the point is kept.
+static PLACEHOLDER_META: std::sync::LazyLock<Arc<PointMeta>> = std::sync::LazyLock::new(|| {
+    Arc::new(PointMeta {
+        id: u32::MAX,
+        tag: "".into(),
+        level: crate::model::Level::Core,
+        category: crate::model::Category::ProductionOperation,
+        rule_id: "".into(),
+        device: "".into(),
+        protocol: Protocol::ModbusTcp,
+        address: "".into(),
+        gateway: "".into(),
+        site: "".into(),
+        unit: None,
+        interval_ms: 0,
+    })
+});
+
+/// The register bits a bool/bits point uses, for overlap checks.
+fn bit_mask(p: &ModbusPoint) -> Option<u16> {
+    match p.data_type {
+        DataType::Bool if !p.table.is_bit() => p.bit.map(|b| 1u16 << b),
+        DataType::Bits { lsb, count } => Some((((1u32 << count) - 1) << lsb) as u16),
+        _ => None,
+    }
+}
+
+/// Provenance address: `unit=1 holding:100`, `unit=1 holding:5.3`, `unit=1 holding:5.4+3`.
+fn describe_address(unit: u8, p: &ModbusPoint) -> String {
+    let suffix = match (p.data_type, p.bit) {
+        (DataType::Bits { lsb, count }, _) => format!(".{lsb}+{count}"),
+        (_, Some(b)) => format!(".{b}"),
+        _ => String::new(),
+    };
+    format!("unit={unit} {}:{}{suffix}", p.table.as_str(), p.address)
+}
+
+fn quote_list(names: &[&str]) -> String {
+    let mut v: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    v.sort();
+    v.join(", ")
+}
+
+/// `holding:100`, `input:7`, `coil:3`, `discrete:12` (0-based unless `base` is 1), or a Modicon
+/// reference: 5 digits (`40101` = holding 100) or 6 digits (`400101`), always 1-based.
+pub fn parse_register(s: &str, base: u8) -> Result<(Table, u16), String> {
+    let s = s.trim();
+    let Some((table, addr)) = s.split_once(':') else {
+        return parse_modicon(s);
+    };
+    let table = match table.trim() {
+        "holding" => Table::Holding,
+        "input" => Table::Input,
+        "coil" => Table::Coil,
+        "discrete" => Table::DiscreteInput,
+        other => return Err(format!("unknown register table {other:?}")),
+    };
+    let n = addr
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| format!("address {:?} is not a number", addr.trim()))?;
+    let address = match base {
+        1 if n == 0 => {
+            return Err("address 0 with address_base = 1: 1-based addresses start at 1".into())
+        }
+        1 => n - 1,
+        _ => n,
+    };
+    let address = u16::try_from(address).map_err(|_| {
+        format!(
+            "address {n} is past the last {} address",
+            if base == 1 {
+                "1-based (65536)"
+            } else {
+                "0-based (65535)"
+            }
+        )
+    })?;
+    Ok((table, address))
+}
+
+/// A Modicon reference: first digit the table, the rest a 1-based register number.
+fn parse_modicon(s: &str) -> Result<(Table, u16), String> {
+    if !s.bytes().all(|b| b.is_ascii_digit()) || !(5..=6).contains(&s.len()) {
+        return Err(format!(
+            "{s:?} is neither table:address nor a 5- or 6-digit Modicon reference"
+        ));
+    }
+    let table = match s.as_bytes()[0] {
+        b'0' => Table::Coil,
+        b'1' => Table::DiscreteInput,
+        b'3' => Table::Input,
+        b'4' => Table::Holding,
+        d => {
+            return Err(format!(
+                "Modicon reference {s:?} starts with {}, which names no table (0 coil, 1 discrete, 3 input, 4 holding)",
+                char::from(d)
+            ))
+        }
+    };
+    let n: u32 = s[1..]
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    if n == 0 {
+        return Err(format!(
+            "Modicon reference {s:?} is register 0; references are 1-based ({}1 is the first)",
+            &s[..s.len() - 1]
+        ));
+    }
+    let address = u16::try_from(n - 1)
+        .map_err(|_| format!("Modicon reference {s:?} is past register 65536"))?;
+    Ok((table, address))
+}
+
+/// A forbidden range: `holding:100-199`, `coil:7`, `40301-40310`, `40301`.
+pub fn parse_range(s: &str, base: u8) -> Result<Forbidden, String> {
+    let s = s.trim();
+    let (from, to) = match s.split_once(':') {
+        Some((table, rest)) => match rest.split_once('-') {
+            Some((a, b)) => (format!("{table}:{a}"), format!("{table}:{b}")),
+            None => (s.to_owned(), s.to_owned()),
+        },
+        None => match s.split_once('-') {
+            Some((a, b)) => (a.to_owned(), b.to_owned()),
+            None => (s.to_owned(), s.to_owned()),
+        },
+    };
+    let (table, start) = parse_register(&from, base)?;
+    let (table_to, end) = parse_register(&to, base)?;
+    if table != table_to {
+        return Err(format!("{s:?} spans two tables"));
+    }
+    if end < start {
+        return Err(format!("{s:?} ends before it starts"));
+    }
+    Ok(Forbidden { table, start, end })
+}
+
+/// A byte order for a value of `registers` registers: `AB`/`BA` for one register (the
+/// 4-letter names are accepted too, by their byte order), `ABCD`.. for two, `ABCDEFGH`.. for
+/// four.
+pub fn parse_order(s: &str, registers: u16) -> Result<ByteOrder, String> {
+    let upper = s.trim().to_ascii_uppercase();
+    let found = ByteOrder::ALL
+        .into_iter()
+        .find(|o| o.name(registers) == upper);
+    if let Some(o) = found {
+        return Ok(o);
+    }
+    if registers == 1 {
+        // 16-bit values only see the byte swap of a 32-bit order.
+        if let Some(o) = ByteOrder::ALL.into_iter().find(|o| o.name(2) == upper) {
+            return Ok(if o.bytes_swapped() {
+                ByteOrder::Badc
+            } else {
+                ByteOrder::Abcd
+            });
+        }
+    }
+    for other in [1u16, 2, 4] {
+        if other != registers && ByteOrder::ALL.iter().any(|o| o.name(other) == upper) {
+            return Err(format!(
+                "{s:?} is a {}-bit order; this value has {}",
+                other * 16,
+                registers * 16
+            ));
+        }
+    }
+    Err(format!("unknown byte order {s:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_addresses_are_zero_based_unless_the_device_says_one() {
+        assert_eq!(parse_register("holding:100", 0), Ok((Table::Holding, 100)));
+        assert_eq!(parse_register(" coil : 0 ", 0), Ok((Table::Coil, 0)));
+        assert_eq!(parse_register("input:65535", 0), Ok((Table::Input, 65535)));
+        assert!(parse_register("input:65536", 0).is_err());
+        assert_eq!(parse_register("holding:100", 1), Ok((Table::Holding, 99)));
+        assert_eq!(
+            parse_register("holding:65536", 1),
+            Ok((Table::Holding, 65535))
+        );
+        let zero = parse_register("holding:0", 1).expect_err("must be rejected");
+        assert!(zero.contains("start at 1"), "{zero}");
+        assert!(parse_register("holdings:1", 0)
+            .expect_err("must be rejected")
+            .contains("unknown register table"));
+    }
+
+    #[test]
+    fn modicon_references_are_one_based_with_the_table_in_the_first_digit() {
+        assert_eq!(parse_register("40101", 0), Ok((Table::Holding, 100)));
+        assert_eq!(parse_register("40001", 0), Ok((Table::Holding, 0)));
+        assert_eq!(parse_register("30008", 0), Ok((Table::Input, 7)));
+        assert_eq!(parse_register("00004", 0), Ok((Table::Coil, 3)));
+        assert_eq!(parse_register("10013", 0), Ok((Table::DiscreteInput, 12)));
+        assert_eq!(parse_register("49999", 0), Ok((Table::Holding, 9998)));
+        // Six digits reach the whole address space.
+        assert_eq!(parse_register("400101", 0), Ok((Table::Holding, 100)));
+        assert_eq!(parse_register("465536", 0), Ok((Table::Holding, 65535)));
+        // address_base applies to table:N only.
+        assert_eq!(parse_register("40101", 1), Ok((Table::Holding, 100)));
+        let zero = parse_register("40000", 0).expect_err("must be rejected");
+        assert!(zero.contains("1-based") && zero.contains("40001"), "{zero}");
+        assert!(parse_register("20001", 0)
+            .expect_err("must be rejected")
+            .contains("names no table"));
+        assert!(parse_register("465537", 0)
+            .expect_err("must be rejected")
+            .contains("past register 65536"));
+        assert!(parse_register("4001", 0).is_err(), "4 digits is ambiguous");
+        assert!(parse_register("4000001", 0).is_err());
+    }
+
+    #[test]
+    fn forbidden_ranges_parse_in_both_notations() {
+        let f = |s| parse_range(s, 0);
+        assert_eq!(
+            f("holding:100-199"),
+            Ok(Forbidden {
+                table: Table::Holding,
+                start: 100,
+                end: 199
+            })
+        );
+        assert_eq!(
+            f("coil:7"),
+            Ok(Forbidden {
+                table: Table::Coil,
+                start: 7,
+                end: 7
+            })
+        );
+        assert_eq!(
+            f("40301-40310"),
+            Ok(Forbidden {
+                table: Table::Holding,
+                start: 300,
+                end: 309
+            })
+        );
+        assert!(f("40301-30310")
+            .expect_err("must be rejected")
+            .contains("two tables"));
+        assert!(f("holding:9-3")
+            .expect_err("must be rejected")
+            .contains("ends before"));
+        let r = f("holding:100-199").expect("valid");
+        assert!(r.overlaps(Table::Holding, 199, 201));
+        assert!(r.overlaps(Table::Holding, 98, 101));
+        assert!(!r.overlaps(Table::Holding, 98, 100));
+        assert!(!r.overlaps(Table::Holding, 200, 201));
+        assert!(!r.overlaps(Table::Input, 150, 151));
+    }
+
+    #[test]
+    fn orders_are_named_for_the_value_width() {
+        assert_eq!(parse_order("cdab", 2), Ok(ByteOrder::Cdab));
+        assert_eq!(parse_order("GHEFCDAB", 4), Ok(ByteOrder::Cdab));
+        assert_eq!(parse_order("BADCFEHG", 4), Ok(ByteOrder::Badc));
+        assert_eq!(parse_order("HGFEDCBA", 4), Ok(ByteOrder::Dcba));
+        assert_eq!(parse_order("ABCDEFGH", 4), Ok(ByteOrder::Abcd));
+        assert_eq!(parse_order("BA", 1), Ok(ByteOrder::Badc));
+        assert_eq!(
+            parse_order("DCBA", 1),
+            Ok(ByteOrder::Badc),
+            "byte swap of a 32-bit name"
+        );
+        assert_eq!(parse_order("CDAB", 1), Ok(ByteOrder::Abcd));
+        assert!(parse_order("CDAB", 4)
+            .expect_err("must be rejected")
+            .contains("32-bit order"));
+        assert!(parse_order("ABCDEFGH", 2)
+            .expect_err("must be rejected")
+            .contains("64-bit order"));
+        assert!(parse_order("ACBD", 2)
+            .expect_err("must be rejected")
+            .contains("unknown"));
+    }
+}

@@ -1,0 +1,739 @@
+//! The line scheduler: one task per line, one transaction at a time, earliest deadline first.
+//!
+//! ```text
+//!  due groups ──> start cycle ──> [active cycles] ──pick EDF──> device backed off? ── yes ─> CommError cycle
+//!                                                                  │ no
+//!                                      link down? ── reconnect (line back-off) ── failed ─> CommError cycle
+//!                                                                  │ up
+//!                                                         one request (with retries)
+//!                     ok / exception / split / refused / device failure / link broken
+//! ```
+//!
+//! A cycle is the reading of one poll group once. Its requests are interleaved with other
+//! cycles' requests on the same line, one at a time, the next request always going to the
+//! active cycle with the earliest deadline (start + interval), ties to the device served longest
+//! ago. See the module doc of [`super`] for the invariants.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng as _;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::decode;
+use super::frame::Reply;
+use super::plan::{self, ReadBlock};
+use super::transport::{Link, TxError};
+use super::{backoff_delay, plan_group};
+use crate::config::runtime::{ModbusDevice, ModbusLine};
+use crate::model::{now_ms, Level, Quality, Tagged, Value};
+use crate::stats::Stats;
+
+/// Polls every device of `line` until `shutdown` is cancelled or `out` is closed. Never returns
+/// an error: every failure becomes a sample quality and a log line.
+pub async fn run_line(
+    line: Arc<ModbusLine>,
+    out: mpsc::Sender<Vec<Tagged>>,
+    seq: Arc<AtomicU64>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) {
+    let now = Instant::now();
+    let devices = line
+        .devices
+        .iter()
+        .map(|d| DeviceState::new(d, now))
+        .collect();
+    info!(
+        line = %line.name,
+        transport = %line.transport.describe(),
+        devices = line.devices.len(),
+        requests_per_cycle = line.devices.iter().map(super::requests_per_cycle).sum::<usize>(),
+        "Modbus line started."
+    );
+    let mut s = Scheduler {
+        line,
+        devices,
+        out,
+        seq,
+        stats,
+        shutdown,
+        link: None,
+        line_failures: 0,
+        reconnect_at: now,
+        served: 0,
+    };
+    s.run().await;
+    if let Some(link) = s.link.take() {
+        link.close(Duration::from_secs(1)).await;
+    }
+    info!(line = %s.line.name, "Modbus line stopped.");
+}
+
+struct Scheduler {
+    line: Arc<ModbusLine>,
+    devices: Vec<DeviceState>,
+    out: mpsc::Sender<Vec<Tagged>>,
+    seq: Arc<AtomicU64>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    link: Option<Link>,
+    /// Consecutive failed connects or broken links.
+    line_failures: u32,
+    reconnect_at: Instant,
+    /// Counter stamped on a device when it is served, for round-robin tie breaks.
+    served: u64,
+}
+
+struct DeviceState {
+    groups: Vec<GroupState>,
+    mem: PointMemory,
+    /// Points whose addresses the device refused (exception 02/03), with the code.
+    refused: Vec<Option<u8>>,
+    /// When the plan was first changed by learning (splits, refusals); `None` = pristine.
+    learned_at: Option<Instant>,
+    /// Consecutive failed requests (after retries).
+    failures: u32,
+    skip_until: Option<Instant>,
+    last_served: u64,
+}
+
+/// Last good value and last quality per point (index into the device's `points`).
+struct PointMemory {
+    last_good: Vec<Option<Value>>,
+    last_quality: Vec<Quality>,
+}
+
+struct GroupState {
+    /// The current plan: the planner's, or what learning made of it.
+    blocks: Vec<ReadBlock>,
+    /// The unjittered schedule: when the next cycle is due.
+    next_due: Instant,
+    /// When the next cycle actually starts (`next_due` plus jitter).
+    start_at: Instant,
+    cycle: Option<Cycle>,
+}
+
+struct Cycle {
+    deadline: Instant,
+    todo: VecDeque<ReadBlock>,
+    /// Blocks that make the plan of the next cycle if this one learned something.
+    kept: Vec<ReadBlock>,
+    learned: bool,
+    batch: Vec<Tagged>,
+}
+
+impl DeviceState {
+    fn new(d: &ModbusDevice, now: Instant) -> Self {
+        let groups = (0..d.groups.len())
+            .map(|g| GroupState {
+                blocks: plan_group(d, g),
+                next_due: now,
+                start_at: now + jitter(d.jitter),
+                cycle: None,
+            })
+            .collect();
+        let n = d.points.len();
+        Self {
+            groups,
+            mem: PointMemory {
+                last_good: vec![None; n],
+                last_quality: vec![Quality::Good; n],
+            },
+            refused: vec![None; n],
+            learned_at: None,
+            failures: 0,
+            skip_until: None,
+            last_served: 0,
+        }
+    }
+}
+
+fn jitter(max: Duration) -> Duration {
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    max.mul_f64(rand::rng().random::<f64>())
+}
+
+/// What one request came to, after retries.
+enum Step {
+    Data(Reply),
+    Exception(u8),
+    /// The device did not answer usefully (timeout, garbled) within its retries.
+    DeviceFailed(TxError),
+    /// The link is unusable.
+    LinkBroken(TxError),
+}
+
+impl Scheduler {
+    async fn run(&mut self) {
+        loop {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            let now = Instant::now();
+            self.start_due_cycles(now);
+            let Some((d, g)) = self.pick() else {
+                let wake = self
+                    .devices
+                    .iter()
+                    .flat_map(|s| s.groups.iter().map(|g| g.start_at))
+                    .min()
+                    .unwrap_or(now + Duration::from_secs(1));
+                tokio::select! {
+                    biased;
+                    () = self.shutdown.cancelled() => return,
+                    () = tokio::time::sleep_until(wake) => continue,
+                }
+            };
+            let backed_off = self.devices[d].skip_until.is_some_and(|t| now < t);
+            if backed_off {
+                if !self.skip_cycle(d, g).await {
+                    return;
+                }
+                continue;
+            }
+            if self.link.is_none() {
+                let connected = now >= self.reconnect_at && {
+                    match self.connect().await {
+                        Some(up) => up,
+                        None => return,
+                    }
+                };
+                if !connected {
+                    if !self.skip_cycle(d, g).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            if !self.step(d, g).await {
+                return;
+            }
+        }
+    }
+
+    /// Starts the cycles whose time has come; a group whose previous cycle still runs skips
+    /// this one (an overrun: the line is over capacity).
+    fn start_due_cycles(&mut self, now: Instant) {
+        let line = Arc::clone(&self.line);
+        for (d, dev) in line.devices.iter().enumerate() {
+            self.maybe_relearn(d, now);
+            for g in 0..dev.groups.len() {
+                let grp = &mut self.devices[d].groups[g];
+                if now < grp.start_at {
+                    continue;
+                }
+                let interval = dev.groups[g].interval;
+                let due = grp.next_due;
+                grp.next_due += interval;
+                if grp.next_due <= now {
+                    // Late by a whole interval or more: re-align instead of bursting.
+                    self.stats.cycles_overrun.fetch_add(1, Ordering::Relaxed);
+                    grp.next_due = now + interval;
+                }
+                grp.start_at = grp.next_due + jitter(dev.jitter);
+                if grp.cycle.is_some() {
+                    self.stats.cycles_overrun.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let mut batch = Vec::with_capacity(dev.groups[g].points.len());
+                let ts = now_ms();
+                for &pi in &dev.groups[g].points {
+                    if let Some(code) = self.devices[d].refused[pi] {
+                        stamp(
+                            dev,
+                            &mut self.devices[d].mem,
+                            &self.seq,
+                            &mut batch,
+                            pi,
+                            Err(Quality::DeviceException(code)),
+                            ts,
+                        );
+                    }
+                }
+                let grp = &mut self.devices[d].groups[g];
+                grp.cycle = Some(Cycle {
+                    deadline: due + interval,
+                    todo: grp.blocks.iter().cloned().collect(),
+                    kept: Vec::new(),
+                    learned: false,
+                    batch,
+                });
+            }
+        }
+    }
+
+    /// Forgets learned splits and refusals after `relearn_after`, so a changed PLC program is
+    /// noticed. Only between cycles, so a cycle never mixes plans.
+    fn maybe_relearn(&mut self, d: usize, now: Instant) {
+        let dev = &self.line.devices[d];
+        let st = &mut self.devices[d];
+        let Some(at) = st.learned_at else { return };
+        if now < at + dev.relearn_after || st.groups.iter().any(|g| g.cycle.is_some()) {
+            return;
+        }
+        info!(device = %dev.name, "Retrying the full request plan (relearn_after elapsed).");
+        for (g, grp) in st.groups.iter_mut().enumerate() {
+            grp.blocks = plan_group(dev, g);
+        }
+        st.refused.iter_mut().for_each(|r| *r = None);
+        st.learned_at = None;
+    }
+
+    /// The active cycle to serve next: earliest deadline, then the device served longest ago.
+    fn pick(&self) -> Option<(usize, usize)> {
+        let mut best: Option<((Instant, u64), (usize, usize))> = None;
+        for (d, st) in self.devices.iter().enumerate() {
+            for (g, grp) in st.groups.iter().enumerate() {
+                if let Some(c) = &grp.cycle {
+                    let key = (c.deadline, st.last_served);
+                    if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                        best = Some((key, (d, g)));
+                    }
+                }
+            }
+        }
+        best.map(|(_, at)| at)
+    }
+
+    /// Opens the link. `Some(false)` when it failed (backed off), `None` on shutdown.
+    async fn connect(&mut self) -> Option<bool> {
+        let line = Arc::clone(&self.line);
+        let opened = tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => return None,
+            r = Link::open(&line) => r,
+        };
+        match opened {
+            Ok(link) => {
+                info!(line = %line.name, transport = %line.transport.describe(), "Modbus line connected.");
+                self.link = Some(link);
+                Some(true)
+            }
+            Err(e) => {
+                self.line_failures += 1;
+                let delay = backoff_delay(
+                    self.line_failures,
+                    line.backoff_initial,
+                    line.backoff_max,
+                    rand::rng().random::<f64>(),
+                );
+                self.reconnect_at = Instant::now() + delay;
+                // Warn once when the line goes away; the retries are routine.
+                if self.line_failures == 1 {
+                    warn!(
+                        line = %line.name,
+                        transport = %line.transport.describe(),
+                        error = %e,
+                        "Cannot open Modbus line; retrying with backoff."
+                    );
+                } else {
+                    debug!(line = %line.name, error = %e, failures = self.line_failures, delay = ?delay, "Reconnect failed.");
+                }
+                Some(false)
+            }
+        }
+    }
+
+    /// Completes a cycle without touching the line: the rest of its points are `CommError`.
+    async fn skip_cycle(&mut self, d: usize, g: usize) -> bool {
+        self.stats.cycles_skipped.fetch_add(1, Ordering::Relaxed);
+        let line = Arc::clone(&self.line);
+        let dev = &line.devices[d];
+        let ts = now_ms();
+        let st = &mut self.devices[d];
+        let Some(mut cycle) = st.groups[g].cycle.take() else {
+            return true;
+        };
+        while let Some(block) = cycle.todo.pop_front() {
+            for &pi in &block.points {
+                stamp(
+                    dev,
+                    &mut st.mem,
+                    &self.seq,
+                    &mut cycle.batch,
+                    pi,
+                    Err(Quality::CommError),
+                    ts,
+                );
+            }
+            cycle.kept.push(block);
+        }
+        self.finish(d, g, cycle).await
+    }
+
+    /// Sends the next request of cycle (d, g), or completes the cycle when it has none left.
+    /// `false` when the task must stop.
+    async fn step(&mut self, d: usize, g: usize) -> bool {
+        self.served += 1;
+        self.devices[d].last_served = self.served;
+        let Some(block) = self.devices[d].groups[g]
+            .cycle
+            .as_mut()
+            .and_then(|c| c.todo.pop_front())
+        else {
+            return match self.devices[d].groups[g].cycle.take() {
+                Some(cycle) => self.finish(d, g, cycle).await,
+                None => true,
+            };
+        };
+        let Some(outcome) = self.request(d, &block).await else {
+            return false;
+        };
+        let line = Arc::clone(&self.line);
+        let dev = &line.devices[d];
+        let ts = now_ms();
+        match outcome {
+            Step::Data(reply) => self.on_data(d, g, block, reply, ts),
+            Step::Exception(code) => self.on_exception(d, g, block, code, ts),
+            Step::DeviceFailed(e) => {
+                self.stats.request_failures.fetch_add(1, Ordering::Relaxed);
+                let timeout_breaks = matches!(e, TxError::Timeout)
+                    && self.link.as_ref().is_some_and(Link::timeout_breaks_link);
+                self.device_failed(d, &e);
+                if timeout_breaks {
+                    // Reopen at once when the next cycle needs the line; the device's own
+                    // back-off keeps a dead device from causing a reconnect storm.
+                    if let Some(link) = self.link.take() {
+                        drop(link);
+                    }
+                    self.reconnect_at = Instant::now();
+                }
+                let st = &mut self.devices[d];
+                if let Some(c) = st.groups[g].cycle.as_mut() {
+                    c.todo.push_front(block);
+                }
+                // The rest of this cycle waits for no one: `skip_cycle` stamps it.
+                return self.skip_cycle(d, g).await;
+            }
+            Step::LinkBroken(e) => {
+                self.stats.request_failures.fetch_add(1, Ordering::Relaxed);
+                self.link = None;
+                self.line_failures += 1;
+                let delay = backoff_delay(
+                    self.line_failures,
+                    line.backoff_initial,
+                    line.backoff_max,
+                    rand::rng().random::<f64>(),
+                );
+                self.reconnect_at = Instant::now() + delay;
+                warn!(
+                    line = %line.name,
+                    device = %dev.name,
+                    error = ?e,
+                    "Modbus line broke; reconnecting."
+                );
+                if let Some(c) = self.devices[d].groups[g].cycle.as_mut() {
+                    c.todo.push_front(block);
+                }
+                return self.skip_cycle(d, g).await;
+            }
+        }
+        true
+    }
+
+    /// Sends `block`'s request, retrying timeouts and garbled answers. `None` on shutdown.
+    async fn request(&mut self, d: usize, block: &ReadBlock) -> Option<Step> {
+        let line = Arc::clone(&self.line);
+        let dev = &line.devices[d];
+        let mut attempt = 0u8;
+        loop {
+            let link = self.link.as_mut()?;
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let result = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return None,
+                r = link.read(dev.unit_id, block.table, block.start, block.count, dev.timeout) => r,
+            };
+            return Some(match result {
+                Ok(reply) => Step::Data(reply),
+                Err(TxError::Exception(code)) => Step::Exception(code),
+                Err(TxError::Broken(e)) => Step::LinkBroken(TxError::Broken(e)),
+                Err(e @ (TxError::Timeout | TxError::Garbled(_))) => {
+                    let retryable = !(matches!(e, TxError::Timeout) && link.timeout_breaks_link());
+                    if retryable && attempt < dev.retries {
+                        attempt += 1;
+                        self.stats.request_retries.fetch_add(1, Ordering::Relaxed);
+                        debug!(device = %dev.name, attempt, error = ?e, "Retrying Modbus request.");
+                        continue;
+                    }
+                    Step::DeviceFailed(e)
+                }
+            });
+        }
+    }
+
+    fn on_data(&mut self, d: usize, g: usize, block: ReadBlock, reply: Reply, ts: i64) {
+        let line = Arc::clone(&self.line);
+        let dev = &line.devices[d];
+        self.device_ok(d);
+        let st = &mut self.devices[d];
+        let Some(cycle) = st.groups[g].cycle.as_mut() else {
+            return;
+        };
+        if reply.len() < usize::from(block.count) || reply_kind_mismatch(&block, &reply) {
+            // A short answer is a device fault, not a decoding one: report it once per block.
+            self.stats.request_failures.fetch_add(1, Ordering::Relaxed);
+            if block
+                .points
+                .iter()
+                .any(|&pi| st.mem.last_quality[pi] != Quality::CommError)
+            {
+                warn!(
+                    device = %dev.name,
+                    table = block.table.as_str(),
+                    start = block.start,
+                    asked = block.count,
+                    got = reply.len(),
+                    "Malformed Modbus response; its block carries comm_error."
+                );
+            }
+            for &pi in &block.points {
+                stamp(
+                    dev,
+                    &mut st.mem,
+                    &self.seq,
+                    &mut cycle.batch,
+                    pi,
+                    Err(Quality::CommError),
+                    ts,
+                );
+            }
+            cycle.kept.push(block);
+            return;
+        }
+        for &pi in &block.points {
+            let point = &dev.points[pi];
+            let decoded = match &reply {
+                Reply::Words(w) => decode::decode_registers(point, block.start, w),
+                Reply::Bits(b) => decode::decode_bits(point, block.start, b),
+            };
+            let outcome = match decoded {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    if st.mem.last_quality[pi] != Quality::DecodeError {
+                        warn!(
+                            device = %dev.name,
+                            point = %point.meta.tag,
+                            error = %e,
+                            "Point could not be decoded; its samples carry decode_error."
+                        );
+                    }
+                    Err(Quality::DecodeError)
+                }
+            };
+            stamp(
+                dev,
+                &mut st.mem,
+                &self.seq,
+                &mut cycle.batch,
+                pi,
+                outcome,
+                ts,
+            );
+        }
+        cycle.kept.push(block);
+    }
+
+    fn on_exception(&mut self, d: usize, g: usize, block: ReadBlock, code: u8, ts: i64) {
+        let line = Arc::clone(&self.line);
+        let dev = &line.devices[d];
+        self.stats.request_failures.fetch_add(1, Ordering::Relaxed);
+        // The device answered: it is alive.
+        self.device_ok(d);
+        let now = Instant::now();
+        let st = &mut self.devices[d];
+        let Some(cycle) = st.groups[g].cycle.as_mut() else {
+            return;
+        };
+        let quality = Quality::DeviceException(code);
+        if code == 2 || code == 3 {
+            cycle.learned = true;
+            st.learned_at.get_or_insert(now);
+            if let Some([low, high]) = plan::split(&block, &dev.points) {
+                debug!(
+                    device = %dev.name,
+                    table = block.table.as_str(),
+                    start = block.start,
+                    count = block.count,
+                    code,
+                    "Block refused; splitting it to isolate the refused addresses."
+                );
+                cycle.todo.push_front(high);
+                cycle.todo.push_front(low);
+                return;
+            }
+            warn!(
+                device = %dev.name,
+                table = block.table.as_str(),
+                start = block.start,
+                count = block.count,
+                code,
+                points = ?block.points.iter().map(|&pi| &*dev.points[pi].meta.tag).collect::<Vec<_>>(),
+                "Modbus device refuses these addresses; their points are device_exception and are not asked for again until relearn_after."
+            );
+            for &pi in &block.points {
+                st.refused[pi] = Some(code);
+                stamp(
+                    dev,
+                    &mut st.mem,
+                    &self.seq,
+                    &mut cycle.batch,
+                    pi,
+                    Err(quality),
+                    ts,
+                );
+            }
+            return;
+        }
+        if block
+            .points
+            .iter()
+            .any(|&pi| st.mem.last_quality[pi] != quality)
+        {
+            warn!(
+                device = %dev.name,
+                table = block.table.as_str(),
+                start = block.start,
+                count = block.count,
+                code,
+                "Modbus device answered an exception; the block is device_exception."
+            );
+        }
+        for &pi in &block.points {
+            stamp(
+                dev,
+                &mut st.mem,
+                &self.seq,
+                &mut cycle.batch,
+                pi,
+                Err(quality),
+                ts,
+            );
+        }
+        cycle.kept.push(block);
+    }
+
+    fn device_ok(&mut self, d: usize) {
+        let st = &mut self.devices[d];
+        self.line_failures = 0;
+        if st.failures > 0 {
+            info!(device = %self.line.devices[d].name, "Modbus device answers again.");
+        }
+        st.failures = 0;
+        st.skip_until = None;
+    }
+
+    fn device_failed(&mut self, d: usize, e: &TxError) {
+        let dev = &self.line.devices[d];
+        let st = &mut self.devices[d];
+        st.failures = st.failures.saturating_add(1);
+        let delay = backoff_delay(
+            st.failures,
+            dev.backoff_initial,
+            dev.backoff_max,
+            rand::rng().random::<f64>(),
+        );
+        st.skip_until = Some(Instant::now() + delay);
+        if st.failures == 1 {
+            warn!(
+                device = %dev.name,
+                unit = dev.unit_id,
+                line = %self.line.name,
+                error = ?e,
+                retries = dev.retries,
+                "Modbus device does not answer; skipping it with backoff (the other devices on the line go on)."
+            );
+        } else {
+            debug!(device = %dev.name, failures = st.failures, delay = ?delay, "Device still not answering.");
+        }
+    }
+
+    /// Ends a cycle: adopts a learned plan, hands the batch downstream.
+    async fn finish(&mut self, d: usize, g: usize, mut cycle: Cycle) -> bool {
+        if cycle.learned {
+            cycle.kept.sort_by_key(|b| (b.table, b.start, b.count));
+            self.devices[d].groups[g].blocks = std::mem::take(&mut cycle.kept);
+        }
+        self.send(cycle.batch).await
+    }
+
+    /// Hands one cycle's batch downstream, waiting for room; `false` when the task must stop.
+    async fn send(&mut self, batch: Vec<Tagged>) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        let (mut read, mut bad) = ([0u64; 3], [0u64; 3]);
+        for t in &batch {
+            read[t.level().index()] += 1;
+            if !t.quality.is_good() {
+                bad[t.level().index()] += 1;
+            }
+        }
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => false,
+            sent = self.out.send(batch) => match sent {
+                Ok(()) => {
+                    for level in Level::ALL {
+                        self.stats.read.add(level, read[level.index()]);
+                        self.stats.bad_quality.add(level, bad[level.index()]);
+                    }
+                    true
+                }
+                Err(_) => {
+                    info!(line = %self.line.name, "Sample channel closed; stopping the Modbus line.");
+                    false
+                }
+            },
+        }
+    }
+}
+
+/// A register block answered with bits or the other way round (a confused device or gateway).
+fn reply_kind_mismatch(block: &ReadBlock, reply: &Reply) -> bool {
+    block.table.is_bit() != matches!(reply, Reply::Bits(_))
+}
+
+/// Appends point `pi`'s sample: a good value, or a bad quality with the fallback value.
+fn stamp(
+    dev: &ModbusDevice,
+    st: &mut PointMemory,
+    seq: &AtomicU64,
+    batch: &mut Vec<Tagged>,
+    pi: usize,
+    outcome: Result<Value, Quality>,
+    ts: i64,
+) {
+    let point = &dev.points[pi];
+    let (value, quality) = match outcome {
+        Ok(v) => {
+            st.last_good[pi] = Some(v.clone());
+            (v, Quality::Good)
+        }
+        Err(q) => (
+            st.last_good[pi]
+                .clone()
+                .unwrap_or_else(|| decode::typed_zero(point)),
+            q,
+        ),
+    };
+    st.last_quality[pi] = quality;
+    batch.push(Tagged {
+        meta: Arc::clone(&point.meta),
+        value,
+        quality,
+        ts_ms: ts,
+        seq: seq.fetch_add(1, Ordering::Relaxed),
+    });
+}
+
+#[cfg(test)]
+mod tests;

@@ -311,3 +311,6 @@ impl RtuLink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -714,3 +714,5 @@ async fn shutdown_interrupts_a_send_blocked_by_a_full_channel() {
     run.stop().await;
     stop(server).await;
 }
+
+mod shared;

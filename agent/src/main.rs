@@ -39,6 +39,51 @@ enum Command {
         config: PathBuf,
         tag: String,
     },
+    /// Read a register range once and print it under every type and byte order.
+    ///
+    /// Reach the device through a configured device (`-c FILE --device NAME`), a Modbus TCP or
+    /// RTU-over-TCP endpoint, or a serial port.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ProbeArgs {
+    /// Use the line, unit id and timeout of this configured device...
+    #[arg(long, requires = "config", conflicts_with_all = ["endpoint", "serial"])]
+    device: Option<String>,
+    /// ...from this config.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Modbus TCP (or, with --rtu-over-tcp, a serial device server) at host:port.
+    #[arg(long, conflicts_with = "serial")]
+    endpoint: Option<String>,
+    /// The endpoint speaks RTU frames over TCP (serial device server, DTU).
+    #[arg(long, requires = "endpoint")]
+    rtu_over_tcp: bool,
+    /// Serial port for Modbus RTU, e.g. /dev/ttyUSB0.
+    #[arg(long)]
+    serial: Option<String>,
+    #[arg(long, default_value_t = 9600)]
+    baud: u32,
+    /// none | even | odd
+    #[arg(long, default_value = "even")]
+    parity: String,
+    #[arg(long, default_value_t = 8)]
+    data_bits: u8,
+    #[arg(long, default_value_t = 1)]
+    stop_bits: u8,
+    /// Unit (slave) id; default: the configured device's, else 1.
+    #[arg(long)]
+    unit: Option<u8>,
+    /// First register: holding:100, input:7, coil:3, discrete:12 (0-based) or Modicon 40101.
+    #[arg(long)]
+    register: String,
+    /// How many registers (or bits) to read.
+    #[arg(long, default_value_t = 8)]
+    count: u16,
+    /// Default: the configured device's, else 1s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
 }
 
 fn main() -> ExitCode {
@@ -65,6 +110,7 @@ fn main() -> ExitCode {
             },
             Err(code) => code,
         },
+        Command::Probe(args) => probe(args),
         Command::Run {
             config,
             stats_every,
@@ -88,6 +134,116 @@ fn main() -> ExitCode {
                 }
             };
             runtime.block_on(run(loaded, stats_every))
+        }
+    }
+}
+
+/// `probe`: builds a one-device line from the arguments (or the config), reads once, prints.
+fn probe(args: ProbeArgs) -> ExitCode {
+    use edge_agent::config::load::parse_register;
+    use edge_agent::config::{LineTransport, ModbusLine, Parity, SerialSettings};
+    use edge_agent::source::modbus::probe;
+
+    let usage = |msg: String| {
+        eprintln!("error: {msg}");
+        ExitCode::from(2)
+    };
+    let (table, start) = match parse_register(&args.register, 0) {
+        Ok(r) => r,
+        Err(e) => return usage(format!("--register: {e}")),
+    };
+    let max = if table.is_bit() { 2000 } else { 125 };
+    if args.count == 0 || args.count > max {
+        return usage(format!(
+            "--count must be 1..={max} for a {} read",
+            table.as_str()
+        ));
+    }
+    if u32::from(start) + u32::from(args.count) > 65_536 {
+        return usage("--register + --count runs past address 65535".into());
+    }
+    let (line, unit, timeout) = if let Some(name) = &args.device {
+        let Some(path) = &args.config else {
+            return usage("--device needs -c FILE".into());
+        };
+        let loaded = match load(path) {
+            Ok(l) => l,
+            Err(code) => return code,
+        };
+        let Some((line, dev)) = loaded.config.devices().find(|(_, d)| &*d.name == name) else {
+            return usage(format!("no device named {name:?} in {}", path.display()));
+        };
+        let mut line = line.clone();
+        line.devices.clear();
+        (
+            line,
+            args.unit.unwrap_or(dev.unit_id),
+            args.timeout.unwrap_or(dev.timeout),
+        )
+    } else {
+        let transport = match (&args.endpoint, &args.serial) {
+            (Some(e), None) if args.rtu_over_tcp => LineTransport::RtuOverTcp {
+                endpoint: e.clone(),
+            },
+            (Some(e), None) => LineTransport::Tcp {
+                endpoint: e.clone(),
+            },
+            (None, Some(port)) => {
+                let parity = match args.parity.as_str() {
+                    "none" => Parity::None,
+                    "even" => Parity::Even,
+                    "odd" => Parity::Odd,
+                    other => return usage(format!("--parity {other:?}: none, even or odd")),
+                };
+                LineTransport::Serial(SerialSettings {
+                    port: port.clone(),
+                    baud: args.baud,
+                    parity,
+                    data_bits: args.data_bits,
+                    stop_bits: args.stop_bits,
+                })
+            }
+            _ => return usage("give one of --device (with -c), --endpoint or --serial".into()),
+        };
+        let line = ModbusLine {
+            name: "probe".into(),
+            inter_frame: transport.default_inter_frame(),
+            transport,
+            connect_timeout: Duration::from_secs(3),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            devices: Vec::new(),
+        };
+        (
+            line,
+            args.unit.unwrap_or(1),
+            args.timeout.unwrap_or(Duration::from_secs(1)),
+        )
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let read = probe::read_once(&line, unit, table, start, args.count, timeout);
+    match runtime.block_on(read) {
+        Ok(reply) => {
+            println!(
+                "unit {unit} via {} {}",
+                line.transport.protocol().as_str(),
+                line.transport.describe()
+            );
+            print!("{}", probe::render(table, start, &reply));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
         }
     }
 }

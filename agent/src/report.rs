@@ -110,7 +110,18 @@ pub fn check(loaded: &Loaded) -> String {
             total_requests += device_plan(&mut s, d);
         }
     }
-    let _ = writeln!(s, "Modbus requests per poll cycle: {total_requests}");
+    let per_second: f64 = cfg
+        .devices()
+        .flat_map(|(_, d)| {
+            (0..d.groups.len()).map(move |g| {
+                modbus::plan_group(d, g).len() as f64 / d.groups[g].interval.as_secs_f64()
+            })
+        })
+        .sum();
+    let _ = writeln!(
+        s,
+        "Modbus requests per poll cycle: {total_requests} ({per_second:.1} requests/s at the configured intervals)"
+    );
 
     let _ = writeln!(
         s,

@@ -58,7 +58,16 @@ fn check_accepts_the_demo_config_and_prints_plan_levels_and_egress_matrix() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("press-1 modbus_tcp 127.0.0.1:5020"),
+        stdout.contains("line press-1 modbus_tcp 127.0.0.1:5020"),
+        "{stdout}"
+    );
+    // The request plan of each device, block by block, with the points each block decodes.
+    assert!(
+        stdout.contains("group default every 500ms: 8 points, 5 request(s) per cycle"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("read holding 0..6 (7 registers): press1.ram_speed, press1.ram_force"),
         "{stdout}"
     );
     assert!(stdout.contains("core       rd_design"), "{stdout}");
@@ -218,4 +227,52 @@ fn the_reference_config_documents_every_option_and_fails_only_on_absent_pki_file
             "unexpected error: {e}"
         );
     }
+}
+
+#[test]
+fn probe_rejects_bad_arguments_with_exit_2_and_reports_an_unreachable_device_with_exit_1() {
+    let out = run(&[
+        "probe",
+        "--endpoint",
+        "127.0.0.1:1",
+        "--register",
+        "holding:x",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("--register"), "{:?}", text(&out));
+    let out = run(&["probe", "--register", "40001"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("--endpoint or --serial"),
+        "{:?}",
+        text(&out)
+    );
+    let out = run(&[
+        "probe",
+        "--endpoint",
+        "127.0.0.1:1",
+        "--register",
+        "40001",
+        "--count",
+        "126",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    // Port 1 on loopback: nobody listens, the connection is refused at once.
+    let out = run(&["probe", "--endpoint", "127.0.0.1:1", "--register", "40001"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot connect to 127.0.0.1:1"), "{stderr}");
+    let out = run(&[
+        "probe",
+        "--serial",
+        "/dev/does-not-exist",
+        "--register",
+        "40001",
+    ]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot open serial port /dev/does-not-exist"),
+        "{stderr}"
+    );
 }

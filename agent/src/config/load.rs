@@ -1014,4 +1014,6 @@ stats = ["count", "mean"]
         assert_eq!(parse_date_end_ms("2025-02-29"), None);
         assert_eq!(parse_date_end_ms("2024-02-29").map(|m| m > 0), Some(true));
     }
+
+    mod modbus_cfg;
 }

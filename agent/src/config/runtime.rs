@@ -409,6 +409,17 @@ impl LineTransport {
         }
     }
 
+    /// Silence kept between RTU frames unless configured: t3.5 of the serial settings; for a
+    /// serial server over TCP that of 9600 8E1 (the most common RS-485 setting), so its UART
+    /// sees frame boundaries; none for Modbus TCP.
+    pub fn default_inter_frame(&self) -> Duration {
+        match self {
+            LineTransport::Serial(s) => s.t35(),
+            LineTransport::RtuOverTcp { .. } => Duration::from_micros(4010),
+            LineTransport::Tcp { .. } => Duration::ZERO,
+        }
+    }
+
     /// `host:port` or the serial port, for logs and reports.
     pub fn describe(&self) -> String {
         match self {

@@ -32,6 +32,8 @@ impl Validator {
     ) -> Vec<Arc<ModbusLine>> {
         let mut lines: Vec<ModbusLine> = Vec::new();
         let mut line_index: HashMap<String, usize> = HashMap::new();
+        // Lines with errors of their own: devices on them are skipped without a second error.
+        let mut broken: Vec<String> = Vec::new();
         for (li, l) in raw.lines.iter().enumerate() {
             let path = format!("lines[{li}]");
             if let Some(prev) = line_index.get(&l.name) {
@@ -41,9 +43,12 @@ impl Validator {
                 ));
                 continue;
             }
-            if let Some(line) = self.line(&path, l) {
-                line_index.insert(l.name.clone(), lines.len());
-                lines.push(line);
+            match self.line(&path, l) {
+                Some(line) => {
+                    line_index.insert(l.name.clone(), lines.len());
+                    lines.push(line);
+                }
+                None => broken.push(l.name.clone()),
             }
         }
         let explicit_lines = lines.len();
@@ -62,7 +67,10 @@ impl Validator {
                     ),
                 ));
             }
-            let Some(li) = self.device_line(&dpath, d, &mut lines, &mut line_index) else {
+            if d.line.as_ref().is_some_and(|l| broken.contains(l)) {
+                continue;
+            }
+            let Some(li) = self.device_line(&dpath, d, &mut lines, &mut line_index, &broken) else {
                 continue;
             };
             let protocol = lines[li].transport.protocol();
@@ -176,13 +184,9 @@ impl Validator {
             ));
             ok = false;
         }
-        let inter_frame = l.inter_frame_delay.unwrap_or(match &transport {
-            LineTransport::Serial(s) => s.t35(),
-            // A serial server forwards bytes as they come; keep the silence of 9600 8E1, the
-            // most common RS-485 setting, so its UART sees frame boundaries.
-            LineTransport::RtuOverTcp { .. } => Duration::from_micros(4010),
-            LineTransport::Tcp { .. } => Duration::ZERO,
-        });
+        let inter_frame = l
+            .inter_frame_delay
+            .unwrap_or_else(|| transport.default_inter_frame());
         ok.then(|| ModbusLine {
             name: l.name.as_str().into(),
             transport,
@@ -236,6 +240,7 @@ impl Validator {
         d: &RawDevice,
         lines: &mut Vec<ModbusLine>,
         line_index: &mut HashMap<String, usize>,
+        broken: &[String],
     ) -> Option<usize> {
         let wanted = match d.protocol {
             RawProtocol::ModbusTcp => Protocol::ModbusTcp,
@@ -293,10 +298,7 @@ impl Validator {
                     ));
                     return None;
                 }
-                let inter_frame = match transport {
-                    LineTransport::RtuOverTcp { .. } => Duration::from_micros(4010),
-                    _ => Duration::ZERO,
-                };
+                let inter_frame = transport.default_inter_frame();
                 line_index.insert(d.name.clone(), lines.len());
                 lines.push(ModbusLine {
                     name: d.name.as_str().into(),
@@ -311,7 +313,11 @@ impl Validator {
             }
             (None, Some(name)) => {
                 let Some(&li) = line_index.get(name) else {
-                    let known: Vec<&str> = line_index.keys().map(String::as_str).collect();
+                    let known: Vec<&str> = line_index
+                        .keys()
+                        .chain(broken)
+                        .map(String::as_str)
+                        .collect();
                     let mut issue = ConfigIssue::new(
                         format!("{dpath}.line"),
                         format!("no line named {name:?}"),

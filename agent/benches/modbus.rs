@@ -1,0 +1,107 @@
+//! Hot-path costs of Modbus acquisition: decoding a block's points, planning a device.
+//!
+//!     cargo bench -p edge-agent --bench modbus
+//!
+//! Figures and the machine they were taken on: docs/benchmarks.md.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use edge_agent::config::runtime::{ByteOrder, DataType, ModbusPoint, Table, ValueMap};
+use edge_agent::model::{Category, Level, PointMeta, Protocol};
+use edge_agent::source::modbus::decode::decode_registers;
+use edge_agent::source::modbus::plan::{plan, Limits};
+
+fn point(i: usize, address: u16, data_type: DataType, order: ByteOrder) -> ModbusPoint {
+    ModbusPoint {
+        meta: Arc::new(PointMeta {
+            id: i as u32,
+            tag: format!("p{i}").into(),
+            level: Level::General,
+            category: Category::ProductionOperation,
+            rule_id: "bench".into(),
+            device: "plc".into(),
+            protocol: Protocol::ModbusTcp,
+            address: "".into(),
+            gateway: "gw".into(),
+            site: "site".into(),
+            unit: None,
+            interval_ms: 1000,
+        }),
+        table: Table::Holding,
+        address,
+        data_type,
+        order,
+        bit: None,
+        scale: 1.0,
+        offset: 0.0,
+        map: None,
+        group: 0,
+    }
+}
+
+/// A 125-register block holding a realistic mix: f32, u16 scaled, i32, u64, a mapped enum.
+fn block_points() -> Vec<ModbusPoint> {
+    let map = Arc::new(ValueMap(vec![(0, "off".into()), (1, "on".into())]));
+    let mut points = Vec::new();
+    let mut address = 0u16;
+    let kinds = [
+        (DataType::F32, ByteOrder::Cdab),
+        (DataType::U16, ByteOrder::Abcd),
+        (DataType::I32, ByteOrder::Abcd),
+        (DataType::U64, ByteOrder::Dcba),
+        (DataType::U16, ByteOrder::Abcd),
+    ];
+    let mut i = 0;
+    while address + 4 <= 125 {
+        let (t, o) = kinds[i % kinds.len()];
+        let mut p = point(i, address, t, o);
+        if i % kinds.len() == 1 {
+            p.scale = 0.1;
+        }
+        if i % kinds.len() == 4 {
+            p.map = Some(Arc::clone(&map));
+        }
+        address += t.width();
+        points.push(p);
+        i += 1;
+    }
+    points
+}
+
+fn decode(c: &mut Criterion) {
+    let points = block_points();
+    // Values that decode to good samples for every point: 0/1 for the mapped enum.
+    let words: Vec<u16> = (0..125u16).map(|i| i % 2).collect();
+    let mut g = c.benchmark_group("decode");
+    g.throughput(Throughput::Elements(points.len() as u64));
+    g.bench_function("125-register block, mixed types", |b| {
+        b.iter(|| {
+            for p in &points {
+                black_box(decode_registers(p, 0, black_box(&words)).ok());
+            }
+        })
+    });
+    g.finish();
+}
+
+fn planner(c: &mut Criterion) {
+    // 1000 u16 points with holes of 0..7 registers.
+    let points: Vec<ModbusPoint> = (0..1000)
+        .map(|i| point(i, (i * 3 + i % 7) as u16, DataType::U16, ByteOrder::Abcd))
+        .collect();
+    let members: Vec<usize> = (0..points.len()).collect();
+    let limits = Limits {
+        max_registers: 125,
+        max_bits: 2000,
+        max_gap: 4,
+        forbidden: &[],
+    };
+    c.bench_function("plan 1000 points", |b| {
+        b.iter(|| black_box(plan(&points, &members, &limits)))
+    });
+}
+
+criterion_group!(benches, decode, planner);
+criterion_main!(benches);

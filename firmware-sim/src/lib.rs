@@ -1,9 +1,10 @@
-//! A simulated plant: Modbus TCP devices whose registers follow deterministic generators,
-//! with fault injection, for demos and for testing the edge agent in-process.
+//! A simulated plant: Modbus TCP devices and Modbus RTU buses (RTU over TCP, or a
+//! pseudo-terminal a client opens like a serial port) whose registers follow deterministic
+//! generators, with fault injection, for demos and for testing the edge agent in-process.
 //!
 //! Library first: the `firmware-sim` binary is a thin CLI over [`Scenario`] and [`Plant`].
 //! This crate does not depend on the agent, so tests that use it exercise the agent only
-//! through real sockets.
+//! through real sockets and ptys.
 //!
 //! # Layout
 //!
@@ -14,14 +15,29 @@
 //! - [`encoding`]: data types and the four byte orders (`ABCD`, `CDAB`, `BADC`, `DCBA`).
 //! - [`image`]: a device's register image and the model that applies generators to it;
 //!   [`evaluate`] / [`evaluate_device`] compute images at a given elapsed time with no I/O.
-//! - [`service`]: the pure request handler and the tokio-modbus `Service` around it.
-//! - [`plant`]: the async shell: one TCP server and one ticker task per device, stop and
-//!   restart on the same port.
+//! - [`service`]: the pure request handler ([`service::handle`]) and the device's answering
+//!   handle around it.
+//! - [`frame`]: pure slave-side framing: request PDU decoding, response encoding, MBAP and
+//!   RTU (CRC-16/MODBUS) frames.
+//! - [`faults`]: transport faults (latency, silence, dropped connections, bad CRCs, partial
+//!   frames) and the pure decision of what happens to one request.
+//! - `device` (private): a device's and a bus's shared runtime state: faults that tests swap
+//!   while serving, request counters, units on or off the line.
+//! - `tcp`, `bus` (private): the I/O loops: listeners, the Modbus TCP connection loop, the
+//!   RTU line loop shared by RTU-over-TCP connections and ptys.
+//! - [`plant`]: the async shell: one ticker per device, one server per TCP device and per
+//!   bus, stop and restart, runtime fault control.
 //!
 //! ```text
 //!  Scenario ──validate──> DeviceSpec ─┬─> DeviceModel ──ticker: apply(tick)──┐
 //!                                     │                                      v
-//!                                     └─> RegisterImage (Arc<Mutex>) <── DeviceService <── Modbus TCP clients
+//!                                     └─> RegisterImage (Arc<Mutex>) <── DeviceService::answer
+//!                                                                               ^
+//!            faults::decide (per request: ignore / close / answer late, cut, bad CRC)
+//!                          ^                                    ^
+//!          tcp::serve_mbap (one server per TCP device)   bus::serve_rtu (per bus: TCP
+//!                          ^                              connections or the pty master)
+//!                  Modbus TCP clients                    RTU masters (TCP, /dev/pts/N)
 //! ```
 //!
 //! # Example
@@ -41,16 +57,54 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! An RTU bus and runtime faults:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use firmware_sim::{Faults, Plant, Scenario};
+//!
+//! let scenario = Scenario::from_toml_str(
+//!     r#"
+//!     [[buses]]
+//!     name = "line-1"
+//!     transport = "rtu_over_tcp"   # or "rtu_pty": then Plant::bus_pty_path("line-1")
+//!
+//!     [[devices]]
+//!     name = "drive-1"
+//!     bus = "line-1"
+//!     unit_id = 1
+//!     faults = { latency = "20ms", bad_crc_every = 10 }
+//!     "#,
+//! )?;
+//! let plant = Plant::start(scenario, "127.0.0.1".parse()?).await?;
+//! let addr = plant.bus_addr("line-1").expect("an rtu_over_tcp bus"); // RTU frames, no MBAP
+//! # let _ = addr;
+//! plant.set_faults("drive-1", Faults { silent: true, ..Faults::default() })?; // dead slave
+//! plant.set_faults("drive-1", Faults::default())?; // ... revived
+//! println!("drive-1 was asked {:?} times", plant.request_count("drive-1"));
+//! plant.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 
+mod bus;
+mod device;
 pub mod encoding;
+pub mod faults;
+pub mod frame;
 pub mod generator;
 pub mod image;
 pub mod plant;
 pub mod scenario;
 pub mod service;
+mod tcp;
 
 pub use encoding::{ByteOrder, DataType, Table};
+pub use faults::{AddressRange, Faults};
 pub use generator::GeneratorSpec;
 pub use image::{evaluate, evaluate_device, DeviceModel, RegisterImage};
-pub use plant::{Plant, PlantError};
-pub use scenario::{DeviceSpec, ExceptionSpec, RegisterSpec, Scenario, ScenarioError};
+pub use plant::{BusEndpoint, Plant, PlantError};
+pub use scenario::{
+    BusSpec, BusTransport, DeviceSpec, ExceptionSpec, RegisterSpec, Scenario, ScenarioError,
+};

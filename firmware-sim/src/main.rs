@@ -6,14 +6,14 @@ use std::{io::IsTerminal as _, net::IpAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use firmware_sim::{Plant, Scenario};
+use firmware_sim::{BusEndpoint, BusTransport, Faults, Plant, Scenario};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "firmware-sim",
     version,
-    about = "Simulated Modbus plant for demos and tests"
+    about = "Simulated Modbus plant (TCP devices, RTU buses) for demos and tests"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -22,12 +22,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve every device of a scenario until Ctrl-C.
+    /// Serve every device and bus of a scenario until Ctrl-C.
     Run {
         /// Scenario file (TOML), e.g. configs/sim-demo.toml.
         #[arg(short, long)]
         scenario: PathBuf,
-        /// IP address to bind every device on.
+        /// IP address to bind every TCP device and rtu_over_tcp bus on.
         #[arg(long, default_value = "127.0.0.1")]
         bind: IpAddr,
     },
@@ -75,24 +75,44 @@ fn main() -> ExitCode {
 
 fn print_summary(path: &std::path::Path, scenario: &Scenario) {
     println!(
-        "{}: valid, {} device(s)",
+        "{}: valid, {} device(s), {} bus(es)",
         path.display(),
-        scenario.devices.len()
+        scenario.devices.len(),
+        scenario.buses.len()
     );
+    for b in &scenario.buses {
+        let endpoint = match (b.transport, b.port) {
+            (BusTransport::RtuPty, _) => "a pseudo-terminal".to_owned(),
+            (BusTransport::RtuOverTcp, 0) => "an ephemeral port".to_owned(),
+            (BusTransport::RtuOverTcp, port) => format!("port {port}"),
+        };
+        let units: Vec<String> = scenario
+            .bus_devices(&b.name)
+            .map(|d| format!("{} {}", d.unit_id, d.name))
+            .collect();
+        println!(
+            "  bus {} ({}) on {endpoint}{}: units {}",
+            b.name,
+            b.transport,
+            faults_note(&b.faults),
+            units.join(", ")
+        );
+    }
     for d in &scenario.devices {
-        let port = if d.port == 0 {
-            "ephemeral port".to_owned()
-        } else {
-            format!("port {}", d.port)
+        let attachment = match (&d.bus, d.port) {
+            (Some(bus), _) => format!("bus {bus}"),
+            (None, 0) => "ephemeral port".to_owned(),
+            (None, port) => format!("port {port}"),
         };
         println!(
-            "  {}: {port}, unit {}, tick {}, {} register entr{}, {} exception range(s)",
+            "  {}: {attachment}, unit {}, tick {}, {} register entr{}, {} exception range(s){}",
             d.name,
             d.unit_id,
             humantime::format_duration(d.tick),
             d.registers.len(),
             if d.registers.len() == 1 { "y" } else { "ies" },
-            d.exceptions.len()
+            d.exceptions.len(),
+            faults_note(&d.faults)
         );
         for r in &d.registers {
             println!(
@@ -108,6 +128,36 @@ fn print_summary(path: &std::path::Path, scenario: &Scenario) {
     }
 }
 
+/// `", faults: ..."` listing the injected transport faults, or nothing when there are none.
+fn faults_note(faults: &Faults) -> String {
+    if faults.injects_nothing() {
+        return String::new();
+    }
+    let mut parts = Vec::new();
+    if !faults.latency.is_zero() {
+        parts.push(format!(
+            "latency {}",
+            humantime::format_duration(faults.latency)
+        ));
+    }
+    if faults.silent {
+        parts.push("silent".to_owned());
+    }
+    if !faults.silent_ranges.is_empty() {
+        parts.push(format!("{} silent range(s)", faults.silent_ranges.len()));
+    }
+    for (what, every) in [
+        ("drop connection", faults.drop_connection_every),
+        ("bad crc", faults.bad_crc_every),
+        ("partial frame", faults.partial_frame_every),
+    ] {
+        if let Some(n) = every {
+            parts.push(format!("{what} every {n}"));
+        }
+    }
+    format!(", faults: {}", parts.join(", "))
+}
+
 fn run(scenario: Scenario, bind: IpAddr) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -118,6 +168,24 @@ fn run(scenario: Scenario, bind: IpAddr) -> anyhow::Result<()> {
         let plant = Plant::start(scenario, bind).await?;
         for (name, addr) in plant.devices() {
             println!("device {name} listening on {addr}");
+        }
+        for (name, endpoint) in plant.buses() {
+            let units: Vec<String> = plant
+                .bus_units(&name)?
+                .into_iter()
+                .map(|(unit, device)| format!("{unit} {device}"))
+                .collect();
+            match endpoint {
+                BusEndpoint::Tcp(addr) => println!(
+                    "bus {name} (rtu_over_tcp) listening on {addr}: units {}",
+                    units.join(", ")
+                ),
+                BusEndpoint::Pty(path) => println!(
+                    "bus {name} (rtu_pty) on {}: units {}",
+                    path.display(),
+                    units.join(", ")
+                ),
+            }
         }
         tokio::signal::ctrl_c()
             .await

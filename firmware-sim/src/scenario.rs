@@ -9,15 +9,27 @@
 //! - After validation: device names are unique and non-empty, fixed ports are unique, every
 //!   register-map entry fits inside its table and overlaps no other entry, every generator's
 //!   range fits its register type, and every exception range is well formed.
+//! - Buses: names are unique and non-empty, every bus has at least one device, every device's
+//!   `bus` names a bus, a device on a bus has no port of its own and a unit id in 1..=247
+//!   that no other device on that bus has; only `rtu_over_tcp` buses have a port.
+//! - Faults make sense where they are set: CRC and partial-frame faults only on RTU (a bus or
+//!   a device on one), connection drops not on a pty (there is no connection to close), and
+//!   silent ranges are well formed and inside the device's tables.
 //!
 //! See `configs/sim-reference.toml` for every option, annotated.
 
-use std::{collections::HashSet, fmt, path::Path, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    path::Path,
+    time::Duration,
+};
 
 use serde::Deserialize;
 
 use crate::{
     encoding::{ByteOrder, DataType, Table},
+    faults::{spans_overlap, Faults},
     generator::GeneratorSpec,
 };
 
@@ -31,20 +43,70 @@ pub struct Scenario {
     /// Free text, for the reader of the file.
     #[serde(default)]
     pub description: Option<String>,
-    /// The Modbus TCP devices, each served on its own port.
+    /// The Modbus RTU lines (`[[buses]]`); devices join one with `bus = "name"`.
+    #[serde(default)]
+    pub buses: Vec<BusSpec>,
+    /// The devices: each a Modbus TCP server on its own port, or a unit on a bus.
     pub devices: Vec<DeviceSpec>,
 }
 
-/// One Modbus TCP device (one PLC, meter or drive).
+/// How a bus is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BusTransport {
+    /// RTU frames over TCP, as a serial device server (Moxa NPort and the like) in raw TCP
+    /// mode forwards them: no MBAP header, CRC included.
+    RtuOverTcp,
+    /// A pseudo-terminal: clients open its slave side (`/dev/pts/N`) like a serial port.
+    RtuPty,
+}
+
+impl BusTransport {
+    /// The scenario-file spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BusTransport::RtuOverTcp => "rtu_over_tcp",
+            BusTransport::RtuPty => "rtu_pty",
+        }
+    }
+}
+
+impl fmt::Display for BusTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One Modbus RTU line (RS-485 bus) shared by several units.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusSpec {
+    /// Unique name, used by devices' `bus` key, in logs and by [`crate::Plant::bus_addr`].
+    pub name: String,
+    pub transport: BusTransport,
+    /// TCP port of an `rtu_over_tcp` bus; `0` lets the OS choose. Not allowed on `rtu_pty`.
+    #[serde(default)]
+    pub port: u16,
+    /// Faults applied to every unit of the bus, on top of each unit's own.
+    #[serde(default)]
+    pub faults: Faults,
+}
+
+/// One device (one PLC, meter or drive): a Modbus TCP server, or a unit on a bus.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceSpec {
     /// Unique name, used in logs and by [`crate::Plant::stop_device`].
     pub name: String,
-    /// TCP port; `0` lets the OS choose (tests), a fixed port is for demos.
+    /// TCP port; `0` lets the OS choose (tests), a fixed port is for demos. Must be absent (or
+    /// 0) for a device on a bus: the bus listens.
     #[serde(default)]
     pub port: u16,
-    /// Modbus unit (slave) id the device answers to; other ids get exception 0x0B.
+    /// The bus this device is a unit on; absent for a Modbus TCP device.
+    #[serde(default)]
+    pub bus: Option<String>,
+    /// Modbus unit (slave) id the device answers to. On TCP, other ids get exception 0x0B;
+    /// on a bus, frames for other ids are another unit's business (1..=247, unique per bus).
     #[serde(default = "default_unit_id")]
     pub unit_id: u8,
     /// How often generators advance.
@@ -59,6 +121,9 @@ pub struct DeviceSpec {
     /// Injected faults: requests touching these ranges answer with a Modbus exception.
     #[serde(default)]
     pub exceptions: Vec<ExceptionSpec>,
+    /// Injected transport faults (latency, silence, dropped connections, bad frames).
+    #[serde(default)]
+    pub faults: Faults,
 }
 
 fn default_unit_id() -> u8 {
@@ -157,12 +222,7 @@ pub struct ExceptionSpec {
 impl ExceptionSpec {
     /// True if a request for `count` addresses from `address` touches this range.
     pub fn touches(&self, table: Table, address: u16, count: u16) -> bool {
-        if table != self.table || count == 0 {
-            return false;
-        }
-        let first = u32::from(address);
-        let last = first + u32::from(count) - 1;
-        first <= u32::from(self.end) && u32::from(self.start) <= last
+        table == self.table && spans_overlap(self.start, self.end, address, count)
     }
 }
 
@@ -200,7 +260,8 @@ impl fmt::Display for ValidationError {
     }
 }
 
-struct ValidationErrors<'a>(&'a [ValidationError]);
+/// A list of validation errors, one per line, indented.
+pub(crate) struct ValidationErrors<'a>(pub(crate) &'a [ValidationError]);
 
 impl fmt::Display for ValidationErrors<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -237,6 +298,18 @@ impl Scenario {
         self.devices.iter().find(|d| d.name == name)
     }
 
+    /// Looks a bus up by name.
+    pub fn bus(&self, name: &str) -> Option<&BusSpec> {
+        self.buses.iter().find(|b| b.name == name)
+    }
+
+    /// The devices on bus `name`, in scenario order.
+    pub fn bus_devices<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a DeviceSpec> {
+        self.devices
+            .iter()
+            .filter(move |d| d.bus.as_deref() == Some(name))
+    }
+
     /// Checks every rule in the module docs and reports all violations together.
     pub fn validate(&self) -> Result<(), ScenarioError> {
         let mut errors = Vec::new();
@@ -248,6 +321,52 @@ impl Scenario {
         }
         let mut names = HashSet::new();
         let mut ports = HashSet::new();
+        let mut bus_names = HashSet::new();
+        for (i, bus) in self.buses.iter().enumerate() {
+            let path = format!("buses[{i}] {:?}", bus.name);
+            if bus.name.trim().is_empty() {
+                errors.push(err(&path, "name must not be empty"));
+            } else if !bus_names.insert(bus.name.as_str()) {
+                errors.push(err(&path, "duplicate bus name; names must be unique"));
+            }
+            match bus.transport {
+                BusTransport::RtuPty if bus.port != 0 => errors.push(err(
+                    &format!("{path}.port"),
+                    "an rtu_pty bus has no TCP port (clients open its /dev/pts path); \
+                     remove `port`",
+                )),
+                BusTransport::RtuOverTcp if bus.port != 0 && !ports.insert(bus.port) => {
+                    errors.push(err(
+                        &format!("{path}.port"),
+                        format!(
+                            "port {} is used by another bus or device; give each its own \
+                             port (or 0 for an ephemeral one)",
+                            bus.port
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            if self.bus_devices(&bus.name).next().is_none() {
+                errors.push(err(
+                    &path,
+                    format!(
+                        "no device is on this bus; add `bus = {:?}` to a device or remove \
+                         the bus",
+                        bus.name
+                    ),
+                ));
+            }
+            validate_faults(
+                &bus.faults,
+                Site::Bus(bus.transport),
+                None,
+                &format!("{path}.faults"),
+                &mut errors,
+            );
+        }
+        // (bus, unit) -> label of the device that took it, for duplicate-unit messages.
+        let mut units: HashMap<(&str, u8), String> = HashMap::new();
         for (i, device) in self.devices.iter().enumerate() {
             let path = format!("devices[{i}] {:?}", device.name);
             if device.name.trim().is_empty() {
@@ -255,23 +374,162 @@ impl Scenario {
             } else if !names.insert(device.name.as_str()) {
                 errors.push(err(&path, "duplicate device name; names must be unique"));
             }
-            if device.port != 0 && !ports.insert(device.port) {
-                errors.push(err(
-                    &format!("{path}.port"),
-                    format!(
-                        "port {} is used by another device; give each device its own port \
-                         (or 0 for an ephemeral one)",
-                        device.port
-                    ),
-                ));
-            }
+            let site = match &device.bus {
+                None => {
+                    if device.port != 0 && !ports.insert(device.port) {
+                        errors.push(err(
+                            &format!("{path}.port"),
+                            format!(
+                                "port {} is used by another device or bus; give each device \
+                                 its own port (or 0 for an ephemeral one)",
+                                device.port
+                            ),
+                        ));
+                    }
+                    Site::Tcp
+                }
+                Some(bus_name) => {
+                    self.validate_bus_member(device, bus_name, &path, &mut units, &mut errors)
+                }
+            };
             validate_device(device, &path, &mut errors);
+            validate_faults(
+                &device.faults,
+                site,
+                Some(&device.size),
+                &format!("{path}.faults"),
+                &mut errors,
+            );
         }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(ScenarioError::Invalid(errors))
         }
+    }
+}
+
+impl Scenario {
+    /// Checks a device's membership of `bus_name` and returns where its faults apply.
+    fn validate_bus_member<'a>(
+        &'a self,
+        device: &DeviceSpec,
+        bus_name: &'a str,
+        path: &str,
+        units: &mut HashMap<(&'a str, u8), String>,
+        errors: &mut Vec<ValidationError>,
+    ) -> Site {
+        let Some(bus) = self.bus(bus_name) else {
+            let known: Vec<String> = self.buses.iter().map(|b| format!("{:?}", b.name)).collect();
+            let hint = if known.is_empty() {
+                "the scenario declares no [[buses]]".to_owned()
+            } else {
+                format!("buses are {}", known.join(", "))
+            };
+            errors.push(err(
+                &format!("{path}.bus"),
+                format!("no bus named {bus_name:?}; {hint}"),
+            ));
+            return Site::UnknownBus;
+        };
+        if device.port != 0 {
+            errors.push(err(
+                &format!("{path}.port"),
+                format!(
+                    "a device on a bus has no port of its own (bus {:?} listens); remove `port`",
+                    bus.name
+                ),
+            ));
+        }
+        if !(1..=247).contains(&device.unit_id) {
+            errors.push(err(
+                &format!("{path}.unit_id"),
+                format!(
+                    "unit {} cannot answer on a serial line: 0 is broadcast and 248..=255 are \
+                     reserved; use 1..=247",
+                    device.unit_id
+                ),
+            ));
+        } else if let Some(other) = units.get(&(bus_name, device.unit_id)) {
+            errors.push(err(
+                &format!("{path}.unit_id"),
+                format!(
+                    "unit {} is already used by {other} on bus {bus_name:?}; unit ids must be \
+                     unique on a bus",
+                    device.unit_id
+                ),
+            ));
+        } else {
+            let label = path.to_owned();
+            units.insert((bus_name, device.unit_id), label);
+        }
+        Site::Bus(bus.transport)
+    }
+}
+
+/// Where a set of faults applies, which decides which faults make sense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Site {
+    /// A Modbus TCP device.
+    Tcp,
+    /// A bus, or a device on one.
+    Bus(BusTransport),
+    /// A device whose bus does not exist (already reported): skip transport checks.
+    UnknownBus,
+}
+
+/// Checks `faults` for `site`. `sizes` bounds silent ranges for a device; a bus's faults
+/// apply to units of any size, so there it is `None`.
+pub(crate) fn validate_faults(
+    faults: &Faults,
+    site: Site,
+    sizes: Option<&TableSizes>,
+    path: &str,
+    errors: &mut Vec<ValidationError>,
+) {
+    for (k, range) in faults.silent_ranges.iter().enumerate() {
+        let rpath = format!("{path}.silent_ranges[{k}]");
+        if range.start > range.end {
+            errors.push(err(
+                &rpath,
+                format!(
+                    "start {} is after end {} (end is inclusive)",
+                    range.start, range.end
+                ),
+            ));
+        }
+        if let Some(sizes) = sizes {
+            if usize::from(range.end) >= sizes.of(range.table) {
+                errors.push(err(
+                    &rpath,
+                    format!(
+                        "end {} is past the {} table (size {})",
+                        range.end,
+                        range.table,
+                        sizes.of(range.table)
+                    ),
+                ));
+            }
+        }
+    }
+    match site {
+        Site::Tcp => {
+            for key in faults.rtu_only_keys() {
+                errors.push(err(
+                    &format!("{path}.{key}"),
+                    "only RTU answers have a CRC and a frame to cut; this is a Modbus TCP \
+                     device (put it on an rtu_over_tcp or rtu_pty bus to use this fault)",
+                ));
+            }
+        }
+        Site::Bus(BusTransport::RtuPty) if faults.drop_connection_every.is_some() => {
+            errors.push(err(
+                &format!("{path}.drop_connection_every"),
+                "an rtu_pty bus has no connection to close; use `silent` or \
+                 `partial_frame_every` instead",
+            ));
+        }
+        Site::Bus(_) | Site::UnknownBus => {}
     }
 }
 
@@ -693,6 +951,190 @@ mod tests {
         assert_eq!(ports, [5020, 5021, 5022]);
         Scenario::from_toml_str(include_str!("../../configs/sim-reference.toml"))
             .expect("configs/sim-reference.toml is valid");
+    }
+
+    const BUSES: &str = r#"
+        [[buses]]
+        name = "line-1"
+        transport = "rtu_over_tcp"
+        faults = { latency = "20ms", bad_crc_every = 4 }
+
+        [[buses]]
+        name = "serial"
+        transport = "rtu_pty"
+
+        [[devices]]
+        name = "drive-1"
+        bus = "line-1"
+        unit_id = 1
+        faults = { silent_ranges = [{ table = "holding", start = 10, end = 20 }], partial_frame_every = 2 }
+
+        [[devices]]
+        name = "drive-2"
+        bus = "line-1"
+        unit_id = 2
+
+        [[devices]]
+        name = "meter"
+        bus = "serial"
+        unit_id = 2
+
+        [[devices]]
+        name = "tcp"
+        faults = { silent = true, drop_connection_every = 3 }
+    "#;
+
+    #[test]
+    fn buses_parse_and_devices_join_them() {
+        let s = Scenario::from_toml_str(BUSES).expect("valid");
+        assert_eq!(s.buses.len(), 2);
+        let line = s.bus("line-1").expect("declared");
+        assert_eq!(line.transport, BusTransport::RtuOverTcp);
+        assert_eq!(line.port, 0);
+        assert_eq!(line.faults.latency, Duration::from_millis(20));
+        assert_eq!(line.faults.bad_crc_every.map(|n| n.get()), Some(4));
+        let on_line: Vec<_> = s.bus_devices("line-1").map(|d| d.name.as_str()).collect();
+        assert_eq!(on_line, ["drive-1", "drive-2"]);
+        let drive = s.device("drive-1").expect("declared");
+        assert_eq!(drive.faults.silent_ranges[0].end, 20);
+        assert_eq!(drive.faults.partial_frame_every.map(|n| n.get()), Some(2));
+        let tcp = s.device("tcp").expect("declared");
+        assert!(tcp.bus.is_none() && tcp.faults.silent);
+        assert!(s
+            .device("drive-2")
+            .expect("declared")
+            .faults
+            .injects_nothing());
+    }
+
+    #[test]
+    fn bus_mistakes_are_reported_with_their_paths() {
+        let errors = invalid(
+            r#"
+            [[buses]]
+            name = "line"
+            transport = "rtu_over_tcp"
+            port = 5020
+
+            [[buses]]
+            name = "pty"
+            transport = "rtu_pty"
+            port = 5030
+            faults = { drop_connection_every = 2 }
+
+            [[buses]]
+            name = "line"
+            transport = "rtu_pty"
+
+            [[buses]]
+            name = "empty"
+            transport = "rtu_over_tcp"
+
+            [[devices]]
+            name = "a"
+            bus = "line"
+            unit_id = 3
+            port = 5021
+
+            [[devices]]
+            name = "b"
+            bus = "line"
+            unit_id = 3
+
+            [[devices]]
+            name = "c"
+            bus = "line"
+            unit_id = 0
+            faults = { silent_ranges = [{ table = "input", start = 9, end = 3 }] }
+
+            [[devices]]
+            name = "d"
+            bus = "nowhere"
+
+            [[devices]]
+            name = "e"
+            bus = "pty"
+            unit_id = 248
+
+            [[devices]]
+            name = "tcp"
+            port = 5020
+            size = { coil = 10 }
+            faults = { bad_crc_every = 2, partial_frame_every = 3, silent_ranges = [{ table = "coil", start = 5, end = 10 }] }
+            "#,
+        );
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let has = |needle: &str| text.iter().any(|e| e.contains(needle));
+        assert!(
+            has(r#"buses[1] "pty".port: an rtu_pty bus has no TCP port"#),
+            "{text:#?}"
+        );
+        assert!(
+            has(r#"buses[1] "pty".faults.drop_connection_every: an rtu_pty bus has no connection"#),
+            "{text:#?}"
+        );
+        assert!(has(r#"buses[2] "line": duplicate bus name"#), "{text:#?}");
+        assert!(
+            has(r#"buses[3] "empty": no device is on this bus"#),
+            "{text:#?}"
+        );
+        assert!(
+            has(r#"devices[0] "a".port: a device on a bus has no port of its own"#),
+            "{text:#?}"
+        );
+        assert!(
+            has(
+                r#"devices[1] "b".unit_id: unit 3 is already used by devices[0] "a" on bus "line""#
+            ),
+            "{text:#?}"
+        );
+        assert!(
+            has(r#"devices[2] "c".unit_id: unit 0 cannot answer on a serial line"#),
+            "{text:#?}"
+        );
+        assert!(
+            has(r#"devices[2] "c".faults.silent_ranges[0]: start 9 is after end 3"#),
+            "{text:#?}"
+        );
+        assert!(
+            has(r#"devices[3] "d".bus: no bus named "nowhere"; buses are "line", "pty""#),
+            "{text:#?}"
+        );
+        assert!(has(r#"devices[4] "e".unit_id: unit 248"#), "{text:#?}");
+        assert!(
+            has(r#"devices[5] "tcp".port: port 5020 is used by another device or bus"#),
+            "{text:#?}"
+        );
+        assert!(
+            has(r#"devices[5] "tcp".faults.bad_crc_every: only RTU answers have a CRC"#),
+            "{text:#?}"
+        );
+        assert!(
+            has(r#"devices[5] "tcp".faults.partial_frame_every: only RTU"#),
+            "{text:#?}"
+        );
+        assert!(
+            has(
+                r#"devices[5] "tcp".faults.silent_ranges[0]: end 10 is past the coil table (size 10)"#
+            ),
+            "{text:#?}"
+        );
+    }
+
+    #[test]
+    fn fault_keys_are_strict_and_every_n_is_at_least_one() {
+        let unknown = parse_error(&BUSES.replace("silent = true", "silent = true, flaky = 1"));
+        assert!(unknown.contains("flaky"), "{unknown}");
+        let zero =
+            parse_error(&BUSES.replace("drop_connection_every = 3", "drop_connection_every = 0"));
+        assert!(zero.contains("nonzero"), "{zero}");
+        let transport = parse_error(&BUSES.replace("\"rtu_pty\"", "\"rtu_ascii\""));
+        assert!(transport.contains("rtu_ascii"), "{transport}");
+        let latency = parse_error(&BUSES.replace("\"20ms\"", "\"soon\""));
+        assert!(
+            latency.contains("latency") || latency.contains("soon"),
+            "{latency}"
+        );
     }
 
     #[test]

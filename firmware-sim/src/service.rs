@@ -1,7 +1,9 @@
 //! Answering Modbus requests from a device's register image.
 //!
 //! [`handle`] is the pure core (image + request in, response or exception out);
-//! [`DeviceService`] is the thin tokio-modbus [`Service`] around it. Invariants:
+//! [`DeviceService`] is the device's answering handle around it (the plant's TCP and RTU
+//! loops call [`DeviceService::answer`]; it is also a tokio-modbus [`Service`], for anyone
+//! embedding a device in a tokio-modbus server). Invariants:
 //! - Checks run in the order a real device applies them: unit id (0x0B GatewayTargetDevice
 //!   for another unit, as a Modbus TCP gateway answers), function supported (0x01), quantity
 //!   within the protocol limits (0x03), injected exception ranges (the configured code),
@@ -146,7 +148,7 @@ pub(crate) fn lock(image: &Mutex<RegisterImage>) -> MutexGuard<'_, RegisterImage
     image.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The tokio-modbus service of one device; cheap to clone (one per connection).
+/// The answering handle of one device; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct DeviceService {
     unit_id: u8,

@@ -1,0 +1,388 @@
+//! Modbus acquisition figures for `docs/benchmarks.md`. Prints numbers; asserts nothing.
+//!
+//!     cargo run --release -p edge-tests --bin modbus-load -- plan
+//!     cargo run --release -p edge-tests --bin modbus-load -- polls --secs 5
+//!     cargo build --release -p edge-agent
+//!     cargo run --release -p edge-tests --bin modbus-load -- footprint --tags 100 --interval 100ms
+//!     cargo run --release -p edge-tests --bin modbus-load -- footprint --tags 10000 --interval 1s
+//!
+//! `polls` and the simulator share this process; `footprint` runs the real `edge-agent` binary
+//! as a child process and reads its CPU time and memory from /proc, so the simulator's own work
+//! is not counted.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Parser, Subcommand};
+use edge_agent::config::load::from_toml_str;
+use edge_agent::model::now_ms;
+use edge_agent::source::modbus::{requests_per_cycle, run_line};
+use edge_agent::stats::Stats;
+use firmware_sim::{Plant, Scenario};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(about = "Modbus acquisition benchmarks: request plans, poll rate, agent footprint")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Requests per cycle for a fragmented register map: one request per tag vs the planner at
+    /// several `max_gap` settings.
+    Plan {
+        /// Tags in the map.
+        #[arg(long, default_value_t = 1000)]
+        tags: usize,
+    },
+    /// Maximum poll cycles per second against the simulator, interval 1 ms (the line is never
+    /// idle), one Modbus TCP device per line.
+    Polls {
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// Devices (each its own TCP line).
+        #[arg(long, default_value_t = 1)]
+        devices: usize,
+        /// Registers read per device per cycle (u16 points, contiguous).
+        #[arg(long, default_value_t = 100)]
+        registers: usize,
+    },
+    /// CPU and memory of `edge-agent run` polling `tags` u16 points every `interval` from the
+    /// simulator (historian on, no upstream).
+    Footprint {
+        #[arg(long, default_value_t = 100)]
+        tags: usize,
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Measurement window, after a 5 s warm-up.
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+        /// The agent binary (build it with `cargo build --release -p edge-agent`).
+        #[arg(long, default_value = "target/release/edge-agent")]
+        agent: PathBuf,
+    },
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    match Args::parse().command {
+        Cmd::Plan { tags } => plan(tags),
+        Cmd::Polls {
+            secs,
+            devices,
+            registers,
+        } => polls(secs, devices, registers).await,
+        Cmd::Footprint {
+            tags,
+            interval,
+            secs,
+            agent,
+        } => footprint(tags, interval, secs, &agent).await,
+    }
+}
+
+const GATEWAY: &str = r#"
+[gateway]
+id = "gw-load"
+site = "bench"
+jurisdiction = "CN"
+data_processor = "Bench"
+responsible_person = "Bench"
+department = "Bench"
+
+[classification]
+default_level = "important"
+"#;
+
+/// A seeded xorshift, so the fragmented map is the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+/// A device config with `tags` points in clusters: 1-4 points of mixed widths back to back, then
+/// a hole of 1-40 unused registers (the shape of a real PLC map with reserved areas).
+fn fragmented_device(tags: usize, max_gap: u16) -> String {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut s = format!(
+        "[[devices]]\nname = \"plc\"\nprotocol = \"modbus_tcp\"\nendpoint = \"127.0.0.1:502\"\nlevel = \"general\"\nmax_gap = {max_gap}\n"
+    );
+    let mut address = 0u32;
+    let mut made = 0;
+    while made < tags {
+        for _ in 0..=rng.next(4) {
+            if made == tags {
+                break;
+            }
+            let (ty, width) =
+                [("u16", 1), ("f32", 2), ("i32", 2), ("u64", 4)][rng.next(4) as usize];
+            let _ = write!(
+                s,
+                "[[devices.points]]\ntag = \"t{made}\"\nregister = \"holding:{address}\"\ntype = \"{ty}\"\n"
+            );
+            address += width;
+            made += 1;
+        }
+        address += 1 + rng.next(40) as u32;
+    }
+    s
+}
+
+fn plan(tags: usize) -> anyhow::Result<()> {
+    println!(
+        "fragmented map: {tags} tags in clusters of 1-4 (u16/f32/i32/u64), holes of 1-40 registers"
+    );
+    println!(
+        "{:>8}  {:>9}  {:>10}  {:>8}",
+        "max_gap", "requests", "per tag", "ratio"
+    );
+    for max_gap in [0u16, 4, 8, 16, 32, 64] {
+        let text = format!("{GATEWAY}{}", fragmented_device(tags, max_gap));
+        let loaded = from_toml_str(&text, now_ms()).map_err(|e| anyhow!("{e}"))?;
+        let (_, dev) = loaded.config.devices().next().context("one device")?;
+        let planned = requests_per_cycle(dev);
+        println!(
+            "{max_gap:>8}  {planned:>9}  {tags:>10}  {:>7.1}x",
+            tags as f64 / planned as f64
+        );
+    }
+    Ok(())
+}
+
+/// A scenario of `devices` Modbus TCP devices on free ports, registers 0.. counting.
+fn scenario(devices: usize) -> anyhow::Result<Scenario> {
+    let mut s = String::new();
+    for d in 0..devices {
+        let _ = write!(
+            s,
+            "[[devices]]\nname = \"dev{d}\"\nport = 0\nregisters = [{{ table = \"holding\", address = 0, type = \"u16\", generator = {{ kind = \"counter\" }} }}]\n"
+        );
+    }
+    Scenario::from_toml_str(&s).map_err(|e| anyhow!("scenario: {e}"))
+}
+
+/// Agent config: one device per simulated device, `counts[d]` contiguous u16 points each.
+fn agent_toml(
+    addrs: &[SocketAddr],
+    counts: &[usize],
+    interval: Duration,
+    historian: &Path,
+) -> String {
+    let mut s = format!(
+        "{GATEWAY}\n[historian]\npath = \"{}\"\n",
+        historian.display()
+    );
+    for (d, (addr, &per_device)) in addrs.iter().zip(counts).enumerate() {
+        let _ = write!(
+            s,
+            "\n[[devices]]\nname = \"dev{d}\"\nprotocol = \"modbus_tcp\"\nendpoint = \"{addr}\"\nlevel = \"general\"\npoll_interval = \"{}\"\ntimeout = \"1s\"\n",
+            humantime::format_duration(interval)
+        );
+        for p in 0..per_device {
+            let _ = write!(
+                s,
+                "[[devices.points]]\ntag = \"d{d}.r{p}\"\nregister = \"holding:{p}\"\ntype = \"u16\"\n"
+            );
+        }
+    }
+    s
+}
+
+async fn start_plant(devices: usize) -> anyhow::Result<(Plant, Vec<SocketAddr>)> {
+    let plant = Plant::start(scenario(devices)?, IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .await
+        .context("starting the simulator")?;
+    let addrs = plant.devices().into_iter().map(|(_, a)| a).collect();
+    Ok((plant, addrs))
+}
+
+async fn polls(secs: u64, devices: usize, registers: usize) -> anyhow::Result<()> {
+    let (plant, addrs) = start_plant(devices).await?;
+    let dir = tempfile::tempdir()?;
+    let text = agent_toml(
+        &addrs,
+        &vec![registers; devices],
+        Duration::from_millis(1),
+        &dir.path().join("h.db"),
+    );
+    let loaded = from_toml_str(&text, now_ms()).map_err(|e| anyhow!("{e}"))?;
+    let stats = Arc::new(Stats::new(Vec::<Arc<str>>::new()));
+    let shutdown = CancellationToken::new();
+    let (tx, mut rx) = mpsc::channel(1024);
+    let cycles = Arc::new(AtomicU64::new(0));
+    let drain = {
+        let cycles = Arc::clone(&cycles);
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                cycles.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for line in &loaded.config.lines {
+        tasks.push(tokio::spawn(run_line(
+            Arc::clone(line),
+            tx.clone(),
+            Arc::clone(&seq),
+            Arc::clone(&stats),
+            shutdown.clone(),
+        )));
+    }
+    drop(tx);
+    // Warm up (connect), then measure.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (c0, r0, t0) = (
+        cycles.load(Ordering::Relaxed),
+        stats.requests.load(Ordering::Relaxed),
+        Instant::now(),
+    );
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cycles = cycles.load(Ordering::Relaxed) - c0;
+    let requests = stats.requests.load(Ordering::Relaxed) - r0;
+    shutdown.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = drain.await;
+    plant.shutdown().await;
+    println!(
+        "{devices} Modbus TCP device(s), {registers} u16 registers each (1 request per cycle), {secs} s:"
+    );
+    println!(
+        "  {:.0} poll cycles/s, {:.0} requests/s, {:.0} samples/s, {:.3} ms per request",
+        cycles as f64 / elapsed,
+        requests as f64 / elapsed,
+        (cycles as usize * registers) as f64 / elapsed,
+        elapsed * 1000.0 / requests.max(1) as f64 * devices as f64
+    );
+    println!(
+        "  failures: {} (must be 0)",
+        stats.request_failures.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_seconds(pid: u32, ticks_per_s: f64) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11).context("utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("stime")?.parse()?;
+    Ok((utime + stime) / ticks_per_s)
+}
+
+/// A `/proc/<pid>/status` field in kB.
+fn status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("{field} in /proc/{pid}/status"))?;
+    Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+async fn footprint(tags: usize, interval: Duration, secs: u64, agent: &Path) -> anyhow::Result<()> {
+    if !agent.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p edge-agent`",
+            agent.display()
+        );
+    }
+    // 1000 registers per device at most, so big tag counts use several devices (and lines).
+    let counts: Vec<usize> = (0..tags.div_ceil(1000))
+        .map(|d| (tags - d * 1000).min(1000))
+        .collect();
+    let devices = counts.len();
+    let (plant, addrs) = start_plant(devices).await?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("historian.db");
+    let text = agent_toml(&addrs, &counts, interval, &db);
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, text)?;
+    let mut child = Command::new(agent)
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .args(["--stats-every", "0s"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", agent.display()))?;
+    let pid = child.id();
+    let ticks = clock_ticks();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    if let Some(status) = child.try_wait()? {
+        bail!("the agent exited early: {status}");
+    }
+    let (cpu0, t0) = (cpu_seconds(pid, ticks)?, Instant::now());
+    let mut rss_max = 0;
+    let mut rss_sum = 0;
+    let mut n = 0;
+    while t0.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss = status_kb(pid, "VmRSS:")?;
+        rss_max = rss_max.max(rss);
+        rss_sum += rss;
+        n += 1;
+    }
+    let cpu = cpu_seconds(pid, ticks)? - cpu0;
+    let wall = t0.elapsed().as_secs_f64();
+    let hwm = status_kb(pid, "VmHWM:")?;
+    let threads = status_kb(pid, "Threads:")?;
+    // SIGTERM via `kill`, so the agent drains and commits like under systemd.
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let exit = child.wait()?;
+    plant.shutdown().await;
+    let stored: u64 = edge_agent::store::HistorianReader::open(&db)
+        .and_then(|r| r.count_by_level())
+        .map(|c| c.iter().sum())
+        .unwrap_or(0);
+    println!(
+        "edge-agent: {tags} u16 tags every {} over {devices} Modbus TCP device(s), historian on, no upstream; {secs} s window after 5 s warm-up",
+        humantime::format_duration(interval)
+    );
+    println!(
+        "  CPU {:.2} % of one core ({cpu:.2} s CPU in {wall:.1} s)",
+        100.0 * cpu / wall
+    );
+    println!(
+        "  RSS mean {:.1} MB, max {:.1} MB, high-water {:.1} MB; {threads} threads",
+        rss_sum as f64 / n.max(1) as f64 / 1024.0,
+        rss_max as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    println!(
+        "  samples stored: {stored} (expected about {:.0} over the whole run); exit {exit}",
+        tags as f64 * (wall + 5.0) / interval.as_secs_f64()
+    );
+    Ok(())
+}

@@ -27,10 +27,10 @@ use tracing::{debug, info, warn};
 
 use super::decode;
 use super::frame::Reply;
-use super::plan::{self, ReadBlock};
+use super::plan::{self, Limits, ReadBlock};
 use super::transport::{Link, TxError};
-use super::{backoff_delay, plan_group};
-use crate::config::runtime::{ModbusDevice, ModbusLine};
+use super::{backoff_delay, limits, plan_group};
+use crate::config::runtime::{Forbidden, ModbusDevice, ModbusLine, Table};
 use crate::model::{now_ms, Level, Quality, Tagged, Value};
 use crate::stats::Stats;
 
@@ -95,6 +95,10 @@ struct DeviceState {
     mem: PointMemory,
     /// Points whose addresses the device refused (exception 02/03), with the code.
     refused: Vec<Option<u8>>,
+    /// Unused addresses the device refuses (learned from splits), never read again.
+    refused_holes: Vec<Forbidden>,
+    /// Longest reads the device accepts, per kind (registers, bits), where it refused longer ones.
+    learned_max: [Option<u16>; 2],
     /// When the plan was first changed by learning (splits, refusals); `None` = pristine.
     learned_at: Option<Instant>,
     /// Consecutive failed requests (after retries).
@@ -119,11 +123,21 @@ struct GroupState {
     cycle: Option<Cycle>,
 }
 
+/// A refused block that was split: if no point inside it turns out refused, the hole between
+/// its halves is what the device refuses (or, without a hole, the length of the read).
+struct Split {
+    table: Table,
+    start: u32,
+    end: u32,
+    /// Unused addresses between the halves, `[from, to)`.
+    hole: Option<(u32, u32)>,
+}
+
 struct Cycle {
     deadline: Instant,
     todo: VecDeque<ReadBlock>,
-    /// Blocks that make the plan of the next cycle if this one learned something.
-    kept: Vec<ReadBlock>,
+    /// Blocks refused (02/03) and split in this cycle, judged when the cycle ends.
+    splits: Vec<Split>,
     learned: bool,
     batch: Vec<Tagged>,
 }
@@ -146,6 +160,8 @@ impl DeviceState {
                 last_quality: vec![Quality::Good; n],
             },
             refused: vec![None; n],
+            refused_holes: Vec::new(),
+            learned_max: [None; 2],
             learned_at: None,
             failures: 0,
             skip_until: None,
@@ -262,7 +278,7 @@ impl Scheduler {
                 grp.cycle = Some(Cycle {
                     deadline: due + interval,
                     todo: grp.blocks.iter().cloned().collect(),
-                    kept: Vec::new(),
+                    splits: Vec::new(),
                     learned: false,
                     batch,
                 });
@@ -284,6 +300,8 @@ impl Scheduler {
             grp.blocks = plan_group(dev, g);
         }
         st.refused.iter_mut().for_each(|r| *r = None);
+        st.refused_holes.clear();
+        st.learned_max = [None; 2];
         st.learned_at = None;
     }
 
@@ -364,9 +382,8 @@ impl Scheduler {
                     ts,
                 );
             }
-            cycle.kept.push(block);
         }
-        self.finish(d, g, cycle).await
+        self.finish(d, cycle).await
     }
 
     /// Sends the next request of cycle (d, g), or completes the cycle when it has none left.
@@ -380,7 +397,7 @@ impl Scheduler {
             .and_then(|c| c.todo.pop_front())
         else {
             return match self.devices[d].groups[g].cycle.take() {
-                Some(cycle) => self.finish(d, g, cycle).await,
+                Some(cycle) => self.finish(d, cycle).await,
                 None => true,
             };
         };
@@ -506,7 +523,6 @@ impl Scheduler {
                     ts,
                 );
             }
-            cycle.kept.push(block);
             return;
         }
         for &pi in &block.points {
@@ -539,7 +555,6 @@ impl Scheduler {
                 ts,
             );
         }
-        cycle.kept.push(block);
     }
 
     fn on_exception(&mut self, d: usize, g: usize, block: ReadBlock, code: u8, ts: i64) {
@@ -566,6 +581,13 @@ impl Scheduler {
                     code,
                     "Block refused; splitting it to isolate the refused addresses."
                 );
+                cycle.splits.push(Split {
+                    table: block.table,
+                    start: u32::from(block.start),
+                    end: block.end(),
+                    hole: (low.end() < u32::from(high.start))
+                        .then(|| (low.end(), u32::from(high.start))),
+                });
                 cycle.todo.push_front(high);
                 cycle.todo.push_front(low);
                 return;
@@ -618,7 +640,6 @@ impl Scheduler {
                 ts,
             );
         }
-        cycle.kept.push(block);
     }
 
     fn device_ok(&mut self, d: usize) {
@@ -656,13 +677,83 @@ impl Scheduler {
         }
     }
 
-    /// Ends a cycle: adopts a learned plan, hands the batch downstream.
-    async fn finish(&mut self, d: usize, g: usize, mut cycle: Cycle) -> bool {
+    /// Ends a cycle: turns what it learned into the device's plan, hands the batch downstream.
+    async fn finish(&mut self, d: usize, cycle: Cycle) -> bool {
         if cycle.learned {
-            cycle.kept.sort_by_key(|b| (b.table, b.start, b.count));
-            self.devices[d].groups[g].blocks = std::mem::take(&mut cycle.kept);
+            self.learn(d, &cycle.splits);
         }
         self.send(cycle.batch).await
+    }
+
+    /// Judges the cycle's splits and re-plans every group of device `d` around what the device
+    /// refuses: refused points are left out, their addresses and refused holes become forbidden,
+    /// and a refused read length lowers the request limit. The planner then gives the fewest
+    /// requests that avoid everything known to be refused.
+    fn learn(&mut self, d: usize, splits: &[Split]) {
+        let line = Arc::clone(&self.line);
+        let dev = &line.devices[d];
+        let st = &mut self.devices[d];
+        for s in splits {
+            let refused_inside = dev.points.iter().enumerate().any(|(i, p)| {
+                st.refused[i].is_some()
+                    && p.table == s.table
+                    && u32::from(p.address) < s.end
+                    && p.end() > s.start
+            });
+            if refused_inside {
+                continue;
+            }
+            match s.hole {
+                Some((from, to)) => st.refused_holes.push(Forbidden {
+                    table: s.table,
+                    start: u16::try_from(from).unwrap_or(u16::MAX),
+                    end: u16::try_from(to - 1).unwrap_or(u16::MAX),
+                }),
+                None => {
+                    // Nothing inside is refused and there is no hole: the length is. Try one
+                    // less than the shortest refused length; a still-refused length lowers it
+                    // again next cycle, so the limit converges on what the device accepts.
+                    let k = usize::from(s.table.is_bit());
+                    let refused_len = u16::try_from(s.end - s.start).unwrap_or(u16::MAX);
+                    let limit = refused_len.saturating_sub(1).max(1);
+                    st.learned_max[k] = Some(st.learned_max[k].map_or(limit, |m| m.min(limit)));
+                }
+            }
+        }
+        let mut forbidden = dev.forbidden.clone();
+        forbidden.extend(st.refused_holes.iter().copied());
+        forbidden.extend(dev.points.iter().enumerate().filter_map(|(i, p)| {
+            st.refused[i].map(|_| Forbidden {
+                table: p.table,
+                start: p.address,
+                end: u16::try_from(p.end() - 1).unwrap_or(u16::MAX),
+            })
+        }));
+        let base = limits(dev);
+        let learned = Limits {
+            max_registers: st.learned_max[0]
+                .map_or(base.max_registers, |m| m.min(base.max_registers)),
+            max_bits: st.learned_max[1].map_or(base.max_bits, |m| m.min(base.max_bits)),
+            max_gap: base.max_gap,
+            forbidden: &forbidden,
+        };
+        for (g, grp) in st.groups.iter_mut().enumerate() {
+            let members: Vec<usize> = dev.groups[g]
+                .points
+                .iter()
+                .copied()
+                .filter(|&pi| st.refused[pi].is_none())
+                .collect();
+            grp.blocks = plan::plan(&dev.points, &members, &learned);
+        }
+        debug!(
+            device = %dev.name,
+            refused_points = st.refused.iter().filter(|r| r.is_some()).count(),
+            refused_holes = st.refused_holes.len(),
+            learned_max = ?st.learned_max,
+            requests_per_cycle = st.groups.iter().map(|g| g.blocks.len()).sum::<usize>(),
+            "Request plan re-learned."
+        );
     }
 
     /// Hands one cycle's batch downstream, waiting for room; `false` when the task must stop.

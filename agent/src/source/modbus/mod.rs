@@ -24,10 +24,11 @@
 //!   (summaries count only good samples).
 //! - A device exception is data, not a failure of the connection. Exceptions 02 (illegal data
 //!   address) and 03 (illegal data value, which some devices answer for an over-long read)
-//!   split the block in two and retry each half in the same cycle, down to single addresses;
-//!   the addresses still refused are remembered and their points marked `DeviceException(code)`
-//!   without asking again, the working sub-blocks become the device's plan. Both are forgotten
-//!   after `relearn_after`, when the full plan is tried again.
+//!   split the block in two and retry each half in the same cycle, down to single addresses.
+//!   Refused points are remembered and marked `DeviceException(code)` without asking again; a
+//!   refused hole between points becomes forbidden, a refused read length lowers the limit; the
+//!   device is then re-planned (still the fewest requests). All of it is forgotten after
+//!   `relearn_after`, when the full plan is tried again.
 //! - A timeout or a garbled RTU answer is retried `retries` times. When a device still fails, the
 //!   rest of its cycle is `CommError` and the device is backed off (exponential, equal jitter):
 //!   its cycles complete at once as `CommError` without touching the line until the back-off

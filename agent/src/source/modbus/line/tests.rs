@@ -32,6 +32,8 @@ struct Tables {
     forbidden_code: ExceptionCode,
     /// Every holding read served: (start, count).
     holding_reads: Vec<(u16, u16)>,
+    /// Holding reads longer than this answer IllegalDataValue (3), as some devices do.
+    max_read: Option<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +49,7 @@ impl Plc {
             forbidden_holding: None,
             forbidden_code: ExceptionCode::IllegalDataAddress,
             holding_reads: Vec::new(),
+            max_read: None,
         })))
     }
 
@@ -78,7 +81,9 @@ impl tokio_modbus::server::Service for Plc {
                     u32::from(addr) < u32::from(r.end)
                         && u32::from(addr) + u32::from(cnt) > u32::from(r.start)
                 });
-                if hits_forbidden {
+                if t.max_read.is_some_and(|m| cnt > m) {
+                    Err(ExceptionCode::IllegalDataValue)
+                } else if hits_forbidden {
                     Err(t.forbidden_code)
                 } else {
                     slice(&t.holding, addr, cnt).map(Response::ReadHoldingRegisters)
@@ -549,6 +554,61 @@ async fn exception_02_splits_the_block_isolates_the_refused_address_and_remember
 
     let (_, stats) = run.stop().await;
     assert!(stats.request_failures.load(Ordering::Relaxed) >= 3);
+    stop(server).await;
+}
+
+#[tokio::test]
+async fn a_refused_hole_or_read_length_is_learned_and_avoided() {
+    let plc = Plc::new();
+    plc.with(|t| {
+        // The unused addresses 3..=4 between two points are refused.
+        t.forbidden_holding = Some(3..5);
+    });
+    let (addr, server) = serve(any_port(), plc.clone()).await;
+    let points = vec![
+        point(0, "a", Table::Holding, 0, DataType::U16, ByteOrder::Abcd),
+        point(1, "b", Table::Holding, 5, DataType::U16, ByteOrder::Abcd),
+    ];
+    let dev = with_device(device(addr, points), |d| d.max_gap = 10);
+    let mut run = start(dev, 4);
+    run.batch_where("all good", all(Quality::Good)).await;
+    run.batch_where("all good", all(Quality::Good)).await;
+    let reads = plc.0.lock().expect("lock").holding_reads.clone();
+    assert_eq!(&reads[..3], &[(0, 6), (0, 1), (5, 1)]);
+    assert!(
+        reads[3..].iter().all(|&r| r == (0, 1) || r == (5, 1)),
+        "the hole is never read again: {reads:?}"
+    );
+    run.stop().await;
+    stop(server).await;
+
+    // A device that refuses reads longer than 4 registers with exception 3.
+    let plc = Plc::new();
+    plc.with(|t| t.max_read = Some(4));
+    let (addr, server) = serve(any_port(), plc.clone()).await;
+    let points = (0..10)
+        .map(|i| {
+            point(
+                i,
+                &format!("r{i}"),
+                Table::Holding,
+                i as u16,
+                DataType::U16,
+                ByteOrder::Abcd,
+            )
+        })
+        .collect();
+    let mut run = start(device(addr, points), 4);
+    run.batch_where("all good", all(Quality::Good)).await;
+    let learned = plc.0.lock().expect("lock").holding_reads.len();
+    run.batch_where("all good", all(Quality::Good)).await;
+    let reads = plc.0.lock().expect("lock").holding_reads.clone();
+    let later = &reads[learned..];
+    assert!(!later.is_empty());
+    assert!(later.iter().all(|&(_, n)| n <= 4), "{reads:?}");
+    // 10 registers at most 4 per read: 3 requests per cycle, the fewest possible.
+    assert_eq!(later.len() % 3, 0, "{later:?}");
+    run.stop().await;
     stop(server).await;
 }
 

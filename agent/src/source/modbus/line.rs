@@ -34,6 +34,9 @@ use crate::config::runtime::{Forbidden, ModbusDevice, ModbusLine, Table};
 use crate::model::{now_ms, Level, Quality, Tagged, Value};
 use crate::stats::Stats;
 
+/// Resolution of tokio's timer wheel.
+const TIMER_GRANULARITY: Duration = Duration::from_millis(1);
+
 /// Polls every device of `line` until `shutdown` is cancelled or `out` is closed. Never returns
 /// an error: every failure becomes a sample quality and a log line.
 pub async fn run_line(
@@ -243,7 +246,10 @@ impl Scheduler {
             self.maybe_relearn(d, now);
             for g in 0..dev.groups.len() {
                 let grp = &mut self.devices[d].groups[g];
-                if now < grp.start_at {
+                // Tokio's timer fires on whole milliseconds; a cycle due within one is started
+                // now rather than after a sleep that would round up to the next millisecond.
+                // Deadlines stay on the schedule, so the average rate is still 1/interval.
+                if now + TIMER_GRANULARITY <= grp.start_at {
                     continue;
                 }
                 let interval = dev.groups[g].interval;

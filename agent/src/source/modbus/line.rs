@@ -70,6 +70,7 @@ pub async fn run_line(
         line_failures: 0,
         reconnect_at: now,
         served: 0,
+        stale: Vec::new(),
     };
     s.run().await;
     if let Some(link) = s.link.take() {
@@ -91,6 +92,8 @@ struct Scheduler {
     reconnect_at: Instant,
     /// Counter stamped on a device when it is served, for round-robin tie breaks.
     served: u64,
+    /// `stale` batches of overrun ticks, sent before the next request.
+    stale: Vec<Vec<Tagged>>,
 }
 
 struct DeviceState {
@@ -198,6 +201,11 @@ impl Scheduler {
             }
             let now = Instant::now();
             self.start_due_cycles(now);
+            for batch in std::mem::take(&mut self.stale) {
+                if !self.send(batch).await {
+                    return;
+                }
+            }
             let Some((d, g)) = self.pick() else {
                 let wake = self
                     .devices
@@ -262,7 +270,24 @@ impl Scheduler {
                 }
                 grp.start_at = grp.next_due + jitter(dev.jitter);
                 if grp.cycle.is_some() {
+                    // The previous read of this group is still under way: the line is over
+                    // capacity. The tick still gets its samples, `stale`, with the last values,
+                    // so a consumer sees the missed refresh instead of a silent gap.
                     self.stats.cycles_overrun.fetch_add(1, Ordering::Relaxed);
+                    let ts = now_ms();
+                    let mut batch = Vec::with_capacity(dev.groups[g].points.len());
+                    for &pi in &dev.groups[g].points {
+                        stamp(
+                            dev,
+                            &mut self.devices[d].mem,
+                            &self.seq,
+                            &mut batch,
+                            pi,
+                            Err(Quality::Stale),
+                            ts,
+                        );
+                    }
+                    self.stale.push(batch);
                     continue;
                 }
                 let mut batch = Vec::with_capacity(dev.groups[g].points.len());

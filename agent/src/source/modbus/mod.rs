@@ -17,8 +17,10 @@
 //!   device served longest ago: a slow group never delays a fast one beyond what the line's
 //!   capacity forces, and devices with equal intervals take turns.
 //! - Every poll cycle emits exactly one sample per point of its group, whatever happened: `Good`,
-//!   `DecodeError`, `DeviceException(code)` or `CommError`. Quality flows downstream, so a silent
-//!   device shows up as bad quality, not as missing data.
+//!   `DecodeError`, `DeviceException(code)` or `CommError`; a tick that falls while the group's
+//!   previous cycle is still running (the line is over capacity) emits `Stale` samples. Quality
+//!   flows downstream, so a silent device or an overloaded line shows up as bad quality, not as
+//!   missing data.
 //! - A sample with a bad quality carries the point's last good value, or a typed zero
 //!   ([`decode::typed_zero`]) before the first good read. Consumers must look at the quality
 //!   (summaries count only good samples).

@@ -244,3 +244,31 @@ async fn a_slow_group_with_many_requests_never_blocks_a_fast_group_for_a_whole_c
         "fast requests inside a 40-request slow cycle: {fast_inside}"
     );
 }
+
+#[tokio::test]
+async fn ticks_missed_on_an_overloaded_line_are_stale_samples_not_gaps() {
+    let bus = Arc::new(Mutex::new(Bus {
+        latency: Duration::from_millis(40),
+        ..Bus::default()
+    }));
+    let (addr, server) = serve_bus(Arc::clone(&bus)).await;
+    // Every 10 ms, but each read takes >= 40 ms: most ticks find the last read still running.
+    let dev = unit_device(1, &[("fast", 10, vec![0])]);
+    let mut run = start(rtu_line(addr, vec![dev]), 256);
+    let stale = run
+        .batch_where("a stale tick", |b| b[0].quality == Quality::Stale)
+        .await;
+    assert_eq!(stale.len(), 1);
+    let good = run
+        .batch_where("a good read", |b| b[0].quality == Quality::Good)
+        .await;
+    assert_eq!(good[0].value, Value::Int(1000));
+    // A later stale sample carries the last good value, not a zero.
+    let stale = run
+        .batch_where("a stale tick", |b| b[0].quality == Quality::Stale)
+        .await;
+    assert_eq!(stale[0].value, Value::Int(1000));
+    let (_, stats) = run.stop().await;
+    assert!(stats.cycles_overrun.load(Ordering::Relaxed) >= 2);
+    server.abort();
+}

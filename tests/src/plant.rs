@@ -34,6 +34,9 @@ pub async fn start_demo_plant(ephemeral: bool) -> anyhow::Result<Plant> {
         for d in &mut scenario.devices {
             d.port = 0;
         }
+        for b in &mut scenario.buses {
+            b.port = 0;
+        }
     }
     Plant::start(scenario, IpAddr::V4(Ipv4Addr::LOCALHOST))
         .await
@@ -67,9 +70,11 @@ fn rewire(cfg: &mut AgentConfig, plant: &Plant, wiring: &Wiring) -> anyhow::Resu
             .first()
             .map(|d| d.name.clone())
             .unwrap_or_default();
+        // A shared line is a bus of the plant (same name); a device's own line is the device.
         let addr = plant
-            .device_addr(&name)
-            .ok_or_else(|| anyhow!("the simulated plant has no device {name:?}"))?;
+            .bus_addr(&line.name)
+            .or_else(|| plant.device_addr(&name))
+            .ok_or_else(|| anyhow!("the simulated plant has no bus or device {name:?}"))?;
         match &mut line.transport {
             LineTransport::Tcp { endpoint } | LineTransport::RtuOverTcp { endpoint } => {
                 *endpoint = addr.to_string();

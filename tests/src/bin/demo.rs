@@ -52,6 +52,15 @@ async fn main() -> anyhow::Result<()> {
     for (name, addr) in plant.devices() {
         println!("  device {name} listening on {addr}");
     }
+    for (name, endpoint) in plant.buses() {
+        let units: Vec<String> = plant
+            .bus_units(&name)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(unit, device)| format!("{device} (unit {unit})"))
+            .collect();
+        println!("  RS-485 line {name} via {endpoint}: {}", units.join(", "));
+    }
     println!(
         "upstream broker (embedded, standing in for the group DC and HQ): {}",
         broker.addr()

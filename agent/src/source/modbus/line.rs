@@ -200,19 +200,11 @@ impl Scheduler {
                 return;
             }
             let now = Instant::now();
-            self.start_due_cycles(now);
-            for batch in std::mem::take(&mut self.stale) {
-                if !self.send(batch).await {
-                    return;
-                }
+            if !self.start_and_flush(now).await {
+                return;
             }
             let Some((d, g)) = self.pick() else {
-                let wake = self
-                    .devices
-                    .iter()
-                    .flat_map(|s| s.groups.iter().map(|g| g.start_at))
-                    .min()
-                    .unwrap_or(now + Duration::from_secs(1));
+                let wake = self.next_wake(now);
                 tokio::select! {
                     biased;
                     () = self.shutdown.cancelled() => return,
@@ -244,6 +236,26 @@ impl Scheduler {
                 return;
             }
         }
+    }
+
+    /// Starts due cycles and sends the stale batches of overrun ticks; `false` to stop.
+    async fn start_and_flush(&mut self, now: Instant) -> bool {
+        self.start_due_cycles(now);
+        for batch in std::mem::take(&mut self.stale) {
+            if !self.send(batch).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// When the next cycle starts.
+    fn next_wake(&self, now: Instant) -> Instant {
+        self.devices
+            .iter()
+            .flat_map(|s| s.groups.iter().map(|g| g.start_at))
+            .min()
+            .unwrap_or(now + Duration::from_secs(1))
     }
 
     /// Starts the cycles whose time has come; a group whose previous cycle still runs skips
@@ -336,6 +348,19 @@ impl Scheduler {
         st.learned_at = None;
     }
 
+    /// Every (device, group) with a cycle under way.
+    fn active_cycles(&self) -> Vec<(usize, usize)> {
+        let mut v = Vec::new();
+        for (d, st) in self.devices.iter().enumerate() {
+            for (g, grp) in st.groups.iter().enumerate() {
+                if grp.cycle.is_some() {
+                    v.push((d, g));
+                }
+            }
+        }
+        v
+    }
+
     /// The active cycle to serve next: earliest deadline, then the device served longest ago.
     fn pick(&self) -> Option<(usize, usize)> {
         let mut best: Option<((Instant, u64), (usize, usize))> = None;
@@ -352,13 +377,30 @@ impl Scheduler {
         best.map(|(_, at)| at)
     }
 
-    /// Opens the link. `Some(false)` when it failed (backed off), `None` on shutdown.
+    /// Opens the link. `Some(false)` when it failed (backed off), `None` on shutdown. Ticks
+    /// that fall while the line is being opened (up to `connect_timeout`) still get their
+    /// samples: every active cycle completes as `comm_error`.
     async fn connect(&mut self) -> Option<bool> {
         let line = Arc::clone(&self.line);
-        let opened = tokio::select! {
-            biased;
-            () = self.shutdown.cancelled() => return None,
-            r = Link::open(&line) => r,
+        let open = Link::open(&line);
+        tokio::pin!(open);
+        let opened = loop {
+            let wake = self.next_wake(Instant::now());
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return None,
+                r = &mut open => break r,
+                () = tokio::time::sleep_until(wake) => {
+                    if !self.start_and_flush(Instant::now()).await {
+                        return None;
+                    }
+                    for (d, g) in self.active_cycles() {
+                        if !self.skip_cycle(d, g).await {
+                            return None;
+                        }
+                    }
+                }
+            }
         };
         match opened {
             Ok(link) => {

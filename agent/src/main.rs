@@ -173,6 +173,21 @@ fn probe(args: ProbeArgs) -> ExitCode {
         let Some((line, dev)) = loaded.config.devices().find(|(_, d)| &*d.name == name) else {
             return usage(format!("no device named {name:?} in {}", path.display()));
         };
+        let end = u32::from(start) + u32::from(args.count);
+        if let Some(f) = dev
+            .forbidden
+            .iter()
+            .find(|f| f.overlaps(table, u32::from(start), end))
+        {
+            return usage(format!(
+                "{} {start}..{} touches {}:{}-{}, which device {name:?} forbids reading",
+                table.as_str(),
+                end - 1,
+                f.table.as_str(),
+                f.start,
+                f.end
+            ));
+        }
         let mut line = line.clone();
         line.devices.clear();
         (

@@ -276,3 +276,25 @@ fn probe_rejects_bad_arguments_with_exit_2_and_reports_an_unreachable_device_wit
         "{stderr}"
     );
 }
+
+#[test]
+fn probe_never_reads_a_range_the_configured_device_forbids() {
+    let (_dir, cfg) = demo_with(
+        "name = \"press-1\"\n",
+        "name = \"press-1\"\nforbidden = [\"holding:2000-2099\"]\n",
+    );
+    let out = run(&[
+        "probe",
+        "-c",
+        cfg.to_str().expect("utf8"),
+        "--device",
+        "press-1",
+        "--register",
+        "holding:1995",
+        "--count",
+        "10",
+    ]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("forbids reading"), "{stderr}");
+}

@@ -946,9 +946,21 @@ mod tests {
         let demo = Scenario::from_toml_str(include_str!("../../configs/sim-demo.toml"))
             .expect("configs/sim-demo.toml is valid");
         let names: Vec<_> = demo.devices.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names, ["press-1", "furnace-1", "utility-meter"]);
+        assert_eq!(
+            names,
+            [
+                "press-1",
+                "furnace-1",
+                "utility-meter",
+                "compressor-3",
+                "dryer-4"
+            ]
+        );
+        // TCP devices on fixed ports; the two RS-485 units share the bus on 5023.
         let ports: Vec<_> = demo.devices.iter().map(|d| d.port).collect();
-        assert_eq!(ports, [5020, 5021, 5022]);
+        assert_eq!(ports, [5020, 5021, 5022, 0, 0]);
+        let bus = demo.bus("rs485-air").expect("the demo bus");
+        assert_eq!((bus.transport, bus.port), (BusTransport::RtuOverTcp, 5023));
         Scenario::from_toml_str(include_str!("../../configs/sim-reference.toml"))
             .expect("configs/sim-reference.toml is valid");
     }

@@ -29,7 +29,7 @@ use super::decode;
 use super::frame::Reply;
 use super::plan::{self, Limits, ReadBlock};
 use super::transport::{Link, TxError};
-use super::{backoff_delay, limits, plan_group};
+use super::{backoff_delay, limits, plan_group, ModbusError};
 use crate::config::runtime::{Forbidden, ModbusDevice, ModbusLine, Table};
 use crate::model::{now_ms, Level, Quality, Tagged, Value};
 use crate::stats::Stats;
@@ -103,8 +103,8 @@ struct DeviceState {
     refused: Vec<Option<u8>>,
     /// Unused addresses the device refuses (learned from splits), never read again.
     refused_holes: Vec<Forbidden>,
-    /// Longest reads the device accepts, per kind (registers, bits), where it refused longer ones.
-    learned_max: [Option<u16>; 2],
+    /// Longest reads the device accepts, per table, where it refused longer ones.
+    learned_max: [Option<u16>; 4],
     /// When the plan was first changed by learning (splits, refusals); `None` = pristine.
     learned_at: Option<Instant>,
     /// Consecutive failed requests (after retries).
@@ -137,11 +137,16 @@ struct Split {
     end: u32,
     /// Unused addresses between the halves, `[from, to)`.
     hole: Option<(u32, u32)>,
+    /// Halves answered with data. Only a split whose both halves worked as they were proves
+    /// anything about the hole or the length; a half that failed, or was refused and split
+    /// again, leaves the judgement to the inner split (or to nothing).
+    ok_halves: u8,
 }
 
 struct Cycle {
     deadline: Instant,
-    todo: VecDeque<ReadBlock>,
+    /// Blocks still to read, each with the index of the split it is a half of.
+    todo: VecDeque<(ReadBlock, Option<usize>)>,
     /// Blocks refused (02/03) and split in this cycle, judged when the cycle ends.
     splits: Vec<Split>,
     learned: bool,
@@ -167,7 +172,7 @@ impl DeviceState {
             },
             refused: vec![None; n],
             refused_holes: Vec::new(),
-            learned_max: [None; 2],
+            learned_max: [None; 4],
             learned_at: None,
             failures: 0,
             skip_until: None,
@@ -275,27 +280,32 @@ impl Scheduler {
                 let interval = dev.groups[g].interval;
                 let due = grp.next_due;
                 grp.next_due += interval;
-                if grp.next_due <= now {
-                    // Late by a whole interval or more: re-align instead of bursting.
-                    self.stats.cycles_overrun.fetch_add(1, Ordering::Relaxed);
+                // Late by a whole interval or more (the task itself was held up): re-align
+                // instead of bursting. Requests and connects watch the clock, so this is rare.
+                let late = grp.next_due <= now;
+                if late {
                     grp.next_due = now + interval;
                 }
                 grp.start_at = grp.next_due + jitter(dev.jitter);
+                if late || grp.cycle.is_some() {
+                    self.stats.cycles_overrun.fetch_add(1, Ordering::Relaxed);
+                }
                 if grp.cycle.is_some() {
                     // The previous read of this group is still under way: the line is over
                     // capacity. The tick still gets its samples, `stale`, with the last values,
                     // so a consumer sees the missed refresh instead of a silent gap.
-                    self.stats.cycles_overrun.fetch_add(1, Ordering::Relaxed);
                     let ts = now_ms();
                     let mut batch = Vec::with_capacity(dev.groups[g].points.len());
                     for &pi in &dev.groups[g].points {
+                        let quality = self.devices[d].refused[pi]
+                            .map_or(Quality::Stale, Quality::DeviceException);
                         stamp(
                             dev,
                             &mut self.devices[d].mem,
                             &self.seq,
                             &mut batch,
                             pi,
-                            Err(Quality::Stale),
+                            Err(quality),
                             ts,
                         );
                     }
@@ -320,7 +330,7 @@ impl Scheduler {
                 let grp = &mut self.devices[d].groups[g];
                 grp.cycle = Some(Cycle {
                     deadline: due + interval,
-                    todo: grp.blocks.iter().cloned().collect(),
+                    todo: grp.blocks.iter().cloned().map(|b| (b, None)).collect(),
                     splits: Vec::new(),
                     learned: false,
                     batch,
@@ -330,12 +340,13 @@ impl Scheduler {
     }
 
     /// Forgets learned splits and refusals after `relearn_after`, so a changed PLC program is
-    /// noticed. Only between cycles, so a cycle never mixes plans.
+    /// noticed. Cycles under way keep the blocks they started with; new cycles take the full
+    /// plan.
     fn maybe_relearn(&mut self, d: usize, now: Instant) {
         let dev = &self.line.devices[d];
         let st = &mut self.devices[d];
         let Some(at) = st.learned_at else { return };
-        if now < at + dev.relearn_after || st.groups.iter().any(|g| g.cycle.is_some()) {
+        if now < at + dev.relearn_after {
             return;
         }
         info!(device = %dev.name, "Retrying the full request plan (relearn_after elapsed).");
@@ -344,7 +355,7 @@ impl Scheduler {
         }
         st.refused.iter_mut().for_each(|r| *r = None);
         st.refused_holes.clear();
-        st.learned_max = [None; 2];
+        st.learned_max = [None; 4];
         st.learned_at = None;
     }
 
@@ -443,7 +454,7 @@ impl Scheduler {
         let Some(mut cycle) = st.groups[g].cycle.take() else {
             return true;
         };
-        while let Some(block) = cycle.todo.pop_front() {
+        while let Some((block, _)) = cycle.todo.pop_front() {
             for &pi in &block.points {
                 stamp(
                     dev,
@@ -464,7 +475,7 @@ impl Scheduler {
     async fn step(&mut self, d: usize, g: usize) -> bool {
         self.served += 1;
         self.devices[d].last_served = self.served;
-        let Some(block) = self.devices[d].groups[g]
+        let Some((block, parent)) = self.devices[d].groups[g]
             .cycle
             .as_mut()
             .and_then(|c| c.todo.pop_front())
@@ -481,31 +492,20 @@ impl Scheduler {
         let dev = &line.devices[d];
         let ts = now_ms();
         match outcome {
-            Step::Data(reply) => self.on_data(d, g, block, reply, ts),
+            Step::Data(reply) => self.on_data(d, g, block, parent, reply, ts),
             Step::Exception(code) => self.on_exception(d, g, block, code, ts),
             Step::DeviceFailed(e) => {
                 self.stats.request_failures.fetch_add(1, Ordering::Relaxed);
-                let timeout_breaks = matches!(e, TxError::Timeout)
-                    && self.link.as_ref().is_some_and(Link::timeout_breaks_link);
                 self.device_failed(d, &e);
-                if timeout_breaks {
-                    // Reopen at once when the next cycle needs the line; the device's own
-                    // back-off keeps a dead device from causing a reconnect storm.
-                    if let Some(link) = self.link.take() {
-                        drop(link);
-                    }
-                    self.reconnect_at = Instant::now();
-                }
                 let st = &mut self.devices[d];
                 if let Some(c) = st.groups[g].cycle.as_mut() {
-                    c.todo.push_front(block);
+                    c.todo.push_front((block, parent));
                 }
                 // The rest of this cycle waits for no one: `skip_cycle` stamps it.
                 return self.skip_cycle(d, g).await;
             }
             Step::LinkBroken(e) => {
                 self.stats.request_failures.fetch_add(1, Ordering::Relaxed);
-                self.link = None;
                 self.line_failures += 1;
                 let delay = backoff_delay(
                     self.line_failures,
@@ -521,46 +521,110 @@ impl Scheduler {
                     "Modbus line broke; reconnecting."
                 );
                 if let Some(c) = self.devices[d].groups[g].cycle.as_mut() {
-                    c.todo.push_front(block);
+                    c.todo.push_front((block, parent));
                 }
                 return self.skip_cycle(d, g).await;
+            }
+        }
+        // A cycle whose last request is answered ends now, not when it is next picked: its
+        // batch goes out at once and its next tick does not find it "still running".
+        let done = self.devices[d].groups[g]
+            .cycle
+            .as_ref()
+            .is_some_and(|c| c.todo.is_empty());
+        if done {
+            if let Some(cycle) = self.devices[d].groups[g].cycle.take() {
+                return self.finish(d, cycle).await;
             }
         }
         true
     }
 
-    /// Sends `block`'s request, retrying timeouts and garbled answers. `None` on shutdown.
+    /// Sends `block`'s request, retrying timeouts and garbled answers (on Modbus TCP a timeout
+    /// is retried on a fresh connection, see [`Link::timeout_breaks_link`]). Ticks that fall
+    /// while it waits still start their cycles (or mark them `stale`). `None` on shutdown.
     async fn request(&mut self, d: usize, block: &ReadBlock) -> Option<Step> {
         let line = Arc::clone(&self.line);
         let dev = &line.devices[d];
+        let Some(mut link) = self.link.take() else {
+            return Some(Step::LinkBroken(TxError::Broken(ModbusError::Io(
+                std::io::Error::new(std::io::ErrorKind::NotConnected, "the line is not open"),
+            ))));
+        };
         let mut attempt = 0u8;
         loop {
-            let link = self.link.as_mut()?;
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let result = tokio::select! {
-                biased;
-                () = self.shutdown.cancelled() => return None,
-                r = link.read(dev.unit_id, block.table, block.start, block.count, dev.timeout) => r,
+            let result = {
+                let read = link.read(
+                    dev.unit_id,
+                    block.table,
+                    block.start,
+                    block.count,
+                    dev.timeout,
+                );
+                tokio::pin!(read);
+                loop {
+                    let wake = self.next_wake(Instant::now());
+                    tokio::select! {
+                        biased;
+                        () = self.shutdown.cancelled() => break None,
+                        r = &mut read => break Some(r),
+                        () = tokio::time::sleep_until(wake) => {
+                            if !self.start_and_flush(Instant::now()).await {
+                                break None;
+                            }
+                        }
+                    }
+                }
             };
-            return Some(match result {
+            let Some(result) = result else {
+                self.link = Some(link);
+                return None;
+            };
+            let step = match result {
                 Ok(reply) => Step::Data(reply),
                 Err(TxError::Exception(code)) => Step::Exception(code),
-                Err(TxError::Broken(e)) => Step::LinkBroken(TxError::Broken(e)),
+                Err(TxError::Broken(e)) => {
+                    // The link is dropped here; the caller reopens it with back-off.
+                    return Some(Step::LinkBroken(TxError::Broken(e)));
+                }
                 Err(e @ (TxError::Timeout | TxError::Garbled(_))) => {
-                    let retryable = !(matches!(e, TxError::Timeout) && link.timeout_breaks_link());
-                    if retryable && attempt < dev.retries {
+                    if attempt < dev.retries {
                         attempt += 1;
                         self.stats.request_retries.fetch_add(1, Ordering::Relaxed);
                         debug!(device = %dev.name, attempt, error = ?e, "Retrying Modbus request.");
+                        if matches!(e, TxError::Timeout) && link.timeout_breaks_link() {
+                            drop(link);
+                            link = match Link::open(&line).await {
+                                Ok(l) => l,
+                                Err(open) => return Some(Step::LinkBroken(TxError::Broken(open))),
+                            };
+                        }
                         continue;
+                    }
+                    if matches!(e, TxError::Timeout) && link.timeout_breaks_link() {
+                        // A late answer would be taken for the next request's: the
+                        // connection goes; the device's back-off prevents a reconnect storm.
+                        self.reconnect_at = Instant::now();
+                        return Some(Step::DeviceFailed(e));
                     }
                     Step::DeviceFailed(e)
                 }
-            });
+            };
+            self.link = Some(link);
+            return Some(step);
         }
     }
 
-    fn on_data(&mut self, d: usize, g: usize, block: ReadBlock, reply: Reply, ts: i64) {
+    fn on_data(
+        &mut self,
+        d: usize,
+        g: usize,
+        block: ReadBlock,
+        parent: Option<usize>,
+        reply: Reply,
+        ts: i64,
+    ) {
         let line = Arc::clone(&self.line);
         let dev = &line.devices[d];
         self.device_ok(d);
@@ -597,6 +661,9 @@ impl Scheduler {
                 );
             }
             return;
+        }
+        if let Some(split) = parent.and_then(|p| cycle.splits.get_mut(p)) {
+            split.ok_halves += 1;
         }
         for &pi in &block.points {
             let point = &dev.points[pi];
@@ -654,15 +721,17 @@ impl Scheduler {
                     code,
                     "Block refused; splitting it to isolate the refused addresses."
                 );
+                let index = cycle.splits.len();
                 cycle.splits.push(Split {
                     table: block.table,
                     start: u32::from(block.start),
                     end: block.end(),
                     hole: (low.end() < u32::from(high.start))
                         .then(|| (low.end(), u32::from(high.start))),
+                    ok_halves: 0,
                 });
-                cycle.todo.push_front(high);
-                cycle.todo.push_front(low);
+                cycle.todo.push_front((high, Some(index)));
+                cycle.todo.push_front((low, Some(index)));
                 return;
             }
             warn!(
@@ -766,7 +835,7 @@ impl Scheduler {
         let line = Arc::clone(&self.line);
         let dev = &line.devices[d];
         let st = &mut self.devices[d];
-        for s in splits {
+        for s in splits.iter().filter(|s| s.ok_halves == 2) {
             let refused_inside = dev.points.iter().enumerate().any(|(i, p)| {
                 st.refused[i].is_some()
                     && p.table == s.table
@@ -777,16 +846,14 @@ impl Scheduler {
                 continue;
             }
             match s.hole {
-                Some((from, to)) => st.refused_holes.push(Forbidden {
-                    table: s.table,
-                    start: u16::try_from(from).unwrap_or(u16::MAX),
-                    end: u16::try_from(to - 1).unwrap_or(u16::MAX),
-                }),
+                // Only the addresses no point of the device uses (a point of another poll
+                // group may sit in the hole of this one).
+                Some((from, to)) => st.refused_holes.extend(unused_runs(dev, s.table, from, to)),
                 None => {
                     // Nothing inside is refused and there is no hole: the length is. Try one
                     // less than the shortest refused length; a still-refused length lowers it
                     // again next cycle, so the limit converges on what the device accepts.
-                    let k = usize::from(s.table.is_bit());
+                    let k = table_index(s.table);
                     let refused_len = u16::try_from(s.end - s.start).unwrap_or(u16::MAX);
                     let limit = refused_len.saturating_sub(1).max(1);
                     st.learned_max[k] = Some(st.learned_max[k].map_or(limit, |m| m.min(limit)));
@@ -803,13 +870,6 @@ impl Scheduler {
             })
         }));
         let base = limits(dev);
-        let learned = Limits {
-            max_registers: st.learned_max[0]
-                .map_or(base.max_registers, |m| m.min(base.max_registers)),
-            max_bits: st.learned_max[1].map_or(base.max_bits, |m| m.min(base.max_bits)),
-            max_gap: base.max_gap,
-            forbidden: &forbidden,
-        };
         for (g, grp) in st.groups.iter_mut().enumerate() {
             let members: Vec<usize> = dev.groups[g]
                 .points
@@ -817,7 +877,27 @@ impl Scheduler {
                 .copied()
                 .filter(|&pi| st.refused[pi].is_none())
                 .collect();
-            grp.blocks = plan::plan(&dev.points, &members, &learned);
+            // One plan per table, each under its own learned length limit; tables come out in
+            // the planner's order, so the result is what one call would give without limits.
+            grp.blocks = TABLES
+                .iter()
+                .flat_map(|&table| {
+                    let of_table: Vec<usize> = members
+                        .iter()
+                        .copied()
+                        .filter(|&pi| dev.points[pi].table == table)
+                        .collect();
+                    let cap = st.learned_max[table_index(table)];
+                    let l = Limits {
+                        max_registers: cap
+                            .map_or(base.max_registers, |m| m.min(base.max_registers)),
+                        max_bits: cap.map_or(base.max_bits, |m| m.min(base.max_bits)),
+                        max_gap: base.max_gap,
+                        forbidden: &forbidden,
+                    };
+                    plan::plan(&dev.points, &of_table, &l)
+                })
+                .collect();
         }
         debug!(
             device = %dev.name,
@@ -859,6 +939,55 @@ impl Scheduler {
             },
         }
     }
+}
+
+/// Tables in the planner's order.
+const TABLES: [Table; 4] = [
+    Table::Coil,
+    Table::DiscreteInput,
+    Table::Holding,
+    Table::Input,
+];
+
+fn table_index(table: Table) -> usize {
+    match table {
+        Table::Coil => 0,
+        Table::DiscreteInput => 1,
+        Table::Holding => 2,
+        Table::Input => 3,
+    }
+}
+
+/// The runs of `[from, to)` in `table` that no point of `dev` occupies, as forbidden ranges.
+fn unused_runs(dev: &ModbusDevice, table: Table, from: u32, to: u32) -> Vec<Forbidden> {
+    let mut runs = Vec::new();
+    let mut start = None;
+    for a in from..to {
+        let used = dev
+            .points
+            .iter()
+            .any(|p| p.table == table && u32::from(p.address) <= a && a < p.end());
+        match (used, start) {
+            (false, None) => start = Some(a),
+            (true, Some(s)) => {
+                runs.push((s, a));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        runs.push((s, to));
+    }
+    runs.into_iter()
+        .filter_map(|(s, e)| {
+            Some(Forbidden {
+                table,
+                start: u16::try_from(s).ok()?,
+                end: u16::try_from(e - 1).ok()?,
+            })
+        })
+        .collect()
 }
 
 /// A register block answered with bits or the other way round (a confused device or gateway).

@@ -36,9 +36,12 @@
 //!   its cycles complete at once as `CommError` without touching the line until the back-off
 //!   ends, so a dead device costs its line at most `(1 + retries) * timeout` per back-off period
 //!   and never stalls the other devices.
-//! - A broken link (I/O error, closed socket; on Modbus TCP also a timeout, see
-//!   [`transport::Link::timeout_breaks_link`]) is dropped and reopened with the line's back-off;
+//! - On Modbus TCP a timeout also drops the connection (see
+//!   [`transport::Link::timeout_breaks_link`]); its retries go over a fresh connection.
+//! - A broken link (I/O error, closed socket) is dropped and reopened with the line's back-off;
 //!   meanwhile due cycles complete as `CommError`.
+//! - The scheduler watches the clock while a request or a connect is in flight: ticks that fall
+//!   meanwhile start their cycles, or emit `Stale` if the group's previous cycle still runs.
 //! - `ts_ms` is taken when the block's response arrived; `seq` comes from the gateway-wide
 //!   counter.
 //! - Sending a batch waits for room in the channel (backpressure slows polling, it never drops

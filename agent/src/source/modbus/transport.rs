@@ -237,8 +237,16 @@ impl RtuLink {
         count: u16,
         timeout: Duration,
     ) -> Result<Reply, TxError> {
-        tokio::time::sleep_until(self.last_activity + self.inter_frame).await;
-        self.discard_stale()?;
+        // Keep the inter-frame silence; if stale bytes were still arriving, the bus was busy,
+        // so wait the silence again (a few rounds at most: a chattering line must not starve
+        // the master, and the answer check catches what slips through).
+        for _ in 0..4 {
+            tokio::time::sleep_until(self.last_activity + self.inter_frame).await;
+            if self.discard_stale()? == 0 {
+                break;
+            }
+            self.last_activity = Instant::now();
+        }
         let request = frame::read_request(unit, table, start, count);
         let sent = async {
             self.io.write_all(&request).await?;
@@ -285,8 +293,8 @@ impl RtuLink {
         }
     }
 
-    /// Drops every byte already waiting, without waiting for more.
-    fn discard_stale(&mut self) -> Result<(), TxError> {
+    /// Drops every byte already waiting, without waiting for more; returns how many.
+    fn discard_stale(&mut self) -> Result<usize, TxError> {
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
         let mut scratch = [0u8; 256];
@@ -308,7 +316,7 @@ impl RtuLink {
         if dropped > 0 {
             debug!(bytes = dropped, "Discarded stale bytes on an RTU line.");
         }
-        Ok(())
+        Ok(dropped)
     }
 }
 

@@ -775,4 +775,19 @@ async fn shutdown_interrupts_a_send_blocked_by_a_full_channel() {
     stop(server).await;
 }
 
+#[test]
+fn a_learned_hole_never_covers_a_point_of_any_group() {
+    let mut points = vec![
+        point(0, "a", Table::Holding, 0, DataType::U16, ByteOrder::Abcd),
+        point(1, "b", Table::Holding, 5, DataType::F32, ByteOrder::Abcd),
+        point(2, "c", Table::Input, 3, DataType::U16, ByteOrder::Abcd),
+    ];
+    points[1].group = 1;
+    let line = device(any_port(), points);
+    let runs = unused_runs(&line.devices[0], Table::Holding, 0, 10);
+    let spans: Vec<(u16, u16)> = runs.iter().map(|f| (f.start, f.end)).collect();
+    assert_eq!(spans, [(1, 4), (7, 9)], "the f32 at 5..=6 stays readable");
+    assert!(runs.iter().all(|f| f.table == Table::Holding));
+}
+
 mod shared;

@@ -790,4 +790,77 @@ fn a_learned_hole_never_covers_a_point_of_any_group() {
     assert!(runs.iter().all(|f| f.table == Table::Holding));
 }
 
+/// A Modbus TCP server that leaves its first `silent` requests unanswered and answers holding
+/// reads with the address as value; counts connections.
+async fn flaky_tcp(silent: usize) -> (SocketAddr, Arc<AtomicU64>, JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = TcpListener::bind(any_port()).await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let connections = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
+    let conns = Arc::clone(&connections);
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            conns.fetch_add(1, Ordering::Relaxed);
+            let requests = Arc::clone(&requests);
+            tokio::spawn(async move {
+                let mut req = [0u8; 12];
+                while stream.read_exact(&mut req).await.is_ok() {
+                    if requests.fetch_add(1, Ordering::Relaxed) < silent as u64 {
+                        continue;
+                    }
+                    let start = u16::from_be_bytes([req[8], req[9]]);
+                    let count = u16::from_be_bytes([req[10], req[11]]);
+                    let len = 3 + 2 * count;
+                    let mut res = vec![req[0], req[1], 0, 0];
+                    res.extend_from_slice(&len.to_be_bytes());
+                    res.extend_from_slice(&[req[6], req[7], (2 * count) as u8]);
+                    for a in start..start + count {
+                        res.extend_from_slice(&a.to_be_bytes());
+                    }
+                    if stream.write_all(&res).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections, task)
+}
+
+#[tokio::test]
+async fn a_modbus_tcp_timeout_is_retried_on_a_fresh_connection() {
+    let (addr, connections, server) = flaky_tcp(1).await;
+    let points = vec![point(
+        0,
+        "r7",
+        Table::Holding,
+        7,
+        DataType::U16,
+        ByteOrder::Abcd,
+    )];
+    let dev = with_device(device(addr, points), |d| {
+        d.timeout = Duration::from_millis(100);
+        d.retries = 1;
+    });
+    let mut run = start(dev, 4);
+    // Ticks during the 100 ms wait are `stale`; the first cycle's own batch is what counts.
+    let first = run
+        .batch_where("the first read", |b| b[0].quality != Quality::Stale)
+        .await;
+    assert_eq!(
+        (first[0].quality, first[0].value.clone()),
+        (Quality::Good, Value::Int(7)),
+        "the lost answer was retried, not reported"
+    );
+    let (_, stats) = run.stop().await;
+    assert_eq!(stats.request_retries.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        connections.load(Ordering::Relaxed),
+        2,
+        "the retry used a new connection"
+    );
+    server.abort();
+}
+
 mod shared;

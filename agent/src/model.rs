@@ -90,8 +90,8 @@ impl fmt::Display for Category {
 }
 
 /// A decoded sample value. Numeric variants are allocation-free (the hot path); `Text` (fixed-
-/// length strings, value-map labels) shares its bytes: a label is the config's own `Arc`, and a
-/// string register is only re-allocated when its content changes.
+/// length strings, value-map labels) is shared: a label is the config's own `Arc`, cloned by
+/// reference count; a string register allocates once per read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Value {

@@ -10,9 +10,11 @@ use crate::policy::Policy;
 use crate::source::modbus;
 use crate::stats::Stats;
 
-/// Writes one device's poll groups and request plan; returns its requests per cycle.
-fn device_plan(s: &mut String, d: &ModbusDevice) -> usize {
+/// Writes one device's poll groups and request plan; returns its requests per cycle (of every
+/// group) and per second (at the groups' intervals).
+fn device_plan(s: &mut String, d: &ModbusDevice) -> (usize, f64) {
     let mut requests = 0;
+    let mut per_second = 0.0;
     let _ = writeln!(
         s,
         "    device {} unit {}: {} points, timeout {}, retries {}, max_gap {}{}",
@@ -41,6 +43,7 @@ fn device_plan(s: &mut String, d: &ModbusDevice) -> usize {
         }
         let blocks = modbus::plan_group(d, g);
         requests += blocks.len();
+        per_second += blocks.len() as f64 / group.interval.as_secs_f64();
         let _ = writeln!(
             s,
             "      group {} every {}: {} points, {} request(s) per cycle",
@@ -76,7 +79,7 @@ fn device_plan(s: &mut String, d: &ModbusDevice) -> usize {
             );
         }
     }
-    requests
+    (requests, per_second)
 }
 
 /// The `check` report of a valid config.
@@ -97,6 +100,7 @@ pub fn check(loaded: &Loaded) -> String {
         cfg.devices().count()
     );
     let mut total_requests = 0;
+    let mut per_second = 0.0;
     for line in &cfg.lines {
         let _ = writeln!(
             s,
@@ -107,17 +111,11 @@ pub fn check(loaded: &Loaded) -> String {
             line.devices.len()
         );
         for d in &line.devices {
-            total_requests += device_plan(&mut s, d);
+            let (requests, rate) = device_plan(&mut s, d);
+            total_requests += requests;
+            per_second += rate;
         }
     }
-    let per_second: f64 = cfg
-        .devices()
-        .flat_map(|(_, d)| {
-            (0..d.groups.len()).map(move |g| {
-                modbus::plan_group(d, g).len() as f64 / d.groups[g].interval.as_secs_f64()
-            })
-        })
-        .sum();
     let _ = writeln!(
         s,
         "Modbus requests per poll cycle: {total_requests} ({per_second:.1} requests/s at the configured intervals)"

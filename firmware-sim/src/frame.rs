@@ -31,20 +31,10 @@ pub const MBAP_HEADER_LEN: usize = 7;
 /// Largest MBAP `length` field: unit id plus the largest PDU (253 bytes).
 const MBAP_MAX_LENGTH: usize = 254;
 
-/// CRC-16/MODBUS of `data`.
+/// CRC-16/MODBUS of `data` (poly 0xA001 reflected, init 0xFFFF; sent low byte first).
 pub fn crc16(data: &[u8]) -> u16 {
-    let mut crc = 0xFFFF_u16;
-    for &b in data {
-        crc ^= u16::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xA001
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
+    const MODBUS: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_MODBUS);
+    MODBUS.checksum(data)
 }
 
 /// The function code of a PDU (0 for an empty one, which no function uses).

@@ -517,19 +517,7 @@ impl Validator {
                     }
                 },
             };
-            let candidate = ModbusPoint {
-                meta: Arc::clone(&PLACEHOLDER_META),
-                table: decoding.table,
-                address: decoding.address,
-                data_type: decoding.data_type,
-                order: decoding.order,
-                bit: decoding.bit,
-                scale: p.scale,
-                offset: p.offset,
-                map: decoding.map,
-                group,
-            };
-            if !self.point_placement(&label, &candidate, d, &forbidden, &mpoints) {
+            if !self.point_placement(&label, &decoding, d, &forbidden, &mpoints) {
                 continue;
             }
             let (level, category, rule_id) = classify(p, d, ctx.rules, ctx.classification, &p.tag);
@@ -544,7 +532,7 @@ impl Validator {
                 rule_id,
                 device: name.clone(),
                 protocol: ctx.protocol,
-                address: describe_address(d.unit_id, &candidate).into(),
+                address: describe_address(d.unit_id, &decoding).into(),
                 gateway: ctx.gateway.id.clone(),
                 site: ctx.gateway.site.clone(),
                 unit: p.unit.as_deref().map(Into::into),
@@ -552,7 +540,18 @@ impl Validator {
             });
             points.push(meta.clone());
             groups[group].points.push(mpoints.len());
-            mpoints.push(ModbusPoint { meta, ..candidate });
+            mpoints.push(ModbusPoint {
+                meta,
+                table: decoding.table,
+                address: decoding.address,
+                data_type: decoding.data_type,
+                order: decoding.order,
+                bit: decoding.bit,
+                scale: p.scale,
+                offset: p.offset,
+                map: decoding.map,
+                group,
+            });
         }
         for (gi, g) in groups.iter().enumerate().skip(1) {
             if g.points.is_empty() {
@@ -830,7 +829,7 @@ impl Validator {
     fn point_placement(
         &mut self,
         label: &str,
-        p: &ModbusPoint,
+        p: &Decoding,
         d: &RawDevice,
         forbidden: &[Forbidden],
         earlier: &[ModbusPoint],
@@ -882,7 +881,10 @@ impl Validator {
                 && u32::from(o.address) < p.end()
                 && u32::from(p.address) < o.end();
             // Bits of one register may share it when they use different bits.
-            let disjoint_bits = match (bit_mask(p), bit_mask(o)) {
+            let disjoint_bits = match (
+                bit_mask(p.table, p.data_type, p.bit),
+                bit_mask(o.table, o.data_type, o.bit),
+            ) {
                 (Some(a), Some(b)) => a & b == 0,
                 _ => false,
             };
@@ -919,6 +921,13 @@ struct Decoding {
     map: Option<Arc<ValueMap>>,
 }
 
+impl Decoding {
+    /// One past the last address the point occupies (as [`ModbusPoint::end`]).
+    fn end(&self) -> u32 {
+        u32::from(self.address) + u32::from(self.data_type.width())
+    }
+}
+
 /// Per-device context for compiling points.
 struct DeviceCtx<'a> {
     gateway: &'a Gateway,
@@ -927,35 +936,17 @@ struct DeviceCtx<'a> {
     protocol: Protocol,
 }
 
-/// Stand-in metadata while a point is validated; replaced before the point is kept.
-static PLACEHOLDER_META: std::sync::LazyLock<Arc<PointMeta>> = std::sync::LazyLock::new(|| {
-    Arc::new(PointMeta {
-        id: u32::MAX,
-        tag: "".into(),
-        level: crate::model::Level::Core,
-        category: crate::model::Category::ProductionOperation,
-        rule_id: "".into(),
-        device: "".into(),
-        protocol: Protocol::ModbusTcp,
-        address: "".into(),
-        gateway: "".into(),
-        site: "".into(),
-        unit: None,
-        interval_ms: 0,
-    })
-});
-
 /// The register bits a bool/bits point uses, for overlap checks.
-fn bit_mask(p: &ModbusPoint) -> Option<u16> {
-    match p.data_type {
-        DataType::Bool if !p.table.is_bit() => p.bit.map(|b| 1u16 << b),
+fn bit_mask(table: Table, data_type: DataType, bit: Option<u8>) -> Option<u16> {
+    match data_type {
+        DataType::Bool if !table.is_bit() => bit.map(|b| 1u16 << b),
         DataType::Bits { lsb, count } => Some((((1u32 << count) - 1) << lsb) as u16),
         _ => None,
     }
 }
 
 /// Provenance address: `unit=1 holding:100`, `unit=1 holding:5.3`, `unit=1 holding:5.4+3`.
-fn describe_address(unit: u8, p: &ModbusPoint) -> String {
+fn describe_address(unit: u8, p: &Decoding) -> String {
     let suffix = match (p.data_type, p.bit) {
         (DataType::Bits { lsb, count }, _) => format!(".{lsb}+{count}"),
         (_, Some(b)) => format!(".{b}"),

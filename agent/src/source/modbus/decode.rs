@@ -189,7 +189,7 @@ pub fn assemble(words: &[u16], order: ByteOrder) -> u64 {
 }
 
 /// Packed BCD with `digits` nibbles (most significant first) to its integer.
-fn bcd(raw: u32, digits: u32) -> Result<i64, DecodeError> {
+pub(crate) fn bcd(raw: u32, digits: u32) -> Result<i64, DecodeError> {
     let mut value = 0i64;
     for k in (0..digits).rev() {
         let nibble = (raw >> (4 * k)) & 0xF;

@@ -15,20 +15,10 @@ pub const REQUEST_LEN: usize = 8;
 /// Bytes of an exception response.
 pub const EXCEPTION_LEN: usize = 5;
 
-/// CRC-16/MODBUS of `data`.
+/// CRC-16/MODBUS of `data` (poly 0xA001 reflected, init 0xFFFF; sent low byte first).
 pub fn crc16(data: &[u8]) -> u16 {
-    let mut crc = 0xFFFFu16;
-    for &b in data {
-        crc ^= u16::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xA001
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
+    const MODBUS: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_MODBUS);
+    MODBUS.checksum(data)
 }
 
 /// The request frame reading `count` registers or bits of `table` from `start` at `unit`.

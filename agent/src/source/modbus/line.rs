@@ -420,14 +420,7 @@ impl Scheduler {
                 Some(true)
             }
             Err(e) => {
-                self.line_failures += 1;
-                let delay = backoff_delay(
-                    self.line_failures,
-                    line.backoff_initial,
-                    line.backoff_max,
-                    rand::rng().random::<f64>(),
-                );
-                self.reconnect_at = Instant::now() + delay;
+                let delay = self.line_failed();
                 // Warn once when the line goes away; the retries are routine.
                 if self.line_failures == 1 {
                     warn!(
@@ -444,9 +437,28 @@ impl Scheduler {
         }
     }
 
-    /// Completes a cycle without touching the line: the rest of its points are `CommError`.
+    /// Completes a cycle without touching the line (its device is backed off or the line is
+    /// down): the rest of its points are `CommError`.
     async fn skip_cycle(&mut self, d: usize, g: usize) -> bool {
         self.stats.cycles_skipped.fetch_add(1, Ordering::Relaxed);
+        self.fail_rest(d, g).await
+    }
+
+    /// One more line failure: the reconnect waits the line's back-off. Returns the wait.
+    fn line_failed(&mut self) -> Duration {
+        self.line_failures += 1;
+        let delay = backoff_delay(
+            self.line_failures,
+            self.line.backoff_initial,
+            self.line.backoff_max,
+            rand::rng().random::<f64>(),
+        );
+        self.reconnect_at = Instant::now() + delay;
+        delay
+    }
+
+    /// Completes a cycle as it stands: every block not read yet is `CommError`.
+    async fn fail_rest(&mut self, d: usize, g: usize) -> bool {
         let line = Arc::clone(&self.line);
         let dev = &line.devices[d];
         let ts = now_ms();
@@ -455,17 +467,15 @@ impl Scheduler {
             return true;
         };
         while let Some((block, _)) = cycle.todo.pop_front() {
-            for &pi in &block.points {
-                stamp(
-                    dev,
-                    &mut st.mem,
-                    &self.seq,
-                    &mut cycle.batch,
-                    pi,
-                    Err(Quality::CommError),
-                    ts,
-                );
-            }
+            stamp_bad(
+                dev,
+                &mut st.mem,
+                &self.seq,
+                &mut cycle.batch,
+                &block.points,
+                Quality::CommError,
+                ts,
+            );
         }
         self.finish(d, cycle).await
     }
@@ -501,29 +511,23 @@ impl Scheduler {
                 if let Some(c) = st.groups[g].cycle.as_mut() {
                     c.todo.push_front((block, parent));
                 }
-                // The rest of this cycle waits for no one: `skip_cycle` stamps it.
-                return self.skip_cycle(d, g).await;
+                // The rest of this cycle waits for no one.
+                return self.fail_rest(d, g).await;
             }
             Step::LinkBroken(e) => {
                 self.stats.request_failures.fetch_add(1, Ordering::Relaxed);
-                self.line_failures += 1;
-                let delay = backoff_delay(
-                    self.line_failures,
-                    line.backoff_initial,
-                    line.backoff_max,
-                    rand::rng().random::<f64>(),
-                );
-                self.reconnect_at = Instant::now() + delay;
+                let delay = self.line_failed();
                 warn!(
                     line = %line.name,
                     device = %dev.name,
                     error = ?e,
+                    delay = ?delay,
                     "Modbus line broke; reconnecting."
                 );
                 if let Some(c) = self.devices[d].groups[g].cycle.as_mut() {
                     c.todo.push_front((block, parent));
                 }
-                return self.skip_cycle(d, g).await;
+                return self.fail_rest(d, g).await;
             }
         }
         // A cycle whose last request is answered ends now, not when it is next picked: its
@@ -649,17 +653,15 @@ impl Scheduler {
                     "Malformed Modbus response; its block carries comm_error."
                 );
             }
-            for &pi in &block.points {
-                stamp(
-                    dev,
-                    &mut st.mem,
-                    &self.seq,
-                    &mut cycle.batch,
-                    pi,
-                    Err(Quality::CommError),
-                    ts,
-                );
-            }
+            stamp_bad(
+                dev,
+                &mut st.mem,
+                &self.seq,
+                &mut cycle.batch,
+                &block.points,
+                Quality::CommError,
+                ts,
+            );
             return;
         }
         if let Some(split) = parent.and_then(|p| cycle.splits.get_mut(p)) {
@@ -745,16 +747,16 @@ impl Scheduler {
             );
             for &pi in &block.points {
                 st.refused[pi] = Some(code);
-                stamp(
-                    dev,
-                    &mut st.mem,
-                    &self.seq,
-                    &mut cycle.batch,
-                    pi,
-                    Err(quality),
-                    ts,
-                );
             }
+            stamp_bad(
+                dev,
+                &mut st.mem,
+                &self.seq,
+                &mut cycle.batch,
+                &block.points,
+                quality,
+                ts,
+            );
             return;
         }
         if block
@@ -771,17 +773,15 @@ impl Scheduler {
                 "Modbus device answered an exception; the block is device_exception."
             );
         }
-        for &pi in &block.points {
-            stamp(
-                dev,
-                &mut st.mem,
-                &self.seq,
-                &mut cycle.batch,
-                pi,
-                Err(quality),
-                ts,
-            );
-        }
+        stamp_bad(
+            dev,
+            &mut st.mem,
+            &self.seq,
+            &mut cycle.batch,
+            &block.points,
+            quality,
+            ts,
+        );
     }
 
     fn device_ok(&mut self, d: usize) {
@@ -993,6 +993,21 @@ fn unused_runs(dev: &ModbusDevice, table: Table, from: u32, to: u32) -> Vec<Forb
 /// A register block answered with bits or the other way round (a confused device or gateway).
 fn reply_kind_mismatch(block: &ReadBlock, reply: &Reply) -> bool {
     block.table.is_bit() != matches!(reply, Reply::Bits(_))
+}
+
+/// Appends a `quality` sample (with the fallback value) for each of `points`.
+fn stamp_bad(
+    dev: &ModbusDevice,
+    st: &mut PointMemory,
+    seq: &AtomicU64,
+    batch: &mut Vec<Tagged>,
+    points: &[usize],
+    quality: Quality,
+    ts: i64,
+) {
+    for &pi in points {
+        stamp(dev, st, seq, batch, pi, Err(quality), ts);
+    }
 }
 
 /// Appends point `pi`'s sample: a good value, or a bad quality with the fallback value.

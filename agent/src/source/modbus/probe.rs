@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::decode::{assemble, word16};
+use super::decode::{assemble, bcd, word16};
 use super::frame::Reply;
 use super::transport::{Link, TxError};
 use crate::config::runtime::{ByteOrder, ModbusLine, Table};
@@ -90,7 +90,7 @@ pub fn render(table: Table, start: u16, reply: &Reply) -> String {
             w as i16,
             swapped,
             swapped as i16,
-            bcd(u64::from(w), 4).map_or("-".into(), |v| v.to_string()),
+            bcd(u32::from(w), 4).map_or("-".into(), |v| v.to_string()),
             printable(&w.to_be_bytes()),
         );
     }
@@ -150,18 +150,6 @@ pub fn render(table: Table, start: u16, reply: &Reply) -> String {
     let _ = writeln!(s, "\nstring AB: {:?}", String::from_utf8_lossy(&ab));
     let _ = writeln!(s, "string BA: {:?}", String::from_utf8_lossy(&ba));
     s
-}
-
-fn bcd(raw: u64, digits: u32) -> Option<u64> {
-    let mut v = 0;
-    for k in (0..digits).rev() {
-        let n = (raw >> (4 * k)) & 0xF;
-        if n > 9 {
-            return None;
-        }
-        v = v * 10 + n;
-    }
-    Some(v)
 }
 
 fn printable(bytes: &[u8]) -> String {

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`model`]: `Level`, `Category`, `Value`, `Quality`, `Tagged`, `Summary`, `Permitted<T>`.
+//! - [`backoff`]: the one retry schedule (devices, lines, uplinks).
 //! - [`config`]: strict TOML config, validation that reports every error, compiled runtime types.
 //! - [`source`]: acquisition; each source emits only `Tagged` samples.
 //! - [`summary`]: pure tumbling-window aggregator.
@@ -23,6 +24,7 @@
 //!                                 raw ─────────────────────┘   └─ denied ─> counted + logged
 //! ```
 
+pub mod backoff;
 pub mod config;
 pub mod model;
 pub mod pipeline;

@@ -128,38 +128,5 @@ pub fn requests_per_cycle(device: &ModbusDevice) -> usize {
         .sum()
 }
 
-/// Back-off before attempt number `failures` (≥ 1), `unit` uniform in `[0, 1)`: uniform in
-/// `[b/2, b]` with `b = min(initial * 2^(failures-1), max)` ("equal jitter": spread out
-/// gateways that lost the same PLC at once, never retry faster than half the base).
-pub fn backoff_delay(failures: u32, initial: Duration, max: Duration, unit: f64) -> Duration {
-    let doublings = failures.saturating_sub(1).min(31);
-    let base = initial.saturating_mul(1u32 << doublings).min(max);
-    base.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_from_initial_to_max_with_equal_jitter() {
-        let (initial, max) = (Duration::from_millis(100), Duration::from_secs(1));
-        let top = |n| backoff_delay(n, initial, max, 1.0);
-        let bottom = |n| backoff_delay(n, initial, max, 0.0);
-        assert_eq!(
-            [top(1), top(2), top(3), top(4), top(5)].map(|d| d.as_millis()),
-            [100, 200, 400, 800, 1000]
-        );
-        assert_eq!(bottom(1), Duration::from_millis(50));
-        assert_eq!(bottom(40), Duration::from_millis(500));
-        assert_eq!(
-            backoff_delay(u32::MAX, initial, max, 0.5),
-            Duration::from_millis(750)
-        );
-        assert_eq!(
-            backoff_delay(0, initial, max, 1.0),
-            initial,
-            "0 failures behaves like 1"
-        );
-    }
-}
+/// The agent's one back-off schedule (see [`crate::backoff`]).
+pub use crate::backoff::delay as backoff_delay;

@@ -9,26 +9,19 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use edge_agent::config::runtime::{ByteOrder, DataType, ModbusPoint, Table, ValueMap};
-use edge_agent::model::{Category, Level, PointMeta, Protocol};
+use edge_agent::model::{Category, Level, PointMeta};
 use edge_agent::source::modbus::decode::decode_registers;
 use edge_agent::source::modbus::plan::{plan, Limits};
 
 fn point(i: usize, address: u16, data_type: DataType, order: ByteOrder) -> ModbusPoint {
     ModbusPoint {
-        meta: Arc::new(PointMeta {
-            id: i as u32,
-            tag: format!("p{i}").into(),
-            level: Level::General,
-            category: Category::ProductionOperation,
-            rule_id: "bench".into(),
-            device: "plc".into(),
-            protocol: Protocol::ModbusTcp,
-            address: "".into(),
-            gateway: "gw".into(),
-            site: "site".into(),
-            unit: None,
-            interval_ms: 1000,
-        }),
+        meta: Arc::new(PointMeta::for_test(
+            i as u32,
+            &format!("p{i}"),
+            Level::General,
+            Category::ProductionOperation,
+            1000,
+        )),
         table: Table::Holding,
         address,
         data_type,

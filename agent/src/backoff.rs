@@ -68,8 +68,15 @@ mod tests {
         );
         assert_eq!(bottom(1), Duration::from_millis(50));
         assert_eq!(bottom(40), Duration::from_millis(500));
-        assert_eq!(delay(u32::MAX, initial, max, 0.5), Duration::from_millis(750));
-        assert_eq!(delay(0, initial, max, 1.0), initial, "0 failures behaves like 1");
+        assert_eq!(
+            delay(u32::MAX, initial, max, 0.5),
+            Duration::from_millis(750)
+        );
+        assert_eq!(
+            delay(0, initial, max, 1.0),
+            initial,
+            "0 failures behaves like 1"
+        );
     }
 
     #[test]

@@ -1,18 +1,22 @@
 //! The data model every stage shares.
 //!
+//! The vocabulary (levels, categories, values, qualities, forms) lives here. The labelled types
+//! live with the module that owns each decision, and their fields are private there:
+//! - [`PointMeta`]: the classification of a point, compiled once from the config.
+//! - [`crate::source::Tagged`]: a sample, stamped by a source with its point's `PointMeta`.
+//! - [`crate::summary::Summary`]: a closed window, built only by the summary engine.
+//! - [`crate::policy::Permitted`] and [`crate::policy::EgressItem`]: built only by the policy.
+//!
 //! Invariants:
-//! - A [`Tagged`] sample always carries its level, category and classifying rule: they live in
-//!   the point's [`PointMeta`], fixed when the config was compiled, and a source can only emit
-//!   samples for points it was given. There is no way to build an untagged sample.
+//! - A sample always carries its level, category and classifying rule: they live in the point's
+//!   [`PointMeta`], fixed when the config was compiled, and a source can only emit samples for
+//!   points it was given. There is no way to build an untagged sample, nor to relabel one.
 //! - Anything derived from several inputs takes the highest input level ([`Level::highest`]).
-//! - [`Permitted`] (re-exported from `policy`) can only be constructed by the policy module.
 
 use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-
-pub use crate::policy::Permitted;
 
 /// Data-security level (MIIT 9-11). Ordered: `General < Important < Core`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -182,48 +186,152 @@ impl Protocol {
 
 /// Everything about a point that is fixed at config-compile time: identity, classification and
 /// provenance. Shared by `Arc` so stamping a sample costs one reference-count increment.
+///
+/// Fields are private: a label, once compiled, cannot be changed by any later stage.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PointMeta {
-    /// Dense index of the point (0..n) in the compiled point table; used by the summary and
-    /// counters as an array index.
+    id: u32,
+    tag: Arc<str>,
+    level: Level,
+    category: Category,
+    rule_id: Arc<str>,
+    device: Arc<str>,
+    protocol: Protocol,
+    address: Arc<str>,
+    gateway: Arc<str>,
+    site: Arc<str>,
+    unit: Option<Arc<str>>,
+    interval_ms: u64,
+}
+
+/// What the classification compiler decided for a point, and where the point comes from: the
+/// arguments of [`PointMeta::compile`], named so that a call site reads as a record.
+#[derive(Debug, Clone)]
+pub(crate) struct PointSpec {
     pub id: u32,
     pub tag: Arc<str>,
     pub level: Level,
     pub category: Category,
-    /// Id and version of the classification rule that set level/category, e.g. `point:explicit`
-    /// or `rule:R-core-recipe@v1`, or `default` for unmapped data.
     pub rule_id: Arc<str>,
     pub device: Arc<str>,
     pub protocol: Protocol,
-    /// Human-readable source address, e.g. `unit=1 holding:100` or an MQTT topic.
     pub address: Arc<str>,
     pub gateway: Arc<str>,
     pub site: Arc<str>,
-    /// Engineering unit, if configured.
     pub unit: Option<Arc<str>>,
-    /// Collection interval in milliseconds (provenance: how often this point is sampled).
     pub interval_ms: u64,
 }
 
-/// A classified sample: the only kind of value that exists after a source.
-#[derive(Debug, Clone)]
-pub struct Tagged {
-    pub meta: Arc<PointMeta>,
-    pub value: Value,
-    pub quality: Quality,
-    /// UTC time of the read, milliseconds since the Unix epoch.
-    pub ts_ms: i64,
-    /// Per-gateway monotonically increasing sequence number, assigned at source.
-    pub seq: u64,
-}
+impl PointMeta {
+    /// Only the config compiler calls this (`clippy.toml` bans it elsewhere): a point's level
+    /// and category are decided once, when the configuration is compiled.
+    pub(crate) fn compile(s: PointSpec) -> Self {
+        Self {
+            id: s.id,
+            tag: s.tag,
+            level: s.level,
+            category: s.category,
+            rule_id: s.rule_id,
+            device: s.device,
+            protocol: s.protocol,
+            address: s.address,
+            gateway: s.gateway,
+            site: s.site,
+            unit: s.unit,
+            interval_ms: s.interval_ms,
+        }
+    }
 
-impl Tagged {
+    /// A point for tests outside this crate (benchmarks, end-to-end tests): only with the
+    /// `testkit` feature, which no shipped build enables.
+    #[cfg(any(test, feature = "testkit"))]
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_test(
+        id: u32,
+        tag: &str,
+        level: Level,
+        category: Category,
+        interval_ms: u64,
+    ) -> Self {
+        Self::compile(PointSpec {
+            id,
+            tag: tag.into(),
+            level,
+            category,
+            rule_id: "point:explicit".into(),
+            device: "dev".into(),
+            protocol: Protocol::ModbusTcp,
+            address: "unit=1 holding:0".into(),
+            gateway: "gw".into(),
+            site: "site".into(),
+            unit: None,
+            interval_ms,
+        })
+    }
+
+    /// Test-only: the same point on another device.
+    #[cfg(test)]
+    pub(crate) fn with_device_for_test(&self, device: &str) -> Self {
+        Self {
+            device: device.into(),
+            ..self.clone()
+        }
+    }
+
+    /// Dense index of the point (0..n) in the compiled point table; the summary engine and
+    /// counters use it as an array index.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn tag(&self) -> &Arc<str> {
+        &self.tag
+    }
+
     pub fn level(&self) -> Level {
-        self.meta.level
+        self.level
     }
 
     pub fn category(&self) -> Category {
-        self.meta.category
+        self.category
+    }
+
+    /// Id and version of the classification rule that set level/category, e.g. `point:explicit`
+    /// or `rule:R-core-recipe@v1`, or `default` for unmapped data.
+    pub fn rule_id(&self) -> &Arc<str> {
+        &self.rule_id
+    }
+
+    pub fn device(&self) -> &Arc<str> {
+        &self.device
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Human-readable source address, e.g. `unit=1 holding:100` or an MQTT topic.
+    pub fn address(&self) -> &Arc<str> {
+        &self.address
+    }
+
+    pub fn gateway(&self) -> &Arc<str> {
+        &self.gateway
+    }
+
+    pub fn site(&self) -> &Arc<str> {
+        &self.site
+    }
+
+    /// Engineering unit, if configured.
+    pub fn unit(&self) -> Option<&Arc<str>> {
+        self.unit.as_ref()
+    }
+
+    /// Collection interval in milliseconds (provenance: how often this point is sampled).
+    pub fn interval_ms(&self) -> u64 {
+        self.interval_ms
     }
 }
 
@@ -250,32 +358,6 @@ impl Stat {
         Stat::Good,
         Stat::Bad,
     ];
-}
-
-/// A closed tumbling window over one point. Carries the point's level (one input) — anything that
-/// combines summaries of several points takes [`Level::highest`] of them.
-#[derive(Debug, Clone)]
-pub struct Summary {
-    pub meta: Arc<PointMeta>,
-    /// Window start, inclusive, ms since epoch (UTC).
-    pub window_start_ms: i64,
-    /// Window end, exclusive.
-    pub window_end_ms: i64,
-    /// Number of samples (good + bad).
-    pub count: u64,
-    pub good: u64,
-    pub bad: u64,
-    /// Min/max/mean/last over *good* samples; `None` when there were none.
-    pub min: Option<f64>,
-    pub max: Option<f64>,
-    pub mean: Option<f64>,
-    pub last: Option<f64>,
-}
-
-impl Summary {
-    pub fn level(&self) -> Level {
-        self.meta.level
-    }
 }
 
 /// The form in which data may leave the gateway.
@@ -314,20 +396,13 @@ pub(crate) mod testutil {
     use super::*;
 
     pub fn meta(id: u32, tag: &str, level: Level) -> Arc<PointMeta> {
-        Arc::new(PointMeta {
+        Arc::new(PointMeta::for_test(
             id,
-            tag: tag.into(),
+            tag,
             level,
-            category: Category::ProductionOperation,
-            rule_id: "point:explicit".into(),
-            device: "dev".into(),
-            protocol: Protocol::ModbusTcp,
-            address: "unit=1 holding:0".into(),
-            gateway: "gw".into(),
-            site: "site".into(),
-            unit: None,
-            interval_ms: 1000,
-        })
+            Category::ProductionOperation,
+            1000,
+        ))
     }
 }
 

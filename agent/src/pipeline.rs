@@ -16,13 +16,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::AgentConfig;
-use crate::model::{now_ms, Tagged};
-use crate::policy::Policy;
+use crate::model::now_ms;
+use crate::source::Tagged;
 use crate::stats::Stats;
-use crate::summary::SummaryEngine;
+use crate::summary::{Summary, SummaryEngine};
 use crate::{source, store, uplink};
 
 /// Poll batches the router may have queued before sources wait.
@@ -79,13 +79,13 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
     let historian = store::Historian::spawn(&cfg.historian, &cfg.points, stats.clone())?;
     let mut uplinks = Vec::new();
     for dest in &cfg.destinations {
-        let handle = uplink::spawn(
+        // Each uplink owns its destination's policy: nothing else can put an item in its queue.
+        uplinks.push(uplink::spawn(
             dest.clone(),
             &cfg.gateway,
             stats.clone(),
             uplink_shutdown.clone(),
-        )?;
-        uplinks.push((Policy::new(dest.clone()), handle));
+        )?);
     }
 
     let (tx, rx) = mpsc::channel::<Vec<Tagged>>(SOURCE_QUEUE);
@@ -109,7 +109,7 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
         "Agent started."
     );
 
-    let summary = SummaryEngine::new(&cfg.points, &cfg.summary.windows);
+    let summary = SummaryEngine::new(&cfg.points, &cfg.summary.windows).starting_at(now_ms());
     let router_stats = stats.clone();
     let router = tokio::spawn(async move {
         let mut router = Router {
@@ -120,10 +120,14 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
         };
         router.run(rx, &historian).await;
         for s in sources {
-            let _ = s.await;
+            // A source that panicked lost only its own line's polling; say so loudly, the rest
+            // of the shutdown goes on so nothing else is lost.
+            if let Err(e) = s.await {
+                error!(error = %e, "A source task ended abnormally; its line stopped polling.");
+            }
         }
         uplink_shutdown.cancel();
-        for (_, u) in router.uplinks {
+        for u in router.uplinks {
             u.closed().await;
         }
         let hist_stats = router.stats.clone();
@@ -145,9 +149,9 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
 
 struct Router {
     summary: SummaryEngine,
-    uplinks: Vec<(Policy, uplink::UplinkHandle)>,
+    uplinks: Vec<uplink::UplinkHandle>,
     stats: Arc<Stats>,
-    summaries: Vec<crate::model::Summary>,
+    summaries: Vec<Summary>,
 }
 
 impl Router {
@@ -168,7 +172,11 @@ impl Router {
                 _ = tick.tick() => self.close_summaries(now_ms()),
             }
         }
-        self.close_summaries(now_ms());
+        // A clean stop: the windows still open are summarised as partial and offered like any
+        // other (docs/decisions/0008-egress-gate.md), so nothing read goes unsummarised.
+        self.summaries.clear();
+        self.summary.close_all(now_ms(), &mut self.summaries);
+        self.offer_summaries(now_ms());
         debug!("Router drained.");
     }
 
@@ -176,13 +184,10 @@ impl Router {
         let now = now_ms();
         for t in &batch {
             self.summary.observe(t);
-            for (i, (policy, handle)) in self.uplinks.iter_mut().enumerate() {
-                match policy.decide_raw(t, now) {
-                    Ok(permitted) => handle.offer(permitted),
-                    // Raw denials are the normal case for important/core data (they leave as
-                    // summaries or not at all), so they are counted, not logged one by one.
-                    Err(_) => self.stats.destinations[i].denied.add(t.level(), 1),
-                }
+            for uplink in &mut self.uplinks {
+                // Raw denials are the normal case for important/core data (they leave as
+                // summaries or not at all): the uplink counts them, nobody logs them one by one.
+                let _ = uplink.offer_raw(t, now);
             }
         }
         historian.offer(batch);
@@ -191,15 +196,16 @@ impl Router {
     fn close_summaries(&mut self, now: i64) {
         self.summaries.clear();
         self.summary.close_due(now, &mut self.summaries);
+        self.offer_summaries(now);
+    }
+
+    /// Offer every summary in `self.summaries` to every uplink; each decides with its own policy.
+    fn offer_summaries(&mut self, now: i64) {
         for s in &self.summaries {
             self.stats.summaries.add(s.level(), 1);
-            for (i, (policy, handle)) in self.uplinks.iter_mut().enumerate() {
-                match policy.decide_summary(s, now) {
-                    Ok(permitted) => handle.offer(permitted),
-                    Err(reason) => {
-                        self.stats.destinations[i].denied.add(s.level(), 1);
-                        debug!(point = %s.meta.tag, destination = %policy.destination().name, reason = %reason, "Summary egress denied by policy.");
-                    }
+            for uplink in &mut self.uplinks {
+                if let Err(reason) = uplink.offer_summary(s, now) {
+                    debug!(point = %s.meta().tag(), destination = %uplink.destination().name, reason = %reason, "Summary egress denied by policy.");
                 }
             }
         }

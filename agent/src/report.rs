@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::config::ModbusDevice;
 use crate::config::{load::points_per_level_category, AgentConfig, Loaded};
-use crate::model::{Form, Level};
+use crate::model::{now_ms, Form, Level};
 use crate::policy::Policy;
 use crate::source::modbus;
 use crate::stats::Stats;
@@ -53,7 +53,11 @@ fn device_plan(s: &mut String, d: &ModbusDevice) -> (usize, f64) {
             blocks.len()
         );
         for b in &blocks {
-            let tags: Vec<&str> = b.points.iter().map(|&i| &*d.points[i].meta.tag).collect();
+            let tags: Vec<&str> = b
+                .points
+                .iter()
+                .map(|&i| &**d.points[i].meta.tag())
+                .collect();
             let shown = if tags.len() > 4 {
                 format!(
                     "{} ... {} ({} points)",
@@ -137,7 +141,7 @@ pub fn check(loaded: &Loaded) -> String {
         "destination", "general", "important", "core"
     );
     for d in &cfg.destinations {
-        let m = Policy::new(d.clone()).matrix();
+        let m = Policy::new(d.clone()).matrix(now_ms());
         let cell = |forms: &Vec<Form>| {
             if forms.is_empty() {
                 "nothing".to_owned()
@@ -181,13 +185,13 @@ pub fn check(loaded: &Loaded) -> String {
 /// The `explain` report of one point, or `None` if no point has that tag.
 pub fn explain(cfg: &AgentConfig, tag: &str, now_ms: i64) -> Option<String> {
     let meta = cfg.point_by_tag(tag)?;
-    let (line, device) = cfg.devices().find(|(_, d)| d.name == meta.device)?;
-    let point = device.points.iter().find(|p| p.meta.id == meta.id)?;
+    let (line, device) = cfg.devices().find(|(_, d)| d.name == *meta.device())?;
+    let point = device.points.iter().find(|p| p.meta.id() == meta.id())?;
     let mut s = String::new();
-    let _ = writeln!(s, "point {}", meta.tag);
-    let _ = writeln!(s, "  level:     {}", meta.level);
-    let _ = writeln!(s, "  category:  {}", meta.category);
-    let why = match &*meta.rule_id {
+    let _ = writeln!(s, "point {}", meta.tag());
+    let _ = writeln!(s, "  level:     {}", meta.level());
+    let _ = writeln!(s, "  category:  {}", meta.category());
+    let why = match &**meta.rule_id() {
         "point:explicit" => "set explicitly on the point".to_owned(),
         "default" => format!(
             "no rule matches: unmapped data takes classification.default_level ({})",
@@ -196,14 +200,14 @@ pub fn explain(cfg: &AgentConfig, tag: &str, now_ms: i64) -> Option<String> {
         r if r.starts_with("rule:") => format!("first matching pattern rule {}", &r[5..]),
         r => format!("defaults of {}", r.replace(':', " ")),
     };
-    let _ = writeln!(s, "  decided by {} ({why})", meta.rule_id);
+    let _ = writeln!(s, "  decided by {} ({why})", meta.rule_id());
     let _ = writeln!(
         s,
         "  source:    device {} ({} via {}) {} as {} order {} scale {} offset {}{}",
-        meta.device,
-        meta.protocol.as_str(),
+        meta.device(),
+        meta.protocol().as_str(),
         line.transport.describe(),
-        meta.address,
+        meta.address(),
         point.data_type.as_str(),
         point.order.name(point.data_type.width()),
         point.scale,
@@ -217,7 +221,7 @@ pub fn explain(cfg: &AgentConfig, tag: &str, now_ms: i64) -> Option<String> {
     let _ = writeln!(
         s,
         "  sampled every {} ms; stored locally in {}",
-        meta.interval_ms,
+        meta.interval_ms(),
         cfg.historian.path.display()
     );
     if cfg.destinations.is_empty() {

@@ -38,6 +38,9 @@ pub struct DestinationStats {
     pub denied: PerLevel,
     /// Items dropped because the uplink queue was full.
     pub dropped: PerLevel,
+    /// Permits granted by another destination's policy and refused by this uplink. Always 0
+    /// unless there is a wiring bug; the refusal is the guarantee, the counter the evidence.
+    pub misrouted: PerLevel,
     /// Messages published and acknowledged.
     pub messages_acked: AtomicU64,
     pub connected: std::sync::atomic::AtomicBool,
@@ -50,6 +53,7 @@ impl DestinationStats {
             forwarded: PerLevel::default(),
             denied: PerLevel::default(),
             dropped: PerLevel::default(),
+            misrouted: PerLevel::default(),
             messages_acked: AtomicU64::new(0),
             connected: std::sync::atomic::AtomicBool::new(false),
         }

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_agent::model::{Category, Level, PointMeta, Protocol, Quality, Tagged, Value};
+use edge_agent::model::{Category, Level, PointMeta, Quality, Value};
+use edge_agent::source::Tagged;
 use edge_agent::summary::SummaryEngine;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
@@ -12,24 +13,18 @@ use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
 fn point(id: u32) -> Arc<PointMeta> {
-    Arc::new(PointMeta {
+    let level = if id % 3 == 0 {
+        Level::Important
+    } else {
+        Level::General
+    };
+    Arc::new(PointMeta::for_test(
         id,
-        tag: format!("p{id}").into(),
-        level: if id % 3 == 0 {
-            Level::Important
-        } else {
-            Level::General
-        },
-        category: Category::ProductionOperation,
-        rule_id: "point:explicit".into(),
-        device: "d".into(),
-        protocol: Protocol::ModbusTcp,
-        address: "unit=1 holding:0".into(),
-        gateway: "gw".into(),
-        site: "s".into(),
-        unit: None,
-        interval_ms: 100,
-    })
+        &format!("p{id}"),
+        level,
+        Category::ProductionOperation,
+        100,
+    ))
 }
 
 #[test]
@@ -40,24 +35,27 @@ fn observing_samples_does_not_allocate_even_across_window_boundaries() {
     let mut out = Vec::with_capacity(1000);
     // Samples spanning 3 one-second windows, so observe() closes windows on the way.
     let samples: Vec<Tagged> = (0..3000u64)
-        .map(|i| Tagged {
-            meta: points[(i % 100) as usize].clone(),
-            value: Value::Float(i as f64),
-            quality: if i % 17 == 0 {
+        .map(|i| {
+            let quality = if i % 17 == 0 {
                 Quality::CommError
             } else {
                 Quality::Good
-            },
-            ts_ms: 1_700_000_000_000 + (i as i64 / 100) * 100,
-            seq: i,
+            };
+            Tagged::for_test(
+                points[(i % 100) as usize].clone(),
+                Value::Float(i as f64),
+                quality,
+                1_700_000_000_000 + (i as i64 / 100) * 100,
+                i,
+            )
         })
         .collect();
 
     let region = Region::new(GLOBAL);
     for s in &samples {
         engine.observe(s);
-        if s.seq % 1000 == 999 {
-            engine.close_due(s.ts_ms, &mut out);
+        if s.seq() % 1000 == 999 {
+            engine.close_due(s.ts_ms(), &mut out);
             out.clear();
         }
     }

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use edge_agent::config::load::from_toml_str;
 use edge_agent::config::AgentConfig;
-use edge_agent::model::{now_ms, Quality, Tagged, Value};
+use edge_agent::model::{now_ms, Quality, Value};
 use edge_agent::source::modbus::{probe, run_line};
+use edge_agent::source::Tagged;
 use edge_agent::stats::Stats;
 use firmware_sim::faults::Faults;
 use firmware_sim::{Plant, Scenario};
@@ -77,8 +78,8 @@ fn expect_values(batch: &[Tagged], name: &str) {
     let get = |suffix: &str| {
         batch
             .iter()
-            .find(|t| *t.meta.tag == *format!("{name}.{suffix}"))
-            .map(|t| (t.quality, t.value.clone()))
+            .find(|t| **t.meta().tag() == *format!("{name}.{suffix}"))
+            .map(|t| (t.quality(), t.value().clone()))
     };
     assert_eq!(get("f32"), Some((Quality::Good, Value::Float(123.5))));
     assert_eq!(get("u32"), Some((Quality::Good, Value::Int(0x1234_5678))));
@@ -140,7 +141,7 @@ impl Agent {
         tokio::time::timeout(WAIT, async {
             loop {
                 let b = self.rx.recv().await.expect("lines running");
-                if *b[0].meta.device == *device && pred(&b) {
+                if **b[0].meta().device() == *device && pred(&b) {
                     return b;
                 }
             }
@@ -154,9 +155,9 @@ impl Agent {
         let mut counts = HashMap::new();
         let end = tokio::time::Instant::now() + window;
         while let Ok(Some(b)) = tokio::time::timeout_at(end, self.rx.recv()).await {
-            let good = b.iter().all(|t| t.quality.is_good());
+            let good = b.iter().all(|t| t.quality().is_good());
             *counts
-                .entry((b[0].meta.device.to_string(), good))
+                .entry((b[0].meta().device().to_string(), good))
                 .or_insert(0) += 1;
         }
         counts
@@ -175,7 +176,7 @@ impl Agent {
 }
 
 fn all_good(b: &[Tagged]) -> bool {
-    b.iter().all(|t| t.quality.is_good())
+    b.iter().all(|t| t.quality().is_good())
 }
 
 #[tokio::test]
@@ -226,7 +227,7 @@ async fn rtu_over_tcp_retries_through_bad_crcs_and_partial_frames_and_never_deco
         // Ticks that fall while a read is being retried are `stale` (the line is busy): they
         // are neither a decoded value nor a failed read, so they do not count here.
         let b = agent
-            .batch_of("d5", |b| b.iter().all(|t| t.quality != Quality::Stale))
+            .batch_of("d5", |b| b.iter().all(|t| t.quality() != Quality::Stale))
             .await;
         if all_good(&b) {
             // Any garbled frame taken for an answer would show up as a wrong value here.
@@ -323,8 +324,8 @@ async fn an_exception_range_is_isolated_by_splitting_and_not_asked_again() {
     let first = agent.batch_of("plc", |_| true).await;
     let q = |b: &[Tagged], tag: &str| {
         b.iter()
-            .find(|t| *t.meta.tag == *tag)
-            .map(|t| (t.quality, t.value.clone()))
+            .find(|t| **t.meta().tag() == *tag)
+            .map(|t| (t.quality(), t.value().clone()))
     };
     assert_eq!(
         q(&first, "plc.r100"),
@@ -377,12 +378,14 @@ async fn a_restarted_device_is_reconnected_and_read_again() {
     expect_values(&agent.batch_of("plc", all_good).await, "plc");
     plant.stop_device("plc").await.expect("stop");
     let down = agent
-        .batch_of("plc", |b| b.iter().all(|t| t.quality == Quality::CommError))
+        .batch_of("plc", |b| {
+            b.iter().all(|t| t.quality() == Quality::CommError)
+        })
         .await;
     // The last good value is carried with the bad quality.
     assert!(down
         .iter()
-        .any(|t| *t.meta.tag == *"plc.f32" && t.value == Value::Float(123.5)));
+        .any(|t| **t.meta().tag() == *"plc.f32" && *t.value() == Value::Float(123.5)));
     plant.restart_device("plc").await.expect("restart");
     expect_values(&agent.batch_of("plc", all_good).await, "plc");
     agent.stop().await;

@@ -8,10 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edge_agent::config::{AllowRule, Broker, Destination, Gateway, Jurisdiction};
-use edge_agent::model::{
-    now_ms, Category, Form, Level, PointMeta, Protocol, Quality, Tagged, Value,
-};
-use edge_agent::policy::Policy;
+use edge_agent::model::{now_ms, Category, Form, Level, PointMeta, Quality, Value};
+use edge_agent::source::Tagged;
 use edge_agent::stats::Stats;
 use edge_agent::uplink;
 use edge_tests::{init_test_tracing, Collector, CutProxy, EmbeddedBroker};
@@ -62,30 +60,23 @@ fn gateway() -> Gateway {
 }
 
 fn point(level: Level) -> Arc<PointMeta> {
-    Arc::new(PointMeta {
-        id: 0,
-        tag: Arc::from(format!("line.{level}")),
+    Arc::new(PointMeta::for_test(
+        0,
+        &format!("line.{level}"),
         level,
-        category: Category::ALL[0],
-        rule_id: Arc::from("point:explicit"),
-        device: Arc::from("dev"),
-        protocol: Protocol::ModbusTcp,
-        address: Arc::from("unit=1 holding:0"),
-        gateway: Arc::from("gw-t"),
-        site: Arc::from("site-t"),
-        unit: None,
-        interval_ms: 100,
-    })
+        Category::ALL[0],
+        100,
+    ))
 }
 
 fn sample(meta: &Arc<PointMeta>, seq: u64) -> Tagged {
-    Tagged {
-        meta: meta.clone(),
-        value: Value::Int(seq as i64),
-        quality: Quality::Good,
-        ts_ms: 1_000 + seq as i64,
+    Tagged::for_test(
+        meta.clone(),
+        Value::Int(seq as i64),
+        Quality::Good,
+        1_000 + seq as i64,
         seq,
-    }
+    )
 }
 
 async fn wait_until(mut pred: impl FnMut() -> bool) -> bool {
@@ -122,28 +113,21 @@ async fn items_offered_during_an_outage_are_delivered_after_reconnect() {
     let dest = destination(proxy.addr().port());
     let stats = Arc::new(Stats::new([dest.name.clone()]));
     let shutdown = CancellationToken::new();
-    let up =
-        uplink::spawn(dest.clone(), &gateway(), stats.clone(), shutdown.clone()).expect("uplink");
-    let mut policy = Policy::new(dest);
+    let mut up = uplink::spawn(dest, &gateway(), stats.clone(), shutdown.clone()).expect("uplink");
     let general = point(Level::General);
     let important = point(Level::Important);
     let d = &stats.destinations[0];
 
-    let offer = |policy: &mut Policy, range: std::ops::Range<u64>| {
+    let offer = |up: &mut uplink::UplinkHandle, range: std::ops::Range<u64>| {
         for seq in range {
-            up.offer(
-                policy
-                    .decide_raw(&sample(&general, seq), now_ms())
-                    .expect("general raw is allowed"),
-            );
-            // Raw important data cannot even be offered: the policy refuses to make it `Permitted`.
-            assert!(policy
-                .decide_raw(&sample(&important, seq), now_ms())
-                .is_err());
+            up.offer_raw(&sample(&general, seq), now_ms())
+                .expect("general raw is allowed");
+            // Raw important data is refused by the uplink's own policy: it never gets queued.
+            assert!(up.offer_raw(&sample(&important, seq), now_ms()).is_err());
         }
     };
 
-    offer(&mut policy, 0..50);
+    offer(&mut up, 0..50);
     assert!(
         wait_until(|| d.forwarded.get(Level::General) == 50).await,
         "first 50 not acknowledged"
@@ -155,7 +139,7 @@ async fn items_offered_during_an_outage_are_delivered_after_reconnect() {
         wait_until(|| !d.connected.load(Ordering::Relaxed)).await,
         "outage not noticed"
     );
-    offer(&mut policy, 50..120);
+    offer(&mut up, 50..120);
     // No broker can acknowledge anything while the network is cut.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -207,21 +191,16 @@ async fn shutdown_flushes_a_partial_batch_before_stopping() {
     let dest = Arc::new(dest);
     let stats = Arc::new(Stats::new([dest.name.clone()]));
     let shutdown = CancellationToken::new();
-    let up =
-        uplink::spawn(dest.clone(), &gateway(), stats.clone(), shutdown.clone()).expect("uplink");
+    let mut up = uplink::spawn(dest, &gateway(), stats.clone(), shutdown.clone()).expect("uplink");
     let d = &stats.destinations[0];
     assert!(
         wait_until(|| d.connected.load(Ordering::Relaxed)).await,
         "never connected"
     );
-    let mut policy = Policy::new(dest);
     let general = point(Level::General);
     for seq in 0..5 {
-        up.offer(
-            policy
-                .decide_raw(&sample(&general, seq), now_ms())
-                .expect("allowed"),
-        );
+        up.offer_raw(&sample(&general, seq), now_ms())
+            .expect("allowed");
     }
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(30), up.closed())

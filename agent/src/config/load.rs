@@ -756,7 +756,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 pub fn points_per_level_category(cfg: &AgentConfig) -> BTreeMap<(Level, Category), usize> {
     let mut m = BTreeMap::new();
     for p in &cfg.points {
-        *m.entry((p.level, p.category)).or_insert(0) += 1;
+        *m.entry((p.level(), p.category())).or_insert(0) += 1;
     }
     m
 }
@@ -847,20 +847,20 @@ stats = ["count", "mean"]
         assert_eq!(c.points.len(), 3);
         let speed = c.point_by_tag("press1.ram_speed").expect("point");
         assert_eq!(
-            (speed.level, &*speed.rule_id),
+            (speed.level(), &**speed.rule_id()),
             (Level::General, "device:press-1")
         );
         let recipe = c.point_by_tag("press1.recipe.pressure").expect("point");
-        assert_eq!(recipe.level, Level::Core);
-        assert_eq!(recipe.category, Category::RdDesign);
-        assert_eq!(&*recipe.rule_id, "rule:recipes@v1");
+        assert_eq!(recipe.level(), Level::Core);
+        assert_eq!(recipe.category(), Category::RdDesign);
+        assert_eq!(&**recipe.rule_id(), "rule:recipes@v1");
         let oil = c.point_by_tag("press1.oil_temp").expect("point");
         assert_eq!(
-            (oil.level, &*oil.rule_id),
+            (oil.level(), &**oil.rule_id()),
             (Level::Important, "point:explicit")
         );
-        assert_eq!(&*oil.address, "unit=1 holding:20");
-        assert_eq!(&*oil.gateway, "gw-01");
+        assert_eq!(&**oil.address(), "unit=1 holding:20");
+        assert_eq!(&**oil.gateway(), "gw-01");
         assert_eq!(c.summary.windows, vec![Duration::from_secs(10)]);
     }
 
@@ -873,7 +873,7 @@ stats = ["count", "mean"]
         let l = load_ok(&text);
         let speed = l.config.point_by_tag("press1.ram_speed").expect("point");
         assert_eq!(
-            (speed.level, &*speed.rule_id),
+            (speed.level(), &**speed.rule_id()),
             (Level::Important, "default")
         );
         assert!(l

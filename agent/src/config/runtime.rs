@@ -32,7 +32,7 @@ impl AgentConfig {
     }
 
     pub fn point_by_tag(&self, tag: &str) -> Option<&Arc<PointMeta>> {
-        self.points.iter().find(|p| &*p.tag == tag)
+        self.points.iter().find(|p| &**p.tag() == tag)
     }
 }
 

@@ -12,21 +12,58 @@
 //!
 //! Decisions take time as an argument and do no I/O.
 
-/// A value the egress policy has allowed to leave for one destination. The field is private and
-/// the only constructor lives in this module, so the uplink (which accepts only `Permitted<T>`)
-/// cannot be handed anything the policy did not approve.
-#[derive(Debug, Clone)]
+use std::fmt;
+use std::sync::Arc;
+
+use crate::config::{AllowRule, Destination};
+use crate::model::{Category, Form, Level, PointMeta, Stat};
+use crate::source::Tagged;
+use crate::summary::Summary;
+
+/// A value the egress policy has allowed to leave for **one** destination.
+///
+/// - The fields are private and the only constructor is in this module, so nothing the policy did
+///   not approve can be wrapped.
+/// - A permit is branded with the destination whose policy granted it, and the uplink of any other
+///   destination refuses it (and counts it as `misrouted`).
+/// - It is not `Clone`: one decision, one delivery. Copying a permit to hand it to a second
+///   destination does not compile:
+///
+/// ```compile_fail
+/// fn copy(p: &edge_agent::policy::Permitted<edge_agent::policy::EgressItem>) {
+///     let _twin = p.clone();
+/// }
+/// ```
+///
+/// - No public method accepts a permit from outside the uplink: each uplink owns its destination's
+///   policy and is the only caller of it, so a permit cannot even be offered to another uplink:
+///
+/// ```compile_fail
+/// fn misroute(
+///     p: edge_agent::policy::Permitted<edge_agent::policy::EgressItem>,
+///     other: &edge_agent::uplink::UplinkHandle,
+/// ) {
+///     other.offer(p);
+/// }
+/// ```
+#[derive(Debug)]
 pub struct Permitted<T> {
     inner: T,
+    destination: Arc<str>,
 }
 
 impl<T> Permitted<T> {
-    fn new(inner: T) -> Self {
-        Self { inner }
+    fn new(inner: T, destination: Arc<str>) -> Self {
+        Self { inner, destination }
     }
 
     pub fn get(&self) -> &T {
         &self.inner
+    }
+
+    /// The destination whose policy granted this permit.
+    pub fn destination(&self) -> &str {
+        &self.destination
     }
 
     pub fn into_inner(self) -> T {
@@ -34,13 +71,13 @@ impl<T> Permitted<T> {
     }
 }
 
-use std::sync::Arc;
-
-use crate::model::{Form, Level, Stat, Summary, Tagged};
-
 /// What may leave the gateway: a raw sample or a closed summary with the stats a rule allows.
+/// Built only by [`Policy`]; read through [`EgressItem::view`].
 #[derive(Debug, Clone)]
-pub enum EgressItem {
+pub struct EgressItem(Egress);
+
+#[derive(Debug, Clone)]
+enum Egress {
     Raw(Tagged),
     Summary {
         summary: Summary,
@@ -48,42 +85,69 @@ pub enum EgressItem {
     },
 }
 
+/// A read-only view of an [`EgressItem`]. Building one creates no permission: only an
+/// `EgressItem` (inside a [`Permitted`]) travels.
+#[derive(Debug, Clone, Copy)]
+pub enum EgressView<'a> {
+    Raw(&'a Tagged),
+    Summary {
+        summary: &'a Summary,
+        stats: &'a [Stat],
+    },
+}
+
 impl EgressItem {
+    pub fn view(&self) -> EgressView<'_> {
+        match &self.0 {
+            Egress::Raw(t) => EgressView::Raw(t),
+            Egress::Summary { summary, stats } => EgressView::Summary { summary, stats },
+        }
+    }
+
     pub fn level(&self) -> Level {
-        match self {
-            EgressItem::Raw(t) => t.level(),
-            EgressItem::Summary { summary, .. } => summary.level(),
+        match &self.0 {
+            Egress::Raw(t) => t.level(),
+            Egress::Summary { summary, .. } => summary.level(),
         }
     }
 
     pub fn form(&self) -> Form {
-        match self {
-            EgressItem::Raw(_) => Form::Raw,
-            EgressItem::Summary { .. } => Form::Summary,
+        match &self.0 {
+            Egress::Raw(_) => Form::Raw,
+            Egress::Summary { .. } => Form::Summary,
         }
     }
 
     pub fn tag(&self) -> &str {
-        match self {
-            EgressItem::Raw(t) => &t.meta.tag,
-            EgressItem::Summary { summary, .. } => &summary.meta.tag,
+        match &self.0 {
+            Egress::Raw(t) => t.meta().tag(),
+            Egress::Summary { summary, .. } => summary.meta().tag(),
         }
     }
 }
 
 #[cfg(test)]
-impl<T> Permitted<T> {
+impl Permitted<EgressItem> {
     /// Unit tests of other modules (e.g. the uplink's message encoding) need permitted items
     /// without a whole policy; this constructor does not exist outside `cargo test` of this crate.
-    pub(crate) fn for_test(inner: T) -> Self {
-        Self::new(inner)
+    pub(crate) fn for_test(item: EgressItem, destination: &str) -> Self {
+        Self::new(item, destination.into())
     }
 }
 
-use std::fmt;
+#[cfg(test)]
+impl EgressItem {
+    pub(crate) fn raw_for_test(t: Tagged) -> Self {
+        Self(Egress::Raw(t))
+    }
 
-use crate::config::{AllowRule, Destination};
-use crate::model::{Category, PointMeta};
+    pub(crate) fn summary_for_test(summary: Summary, stats: &[Stat]) -> Self {
+        Self(Egress::Summary {
+            summary,
+            stats: stats.into(),
+        })
+    }
+}
 
 /// The hard invariants. Not configurable; named in errors so an operator can look them up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -164,67 +228,111 @@ impl fmt::Display for Violation {
     }
 }
 
-/// Every invariant a destination's configuration would break.
+/// The hard invariants, written once: every one that data of `level` and `category`, in `form`,
+/// would break by going to `dest` at `now_ms`, in order of precedence. The runtime decision
+/// ([`Policy`]) refuses on the first; config validation ([`invariant_violations`]) reports them
+/// all; `check`'s egress matrix ([`Policy::matrix`]) shows what they leave of the rules.
+fn broken_invariants(
+    dest: &Destination,
+    level: Level,
+    category: Category,
+    form: Form,
+    now_ms: i64,
+) -> heapless::Vec<DenyReason, 4> {
+    let mut out = heapless::Vec::new();
+    let mut push = |r| {
+        // Capacity 4 holds the most a single item can break (raw + TLS + one assessment reason).
+        let _ = out.push(r);
+    };
+    if level == Level::Core {
+        push(DenyReason::CoreNeverLeaves);
+    }
+    if form == Form::Raw && level > Level::General {
+        push(DenyReason::RawNotGeneral);
+    }
+    if level == Level::Important {
+        if dest.broker.tls.is_none() && !dest.broker.is_loopback() {
+            push(DenyReason::ImportantWithoutTls);
+        }
+        if dest.is_cross_border() {
+            match &dest.assessment {
+                None => push(DenyReason::CrossBorderWithoutAssessment),
+                Some(a) if a.expires_ms <= now_ms => push(DenyReason::AssessmentExpired),
+                Some(a) if !a.categories.contains(&category) => {
+                    push(DenyReason::CategoryNotAssessed);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    out
+}
+
+/// Every invariant a destination's configuration would break: each allow rule is checked, for
+/// every level and category it names, against [`broken_invariants`].
 pub fn invariant_violations(dest: &Destination, now_ms: i64) -> Vec<Violation> {
     let mut out = Vec::new();
-    let mut allows_important = false;
+    let mut needs_tls = false;
+    let mut no_assessment = false;
+    let mut expired = false;
+    let mut uncovered = Vec::new();
     for r in &dest.allow {
-        if r.levels.contains(&Level::Core) {
+        let categories = r
+            .categories
+            .clone()
+            .unwrap_or_else(|| Category::ALL.to_vec());
+        let (mut core, mut raw) = (false, false);
+        for &level in &r.levels {
+            for &category in &categories {
+                for reason in broken_invariants(dest, level, category, r.form, now_ms) {
+                    match reason {
+                        DenyReason::CoreNeverLeaves => core = true,
+                        DenyReason::RawNotGeneral => raw = true,
+                        DenyReason::ImportantWithoutTls => needs_tls = true,
+                        DenyReason::CrossBorderWithoutAssessment => no_assessment = true,
+                        DenyReason::AssessmentExpired => expired = true,
+                        DenyReason::CategoryNotAssessed => uncovered.push(category.to_string()),
+                        DenyReason::VolumeCapExceeded | DenyReason::NoMatchingRule => {}
+                    }
+                }
+            }
+        }
+        if core {
             out.push(Violation {
                 invariant: Invariant::CoreNeverLeaves,
                 rule: Some(r.index),
                 detail: format!("allow[{}] permits core data", r.index),
             });
         }
-        if r.form == Form::Raw && r.levels.iter().any(|l| *l > Level::General) {
+        if raw {
             out.push(Violation {
                 invariant: Invariant::RawOnlyGeneral,
                 rule: Some(r.index),
                 detail: format!("allow[{}] permits raw important/core samples", r.index),
             });
         }
-        allows_important |= r.levels.contains(&Level::Important);
     }
-    if allows_important && dest.is_cross_border() {
-        let detail = match &dest.assessment {
-            None => Some(format!(
-                "{} is cross-border and has no assessment",
-                dest.jurisdiction
-            )),
-            Some(a) if a.expires_ms <= now_ms => {
-                Some(format!("assessment {:?} has expired", a.reference))
-            }
-            Some(a) => {
-                let uncovered: Vec<String> = dest
-                    .allow
-                    .iter()
-                    .filter(|r| r.levels.contains(&Level::Important))
-                    .flat_map(|r| {
-                        r.categories
-                            .clone()
-                            .unwrap_or_else(|| Category::ALL.to_vec())
-                    })
-                    .filter(|c| !a.categories.contains(c))
-                    .map(|c| c.to_string())
-                    .collect();
-                (!uncovered.is_empty()).then(|| {
-                    format!(
-                        "assessment {:?} does not cover categor(ies) {} that the rules allow",
-                        a.reference,
-                        dedup(uncovered).join(", ")
-                    )
-                })
-            }
-        };
-        if let Some(detail) = detail {
-            out.push(Violation {
-                invariant: Invariant::CrossBorderImportantNeedsAssessment,
-                rule: None,
-                detail,
-            });
-        }
+    let assessment_detail = match &dest.assessment {
+        _ if no_assessment => Some(format!(
+            "{} is cross-border and has no assessment",
+            dest.jurisdiction
+        )),
+        Some(a) if expired => Some(format!("assessment {:?} has expired", a.reference)),
+        Some(a) if !uncovered.is_empty() => Some(format!(
+            "assessment {:?} does not cover categor(ies) {} that the rules allow",
+            a.reference,
+            dedup(uncovered).join(", ")
+        )),
+        _ => None,
+    };
+    if let Some(detail) = assessment_detail {
+        out.push(Violation {
+            invariant: Invariant::CrossBorderImportantNeedsAssessment,
+            rule: None,
+            detail,
+        });
     }
-    if allows_important && dest.broker.tls.is_none() && !dest.broker.is_loopback() {
+    if needs_tls {
         out.push(Violation {
             invariant: Invariant::ImportantNeedsTls,
             rule: None,
@@ -333,63 +441,50 @@ impl Policy {
         &self.dest
     }
 
-    /// Decide whether a raw sample may go to this destination.
-    pub fn decide_raw(
+    /// Decide whether a raw sample may go to this destination. Crate-private: the destination's
+    /// uplink is the only caller ([`crate::uplink::UplinkHandle`] owns its policy).
+    pub(crate) fn decide_raw(
         &mut self,
         t: &Tagged,
         now_ms: i64,
     ) -> Result<Permitted<EgressItem>, DenyReason> {
-        self.hard_checks(&t.meta, Form::Raw, now_ms)?;
-        self.matching_rule(&t.meta, Form::Raw, None)
+        self.hard_checks(t.meta(), Form::Raw, now_ms)?;
+        self.matching_rule(t.meta(), Form::Raw, None)
             .ok_or(DenyReason::NoMatchingRule)?;
-        self.charge(t.meta.level, now_ms)?;
-        Ok(Permitted::new(EgressItem::Raw(t.clone())))
+        self.charge(t.level(), now_ms)?;
+        Ok(Permitted::new(
+            EgressItem(Egress::Raw(t.clone())),
+            self.dest.name.clone(),
+        ))
     }
 
-    /// Decide whether a closed summary may go to this destination.
-    pub fn decide_summary(
+    /// Decide whether a closed summary may go to this destination (see [`Policy::decide_raw`]).
+    pub(crate) fn decide_summary(
         &mut self,
         s: &Summary,
         now_ms: i64,
     ) -> Result<Permitted<EgressItem>, DenyReason> {
-        self.hard_checks(&s.meta, Form::Summary, now_ms)?;
-        let window = (s.window_end_ms - s.window_start_ms).max(0) as u64;
+        self.hard_checks(s.meta(), Form::Summary, now_ms)?;
+        let window = s.window_ms().max(0) as u64;
         let rule = self
-            .matching_rule(&s.meta, Form::Summary, Some(window))
+            .matching_rule(s.meta(), Form::Summary, Some(window))
             .ok_or(DenyReason::NoMatchingRule)?;
         let stats = self.rule_stats[rule].clone();
-        self.charge(s.meta.level, now_ms)?;
-        Ok(Permitted::new(EgressItem::Summary {
-            summary: s.clone(),
-            stats,
-        }))
+        self.charge(s.level(), now_ms)?;
+        Ok(Permitted::new(
+            EgressItem(Egress::Summary {
+                summary: s.clone(),
+                stats,
+            }),
+            self.dest.name.clone(),
+        ))
     }
 
     /// The invariants, checked on every item whatever the allow rules say.
     fn hard_checks(&self, meta: &PointMeta, form: Form, now_ms: i64) -> Result<(), DenyReason> {
-        match meta.level {
-            Level::Core => Err(DenyReason::CoreNeverLeaves),
-            Level::Important if form == Form::Raw => Err(DenyReason::RawNotGeneral),
-            Level::Important => {
-                if self.dest.broker.tls.is_none() && !self.dest.broker.is_loopback() {
-                    return Err(DenyReason::ImportantWithoutTls);
-                }
-                if self.dest.is_cross_border() {
-                    let a = self
-                        .dest
-                        .assessment
-                        .as_ref()
-                        .ok_or(DenyReason::CrossBorderWithoutAssessment)?;
-                    if a.expires_ms <= now_ms {
-                        return Err(DenyReason::AssessmentExpired);
-                    }
-                    if !a.categories.contains(&meta.category) {
-                        return Err(DenyReason::CategoryNotAssessed);
-                    }
-                }
-                Ok(())
-            }
-            Level::General => Ok(()),
+        match broken_invariants(&self.dest, meta.level(), meta.category(), form, now_ms).first() {
+            Some(&reason) => Err(reason),
+            None => Ok(()),
         }
     }
 
@@ -439,7 +534,7 @@ impl Policy {
                             ),
                             None => format!("{form}: allowed by allow[{}]", r.index),
                         },
-                        None => format!("{form}: denied (no_matching_rule: no allow rule covers level {} / category {} / form {form})", meta.level, meta.category),
+                        None => format!("{form}: denied (no_matching_rule: no allow rule covers level {} / category {} / form {form})", meta.level(), meta.category()),
                     }
                 }
             };
@@ -448,23 +543,25 @@ impl Policy {
         out
     }
 
-    /// Forms this destination may receive for each level (the `check` egress matrix). Reflects
-    /// the invariants as well as the rules.
-    pub fn matrix(&self) -> [Vec<Form>; 3] {
+    /// Forms this destination may receive for each level at `now_ms` (the `check` egress
+    /// matrix): a form is listed when some rule allows it for some category the invariants let
+    /// through.
+    pub fn matrix(&self, now_ms: i64) -> [Vec<Form>; 3] {
         let mut m: [Vec<Form>; 3] = Default::default();
         for level in Level::ALL {
             for form in [Form::Raw, Form::Summary] {
-                let possible = self
-                    .dest
-                    .allow
-                    .iter()
-                    .any(|r| r.form == form && r.levels.contains(&level));
-                let hard_ok = match level {
-                    Level::Core => false,
-                    Level::Important => form == Form::Summary,
-                    Level::General => true,
-                };
-                if possible && hard_ok {
+                let allowed = self.dest.allow.iter().any(|r| {
+                    r.form == form
+                        && r.levels.contains(&level)
+                        && r.categories
+                            .as_deref()
+                            .unwrap_or(&Category::ALL)
+                            .iter()
+                            .any(|&c| {
+                                broken_invariants(&self.dest, level, c, form, now_ms).is_empty()
+                            })
+                });
+                if allowed {
                     m[level.index()].push(form);
                 }
             }
@@ -475,10 +572,10 @@ impl Policy {
 
 fn rule_matches(r: &AllowRule, meta: &PointMeta, form: Form, window_ms: Option<u64>) -> bool {
     r.form == form
-        && r.levels.contains(&meta.level)
+        && r.levels.contains(&meta.level())
         && r.categories
             .as_ref()
-            .is_none_or(|c| c.contains(&meta.category))
+            .is_none_or(|c| c.contains(&meta.category()))
         && (form == Form::Raw || r.window.map(|w| w.as_millis() as u64) == window_ms)
 }
 
@@ -505,51 +602,21 @@ mod tests {
 
     use super::*;
     use crate::config::{AllowRule, Assessment, Broker, Destination, Jurisdiction, TlsSettings};
-    use crate::model::{Category, PointMeta, Protocol, Quality, Value};
+    use crate::model::{Category, PointMeta, Quality, Value};
 
     const NOW: i64 = 1_767_225_600_000;
     const DAY: i64 = 86_400_000;
 
     fn meta(level: Level, category: Category) -> Arc<PointMeta> {
-        Arc::new(PointMeta {
-            id: 0,
-            tag: "p".into(),
-            level,
-            category,
-            rule_id: "point:explicit".into(),
-            device: "d".into(),
-            protocol: Protocol::ModbusTcp,
-            address: "unit=1 holding:0".into(),
-            gateway: "gw".into(),
-            site: "s".into(),
-            unit: None,
-            interval_ms: 1000,
-        })
+        Arc::new(PointMeta::for_test(0, "p", level, category, 1000))
     }
 
     fn sample(m: &Arc<PointMeta>) -> Tagged {
-        Tagged {
-            meta: m.clone(),
-            value: Value::Float(1.0),
-            quality: Quality::Good,
-            ts_ms: NOW,
-            seq: 1,
-        }
+        Tagged::for_test(m.clone(), Value::Float(1.0), Quality::Good, NOW, 1)
     }
 
     fn summary(m: &Arc<PointMeta>, window_ms: i64) -> Summary {
-        Summary {
-            meta: m.clone(),
-            window_start_ms: NOW - window_ms,
-            window_end_ms: NOW,
-            count: 1,
-            good: 1,
-            bad: 0,
-            min: Some(1.0),
-            max: Some(1.0),
-            mean: Some(1.0),
-            last: Some(1.0),
-        }
+        Summary::for_test(m.clone(), NOW - window_ms, NOW, 1.0)
     }
 
     fn rule(index: usize, levels: &[Level], form: Form) -> AllowRule {
@@ -623,6 +690,14 @@ mod tests {
     }
 
     #[test]
+    fn a_permit_is_branded_with_the_destination_that_granted_it() {
+        let mut p = permissive("CN", None);
+        let m = meta(Level::General, Category::ProductionOperation);
+        let permit = p.decide_raw(&sample(&m), NOW).expect("permitted");
+        assert_eq!(permit.destination(), &*p.destination().name);
+    }
+
+    #[test]
     fn general_raw_is_permitted_by_a_raw_rule() {
         let mut p = permissive("CN", None);
         let m = meta(Level::General, Category::ProductionOperation);
@@ -661,8 +736,8 @@ mod tests {
         let permitted = p
             .decide_summary(&summary(&imp, 10_000), NOW)
             .expect("permitted");
-        match permitted.get() {
-            EgressItem::Summary { stats, .. } => assert_eq!(&stats[..], &[Stat::Count, Stat::Mean]),
+        match permitted.get().view() {
+            EgressView::Summary { stats, .. } => assert_eq!(stats, &[Stat::Count, Stat::Mean]),
             other => panic!("unexpected {other:?}"),
         }
         // A summary of a window no rule asks for is denied.
@@ -738,14 +813,14 @@ mod tests {
             p.decide_summary(&summary(&g, 10_000), NOW).err(),
             Some(DenyReason::NoMatchingRule)
         );
-        assert_eq!(p.matrix(), [vec![], vec![], vec![]]);
+        assert_eq!(p.matrix(NOW), [vec![], vec![], vec![]]);
     }
 
     #[test]
     fn matrix_shows_what_the_invariants_leave_of_the_rules() {
         let p = permissive("CN", None);
         assert_eq!(
-            p.matrix(),
+            p.matrix(NOW),
             [vec![Form::Raw, Form::Summary], vec![Form::Summary], vec![]]
         );
     }

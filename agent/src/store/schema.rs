@@ -175,13 +175,17 @@ pub(super) fn upsert_points(
         path: path.to_owned(),
         source,
     };
-    let len = points.iter().map(|p| p.id as usize + 1).max().unwrap_or(0);
+    let len = points
+        .iter()
+        .map(|p| p.id() as usize + 1)
+        .max()
+        .unwrap_or(0);
     let mut ids = vec![None; len];
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(open_err)?;
     for p in points {
-        ids[p.id as usize] = Some(upsert_point(&tx, p).map_err(open_err)?);
+        ids[p.id() as usize] = Some(upsert_point(&tx, p).map_err(open_err)?);
     }
     tx.commit().map_err(open_err)?;
     Ok(ids)
@@ -189,19 +193,19 @@ pub(super) fn upsert_points(
 
 /// Insert or update one point row; returns its store id.
 pub(super) fn upsert_point(conn: &Connection, p: &PointMeta) -> rusqlite::Result<i64> {
-    let interval_ms = i64::try_from(p.interval_ms).unwrap_or(i64::MAX);
+    let interval_ms = i64::try_from(p.interval_ms()).unwrap_or(i64::MAX);
     conn.prepare_cached(UPSERT_POINT)?.query_row(
         params![
-            &*p.tag,
-            p.level.as_str(),
-            p.category.as_str(),
-            &*p.rule_id,
-            &*p.device,
-            p.protocol.as_str(),
-            &*p.address,
-            p.unit.as_deref(),
-            &*p.gateway,
-            &*p.site,
+            &**p.tag(),
+            p.level().as_str(),
+            p.category().as_str(),
+            &**p.rule_id(),
+            &**p.device(),
+            p.protocol().as_str(),
+            &**p.address(),
+            p.unit().as_deref(),
+            &**p.gateway(),
+            &**p.site(),
             interval_ms,
         ],
         |row| row.get(0),

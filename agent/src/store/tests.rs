@@ -4,11 +4,12 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::config::HistorianSettings;
-use crate::model::{Category, Level, PointMeta, Protocol, Quality, Tagged, Value};
+use crate::model::{Category, Level, PointMeta, PointSpec, Protocol, Quality, Value};
+use crate::source::Tagged;
 use crate::stats::Stats;
 
 fn point(id: u32, tag: &str, level: Level, category: Category) -> Arc<PointMeta> {
-    Arc::new(PointMeta {
+    Arc::new(PointMeta::compile(PointSpec {
         id,
         tag: tag.into(),
         level,
@@ -21,7 +22,7 @@ fn point(id: u32, tag: &str, level: Level, category: Category) -> Arc<PointMeta>
         site: "plant-a".into(),
         unit: Some("bar".into()),
         interval_ms: 500,
-    })
+    }))
 }
 
 fn three_points() -> Vec<Arc<PointMeta>> {
@@ -46,13 +47,7 @@ fn stats() -> Arc<Stats> {
 }
 
 fn sample(p: &Arc<PointMeta>, ts_ms: i64, value: Value) -> Tagged {
-    Tagged {
-        meta: p.clone(),
-        value,
-        quality: Quality::Good,
-        ts_ms,
-        seq: ts_ms as u64,
-    }
+    Tagged::for_test(p.clone(), value, Quality::Good, ts_ms, ts_ms as u64)
 }
 
 fn db_in(dir: &tempfile::TempDir) -> PathBuf {
@@ -71,10 +66,13 @@ fn all_levels_are_persisted_with_their_classification_and_provenance() {
         sample(&pts[0], 1_000, Value::Float(12.5)),
         sample(&pts[1], 1_000, Value::Int(-7)),
         sample(&pts[2], 1_000, Value::Bool(true)),
-        Tagged {
-            quality: Quality::DeviceException(2),
-            ..sample(&pts[0], 2_000, Value::Float(0.0))
-        },
+        Tagged::for_test(
+            pts[0].clone(),
+            Value::Float(0.0),
+            Quality::DeviceException(2),
+            2_000,
+            2_000,
+        ),
     ]);
     h.close().expect("close");
     assert_eq!(st.stored.snapshot(), [2, 1, 1]);
@@ -131,14 +129,14 @@ fn sequence_numbers_and_extreme_values_round_trip() {
     let pts = three_points();
     let h = Historian::spawn(&settings(&path), &pts, stats()).expect("spawn");
     h.offer(vec![
-        Tagged {
-            seq: u64::MAX,
-            ..sample(&pts[0], 1, Value::Int(i64::MIN))
-        },
-        Tagged {
-            seq: 1,
-            ..sample(&pts[0], 2, Value::Float(f64::MAX))
-        },
+        Tagged::for_test(
+            pts[0].clone(),
+            Value::Int(i64::MIN),
+            Quality::Good,
+            1,
+            u64::MAX,
+        ),
+        Tagged::for_test(pts[0].clone(), Value::Float(f64::MAX), Quality::Good, 2, 1),
     ]);
     h.close().expect("close");
     let got = HistorianReader::open(&path)

@@ -19,7 +19,8 @@ use tracing::{debug, error, info, warn};
 use super::schema;
 use super::StoreError;
 use crate::config::HistorianSettings;
-use crate::model::{PointMeta, Quality, Tagged, Value};
+use crate::model::{PointMeta, Quality, Value};
+use crate::source::Tagged;
 use crate::stats::Stats;
 
 /// Log one queue-full drop in this many (the first one always).
@@ -55,16 +56,16 @@ struct PointIds {
 
 impl PointIds {
     fn get(&mut self, conn: &Connection, meta: &PointMeta) -> rusqlite::Result<i64> {
-        if let Some(Some((tag, id))) = self.known.get(meta.id as usize) {
-            if Arc::ptr_eq(tag, &meta.tag) || **tag == *meta.tag {
+        if let Some(Some((tag, id))) = self.known.get(meta.id() as usize) {
+            if Arc::ptr_eq(tag, meta.tag()) || **tag == **meta.tag() {
                 return Ok(*id);
             }
         }
-        if let Some(id) = self.extra.get(&meta.tag) {
+        if let Some(id) = self.extra.get(meta.tag()) {
             return Ok(*id);
         }
         let id = schema::upsert_point(conn, meta)?;
-        self.extra.insert(meta.tag.clone(), id);
+        self.extra.insert(meta.tag().clone(), id);
         Ok(id)
     }
 }
@@ -101,7 +102,7 @@ impl Historian {
         let known_ids = schema::upsert_points(&mut conn, &path, points)?;
         let mut known = vec![None; known_ids.len()];
         for p in points {
-            known[p.id as usize] = known_ids[p.id as usize].map(|id| (p.tag.clone(), id));
+            known[p.id() as usize] = known_ids[p.id() as usize].map(|id| (p.tag().clone(), id));
         }
 
         // Validation keeps these >= 1; max(1) keeps a zero from meaning "never commit".
@@ -237,9 +238,9 @@ fn write_batch(
     {
         let mut insert = tx.prepare_cached(schema::INSERT_SAMPLE)?;
         for t in batch {
-            let point_id = ids.get(&tx, &t.meta)?;
-            let num = t.value.as_f64();
-            let (kind, int, text) = match &t.value {
+            let point_id = ids.get(&tx, &t.meta())?;
+            let num = t.value().as_f64();
+            let (kind, int, text) = match &t.value() {
                 Value::Bool(b) => ("bool", Some(i64::from(*b)), None),
                 Value::Int(i) => ("int", Some(*i), None),
                 // Bit pattern, like `seq`: exact for every u64.
@@ -247,18 +248,18 @@ fn write_batch(
                 Value::Float(_) => ("float", None, None),
                 Value::Text(s) => ("text", None, Some(s.as_bytes())),
             };
-            let code = match t.quality {
+            let code = match t.quality() {
                 Quality::DeviceException(c) => Some(i64::from(c)),
                 _ => None,
             };
             insert.execute(params![
                 point_id,
-                t.ts_ms,
+                t.ts_ms(),
                 // Bit pattern, not value: round-trips every u64 (`as u64` on read).
-                t.seq as i64,
+                t.seq() as i64,
                 t.level().as_str(),
                 t.category().as_str(),
-                t.quality.as_str(),
+                t.quality().as_str(),
                 code,
                 kind,
                 num,

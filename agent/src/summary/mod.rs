@@ -21,6 +21,12 @@
 //!   summaries go to a buffer preallocated for one closed window per accumulator. Only a burst that
 //!   closes more than that between two `close_due` calls grows the buffer, once.
 //!
+//! - A window the agent did not watch from end to end is *partial*: the one that was already open
+//!   when the engine started ([`SummaryEngine::starting_at`]), and those still open at a clean stop,
+//!   which [`SummaryEngine::close_all`] closes early. A partial summary says which part it covers
+//!   ([`Summary::coverage`]), so a consumer never mistakes it for a whole window, and its
+//!   idempotency key differs from the whole window's (see `uplink::encode`).
+//!
 //! Lateness: there is no grace period here. A driver that wants to accept samples up to `g` ms
 //! late calls `close_due(now - g, ..)`.
 
@@ -29,7 +35,134 @@ use std::time::Duration;
 
 use tracing::error;
 
-use crate::model::{Level, PointMeta, Summary, Tagged};
+use crate::model::{Level, PointMeta};
+use crate::source::Tagged;
+
+/// A closed tumbling window over one point. Carries the point's level (one input): anything that
+/// combines summaries of several points takes [`Level::highest`] of them ([`combined_level`]).
+///
+/// Built only by the [`SummaryEngine`]; fields are private so no later stage can relabel one or
+/// change what it says.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    meta: Arc<PointMeta>,
+    window_start_ms: i64,
+    window_end_ms: i64,
+    count: u64,
+    good: u64,
+    bad: u64,
+    min: Option<f64>,
+    max: Option<f64>,
+    mean: Option<f64>,
+    last: Option<f64>,
+    /// The part of the window the agent watched, when it is not the whole window.
+    partial: Option<(i64, i64)>,
+}
+
+impl Summary {
+    pub fn meta(&self) -> &Arc<PointMeta> {
+        &self.meta
+    }
+
+    pub fn level(&self) -> Level {
+        self.meta.level()
+    }
+
+    /// Window start, inclusive, ms since epoch (UTC).
+    pub fn window_start_ms(&self) -> i64 {
+        self.window_start_ms
+    }
+
+    /// Window end, exclusive (the nominal end, also for a partial window).
+    pub fn window_end_ms(&self) -> i64 {
+        self.window_end_ms
+    }
+
+    /// The window's nominal length.
+    pub fn window_ms(&self) -> i64 {
+        self.window_end_ms - self.window_start_ms
+    }
+
+    /// Number of samples (good + bad).
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn good(&self) -> u64 {
+        self.good
+    }
+
+    pub fn bad(&self) -> u64 {
+        self.bad
+    }
+
+    /// Min over good numeric samples; `None` when there were none (likewise max, mean, last).
+    pub fn min(&self) -> Option<f64> {
+        self.min
+    }
+
+    pub fn max(&self) -> Option<f64> {
+        self.max
+    }
+
+    pub fn mean(&self) -> Option<f64> {
+        self.mean
+    }
+
+    pub fn last(&self) -> Option<f64> {
+        self.last
+    }
+
+    /// `Some((from, until))` when the agent watched only `[from, until)` of the window: it started
+    /// inside the window, or stopped before the window ended. `None` for a whole window.
+    pub fn coverage(&self) -> Option<(i64, i64)> {
+        self.partial
+    }
+
+    pub fn is_partial(&self) -> bool {
+        self.partial.is_some()
+    }
+
+    /// A summary for tests outside this module (policy, uplink, end-to-end): only under
+    /// `cfg(test)` or the `testkit` feature, which no shipped build enables.
+    #[cfg(any(test, feature = "testkit"))]
+    #[doc(hidden)]
+    pub fn for_test(
+        meta: Arc<PointMeta>,
+        window_start_ms: i64,
+        window_end_ms: i64,
+        value: f64,
+    ) -> Self {
+        Summary {
+            meta,
+            window_start_ms,
+            window_end_ms,
+            count: 1,
+            good: 1,
+            bad: 0,
+            min: Some(value),
+            max: Some(value),
+            mean: Some(value),
+            last: Some(value),
+            partial: None,
+        }
+    }
+
+    /// Test-only: replace the counts and stats (`[min, max, mean, last]`).
+    #[cfg(test)]
+    pub(crate) fn with_stats(mut self, counts: [u64; 3], stats: [Option<f64>; 4]) -> Self {
+        [self.count, self.good, self.bad] = counts;
+        [self.min, self.max, self.mean, self.last] = stats;
+        self
+    }
+
+    /// Test-only: mark the summary as covering only `[from, until)` of its window.
+    #[cfg(test)]
+    pub(crate) fn with_coverage(mut self, from: i64, until: i64) -> Self {
+        self.partial = Some((from, until));
+        self
+    }
+}
 
 /// Most distinct window lengths the engine keeps per point. Config validation should reject more;
 /// the engine ignores (and logs) any beyond this.
@@ -40,6 +173,9 @@ pub const MAX_WINDOWS: usize = 4;
 struct Acc {
     /// Start of the open window (inclusive, ms). `i64::MIN` until the first sample or close.
     start_ms: i64,
+    /// Start of what the agent watched of this window: `start_ms`, or later for the window that
+    /// was already open when the engine started.
+    from_ms: i64,
     count: u64,
     good: u64,
     bad: u64,
@@ -57,6 +193,7 @@ struct Acc {
 impl Acc {
     const EMPTY: Acc = Acc {
         start_ms: i64::MIN,
+        from_ms: i64::MIN,
         count: 0,
         good: 0,
         bad: 0,
@@ -68,30 +205,32 @@ impl Acc {
         last_ts_ms: i64::MIN,
     };
 
-    fn reset(&mut self, start_ms: i64) {
+    /// Open the window starting at `start_ms`; `started_ms` is when the engine started watching.
+    fn reset(&mut self, start_ms: i64, started_ms: i64) {
         *self = Acc {
             start_ms,
+            from_ms: start_ms.max(started_ms),
             ..Acc::EMPTY
         };
     }
 
     fn add(&mut self, t: &Tagged) {
         self.count += 1;
-        if !t.quality.is_good() {
+        if !t.quality().is_good() {
             self.bad += 1;
             return;
         }
         self.good += 1;
-        let Some(v) = t.value.as_f64() else {
+        let Some(v) = t.value().as_f64() else {
             return;
         };
         self.numeric += 1;
         self.min = self.min.min(v);
         self.max = self.max.max(v);
         self.sum += v;
-        if t.ts_ms >= self.last_ts_ms {
+        if t.ts_ms() >= self.last_ts_ms {
             self.last = v;
-            self.last_ts_ms = t.ts_ms;
+            self.last_ts_ms = t.ts_ms();
         }
     }
 
@@ -99,10 +238,16 @@ impl Acc {
         self.start_ms.saturating_add(len_ms)
     }
 
-    fn summarise(&self, meta: &Arc<PointMeta>, len_ms: i64) -> Summary {
+    /// The summary of this window; `until_ms` cuts it short (a stop before the window's end).
+    fn summarise(&self, meta: &Arc<PointMeta>, len_ms: i64, until_ms: i64) -> Summary {
         let has_numeric = self.numeric > 0;
         let some = |x: f64| if has_numeric { Some(x) } else { None };
+        let end = self.end_ms(len_ms);
+        let until = until_ms.min(end);
+        let partial =
+            (self.from_ms > self.start_ms || until < end).then_some((self.from_ms, until));
         Summary {
+            partial,
             meta: meta.clone(),
             window_start_ms: self.start_ms,
             window_end_ms: self.end_ms(len_ms),
@@ -141,6 +286,8 @@ pub struct SummaryEngine {
     closed: Vec<Summary>,
     late: u64,
     unknown: u64,
+    /// When the engine started watching (ms); windows open before it are partial.
+    started_ms: i64,
 }
 
 impl SummaryEngine {
@@ -168,7 +315,11 @@ impl SummaryEngine {
             }
         }
 
-        let len = points.iter().map(|p| p.id as usize + 1).max().unwrap_or(0);
+        let len = points
+            .iter()
+            .map(|p| p.id() as usize + 1)
+            .max()
+            .unwrap_or(0);
         let mut slots: Vec<Option<Slot>> = (0..len).map(|_| None).collect();
         for p in points {
             let mut accs = heapless::Vec::new();
@@ -176,7 +327,7 @@ impl SummaryEngine {
                 // Cannot fail: one accumulator per window, and windows_ms holds at most MAX_WINDOWS.
                 let _ = accs.push(Acc::EMPTY);
             }
-            slots[p.id as usize] = Some(Slot {
+            slots[p.id() as usize] = Some(Slot {
                 meta: p.clone(),
                 accs,
             });
@@ -188,28 +339,36 @@ impl SummaryEngine {
             closed,
             late: 0,
             unknown: 0,
+            started_ms: i64::MIN,
         }
+    }
+
+    /// The engine starts watching at `now_ms`: the window already open then is summarised as
+    /// partial, covering only what was seen. Without it every first window counts as whole.
+    pub fn starting_at(mut self, now_ms: i64) -> Self {
+        self.started_ms = now_ms;
+        self
     }
 
     /// Add one sample to every window of its point. O(windows), no allocation (see module doc).
     pub fn observe(&mut self, t: &Tagged) {
-        let Some(Some(slot)) = self.points.get_mut(t.meta.id as usize) else {
+        let Some(Some(slot)) = self.points.get_mut(t.meta().id() as usize) else {
             // Sources only emit points of the table they were built from; this would be a wiring bug.
             self.unknown += 1;
             return;
         };
         let mut late = false;
         for (acc, &len) in slot.accs.iter_mut().zip(self.windows_ms.iter()) {
-            let start = window_start(t.ts_ms, len);
+            let start = window_start(t.ts_ms(), len);
             if start < acc.start_ms {
                 late = true;
                 continue;
             }
             if start > acc.start_ms {
                 if acc.count > 0 {
-                    self.closed.push(acc.summarise(&slot.meta, len));
+                    self.closed.push(acc.summarise(&slot.meta, len, i64::MAX));
                 }
-                acc.reset(start);
+                acc.reset(start, self.started_ms);
             }
             acc.add(t);
         }
@@ -229,10 +388,27 @@ impl SummaryEngine {
             for (acc, &len) in slot.accs.iter_mut().zip(self.windows_ms.iter()) {
                 if acc.end_ms(len) <= now_ms {
                     if acc.count > 0 {
-                        out.push(acc.summarise(&slot.meta, len));
+                        out.push(acc.summarise(&slot.meta, len, i64::MAX));
                     }
-                    acc.reset(window_start(now_ms, len));
+                    acc.reset(window_start(now_ms, len), self.started_ms);
                 }
+            }
+        }
+    }
+
+    /// A clean stop at `now_ms`: everything [`close_due`](Self::close_due) would emit, then every
+    /// window still open with samples in it, closed early as a partial summary covering up to
+    /// `now_ms`. Nothing observed is left unsummarised. The engine is spent afterwards (samples
+    /// up to `now_ms` are late).
+    pub fn close_all(&mut self, now_ms: i64, out: &mut Vec<Summary>) {
+        self.close_due(now_ms, out);
+        for slot in self.points.iter_mut().flatten() {
+            for (acc, &len) in slot.accs.iter_mut().zip(self.windows_ms.iter()) {
+                if acc.count > 0 {
+                    out.push(acc.summarise(&slot.meta, len, now_ms));
+                }
+                let next = acc.end_ms(len).max(now_ms);
+                acc.reset(next, self.started_ms);
             }
         }
     }
@@ -274,20 +450,11 @@ mod tests {
     const SEC: Duration = Duration::from_secs(1);
 
     fn sample(m: &Arc<PointMeta>, ts_ms: i64, v: f64) -> Tagged {
-        Tagged {
-            meta: m.clone(),
-            value: Value::Float(v),
-            quality: Quality::Good,
-            ts_ms,
-            seq: 0,
-        }
+        Tagged::for_test(m.clone(), Value::Float(v), Quality::Good, ts_ms, 0)
     }
 
     fn bad(m: &Arc<PointMeta>, ts_ms: i64) -> Tagged {
-        Tagged {
-            quality: Quality::CommError,
-            ..sample(m, ts_ms, 0.0)
-        }
+        Tagged::for_test(m.clone(), Value::Float(0.0), Quality::CommError, ts_ms, 0)
     }
 
     fn close(engine: &mut SummaryEngine, now_ms: i64) -> Vec<Summary> {
@@ -338,10 +505,13 @@ mod tests {
         let mut e = SummaryEngine::new(std::slice::from_ref(&p), &[SEC]);
         e.observe(&sample(&p, 100, 5.0));
         e.observe(&bad(&p, 200));
-        e.observe(&Tagged {
-            quality: Quality::DeviceException(2),
-            ..sample(&p, 300, 1000.0)
-        });
+        e.observe(&Tagged::for_test(
+            p.clone(),
+            Value::Float(1000.0),
+            Quality::DeviceException(2),
+            300,
+            0,
+        ));
         let s = &close(&mut e, 1_000)[0];
         assert_eq!((s.count, s.good, s.bad), (3, 1, 2));
         assert_eq!(
@@ -442,7 +612,7 @@ mod tests {
         assert_eq!(out.len(), 2);
         let core = out
             .iter()
-            .find(|s| &*s.meta.tag == "c")
+            .find(|s| &**s.meta.tag() == "c")
             .expect("core point summarised");
         assert_eq!((core.level(), core.max), (Level::Core, Some(9.0)));
         assert_eq!(combined_level(&out), Level::Core);
@@ -462,6 +632,7 @@ mod tests {
             max: None,
             mean: None,
             last: None,
+            partial: None,
         };
         let s = [
             mk(0, Level::General),
@@ -513,5 +684,71 @@ mod tests {
             out.clear();
         }
         assert_eq!(e.closed_capacity(), cap);
+    }
+
+    #[test]
+    fn a_clean_stop_closes_open_windows_as_partial_summaries() {
+        let p = meta(0, "t", Level::Important);
+        let mut e = SummaryEngine::new(std::slice::from_ref(&p), &[SEC, Duration::from_secs(10)]);
+        e.observe(&sample(&p, 10_200, 1.0));
+        e.observe(&sample(&p, 10_700, 3.0));
+        let mut out = Vec::new();
+        e.close_all(10_800, &mut out);
+        assert_eq!(
+            out.len(),
+            2,
+            "one partial summary per open window with samples"
+        );
+        for s in &out {
+            assert!(s.is_partial());
+            assert_eq!(s.count(), 2);
+            assert_eq!(s.coverage(), Some((s.window_start_ms(), 10_800)));
+            assert_eq!(
+                s.level(),
+                Level::Important,
+                "a partial summary keeps the point's level"
+            );
+        }
+        // The nominal window is kept, so the policy matches it against the same rule.
+        assert!(out.iter().any(|s| s.window_ms() == 1_000));
+        assert!(out.iter().any(|s| s.window_ms() == 10_000));
+        assert!(
+            close(&mut e, 100_000).is_empty(),
+            "nothing is summarised twice"
+        );
+    }
+
+    #[test]
+    fn a_clean_stop_exactly_at_a_window_end_emits_a_whole_window() {
+        let p = meta(0, "t", Level::General);
+        let mut e = SummaryEngine::new(std::slice::from_ref(&p), &[SEC]);
+        e.observe(&sample(&p, 500, 1.0));
+        let mut out = Vec::new();
+        e.close_all(1_000, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(!out[0].is_partial());
+    }
+
+    #[test]
+    fn a_clean_stop_with_no_open_samples_emits_nothing() {
+        let p = meta(0, "t", Level::General);
+        let mut e = SummaryEngine::new(std::slice::from_ref(&p), &[SEC]);
+        let mut out = Vec::new();
+        e.close_all(5_000, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn the_window_open_when_the_engine_starts_is_partial() {
+        let p = meta(0, "t", Level::General);
+        let mut e = SummaryEngine::new(std::slice::from_ref(&p), &[SEC]).starting_at(10_400);
+        // The router's first tick moves the accumulator to the window containing now.
+        assert!(close(&mut e, 10_450).is_empty());
+        e.observe(&sample(&p, 10_600, 1.0));
+        e.observe(&sample(&p, 11_100, 2.0));
+        let out = close(&mut e, 12_000);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].coverage(), Some((10_400, 11_000)));
+        assert_eq!(out[1].coverage(), None, "later windows are whole");
     }
 }

@@ -13,12 +13,19 @@
 //! the window and only the stats the destination's rule allows. Every item has an idempotency
 //! `key` (`point@ts` for raw, `point@window_start/window_ms` for summaries) so a replay after a
 //! reconnect is harmless to a consumer that de-duplicates.
+//!
+//! A partial summary (the agent started inside the window, or stopped before its end) carries
+//! `"partial": true` and `"covered_from"`/`"covered_until"`, and its key ends with
+//! `~covered_from-covered_until`, so it never collides with the whole window's key, nor with the
+//! other partial summary of the same window that a restart produces.
 
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
-use crate::model::{Form, Level, Quality, Stat, Summary, Tagged};
-use crate::policy::EgressItem;
+use crate::model::{Form, Level, Quality, Stat};
+use crate::policy::{EgressItem, EgressView};
+use crate::source::Tagged;
+use crate::summary::Summary;
 
 /// Version of the message schema; bumped on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -68,27 +75,28 @@ struct Item<'a>(&'a EgressItem);
 
 impl Serialize for Item<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            EgressItem::Raw(t) => serialize_raw(t, s),
-            EgressItem::Summary { summary, stats } => serialize_summary(summary, stats, s),
+        match self.0.view() {
+            EgressView::Raw(t) => serialize_raw(t, s),
+            EgressView::Summary { summary, stats } => serialize_summary(summary, stats, s),
         }
     }
 }
 
 fn serialize_raw<S: Serializer>(t: &Tagged, s: S) -> Result<S::Ok, S::Error> {
     let mut m = s.serialize_map(None)?;
-    m.serialize_entry("key", &format_args!("{}@{}", t.meta.tag, t.ts_ms))?;
-    m.serialize_entry("point", &*t.meta.tag)?;
+    let tag = t.meta().tag();
+    m.serialize_entry("key", &format_args!("{tag}@{}", t.ts_ms()))?;
+    m.serialize_entry("point", &**tag)?;
     m.serialize_entry("level", t.level().as_str())?;
     m.serialize_entry("category", t.category().as_str())?;
-    m.serialize_entry("quality", t.quality.as_str())?;
-    if let Quality::DeviceException(code) = t.quality {
+    m.serialize_entry("quality", t.quality().as_str())?;
+    if let Quality::DeviceException(code) = t.quality() {
         m.serialize_entry("exception", &code)?;
     }
-    m.serialize_entry("ts", &t.ts_ms)?;
-    m.serialize_entry("seq", &t.seq)?;
-    m.serialize_entry("value", &t.value)?;
-    if let Some(unit) = &t.meta.unit {
+    m.serialize_entry("ts", &t.ts_ms())?;
+    m.serialize_entry("seq", &t.seq())?;
+    m.serialize_entry("value", t.value())?;
+    if let Some(unit) = t.meta().unit() {
         m.serialize_entry("unit", &**unit)?;
     }
     m.end()
@@ -99,21 +107,29 @@ fn serialize_summary<S: Serializer>(
     stats: &[Stat],
     s: S,
 ) -> Result<S::Ok, S::Error> {
-    let window_ms = sum.window_end_ms - sum.window_start_ms;
+    let tag = sum.meta().tag();
+    let (start, len) = (sum.window_start_ms(), sum.window_ms());
     let mut m = s.serialize_map(None)?;
-    m.serialize_entry(
-        "key",
-        &format_args!("{}@{}/{}", sum.meta.tag, sum.window_start_ms, window_ms),
-    )?;
-    m.serialize_entry("point", &*sum.meta.tag)?;
+    match sum.coverage() {
+        None => m.serialize_entry("key", &format_args!("{tag}@{start}/{len}"))?,
+        Some((from, until)) => {
+            m.serialize_entry("key", &format_args!("{tag}@{start}/{len}~{from}-{until}"))?;
+        }
+    }
+    m.serialize_entry("point", &**tag)?;
     m.serialize_entry("level", sum.level().as_str())?;
-    m.serialize_entry("category", sum.meta.category.as_str())?;
+    m.serialize_entry("category", sum.meta().category().as_str())?;
     // A window with any bad sample is flagged, so a consumer can tell a mean over a partial window.
-    m.serialize_entry("quality", if sum.bad == 0 { "good" } else { "partial" })?;
-    m.serialize_entry("window_start", &sum.window_start_ms)?;
-    m.serialize_entry("window_end", &sum.window_end_ms)?;
+    m.serialize_entry("quality", if sum.bad() == 0 { "good" } else { "partial" })?;
+    m.serialize_entry("window_start", &start)?;
+    m.serialize_entry("window_end", &sum.window_end_ms())?;
+    if let Some((from, until)) = sum.coverage() {
+        m.serialize_entry("partial", &true)?;
+        m.serialize_entry("covered_from", &from)?;
+        m.serialize_entry("covered_until", &until)?;
+    }
     m.serialize_entry("stats", &StatsMap { sum, stats })?;
-    if let Some(unit) = &sum.meta.unit {
+    if let Some(unit) = sum.meta().unit() {
         m.serialize_entry("unit", &**unit)?;
     }
     m.end()
@@ -131,14 +147,14 @@ impl Serialize for StatsMap<'_> {
         let mut m = s.serialize_map(Some(self.stats.len()))?;
         for stat in self.stats {
             match stat {
-                Stat::Count => m.serialize_entry("count", &sum.count)?,
-                Stat::Good => m.serialize_entry("good", &sum.good)?,
-                Stat::Bad => m.serialize_entry("bad", &sum.bad)?,
+                Stat::Count => m.serialize_entry("count", &sum.count())?,
+                Stat::Good => m.serialize_entry("good", &sum.good())?,
+                Stat::Bad => m.serialize_entry("bad", &sum.bad())?,
                 // `None` (no good sample in the window) becomes `null`, never a made-up number.
-                Stat::Min => m.serialize_entry("min", &finite(sum.min))?,
-                Stat::Max => m.serialize_entry("max", &finite(sum.max))?,
-                Stat::Mean => m.serialize_entry("mean", &finite(sum.mean))?,
-                Stat::Last => m.serialize_entry("last", &finite(sum.last))?,
+                Stat::Min => m.serialize_entry("min", &finite(sum.min()))?,
+                Stat::Max => m.serialize_entry("max", &finite(sum.max()))?,
+                Stat::Mean => m.serialize_entry("mean", &finite(sum.mean()))?,
+                Stat::Last => m.serialize_entry("last", &finite(sum.last()))?,
             }
         }
         m.end()
@@ -171,8 +187,6 @@ pub fn encode(env: &Envelope, form: Form, level: Level, items: &[EgressItem]) ->
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use serde_json::Value as Json;
 
     use super::*;
@@ -189,28 +203,18 @@ mod tests {
     }
 
     fn raw(tag: &str, level: Level, value: Value, quality: Quality) -> EgressItem {
-        EgressItem::Raw(Tagged {
-            meta: meta(0, tag, level),
+        EgressItem::raw_for_test(Tagged::for_test(
+            meta(0, tag, level),
             value,
             quality,
-            ts_ms: 1_000,
-            seq: 7,
-        })
+            1_000,
+            7,
+        ))
     }
 
     fn summary(tag: &str, level: Level) -> Summary {
-        Summary {
-            meta: meta(1, tag, level),
-            window_start_ms: 60_000,
-            window_end_ms: 120_000,
-            count: 60,
-            good: 59,
-            bad: 1,
-            min: Some(1.0),
-            max: Some(9.0),
-            mean: Some(5.5),
-            last: None,
-        }
+        Summary::for_test(meta(1, tag, level), 60_000, 120_000, 0.0)
+            .with_stats([60, 59, 1], [Some(1.0), Some(9.0), Some(5.5), None])
     }
 
     #[test]
@@ -259,10 +263,10 @@ mod tests {
 
     #[test]
     fn summary_carries_only_the_allowed_stats() {
-        let items = [EgressItem::Summary {
-            summary: summary("kiln.temp", Level::Important),
-            stats: Arc::from(vec![Stat::Count, Stat::Mean, Stat::Last]),
-        }];
+        let items = [EgressItem::summary_for_test(
+            summary("kiln.temp", Level::Important),
+            &[Stat::Count, Stat::Mean, Stat::Last],
+        )];
         let bytes = encode(&env(), Form::Summary, Level::Important, &items);
         let m: Json = serde_json::from_slice(&bytes).expect("json");
         let i = &m["items"][0];
@@ -286,12 +290,9 @@ mod tests {
 
     #[test]
     fn non_finite_values_become_null() {
-        let mut s = summary("x", Level::General);
-        s.mean = Some(f64::NAN);
-        let items = [EgressItem::Summary {
-            summary: s,
-            stats: Arc::from(vec![Stat::Mean]),
-        }];
+        let s = summary("x", Level::General)
+            .with_stats([60, 59, 1], [Some(1.0), Some(9.0), Some(f64::NAN), None]);
+        let items = [EgressItem::summary_for_test(s, &[Stat::Mean])];
         let m: Json =
             serde_json::from_slice(&encode(&env(), Form::Summary, Level::General, &items))
                 .expect("json");
@@ -305,5 +306,28 @@ mod tests {
         let m: Json = serde_json::from_slice(&encode(&env(), Form::Raw, Level::General, &items))
             .expect("json");
         assert!(m["items"][0]["value"].is_null());
+    }
+
+    #[test]
+    fn a_partial_summary_says_so_and_has_its_own_key() {
+        let s = summary("kiln.temp", Level::Important).with_coverage(60_000, 95_000);
+        let items = [EgressItem::summary_for_test(s, &[Stat::Count])];
+        let m: Json =
+            serde_json::from_slice(&encode(&env(), Form::Summary, Level::Important, &items))
+                .expect("json");
+        let i = &m["items"][0];
+        assert_eq!(i["partial"], true);
+        assert_eq!(i["covered_from"], 60_000);
+        assert_eq!(i["covered_until"], 95_000);
+        assert_eq!(i["window_end"], 120_000, "the nominal window is kept");
+        assert_eq!(i["key"], "kiln.temp@60000/60000~60000-95000");
+        let whole = [EgressItem::summary_for_test(
+            summary("kiln.temp", Level::Important),
+            &[Stat::Count],
+        )];
+        let w: Json =
+            serde_json::from_slice(&encode(&env(), Form::Summary, Level::Important, &whole))
+                .expect("json");
+        assert!(w["items"][0].get("partial").is_none());
     }
 }

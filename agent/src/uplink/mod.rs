@@ -28,15 +28,17 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use encode::{encode, topic, Envelope, SCHEMA_VERSION};
 pub use tls::{client_config, TlsError};
 
 use crate::config::{Destination, Gateway};
 use crate::model::{Form, Level};
-use crate::policy::{EgressItem, Permitted};
+use crate::policy::{DenyReason, EgressItem, Permitted, Policy};
+use crate::source::Tagged;
 use crate::stats::{DestinationStats, Stats};
+use crate::summary::Summary;
 
 /// Messages handed to the MQTT client and not yet acknowledged, at most. Below rumqttc's own
 /// in-flight limit (100) so its packet-id space never collides with an unacknowledged message.
@@ -60,28 +62,86 @@ pub enum UplinkError {
     },
 }
 
-/// The sending side of one destination's uplink. Cheap to call from the router: `offer` never
-/// waits.
+/// The sending side of one destination's uplink, and the only holder of that destination's
+/// [`Policy`]: an item reaches this destination's queue only through this destination's decision,
+/// so a permit granted for one destination cannot be sent to another. Cheap to call from the
+/// router: offering never waits.
 #[derive(Debug)]
 pub struct UplinkHandle {
+    policy: Policy,
     tx: mpsc::Sender<Permitted<EgressItem>>,
     index: usize,
     stats: Arc<Stats>,
     tasks: [JoinHandle<()>; 2],
 }
 
+/// A permit this uplink refused because another destination's policy granted it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("permit granted for destination {granted_for:?} refused by the uplink of {uplink:?}")]
+pub(crate) struct Misrouted {
+    granted_for: String,
+    uplink: String,
+}
+
 impl UplinkHandle {
-    /// Queue an item for this destination. When the queue is full the item is dropped and
-    /// counted (`dropped`), so a slow or absent broker never stalls acquisition.
-    pub fn offer(&self, item: Permitted<EgressItem>) {
-        if let Err(e) = self.tx.try_send(item) {
-            let item = match e {
-                mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => i,
-            };
-            self.stats.destinations[self.index]
-                .dropped
-                .add(item.get().level(), 1);
+    /// The destination this uplink serves.
+    pub fn destination(&self) -> &Arc<Destination> {
+        self.policy.destination()
+    }
+
+    /// Offer a raw sample. This destination's policy decides; a permitted item is queued, a
+    /// denied one is counted (`denied`) and its reason returned.
+    pub fn offer_raw(&mut self, t: &Tagged, now_ms: i64) -> Result<(), DenyReason> {
+        let decision = self.policy.decide_raw(t, now_ms);
+        self.settle(decision, t.level())
+    }
+
+    /// Offer a closed summary (see [`UplinkHandle::offer_raw`]).
+    pub fn offer_summary(&mut self, s: &Summary, now_ms: i64) -> Result<(), DenyReason> {
+        let decision = self.policy.decide_summary(s, now_ms);
+        self.settle(decision, s.level())
+    }
+
+    fn settle(
+        &self,
+        decision: Result<Permitted<EgressItem>, DenyReason>,
+        level: Level,
+    ) -> Result<(), DenyReason> {
+        match decision {
+            Ok(permit) => {
+                // Cannot be misrouted: the permit comes from this handle's own policy.
+                let _ = self.enqueue(permit);
+                Ok(())
+            }
+            Err(reason) => {
+                self.counters().denied.add(level, 1);
+                Err(reason)
+            }
         }
+    }
+
+    /// Queue a permitted item. A permit granted for another destination is refused and counted
+    /// (`misrouted`); when the queue is full the item is dropped and counted (`dropped`), so a
+    /// slow or absent broker never stalls acquisition.
+    pub(crate) fn enqueue(&self, item: Permitted<EgressItem>) -> Result<(), Misrouted> {
+        let level = item.get().level();
+        if item.destination() != &*self.counters().name {
+            self.counters().misrouted.add(level, 1);
+            let refused = Misrouted {
+                granted_for: item.destination().to_owned(),
+                uplink: self.counters().name.to_string(),
+            };
+            error!(error = %refused, "Egress permit refused: it was granted for another destination.");
+            return Err(refused);
+        }
+        if self.tx.try_send(item).is_err() {
+            self.counters().dropped.add(level, 1);
+        }
+        Ok(())
+    }
+
+    fn counters(&self) -> &DestinationStats {
+        &self.stats.destinations[self.index]
     }
 
     /// Wait until the uplink has stopped: after the shutdown token is cancelled, it flushes what
@@ -96,8 +156,9 @@ impl UplinkHandle {
     }
 }
 
-/// Start the uplink of `dest`. Fails only on unusable TLS settings (files missing or invalid);
-/// an unreachable broker is retried with backoff for as long as the agent runs.
+/// Start the uplink of `dest`, with its own egress policy. Fails only on unusable TLS settings
+/// (files missing or invalid); an unreachable broker is retried with backoff for as long as the
+/// agent runs.
 pub fn spawn(
     dest: Arc<Destination>,
     gateway: &Gateway,
@@ -131,8 +192,9 @@ pub fn spawn(
         pending: HashMap::new(),
     };
     let batch_task = tokio::spawn(batcher.run(rx, shutdown, closing.clone()));
-    let conn_task = tokio::spawn(connection(dest, options, shared, closing));
+    let conn_task = tokio::spawn(connection(dest.clone(), options, shared, closing));
     Ok(UplinkHandle {
+        policy: Policy::new(dest),
         tx,
         index,
         stats,
@@ -572,7 +634,7 @@ fn log_failure(name: &str, failures: u64, e: &rumqttc::ConnectionError) {
 mod tests {
     use super::*;
     use crate::model::testutil::meta;
-    use crate::model::{Quality, Tagged, Value};
+    use crate::model::{Quality, Value};
 
     fn shared(capacity: usize) -> Shared {
         Shared {
@@ -686,14 +748,15 @@ mod tests {
             department: String::new(),
         };
         let h = spawn(dest, &gw, stats.clone(), shutdown.clone()).expect("spawn");
-        let t = Tagged {
-            meta: meta(0, "a", Level::General),
-            value: Value::Int(1),
-            quality: Quality::Good,
-            ts_ms: 1,
-            seq: 1,
-        };
-        h.offer(Permitted::for_test(EgressItem::Raw(t)));
+        let t = Tagged::for_test(
+            meta(0, "a", Level::General),
+            Value::Int(1),
+            Quality::Good,
+            1,
+            1,
+        );
+        h.enqueue(Permitted::for_test(EgressItem::raw_for_test(t), "dc"))
+            .expect("same destination");
         tokio::time::sleep(Duration::from_millis(100)).await;
         shutdown.cancel();
         // A hang guard, not a timing assertion: shutdown must end (it is bounded by FLUSH_TIMEOUT).
@@ -706,3 +769,6 @@ mod tests {
         assert!(!d.connected.load(Ordering::Relaxed));
     }
 }
+
+#[cfg(test)]
+mod gate_tests;

@@ -232,7 +232,7 @@ async fn polls(secs: u64, devices: usize, registers: usize) -> anyhow::Result<()
     }
     let stats = Arc::new(Stats::new(Vec::<Arc<str>>::new()));
     let shutdown = CancellationToken::new();
-    let (tx, mut rx) = mpsc::channel::<Vec<edge_agent::model::Tagged>>(1024);
+    let (tx, mut rx) = mpsc::channel::<Vec<edge_agent::source::Tagged>>(1024);
     let cycles = Arc::new(AtomicU64::new(0));
     let drain = {
         let cycles = Arc::clone(&cycles);
@@ -240,7 +240,7 @@ async fn polls(secs: u64, devices: usize, registers: usize) -> anyhow::Result<()
             // Only cycles that read: with every cycle always due, ticks that fall during a
             // read are `stale` batches, which are bookkeeping, not polls.
             while let Some(batch) = rx.recv().await {
-                if batch.first().is_some_and(|t| t.quality.is_good()) {
+                if batch.first().is_some_and(|t| t.quality().is_good()) {
                     cycles.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::config::raw::*;
 use crate::config::runtime::*;
-use crate::model::{PointMeta, Protocol};
+use crate::model::{PointMeta, PointSpec, Protocol};
 
 /// Highest RTU slave address (248..=255 are reserved; 0 is broadcast, which nobody answers).
 const MAX_RTU_UNIT: u8 = 247;
@@ -524,7 +524,7 @@ impl Validator {
             if rule_id.as_ref() == "default" {
                 *unmapped += 1;
             }
-            let meta = Arc::new(PointMeta {
+            let meta = Arc::new(PointMeta::compile(PointSpec {
                 id: points.len() as u32,
                 tag: p.tag.as_str().into(),
                 level,
@@ -537,7 +537,7 @@ impl Validator {
                 site: ctx.gateway.site.clone(),
                 unit: p.unit.as_deref().map(Into::into),
                 interval_ms: groups[group].interval.as_millis() as u64,
-            });
+            }));
             points.push(meta.clone());
             groups[group].points.push(mpoints.len());
             mpoints.push(ModbusPoint {
@@ -896,7 +896,7 @@ impl Validator {
                             "{}:{} overlaps {:?} ({}:{}, {})",
                             p.table.as_str(),
                             p.address,
-                            &*o.meta.tag,
+                            &**o.meta.tag(),
                             o.table.as_str(),
                             o.address,
                             o.data_type.as_str()

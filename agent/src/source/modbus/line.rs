@@ -31,7 +31,8 @@ use super::plan::{self, Limits, ReadBlock};
 use super::transport::{Link, TxError};
 use super::{backoff_delay, limits, plan_group, ModbusError};
 use crate::config::runtime::{Forbidden, ModbusDevice, ModbusLine, Table};
-use crate::model::{now_ms, Level, Quality, Tagged, Value};
+use crate::model::{now_ms, Level, Quality, Value};
+use crate::source::Tagged;
 use crate::stats::Stats;
 
 /// Resolution of tokio's timer wheel.
@@ -679,7 +680,7 @@ impl Scheduler {
                     if st.mem.last_quality[pi] != Quality::DecodeError {
                         warn!(
                             device = %dev.name,
-                            point = %point.meta.tag,
+                            point = %point.meta.tag(),
                             error = %e,
                             "Point could not be decoded; its samples carry decode_error."
                         );
@@ -742,7 +743,7 @@ impl Scheduler {
                 start = block.start,
                 count = block.count,
                 code,
-                points = ?block.points.iter().map(|&pi| &*dev.points[pi].meta.tag).collect::<Vec<_>>(),
+                points = ?block.points.iter().map(|&pi| &**dev.points[pi].meta.tag()).collect::<Vec<_>>(),
                 "Modbus device refuses these addresses; their points are device_exception and are not asked for again until relearn_after."
             );
             for &pi in &block.points {
@@ -1034,13 +1035,13 @@ fn stamp(
         ),
     };
     st.last_quality[pi] = quality;
-    batch.push(Tagged {
-        meta: Arc::clone(&point.meta),
+    batch.push(Tagged::stamp(
+        Arc::clone(&point.meta),
         value,
         quality,
-        ts_ms: ts,
-        seq: seq.fetch_add(1, Ordering::Relaxed),
-    });
+        ts,
+        seq.fetch_add(1, Ordering::Relaxed),
+    ));
 }
 
 #[cfg(test)]

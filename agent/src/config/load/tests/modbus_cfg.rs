@@ -119,11 +119,11 @@ fn lines_gather_their_devices_with_transport_protocol_and_timing() {
     assert_eq!(c.lines[2].inter_frame, Duration::from_micros(4010));
     let m1 = c.point_by_tag("m1.power").expect("point");
     assert_eq!(
-        (m1.protocol, &*m1.address),
+        (m1.protocol(), &**m1.address()),
         (Protocol::ModbusRtu, "unit=1 input:0")
     );
     let gw7 = c.point_by_tag("gw7.state").expect("point");
-    assert_eq!(&*gw7.address, "unit=7 holding:0");
+    assert_eq!(&**gw7.address(), "unit=7 holding:0");
     let (_, d) = c
         .devices()
         .find(|(_, d)| &*d.name == "behind-gw-7")
@@ -443,16 +443,16 @@ group = "fast"
         ]
     );
     assert_eq!(
-        l.config.point_by_tag("fast.b").map(|m| m.interval_ms),
+        l.config.point_by_tag("fast.b").map(|m| m.interval_ms()),
         Some(100)
     );
     assert_eq!(
-        l.config.point_by_tag("slow.a").map(|m| m.interval_ms),
+        l.config.point_by_tag("slow.a").map(|m| m.interval_ms()),
         Some(2000)
     );
     assert_eq!(d.jitter, Duration::from_millis(50));
     assert_eq!(
-        &*l.config.point_by_tag("fast.bits").expect("p").address,
+        &**l.config.point_by_tag("fast.bits").expect("p").address(),
         "unit=1 holding:2.0+4"
     );
 

@@ -140,7 +140,7 @@ fn point(
     order: ByteOrder,
 ) -> ModbusPoint {
     ModbusPoint {
-        meta: Arc::new(PointMeta {
+        meta: Arc::new(PointMeta::compile(crate::model::PointSpec {
             id,
             tag: tag.into(),
             level: Level::Important,
@@ -153,7 +153,7 @@ fn point(
             site: "site".into(),
             unit: None,
             interval_ms: 20,
-        }),
+        })),
         table,
         address,
         data_type,
@@ -259,7 +259,7 @@ fn all(quality: Quality) -> impl Fn(&[Tagged]) -> bool {
 fn by_tag<'a>(batch: &'a [Tagged], tag: &str) -> &'a Tagged {
     batch
         .iter()
-        .find(|t| &*t.meta.tag == tag)
+        .find(|t| &**t.meta.tag() == tag)
         .unwrap_or_else(|| panic!("no sample for {tag}"))
 }
 
@@ -392,7 +392,7 @@ async fn polled_values_decode_end_to_end_with_one_sample_per_point() {
 
     let batch = run.batch_where("any", |_| true).await;
     assert_eq!(batch.len(), dev.devices[0].points.len());
-    let tags: HashSet<&str> = batch.iter().map(|t| &*t.meta.tag).collect();
+    let tags: HashSet<&str> = batch.iter().map(|t| &**t.meta.tag()).collect();
     assert_eq!(
         tags.len(),
         dev.devices[0].points.len(),

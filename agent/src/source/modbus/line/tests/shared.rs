@@ -95,10 +95,7 @@ fn unit_device(unit: u8, groups: &[(&str, u64, Vec<u16>)]) -> ModbusDevice {
                 ByteOrder::Abcd,
             );
             p.group = g;
-            p.meta = Arc::new(PointMeta {
-                device: format!("unit{unit}").into(),
-                ..(*p.meta).clone()
-            });
+            p.meta = Arc::new(p.meta.with_device_for_test(&format!("unit{unit}")));
             members.push(points.len());
             points.push(p);
         }
@@ -148,10 +145,10 @@ async fn collect(run: &mut Running, run_for: Duration) -> HashMap<(String, Quali
     while let Ok(Some(batch)) = tokio::time::timeout_at(end, run.rx.recv()).await {
         let first = &batch[0];
         *counts
-            .entry((first.meta.device.to_string(), first.quality))
+            .entry((first.meta.device().to_string(), first.quality))
             .or_insert(0) += 1;
         // A batch is one cycle of one group of one device: uniform device.
-        assert!(batch.iter().all(|t| t.meta.device == first.meta.device));
+        assert!(batch.iter().all(|t| t.meta.device() == first.meta.device()));
     }
     counts
 }
@@ -192,7 +189,7 @@ async fn a_dead_unit_is_backed_off_and_does_not_stall_the_others_on_its_line() {
     bus.lock().expect("bus lock").silent.clear();
     let batch = run
         .batch_where("unit2 good again", |b| {
-            &*b[0].meta.device == "unit2" && b[0].quality == Quality::Good
+            &**b[0].meta.device() == "unit2" && b[0].quality == Quality::Good
         })
         .await;
     assert_eq!(batch[0].value, Value::Int(2000));
@@ -344,7 +341,7 @@ async fn ticks_that_fall_during_a_long_read_are_not_lost() {
     let mut slow_done = false;
     while !slow_done {
         let b = run.batch_where("any", |_| true).await;
-        if b[0].meta.tag.ends_with(".100") {
+        if b[0].meta.tag().ends_with(".100") {
             slow_done = true;
         } else if b[0].quality == Quality::Stale {
             stale += 1;

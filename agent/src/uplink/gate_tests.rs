@@ -1,0 +1,167 @@
+//! The egress gate of an uplink: each uplink decides with its own destination's policy, and a
+//! permit granted for one destination is refused (and counted) by any other's uplink.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::config::{AllowRule, Assessment, Broker, Destination, Gateway, Jurisdiction};
+use crate::model::testutil::meta;
+use crate::model::{Category, Level, Stat};
+use crate::summary::Summary;
+
+const NOW: i64 = 1_767_225_600_000;
+
+fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+/// A destination on a loopback broker nobody listens on, allowing general raw and general +
+/// important 10 s summaries.
+fn destination(name: &str, jurisdiction: &str, assessment: Option<Assessment>) -> Arc<Destination> {
+    Arc::new(Destination {
+        name: Arc::from(name),
+        jurisdiction: Jurisdiction(jurisdiction.into()),
+        recipient: "r".into(),
+        purpose: "p".into(),
+        legal_basis: "b".into(),
+        broker: Broker {
+            host: "127.0.0.1".into(),
+            port: unused_port(),
+            client_id: format!("t-{name}"),
+            keep_alive: Duration::from_secs(5),
+            tls: None,
+        },
+        topic_prefix: "x".into(),
+        allow: vec![
+            AllowRule {
+                index: 0,
+                levels: vec![Level::General],
+                categories: None,
+                form: Form::Raw,
+                window: None,
+                stats: vec![],
+            },
+            AllowRule {
+                index: 1,
+                levels: vec![Level::General, Level::Important],
+                categories: None,
+                form: Form::Summary,
+                window: Some(Duration::from_secs(10)),
+                stats: vec![Stat::Count, Stat::Mean],
+            },
+        ],
+        assessment,
+        batch_max_items: 10,
+        batch_max_delay: Duration::from_millis(10),
+        queue_items: 100,
+    })
+}
+
+fn gateway() -> Gateway {
+    Gateway {
+        id: Arc::from("gw"),
+        site: Arc::from("s"),
+        jurisdiction: Jurisdiction("CN".into()),
+        data_processor: String::new(),
+        responsible_person: String::new(),
+        department: String::new(),
+    }
+}
+
+async fn stop(shutdown: CancellationToken, handles: Vec<UplinkHandle>) {
+    shutdown.cancel();
+    for h in handles {
+        // A hang guard, not a timing assertion: shutdown is bounded by FLUSH_TIMEOUT.
+        tokio::time::timeout(Duration::from_secs(60), h.closed())
+            .await
+            .expect("uplink stops");
+    }
+}
+
+#[tokio::test]
+async fn a_permit_granted_for_one_destination_is_refused_by_another_uplink_and_counted() {
+    let cn = destination("group-dc", "CN", None);
+    let eu = destination("hq-eu", "DE", None);
+    let stats = Arc::new(Stats::new([cn.name.clone(), eu.name.clone()]));
+    let shutdown = CancellationToken::new();
+    let dc = spawn(cn.clone(), &gateway(), stats.clone(), shutdown.clone()).expect("spawn");
+    let hq = spawn(eu, &gateway(), stats.clone(), shutdown.clone()).expect("spawn");
+
+    // The CN destination's policy approves an important summary...
+    let important = meta(0, "furnace.temp", Level::Important);
+    let s = Summary::for_test(important, NOW - 10_000, NOW, 812.0);
+    let permit = Policy::new(cn)
+        .decide_summary(&s, NOW)
+        .expect("domestic important summaries are allowed");
+    // ...and offering that permit to the cross-border uplink is refused, not published.
+    let refused = hq.enqueue(permit).expect_err("misrouted permit refused");
+    assert_eq!(refused.granted_for, "group-dc");
+    let hq_counters = stats.destination("hq-eu").expect("counters");
+    assert_eq!(hq_counters.misrouted.get(Level::Important), 1);
+    assert_eq!(hq_counters.dropped.get(Level::Important), 0);
+    stop(shutdown, vec![dc, hq]).await;
+    assert_eq!(
+        hq_counters.forwarded.get(Level::Important) + hq_counters.dropped.get(Level::Important),
+        0,
+        "nothing of the refused permit was queued for the cross-border broker"
+    );
+}
+
+#[tokio::test]
+async fn each_uplink_decides_with_its_own_destinations_policy() {
+    let cn = destination("group-dc", "CN", None);
+    let eu = destination(
+        "hq-eu",
+        "DE",
+        Some(Assessment {
+            reference: "A-1".into(),
+            expires_ms: NOW + 86_400_000,
+            categories: vec![Category::Management],
+            daily_item_cap: None,
+        }),
+    );
+    let stats = Arc::new(Stats::new([cn.name.clone(), eu.name.clone()]));
+    let shutdown = CancellationToken::new();
+    let mut dc = spawn(cn, &gateway(), stats.clone(), shutdown.clone()).expect("spawn");
+    let mut hq = spawn(eu, &gateway(), stats.clone(), shutdown.clone()).expect("spawn");
+
+    let important = meta(0, "furnace.temp", Level::Important);
+    let s = Summary::for_test(important, NOW - 10_000, NOW, 812.0);
+    assert_eq!(dc.offer_summary(&s, NOW), Ok(()));
+    assert_eq!(
+        hq.offer_summary(&s, NOW),
+        Err(DenyReason::CategoryNotAssessed),
+        "the assessment covers management data only"
+    );
+    let general = meta(1, "hall.temp", Level::General);
+    let t = Tagged::for_test(
+        general,
+        crate::model::Value::Float(21.5),
+        crate::model::Quality::Good,
+        NOW,
+        1,
+    );
+    assert_eq!(hq.offer_raw(&t, NOW), Ok(()));
+    let core = meta(2, "recipe", Level::Core);
+    let c = Tagged::for_test(
+        core,
+        crate::model::Value::Int(7),
+        crate::model::Quality::Good,
+        NOW,
+        2,
+    );
+    assert_eq!(dc.offer_raw(&c, NOW), Err(DenyReason::CoreNeverLeaves));
+
+    let hq_counters = stats.destination("hq-eu").expect("counters");
+    let dc_counters = stats.destination("group-dc").expect("counters");
+    assert_eq!(hq_counters.denied.get(Level::Important), 1);
+    assert_eq!(dc_counters.denied.get(Level::Core), 1);
+    assert_eq!(dc_counters.misrouted.get(Level::Important), 0);
+    stop(shutdown, vec![dc, hq]).await;
+}

@@ -30,8 +30,10 @@ use crate::summary::Summary;
 ///   destination does not compile:
 ///
 /// ```compile_fail
-/// fn copy(p: &edge_agent::policy::Permitted<edge_agent::policy::EgressItem>) {
-///     let _twin = p.clone();
+/// use edge_agent::policy::{EgressItem, Permitted};
+/// fn copy(p: &Permitted<EgressItem>) -> Permitted<EgressItem> {
+///     let twin: Permitted<EgressItem> = p.clone();
+///     twin
 /// }
 /// ```
 ///

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use edge_agent::config::{self, Loaded};
 use edge_agent::model::now_ms;
 use edge_agent::{pipeline, report};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Debug, Parser)]
 #[command(name = "edge-agent", version, about = "Edge data-governance agent")]
@@ -91,18 +91,12 @@ fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Check { config } => match load(&config) {
-            Ok(loaded) => {
-                print!("{}", report::check(&loaded));
-                ExitCode::SUCCESS
-            }
+            Ok(loaded) => emit(&report::check(&loaded)),
             Err(code) => code,
         },
         Command::Explain { config, tag } => match load(&config) {
             Ok(loaded) => match report::explain(&loaded.config, &tag, now_ms()) {
-                Some(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
+                Some(text) => emit(&text),
                 None => {
                     eprintln!("error: no point with tag {tag:?} in {}", config.display());
                     ExitCode::from(2)
@@ -292,8 +286,11 @@ async fn run(loaded: Loaded, stats_every: Duration) -> ExitCode {
         }
     });
     tokio::spawn(async move {
-        wait_for_signal().await;
-        info!("Shutdown requested; draining.");
+        let signal = wait_for_signal().await;
+        if signal == "SIGHUP" {
+            warn!("Configuration reload is not supported yet: SIGHUP stops the agent cleanly (drain, exit 0); start it again to apply a new configuration.");
+        }
+        info!(signal, "Shutdown requested; draining.");
         token.cancel();
     });
     let stats = agent.stats.clone();
@@ -303,33 +300,61 @@ async fn run(loaded: Loaded, stats_every: Duration) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGINT, SIGTERM or SIGHUP and names it. Until reload exists, SIGHUP (sent by
+/// `systemctl reload` and by a closing terminal) drains and stops like SIGTERM instead of killing
+/// the agent with unflushed data.
+async fn wait_for_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(mut term), Ok(mut hup)) => {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => "SIGINT",
+                    _ = term.recv() => "SIGTERM",
+                    _ = hup.recv() => "SIGHUP",
                 }
             }
-            Err(_) => {
+            _ => {
+                warn!("Cannot listen for SIGTERM/SIGHUP; only Ctrl-C stops the agent cleanly.");
                 let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
             }
         }
     }
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
+
+/// Print `text` to stdout. A closed pipe (`check | head`) is the reader's choice, not an error:
+/// stop quietly instead of panicking with a backtrace.
+fn emit(text: &str) -> ExitCode {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write the output: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal, never in a file or the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
 }

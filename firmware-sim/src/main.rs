@@ -59,22 +59,23 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check { .. } => {
-            print_summary(path, &scenario);
-            ExitCode::SUCCESS
-        }
+        Command::Check { .. } => emit(&summary(path, &scenario)),
         Command::Run { bind, .. } => match run(scenario, bind) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", render_chain(&e));
                 ExitCode::from(1)
             }
         },
     }
 }
 
-fn print_summary(path: &std::path::Path, scenario: &Scenario) {
-    println!(
+/// The `check` report of a valid scenario.
+fn summary(path: &std::path::Path, scenario: &Scenario) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{}: valid, {} device(s), {} bus(es)",
         path.display(),
         scenario.devices.len(),
@@ -90,7 +91,8 @@ fn print_summary(path: &std::path::Path, scenario: &Scenario) {
             .bus_devices(&b.name)
             .map(|d| format!("{} {}", d.unit_id, d.name))
             .collect();
-        println!(
+        let _ = writeln!(
+            out,
             "  bus {} ({}) on {endpoint}{}: units {}",
             b.name,
             b.transport,
@@ -104,7 +106,8 @@ fn print_summary(path: &std::path::Path, scenario: &Scenario) {
             (None, 0) => "ephemeral port".to_owned(),
             (None, port) => format!("port {port}"),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "  {}: {attachment}, unit {}, tick {}, {} register entr{}, {} exception range(s){}",
             d.name,
             d.unit_id,
@@ -115,7 +118,8 @@ fn print_summary(path: &std::path::Path, scenario: &Scenario) {
             faults_note(&d.faults)
         );
         for r in &d.registers {
-            println!(
+            let _ = writeln!(
+                out,
                 "    {:<8} {:>5} {:<4} {} {:<11} {}",
                 r.table.as_str(),
                 r.address,
@@ -126,6 +130,7 @@ fn print_summary(path: &std::path::Path, scenario: &Scenario) {
             );
         }
     }
+    out
 }
 
 /// `", faults: ..."` listing the injected transport faults, or nothing when there are none.
@@ -194,4 +199,60 @@ fn run(scenario: Scenario, bind: IpAddr) -> anyhow::Result<()> {
         plant.shutdown().await;
         Ok(())
     })
+}
+
+/// Print `text` to stdout; a closed pipe (`check | head`) ends the output quietly.
+fn emit(text: &str) -> ExitCode {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write the output: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// An error and its causes, `: `-separated, skipping a cause that the message before it already
+/// quotes (errors that embed their source would otherwise say it twice).
+fn render_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_that_quotes_its_cause_names_it_once() {
+        let bound = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = bound.local_addr().expect("addr");
+        let source = std::net::TcpListener::bind(addr).expect_err("port taken");
+        let cause = source.to_string();
+        let e = anyhow::Error::new(firmware_sim::plant::PlantError::Bind {
+            device: "press-1".into(),
+            addr,
+            source,
+        })
+        .context("cannot start the plant");
+        let text = render_chain(&e);
+        assert_eq!(text.matches(&cause).count(), 1, "{text}");
+        assert!(
+            text.starts_with("cannot start the plant: device press-1: cannot listen on"),
+            "{text}"
+        );
+    }
 }

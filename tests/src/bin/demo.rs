@@ -141,7 +141,13 @@ fn print_report(elapsed: Duration, stats: &Stats, collector: &Collector) {
     }
     let received: Vec<String> = topics.iter().map(|(t, n)| format!("{t}={n}")).collect();
     println!(
-        "        upstream received (messages per topic): {}\n",
+        "        upstream received (messages per topic): {}",
         received.join("  ")
+    );
+    println!(
+        "        legend: read, stored and bad-qual count raw samples. forwarded and denied count\n\
+         \x20       egress items per destination, of both forms: a raw sample or a window summary.\n\
+         \x20       Each sample is offered raw to every destination and again inside its window's\n\
+         \x20       summary, so denied can exceed read (core: every raw sample and every summary).\n"
     );
 }

@@ -173,7 +173,7 @@ impl Router {
             }
         }
         // A clean stop: the windows still open are summarised as partial and offered like any
-        // other (docs/decisions/0008-egress-gate.md), so nothing read goes unsummarised.
+        // other (docs/decisions/0011-egress-gate.md), so nothing read goes unsummarised.
         self.summaries.clear();
         self.summary.close_all(now_ms(), &mut self.summaries);
         self.offer_summaries(now_ms());

@@ -24,6 +24,7 @@
 //!                                 raw ─────────────────────┘   └─ denied ─> counted + logged
 //! ```
 
+pub mod agent_config;
 pub mod backoff;
 pub mod config;
 pub mod model;

@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
-use crate::config::ModbusDevice;
-use crate::config::{load::points_per_level_category, AgentConfig, Loaded};
+use crate::agent_config::{points_per_level_category, AgentConfig, Loaded};
+use crate::source::modbus::config::ModbusDevice;
 use crate::model::{Form, Level};
 use crate::policy::Policy;
 use crate::source::modbus;

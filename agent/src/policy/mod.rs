@@ -34,6 +34,8 @@ impl<T> Permitted<T> {
     }
 }
 
+pub mod config;
+
 use std::sync::Arc;
 
 use crate::model::{Form, Level, Stat, Summary, Tagged};

@@ -3,6 +3,11 @@
 //!
 //! The crypto provider is `ring`, chosen explicitly (no process-wide default is installed) so
 //! the agent never depends on which provider another crate enabled.
+//!
+//! [`check`] is what config validation calls (for `check` and `run` alike): it builds the
+//! client config with the same [`client_config`] the uplink uses, and adds what rustls leaves to
+//! the broker: certificate validity dates at the given time. Each problem names the settings
+//! key it is about, so the operator fixes the right file.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,26 +24,137 @@ use crate::config::TlsSettings;
 /// the file, so an operator can fix the right one.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A file could not be read or is not PEM. Check the path and its permissions.
     #[error("cannot read {what} {path}: {reason}")]
     Read {
         what: &'static str,
         path: PathBuf,
         reason: String,
     },
+    /// A file holds no PEM block of the expected kind.
     #[error("{what} {path} contains no {expected}")]
     Empty {
         what: &'static str,
         path: PathBuf,
         expected: &'static str,
     },
+    /// A CA certificate is not one rustls can trust (malformed, unsupported).
     #[error("CA file {path}: {reason}")]
     BadCa { path: PathBuf, reason: String },
+    /// Only one of `client_cert`, `client_key` is set.
     #[error("client_cert and client_key must be given together (got only {0})")]
     HalfClientAuth(&'static str),
+    /// `server_name` is neither a DNS name nor an IP address.
     #[error("server_name {0:?} is not a valid DNS name or IP address")]
     BadServerName(String),
+    /// The client certificate is not X.509 v3, which TLS 1.2/1.3 peers and rustls require.
+    #[error("client certificate {path} is an X.509 v{version} certificate; TLS needs v3")]
+    ClientCertVersion { path: PathBuf, version: u8 },
+    /// The client key is not the private key of the client certificate.
+    #[error("client key {key} does not belong to the client certificate {cert}")]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+    /// rustls refused the client certificate or key for another reason.
+    #[error("client certificate {path} or its key cannot be used: {reason}")]
+    ClientCert { path: PathBuf, reason: String },
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+}
+
+impl TlsError {
+    /// The `broker.tls` key the problem is about (`""` for the table itself).
+    pub fn key(&self) -> &'static str {
+        match self {
+            TlsError::Read { what, .. } | TlsError::Empty { what, .. } => key_of(what),
+            TlsError::BadCa { .. } | TlsError::Rustls(_) => "ca",
+            TlsError::HalfClientAuth(_) => "",
+            TlsError::BadServerName(_) => "server_name",
+            TlsError::ClientCertVersion { .. } | TlsError::ClientCert { .. } => "client_cert",
+            TlsError::KeyMismatch { .. } => "client_key",
+        }
+    }
+
+    /// What to do about it.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            TlsError::Read { .. } => "check the path, and that the agent's user may read the file",
+            TlsError::Empty { what: "client key", .. } => {
+                "the file must hold the PEM private key (-----BEGIN PRIVATE KEY-----)"
+            }
+            TlsError::Empty { .. } => {
+                "the file must hold PEM certificates (-----BEGIN CERTIFICATE-----)"
+            }
+            TlsError::BadCa { .. } | TlsError::Rustls(_) => {
+                "use the PEM certificate of the CA that signed the broker's certificate"
+            }
+            TlsError::HalfClientAuth(_) => "set both client_cert and client_key, or neither",
+            TlsError::BadServerName(_) => "the name in the broker's certificate, e.g. \"mqtt.example.cn\"",
+            TlsError::ClientCertVersion { .. } => {
+                "have the certificate re-issued as v3 (with extensions); `openssl x509 -req` makes v1 unless given -extfile"
+            }
+            TlsError::KeyMismatch { .. } => {
+                "client_key must be the private key the client certificate was issued for"
+            }
+            TlsError::ClientCert { .. } => {
+                "use a PEM client certificate chain (leaf first) and its PEM private key"
+            }
+        }
+    }
+}
+
+fn key_of(what: &str) -> &'static str {
+    match what {
+        "client certificate" => "client_cert",
+        "client key" => "client_key",
+        _ => "ca",
+    }
+}
+
+/// One problem with a destination's TLS files, for config validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsProblem {
+    /// Key under `broker.tls` (`ca`, `client_cert`, `client_key`, `server_name`; empty for the
+    /// table itself).
+    pub key: &'static str,
+    pub message: String,
+    pub hint: &'static str,
+}
+
+/// Every problem `run` would have with these TLS settings, and certificates outside their
+/// validity at `now_ms`. Reads the files; changes nothing.
+pub fn check(tls: &TlsSettings, host: &str, now_ms: i64) -> Vec<TlsProblem> {
+    let mut problems = Vec::new();
+    match client_config(tls, host) {
+        Ok(_) | Err(TlsError::HalfClientAuth(_)) => {} // reported by destination validation
+        Err(e) => problems.push(TlsProblem {
+            key: e.key(),
+            message: e.to_string(),
+            hint: e.hint(),
+        }),
+    }
+    let files = [("ca", "CA certificate", Some(&tls.ca)), ("client_cert", "client certificate", tls.client_cert.as_ref())];
+    for (key, what, path) in files {
+        let Some(path) = path else { continue };
+        if problems.iter().any(|p| p.key == key) {
+            continue;
+        }
+        let Ok(certs) = read_certs(what, path) else {
+            continue;
+        };
+        for cert in &certs {
+            let Some(facts) = CertFacts::parse(cert) else {
+                continue;
+            };
+            if let Some(message) = facts.validity_problem(now_ms) {
+                problems.push(TlsProblem {
+                    key,
+                    message: format!("{what} {} {message}", path.display()),
+                    hint: "install a currently valid certificate (and check the gateway's clock)",
+                });
+                break;
+            }
+        }
+    }
+    problems
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -97,18 +213,152 @@ pub fn client_config(tls: &TlsSettings, host: &str) -> Result<Arc<ClientConfig>,
     let config = match (&tls.client_cert, &tls.client_key) {
         (Some(cert), Some(key)) => {
             let chain = read_certs("client certificate", cert)?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Read {
+            if let Some(version) = chain
+                .first()
+                .and_then(CertFacts::parse)
+                .map(|f| f.version)
+                .filter(|v| *v != 3)
+            {
+                return Err(TlsError::ClientCertVersion {
+                    path: cert.clone(),
+                    version,
+                });
+            }
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Read {
                 what: "client key",
                 path: key.clone(),
                 reason: e.to_string(),
             })?;
-            builder.with_client_auth_cert(chain, key)?
+            // rustls words these as about the *peer* certificate; here it is our own.
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| match e {
+                    rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                        TlsError::KeyMismatch {
+                            cert: cert.clone(),
+                            key: key.clone(),
+                        }
+                    }
+                    other => TlsError::ClientCert {
+                        path: cert.clone(),
+                        reason: match other {
+                            rustls::Error::InvalidCertificate(c) => format!("{c:?}"),
+                            o => o.to_string(),
+                        },
+                    },
+                })?
         }
         (None, None) => builder.with_no_client_auth(),
         (Some(_), None) => return Err(TlsError::HalfClientAuth("client_cert")),
         (None, Some(_)) => return Err(TlsError::HalfClientAuth("client_key")),
     };
     Ok(Arc::new(config))
+}
+
+/// What config validation needs from a certificate and rustls does not check on our side: the
+/// X.509 version and the validity period. A minimal DER walk over the TBSCertificate header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CertFacts {
+    version: u8,
+    not_before_ms: i64,
+    not_after_ms: i64,
+}
+
+impl CertFacts {
+    fn parse(der: &CertificateDer<'_>) -> Option<Self> {
+        let (_, cert, _) = der_tlv(der.as_ref(), 0x30)?;
+        let (_, tbs, _) = der_tlv(cert, 0x30)?;
+        let mut rest = tbs;
+        let mut version = 1;
+        if rest.first() == Some(&0xa0) {
+            let (_, explicit, after) = der_tlv(rest, 0xa0)?;
+            let (_, v, _) = der_tlv(explicit, 0x02)?;
+            version = v.last().copied()?.checked_add(1)?;
+            rest = after;
+        }
+        let (_, _serial, rest) = der_tlv(rest, 0x02)?;
+        let (_, _sig_alg, rest) = der_tlv(rest, 0x30)?;
+        let (_, _issuer, rest) = der_tlv(rest, 0x30)?;
+        let (_, validity, _) = der_tlv(rest, 0x30)?;
+        let (t1, nb, rest) = der_any(validity)?;
+        let (t2, na, _) = der_any(rest)?;
+        Some(Self {
+            version,
+            not_before_ms: der_time_ms(t1, nb)?,
+            not_after_ms: der_time_ms(t2, na)?,
+        })
+    }
+
+    fn validity_problem(&self, now_ms: i64) -> Option<String> {
+        let day = |ms: i64| {
+            let days = ms.div_euclid(86_400_000);
+            civil_from_days(days)
+        };
+        if now_ms > self.not_after_ms {
+            let (y, m, d) = day(self.not_after_ms);
+            return Some(format!("expired on {y:04}-{m:02}-{d:02}"));
+        }
+        if now_ms < self.not_before_ms {
+            let (y, m, d) = day(self.not_before_ms);
+            return Some(format!("is not valid before {y:04}-{m:02}-{d:02}"));
+        }
+        None
+    }
+}
+
+/// One DER element with tag `tag`: (tag, content, rest).
+fn der_tlv(buf: &[u8], tag: u8) -> Option<(u8, &[u8], &[u8])> {
+    let (t, content, rest) = der_any(buf)?;
+    (t == tag).then_some((t, content, rest))
+}
+
+fn der_any(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = buf.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |a, b| (a << 8) | usize::from(*b));
+        rest = &rest[n..];
+        len
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// UTCTime (`YYMMDDHHMMSSZ`, years 1950-2049) or GeneralizedTime (`YYYYMMDDHHMMSSZ`) in ms.
+fn der_time_ms(tag: u8, s: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(s).ok()?.strip_suffix('Z')?;
+    let num = |r: &str| r.parse::<i64>().ok();
+    let (year, rest) = match tag {
+        0x17 if s.len() == 12 => {
+            let yy = num(&s[..2])?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &s[2..])
+        }
+        0x18 if s.len() == 14 => (num(&s[..4])?, &s[4..]),
+        _ => return None,
+    };
+    let month = u32::try_from(num(&rest[0..2])?).ok()?;
+    let day = u32::try_from(num(&rest[2..4])?).ok()?;
+    let secs = num(&rest[4..6])? * 3600 + num(&rest[6..8])? * 60 + num(&rest[8..10])?;
+    let days = crate::config::issues::days_from_civil(year, month, day);
+    Some((days * 86_400 + secs) * 1000)
+}
+
+/// Inverse of `days_from_civil` (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// Full WebPKI verification (chain, validity, signatures) against a configured name rather than

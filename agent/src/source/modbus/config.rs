@@ -581,6 +581,13 @@ impl Compiler<'_> {
 
     fn endpoint(&mut self, path: &str, endpoint: Option<&str>) -> Option<String> {
         match endpoint {
+            Some(e) if split_host_port(e).is_some_and(|(_, port)| port == 0) => {
+                self.err(
+                    ConfigIssue::new(format!("{path}.endpoint"), format!("{e:?} has port 0, which cannot be connected to"))
+                        .hint("Modbus TCP listens on 502; serial device servers often on 4001"),
+                );
+                None
+            }
             Some(e) if split_host_port(e).is_some() => Some(e.to_owned()),
             Some(e) => {
                 self.err(
@@ -770,6 +777,26 @@ impl Compiler<'_> {
         positive(self, "poll_interval", d.poll_interval);
         positive(self, "timeout", d.timeout);
         positive(self, "relearn_after", d.relearn_after);
+        if d.timeout > MAX_TIMEOUT {
+            self.err(
+                ConfigIssue::new(
+                    format!("{dpath}.timeout"),
+                    format!(
+                        "{} is above {}: a dead device would hold its line that long",
+                        humantime::format_duration(d.timeout),
+                        humantime::format_duration(MAX_TIMEOUT)
+                    ),
+                )
+                .hint("per-request timeouts are usually 100ms..5s; did you mean ms?"),
+            );
+            ok = false;
+        } else if !d.poll_interval.is_zero() && d.timeout > d.poll_interval {
+            self.out.warn(format!(
+                "{dpath}.timeout {} is longer than poll_interval {}: one unanswered request makes the next cycle late (Stale samples)",
+                humantime::format_duration(d.timeout),
+                humantime::format_duration(d.poll_interval)
+            ));
+        }
         if !(1..=125).contains(&d.max_registers_per_request) {
             self.err(
                 ConfigIssue::new(
@@ -1141,7 +1168,17 @@ impl Compiler<'_> {
             _ => t.width(),
         };
         match parse_order(o, width) {
-            Ok(order) => Some(order),
+            Ok(order) => {
+                if width == 1 && !ByteOrder::ALL.iter().any(|b| b.name(1).eq_ignore_ascii_case(o.trim())) {
+                    // A 32-bit name on a 16-bit value: only its byte swap applies.
+                    self.out.warn(format!(
+                        "{label}.order {o:?} is a 32-bit order; a {} value only has a byte order, so it reads as {:?}: write that",
+                        t.as_str(),
+                        order.name(1)
+                    ));
+                }
+                Some(order)
+            }
             Err(msg) => {
                 let choices = ByteOrder::ALL.map(|b| b.name(width)).join(", ");
                 self.err(

@@ -247,3 +247,194 @@ fn important_over_plain_tcp_to_a_remote_broker_is_rejected() {
         "{i:?}"
     );
 }
+
+fn warnings(text: &str) -> Vec<String> {
+    load_ok(text).warnings.into_iter().map(|w| w.0).collect()
+}
+
+#[test]
+fn a_bad_enum_value_neither_ends_the_pass_nor_adds_a_missing_field() {
+    let text = BASE
+        .replace(
+            "default_level = \"important\"",
+            "default_level = \"importnt\"",
+        )
+        .replace("type = \"i16\"", "type = \"i16\"\nscal = 0.1");
+    let i = issues(&text);
+    let rendered: Vec<String> = i.iter().map(ToString::to_string).collect();
+    assert!(
+        i.iter().any(|i| i.path == "classification.default_level"
+            && i.hint.as_deref() == Some("did you mean `important`?")),
+        "{rendered:#?}"
+    );
+    assert!(
+        i.iter().any(|i| i.path == "devices[0].points[2].scal"),
+        "the later error is still found: {rendered:#?}"
+    );
+    assert!(
+        !rendered.iter().any(|r| r.contains("missing field")),
+        "{rendered:#?}"
+    );
+    // The stand-in value ("general") must not add an error of its own.
+    assert!(
+        !rendered.iter().any(|r| r.contains("may not default to `general`")),
+        "{rendered:#?}"
+    );
+}
+
+#[test]
+fn structural_errors_do_not_hide_semantic_ones() {
+    let text = BASE
+        .replace("site = \"plant-a\"", "site = \"plant-a\"\nsitee = 1")
+        .replace("register = \"holding:10\"", "register = \"holding:1\"");
+    let paths: Vec<String> = issues(&text).into_iter().map(|i| i.path).collect();
+    assert!(paths.contains(&"gateway.sitee".to_owned()), "{paths:?}");
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.starts_with("devices[0].points[1] \"press1.recipe.pressure\".register")),
+        "{paths:?}"
+    );
+}
+
+#[test]
+fn a_hundred_errors_say_how_many_more_were_cut() {
+    let keys: String = (0..100).map(|i| format!("bogus{i} = 1\n")).collect();
+    let text = BASE.replace(
+        "site = \"plant-a\"",
+        &format!("site = \"plant-a\"\n{keys}"),
+    );
+    let err = from_toml_str(&text, NOW).expect_err("invalid");
+    let msg = err.to_string();
+    assert!(msg.contains(": 100 error(s):"), "{msg}");
+    assert!(msg.ends_with("  ... and 50 more"), "{msg}");
+    assert_eq!(msg.lines().filter(|l| l.starts_with("  - ")).count(), 50);
+}
+
+#[test]
+fn type_errors_are_worded_for_people() {
+    let text = BASE.replace(
+        "endpoint = \"127.0.0.1:5020\"",
+        "endpoint = \"127.0.0.1:5020\"\nunit_id = 300",
+    );
+    let i = issues(&text);
+    assert_eq!(i[0].path, "devices[0].unit_id", "{i:?}");
+    assert!(
+        i[0].message.contains("a whole number from 0 to 255"),
+        "{}",
+        i[0].message
+    );
+}
+
+#[test]
+fn the_unmapped_warning_names_the_points_capped() {
+    let points: String = (0..7)
+        .map(|n| {
+            format!(
+                "[[devices.points]]\ntag = \"press1.extra{n}\"\nregister = \"holding:{}\"\ntype = \"u16\"\n",
+                100 + n
+            )
+        })
+        .collect();
+    let text = BASE
+        .replace("level = \"general\"\n[[devices.points]]", "[[devices.points]]")
+        .replace("[[destinations]]", &format!("{points}\n[[destinations]]"));
+    let w = warnings(&text);
+    let unmapped = w
+        .iter()
+        .find(|w| w.contains("ClassificationUnmapped"))
+        .expect("unmapped warning");
+    assert!(unmapped.starts_with("8 point(s)"), "{unmapped}");
+    assert!(
+        unmapped.ends_with(": \"press1.ram_speed\", \"press1.extra0\", \"press1.extra1\", \"press1.extra2\", \"press1.extra3\" and 3 more"),
+        "{unmapped}"
+    );
+}
+
+#[test]
+fn absurd_timeouts_ports_and_orders_are_refused_or_warned() {
+    let year = BASE.replace(
+        "endpoint = \"127.0.0.1:5020\"",
+        "endpoint = \"127.0.0.1:5020\"\ntimeout = \"1y\"",
+    );
+    assert!(
+        issues(&year)
+            .iter()
+            .any(|i| i.path == "devices[0].timeout" && i.message.contains("is above 1m")),
+        "{:?}",
+        issues(&year)
+    );
+    let slow = BASE.replace(
+        "endpoint = \"127.0.0.1:5020\"",
+        "endpoint = \"127.0.0.1:5020\"\ntimeout = \"3s\"",
+    );
+    assert!(
+        warnings(&slow)
+            .iter()
+            .any(|w| w.starts_with("devices[0].timeout 3s is longer than poll_interval 1s")),
+        "{:?}",
+        warnings(&slow)
+    );
+    let port0 = BASE.replace("port = 1883", "port = 0");
+    assert!(
+        issues(&port0)
+            .iter()
+            .any(|i| i.path == "destinations[0].broker.port"),
+        "{:?}",
+        issues(&port0)
+    );
+    let endpoint0 = BASE.replace("127.0.0.1:5020", "127.0.0.1:0");
+    assert!(
+        issues(&endpoint0)
+            .iter()
+            .any(|i| i.path == "devices[0].endpoint" && i.message.contains("port 0")),
+        "{:?}",
+        issues(&endpoint0)
+    );
+    let order = BASE.replace("type = \"i16\"", "type = \"i16\"\norder = \"DCBA\"");
+    assert!(
+        warnings(&order).iter().any(|w| w.contains(
+            "points[2] \"press1.oil_temp\".order \"DCBA\" is a 32-bit order; a i16 value only has a byte order, so it reads as \"BA\""
+        )),
+        "{:?}",
+        warnings(&order)
+    );
+}
+
+#[test]
+fn the_default_client_id_names_site_gateway_and_destination() {
+    let l = load_ok(BASE);
+    assert_eq!(
+        l.config.destinations[0].broker.client_id,
+        "edge-agent-plant-a-gw-01-group-dc"
+    );
+}
+
+#[test]
+fn two_destinations_with_one_client_id_on_one_broker_are_warned() {
+    let second = &BASE[BASE.find("[[destinations]]").expect("destinations")..];
+    let text = format!(
+        "{}{}",
+        BASE.replace("port = 1883 }", "port = 1883, client_id = \"gw\" }"),
+        second
+            .replace("name = \"group-dc\"", "name = \"group-dc-2\"")
+            .replace("host = \"127.0.0.1\"", "host = \"127.0.0.1\", client_id = \"gw\"")
+    );
+    let w = warnings(&text);
+    assert!(
+        w.iter().any(|w| w.starts_with(
+            "destinations[0] \"group-dc\" and destinations[1] \"group-dc-2\" connect to 127.0.0.1:1883 with the same client id \"gw\""
+        )),
+        "{w:#?}"
+    );
+    // Default ids differ by destination name: no warning.
+    let defaults = format!(
+        "{BASE}{}",
+        second.replace("name = \"group-dc\"", "name = \"group-dc-2\"")
+    );
+    assert!(
+        !warnings(&defaults).iter().any(|w| w.contains("same client id")),
+        "{:?}",
+        warnings(&defaults)
+    );
+}

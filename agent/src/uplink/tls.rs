@@ -466,6 +466,107 @@ mod tests {
         ));
     }
 
+    /// 2026-01-01T00:00:00Z.
+    const NOW: i64 = 1_767_225_600_000;
+
+    /// A self-signed leaf certificate and its key, valid from `from` to `until` (years).
+    fn leaf(from: i32, until: i32) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["gw-01".to_owned()]).expect("params");
+        params.not_before = rcgen::date_time_ymd(from, 1, 1);
+        params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        let cert = params.self_signed(&key).expect("self-signed");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A directory with a valid CA and the given client certificate and key.
+    fn with_client(cert: &str, key: &str) -> (tempfile::TempDir, TlsSettings) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("ca.pem"), rcgen_ca()).expect("write");
+        std::fs::write(dir.path().join("client.pem"), cert).expect("write");
+        std::fs::write(dir.path().join("client.key"), key).expect("write");
+        let mut s = settings(dir.path());
+        s.client_cert = Some(dir.path().join("client.pem"));
+        s.client_key = Some(dir.path().join("client.key"));
+        (dir, s)
+    }
+
+    fn fixture(name: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name);
+        std::fs::read_to_string(&path).expect("fixture")
+    }
+
+    #[test]
+    fn a_valid_client_pair_passes_the_check() {
+        let (cert, key) = leaf(2020, 2100);
+        let (_dir, s) = with_client(&cert, &key);
+        assert_eq!(check(&s, "127.0.0.1", NOW), Vec::new());
+    }
+
+    #[test]
+    fn a_v1_client_certificate_is_named_as_ours_not_the_peers() {
+        let (_dir, s) = with_client(&fixture("v1-client.pem"), &fixture("v1-client.key"));
+        let err = client_config(&s, "127.0.0.1").expect_err("v1");
+        let msg = err.to_string();
+        assert!(msg.starts_with("client certificate "), "{msg}");
+        assert!(msg.contains("X.509 v1") && !msg.contains("peer"), "{msg}");
+        let p = check(&s, "127.0.0.1", NOW);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "client_cert");
+        assert!(p[0].hint.contains("v3"), "{p:?}");
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_reported_on_client_key() {
+        let (cert, _) = leaf(2020, 2100);
+        let (_, other_key) = leaf(2020, 2100);
+        let (_dir, s) = with_client(&cert, &other_key);
+        let p = check(&s, "127.0.0.1", NOW);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "client_key");
+        assert!(p[0].message.contains("does not belong to the client certificate"), "{p:?}");
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid_client_certificates_are_reported_with_the_date() {
+        let (cert, key) = leaf(2020, 2025);
+        let (_dir, s) = with_client(&cert, &key);
+        let p = check(&s, "127.0.0.1", NOW);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "client_cert");
+        assert!(p[0].message.ends_with("expired on 2025-01-01"), "{p:?}");
+        let (cert, key) = leaf(2030, 2040);
+        let (_dir, s) = with_client(&cert, &key);
+        let p = check(&s, "127.0.0.1", NOW);
+        assert!(p[0].message.ends_with("is not valid before 2030-01-01"), "{p:?}");
+    }
+
+    #[test]
+    fn a_ca_file_of_garbage_is_reported_on_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("ca.pem"),
+            "-----BEGIN CERTIFICATE-----\nAAAAAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let p = check(&settings(dir.path()), "127.0.0.1", NOW);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "ca");
+        std::fs::write(dir.path().join("ca.pem"), "just text\n").expect("write");
+        let p = check(&settings(dir.path()), "127.0.0.1", NOW);
+        assert_eq!((p.len(), p[0].key), (1, "ca"), "{p:?}");
+        assert!(p[0].message.contains("no PEM certificate"), "{p:?}");
+    }
+
+    #[test]
+    fn der_times_and_days_round_trip() {
+        assert_eq!(der_time_ms(0x17, b"260101000000Z"), Some(NOW));
+        assert_eq!(der_time_ms(0x18, b"20260101000000Z"), Some(NOW));
+        assert_eq!(civil_from_days(NOW / 86_400_000), (2026, 1, 1));
+        assert_eq!(der_time_ms(0x17, b"2601010000Z"), None);
+    }
+
     /// A self-signed CA certificate in PEM, made with rcgen (a dev-dependency).
     fn rcgen_ca() -> String {
         let key = rcgen::KeyPair::generate().expect("key");

@@ -219,8 +219,8 @@ fn every_config_in_configs_that_claims_to_be_checkable_passes_check() {
         if path.extension().and_then(|e| e.to_str()) != Some("toml") {
             continue;
         }
-        let text = std::fs::read_to_string(&path).expect("read");
-        if !(text.contains("edge-agent check") || text.contains("edge-agent run")) {
+        let body = std::fs::read_to_string(&path).expect("read");
+        if !(body.contains("edge-agent check") || body.contains("edge-agent run")) {
             continue;
         }
         let out = bin()

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::config::classify::Classifier;
 use crate::config::issues::{Collector, ConfigIssue, Warning};
-use crate::config::load::{self, ConfigError, Parsed, ParseError};
+use crate::config::load::{self, ConfigError, ParseError, Parsed};
 use crate::config::raw::RawConfig;
 use crate::config::runtime::{
     ClassificationSettings, Destination, Gateway, HistorianSettings, SummarySettings,

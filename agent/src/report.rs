@@ -4,10 +4,10 @@
 use std::fmt::Write as _;
 
 use crate::agent_config::{points_per_level_category, AgentConfig, Loaded};
-use crate::source::modbus::config::ModbusDevice;
 use crate::model::{Form, Level};
 use crate::policy::Policy;
 use crate::source::modbus;
+use crate::source::modbus::config::ModbusDevice;
 use crate::stats::Stats;
 
 /// Writes one device's poll groups and request plan; returns its requests per cycle (of every

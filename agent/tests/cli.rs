@@ -423,7 +423,10 @@ fn environment_overrides_reach_array_entries_and_keep_strings_strings() {
         .expect("runs");
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("destinations[0].broker.port: port 0"), "{stderr}");
+    assert!(
+        stderr.contains("destinations[0].broker.port: port 0"),
+        "{stderr}"
+    );
     let out = bin()
         .args(["check", "-c", demo.to_str().expect("utf8")])
         .env("EDGE_AGENT__DEVICES__press-9__ENDPOINT", "127.0.0.1:6020")
@@ -432,7 +435,9 @@ fn environment_overrides_reach_array_entries_and_keep_strings_strings() {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("environment EDGE_AGENT__DEVICES__press-9__ENDPOINT: no entry named \"press-9\""),
+        stderr.contains(
+            "environment EDGE_AGENT__DEVICES__press-9__ENDPOINT: no entry named \"press-9\""
+        ),
         "{stderr}"
     );
 }

@@ -277,7 +277,9 @@ fn a_bad_enum_value_neither_ends_the_pass_nor_adds_a_missing_field() {
     );
     // The stand-in value ("general") must not add an error of its own.
     assert!(
-        !rendered.iter().any(|r| r.contains("may not default to `general`")),
+        !rendered
+            .iter()
+            .any(|r| r.contains("may not default to `general`")),
         "{rendered:#?}"
     );
 }
@@ -300,10 +302,7 @@ fn structural_errors_do_not_hide_semantic_ones() {
 #[test]
 fn a_hundred_errors_say_how_many_more_were_cut() {
     let keys: String = (0..100).map(|i| format!("bogus{i} = 1\n")).collect();
-    let text = BASE.replace(
-        "site = \"plant-a\"",
-        &format!("site = \"plant-a\"\n{keys}"),
-    );
+    let text = BASE.replace("site = \"plant-a\"", &format!("site = \"plant-a\"\n{keys}"));
     let err = from_toml_str(&text, NOW).expect_err("invalid");
     let msg = err.to_string();
     assert!(msg.contains(": 100 error(s):"), "{msg}");
@@ -337,7 +336,10 @@ fn the_unmapped_warning_names_the_points_capped() {
         })
         .collect();
     let text = BASE
-        .replace("level = \"general\"\n[[devices.points]]", "[[devices.points]]")
+        .replace(
+            "level = \"general\"\n[[devices.points]]",
+            "[[devices.points]]",
+        )
         .replace("[[destinations]]", &format!("{points}\n[[destinations]]"));
     let w = warnings(&text);
     let unmapped = w
@@ -418,7 +420,10 @@ fn two_destinations_with_one_client_id_on_one_broker_are_warned() {
         BASE.replace("port = 1883 }", "port = 1883, client_id = \"gw\" }"),
         second
             .replace("name = \"group-dc\"", "name = \"group-dc-2\"")
-            .replace("host = \"127.0.0.1\"", "host = \"127.0.0.1\", client_id = \"gw\"")
+            .replace(
+                "host = \"127.0.0.1\"",
+                "host = \"127.0.0.1\", client_id = \"gw\""
+            )
     );
     let w = warnings(&text);
     assert!(
@@ -433,7 +438,9 @@ fn two_destinations_with_one_client_id_on_one_broker_are_warned() {
         second.replace("name = \"group-dc\"", "name = \"group-dc-2\"")
     );
     assert!(
-        !warnings(&defaults).iter().any(|w| w.contains("same client id")),
+        !warnings(&defaults)
+            .iter()
+            .any(|w| w.contains("same client id")),
         "{:?}",
         warnings(&defaults)
     );

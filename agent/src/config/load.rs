@@ -85,7 +85,9 @@ impl Parsed {
     pub fn caused_by_stand_in(&self, issue: &ConfigIssue) -> bool {
         let path = strip_labels(&issue.path);
         self.substituted.iter().any(|s| {
-            if path == *s || path.starts_with(&format!("{s}.")) || path.starts_with(&format!("{s}["))
+            if path == *s
+                || path.starts_with(&format!("{s}."))
+                || path.starts_with(&format!("{s}["))
             {
                 return true;
             }
@@ -391,7 +393,7 @@ fn deserialize_collecting(mut tree: Value) -> Parsed {
             issues.push(structural_issue(&path, &message));
             return stop(issues, substituted);
         }
-        if substituted.iter().any(|s| *s == path) {
+        if substituted.contains(&path) {
             // The stand-in did not fit either; the original problem is reported already.
             return stop(issues, substituted);
         }
@@ -401,10 +403,13 @@ fn deserialize_collecting(mut tree: Value) -> Parsed {
             issues.push(issue);
         }
         if issues.len() >= MAX_STRUCTURAL_ERRORS {
-            issues.push(ConfigIssue::new(
-                "<root>",
-                format!("stopped looking after {MAX_STRUCTURAL_ERRORS} structural errors"),
-            ).hint("is this an edge-agent config? fix these and run check again"));
+            issues.push(
+                ConfigIssue::new(
+                    "<root>",
+                    format!("stopped looking after {MAX_STRUCTURAL_ERRORS} structural errors"),
+                )
+                .hint("is this an edge-agent config? fix these and run check again"),
+            );
             return stop(issues, substituted);
         }
         if repeated || !remove_path(&mut tree, &path) {
@@ -430,7 +435,10 @@ fn join_path(parent: &str, key: &str) -> String {
 /// A value of the type serde expected, for a required key whose configured value was invalid.
 fn stand_in(message: &str) -> Option<Value> {
     let expected = &message[message.rfind("expected ")? + "expected ".len()..];
-    if let Some(rest) = expected.strip_prefix("one of `").or(expected.strip_prefix('`')) {
+    if let Some(rest) = expected
+        .strip_prefix("one of `")
+        .or(expected.strip_prefix('`'))
+    {
         return rest.split('`').next().map(|v| Value::String(v.to_owned()));
     }
     Some(match expected.trim() {

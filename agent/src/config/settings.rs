@@ -113,11 +113,8 @@ fn historian_path_issue(path: &Path) -> Option<ConfigIssue> {
         }
         if !meta.is_file() {
             return Some(
-                ConfigIssue::new(
-                    KEY,
-                    format!("{} is not a regular file", path.display()),
-                )
-                .hint("the historian is an SQLite database file; name a file on a local disk"),
+                ConfigIssue::new(KEY, format!("{} is not a regular file", path.display()))
+                    .hint("the historian is an SQLite database file; name a file on a local disk"),
             );
         }
         return None;
@@ -157,7 +154,10 @@ mod tests {
         assert_eq!(issue.path, "historian.path");
         assert!(issue.message.contains("is a directory"), "{issue}");
         assert!(
-            issue.hint.as_deref().is_some_and(|h| h.contains("historian.db")),
+            issue
+                .hint
+                .as_deref()
+                .is_some_and(|h| h.contains("historian.db")),
             "{issue}"
         );
     }
@@ -169,10 +169,11 @@ mod tests {
         std::fs::write(&file, "x").expect("write");
         let issue = historian_path_issue(&file.join("h.db")).expect("under a file");
         assert!(issue.message.contains("is not a directory"), "{issue}");
+        assert_eq!(historian_path_issue(&dir.path().join("new/sub/h.db")), None);
         assert_eq!(
-            historian_path_issue(&dir.path().join("new/sub/h.db")),
-            None
+            historian_path_issue(&file),
+            None,
+            "an existing file is fine"
         );
-        assert_eq!(historian_path_issue(&file), None, "an existing file is fine");
     }
 }

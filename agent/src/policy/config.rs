@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use crate::config::issues::{is_topic_safe, parse_date_end_ms, Collector, ConfigIssue};
 use crate::config::raw::RawDestination;
-use crate::config::runtime::{
-    AllowRule, Assessment, Broker, Destination, Gateway, TlsSettings,
-};
+use crate::config::runtime::{AllowRule, Assessment, Broker, Destination, Gateway, TlsSettings};
 use crate::config::settings;
 use crate::model::{Form, Stat};
 
@@ -27,7 +25,11 @@ pub fn default_client_id(gateway: &Gateway, destination: &str) -> String {
     format!("edge-agent-{}-{}-{destination}", gateway.site, gateway.id)
 }
 
-pub fn build(raw: &[RawDestination], gateway: &Gateway, out: &mut Collector) -> Vec<Arc<Destination>> {
+pub fn build(
+    raw: &[RawDestination],
+    gateway: &Gateway,
+    out: &mut Collector,
+) -> Vec<Arc<Destination>> {
     let mut dests = Vec::new();
     let mut names = HashMap::new();
     for (i, d) in raw.iter().enumerate() {
@@ -41,7 +43,8 @@ pub fn build(raw: &[RawDestination], gateway: &Gateway, out: &mut Collector) -> 
                 ),
             ));
         }
-        let jurisdiction = settings::jurisdiction(&format!("{path}.jurisdiction"), &d.jurisdiction, out);
+        let jurisdiction =
+            settings::jurisdiction(&format!("{path}.jurisdiction"), &d.jurisdiction, out);
         for (key, v) in [
             ("recipient", &d.recipient),
             ("purpose", &d.purpose),
@@ -70,10 +73,13 @@ pub fn build(raw: &[RawDestination], gateway: &Gateway, out: &mut Collector) -> 
         // assembly, so `check` parses them exactly as `run` does.
         let tls = d.broker.tls.as_ref().map(|t| {
             if t.client_cert.is_some() != t.client_key.is_some() {
-                out.err(ConfigIssue::new(
-                    format!("{path}.broker.tls"),
-                    "client_cert and client_key go together (mutual TLS)",
-                ).hint("set both for mutual TLS, or neither"));
+                out.err(
+                    ConfigIssue::new(
+                        format!("{path}.broker.tls"),
+                        "client_cert and client_key go together (mutual TLS)",
+                    )
+                    .hint("set both for mutual TLS, or neither"),
+                );
             }
             TlsSettings {
                 ca: t.ca.clone(),
@@ -84,8 +90,11 @@ pub fn build(raw: &[RawDestination], gateway: &Gateway, out: &mut Collector) -> 
         });
         if d.broker.port == 0 {
             out.err(
-                ConfigIssue::new(format!("{path}.broker.port"), "port 0 cannot be connected to")
-                    .hint("MQTT brokers listen on 1883 (plain) or 8883 (TLS)"),
+                ConfigIssue::new(
+                    format!("{path}.broker.port"),
+                    "port 0 cannot be connected to",
+                )
+                .hint("MQTT brokers listen on 1883 (plain) or 8883 (TLS)"),
             );
         }
         let broker = Broker {

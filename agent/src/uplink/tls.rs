@@ -131,7 +131,14 @@ pub fn check(tls: &TlsSettings, host: &str, now_ms: i64) -> Vec<TlsProblem> {
             hint: e.hint(),
         }),
     }
-    let files = [("ca", "CA certificate", Some(&tls.ca)), ("client_cert", "client certificate", tls.client_cert.as_ref())];
+    let files = [
+        ("ca", "CA certificate", Some(&tls.ca)),
+        (
+            "client_cert",
+            "client certificate",
+            tls.client_cert.as_ref(),
+        ),
+    ];
     for (key, what, path) in files {
         let Some(path) = path else { continue };
         if problems.iter().any(|p| p.key == key) {
@@ -322,7 +329,9 @@ fn der_any(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |a, b| (a << 8) | usize::from(*b));
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |a, b| (a << 8) | usize::from(*b));
         rest = &rest[n..];
         len
     };
@@ -472,8 +481,7 @@ mod tests {
     /// A self-signed leaf certificate and its key, valid from `from` to `until` (years).
     fn leaf(from: i32, until: i32) -> (String, String) {
         let key = rcgen::KeyPair::generate().expect("key");
-        let mut params =
-            rcgen::CertificateParams::new(vec!["gw-01".to_owned()]).expect("params");
+        let mut params = rcgen::CertificateParams::new(vec!["gw-01".to_owned()]).expect("params");
         params.not_before = rcgen::date_time_ymd(from, 1, 1);
         params.not_after = rcgen::date_time_ymd(until, 1, 1);
         let cert = params.self_signed(&key).expect("self-signed");
@@ -493,7 +501,9 @@ mod tests {
     }
 
     fn fixture(name: &str) -> String {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tls")
+            .join(name);
         std::fs::read_to_string(&path).expect("fixture")
     }
 
@@ -525,7 +535,11 @@ mod tests {
         let p = check(&s, "127.0.0.1", NOW);
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].key, "client_key");
-        assert!(p[0].message.contains("does not belong to the client certificate"), "{p:?}");
+        assert!(
+            p[0].message
+                .contains("does not belong to the client certificate"),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -539,7 +553,10 @@ mod tests {
         let (cert, key) = leaf(2030, 2040);
         let (_dir, s) = with_client(&cert, &key);
         let p = check(&s, "127.0.0.1", NOW);
-        assert!(p[0].message.ends_with("is not valid before 2030-01-01"), "{p:?}");
+        assert!(
+            p[0].message.ends_with("is not valid before 2030-01-01"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -31,13 +31,29 @@ fn env_override_keeps_a_number_like_string_a_string() {
 #[test]
 fn env_override_reaches_array_entries_by_name_or_index() {
     let mut t = tree();
-    apply_env(&mut t, "EDGE_AGENT__DESTINATIONS__group-dc__BROKER__PORT", "8883").expect("by name");
+    apply_env(
+        &mut t,
+        "EDGE_AGENT__DESTINATIONS__group-dc__BROKER__PORT",
+        "8883",
+    )
+    .expect("by name");
     assert_eq!(t["destinations"][0]["broker"]["port"], Value::from(8883));
-    apply_env(&mut t, "EDGE_AGENT__DEVICES__PRESS_1__ENDPOINT", "10.0.0.5:502")
-        .expect("by normalised name");
-    assert_eq!(t["devices"][0]["endpoint"], Value::String("10.0.0.5:502".into()));
-    apply_env(&mut t, "EDGE_AGENT__DEVICES__0__POINTS__press1.ram_speed__SCALE", "0.1")
-        .expect("by index, then by tag");
+    apply_env(
+        &mut t,
+        "EDGE_AGENT__DEVICES__PRESS_1__ENDPOINT",
+        "10.0.0.5:502",
+    )
+    .expect("by normalised name");
+    assert_eq!(
+        t["devices"][0]["endpoint"],
+        Value::String("10.0.0.5:502".into())
+    );
+    apply_env(
+        &mut t,
+        "EDGE_AGENT__DEVICES__0__POINTS__press1.ram_speed__SCALE",
+        "0.1",
+    )
+    .expect("by index, then by tag");
     assert_eq!(t["devices"][0]["points"][0]["scale"], Value::from(0.1));
     apply_env(
         &mut t,

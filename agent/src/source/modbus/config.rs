@@ -583,8 +583,11 @@ impl Compiler<'_> {
         match endpoint {
             Some(e) if split_host_port(e).is_some_and(|(_, port)| port == 0) => {
                 self.err(
-                    ConfigIssue::new(format!("{path}.endpoint"), format!("{e:?} has port 0, which cannot be connected to"))
-                        .hint("Modbus TCP listens on 502; serial device servers often on 4001"),
+                    ConfigIssue::new(
+                        format!("{path}.endpoint"),
+                        format!("{e:?} has port 0, which cannot be connected to"),
+                    )
+                    .hint("Modbus TCP listens on 502; serial device servers often on 4001"),
                 );
                 None
             }
@@ -1169,7 +1172,11 @@ impl Compiler<'_> {
         };
         match parse_order(o, width) {
             Ok(order) => {
-                if width == 1 && !ByteOrder::ALL.iter().any(|b| b.name(1).eq_ignore_ascii_case(o.trim())) {
+                if width == 1
+                    && !ByteOrder::ALL
+                        .iter()
+                        .any(|b| b.name(1).eq_ignore_ascii_case(o.trim()))
+                {
                     // A 32-bit name on a 16-bit value: only its byte swap applies.
                     self.out.warn(format!(
                         "{label}.order {o:?} is a 32-bit order; a {} value only has a byte order, so it reads as {:?}: write that",

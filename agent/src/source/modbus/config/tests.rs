@@ -116,7 +116,6 @@ fn orders_are_named_for_the_value_width() {
         .contains("unknown"));
 }
 
-
 /// BASE with its devices replaced by `devices` (lines and devices TOML).
 fn with_devices(devices: &str) -> String {
     let start = BASE.find("[[devices]]").expect("BASE has devices");

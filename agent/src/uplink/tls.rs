@@ -168,11 +168,27 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A PEM reading error in an operator's words (no errno structs, no byte dumps).
+fn pem_reason(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    match e {
+        E::Io(io) => match io.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_owned(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+            _ => io.to_string(),
+        },
+        E::MissingSectionEnd { .. } => "a PEM block has no END line".to_owned(),
+        E::IllegalSectionStart { .. } => "a PEM BEGIN line is malformed".to_owned(),
+        E::Base64Decode(_) => "a PEM block is not valid base64".to_owned(),
+        other => other.to_string(),
+    }
+}
+
 fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |e: &dyn std::fmt::Display| TlsError::Read {
+    let err = |e: &rustls::pki_types::pem::Error| TlsError::Read {
         what,
         path: path.to_owned(),
-        reason: e.to_string(),
+        reason: pem_reason(e),
     };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| err(&e))?
@@ -231,10 +247,17 @@ pub fn client_config(tls: &TlsSettings, host: &str) -> Result<Arc<ClientConfig>,
                     version,
                 });
             }
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Read {
-                what: "client key",
-                path: key.clone(),
-                reason: e.to_string(),
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+                rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty {
+                    what: "client key",
+                    path: key.clone(),
+                    expected: "PEM private key",
+                },
+                e => TlsError::Read {
+                    what: "client key",
+                    path: key.clone(),
+                    reason: pem_reason(&e),
+                },
             })?;
             // rustls words these as about the *peer* certificate; here it is our own.
             builder
@@ -574,6 +597,23 @@ mod tests {
         let p = check(&settings(dir.path()), "127.0.0.1", NOW);
         assert_eq!((p.len(), p[0].key), (1, "ca"), "{p:?}");
         assert!(p[0].message.contains("no PEM certificate"), "{p:?}");
+    }
+
+    #[test]
+    fn missing_files_and_a_key_file_without_a_key_read_plainly() {
+        let (cert, _) = leaf(2020, 2100);
+        let (dir, mut s) = with_client(&cert, &cert);
+        let p = check(&s, "127.0.0.1", NOW);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "client_key");
+        assert!(
+            p[0].message.ends_with("contains no PEM private key"),
+            "{p:?}"
+        );
+        s.ca = dir.path().join("absent.pem");
+        let p = check(&s, "127.0.0.1", NOW);
+        assert_eq!(p[0].key, "ca");
+        assert!(p[0].message.ends_with("absent.pem: no such file"), "{p:?}");
     }
 
     #[test]

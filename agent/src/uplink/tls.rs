@@ -111,7 +111,7 @@ fn key_of(what: &str) -> &'static str {
 
 /// One problem with a destination's TLS files, for config validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsProblem {
+pub(crate) struct TlsProblem {
     /// Key under `broker.tls` (`ca`, `client_cert`, `client_key`, `server_name`; empty for the
     /// table itself).
     pub key: &'static str,
@@ -121,7 +121,7 @@ pub struct TlsProblem {
 
 /// Every problem `run` would have with these TLS settings, and certificates outside their
 /// validity at `now_ms`. Reads the files; changes nothing.
-pub fn check(tls: &TlsSettings, host: &str, now_ms: i64) -> Vec<TlsProblem> {
+pub(crate) fn check(tls: &TlsSettings, host: &str, now_ms: i64) -> Vec<TlsProblem> {
     let mut problems = Vec::new();
     match client_config(tls, host) {
         Ok(_) | Err(TlsError::HalfClientAuth(_)) => {} // reported by destination validation

@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`model`]: `Level`, `Category`, `Value`, `Quality`, `Tagged`, `Summary`, `Permitted<T>`.
 //! - [`backoff`]: the one retry schedule (devices, lines, uplinks).
-//! - [`config`]: strict TOML config, validation that reports every error, compiled runtime types.
+//! - [`config`]: strict TOML config: raw structs, loading, the error collector, classification.
+//! - [`agent_config`]: the whole config, assembled from each component's own config build.
 //! - [`source`]: acquisition; each source emits only `Tagged` samples.
 //! - [`summary`]: pure tumbling-window aggregator.
 //! - [`policy`]: the egress decision, the only constructor of `Permitted<T>`.
@@ -24,6 +25,7 @@
 //!                                 raw ─────────────────────┘   └─ denied ─> counted + logged
 //! ```
 
+pub mod agent_config;
 pub mod backoff;
 pub mod config;
 pub mod model;

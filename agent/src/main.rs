@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use edge_agent::config::{self, Loaded};
+use edge_agent::agent_config::{self, Loaded};
 use edge_agent::model::now_ms;
 use edge_agent::{pipeline, report};
 use tracing::{error, info, warn};
@@ -134,8 +134,9 @@ fn main() -> ExitCode {
 
 /// `probe`: builds a one-device line from the arguments (or the config), reads once, prints.
 fn probe(args: ProbeArgs) -> ExitCode {
-    use edge_agent::config::load::parse_register;
-    use edge_agent::config::{LineTransport, ModbusLine, Parity, SerialSettings};
+    use edge_agent::source::modbus::config::{
+        parse_register, LineTransport, ModbusLine, Parity, SerialSettings,
+    };
     use edge_agent::source::modbus::probe;
 
     let usage = |msg: String| {
@@ -258,7 +259,7 @@ fn probe(args: ProbeArgs) -> ExitCode {
 }
 
 fn load(path: &std::path::Path) -> Result<Loaded, ExitCode> {
-    config::load(path, now_ms()).map_err(|e| {
+    agent_config::load(path, now_ms()).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
     })

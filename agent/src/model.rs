@@ -207,7 +207,7 @@ pub struct PointMeta {
 /// What the classification compiler decided for a point, and where the point comes from: the
 /// arguments of [`PointMeta::compile`], named so that a call site reads as a record.
 #[derive(Debug, Clone)]
-pub(crate) struct PointSpec {
+pub(crate) struct PointFields {
     pub id: u32,
     pub tag: Arc<str>,
     pub level: Level,
@@ -225,7 +225,7 @@ pub(crate) struct PointSpec {
 impl PointMeta {
     /// Only the config compiler calls this (`clippy.toml` bans it elsewhere): a point's level
     /// and category are decided once, when the configuration is compiled.
-    pub(crate) fn compile(s: PointSpec) -> Self {
+    pub(crate) fn compile(s: PointFields) -> Self {
         Self {
             id: s.id,
             tag: s.tag,
@@ -254,7 +254,7 @@ impl PointMeta {
         category: Category,
         interval_ms: u64,
     ) -> Self {
-        Self::compile(PointSpec {
+        Self::compile(PointFields {
             id,
             tag: tag.into(),
             level,

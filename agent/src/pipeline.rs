@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::config::AgentConfig;
+use crate::agent_config::AgentConfig;
 use crate::model::now_ms;
 use crate::source::Tagged;
 use crate::stats::Stats;

@@ -3,11 +3,11 @@
 
 use std::fmt::Write as _;
 
-use crate::config::ModbusDevice;
-use crate::config::{load::points_per_level_category, AgentConfig, Loaded};
+use crate::agent_config::{points_per_level_category, AgentConfig, Loaded};
 use crate::model::{now_ms, Form, Level};
 use crate::policy::Policy;
 use crate::source::modbus;
+use crate::source::modbus::config::ModbusDevice;
 use crate::stats::Stats;
 
 /// Writes one device's poll groups and request plan; returns its requests per cycle (of every

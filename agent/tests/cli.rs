@@ -208,25 +208,238 @@ fn a_missing_config_file_is_a_clear_error_with_exit_2() {
     assert!(stderr.contains("/nonexistent/agent.toml"), "{stderr}");
 }
 
+/// Every example config that says to validate or run it with `edge-agent` passes `check`,
+/// run from the repository root as the files say (their example PKI paths are relative to it).
 #[test]
-fn the_reference_config_documents_every_option_and_fails_only_on_absent_pki_files() {
-    let out = run(&[
-        "check",
-        "-c",
-        configs().join("reference.toml").to_str().expect("utf8"),
-    ]);
-    let (_, stderr) = text(&out);
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.trim_start().starts_with("- "))
-        .collect();
-    assert!(!errors.is_empty(), "{stderr}");
-    for e in errors {
-        assert!(
-            e.contains(".broker.tls.") && e.contains("does not exist"),
-            "unexpected error: {e}"
+fn every_config_in_configs_that_claims_to_be_checkable_passes_check() {
+    let root = configs().join("..");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(configs()).expect("configs/") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let body = std::fs::read_to_string(&path).expect("read");
+        if !(body.contains("edge-agent check") || body.contains("edge-agent run")) {
+            continue;
+        }
+        let out = bin()
+            .args(["check", "-c", path.to_str().expect("utf8")])
+            .current_dir(&root)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("runs");
+        let (stdout, stderr) = text(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}:\n{stdout}\n{stderr}",
+            path.display()
         );
+        checked.push(path.file_name().expect("name").to_owned());
     }
+    checked.sort();
+    assert_eq!(checked, ["demo.toml", "reference.toml"]);
+}
+
+/// The demo config with the `hq-eu` destination's broker given these TLS settings.
+fn demo_with_hq_tls(tls: &str) -> (tempfile::TempDir, PathBuf) {
+    demo_with(
+        "topic_prefix = \"hq\"\nbatch_max_delay = \"250ms\"\nbroker = { host = \"127.0.0.1\", port = 1883 }",
+        &format!(
+            "topic_prefix = \"hq\"\nbatch_max_delay = \"250ms\"\nbroker = {{ host = \"127.0.0.1\", port = 1883, tls = {{ {tls} }} }}"
+        ),
+    )
+}
+
+fn rcgen_pair(from: i32, until: i32) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["gw-01".to_owned()]).expect("params");
+    params.not_before = rcgen::date_time_ymd(from, 1, 1);
+    params.not_after = rcgen::date_time_ymd(until, 1, 1);
+    (
+        params.self_signed(&key).expect("sign").pem(),
+        key.serialize_pem(),
+    )
+}
+
+#[test]
+fn check_refuses_the_tls_files_run_would_refuse_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let put = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p.to_str().expect("utf8").to_owned()
+    };
+    let ca = put("ca.pem", &rcgen_pair(2020, 2100).0);
+    let (cert, key) = rcgen_pair(2020, 2100);
+    let (old_cert, old_key) = rcgen_pair(2000, 2001);
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let v1_cert = fixtures.join("v1-client.pem");
+    let v1_key = fixtures.join("v1-client.key");
+    let cases = [
+        (
+            format!(
+                "ca = {ca:?}, client_cert = {:?}, client_key = {:?}",
+                v1_cert.to_str().expect("utf8"),
+                v1_key.to_str().expect("utf8")
+            ),
+            "destinations[1].broker.tls.client_cert",
+            "X.509 v1",
+        ),
+        (
+            format!(
+                "ca = {ca:?}, client_cert = {:?}, client_key = {:?}",
+                put("c.pem", &cert),
+                put("other.key", &rcgen_pair(2020, 2100).1)
+            ),
+            "destinations[1].broker.tls.client_key",
+            "does not belong to the client certificate",
+        ),
+        (
+            format!(
+                "ca = {ca:?}, client_cert = {:?}, client_key = {:?}",
+                put("old.pem", &old_cert),
+                put("old.key", &old_key)
+            ),
+            "destinations[1].broker.tls.client_cert",
+            "expired on 2001-01-01",
+        ),
+        (
+            format!("ca = {:?}", put("garbage.pem", "not a certificate\n")),
+            "destinations[1].broker.tls.ca",
+            "no PEM certificate",
+        ),
+        (
+            format!(
+                "ca = {:?}",
+                put(
+                    "junk.pem",
+                    "-----BEGIN CERTIFICATE-----\nAAAAAAAA\n-----END CERTIFICATE-----\n"
+                )
+            ),
+            "destinations[1].broker.tls.ca",
+            "CA file",
+        ),
+    ];
+    for (tls, key_path, needle) in cases {
+        let (_d, cfg) = demo_with_hq_tls(&tls);
+        for cmd in ["check", "run"] {
+            let out = run(&[cmd, "-c", cfg.to_str().expect("utf8")]);
+            let (_, stderr) = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{cmd} {tls}: {stderr}");
+            let line = stderr
+                .lines()
+                .find(|l| l.contains(key_path))
+                .unwrap_or_else(|| panic!("{cmd}: no {key_path} in {stderr}"));
+            assert!(line.contains(needle), "{cmd}: {line}");
+            assert!(line.contains("(hint: "), "{cmd}: {line}");
+        }
+    }
+    // The same files, valid, pass.
+    let (_d, cfg) = demo_with_hq_tls(&format!(
+        "ca = {ca:?}, client_cert = {:?}, client_key = {:?}",
+        put("good.pem", &cert),
+        put("good.key", &key)
+    ));
+    let out = run(&["check", "-c", cfg.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+}
+
+#[test]
+fn check_and_run_refuse_a_historian_path_that_is_a_directory_and_leave_no_lock_file() {
+    let hist = tempfile::tempdir().expect("tempdir");
+    let dir = hist.path().join("data");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let (_d, cfg) = demo_with(
+        "path = \"data/demo-historian.db\"",
+        &format!("path = {:?}", dir.to_str().expect("utf8")),
+    );
+    for cmd in ["check", "run"] {
+        let out = run(&[cmd, "-c", cfg.to_str().expect("utf8")]);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {stderr}");
+        assert!(stderr.contains("historian.path:"), "{cmd}: {stderr}");
+        assert!(stderr.contains("is a directory"), "{cmd}: {stderr}");
+    }
+    let left: Vec<_> = std::fs::read_dir(hist.path())
+        .expect("read")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["data"], "no stray lock file");
+}
+
+#[test]
+fn a_directory_or_a_device_given_as_config_is_named_for_what_it_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run(&["check", "-c", dir.path().to_str().expect("utf8")]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("it is a directory"), "{stderr}");
+    let out = run(&["check", "-c", "/dev/null"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("a character device"), "{stderr}");
+    let out = run(&["check", "-c", "/nonexistent/agent.toml"]);
+    assert!(text(&out).1.contains("no such file"), "{:?}", text(&out));
+}
+
+#[test]
+fn a_config_over_4_mib_is_refused_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("big.toml");
+    let line = "# padding padding padding padding padding padding padding padding\n";
+    std::fs::write(&path, line.repeat(5 * 1024 * 1024 / line.len())).expect("write");
+    let out = run(&["check", "-c", path.to_str().expect("utf8")]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("a config may be at most 4194304 bytes (4 MiB)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn environment_overrides_reach_array_entries_and_keep_strings_strings() {
+    let demo = configs().join("demo.toml");
+    let out = bin()
+        .args(["check", "-c", demo.to_str().expect("utf8")])
+        .env("EDGE_AGENT__GATEWAY__ID", "07")
+        .env("EDGE_AGENT__DEVICES__press-1__ENDPOINT", "127.0.0.1:6020")
+        .env("EDGE_AGENT__DESTINATIONS__group-dc__BROKER__PORT", "1884")
+        .output()
+        .expect("runs");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("gateway 07 "), "{stdout}");
+    assert!(
+        stdout.contains("line press-1 modbus_tcp 127.0.0.1:6020"),
+        "{stdout}"
+    );
+    let out = bin()
+        .args(["check", "-c", demo.to_str().expect("utf8")])
+        .env("EDGE_AGENT__DESTINATIONS__group-dc__BROKER__PORT", "0")
+        .output()
+        .expect("runs");
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("destinations[0].broker.port: port 0"),
+        "{stderr}"
+    );
+    let out = bin()
+        .args(["check", "-c", demo.to_str().expect("utf8")])
+        .env("EDGE_AGENT__DEVICES__press-9__ENDPOINT", "127.0.0.1:6020")
+        .output()
+        .expect("runs");
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "environment EDGE_AGENT__DEVICES__press-9__ENDPOINT: no entry named \"press-9\""
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]

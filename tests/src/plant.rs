@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use edge_agent::config::{self, AgentConfig, LineTransport, Loaded};
+use edge_agent::agent_config::{self, AgentConfig, Loaded};
+use edge_agent::config::LineTransport;
 use edge_agent::model::now_ms;
 use firmware_sim::{Plant, Scenario};
 
@@ -57,7 +58,7 @@ pub struct Wiring {
 /// `wiring.broker` and its historian at `wiring.historian`.
 pub fn demo_agent_config(plant: &Plant, wiring: &Wiring) -> anyhow::Result<Loaded> {
     let path = config_path("demo.toml");
-    let mut loaded = config::load(&path, now_ms()).map_err(|e| anyhow!("{e}"))?;
+    let mut loaded = agent_config::load(&path, now_ms()).map_err(|e| anyhow!("{e}"))?;
     rewire(&mut loaded.config, plant, wiring)?;
     Ok(loaded)
 }

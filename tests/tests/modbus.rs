@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_agent::config::load::from_toml_str;
-use edge_agent::config::AgentConfig;
+use edge_agent::agent_config::from_toml_str;
+use edge_agent::agent_config::AgentConfig;
 use edge_agent::model::{now_ms, Quality, Value};
 use edge_agent::source::modbus::{probe, run_line};
 use edge_agent::source::Tagged;

@@ -73,6 +73,8 @@ impl<T> Permitted<T> {
     }
 }
 
+pub mod config;
+
 /// What may leave the gateway: a raw sample or a closed summary with the stats a rule allows.
 /// Built only by [`Policy`]; read through [`EgressItem::view`].
 #[derive(Debug, Clone)]

@@ -4,12 +4,12 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::config::HistorianSettings;
-use crate::model::{Category, Level, PointMeta, PointSpec, Protocol, Quality, Value};
+use crate::model::{Category, Level, PointFields, PointMeta, Protocol, Quality, Value};
 use crate::source::Tagged;
 use crate::stats::Stats;
 
 fn point(id: u32, tag: &str, level: Level, category: Category) -> Arc<PointMeta> {
-    Arc::new(PointMeta::compile(PointSpec {
+    Arc::new(PointMeta::compile(PointFields {
         id,
         tag: tag.into(),
         level,

@@ -16,7 +16,7 @@
 //! - On shutdown the queue is flushed and PUBACKs are awaited for at most [`FLUSH_TIMEOUT`].
 
 mod encode;
-mod tls;
+pub(crate) mod tls;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
-use edge_agent::config::load::from_toml_str;
+use edge_agent::agent_config::from_toml_str;
 use edge_agent::model::now_ms;
 use edge_agent::source::modbus::{requests_per_cycle, run_line};
 use edge_agent::stats::Stats;

@@ -50,6 +50,7 @@
 //!   counts requests sent (retries included), `stats.request_failures` those that brought no
 //!   data.
 
+pub mod config;
 pub mod decode;
 pub mod frame;
 pub mod line;

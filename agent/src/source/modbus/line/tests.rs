@@ -140,7 +140,7 @@ fn point(
     order: ByteOrder,
 ) -> ModbusPoint {
     ModbusPoint {
-        meta: Arc::new(PointMeta::compile(crate::model::PointSpec {
+        meta: Arc::new(PointMeta::compile(crate::model::PointFields {
             id,
             tag: tag.into(),
             level: Level::Important,

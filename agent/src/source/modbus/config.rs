@@ -1,4 +1,7 @@
-//! Validation and compilation of `[[lines]]` and `[[devices]]` into [`ModbusLine`]s.
+//! The Modbus source's config: the runtime types its tasks use ([`ModbusLine`], [`ModbusDevice`],
+//! [`ModbusPoint`], ...) and [`build`], which validates `[[lines]]` and `[[devices]]` from the raw
+//! config into them, reporting every problem with its key path. Points are classified by the
+//! shared [`Classifier`], the one place a `PointMeta` is made.
 //!
 //! Addressing rule (documented in `configs/reference.toml`): `table:N` is the 0-based protocol
 //! address, the number that goes on the wire, unless the device sets `address_base = 1`; a bare
@@ -9,32 +12,420 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{
-    classify, did_you_mean, split_host_port, CompiledRule, ConfigIssue, Validator, Warning,
-};
+use crate::config::classify::{Classifier, PointSpec};
+use crate::config::issues::{did_you_mean, quote_list, split_host_port, Collector, ConfigIssue};
 use crate::config::raw::*;
-use crate::config::runtime::*;
-use crate::model::{PointMeta, PointSpec, Protocol};
+use crate::model::{PointMeta, Protocol};
+
+/// Modbus register tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    Coil,
+    DiscreteInput,
+    Holding,
+    Input,
+}
+
+impl Table {
+    /// Bit tables are read with function codes 1/2 and hold one bit per address.
+    pub fn is_bit(self) -> bool {
+        matches!(self, Table::Coil | Table::DiscreteInput)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Table::Coil => "coil",
+            Table::DiscreteInput => "discrete",
+            Table::Holding => "holding",
+            Table::Input => "input",
+        }
+    }
+
+    /// The read function code.
+    pub fn function_code(self) -> u8 {
+        match self {
+            Table::Coil => 1,
+            Table::DiscreteInput => 2,
+            Table::Holding => 3,
+            Table::Input => 4,
+        }
+    }
+}
+
+/// Decoded data types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DataType {
+    /// A coil or discrete input, or bit `bit` of a register.
+    Bool,
+    /// An unsigned field of `count` bits starting at bit `lsb` (0 = least significant) of one
+    /// register, e.g. a 3-bit mode selector in a status word.
+    Bits {
+        lsb: u8,
+        count: u8,
+    },
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+    F32,
+    F64,
+    /// Packed BCD, 4 digits in one register.
+    Bcd16,
+    /// Packed BCD, 8 digits in two registers (word order per `order`).
+    Bcd32,
+    /// Fixed-length text over `registers` registers, two bytes each; trailing NULs and spaces
+    /// are trimmed.
+    String {
+        registers: u8,
+    },
+}
+
+impl DataType {
+    /// Registers (or bits, in a bit table) the type spans.
+    pub fn width(self) -> u16 {
+        match self {
+            DataType::Bool | DataType::Bits { .. } | DataType::U16 | DataType::I16 => 1,
+            DataType::Bcd16 => 1,
+            DataType::U32 | DataType::I32 | DataType::F32 | DataType::Bcd32 => 2,
+            DataType::U64 | DataType::I64 | DataType::F64 => 4,
+            DataType::String { registers } => u16::from(registers),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataType::Bool => "bool",
+            DataType::Bits { .. } => "bits",
+            DataType::U16 => "u16",
+            DataType::I16 => "i16",
+            DataType::U32 => "u32",
+            DataType::I32 => "i32",
+            DataType::U64 => "u64",
+            DataType::I64 => "i64",
+            DataType::F32 => "f32",
+            DataType::F64 => "f64",
+            DataType::Bcd16 => "bcd16",
+            DataType::Bcd32 => "bcd32",
+            DataType::String { .. } => "string",
+        }
+    }
+
+    /// Integer-valued types: the ones a value map and exact `Int` output apply to.
+    pub fn is_integer(self) -> bool {
+        !matches!(
+            self,
+            DataType::F32 | DataType::F64 | DataType::String { .. }
+        )
+    }
+}
+
+/// Byte order of multi-register values. Two independent choices: the order of the registers
+/// (most significant first = "big-endian words") and the order of the two bytes inside each
+/// register. Named by where bytes A (most significant) .. D (or H) land on the wire:
+///
+/// | variant | 32-bit | 64-bit     | words  | bytes in a word |
+/// |---------|--------|------------|--------|-----------------|
+/// | `Abcd`  | ABCD   | ABCDEFGH   | MSW first | MSB first (Modbus default) |
+/// | `Cdab`  | CDAB   | GHEFCDAB   | LSW first | MSB first (word swap)      |
+/// | `Badc`  | BADC   | BADCFEHG   | MSW first | LSB first (byte swap)      |
+/// | `Dcba`  | DCBA   | HGFEDCBA   | LSW first | LSB first (little-endian)  |
+///
+/// 16-bit values and strings only see the byte order (`AB` or `BA`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ByteOrder {
+    #[default]
+    Abcd,
+    Cdab,
+    Badc,
+    Dcba,
+}
+
+impl ByteOrder {
+    pub const ALL: [ByteOrder; 4] = [
+        ByteOrder::Abcd,
+        ByteOrder::Cdab,
+        ByteOrder::Badc,
+        ByteOrder::Dcba,
+    ];
+
+    /// Registers are on the wire least significant first.
+    pub fn words_swapped(self) -> bool {
+        matches!(self, ByteOrder::Cdab | ByteOrder::Dcba)
+    }
+
+    /// The two bytes of each register are on the wire least significant first.
+    pub fn bytes_swapped(self) -> bool {
+        matches!(self, ByteOrder::Badc | ByteOrder::Dcba)
+    }
+
+    /// The order's name for a value of `registers` registers (`AB`/`BA` for one register).
+    pub fn name(self, registers: u16) -> &'static str {
+        match (registers, self) {
+            (0 | 1, ByteOrder::Abcd | ByteOrder::Cdab) => "AB",
+            (0 | 1, ByteOrder::Badc | ByteOrder::Dcba) => "BA",
+            (4.., ByteOrder::Abcd) => "ABCDEFGH",
+            (4.., ByteOrder::Cdab) => "GHEFCDAB",
+            (4.., ByteOrder::Badc) => "BADCFEHG",
+            (4.., ByteOrder::Dcba) => "HGFEDCBA",
+            (_, ByteOrder::Abcd) => "ABCD",
+            (_, ByteOrder::Cdab) => "CDAB",
+            (_, ByteOrder::Badc) => "BADC",
+            (_, ByteOrder::Dcba) => "DCBA",
+        }
+    }
+}
+
+/// A value map for enumerations: raw integer to label. Sorted by raw value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueMap(pub Vec<(i64, Arc<str>)>);
+
+impl ValueMap {
+    pub fn get(&self, raw: i64) -> Option<&Arc<str>> {
+        self.0
+            .binary_search_by_key(&raw, |(k, _)| *k)
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ModbusPoint {
+    pub meta: Arc<PointMeta>,
+    pub table: Table,
+    /// 0-based protocol address.
+    pub address: u16,
+    pub data_type: DataType,
+    pub order: ByteOrder,
+    /// Bit n (0 = LSB) of a holding/input register, for `Bool` points on register tables.
+    pub bit: Option<u8>,
+    /// Engineering value = raw * scale + offset (numeric types only).
+    pub scale: f64,
+    pub offset: f64,
+    /// Labels for raw integer values (then the sample's value is the label).
+    pub map: Option<Arc<ValueMap>>,
+    /// Index into the device's `groups`.
+    pub group: usize,
+}
+
+impl ModbusPoint {
+    /// One past the last address the point occupies (u32: address 65535 + width must not wrap).
+    pub fn end(&self) -> u32 {
+        u32::from(self.address) + u32::from(self.data_type.width())
+    }
+}
+
+/// A set of points of one device polled together at one interval.
+#[derive(Debug, Clone)]
+pub struct PollGroup {
+    pub name: Arc<str>,
+    pub interval: Duration,
+    /// Indices into the device's `points`, ascending.
+    pub points: Vec<usize>,
+}
+
+/// An address range a device must never be asked for (`end` inclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forbidden {
+    pub table: Table,
+    pub start: u16,
+    pub end: u16,
+}
+
+impl Forbidden {
+    /// Whether `[start, end)` touches this range.
+    pub fn overlaps(&self, table: Table, start: u32, end: u32) -> bool {
+        self.table == table && start <= u32::from(self.end) && u32::from(self.start) < end
+    }
+}
+
+/// One Modbus device (a unit id on a line).
+#[derive(Debug, Clone)]
+pub struct ModbusDevice {
+    pub name: Arc<str>,
+    pub protocol: Protocol,
+    pub unit_id: u8,
+    /// How long one request may take before it counts as unanswered.
+    pub timeout: Duration,
+    /// Extra attempts for a request that timed out or came back garbled (RTU), before the device
+    /// counts as failing.
+    pub retries: u8,
+    pub max_registers_per_request: u16,
+    pub max_bits_per_request: u16,
+    /// Unused addresses a block read may span to save a request.
+    pub max_gap: u16,
+    /// Ranges never read, even to fill a gap.
+    pub forbidden: Vec<Forbidden>,
+    /// Each cycle's start is delayed by a uniform random amount in `[0, jitter]`.
+    pub jitter: Duration,
+    /// Back-off of a failing device: the first skip period, doubling up to `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// How long learned bad addresses and block splits are kept before the full plan is tried
+    /// again (the PLC program may have changed).
+    pub relearn_after: Duration,
+    pub groups: Vec<PollGroup>,
+    pub points: Vec<ModbusPoint>,
+}
+
+/// Serial parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+impl Parity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Parity::None => "none",
+            Parity::Even => "even",
+            Parity::Odd => "odd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialSettings {
+    /// Device path, e.g. `/dev/ttyUSB0`.
+    pub port: String,
+    pub baud: u32,
+    pub parity: Parity,
+    pub data_bits: u8,
+    pub stop_bits: u8,
+}
+
+impl SerialSettings {
+    /// Bits per character on the wire: start + data + parity + stop.
+    pub fn bits_per_char(&self) -> u32 {
+        1 + u32::from(self.data_bits)
+            + u32::from(self.parity != Parity::None)
+            + u32::from(self.stop_bits)
+    }
+
+    /// The Modbus RTU inter-frame silence t3.5: 3.5 character times, fixed at 1.75 ms above
+    /// 19 200 baud (Modbus over serial line spec v1.02, 2.5.1.1).
+    pub fn t35(&self) -> Duration {
+        if self.baud > 19_200 {
+            return Duration::from_micros(1750);
+        }
+        let micros = 3_500_000u64 * u64::from(self.bits_per_char()) / u64::from(self.baud.max(1));
+        Duration::from_micros(micros)
+    }
+}
+
+/// How a line reaches its devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineTransport {
+    /// Modbus TCP (MBAP framing) to `host:port`.
+    Tcp { endpoint: String },
+    /// RTU frames through a TCP socket (serial device servers, DTUs).
+    RtuOverTcp { endpoint: String },
+    /// RTU on a local serial port.
+    Serial(SerialSettings),
+}
+
+impl LineTransport {
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            LineTransport::Tcp { .. } => Protocol::ModbusTcp,
+            LineTransport::RtuOverTcp { .. } => Protocol::ModbusRtuOverTcp,
+            LineTransport::Serial(_) => Protocol::ModbusRtu,
+        }
+    }
+
+    /// Silence kept between RTU frames unless configured: t3.5 of the serial settings; for a
+    /// serial server over TCP that of 9600 8E1 (the most common RS-485 setting), so its UART
+    /// sees frame boundaries; none for Modbus TCP.
+    pub fn default_inter_frame(&self) -> Duration {
+        match self {
+            LineTransport::Serial(s) => s.t35(),
+            LineTransport::RtuOverTcp { .. } => Duration::from_micros(4010),
+            LineTransport::Tcp { .. } => Duration::ZERO,
+        }
+    }
+
+    /// `host:port` or the serial port, for logs and reports.
+    pub fn describe(&self) -> String {
+        match self {
+            LineTransport::Tcp { endpoint } | LineTransport::RtuOverTcp { endpoint } => {
+                endpoint.clone()
+            }
+            LineTransport::Serial(s) => format!(
+                "{} {} {}{}{}",
+                s.port,
+                s.baud,
+                s.data_bits,
+                s.parity
+                    .as_str()
+                    .chars()
+                    .next()
+                    .unwrap_or('n')
+                    .to_ascii_uppercase(),
+                s.stop_bits
+            ),
+        }
+    }
+}
+
+/// One communication channel: a serial port, a TCP connection to a serial server, or a Modbus
+/// TCP connection. Strictly one transaction is in flight on a line at a time; its devices share
+/// it fairly.
+#[derive(Debug, Clone)]
+pub struct ModbusLine {
+    pub name: Arc<str>,
+    pub transport: LineTransport,
+    /// Silence kept between frames on RTU lines (t3.5 by default).
+    pub inter_frame: Duration,
+    /// Bound on opening the port or connecting.
+    pub connect_timeout: Duration,
+    /// Reconnect back-off of the line itself.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub devices: Vec<ModbusDevice>,
+}
 
 /// Highest RTU slave address (248..=255 are reserved; 0 is broadcast, which nobody answers).
 const MAX_RTU_UNIT: u8 = 247;
 const MAX_RETRIES: u8 = 10;
 
-impl Validator {
-    /// Compiles every line and device; every point's metadata is appended to `points`.
-    pub(super) fn modbus(
+/// A request timeout above this is a typo (`"1y"`, `"500s"` for `"500ms"`), not a slow device.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Validates and compiles every line and device; points are classified by `classifier`.
+/// Lines without devices are dropped (and warned about).
+pub fn build(
+    raw_lines: &[RawLine],
+    raw_devices: &[RawDevice],
+    classifier: &mut Classifier,
+    out: &mut Collector,
+) -> Vec<Arc<ModbusLine>> {
+    Compiler { out }.modbus(raw_lines, raw_devices, classifier)
+}
+
+/// Validation state: where problems go.
+struct Compiler<'a> {
+    out: &'a mut Collector,
+}
+
+impl Compiler<'_> {
+    fn err(&mut self, issue: ConfigIssue) {
+        self.out.err(issue);
+    }
+
+    fn modbus(
         &mut self,
-        raw: &RawConfig,
-        gateway: &Gateway,
-        classification: &ClassificationSettings,
-        rules: &[CompiledRule],
-        points: &mut Vec<Arc<PointMeta>>,
+        raw_lines: &[RawLine],
+        raw_devices: &[RawDevice],
+        classifier: &mut Classifier,
     ) -> Vec<Arc<ModbusLine>> {
         let mut lines: Vec<ModbusLine> = Vec::new();
         let mut line_index: HashMap<String, usize> = HashMap::new();
         // Lines with errors of their own: devices on them are skipped without a second error.
         let mut broken: Vec<String> = Vec::new();
-        for (li, l) in raw.lines.iter().enumerate() {
+        for (li, l) in raw_lines.iter().enumerate() {
             let path = format!("lines[{li}]");
             if let Some(prev) = line_index.get(&l.name) {
                 self.err(ConfigIssue::new(
@@ -54,9 +445,7 @@ impl Validator {
         let explicit_lines = lines.len();
 
         let mut device_names: HashMap<String, usize> = HashMap::new();
-        let mut tags: HashMap<String, String> = HashMap::new();
-        let mut unmapped = 0usize;
-        for (di, d) in raw.devices.iter().enumerate() {
+        for (di, d) in raw_devices.iter().enumerate() {
             let dpath = format!("devices[{di}]");
             if let Some(prev) = device_names.insert(d.name.clone(), di) {
                 self.err(ConfigIssue::new(
@@ -75,29 +464,21 @@ impl Validator {
             };
             let protocol = lines[li].transport.protocol();
             self.unit_id(&dpath, d, &lines[li]);
-            let ctx = DeviceCtx {
-                gateway,
-                classification,
-                rules,
+            let mut ctx = DeviceCtx {
+                classifier: &mut *classifier,
                 protocol,
             };
-            if let Some(device) = self.device(&dpath, d, &ctx, points, &mut tags, &mut unmapped) {
+            if let Some(device) = self.device(&dpath, d, &mut ctx) {
                 lines[li].devices.push(device);
             }
         }
         for (li, line) in lines.iter().enumerate().take(explicit_lines) {
             if line.devices.is_empty() {
-                self.warnings.push(Warning(format!(
+                self.out.warn(format!(
                     "lines[{li}] {:?} has no devices: it is not opened",
                     line.name
-                )));
+                ));
             }
-        }
-        if unmapped > 0 {
-            self.warnings.push(Warning(format!(
-                "{unmapped} point(s) match no rule and take the default level `{}` (ClassificationUnmapped)",
-                classification.default_level
-            )));
         }
         lines
             .into_iter()
@@ -200,6 +581,16 @@ impl Validator {
 
     fn endpoint(&mut self, path: &str, endpoint: Option<&str>) -> Option<String> {
         match endpoint {
+            Some(e) if split_host_port(e).is_some_and(|(_, port)| port == 0) => {
+                self.err(
+                    ConfigIssue::new(
+                        format!("{path}.endpoint"),
+                        format!("{e:?} has port 0, which cannot be connected to"),
+                    )
+                    .hint("Modbus TCP listens on 502; serial device servers often on 4001"),
+                );
+                None
+            }
             Some(e) if split_host_port(e).is_some() => Some(e.to_owned()),
             Some(e) => {
                 self.err(
@@ -374,10 +765,7 @@ impl Validator {
         &mut self,
         dpath: &str,
         d: &RawDevice,
-        ctx: &DeviceCtx<'_>,
-        points: &mut Vec<Arc<PointMeta>>,
-        tags: &mut HashMap<String, String>,
-        unmapped: &mut usize,
+        ctx: &mut DeviceCtx<'_>,
     ) -> Option<ModbusDevice> {
         let mut ok = true;
         let mut positive = |v: &mut Self, key: &str, d: Duration| {
@@ -392,6 +780,26 @@ impl Validator {
         positive(self, "poll_interval", d.poll_interval);
         positive(self, "timeout", d.timeout);
         positive(self, "relearn_after", d.relearn_after);
+        if d.timeout > MAX_TIMEOUT {
+            self.err(
+                ConfigIssue::new(
+                    format!("{dpath}.timeout"),
+                    format!(
+                        "{} is above {}: a dead device would hold its line that long",
+                        humantime::format_duration(d.timeout),
+                        humantime::format_duration(MAX_TIMEOUT)
+                    ),
+                )
+                .hint("per-request timeouts are usually 100ms..5s; did you mean ms?"),
+            );
+            ok = false;
+        } else if !d.poll_interval.is_zero() && d.timeout > d.poll_interval {
+            self.out.warn(format!(
+                "{dpath}.timeout {} is longer than poll_interval {}: one unanswered request makes the next cycle late (Stale samples)",
+                humantime::format_duration(d.timeout),
+                humantime::format_duration(d.poll_interval)
+            ));
+        }
         if !(1..=125).contains(&d.max_registers_per_request) {
             self.err(
                 ConfigIssue::new(
@@ -485,7 +893,7 @@ impl Validator {
         for (pi, p) in d.points.iter().enumerate() {
             let ppath = format!("{dpath}.points[{pi}]");
             let label = format!("{ppath} {:?}", p.tag);
-            if let Some(prev) = tags.insert(p.tag.clone(), ppath.clone()) {
+            if let Some(prev) = ctx.classifier.claim_tag(&p.tag, &ppath) {
                 self.err(ConfigIssue::new(
                     format!("{label}.tag"),
                     format!("tag is already used by {prev}"),
@@ -520,25 +928,18 @@ impl Validator {
             if !self.point_placement(&label, &decoding, d, &forbidden, &mpoints) {
                 continue;
             }
-            let (level, category, rule_id) = classify(p, d, ctx.rules, ctx.classification, &p.tag);
-            if rule_id.as_ref() == "default" {
-                *unmapped += 1;
-            }
-            let meta = Arc::new(PointMeta::compile(PointSpec {
-                id: points.len() as u32,
-                tag: p.tag.as_str().into(),
-                level,
-                category,
-                rule_id,
-                device: name.clone(),
+            let meta = ctx.classifier.compile(PointSpec {
+                tag: &p.tag,
+                level: p.level,
+                category: p.category,
+                device: &name,
+                device_level: d.level,
+                device_category: d.category,
                 protocol: ctx.protocol,
-                address: describe_address(d.unit_id, &decoding).into(),
-                gateway: ctx.gateway.id.clone(),
-                site: ctx.gateway.site.clone(),
-                unit: p.unit.as_deref().map(Into::into),
-                interval_ms: groups[group].interval.as_millis() as u64,
-            }));
-            points.push(meta.clone());
+                address: &describe_address(d.unit_id, &decoding),
+                unit: p.unit.as_deref(),
+                interval: groups[group].interval,
+            });
             groups[group].points.push(mpoints.len());
             mpoints.push(ModbusPoint {
                 meta,
@@ -555,11 +956,11 @@ impl Validator {
         }
         for (gi, g) in groups.iter().enumerate().skip(1) {
             if g.points.is_empty() {
-                self.warnings.push(Warning(format!(
+                self.out.warn(format!(
                     "{dpath}.poll_groups[{}] {:?} has no points",
                     gi - 1,
                     g.name
-                )));
+                ));
             }
         }
         ok.then(|| ModbusDevice {
@@ -770,7 +1171,21 @@ impl Validator {
             _ => t.width(),
         };
         match parse_order(o, width) {
-            Ok(order) => Some(order),
+            Ok(order) => {
+                if width == 1
+                    && !ByteOrder::ALL
+                        .iter()
+                        .any(|b| b.name(1).eq_ignore_ascii_case(o.trim()))
+                {
+                    // A 32-bit name on a 16-bit value: only its byte swap applies.
+                    self.out.warn(format!(
+                        "{label}.order {o:?} is a 32-bit order; a {} value only has a byte order, so it reads as {:?}: write that",
+                        t.as_str(),
+                        order.name(1)
+                    ));
+                }
+                Some(order)
+            }
             Err(msg) => {
                 let choices = ByteOrder::ALL.map(|b| b.name(width)).join(", ");
                 self.err(
@@ -930,9 +1345,7 @@ impl Decoding {
 
 /// Per-device context for compiling points.
 struct DeviceCtx<'a> {
-    gateway: &'a Gateway,
-    classification: &'a ClassificationSettings,
-    rules: &'a [CompiledRule],
+    classifier: &'a mut Classifier,
     protocol: Protocol,
 }
 
@@ -953,12 +1366,6 @@ fn describe_address(unit: u8, p: &Decoding) -> String {
         _ => String::new(),
     };
     format!("unit={unit} {}:{}{suffix}", p.table.as_str(), p.address)
-}
-
-fn quote_list(names: &[&str]) -> String {
-    let mut v: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
-    v.sort();
-    v.join(", ")
 }
 
 /// `holding:100`, `input:7`, `coil:3`, `discrete:12` (0-based unless `base` is 1), or a Modicon
@@ -1090,115 +1497,4 @@ pub fn parse_order(s: &str, registers: u16) -> Result<ByteOrder, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn explicit_addresses_are_zero_based_unless_the_device_says_one() {
-        assert_eq!(parse_register("holding:100", 0), Ok((Table::Holding, 100)));
-        assert_eq!(parse_register(" coil : 0 ", 0), Ok((Table::Coil, 0)));
-        assert_eq!(parse_register("input:65535", 0), Ok((Table::Input, 65535)));
-        assert!(parse_register("input:65536", 0).is_err());
-        assert_eq!(parse_register("holding:100", 1), Ok((Table::Holding, 99)));
-        assert_eq!(
-            parse_register("holding:65536", 1),
-            Ok((Table::Holding, 65535))
-        );
-        let zero = parse_register("holding:0", 1).expect_err("must be rejected");
-        assert!(zero.contains("start at 1"), "{zero}");
-        assert!(parse_register("holdings:1", 0)
-            .expect_err("must be rejected")
-            .contains("unknown register table"));
-    }
-
-    #[test]
-    fn modicon_references_are_one_based_with_the_table_in_the_first_digit() {
-        assert_eq!(parse_register("40101", 0), Ok((Table::Holding, 100)));
-        assert_eq!(parse_register("40001", 0), Ok((Table::Holding, 0)));
-        assert_eq!(parse_register("30008", 0), Ok((Table::Input, 7)));
-        assert_eq!(parse_register("00004", 0), Ok((Table::Coil, 3)));
-        assert_eq!(parse_register("10013", 0), Ok((Table::DiscreteInput, 12)));
-        assert_eq!(parse_register("49999", 0), Ok((Table::Holding, 9998)));
-        // Six digits reach the whole address space.
-        assert_eq!(parse_register("400101", 0), Ok((Table::Holding, 100)));
-        assert_eq!(parse_register("465536", 0), Ok((Table::Holding, 65535)));
-        // address_base applies to table:N only.
-        assert_eq!(parse_register("40101", 1), Ok((Table::Holding, 100)));
-        let zero = parse_register("40000", 0).expect_err("must be rejected");
-        assert!(zero.contains("1-based") && zero.contains("40001"), "{zero}");
-        assert!(parse_register("20001", 0)
-            .expect_err("must be rejected")
-            .contains("names no table"));
-        assert!(parse_register("465537", 0)
-            .expect_err("must be rejected")
-            .contains("past register 65536"));
-        assert!(parse_register("4001", 0).is_err(), "4 digits is ambiguous");
-        assert!(parse_register("4000001", 0).is_err());
-    }
-
-    #[test]
-    fn forbidden_ranges_parse_in_both_notations() {
-        let f = |s| parse_range(s, 0);
-        assert_eq!(
-            f("holding:100-199"),
-            Ok(Forbidden {
-                table: Table::Holding,
-                start: 100,
-                end: 199
-            })
-        );
-        assert_eq!(
-            f("coil:7"),
-            Ok(Forbidden {
-                table: Table::Coil,
-                start: 7,
-                end: 7
-            })
-        );
-        assert_eq!(
-            f("40301-40310"),
-            Ok(Forbidden {
-                table: Table::Holding,
-                start: 300,
-                end: 309
-            })
-        );
-        assert!(f("40301-30310")
-            .expect_err("must be rejected")
-            .contains("two tables"));
-        assert!(f("holding:9-3")
-            .expect_err("must be rejected")
-            .contains("ends before"));
-        let r = f("holding:100-199").expect("valid");
-        assert!(r.overlaps(Table::Holding, 199, 201));
-        assert!(r.overlaps(Table::Holding, 98, 101));
-        assert!(!r.overlaps(Table::Holding, 98, 100));
-        assert!(!r.overlaps(Table::Holding, 200, 201));
-        assert!(!r.overlaps(Table::Input, 150, 151));
-    }
-
-    #[test]
-    fn orders_are_named_for_the_value_width() {
-        assert_eq!(parse_order("cdab", 2), Ok(ByteOrder::Cdab));
-        assert_eq!(parse_order("GHEFCDAB", 4), Ok(ByteOrder::Cdab));
-        assert_eq!(parse_order("BADCFEHG", 4), Ok(ByteOrder::Badc));
-        assert_eq!(parse_order("HGFEDCBA", 4), Ok(ByteOrder::Dcba));
-        assert_eq!(parse_order("ABCDEFGH", 4), Ok(ByteOrder::Abcd));
-        assert_eq!(parse_order("BA", 1), Ok(ByteOrder::Badc));
-        assert_eq!(
-            parse_order("DCBA", 1),
-            Ok(ByteOrder::Badc),
-            "byte swap of a 32-bit name"
-        );
-        assert_eq!(parse_order("CDAB", 1), Ok(ByteOrder::Abcd));
-        assert!(parse_order("CDAB", 4)
-            .expect_err("must be rejected")
-            .contains("32-bit order"));
-        assert!(parse_order("ABCDEFGH", 2)
-            .expect_err("must be rejected")
-            .contains("64-bit order"));
-        assert!(parse_order("ACBD", 2)
-            .expect_err("must be rejected")
-            .contains("unknown"));
-    }
-}
+mod tests;

@@ -1,7 +1,120 @@
-//! Lines, poll groups, addressing and the new point types, valid and invalid.
+//! Lines, poll groups, addressing and the point types, valid and invalid; the address, range
+//! and byte-order parsers.
+
+use std::time::Duration;
 
 use super::*;
+use crate::agent_config::tests::{issues, load_ok, BASE};
 use crate::model::Protocol;
+
+#[test]
+fn explicit_addresses_are_zero_based_unless_the_device_says_one() {
+    assert_eq!(parse_register("holding:100", 0), Ok((Table::Holding, 100)));
+    assert_eq!(parse_register(" coil : 0 ", 0), Ok((Table::Coil, 0)));
+    assert_eq!(parse_register("input:65535", 0), Ok((Table::Input, 65535)));
+    assert!(parse_register("input:65536", 0).is_err());
+    assert_eq!(parse_register("holding:100", 1), Ok((Table::Holding, 99)));
+    assert_eq!(
+        parse_register("holding:65536", 1),
+        Ok((Table::Holding, 65535))
+    );
+    let zero = parse_register("holding:0", 1).expect_err("must be rejected");
+    assert!(zero.contains("start at 1"), "{zero}");
+    assert!(parse_register("holdings:1", 0)
+        .expect_err("must be rejected")
+        .contains("unknown register table"));
+}
+
+#[test]
+fn modicon_references_are_one_based_with_the_table_in_the_first_digit() {
+    assert_eq!(parse_register("40101", 0), Ok((Table::Holding, 100)));
+    assert_eq!(parse_register("40001", 0), Ok((Table::Holding, 0)));
+    assert_eq!(parse_register("30008", 0), Ok((Table::Input, 7)));
+    assert_eq!(parse_register("00004", 0), Ok((Table::Coil, 3)));
+    assert_eq!(parse_register("10013", 0), Ok((Table::DiscreteInput, 12)));
+    assert_eq!(parse_register("49999", 0), Ok((Table::Holding, 9998)));
+    // Six digits reach the whole address space.
+    assert_eq!(parse_register("400101", 0), Ok((Table::Holding, 100)));
+    assert_eq!(parse_register("465536", 0), Ok((Table::Holding, 65535)));
+    // address_base applies to table:N only.
+    assert_eq!(parse_register("40101", 1), Ok((Table::Holding, 100)));
+    let zero = parse_register("40000", 0).expect_err("must be rejected");
+    assert!(zero.contains("1-based") && zero.contains("40001"), "{zero}");
+    assert!(parse_register("20001", 0)
+        .expect_err("must be rejected")
+        .contains("names no table"));
+    assert!(parse_register("465537", 0)
+        .expect_err("must be rejected")
+        .contains("past register 65536"));
+    assert!(parse_register("4001", 0).is_err(), "4 digits is ambiguous");
+    assert!(parse_register("4000001", 0).is_err());
+}
+
+#[test]
+fn forbidden_ranges_parse_in_both_notations() {
+    let f = |s| parse_range(s, 0);
+    assert_eq!(
+        f("holding:100-199"),
+        Ok(Forbidden {
+            table: Table::Holding,
+            start: 100,
+            end: 199
+        })
+    );
+    assert_eq!(
+        f("coil:7"),
+        Ok(Forbidden {
+            table: Table::Coil,
+            start: 7,
+            end: 7
+        })
+    );
+    assert_eq!(
+        f("40301-40310"),
+        Ok(Forbidden {
+            table: Table::Holding,
+            start: 300,
+            end: 309
+        })
+    );
+    assert!(f("40301-30310")
+        .expect_err("must be rejected")
+        .contains("two tables"));
+    assert!(f("holding:9-3")
+        .expect_err("must be rejected")
+        .contains("ends before"));
+    let r = f("holding:100-199").expect("valid");
+    assert!(r.overlaps(Table::Holding, 199, 201));
+    assert!(r.overlaps(Table::Holding, 98, 101));
+    assert!(!r.overlaps(Table::Holding, 98, 100));
+    assert!(!r.overlaps(Table::Holding, 200, 201));
+    assert!(!r.overlaps(Table::Input, 150, 151));
+}
+
+#[test]
+fn orders_are_named_for_the_value_width() {
+    assert_eq!(parse_order("cdab", 2), Ok(ByteOrder::Cdab));
+    assert_eq!(parse_order("GHEFCDAB", 4), Ok(ByteOrder::Cdab));
+    assert_eq!(parse_order("BADCFEHG", 4), Ok(ByteOrder::Badc));
+    assert_eq!(parse_order("HGFEDCBA", 4), Ok(ByteOrder::Dcba));
+    assert_eq!(parse_order("ABCDEFGH", 4), Ok(ByteOrder::Abcd));
+    assert_eq!(parse_order("BA", 1), Ok(ByteOrder::Badc));
+    assert_eq!(
+        parse_order("DCBA", 1),
+        Ok(ByteOrder::Badc),
+        "byte swap of a 32-bit name"
+    );
+    assert_eq!(parse_order("CDAB", 1), Ok(ByteOrder::Abcd));
+    assert!(parse_order("CDAB", 4)
+        .expect_err("must be rejected")
+        .contains("32-bit order"));
+    assert!(parse_order("ABCDEFGH", 2)
+        .expect_err("must be rejected")
+        .contains("64-bit order"));
+    assert!(parse_order("ACBD", 2)
+        .expect_err("must be rejected")
+        .contains("unknown"));
+}
 
 /// BASE with its devices replaced by `devices` (lines and devices TOML).
 fn with_devices(devices: &str) -> String {

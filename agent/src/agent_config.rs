@@ -1,0 +1,190 @@
+//! The whole agent's config, assembled from the components' own config builds (the way
+//! vector's `SourceConfig::build` works): `config` reads the file and environment into raw
+//! structs and validates the sections nobody else owns (gateway, classification, historian);
+//! each component validates and compiles its own section (`source::modbus::config` the lines and
+//! devices, `policy::config` the destinations) into the same error collector; TLS files are read
+//! by the uplink's own code (`uplink::tls::check`). So `check` and `run`, which both call
+//! [`load`], refuse exactly the same configs (docs/decisions/0002, 0010).
+//!
+//! A new source adds its raw section in `config::raw`, its build in its own module, and one
+//! call in [`compile`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::classify::Classifier;
+use crate::config::issues::{Collector, ConfigIssue, Warning};
+use crate::config::load::{self, ConfigError, ParseError, Parsed};
+use crate::config::raw::RawConfig;
+use crate::config::runtime::{
+    ClassificationSettings, Destination, Gateway, HistorianSettings, SummarySettings,
+};
+use crate::config::settings;
+use crate::model::{Category, Level, PointMeta};
+use crate::source::modbus::config::{self as modbus_config, ModbusDevice, ModbusLine};
+
+/// The whole compiled configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub gateway: Gateway,
+    pub classification: ClassificationSettings,
+    /// Modbus lines, each with its devices.
+    pub lines: Vec<Arc<ModbusLine>>,
+    /// Every point of every device, indexed by `PointMeta::id`.
+    pub points: Vec<Arc<PointMeta>>,
+    pub historian: HistorianSettings,
+    pub summary: SummarySettings,
+    pub destinations: Vec<Arc<Destination>>,
+}
+
+impl AgentConfig {
+    /// Every Modbus device, line by line.
+    pub fn devices(&self) -> impl Iterator<Item = (&ModbusLine, &ModbusDevice)> {
+        self.lines
+            .iter()
+            .flat_map(|l| l.devices.iter().map(move |d| (&**l, d)))
+    }
+
+    pub fn point_by_tag(&self, tag: &str) -> Option<&Arc<PointMeta>> {
+        self.points.iter().find(|p| &**p.tag() == tag)
+    }
+}
+
+/// A compiled config plus what `check` should print about it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: AgentConfig,
+    pub warnings: Vec<Warning>,
+    pub file: PathBuf,
+}
+
+/// Distinct summary window lengths the summary engine supports (fixed-capacity accumulators).
+pub const MAX_SUMMARY_WINDOWS: usize = crate::summary::MAX_WINDOWS;
+
+/// Load `file` with the process's `EDGE_AGENT__...` environment overrides, validate and
+/// compile. `now_ms` is the time of time-dependent checks (assessment expiry, certificate
+/// validity).
+pub fn load(file: &Path, now_ms: i64) -> Result<Loaded, ConfigError> {
+    // Variables that are not Unicode cannot be ours; skip them rather than panic.
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    load_with_env(file, env, now_ms)
+}
+
+/// [`load`] with the environment given (tests).
+pub fn load_with_env(
+    file: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+    now_ms: i64,
+) -> Result<Loaded, ConfigError> {
+    let parsed = load::read(file, env)?;
+    compile(parsed, file, now_ms)
+}
+
+/// Validate and compile a config given as TOML text, without environment overrides (tests,
+/// load generators).
+pub fn from_toml_str(text: &str, now_ms: i64) -> Result<Loaded, ConfigError> {
+    let file = PathBuf::from("<inline>");
+    let parsed = load::parse(text, std::iter::empty()).map_err(|e| ConfigError::Invalid {
+        file: file.clone(),
+        issues: match e {
+            ParseError::Toml(reason) => vec![ConfigIssue::new("<toml>", reason)],
+            ParseError::Env(issues) => issues,
+        },
+    })?;
+    compile(parsed, &file, now_ms)
+}
+
+/// Runs every component's validation over the raw config; structural issues first, then the
+/// semantic ones (less those a stand-in for an invalid value caused).
+fn compile(parsed: Parsed, file: &Path, now_ms: i64) -> Result<Loaded, ConfigError> {
+    let invalid = |issues| ConfigError::Invalid {
+        file: file.to_owned(),
+        issues,
+    };
+    let Some(raw) = &parsed.raw else {
+        return Err(invalid(parsed.issues));
+    };
+    let mut out = Collector::new(now_ms);
+    let config = build(raw, &mut out);
+    let mut issues = parsed.issues.clone();
+    issues.extend(
+        out.issues
+            .into_iter()
+            .filter(|i| !parsed.caused_by_stand_in(i)),
+    );
+    if issues.is_empty() {
+        Ok(Loaded {
+            config,
+            warnings: out.warnings,
+            file: file.to_owned(),
+        })
+    } else {
+        Err(invalid(issues))
+    }
+}
+
+fn build(raw: &RawConfig, out: &mut Collector) -> AgentConfig {
+    let gateway = settings::gateway(&raw.gateway, out);
+    let mut classifier = Classifier::new(&raw.classification, &gateway, out);
+    let historian = settings::historian(&raw.historian, out);
+    let lines = modbus_config::build(&raw.lines, &raw.devices, &mut classifier, out);
+    let classification = classifier.settings().clone();
+    let points = classifier.finish(out);
+    let destinations = crate::policy::config::build(&raw.destinations, &gateway, out);
+    for (i, d) in destinations.iter().enumerate() {
+        if let Some(tls) = &d.broker.tls {
+            for p in crate::uplink::tls::check(tls, &d.broker.host, out.now_ms) {
+                out.err(
+                    ConfigIssue::new(format!("destinations[{i}].broker.tls.{}", p.key), p.message)
+                        .hint(p.hint),
+                );
+            }
+        }
+    }
+    let mut windows: Vec<Duration> = destinations
+        .iter()
+        .flat_map(|d| d.allow.iter().filter_map(|r| r.window))
+        .collect();
+    windows.sort();
+    windows.dedup();
+    if windows.len() > MAX_SUMMARY_WINDOWS {
+        out.err(
+            ConfigIssue::new(
+                "destinations",
+                format!(
+                    "{} distinct summary windows are used; at most {} are supported",
+                    windows.len(),
+                    MAX_SUMMARY_WINDOWS
+                ),
+            )
+            .hint("use the same window length in several destinations"),
+        );
+    }
+    if lines.is_empty() {
+        out.warn("no devices configured: nothing will be read");
+    }
+    AgentConfig {
+        gateway,
+        classification,
+        lines,
+        points,
+        historian,
+        summary: SummarySettings { windows },
+        destinations,
+    }
+}
+
+/// Points per level and category, for `check`.
+pub fn points_per_level_category(cfg: &AgentConfig) -> BTreeMap<(Level, Category), usize> {
+    let mut m = BTreeMap::new();
+    for p in &cfg.points {
+        *m.entry((p.level(), p.category())).or_insert(0) += 1;
+    }
+    m
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,209 @@
+//! The classification compiler: `[classification]` (default level, ordered pattern rules) into a
+//! [`Classifier`] that every source's config build asks for each point's [`PointMeta`]. This is
+//! the one place a `PointMeta` is constructed, so level, category and the deciding rule are
+//! fixed at compile time the same way for every source.
+//!
+//! Precedence (docs/decisions/0001): explicit on the point, first matching pattern rule, the
+//! device's defaults, the global default (unmapped, warned as `ClassificationUnmapped`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use globset::{Glob, GlobMatcher};
+
+use super::issues::{name_list, Collector, ConfigIssue};
+use super::raw::{RawClassification, RawRule};
+use super::runtime::{ClassificationSettings, Gateway};
+use crate::model::{Category, Level, PointFields, PointMeta, Protocol};
+
+struct CompiledRule {
+    id: String,
+    version: u32,
+    matcher: GlobMatcher,
+    level: Level,
+    category: Option<Category>,
+}
+
+/// What a source knows about one point, for classification and provenance.
+#[derive(Debug, Clone, Copy)]
+pub struct PointSpec<'a> {
+    pub tag: &'a str,
+    /// Level and category set on the point itself.
+    pub level: Option<Level>,
+    pub category: Option<Category>,
+    /// Defaults of the device (or topic group) the point belongs to.
+    pub device: &'a Arc<str>,
+    pub device_level: Option<Level>,
+    pub device_category: Option<Category>,
+    pub protocol: Protocol,
+    /// Human-readable source address (`unit=1 holding:100`, an MQTT topic).
+    pub address: &'a str,
+    pub unit: Option<&'a str>,
+    pub interval: Duration,
+}
+
+/// Compiles points into [`PointMeta`]s with dense ids, and keeps tags unique across sources.
+#[derive(Debug)]
+pub struct Classifier {
+    settings: ClassificationSettings,
+    rules: Vec<CompiledRule>,
+    gateway: Arc<str>,
+    site: Arc<str>,
+    points: Vec<Arc<PointMeta>>,
+    /// Tag -> key path of the point that first used it.
+    tags: HashMap<String, String>,
+    unmapped: Vec<Arc<str>>,
+}
+
+impl std::fmt::Debug for CompiledRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@v{}", self.id, self.version)
+    }
+}
+
+impl Classifier {
+    /// Validates `[classification]`; rules with an invalid pattern are reported and left out.
+    pub fn new(c: &RawClassification, gateway: &Gateway, out: &mut Collector) -> Self {
+        if c.default_level == Level::General {
+            out.err(
+                ConfigIssue::new(
+                    "classification.default_level",
+                    "unmapped data may not default to `general`",
+                )
+                .hint("use \"important\" (the safe default) or \"core\""),
+            );
+        }
+        Self {
+            settings: ClassificationSettings {
+                default_level: c.default_level,
+                default_category: c.default_category,
+            },
+            rules: compile_rules(&c.rules, out),
+            gateway: gateway.id.clone(),
+            site: gateway.site.clone(),
+            points: Vec::new(),
+            tags: HashMap::new(),
+            unmapped: Vec::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &ClassificationSettings {
+        &self.settings
+    }
+
+    /// Records that the point at `path` uses `tag`; the key path of an earlier point with the
+    /// same tag if there is one (tags are unique across every source).
+    pub fn claim_tag(&mut self, tag: &str, path: &str) -> Option<String> {
+        self.tags.insert(tag.to_owned(), path.to_owned())
+    }
+
+    /// Classifies the point and gives it the next id.
+    pub fn compile(&mut self, p: PointSpec<'_>) -> Arc<PointMeta> {
+        let (level, category, rule_id) = self.classify(&p);
+        if &*rule_id == "default" {
+            self.unmapped.push(p.tag.into());
+        }
+        let meta = Arc::new(PointMeta::compile(PointFields {
+            id: self.points.len() as u32,
+            tag: p.tag.into(),
+            level,
+            category,
+            rule_id,
+            device: p.device.clone(),
+            protocol: p.protocol,
+            address: p.address.into(),
+            gateway: self.gateway.clone(),
+            site: self.site.clone(),
+            unit: p.unit.map(Into::into),
+            interval_ms: p.interval.as_millis() as u64,
+        }));
+        self.points.push(meta.clone());
+        meta
+    }
+
+    /// The compiled point table (indexed by `PointMeta::id`); warns about unmapped points,
+    /// naming them.
+    pub fn finish(self, out: &mut Collector) -> Vec<Arc<PointMeta>> {
+        if !self.unmapped.is_empty() {
+            let names: Vec<&str> = self.unmapped.iter().map(|t| &**t).collect();
+            out.warn(format!(
+                "{} point(s) match no rule and take the default level `{}` (ClassificationUnmapped): {}",
+                names.len(),
+                self.settings.default_level,
+                name_list(&names)
+            ));
+        }
+        self.points
+    }
+
+    /// Level, category and the id of the rule that decided them, in precedence order.
+    fn classify(&self, p: &PointSpec<'_>) -> (Level, Category, Arc<str>) {
+        let c = &self.settings;
+        let rule = self.rules.iter().find(|r| r.matcher.is_match(p.tag));
+        let fallback_category = rule
+            .and_then(|r| r.category)
+            .or(p.device_category)
+            .unwrap_or(c.default_category);
+        if let Some(level) = p.level {
+            return (
+                level,
+                p.category.unwrap_or(fallback_category),
+                "point:explicit".into(),
+            );
+        }
+        if let Some(r) = rule {
+            let cat = p
+                .category
+                .or(r.category)
+                .or(p.device_category)
+                .unwrap_or(c.default_category);
+            return (r.level, cat, format!("rule:{}@v{}", r.id, r.version).into());
+        }
+        if let Some(level) = p.device_level {
+            return (
+                level,
+                p.category
+                    .or(p.device_category)
+                    .unwrap_or(c.default_category),
+                format!("device:{}", p.device).into(),
+            );
+        }
+        (
+            c.default_level,
+            p.category.unwrap_or(c.default_category),
+            "default".into(),
+        )
+    }
+}
+
+fn compile_rules(rules: &[RawRule], out: &mut Collector) -> Vec<CompiledRule> {
+    let mut compiled = Vec::new();
+    let mut seen = HashMap::new();
+    for (i, r) in rules.iter().enumerate() {
+        let path = format!("classification.rules[{i}]");
+        if let Some(prev) = seen.insert(r.id.clone(), i) {
+            out.err(ConfigIssue::new(
+                format!("{path}.id"),
+                format!(
+                    "rule id {:?} is already used by classification.rules[{prev}]",
+                    r.id
+                ),
+            ));
+        }
+        match Glob::new(&r.pattern) {
+            Ok(g) => compiled.push(CompiledRule {
+                id: r.id.clone(),
+                version: r.version,
+                matcher: g.compile_matcher(),
+                level: r.level,
+                category: r.category,
+            }),
+            Err(e) => out.err(
+                ConfigIssue::new(format!("{path}.match"), format!("invalid pattern: {e}"))
+                    .hint("globs over tags, e.g. \"furnace*.recipe.*\""),
+            ),
+        }
+    }
+    compiled
+}

@@ -5,6 +5,7 @@
 //! - [`plan`]: which reads a poll cycle makes (pure), and how a refused block splits.
 //! - [`decode`]: registers/bits to engineering values (pure).
 //! - [`frame`]: RTU framing (pure).
+//! - [`limits`]: protocol limits, serial ranges and `probe` defaults, in one place.
 //! - [`transport`]: an open line and one transaction over it.
 //! - [`line`]: the scheduler that shares a line between its devices and groups.
 //! - [`probe`]: one-shot reads for `edge-agent probe`.
@@ -52,6 +53,7 @@
 
 pub mod decode;
 pub mod frame;
+pub mod limits;
 pub mod line;
 pub mod plan;
 pub mod probe;

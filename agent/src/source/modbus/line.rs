@@ -30,7 +30,7 @@ use super::frame::Reply;
 use super::plan::{self, Limits, ReadBlock};
 use super::transport::{Link, TxError};
 use super::{backoff_delay, limits, plan_group, ModbusError};
-use crate::config::runtime::{Forbidden, ModbusDevice, ModbusLine, Table};
+use crate::config::runtime::{Forbidden, ModbusDevice, ModbusLine, ModbusPoint, Table};
 use crate::model::{now_ms, Level, Quality, Tagged, Value};
 use crate::stats::Stats;
 
@@ -45,6 +45,20 @@ pub async fn run_line(
     seq: Arc<AtomicU64>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
+) {
+    let open: Opener = Box::new(|line| Box::pin(Link::open(line)));
+    run_line_with(line, out, seq, stats, shutdown, open).await;
+}
+
+/// [`run_line`] with the way the link is opened passed in (tests use in-memory links, so the
+/// whole task runs on paused time).
+pub(crate) async fn run_line_with(
+    line: Arc<ModbusLine>,
+    out: mpsc::Sender<Vec<Tagged>>,
+    seq: Arc<AtomicU64>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    open: Opener,
 ) {
     let now = Instant::now();
     let devices = line
@@ -66,13 +80,16 @@ pub async fn run_line(
         seq,
         stats,
         shutdown,
+        open,
         link: None,
         line_failures: 0,
+        last_line_error: None,
         reconnect_at: now,
         served: 0,
         stale: Vec::new(),
     };
-    s.run().await;
+    // `Err(Stopped)` is the normal end: shutdown or a closed channel.
+    let _ = s.run().await;
     if let Some(link) = s.link.take() {
         link.close(Duration::from_secs(1)).await;
     }
@@ -86,9 +103,12 @@ struct Scheduler {
     seq: Arc<AtomicU64>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
+    open: Opener,
     link: Option<Link>,
     /// Consecutive failed connects or broken links.
     line_failures: u32,
+    /// Why the line last failed, so a changed reason is logged and a repeated one is not.
+    last_line_error: Option<String>,
     reconnect_at: Instant,
     /// Counter stamped on a device when it is served, for round-robin tie breaks.
     served: u64,
@@ -99,8 +119,14 @@ struct Scheduler {
 struct DeviceState {
     groups: Vec<GroupState>,
     mem: PointMemory,
-    /// Points whose addresses the device refused (exception 02/03), with the code.
-    refused: Vec<Option<u8>>,
+    /// Points left out of the plan until `relearn_after`, with the quality their samples carry:
+    /// `DeviceException(code)` for addresses the device refused (exception 02/03),
+    /// `CommError` for addresses it never answers (a silent range).
+    excluded: Vec<Option<Quality>>,
+    /// Extents `(table, start, end)` of blocks that timed out while the rest of the device
+    /// answered: each holds a silent address, so no later block may cover one whole. Plans
+    /// split around them until the silent addresses are single points (then `excluded`).
+    silent_spans: Vec<(Table, u32, u32)>,
     /// Unused addresses the device refuses (learned from splits), never read again.
     refused_holes: Vec<Forbidden>,
     /// Longest reads the device accepts, per table, where it refused longer ones.
@@ -127,6 +153,10 @@ struct GroupState {
     /// When the next cycle actually starts (`next_due` plus jitter).
     start_at: Instant,
     cycle: Option<Cycle>,
+    /// The block on which the device last failed as a whole: the next cycle asks it last, so
+    /// the other blocks can prove the device alive and a silent range in this block is told
+    /// apart from a dead device.
+    ask_last: Option<ReadBlock>,
 }
 
 /// A refused block that was split: if no point inside it turns out refused, the hole between
@@ -150,6 +180,12 @@ struct Cycle {
     /// Blocks refused (02/03) and split in this cycle, judged when the cycle ends.
     splits: Vec<Split>,
     learned: bool,
+    /// The device answered a request of this cycle with data: it is alive, so a block that
+    /// times out now is a silent range, not a dead device. (An exception does not count: a
+    /// gateway answers 0A/0B for a dead device behind it.)
+    answered: bool,
+    /// Blocks that timed out although the device answered; judged when the cycle ends.
+    silent: Vec<ReadBlock>,
     batch: Vec<Tagged>,
 }
 
@@ -161,6 +197,7 @@ impl DeviceState {
                 next_due: now,
                 start_at: now + jitter(d.jitter),
                 cycle: None,
+                ask_last: None,
             })
             .collect();
         let n = d.points.len();
@@ -170,7 +207,8 @@ impl DeviceState {
                 last_good: vec![None; n],
                 last_quality: vec![Quality::Good; n],
             },
-            refused: vec![None; n],
+            excluded: vec![None; n],
+            silent_spans: Vec::new(),
             refused_holes: Vec::new(),
             learned_max: [None; 4],
             learned_at: None,
@@ -188,6 +226,30 @@ fn jitter(max: Duration) -> Duration {
     max.mul_f64(rand::rng().random::<f64>())
 }
 
+/// The line task must stop: shutdown was requested or the sample channel closed. Functions
+/// that may meet either return `Result<_, Stopped>`, so `?` unwinds the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stopped;
+
+/// Whether opening the link worked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkState {
+    Up,
+    /// The open failed; the line waits its reconnect delay and meanwhile completes due cycles
+    /// as `comm_error`.
+    Down,
+}
+
+/// Opens a line's link: [`Link::open`] in production; tests pass in-memory links.
+pub(crate) type Opener = Box<
+    dyn for<'a> Fn(
+            &'a ModbusLine,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Link, ModbusError>> + Send + 'a>,
+        > + Send
+        + Sync,
+>;
+
 /// What one request came to, after retries.
 enum Step {
     Data(Reply),
@@ -199,59 +261,48 @@ enum Step {
 }
 
 impl Scheduler {
-    async fn run(&mut self) {
+    async fn run(&mut self) -> Result<(), Stopped> {
         loop {
             if self.shutdown.is_cancelled() {
-                return;
+                return Err(Stopped);
             }
             let now = Instant::now();
-            if !self.start_and_flush(now).await {
-                return;
-            }
+            self.start_and_flush(now).await?;
             let Some((d, g)) = self.pick() else {
                 let wake = self.next_wake(now);
                 tokio::select! {
                     biased;
-                    () = self.shutdown.cancelled() => return,
+                    () = self.shutdown.cancelled() => return Err(Stopped),
                     () = tokio::time::sleep_until(wake) => continue,
                 }
             };
             let backed_off = self.devices[d].skip_until.is_some_and(|t| now < t);
             if backed_off {
-                if !self.skip_cycle(d, g).await {
-                    return;
-                }
+                self.skip_cycle(d, g).await?;
                 continue;
             }
             if self.link.is_none() {
-                let connected = now >= self.reconnect_at && {
-                    match self.connect().await {
-                        Some(up) => up,
-                        None => return,
-                    }
+                let state = if now >= self.reconnect_at {
+                    self.connect().await?
+                } else {
+                    LinkState::Down
                 };
-                if !connected {
-                    if !self.skip_cycle(d, g).await {
-                        return;
-                    }
+                if state == LinkState::Down {
+                    self.skip_cycle(d, g).await?;
                     continue;
                 }
             }
-            if !self.step(d, g).await {
-                return;
-            }
+            self.step(d, g).await?;
         }
     }
 
-    /// Starts due cycles and sends the stale batches of overrun ticks; `false` to stop.
-    async fn start_and_flush(&mut self, now: Instant) -> bool {
+    /// Starts due cycles and sends the stale batches of overrun ticks.
+    async fn start_and_flush(&mut self, now: Instant) -> Result<(), Stopped> {
         self.start_due_cycles(now);
         for batch in std::mem::take(&mut self.stale) {
-            if !self.send(batch).await {
-                return false;
-            }
+            self.send(batch).await?;
         }
-        true
+        Ok(())
     }
 
     /// When the next cycle starts.
@@ -297,8 +348,7 @@ impl Scheduler {
                     let ts = now_ms();
                     let mut batch = Vec::with_capacity(dev.groups[g].points.len());
                     for &pi in &dev.groups[g].points {
-                        let quality = self.devices[d].refused[pi]
-                            .map_or(Quality::Stale, Quality::DeviceException);
+                        let quality = self.devices[d].excluded[pi].unwrap_or(Quality::Stale);
                         stamp(
                             dev,
                             &mut self.devices[d].mem,
@@ -315,24 +365,34 @@ impl Scheduler {
                 let mut batch = Vec::with_capacity(dev.groups[g].points.len());
                 let ts = now_ms();
                 for &pi in &dev.groups[g].points {
-                    if let Some(code) = self.devices[d].refused[pi] {
+                    if let Some(quality) = self.devices[d].excluded[pi] {
                         stamp(
                             dev,
                             &mut self.devices[d].mem,
                             &self.seq,
                             &mut batch,
                             pi,
-                            Err(Quality::DeviceException(code)),
+                            Err(quality),
                             ts,
                         );
                     }
                 }
                 let grp = &mut self.devices[d].groups[g];
+                let mut todo: VecDeque<(ReadBlock, Option<usize>)> =
+                    grp.blocks.iter().cloned().map(|b| (b, None)).collect();
+                if let Some(last) = &grp.ask_last {
+                    if let Some(i) = todo.iter().position(|(b, _)| b == last) {
+                        let moved = todo.remove(i);
+                        todo.extend(moved);
+                    }
+                }
                 grp.cycle = Some(Cycle {
                     deadline: due + interval,
-                    todo: grp.blocks.iter().cloned().map(|b| (b, None)).collect(),
+                    todo,
                     splits: Vec::new(),
                     learned: false,
+                    answered: false,
+                    silent: Vec::new(),
                     batch,
                 });
             }
@@ -353,7 +413,8 @@ impl Scheduler {
         for (g, grp) in st.groups.iter_mut().enumerate() {
             grp.blocks = plan_group(dev, g);
         }
-        st.refused.iter_mut().for_each(|r| *r = None);
+        st.excluded.iter_mut().for_each(|r| *r = None);
+        st.silent_spans.clear();
         st.refused_holes.clear();
         st.learned_max = [None; 4];
         st.learned_at = None;
@@ -388,83 +449,82 @@ impl Scheduler {
         best.map(|(_, at)| at)
     }
 
-    /// Opens the link. `Some(false)` when it failed (backed off), `None` on shutdown. Ticks
-    /// that fall while the line is being opened (up to `connect_timeout`) still get their
-    /// samples: every active cycle completes as `comm_error`.
-    async fn connect(&mut self) -> Option<bool> {
+    /// Opens the link. Ticks that fall while the line is being opened (up to
+    /// `connect_timeout`) still get their samples: every active cycle completes as `comm_error`.
+    async fn connect(&mut self) -> Result<LinkState, Stopped> {
         let line = Arc::clone(&self.line);
-        let open = Link::open(&line);
+        let open = (self.open)(&line);
         tokio::pin!(open);
         let opened = loop {
             let wake = self.next_wake(Instant::now());
             tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => return None,
+                () = self.shutdown.cancelled() => return Err(Stopped),
                 r = &mut open => break r,
                 () = tokio::time::sleep_until(wake) => {
-                    if !self.start_and_flush(Instant::now()).await {
-                        return None;
-                    }
+                    self.start_and_flush(Instant::now()).await?;
                     for (d, g) in self.active_cycles() {
-                        if !self.skip_cycle(d, g).await {
-                            return None;
-                        }
+                        self.skip_cycle(d, g).await?;
                     }
                 }
             }
         };
         match opened {
             Ok(link) => {
-                info!(line = %line.name, transport = %line.transport.describe(), "Modbus line connected.");
+                if self.line_failures > 0 {
+                    info!(line = %line.name, transport = %line.transport.describe(), "Modbus line connected again.");
+                } else {
+                    info!(line = %line.name, transport = %line.transport.describe(), "Modbus line connected.");
+                }
                 self.link = Some(link);
-                Some(true)
+                self.last_line_error = None;
+                Ok(LinkState::Up)
             }
             Err(e) => {
-                let delay = self.line_failed();
-                // Warn once when the line goes away; the retries are routine.
-                if self.line_failures == 1 {
-                    warn!(
-                        line = %line.name,
-                        transport = %line.transport.describe(),
-                        error = %e,
-                        "Cannot open Modbus line; retrying with backoff."
-                    );
-                } else {
-                    debug!(line = %line.name, error = %e, failures = self.line_failures, delay = ?delay, "Reconnect failed.");
-                }
-                Some(false)
+                self.line_failed(&e);
+                Ok(LinkState::Down)
             }
         }
     }
 
     /// Completes a cycle without touching the line (its device is backed off or the line is
     /// down): the rest of its points are `CommError`.
-    async fn skip_cycle(&mut self, d: usize, g: usize) -> bool {
+    async fn skip_cycle(&mut self, d: usize, g: usize) -> Result<(), Stopped> {
         self.stats.cycles_skipped.fetch_add(1, Ordering::Relaxed);
         self.fail_rest(d, g).await
     }
 
-    /// One more line failure: the reconnect waits the line's back-off. Returns the wait.
-    fn line_failed(&mut self) -> Duration {
-        self.line_failures += 1;
-        let delay = backoff_delay(
-            self.line_failures,
-            self.line.backoff_initial,
-            self.line.backoff_max,
-            rand::rng().random::<f64>(),
-        );
+    /// One more line failure (an open failed or the link broke): the reconnect waits
+    /// [`reconnect_delay`]. Logs the first failure of an outage and every change of reason;
+    /// the retries in between are routine.
+    fn line_failed(&mut self, e: &ModbusError) {
+        self.line_failures = self.line_failures.saturating_add(1);
+        let delay = reconnect_delay(&self.line, self.line_failures, rand::rng().random::<f64>());
         self.reconnect_at = Instant::now() + delay;
-        delay
+        let reason = e.reason();
+        if self.line_failures == 1 || self.last_line_error.as_deref() != Some(reason.as_str()) {
+            warn!(
+                line = %self.line.name,
+                transport = %self.line.transport.describe(),
+                "{} at {}: {reason}; retrying at least every {}.",
+                self.line.name,
+                self.line.transport.describe(),
+                humantime::format_duration(reconnect_cap(&self.line)),
+            );
+        } else {
+            debug!(line = %self.line.name, reason, failures = self.line_failures, delay_ms = delay.as_millis() as u64, "Reconnect failed.");
+        }
+        self.last_line_error = Some(reason);
     }
 
     /// Completes a cycle as it stands: every block not read yet is `CommError`.
-    async fn fail_rest(&mut self, d: usize, g: usize) -> bool {
+    async fn fail_rest(&mut self, d: usize, g: usize) -> Result<(), Stopped> {
         let line = Arc::clone(&self.line);
         let dev = &line.devices[d];
         let ts = now_ms();
         let st = &mut self.devices[d];
         let Some(mut cycle) = st.groups[g].cycle.take() else {
-            return true;
+            return Ok(());
         };
         while let Some((block, _)) = cycle.todo.pop_front() {
             stamp_bad(
@@ -477,12 +537,11 @@ impl Scheduler {
                 ts,
             );
         }
-        self.finish(d, cycle).await
+        self.finish(d, g, cycle).await
     }
 
     /// Sends the next request of cycle (d, g), or completes the cycle when it has none left.
-    /// `false` when the task must stop.
-    async fn step(&mut self, d: usize, g: usize) -> bool {
+    async fn step(&mut self, d: usize, g: usize) -> Result<(), Stopped> {
         self.served += 1;
         self.devices[d].last_served = self.served;
         let Some((block, parent)) = self.devices[d].groups[g]
@@ -491,13 +550,11 @@ impl Scheduler {
             .and_then(|c| c.todo.pop_front())
         else {
             return match self.devices[d].groups[g].cycle.take() {
-                Some(cycle) => self.finish(d, cycle).await,
-                None => true,
+                Some(cycle) => self.finish(d, g, cycle).await,
+                None => Ok(()),
             };
         };
-        let Some(outcome) = self.request(d, &block).await else {
-            return false;
-        };
+        let outcome = self.request(d, &block).await?;
         let line = Arc::clone(&self.line);
         let dev = &line.devices[d];
         let ts = now_ms();
@@ -506,24 +563,51 @@ impl Scheduler {
             Step::Exception(code) => self.on_exception(d, g, block, code, ts),
             Step::DeviceFailed(e) => {
                 self.stats.request_failures.fetch_add(1, Ordering::Relaxed);
-                self.device_failed(d, &e);
                 let st = &mut self.devices[d];
-                if let Some(c) = st.groups[g].cycle.as_mut() {
-                    c.todo.push_front((block, parent));
+                let alive = st.groups[g].cycle.as_ref().is_some_and(|c| c.answered);
+                if alive {
+                    // The device answers its other blocks: this block holds addresses it never
+                    // answers. Only its points are comm_error; the cycle goes on, and the
+                    // block is split in later cycles until the silent addresses are isolated.
+                    if let Some(c) = st.groups[g].cycle.as_mut() {
+                        debug!(
+                            device = %dev.name,
+                            table = block.table.as_str(),
+                            start = block.start,
+                            count = block.count,
+                            error = %e,
+                            "Block timed out while the device answers others; isolating it."
+                        );
+                        stamp_bad(
+                            dev,
+                            &mut st.mem,
+                            &self.seq,
+                            &mut c.batch,
+                            &block.points,
+                            Quality::CommError,
+                            ts,
+                        );
+                        c.learned = true;
+                        c.silent.push(block);
+                    }
+                } else {
+                    self.device_failed(d, &e);
+                    let st = &mut self.devices[d];
+                    if parent.is_none() {
+                        st.groups[g].ask_last = Some(block.clone());
+                    }
+                    if let Some(c) = st.groups[g].cycle.as_mut() {
+                        c.todo.push_front((block, parent));
+                    }
+                    // The rest of this cycle waits for no one.
+                    return self.fail_rest(d, g).await;
                 }
-                // The rest of this cycle waits for no one.
-                return self.fail_rest(d, g).await;
             }
             Step::LinkBroken(e) => {
                 self.stats.request_failures.fetch_add(1, Ordering::Relaxed);
-                let delay = self.line_failed();
-                warn!(
-                    line = %line.name,
-                    device = %dev.name,
-                    error = ?e,
-                    delay = ?delay,
-                    "Modbus line broke; reconnecting."
-                );
+                if let TxError::Broken(e) = &e {
+                    self.line_failed(e);
+                }
                 if let Some(c) = self.devices[d].groups[g].cycle.as_mut() {
                     c.todo.push_front((block, parent));
                 }
@@ -538,20 +622,20 @@ impl Scheduler {
             .is_some_and(|c| c.todo.is_empty());
         if done {
             if let Some(cycle) = self.devices[d].groups[g].cycle.take() {
-                return self.finish(d, cycle).await;
+                return self.finish(d, g, cycle).await;
             }
         }
-        true
+        Ok(())
     }
 
     /// Sends `block`'s request, retrying timeouts and garbled answers (on Modbus TCP a timeout
     /// is retried on a fresh connection, see [`Link::timeout_breaks_link`]). Ticks that fall
-    /// while it waits still start their cycles (or mark them `stale`). `None` on shutdown.
-    async fn request(&mut self, d: usize, block: &ReadBlock) -> Option<Step> {
+    /// while it waits still start their cycles (or mark them `stale`).
+    async fn request(&mut self, d: usize, block: &ReadBlock) -> Result<Step, Stopped> {
         let line = Arc::clone(&self.line);
         let dev = &line.devices[d];
         let Some(mut link) = self.link.take() else {
-            return Some(Step::LinkBroken(TxError::Broken(ModbusError::Io(
+            return Ok(Step::LinkBroken(TxError::Broken(ModbusError::Io(
                 std::io::Error::new(std::io::ErrorKind::NotConnected, "the line is not open"),
             ))));
         };
@@ -571,37 +655,40 @@ impl Scheduler {
                     let wake = self.next_wake(Instant::now());
                     tokio::select! {
                         biased;
-                        () = self.shutdown.cancelled() => break None,
-                        r = &mut read => break Some(r),
+                        () = self.shutdown.cancelled() => break Err(Stopped),
+                        r = &mut read => break Ok(r),
                         () = tokio::time::sleep_until(wake) => {
-                            if !self.start_and_flush(Instant::now()).await {
-                                break None;
+                            if self.start_and_flush(Instant::now()).await.is_err() {
+                                break Err(Stopped);
                             }
                         }
                     }
                 }
             };
-            let Some(result) = result else {
-                self.link = Some(link);
-                return None;
+            let result = match result {
+                Ok(r) => r,
+                Err(Stopped) => {
+                    self.link = Some(link);
+                    return Err(Stopped);
+                }
             };
             let step = match result {
                 Ok(reply) => Step::Data(reply),
                 Err(TxError::Exception(code)) => Step::Exception(code),
                 Err(TxError::Broken(e)) => {
                     // The link is dropped here; the caller reopens it with back-off.
-                    return Some(Step::LinkBroken(TxError::Broken(e)));
+                    return Ok(Step::LinkBroken(TxError::Broken(e)));
                 }
                 Err(e @ (TxError::Timeout | TxError::Garbled(_))) => {
                     if attempt < dev.retries {
                         attempt += 1;
                         self.stats.request_retries.fetch_add(1, Ordering::Relaxed);
-                        debug!(device = %dev.name, attempt, error = ?e, "Retrying Modbus request.");
+                        debug!(device = %dev.name, attempt, error = %e, "Retrying Modbus request.");
                         if matches!(e, TxError::Timeout) && link.timeout_breaks_link() {
                             drop(link);
-                            link = match Link::open(&line).await {
+                            link = match (self.open)(&line).await {
                                 Ok(l) => l,
-                                Err(open) => return Some(Step::LinkBroken(TxError::Broken(open))),
+                                Err(open) => return Ok(Step::LinkBroken(TxError::Broken(open))),
                             };
                         }
                         continue;
@@ -610,13 +697,13 @@ impl Scheduler {
                         // A late answer would be taken for the next request's: the
                         // connection goes; the device's back-off prevents a reconnect storm.
                         self.reconnect_at = Instant::now();
-                        return Some(Step::DeviceFailed(e));
+                        return Ok(Step::DeviceFailed(e));
                     }
                     Step::DeviceFailed(e)
                 }
             };
             self.link = Some(link);
-            return Some(step);
+            return Ok(step);
         }
     }
 
@@ -664,6 +751,7 @@ impl Scheduler {
             );
             return;
         }
+        cycle.answered = true;
         if let Some(split) = parent.and_then(|p| cycle.splits.get_mut(p)) {
             split.ok_halves += 1;
         }
@@ -746,7 +834,7 @@ impl Scheduler {
                 "Modbus device refuses these addresses; their points are device_exception and are not asked for again until relearn_after."
             );
             for &pi in &block.points {
-                st.refused[pi] = Some(code);
+                st.excluded[pi] = Some(quality);
             }
             stamp_bad(
                 dev,
@@ -810,7 +898,7 @@ impl Scheduler {
                 device = %dev.name,
                 unit = dev.unit_id,
                 line = %self.line.name,
-                error = ?e,
+                error = %e,
                 retries = dev.retries,
                 "Modbus device does not answer; skipping it with backoff (the other devices on the line go on)."
             );
@@ -820,9 +908,12 @@ impl Scheduler {
     }
 
     /// Ends a cycle: turns what it learned into the device's plan, hands the batch downstream.
-    async fn finish(&mut self, d: usize, cycle: Cycle) -> bool {
+    async fn finish(&mut self, d: usize, g: usize, cycle: Cycle) -> Result<(), Stopped> {
+        if cycle.answered {
+            self.devices[d].groups[g].ask_last = None;
+        }
         if cycle.learned {
-            self.learn(d, &cycle.splits);
+            self.learn(d, &cycle.splits, &cycle.silent);
         }
         self.send(cycle.batch).await
     }
@@ -831,13 +922,37 @@ impl Scheduler {
     /// refuses: refused points are left out, their addresses and refused holes become forbidden,
     /// and a refused read length lowers the request limit. The planner then gives the fewest
     /// requests that avoid everything known to be refused.
-    fn learn(&mut self, d: usize, splits: &[Split]) {
+    ///
+    /// A silent block (timed out while the device answered) of one address excludes its points
+    /// (`comm_error`, not asked again until `relearn_after`); a wider one becomes a silent span
+    /// that later plans split, so the search narrows by halves, one step per cycle.
+    fn learn(&mut self, d: usize, splits: &[Split], silent: &[ReadBlock]) {
         let line = Arc::clone(&self.line);
         let dev = &line.devices[d];
         let st = &mut self.devices[d];
+        if !silent.is_empty() {
+            st.learned_at.get_or_insert(Instant::now());
+        }
+        for block in silent {
+            if plan::split(block, &dev.points).is_some() {
+                st.silent_spans.push((block.table, u32::from(block.start), block.end()));
+                continue;
+            }
+            warn!(
+                device = %dev.name,
+                table = block.table.as_str(),
+                start = block.start,
+                count = block.count,
+                points = ?block.points.iter().map(|&pi| &*dev.points[pi].meta.tag).collect::<Vec<_>>(),
+                "Modbus device never answers reads of these addresses while the rest of it answers; their points are comm_error and are not asked for again until relearn_after."
+            );
+            for &pi in &block.points {
+                st.excluded[pi] = Some(Quality::CommError);
+            }
+        }
         for s in splits.iter().filter(|s| s.ok_halves == 2) {
             let refused_inside = dev.points.iter().enumerate().any(|(i, p)| {
-                st.refused[i].is_some()
+                st.excluded[i].is_some()
                     && p.table == s.table
                     && u32::from(p.address) < s.end
                     && p.end() > s.start
@@ -863,7 +978,7 @@ impl Scheduler {
         let mut forbidden = dev.forbidden.clone();
         forbidden.extend(st.refused_holes.iter().copied());
         forbidden.extend(dev.points.iter().enumerate().filter_map(|(i, p)| {
-            st.refused[i].map(|_| Forbidden {
+            st.excluded[i].map(|_| Forbidden {
                 table: p.table,
                 start: p.address,
                 end: u16::try_from(p.end() - 1).unwrap_or(u16::MAX),
@@ -875,7 +990,7 @@ impl Scheduler {
                 .points
                 .iter()
                 .copied()
-                .filter(|&pi| st.refused[pi].is_none())
+                .filter(|&pi| st.excluded[pi].is_none())
                 .collect();
             // One plan per table, each under its own learned length limit; tables come out in
             // the planner's order, so the result is what one call would give without limits.
@@ -897,11 +1012,13 @@ impl Scheduler {
                     };
                     plan::plan(&dev.points, &of_table, &l)
                 })
+                .flat_map(|b| split_around(b, &st.silent_spans, &dev.points))
                 .collect();
         }
         debug!(
             device = %dev.name,
-            refused_points = st.refused.iter().filter(|r| r.is_some()).count(),
+            excluded_points = st.excluded.iter().filter(|r| r.is_some()).count(),
+            silent_spans = st.silent_spans.len(),
             refused_holes = st.refused_holes.len(),
             learned_max = ?st.learned_max,
             requests_per_cycle = st.groups.iter().map(|g| g.blocks.len()).sum::<usize>(),
@@ -909,10 +1026,10 @@ impl Scheduler {
         );
     }
 
-    /// Hands one cycle's batch downstream, waiting for room; `false` when the task must stop.
-    async fn send(&mut self, batch: Vec<Tagged>) -> bool {
+    /// Hands one cycle's batch downstream, waiting for room.
+    async fn send(&mut self, batch: Vec<Tagged>) -> Result<(), Stopped> {
         if batch.is_empty() {
-            return true;
+            return Ok(());
         }
         let (mut read, mut bad) = ([0u64; 3], [0u64; 3]);
         for t in &batch {
@@ -923,22 +1040,73 @@ impl Scheduler {
         }
         tokio::select! {
             biased;
-            () = self.shutdown.cancelled() => false,
+            () = self.shutdown.cancelled() => Err(Stopped),
             sent = self.out.send(batch) => match sent {
                 Ok(()) => {
                     for level in Level::ALL {
                         self.stats.read.add(level, read[level.index()]);
                         self.stats.bad_quality.add(level, bad[level.index()]);
                     }
-                    true
+                    Ok(())
                 }
                 Err(_) => {
                     info!(line = %self.line.name, "Sample channel closed; stopping the Modbus line.");
-                    false
+                    Err(Stopped)
                 }
             },
         }
     }
+}
+
+/// Longest wait between two attempts to open a line that is down: the line's `backoff_max`,
+/// but never more than the shortest poll interval on the line or 1 s, whichever is longer. A
+/// device that comes back is then read again within about one poll interval, not after a
+/// back-off that grew during the outage; one connect attempt per second or per interval costs
+/// a gateway nothing.
+pub(crate) fn reconnect_cap(line: &ModbusLine) -> Duration {
+    let shortest = line
+        .devices
+        .iter()
+        .flat_map(|d| d.groups.iter().map(|g| g.interval))
+        .min()
+        .unwrap_or(Duration::ZERO);
+    line.backoff_max.min(shortest.max(RECONNECT_FLOOR))
+}
+
+/// The bounded reconnect cap is never below this: a 10 ms poll group does not make the line
+/// knock 100 times a second on a dead endpoint.
+const RECONNECT_FLOOR: Duration = Duration::from_secs(1);
+
+/// The wait before reconnect attempt `failures` of `line`: the agent's back-off from
+/// `backoff_initial`, capped by [`reconnect_cap`]. Pure; `unit` is the random jitter unit.
+pub(crate) fn reconnect_delay(line: &ModbusLine, failures: u32, unit: f64) -> Duration {
+    backoff_delay(failures, line.backoff_initial, reconnect_cap(line), unit)
+}
+
+/// `block`, split by halves of its point addresses until no piece covers a silent span whole
+/// (a piece of one address is kept: it is the silent address, or the span's remnant).
+fn split_around(
+    block: ReadBlock,
+    spans: &[(Table, u32, u32)],
+    points: &[ModbusPoint],
+) -> Vec<ReadBlock> {
+    let covers = |b: &ReadBlock| {
+        spans
+            .iter()
+            .any(|&(t, s, e)| t == b.table && u32::from(b.start) <= s && e <= b.end())
+    };
+    let mut out = Vec::new();
+    let mut todo = vec![block];
+    while let Some(b) = todo.pop() {
+        match covers(&b).then(|| plan::split(&b, points)).flatten() {
+            Some([low, high]) => {
+                todo.push(high);
+                todo.push(low);
+            }
+            None => out.push(b),
+        }
+    }
+    out
 }
 
 /// Tables in the planner's order.

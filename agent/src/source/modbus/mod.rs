@@ -104,6 +104,47 @@ pub enum ModbusError {
     Io(std::io::Error),
 }
 
+impl ModbusError {
+    /// A short reason an engineer can act on ("connection refused", "timed out"), without the
+    /// endpoint (the caller's message names it) and without OS error structs.
+    pub fn reason(&self) -> String {
+        match self {
+            ModbusError::Resolve { source, .. } => format!("host name does not resolve ({source})"),
+            ModbusError::NoAddress { .. } => "host name resolves to no address".into(),
+            ModbusError::Connect { source, .. } | ModbusError::Io(source) => io_reason(source),
+            ModbusError::Serial { message, .. } => format!("cannot open the serial port ({message})"),
+            ModbusError::Timeout(limit) => format!(
+                "timed out (no connection within {})",
+                humantime::format_duration(*limit)
+            ),
+            ModbusError::Request(tokio_modbus::Error::Transport(e)) => io_reason(e),
+            ModbusError::Request(tokio_modbus::Error::Protocol(e)) => {
+                format!("answer does not match the request ({e})")
+            }
+        }
+    }
+}
+
+/// What an I/O error means on a Modbus link, in words.
+fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => "connection refused (is the device on and the port right?)".into(),
+        K::ConnectionReset | K::ConnectionAborted => "connection reset by the device".into(),
+        K::UnexpectedEof | K::BrokenPipe => "connection closed by the device".into(),
+        K::TimedOut => "timed out".into(),
+        K::NotConnected => "not connected".into(),
+        K::HostUnreachable | K::NetworkUnreachable => {
+            "unreachable (check the address, cable and routes)".into()
+        }
+        K::PermissionDenied => "permission denied".into(),
+        K::InvalidData => "the peer does not speak Modbus (invalid frame)".into(),
+        // EINPROGRESS and friends: a connect that never completed.
+        _ if e.raw_os_error() == Some(115) => "timed out (connect still in progress)".into(),
+        _ => e.to_string(),
+    }
+}
+
 /// The request plan of one poll group of `device`, before anything is learned.
 pub fn plan_group(device: &ModbusDevice, group: usize) -> Vec<ReadBlock> {
     plan::plan(

@@ -69,6 +69,9 @@ use crate::config::runtime::ModbusDevice;
 
 pub use line::run_line;
 
+#[cfg(test)]
+mod props;
+
 /// Why a link could not be opened or broke. Logged; the affected points get `CommError` and the
 /// line reconnects by itself, so callers never see these as `Err`.
 #[derive(Debug, Error)]

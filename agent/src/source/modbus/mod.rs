@@ -32,15 +32,24 @@
 //!   refused hole between points becomes forbidden, a refused read length lowers the limit; the
 //!   device is then re-planned (still the fewest requests). All of it is forgotten after
 //!   `relearn_after`, when the full plan is tried again.
-//! - A timeout or a garbled RTU answer is retried `retries` times. When a device still fails, the
+//! - A block that times out (after its retries) while the device answered another block of the
+//!   same cycle with data is a *silent range*, not a dead device: only its points are
+//!   `CommError`, the cycle goes on, and later cycles split the block by halves until the
+//!   silent addresses are single points, which are then left out (`CommError`, not asked) until
+//!   `relearn_after`, like refused ones. A device that failed on a block asks it last in its
+//!   next cycle, so the other blocks can prove the device alive first.
+//! - A timeout or a garbled RTU answer is retried `retries` times. When a device still fails
+//!   (and answered nothing yet in the cycle), the
 //!   rest of its cycle is `CommError` and the device is backed off (exponential, equal jitter):
 //!   its cycles complete at once as `CommError` without touching the line until the back-off
 //!   ends, so a dead device costs its line at most `(1 + retries) * timeout` per back-off period
 //!   and never stalls the other devices.
 //! - On Modbus TCP a timeout also drops the connection (see
 //!   [`transport::Link::timeout_breaks_link`]); its retries go over a fresh connection.
-//! - A broken link (I/O error, closed socket) is dropped and reopened with the line's back-off;
-//!   meanwhile due cycles complete as `CommError`.
+//! - A broken link (I/O error, closed socket) is dropped and reopened with the line's back-off,
+//!   capped at the shortest poll interval of the line or 1 s, whichever is longer (and at
+//!   `backoff_max` if that is lower; see [`line::reconnect_cap`]): a device that comes back is
+//!   read again within about one poll interval. Meanwhile due cycles complete as `CommError`.
 //! - The scheduler watches the clock while a request or a connect is in flight: ticks that fall
 //!   meanwhile start their cycles, or emit `Stale` if the group's previous cycle still runs.
 //! - `ts_ms` is taken when the block's response arrived; `seq` comes from the gateway-wide

@@ -13,8 +13,10 @@ use tokio_modbus::{ExceptionCode, Request, Response};
 use std::net::SocketAddr;
 
 use super::*;
-use crate::config::runtime::{ByteOrder, DataType, LineTransport, ModbusPoint, PollGroup, Table};
-use crate::model::{PointMeta, Protocol};
+use crate::config::runtime::{
+    ByteOrder, DataType, LineTransport, ModbusDevice, ModbusPoint, PollGroup, Table,
+};
+use crate::model::{PointMeta, Protocol, Quality, Value};
 use crate::source::modbus::requests_per_cycle;
 
 /// Upper bound for any wait in these tests; they normally finish in milliseconds.
@@ -209,15 +211,21 @@ struct Running {
 }
 
 fn start(line: Arc<ModbusLine>, capacity: usize) -> Running {
+    start_with(line, capacity, Box::new(|line| Box::pin(Link::open(line))))
+}
+
+/// [`start`] with the link opened by `open`.
+fn start_with(line: Arc<ModbusLine>, capacity: usize, open: Opener) -> Running {
     let (tx, rx) = mpsc::channel(capacity);
     let stats = Arc::new(Stats::new([]));
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_line(
+    let task = tokio::spawn(run_line_with(
         line,
         tx,
         Arc::new(AtomicU64::new(0)),
         Arc::clone(&stats),
         shutdown.clone(),
+        open,
     ));
     Running {
         rx,

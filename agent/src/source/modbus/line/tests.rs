@@ -123,7 +123,7 @@ async fn serve(addr: SocketAddr, plc: Plc) -> (SocketAddr, JoinHandle<()>) {
     (local, handle)
 }
 
-fn any_port() -> SocketAddr {
+pub(super) fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
@@ -133,7 +133,7 @@ async fn stop(server: JoinHandle<()>) {
     let _ = server.await;
 }
 
-fn point(
+pub(super) fn point(
     id: u32,
     tag: &str,
     table: Table,
@@ -168,7 +168,7 @@ fn point(
     }
 }
 
-fn device(addr: SocketAddr, points: Vec<ModbusPoint>) -> Arc<ModbusLine> {
+pub(super) fn device(addr: SocketAddr, points: Vec<ModbusPoint>) -> Arc<ModbusLine> {
     let group = PollGroup {
         name: "default".into(),
         interval: Duration::from_millis(20),

@@ -542,7 +542,14 @@ fn the_agents_decoder_inverts_the_simulators_encoder_in_every_order() {
         (sim::ByteOrder::Dcba, ByteOrder::Dcba),
     ];
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut values: Vec<i64> = vec![0, 1, -1, i64::from(i32::MIN), i64::from(u32::MAX), 0x1234_5678];
+    let mut values: Vec<i64> = vec![
+        0,
+        1,
+        -1,
+        i64::from(i32::MIN),
+        i64::from(u32::MAX),
+        0x1234_5678,
+    ];
     values.extend((0..2000).map(|_| {
         // xorshift64*: deterministic and good enough to cover every byte position.
         state ^= state >> 12;
@@ -558,10 +565,26 @@ fn the_agents_decoder_inverts_the_simulators_encoder_in_every_order() {
     for (sim_order, order) in orders {
         for &v in &values {
             let cases = [
-                (sim::DataType::U16, DataType::U16, Value::Int(i64::from(v as u16))),
-                (sim::DataType::I16, DataType::I16, Value::Int(i64::from(v as i16))),
-                (sim::DataType::U32, DataType::U32, Value::Int(i64::from(v as u32))),
-                (sim::DataType::I32, DataType::I32, Value::Int(i64::from(v as i32))),
+                (
+                    sim::DataType::U16,
+                    DataType::U16,
+                    Value::Int(i64::from(v as u16)),
+                ),
+                (
+                    sim::DataType::I16,
+                    DataType::I16,
+                    Value::Int(i64::from(v as i16)),
+                ),
+                (
+                    sim::DataType::U32,
+                    DataType::U32,
+                    Value::Int(i64::from(v as u32)),
+                ),
+                (
+                    sim::DataType::I32,
+                    DataType::I32,
+                    Value::Int(i64::from(v as i32)),
+                ),
             ];
             for (sim_type, data_type, want) in cases {
                 let w = words(sim::encode(Sample::Wrapping(v), sim_type, sim_order));
@@ -573,7 +596,11 @@ fn the_agents_decoder_inverts_the_simulators_encoder_in_every_order() {
             }
             // Analog f32: any finite f32 the encoder produces decodes to itself.
             let x = (v as f64) / 1e9;
-            let w = words(sim::encode(Sample::Analog(x), sim::DataType::F32, sim_order));
+            let w = words(sim::encode(
+                Sample::Analog(x),
+                sim::DataType::F32,
+                sim_order,
+            ));
             assert_eq!(
                 decode_registers(&point(DataType::F32, order), 0, &w).ok(),
                 Some(Value::Float(f64::from(x as f32))),

@@ -126,7 +126,10 @@ impl Scheduler {
             }
             let now = Instant::now();
             self.start_and_flush(now).await?;
-            match self.core.next(now.into_std(), now_ms(), self.link.is_some()) {
+            match self
+                .core
+                .next(now.into_std(), now_ms(), self.link.is_some())
+            {
                 Next::Idle(wake) => {
                     tokio::select! {
                         biased;

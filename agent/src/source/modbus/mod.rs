@@ -124,7 +124,9 @@ impl ModbusError {
             ModbusError::Resolve { source, .. } => format!("host name does not resolve ({source})"),
             ModbusError::NoAddress { .. } => "host name resolves to no address".into(),
             ModbusError::Connect { source, .. } | ModbusError::Io(source) => io_reason(source),
-            ModbusError::Serial { message, .. } => format!("cannot open the serial port ({message})"),
+            ModbusError::Serial { message, .. } => {
+                format!("cannot open the serial port ({message})")
+            }
             ModbusError::Timeout(limit) => format!(
                 "timed out (no connection within {})",
                 humantime::format_duration(*limit)

@@ -189,7 +189,6 @@ fn jitter(max: Duration, unit: f64) -> Duration {
     max.mul_f64(unit.clamp(0.0, 1.0))
 }
 
-
 impl Core {
     pub(crate) fn new(
         line: Arc<ModbusLine>,
@@ -648,7 +647,15 @@ impl Core {
         }
     }
 
-    fn on_exception(&mut self, d: usize, g: usize, block: ReadBlock, code: u8, now: Instant, ts: i64) {
+    fn on_exception(
+        &mut self,
+        d: usize,
+        g: usize,
+        block: ReadBlock,
+        code: u8,
+        now: Instant,
+        ts: i64,
+    ) {
         let line = Arc::clone(&self.line);
         let dev = &line.devices[d];
         self.stats.request_failures.fetch_add(1, Ordering::Relaxed);
@@ -746,12 +753,7 @@ impl Core {
         let dev = &self.line.devices[d];
         let st = &mut self.devices[d];
         st.failures = st.failures.saturating_add(1);
-        let delay = backoff_delay(
-            st.failures,
-            dev.backoff_initial,
-            dev.backoff_max,
-            unit,
-        );
+        let delay = backoff_delay(st.failures, dev.backoff_initial, dev.backoff_max, unit);
         st.skip_until = Some(now + delay);
         if st.failures == 1 {
             warn!(
@@ -795,7 +797,8 @@ impl Core {
         }
         for block in silent {
             if plan::split(block, &dev.points).is_some() {
-                st.silent_spans.push((block.table, u32::from(block.start), block.end()));
+                st.silent_spans
+                    .push((block.table, u32::from(block.start), block.end()));
                 continue;
             }
             warn!(
@@ -1039,7 +1042,6 @@ fn stamp(
         seq: seq.fetch_add(1, Ordering::Relaxed),
     });
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -883,7 +883,10 @@ fn the_reconnect_delay_is_capped_at_the_shortest_interval_or_one_second() {
     assert_eq!(reconnect_cap(&line), Duration::from_secs(1));
     assert_eq!(reconnect_delay(&line, 1, 1.0), Duration::from_millis(100));
     assert_eq!(reconnect_delay(&line, 50, 1.0), Duration::from_secs(1));
-    assert_eq!(reconnect_delay(&line, u32::MAX, 0.0), Duration::from_millis(500));
+    assert_eq!(
+        reconnect_delay(&line, u32::MAX, 0.0),
+        Duration::from_millis(500)
+    );
     // A 5 s group: the line is probed once per interval.
     line.devices[0].groups[0].interval = Duration::from_secs(5);
     assert_eq!(reconnect_delay(&line, 50, 1.0), Duration::from_secs(5));
@@ -940,7 +943,14 @@ async fn a_device_that_comes_back_is_read_within_the_reconnect_cap_however_long_
     };
     let mut line = Arc::unwrap_or_clone(device(
         any_port(),
-        vec![point(0, "r5", Table::Holding, 5, DataType::U16, ByteOrder::Abcd)],
+        vec![point(
+            0,
+            "r5",
+            Table::Holding,
+            5,
+            DataType::U16,
+            ByteOrder::Abcd,
+        )],
     ));
     line.transport = LineTransport::RtuOverTcp {
         endpoint: "press-1:502".into(),
@@ -967,7 +977,10 @@ async fn a_device_that_comes_back_is_read_within_the_reconnect_cap_however_long_
         assert_eq!(b[0].quality, Quality::CommError);
         down += 1;
     }
-    assert!(down >= 1000, "{down} comm_error cycles in 120 s of 100 ms ticks");
+    assert!(
+        down >= 1000,
+        "{down} comm_error cycles in 120 s of 100 ms ticks"
+    );
     let knocks = attempts.load(Ordering::Relaxed);
     assert!(
         knocks >= 120,
@@ -985,7 +998,10 @@ async fn a_device_that_comes_back_is_read_within_the_reconnect_cap_however_long_
     }
     // Virtual time, so exact: at most one reconnect wait (<= 1 s) plus one tick.
     let took = back.elapsed();
-    assert!(took <= Duration::from_millis(1100), "good again after {took:?}");
+    assert!(
+        took <= Duration::from_millis(1100),
+        "good again after {took:?}"
+    );
     shutdown.cancel();
     task.await.expect("line task ends");
 }

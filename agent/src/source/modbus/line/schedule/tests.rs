@@ -22,7 +22,16 @@ fn line(n: u8, addresses: &[u16], interval_ms: u64) -> Arc<ModbusLine> {
     let points = addresses
         .iter()
         .enumerate()
-        .map(|(i, &a)| point(i as u32, &format!("r{a}"), Table::Holding, a, DataType::U16, ByteOrder::Abcd))
+        .map(|(i, &a)| {
+            point(
+                i as u32,
+                &format!("r{a}"),
+                Table::Holding,
+                a,
+                DataType::U16,
+                ByteOrder::Abcd,
+            )
+        })
         .collect();
     let mut line = Arc::unwrap_or_clone(device(any_port(), points));
     let mut template: ModbusDevice = line.devices[0].clone();
@@ -49,7 +58,13 @@ struct Bench {
 fn bench(line: Arc<ModbusLine>) -> Bench {
     let stats = Arc::new(Stats::new([]));
     let t0 = Instant::now();
-    let core = Core::new(line, Arc::new(AtomicU64::new(0)), Arc::clone(&stats), t0, &mut || 0.0);
+    let core = Core::new(
+        line,
+        Arc::new(AtomicU64::new(0)),
+        Arc::clone(&stats),
+        t0,
+        &mut || 0.0,
+    );
     Bench { core, stats, t0 }
 }
 
@@ -80,7 +95,8 @@ impl Bench {
     fn answer(&mut self, read: Read, ms: u64) -> Option<Vec<Tagged>> {
         let words = (read.block.start..read.block.start + read.block.count).collect();
         let now = self.at(ms);
-        self.core.complete(read, Outcome::Data(Reply::Words(words)), now, 0, 1.0)
+        self.core
+            .complete(read, Outcome::Data(Reply::Words(words)), now, 0, 1.0)
     }
 
     fn time_out(&mut self, read: Read, ms: u64) -> Option<Vec<Tagged>> {
@@ -208,7 +224,11 @@ fn a_silent_block_is_narrowed_cycle_by_cycle_and_relearned_after_relearn_after()
             q("r101", Quality::CommError)
         ]
     );
-    assert_eq!(b.stats.cycles_skipped.load(Ordering::Relaxed), 0, "not backed off");
+    assert_eq!(
+        b.stats.cycles_skipped.load(Ordering::Relaxed),
+        0,
+        "not backed off"
+    );
     // Cycle 2: the silent block is split; 100 alone is silent, 101 answers.
     let (asked, got) = cycle(&mut b, 10);
     assert_eq!(asked, [(0, 2), (100, 1), (101, 1)]);
@@ -242,7 +262,10 @@ fn a_device_that_failed_on_a_block_asks_it_last_next_time() {
     let got = b.time_out(r, 1000).expect("cycle ends");
     assert_eq!(
         qualities(&got),
-        [("r100".to_owned(), Quality::Good), ("r0".to_owned(), Quality::CommError)]
+        [
+            ("r100".to_owned(), Quality::Good),
+            ("r0".to_owned(), Quality::CommError)
+        ]
     );
     assert_eq!(b.stats.cycles_skipped.load(Ordering::Relaxed), 0);
 }
@@ -266,7 +289,11 @@ fn a_line_that_is_down_is_tried_again_at_least_every_second() {
             let now = b.at(ms);
             match b.core.next(now, 0, false) {
                 Next::Connect => {
-                    assert!(ms - last_attempt <= 1000, "{} ms without an attempt", ms - last_attempt);
+                    assert!(
+                        ms - last_attempt <= 1000,
+                        "{} ms without an attempt",
+                        ms - last_attempt
+                    );
                     last_attempt = ms;
                     attempts += 1;
                     b.core.connect_failed(&refused, now, 1.0);

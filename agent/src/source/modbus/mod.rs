@@ -187,3 +187,31 @@ pub fn requests_per_cycle(device: &ModbusDevice) -> usize {
 
 /// The agent's one back-off schedule (see [`crate::backoff`]).
 pub use crate::backoff::delay as backoff_delay;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_link_is_described_in_words_an_engineer_can_act_on() {
+        let connect = |source: std::io::Error| ModbusError::Connect {
+            addr: SocketAddr::from(([192, 168, 10, 21], 502)),
+            source,
+        };
+        let refused = connect(std::io::ErrorKind::ConnectionRefused.into()).reason();
+        assert_eq!(
+            refused,
+            "connection refused (is the device on and the port right?)"
+        );
+        // The errno users saw as `Os { code: 115, kind: InProgress }`.
+        let in_progress = ModbusError::Io(std::io::Error::from_raw_os_error(115)).reason();
+        assert_eq!(in_progress, "timed out (connect still in progress)");
+        assert_eq!(
+            ModbusError::Timeout(Duration::from_secs(3)).reason(),
+            "timed out (no connection within 3s)"
+        );
+        for e in [refused, in_progress] {
+            assert!(!e.contains("Os {") && !e.contains("kind:"), "{e}");
+        }
+    }
+}

@@ -119,7 +119,7 @@ pub enum ModbusError {
 impl ModbusError {
     /// A short reason an engineer can act on ("connection refused", "timed out"), without the
     /// endpoint (the caller's message names it) and without OS error structs.
-    pub fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         match self {
             ModbusError::Resolve { source, .. } => format!("host name does not resolve ({source})"),
             ModbusError::NoAddress { .. } => "host name resolves to no address".into(),

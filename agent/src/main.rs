@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use edge_agent::agent_config::{self, Loaded};
 use edge_agent::model::now_ms;
+use edge_agent::source::modbus::limits;
 use edge_agent::{pipeline, report};
 use tracing::{error, info, warn};
 
@@ -63,14 +64,17 @@ struct ProbeArgs {
     /// Serial port for Modbus RTU, e.g. /dev/ttyUSB0.
     #[arg(long)]
     serial: Option<String>,
-    #[arg(long, default_value_t = 9600)]
+    /// Serial speed, 300..=4000000.
+    #[arg(long, default_value_t = limits::PROBE_BAUD)]
     baud: u32,
     /// none | even | odd
-    #[arg(long, default_value = "even")]
+    #[arg(long, default_value = limits::PROBE_PARITY)]
     parity: String,
-    #[arg(long, default_value_t = 8)]
+    /// Data bits per character, 5..=8 (Modbus RTU uses 8).
+    #[arg(long, default_value_t = limits::PROBE_DATA_BITS)]
     data_bits: u8,
-    #[arg(long, default_value_t = 1)]
+    /// Stop bits, 1 or 2.
+    #[arg(long, default_value_t = limits::PROBE_STOP_BITS)]
     stop_bits: u8,
     /// Unit (slave) id; default: the configured device's, else 1.
     #[arg(long)]
@@ -79,7 +83,7 @@ struct ProbeArgs {
     #[arg(long)]
     register: String,
     /// How many registers (or bits) to read.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = limits::PROBE_COUNT)]
     count: u16,
     /// Default: the configured device's, else 1s.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -147,12 +151,33 @@ fn probe(args: ProbeArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return usage(format!("--register: {e}")),
     };
-    let max = if table.is_bit() { 2000 } else { 125 };
+    let max = limits::max_read(table.is_bit());
     if args.count == 0 || args.count > max {
         return usage(format!(
             "--count must be 1..={max} for a {} read",
             table.as_str()
         ));
+    }
+    // Impossible serial settings are refused before anything is opened: a baud rate of 1 would
+    // make the inter-frame silence alone last half a minute, past any timeout.
+    if !limits::BAUD.contains(&args.baud) {
+        return usage(format!(
+            "--baud {} is outside {}..={} (common rates: 9600, 19200, 38400, 115200)",
+            args.baud,
+            limits::BAUD.start(),
+            limits::BAUD.end()
+        ));
+    }
+    if !limits::DATA_BITS.contains(&args.data_bits) {
+        return usage(format!(
+            "--data-bits {} is outside {}..={} (Modbus RTU uses 8)",
+            args.data_bits,
+            limits::DATA_BITS.start(),
+            limits::DATA_BITS.end()
+        ));
+    }
+    if !limits::STOP_BITS.contains(&args.stop_bits) {
+        return usage(format!("--stop-bits {} is not 1 or 2", args.stop_bits));
     }
     if u32::from(start) + u32::from(args.count) > 65_536 {
         return usage("--register + --count runs past address 65535".into());
@@ -219,15 +244,15 @@ fn probe(args: ProbeArgs) -> ExitCode {
             name: "probe".into(),
             inter_frame: transport.default_inter_frame(),
             transport,
-            connect_timeout: Duration::from_secs(3),
+            connect_timeout: limits::PROBE_CONNECT_TIMEOUT,
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             devices: Vec::new(),
         };
         (
             line,
-            args.unit.unwrap_or(1),
-            args.timeout.unwrap_or(Duration::from_secs(1)),
+            args.unit.unwrap_or(limits::PROBE_UNIT),
+            args.timeout.unwrap_or(limits::PROBE_TIMEOUT),
         )
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()

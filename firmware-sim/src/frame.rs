@@ -434,3 +434,64 @@ mod tests {
         assert_eq!(first_half(&[1, 2, 3, 4, 5]), [1, 2]);
     }
 }
+
+/// Arbitrary bytes from a client never panic the simulator's parsers, and a frame found is
+/// always inside the buffer.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_bytes_parse_as_mbap_without_panicking(buf in prop::collection::vec(any::<u8>(), 0..300)) {
+            if let MbapParse::Frame(f) = parse_mbap(&buf) {
+                prop_assert!(f.len <= buf.len());
+                prop_assert_eq!(f.pdu.len() + MBAP_HEADER_LEN, f.len);
+                let _ = decode_request(f.pdu);
+            }
+        }
+
+        #[test]
+        fn any_bytes_parse_as_rtu_without_panicking(buf in prop::collection::vec(any::<u8>(), 0..300)) {
+            if let RtuParse::Frame(f) = parse_rtu_request(&buf) {
+                prop_assert!(f.len <= buf.len());
+                prop_assert_eq!(f.pdu.len() + 3, f.len);
+                let _ = decode_request(f.pdu);
+            }
+        }
+
+        #[test]
+        fn any_pdu_decodes_or_is_an_exception(pdu in prop::collection::vec(any::<u8>(), 0..260)) {
+            let _ = decode_request(&pdu);
+        }
+
+        #[test]
+        fn encoded_frames_parse_back(
+            transaction in any::<u16>(),
+            unit in any::<u8>(),
+            fc in 1u8..=6,
+            data in prop::collection::vec(any::<u8>(), 4),
+        ) {
+            let mut pdu = vec![fc];
+            pdu.extend_from_slice(&data);
+            let mbap = encode_mbap(transaction, unit, &pdu);
+            match parse_mbap(&mbap) {
+                MbapParse::Frame(f) => {
+                    prop_assert_eq!((f.transaction, f.unit, f.pdu, f.len), (transaction, unit, &pdu[..], mbap.len()));
+                }
+                other => prop_assert!(false, "{other:?}"),
+            }
+            let rtu = encode_rtu(unit, &pdu);
+            match parse_rtu_request(&rtu) {
+                RtuParse::Frame(f) => {
+                    prop_assert_eq!((f.unit, f.pdu, f.crc_ok, f.len), (unit, &pdu[..], true, rtu.len()));
+                }
+                other => prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
+}

@@ -13,30 +13,33 @@
 //! cycles' requests on the same line, one at a time, the next request always going to the
 //! active cycle with the earliest deadline (start + interval), ties to the device served longest
 //! ago. See the module doc of [`super`] for the invariants.
+//!
+//! Pure core, thin shell: [`schedule::Core`] decides (which request, what an outcome means,
+//! back-off, learning), taking the time and random units as arguments; this module's driver
+//! owns the link, the timers, retries and the channel, and only carries out what the core says.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use super::decode;
-use super::frame::Reply;
-use super::plan::{self, Limits, ReadBlock};
+use self::schedule::{Core, Next, Outcome, Read};
 use super::transport::{Link, TxError};
-use super::{backoff_delay, limits, plan_group, ModbusError};
-use crate::config::runtime::{Forbidden, ModbusDevice, ModbusLine, Table};
-use crate::model::{now_ms, Level, Quality, Value};
+use super::ModbusError;
+use crate::backoff::random_unit;
+use crate::config::runtime::ModbusLine;
+use crate::model::{now_ms, Level};
 use crate::source::Tagged;
 use crate::stats::Stats;
 
-/// Resolution of tokio's timer wheel.
-const TIMER_GRANULARITY: Duration = Duration::from_millis(1);
+mod schedule;
+
+#[cfg(test)]
+use self::schedule::{reconnect_cap, reconnect_delay, unused_runs};
 
 /// Polls every device of `line` until `shutdown` is cancelled or `out` is closed. Never returns
 /// an error: every failure becomes a sample quality and a log line.
@@ -47,12 +50,30 @@ pub async fn run_line(
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) {
-    let now = Instant::now();
-    let devices = line
-        .devices
-        .iter()
-        .map(|d| DeviceState::new(d, now))
-        .collect();
+    let open: Opener = Box::new(|line| Box::pin(Link::open(line)));
+    run_line_with(line, out, seq, stats, shutdown, open).await;
+}
+
+/// Opens a line's link: [`Link::open`] in production; tests pass in-memory links.
+pub(crate) type Opener = Box<
+    dyn for<'a> Fn(
+            &'a ModbusLine,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Link, ModbusError>> + Send + 'a>,
+        > + Send
+        + Sync,
+>;
+
+/// [`run_line`] with the way the link is opened passed in (tests use in-memory links, so the
+/// whole task runs on paused time).
+pub(crate) async fn run_line_with(
+    line: Arc<ModbusLine>,
+    out: mpsc::Sender<Vec<Tagged>>,
+    seq: Arc<AtomicU64>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    open: Opener,
+) {
     info!(
         line = %line.name,
         transport = %line.transport.describe(),
@@ -60,500 +81,136 @@ pub async fn run_line(
         requests_per_cycle = line.devices.iter().map(super::requests_per_cycle).sum::<usize>(),
         "Modbus line started."
     );
-    let mut s = Scheduler {
-        line,
-        devices,
-        out,
+    let core = Core::new(
+        Arc::clone(&line),
         seq,
+        Arc::clone(&stats),
+        Instant::now().into_std(),
+        &mut random_unit,
+    );
+    let mut s = Scheduler {
+        core,
+        out,
         stats,
         shutdown,
+        open,
         link: None,
-        line_failures: 0,
-        reconnect_at: now,
-        served: 0,
-        stale: Vec::new(),
     };
-    s.run().await;
+    // `Err(Stopped)` is the normal end: shutdown or a closed channel.
+    let _ = s.run().await;
     if let Some(link) = s.link.take() {
         link.close(Duration::from_secs(1)).await;
     }
-    info!(line = %s.line.name, "Modbus line stopped.");
+    info!(line = %line.name, "Modbus line stopped.");
 }
 
+/// The line task must stop: shutdown was requested or the sample channel closed. Functions
+/// that may meet either return `Result<_, Stopped>`, so `?` unwinds the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stopped;
+
+/// The async shell around [`Core`]: owns the link, the timers and the channel.
 struct Scheduler {
-    line: Arc<ModbusLine>,
-    devices: Vec<DeviceState>,
+    core: Core,
     out: mpsc::Sender<Vec<Tagged>>,
-    seq: Arc<AtomicU64>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
+    open: Opener,
     link: Option<Link>,
-    /// Consecutive failed connects or broken links.
-    line_failures: u32,
-    reconnect_at: Instant,
-    /// Counter stamped on a device when it is served, for round-robin tie breaks.
-    served: u64,
-    /// `stale` batches of overrun ticks, sent before the next request.
-    stale: Vec<Vec<Tagged>>,
-}
-
-struct DeviceState {
-    groups: Vec<GroupState>,
-    mem: PointMemory,
-    /// Points whose addresses the device refused (exception 02/03), with the code.
-    refused: Vec<Option<u8>>,
-    /// Unused addresses the device refuses (learned from splits), never read again.
-    refused_holes: Vec<Forbidden>,
-    /// Longest reads the device accepts, per table, where it refused longer ones.
-    learned_max: [Option<u16>; 4],
-    /// When the plan was first changed by learning (splits, refusals); `None` = pristine.
-    learned_at: Option<Instant>,
-    /// Consecutive failed requests (after retries).
-    failures: u32,
-    skip_until: Option<Instant>,
-    last_served: u64,
-}
-
-/// Last good value and last quality per point (index into the device's `points`).
-struct PointMemory {
-    last_good: Vec<Option<Value>>,
-    last_quality: Vec<Quality>,
-}
-
-struct GroupState {
-    /// The current plan: the planner's, or what learning made of it.
-    blocks: Vec<ReadBlock>,
-    /// The unjittered schedule: when the next cycle is due.
-    next_due: Instant,
-    /// When the next cycle actually starts (`next_due` plus jitter).
-    start_at: Instant,
-    cycle: Option<Cycle>,
-}
-
-/// A refused block that was split: if no point inside it turns out refused, the hole between
-/// its halves is what the device refuses (or, without a hole, the length of the read).
-struct Split {
-    table: Table,
-    start: u32,
-    end: u32,
-    /// Unused addresses between the halves, `[from, to)`.
-    hole: Option<(u32, u32)>,
-    /// Halves answered with data. Only a split whose both halves worked as they were proves
-    /// anything about the hole or the length; a half that failed, or was refused and split
-    /// again, leaves the judgement to the inner split (or to nothing).
-    ok_halves: u8,
-}
-
-struct Cycle {
-    deadline: Instant,
-    /// Blocks still to read, each with the index of the split it is a half of.
-    todo: VecDeque<(ReadBlock, Option<usize>)>,
-    /// Blocks refused (02/03) and split in this cycle, judged when the cycle ends.
-    splits: Vec<Split>,
-    learned: bool,
-    batch: Vec<Tagged>,
-}
-
-impl DeviceState {
-    fn new(d: &ModbusDevice, now: Instant) -> Self {
-        let groups = (0..d.groups.len())
-            .map(|g| GroupState {
-                blocks: plan_group(d, g),
-                next_due: now,
-                start_at: now + jitter(d.jitter),
-                cycle: None,
-            })
-            .collect();
-        let n = d.points.len();
-        Self {
-            groups,
-            mem: PointMemory {
-                last_good: vec![None; n],
-                last_quality: vec![Quality::Good; n],
-            },
-            refused: vec![None; n],
-            refused_holes: Vec::new(),
-            learned_max: [None; 4],
-            learned_at: None,
-            failures: 0,
-            skip_until: None,
-            last_served: 0,
-        }
-    }
-}
-
-fn jitter(max: Duration) -> Duration {
-    if max.is_zero() {
-        return Duration::ZERO;
-    }
-    max.mul_f64(rand::rng().random::<f64>())
-}
-
-/// What one request came to, after retries.
-enum Step {
-    Data(Reply),
-    Exception(u8),
-    /// The device did not answer usefully (timeout, garbled) within its retries.
-    DeviceFailed(TxError),
-    /// The link is unusable.
-    LinkBroken(TxError),
 }
 
 impl Scheduler {
-    async fn run(&mut self) {
+    async fn run(&mut self) -> Result<(), Stopped> {
         loop {
             if self.shutdown.is_cancelled() {
-                return;
+                return Err(Stopped);
             }
             let now = Instant::now();
-            if !self.start_and_flush(now).await {
-                return;
-            }
-            let Some((d, g)) = self.pick() else {
-                let wake = self.next_wake(now);
-                tokio::select! {
-                    biased;
-                    () = self.shutdown.cancelled() => return,
-                    () = tokio::time::sleep_until(wake) => continue,
-                }
-            };
-            let backed_off = self.devices[d].skip_until.is_some_and(|t| now < t);
-            if backed_off {
-                if !self.skip_cycle(d, g).await {
-                    return;
-                }
-                continue;
-            }
-            if self.link.is_none() {
-                let connected = now >= self.reconnect_at && {
-                    match self.connect().await {
-                        Some(up) => up,
-                        None => return,
-                    }
-                };
-                if !connected {
-                    if !self.skip_cycle(d, g).await {
-                        return;
-                    }
-                    continue;
-                }
-            }
-            if !self.step(d, g).await {
-                return;
-            }
-        }
-    }
-
-    /// Starts due cycles and sends the stale batches of overrun ticks; `false` to stop.
-    async fn start_and_flush(&mut self, now: Instant) -> bool {
-        self.start_due_cycles(now);
-        for batch in std::mem::take(&mut self.stale) {
-            if !self.send(batch).await {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// When the next cycle starts.
-    fn next_wake(&self, now: Instant) -> Instant {
-        self.devices
-            .iter()
-            .flat_map(|s| s.groups.iter().map(|g| g.start_at))
-            .min()
-            .unwrap_or(now + Duration::from_secs(1))
-    }
-
-    /// Starts the cycles whose time has come; a group whose previous cycle still runs skips
-    /// this one (an overrun: the line is over capacity).
-    fn start_due_cycles(&mut self, now: Instant) {
-        let line = Arc::clone(&self.line);
-        for (d, dev) in line.devices.iter().enumerate() {
-            self.maybe_relearn(d, now);
-            for g in 0..dev.groups.len() {
-                let grp = &mut self.devices[d].groups[g];
-                // Tokio's timer fires on whole milliseconds; a cycle due within one is started
-                // now rather than after a sleep that would round up to the next millisecond.
-                // Deadlines stay on the schedule, so the average rate is still 1/interval.
-                if now + TIMER_GRANULARITY <= grp.start_at {
-                    continue;
-                }
-                let interval = dev.groups[g].interval;
-                let due = grp.next_due;
-                grp.next_due += interval;
-                // Late by a whole interval or more (the task itself was held up): re-align
-                // instead of bursting. Requests and connects watch the clock, so this is rare.
-                let late = grp.next_due <= now;
-                if late {
-                    grp.next_due = now + interval;
-                }
-                grp.start_at = grp.next_due + jitter(dev.jitter);
-                if late || grp.cycle.is_some() {
-                    self.stats.cycles_overrun.fetch_add(1, Ordering::Relaxed);
-                }
-                if grp.cycle.is_some() {
-                    // The previous read of this group is still under way: the line is over
-                    // capacity. The tick still gets its samples, `stale`, with the last values,
-                    // so a consumer sees the missed refresh instead of a silent gap.
-                    let ts = now_ms();
-                    let mut batch = Vec::with_capacity(dev.groups[g].points.len());
-                    for &pi in &dev.groups[g].points {
-                        let quality = self.devices[d].refused[pi]
-                            .map_or(Quality::Stale, Quality::DeviceException);
-                        stamp(
-                            dev,
-                            &mut self.devices[d].mem,
-                            &self.seq,
-                            &mut batch,
-                            pi,
-                            Err(quality),
-                            ts,
-                        );
-                    }
-                    self.stale.push(batch);
-                    continue;
-                }
-                let mut batch = Vec::with_capacity(dev.groups[g].points.len());
-                let ts = now_ms();
-                for &pi in &dev.groups[g].points {
-                    if let Some(code) = self.devices[d].refused[pi] {
-                        stamp(
-                            dev,
-                            &mut self.devices[d].mem,
-                            &self.seq,
-                            &mut batch,
-                            pi,
-                            Err(Quality::DeviceException(code)),
-                            ts,
-                        );
+            self.start_and_flush(now).await?;
+            match self
+                .core
+                .next(now.into_std(), now_ms(), self.link.is_some())
+            {
+                Next::Idle(wake) => {
+                    tokio::select! {
+                        biased;
+                        () = self.shutdown.cancelled() => return Err(Stopped),
+                        () = tokio::time::sleep_until(Instant::from_std(wake)) => {}
                     }
                 }
-                let grp = &mut self.devices[d].groups[g];
-                grp.cycle = Some(Cycle {
-                    deadline: due + interval,
-                    todo: grp.blocks.iter().cloned().map(|b| (b, None)).collect(),
-                    splits: Vec::new(),
-                    learned: false,
-                    batch,
-                });
-            }
-        }
-    }
-
-    /// Forgets learned splits and refusals after `relearn_after`, so a changed PLC program is
-    /// noticed. Cycles under way keep the blocks they started with; new cycles take the full
-    /// plan.
-    fn maybe_relearn(&mut self, d: usize, now: Instant) {
-        let dev = &self.line.devices[d];
-        let st = &mut self.devices[d];
-        let Some(at) = st.learned_at else { return };
-        if now < at + dev.relearn_after {
-            return;
-        }
-        info!(device = %dev.name, "Retrying the full request plan (relearn_after elapsed).");
-        for (g, grp) in st.groups.iter_mut().enumerate() {
-            grp.blocks = plan_group(dev, g);
-        }
-        st.refused.iter_mut().for_each(|r| *r = None);
-        st.refused_holes.clear();
-        st.learned_max = [None; 4];
-        st.learned_at = None;
-    }
-
-    /// Every (device, group) with a cycle under way.
-    fn active_cycles(&self) -> Vec<(usize, usize)> {
-        let mut v = Vec::new();
-        for (d, st) in self.devices.iter().enumerate() {
-            for (g, grp) in st.groups.iter().enumerate() {
-                if grp.cycle.is_some() {
-                    v.push((d, g));
-                }
-            }
-        }
-        v
-    }
-
-    /// The active cycle to serve next: earliest deadline, then the device served longest ago.
-    fn pick(&self) -> Option<(usize, usize)> {
-        let mut best: Option<((Instant, u64), (usize, usize))> = None;
-        for (d, st) in self.devices.iter().enumerate() {
-            for (g, grp) in st.groups.iter().enumerate() {
-                if let Some(c) = &grp.cycle {
-                    let key = (c.deadline, st.last_served);
-                    if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                        best = Some((key, (d, g)));
+                Next::Emit(batch) => self.send(batch).await?,
+                Next::Connect => self.connect().await?,
+                Next::Read(read) => {
+                    let outcome = self.request(&read).await?;
+                    let done = self.core.complete(
+                        read,
+                        outcome,
+                        Instant::now().into_std(),
+                        now_ms(),
+                        random_unit(),
+                    );
+                    if let Some(batch) = done {
+                        self.send(batch).await?;
                     }
                 }
             }
         }
-        best.map(|(_, at)| at)
     }
 
-    /// Opens the link. `Some(false)` when it failed (backed off), `None` on shutdown. Ticks
-    /// that fall while the line is being opened (up to `connect_timeout`) still get their
-    /// samples: every active cycle completes as `comm_error`.
-    async fn connect(&mut self) -> Option<bool> {
-        let line = Arc::clone(&self.line);
-        let open = Link::open(&line);
+    /// Starts due cycles and sends the stale batches of overrun ticks.
+    async fn start_and_flush(&mut self, now: Instant) -> Result<(), Stopped> {
+        for batch in self
+            .core
+            .start_due(now.into_std(), now_ms(), &mut random_unit)
+        {
+            self.send(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Opens the link. Ticks that fall while the line is being opened (up to
+    /// `connect_timeout`) still get their samples: every active cycle completes as `comm_error`.
+    async fn connect(&mut self) -> Result<(), Stopped> {
+        let line = Arc::clone(self.core.line());
+        let open = (self.open)(&line);
         tokio::pin!(open);
         let opened = loop {
-            let wake = self.next_wake(Instant::now());
+            let wake = Instant::from_std(self.core.next_wake(Instant::now().into_std()));
             tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => return None,
+                () = self.shutdown.cancelled() => return Err(Stopped),
                 r = &mut open => break r,
                 () = tokio::time::sleep_until(wake) => {
-                    if !self.start_and_flush(Instant::now()).await {
-                        return None;
-                    }
-                    for (d, g) in self.active_cycles() {
-                        if !self.skip_cycle(d, g).await {
-                            return None;
-                        }
+                    self.start_and_flush(Instant::now()).await?;
+                    for batch in self.core.skip_active(Instant::now().into_std(), now_ms()) {
+                        self.send(batch).await?;
                     }
                 }
             }
         };
         match opened {
             Ok(link) => {
-                info!(line = %line.name, transport = %line.transport.describe(), "Modbus line connected.");
+                self.core.connected();
                 self.link = Some(link);
-                Some(true)
             }
-            Err(e) => {
-                let delay = self.line_failed();
-                // Warn once when the line goes away; the retries are routine.
-                if self.line_failures == 1 {
-                    warn!(
-                        line = %line.name,
-                        transport = %line.transport.describe(),
-                        error = %e,
-                        "Cannot open Modbus line; retrying with backoff."
-                    );
-                } else {
-                    debug!(line = %line.name, error = %e, failures = self.line_failures, delay = ?delay, "Reconnect failed.");
-                }
-                Some(false)
-            }
+            Err(e) => self
+                .core
+                .connect_failed(&e, Instant::now().into_std(), random_unit()),
         }
-    }
-
-    /// Completes a cycle without touching the line (its device is backed off or the line is
-    /// down): the rest of its points are `CommError`.
-    async fn skip_cycle(&mut self, d: usize, g: usize) -> bool {
-        self.stats.cycles_skipped.fetch_add(1, Ordering::Relaxed);
-        self.fail_rest(d, g).await
-    }
-
-    /// One more line failure: the reconnect waits the line's back-off. Returns the wait.
-    fn line_failed(&mut self) -> Duration {
-        self.line_failures += 1;
-        let delay = backoff_delay(
-            self.line_failures,
-            self.line.backoff_initial,
-            self.line.backoff_max,
-            rand::rng().random::<f64>(),
-        );
-        self.reconnect_at = Instant::now() + delay;
-        delay
-    }
-
-    /// Completes a cycle as it stands: every block not read yet is `CommError`.
-    async fn fail_rest(&mut self, d: usize, g: usize) -> bool {
-        let line = Arc::clone(&self.line);
-        let dev = &line.devices[d];
-        let ts = now_ms();
-        let st = &mut self.devices[d];
-        let Some(mut cycle) = st.groups[g].cycle.take() else {
-            return true;
-        };
-        while let Some((block, _)) = cycle.todo.pop_front() {
-            stamp_bad(
-                dev,
-                &mut st.mem,
-                &self.seq,
-                &mut cycle.batch,
-                &block.points,
-                Quality::CommError,
-                ts,
-            );
-        }
-        self.finish(d, cycle).await
-    }
-
-    /// Sends the next request of cycle (d, g), or completes the cycle when it has none left.
-    /// `false` when the task must stop.
-    async fn step(&mut self, d: usize, g: usize) -> bool {
-        self.served += 1;
-        self.devices[d].last_served = self.served;
-        let Some((block, parent)) = self.devices[d].groups[g]
-            .cycle
-            .as_mut()
-            .and_then(|c| c.todo.pop_front())
-        else {
-            return match self.devices[d].groups[g].cycle.take() {
-                Some(cycle) => self.finish(d, cycle).await,
-                None => true,
-            };
-        };
-        let Some(outcome) = self.request(d, &block).await else {
-            return false;
-        };
-        let line = Arc::clone(&self.line);
-        let dev = &line.devices[d];
-        let ts = now_ms();
-        match outcome {
-            Step::Data(reply) => self.on_data(d, g, block, parent, reply, ts),
-            Step::Exception(code) => self.on_exception(d, g, block, code, ts),
-            Step::DeviceFailed(e) => {
-                self.stats.request_failures.fetch_add(1, Ordering::Relaxed);
-                self.device_failed(d, &e);
-                let st = &mut self.devices[d];
-                if let Some(c) = st.groups[g].cycle.as_mut() {
-                    c.todo.push_front((block, parent));
-                }
-                // The rest of this cycle waits for no one.
-                return self.fail_rest(d, g).await;
-            }
-            Step::LinkBroken(e) => {
-                self.stats.request_failures.fetch_add(1, Ordering::Relaxed);
-                let delay = self.line_failed();
-                warn!(
-                    line = %line.name,
-                    device = %dev.name,
-                    error = ?e,
-                    delay = ?delay,
-                    "Modbus line broke; reconnecting."
-                );
-                if let Some(c) = self.devices[d].groups[g].cycle.as_mut() {
-                    c.todo.push_front((block, parent));
-                }
-                return self.fail_rest(d, g).await;
-            }
-        }
-        // A cycle whose last request is answered ends now, not when it is next picked: its
-        // batch goes out at once and its next tick does not find it "still running".
-        let done = self.devices[d].groups[g]
-            .cycle
-            .as_ref()
-            .is_some_and(|c| c.todo.is_empty());
-        if done {
-            if let Some(cycle) = self.devices[d].groups[g].cycle.take() {
-                return self.finish(d, cycle).await;
-            }
-        }
-        true
+        Ok(())
     }
 
     /// Sends `block`'s request, retrying timeouts and garbled answers (on Modbus TCP a timeout
     /// is retried on a fresh connection, see [`Link::timeout_breaks_link`]). Ticks that fall
-    /// while it waits still start their cycles (or mark them `stale`). `None` on shutdown.
-    async fn request(&mut self, d: usize, block: &ReadBlock) -> Option<Step> {
-        let line = Arc::clone(&self.line);
-        let dev = &line.devices[d];
+    /// while it waits still start their cycles (or mark them `stale`).
+    async fn request(&mut self, read: &Read) -> Result<Outcome, Stopped> {
+        let line = Arc::clone(self.core.line());
+        let dev = &line.devices[read.device];
+        let block = &read.block;
         let Some(mut link) = self.link.take() else {
-            return Some(Step::LinkBroken(TxError::Broken(ModbusError::Io(
-                std::io::Error::new(std::io::ErrorKind::NotConnected, "the line is not open"),
+            return Ok(Outcome::LinkBroken(ModbusError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "the line is not open",
             ))));
         };
         let mut attempt = 0u8;
@@ -569,40 +226,43 @@ impl Scheduler {
                 );
                 tokio::pin!(read);
                 loop {
-                    let wake = self.next_wake(Instant::now());
+                    let wake = Instant::from_std(self.core.next_wake(Instant::now().into_std()));
                     tokio::select! {
                         biased;
-                        () = self.shutdown.cancelled() => break None,
-                        r = &mut read => break Some(r),
+                        () = self.shutdown.cancelled() => break Err(Stopped),
+                        r = &mut read => break Ok(r),
                         () = tokio::time::sleep_until(wake) => {
-                            if !self.start_and_flush(Instant::now()).await {
-                                break None;
+                            if self.start_and_flush(Instant::now()).await.is_err() {
+                                break Err(Stopped);
                             }
                         }
                     }
                 }
             };
-            let Some(result) = result else {
-                self.link = Some(link);
-                return None;
+            let result = match result {
+                Ok(r) => r,
+                Err(Stopped) => {
+                    self.link = Some(link);
+                    return Err(Stopped);
+                }
             };
             let step = match result {
-                Ok(reply) => Step::Data(reply),
-                Err(TxError::Exception(code)) => Step::Exception(code),
+                Ok(reply) => Outcome::Data(reply),
+                Err(TxError::Exception(code)) => Outcome::Exception(code),
                 Err(TxError::Broken(e)) => {
                     // The link is dropped here; the caller reopens it with back-off.
-                    return Some(Step::LinkBroken(TxError::Broken(e)));
+                    return Ok(Outcome::LinkBroken(e));
                 }
                 Err(e @ (TxError::Timeout | TxError::Garbled(_))) => {
                     if attempt < dev.retries {
                         attempt += 1;
                         self.stats.request_retries.fetch_add(1, Ordering::Relaxed);
-                        debug!(device = %dev.name, attempt, error = ?e, "Retrying Modbus request.");
+                        debug!(device = %dev.name, attempt, error = %e, "Retrying Modbus request.");
                         if matches!(e, TxError::Timeout) && link.timeout_breaks_link() {
                             drop(link);
-                            link = match Link::open(&line).await {
+                            link = match (self.open)(&line).await {
                                 Ok(l) => l,
-                                Err(open) => return Some(Step::LinkBroken(TxError::Broken(open))),
+                                Err(open) => return Ok(Outcome::LinkBroken(open)),
                             };
                         }
                         continue;
@@ -610,310 +270,21 @@ impl Scheduler {
                     if matches!(e, TxError::Timeout) && link.timeout_breaks_link() {
                         // A late answer would be taken for the next request's: the
                         // connection goes; the device's back-off prevents a reconnect storm.
-                        self.reconnect_at = Instant::now();
-                        return Some(Step::DeviceFailed(e));
+                        self.core.reconnect_now(Instant::now().into_std());
+                        return Ok(Outcome::DeviceFailed(e));
                     }
-                    Step::DeviceFailed(e)
+                    Outcome::DeviceFailed(e)
                 }
             };
             self.link = Some(link);
-            return Some(step);
+            return Ok(step);
         }
     }
 
-    fn on_data(
-        &mut self,
-        d: usize,
-        g: usize,
-        block: ReadBlock,
-        parent: Option<usize>,
-        reply: Reply,
-        ts: i64,
-    ) {
-        let line = Arc::clone(&self.line);
-        let dev = &line.devices[d];
-        self.device_ok(d);
-        let st = &mut self.devices[d];
-        let Some(cycle) = st.groups[g].cycle.as_mut() else {
-            return;
-        };
-        if reply.len() < usize::from(block.count) || reply_kind_mismatch(&block, &reply) {
-            // A short answer is a device fault, not a decoding one: report it once per block.
-            self.stats.request_failures.fetch_add(1, Ordering::Relaxed);
-            if block
-                .points
-                .iter()
-                .any(|&pi| st.mem.last_quality[pi] != Quality::CommError)
-            {
-                warn!(
-                    device = %dev.name,
-                    table = block.table.as_str(),
-                    start = block.start,
-                    asked = block.count,
-                    got = reply.len(),
-                    "Malformed Modbus response; its block carries comm_error."
-                );
-            }
-            stamp_bad(
-                dev,
-                &mut st.mem,
-                &self.seq,
-                &mut cycle.batch,
-                &block.points,
-                Quality::CommError,
-                ts,
-            );
-            return;
-        }
-        if let Some(split) = parent.and_then(|p| cycle.splits.get_mut(p)) {
-            split.ok_halves += 1;
-        }
-        for &pi in &block.points {
-            let point = &dev.points[pi];
-            let decoded = match &reply {
-                Reply::Words(w) => decode::decode_registers(point, block.start, w),
-                Reply::Bits(b) => decode::decode_bits(point, block.start, b),
-            };
-            let outcome = match decoded {
-                Ok(v) => Ok(v),
-                Err(e) => {
-                    if st.mem.last_quality[pi] != Quality::DecodeError {
-                        warn!(
-                            device = %dev.name,
-                            point = %point.meta.tag(),
-                            error = %e,
-                            "Point could not be decoded; its samples carry decode_error."
-                        );
-                    }
-                    Err(Quality::DecodeError)
-                }
-            };
-            stamp(
-                dev,
-                &mut st.mem,
-                &self.seq,
-                &mut cycle.batch,
-                pi,
-                outcome,
-                ts,
-            );
-        }
-    }
-
-    fn on_exception(&mut self, d: usize, g: usize, block: ReadBlock, code: u8, ts: i64) {
-        let line = Arc::clone(&self.line);
-        let dev = &line.devices[d];
-        self.stats.request_failures.fetch_add(1, Ordering::Relaxed);
-        // The device answered: it is alive.
-        self.device_ok(d);
-        let now = Instant::now();
-        let st = &mut self.devices[d];
-        let Some(cycle) = st.groups[g].cycle.as_mut() else {
-            return;
-        };
-        let quality = Quality::DeviceException(code);
-        if code == 2 || code == 3 {
-            cycle.learned = true;
-            st.learned_at.get_or_insert(now);
-            if let Some([low, high]) = plan::split(&block, &dev.points) {
-                debug!(
-                    device = %dev.name,
-                    table = block.table.as_str(),
-                    start = block.start,
-                    count = block.count,
-                    code,
-                    "Block refused; splitting it to isolate the refused addresses."
-                );
-                let index = cycle.splits.len();
-                cycle.splits.push(Split {
-                    table: block.table,
-                    start: u32::from(block.start),
-                    end: block.end(),
-                    hole: (low.end() < u32::from(high.start))
-                        .then(|| (low.end(), u32::from(high.start))),
-                    ok_halves: 0,
-                });
-                cycle.todo.push_front((high, Some(index)));
-                cycle.todo.push_front((low, Some(index)));
-                return;
-            }
-            warn!(
-                device = %dev.name,
-                table = block.table.as_str(),
-                start = block.start,
-                count = block.count,
-                code,
-                points = ?block.points.iter().map(|&pi| &**dev.points[pi].meta.tag()).collect::<Vec<_>>(),
-                "Modbus device refuses these addresses; their points are device_exception and are not asked for again until relearn_after."
-            );
-            for &pi in &block.points {
-                st.refused[pi] = Some(code);
-            }
-            stamp_bad(
-                dev,
-                &mut st.mem,
-                &self.seq,
-                &mut cycle.batch,
-                &block.points,
-                quality,
-                ts,
-            );
-            return;
-        }
-        if block
-            .points
-            .iter()
-            .any(|&pi| st.mem.last_quality[pi] != quality)
-        {
-            warn!(
-                device = %dev.name,
-                table = block.table.as_str(),
-                start = block.start,
-                count = block.count,
-                code,
-                "Modbus device answered an exception; the block is device_exception."
-            );
-        }
-        stamp_bad(
-            dev,
-            &mut st.mem,
-            &self.seq,
-            &mut cycle.batch,
-            &block.points,
-            quality,
-            ts,
-        );
-    }
-
-    fn device_ok(&mut self, d: usize) {
-        let st = &mut self.devices[d];
-        self.line_failures = 0;
-        if st.failures > 0 {
-            info!(device = %self.line.devices[d].name, "Modbus device answers again.");
-        }
-        st.failures = 0;
-        st.skip_until = None;
-    }
-
-    fn device_failed(&mut self, d: usize, e: &TxError) {
-        let dev = &self.line.devices[d];
-        let st = &mut self.devices[d];
-        st.failures = st.failures.saturating_add(1);
-        let delay = backoff_delay(
-            st.failures,
-            dev.backoff_initial,
-            dev.backoff_max,
-            rand::rng().random::<f64>(),
-        );
-        st.skip_until = Some(Instant::now() + delay);
-        if st.failures == 1 {
-            warn!(
-                device = %dev.name,
-                unit = dev.unit_id,
-                line = %self.line.name,
-                error = ?e,
-                retries = dev.retries,
-                "Modbus device does not answer; skipping it with backoff (the other devices on the line go on)."
-            );
-        } else {
-            debug!(device = %dev.name, failures = st.failures, delay = ?delay, "Device still not answering.");
-        }
-    }
-
-    /// Ends a cycle: turns what it learned into the device's plan, hands the batch downstream.
-    async fn finish(&mut self, d: usize, cycle: Cycle) -> bool {
-        if cycle.learned {
-            self.learn(d, &cycle.splits);
-        }
-        self.send(cycle.batch).await
-    }
-
-    /// Judges the cycle's splits and re-plans every group of device `d` around what the device
-    /// refuses: refused points are left out, their addresses and refused holes become forbidden,
-    /// and a refused read length lowers the request limit. The planner then gives the fewest
-    /// requests that avoid everything known to be refused.
-    fn learn(&mut self, d: usize, splits: &[Split]) {
-        let line = Arc::clone(&self.line);
-        let dev = &line.devices[d];
-        let st = &mut self.devices[d];
-        for s in splits.iter().filter(|s| s.ok_halves == 2) {
-            let refused_inside = dev.points.iter().enumerate().any(|(i, p)| {
-                st.refused[i].is_some()
-                    && p.table == s.table
-                    && u32::from(p.address) < s.end
-                    && p.end() > s.start
-            });
-            if refused_inside {
-                continue;
-            }
-            match s.hole {
-                // Only the addresses no point of the device uses (a point of another poll
-                // group may sit in the hole of this one).
-                Some((from, to)) => st.refused_holes.extend(unused_runs(dev, s.table, from, to)),
-                None => {
-                    // Nothing inside is refused and there is no hole: the length is. Try one
-                    // less than the shortest refused length; a still-refused length lowers it
-                    // again next cycle, so the limit converges on what the device accepts.
-                    let k = table_index(s.table);
-                    let refused_len = u16::try_from(s.end - s.start).unwrap_or(u16::MAX);
-                    let limit = refused_len.saturating_sub(1).max(1);
-                    st.learned_max[k] = Some(st.learned_max[k].map_or(limit, |m| m.min(limit)));
-                }
-            }
-        }
-        let mut forbidden = dev.forbidden.clone();
-        forbidden.extend(st.refused_holes.iter().copied());
-        forbidden.extend(dev.points.iter().enumerate().filter_map(|(i, p)| {
-            st.refused[i].map(|_| Forbidden {
-                table: p.table,
-                start: p.address,
-                end: u16::try_from(p.end() - 1).unwrap_or(u16::MAX),
-            })
-        }));
-        let base = limits(dev);
-        for (g, grp) in st.groups.iter_mut().enumerate() {
-            let members: Vec<usize> = dev.groups[g]
-                .points
-                .iter()
-                .copied()
-                .filter(|&pi| st.refused[pi].is_none())
-                .collect();
-            // One plan per table, each under its own learned length limit; tables come out in
-            // the planner's order, so the result is what one call would give without limits.
-            grp.blocks = TABLES
-                .iter()
-                .flat_map(|&table| {
-                    let of_table: Vec<usize> = members
-                        .iter()
-                        .copied()
-                        .filter(|&pi| dev.points[pi].table == table)
-                        .collect();
-                    let cap = st.learned_max[table_index(table)];
-                    let l = Limits {
-                        max_registers: cap
-                            .map_or(base.max_registers, |m| m.min(base.max_registers)),
-                        max_bits: cap.map_or(base.max_bits, |m| m.min(base.max_bits)),
-                        max_gap: base.max_gap,
-                        forbidden: &forbidden,
-                    };
-                    plan::plan(&dev.points, &of_table, &l)
-                })
-                .collect();
-        }
-        debug!(
-            device = %dev.name,
-            refused_points = st.refused.iter().filter(|r| r.is_some()).count(),
-            refused_holes = st.refused_holes.len(),
-            learned_max = ?st.learned_max,
-            requests_per_cycle = st.groups.iter().map(|g| g.blocks.len()).sum::<usize>(),
-            "Request plan re-learned."
-        );
-    }
-
-    /// Hands one cycle's batch downstream, waiting for room; `false` when the task must stop.
-    async fn send(&mut self, batch: Vec<Tagged>) -> bool {
+    /// Hands one cycle's batch downstream, waiting for room.
+    async fn send(&mut self, batch: Vec<Tagged>) -> Result<(), Stopped> {
         if batch.is_empty() {
-            return true;
+            return Ok(());
         }
         let (mut read, mut bad) = ([0u64; 3], [0u64; 3]);
         for t in &batch {
@@ -924,124 +295,22 @@ impl Scheduler {
         }
         tokio::select! {
             biased;
-            () = self.shutdown.cancelled() => false,
+            () = self.shutdown.cancelled() => Err(Stopped),
             sent = self.out.send(batch) => match sent {
                 Ok(()) => {
                     for level in Level::ALL {
                         self.stats.read.add(level, read[level.index()]);
                         self.stats.bad_quality.add(level, bad[level.index()]);
                     }
-                    true
+                    Ok(())
                 }
                 Err(_) => {
-                    info!(line = %self.line.name, "Sample channel closed; stopping the Modbus line.");
-                    false
+                    info!(line = %self.core.line().name, "Sample channel closed; stopping the Modbus line.");
+                    Err(Stopped)
                 }
             },
         }
     }
-}
-
-/// Tables in the planner's order.
-const TABLES: [Table; 4] = [
-    Table::Coil,
-    Table::DiscreteInput,
-    Table::Holding,
-    Table::Input,
-];
-
-fn table_index(table: Table) -> usize {
-    match table {
-        Table::Coil => 0,
-        Table::DiscreteInput => 1,
-        Table::Holding => 2,
-        Table::Input => 3,
-    }
-}
-
-/// The runs of `[from, to)` in `table` that no point of `dev` occupies, as forbidden ranges.
-fn unused_runs(dev: &ModbusDevice, table: Table, from: u32, to: u32) -> Vec<Forbidden> {
-    let mut runs = Vec::new();
-    let mut start = None;
-    for a in from..to {
-        let used = dev
-            .points
-            .iter()
-            .any(|p| p.table == table && u32::from(p.address) <= a && a < p.end());
-        match (used, start) {
-            (false, None) => start = Some(a),
-            (true, Some(s)) => {
-                runs.push((s, a));
-                start = None;
-            }
-            _ => {}
-        }
-    }
-    if let Some(s) = start {
-        runs.push((s, to));
-    }
-    runs.into_iter()
-        .filter_map(|(s, e)| {
-            Some(Forbidden {
-                table,
-                start: u16::try_from(s).ok()?,
-                end: u16::try_from(e - 1).ok()?,
-            })
-        })
-        .collect()
-}
-
-/// A register block answered with bits or the other way round (a confused device or gateway).
-fn reply_kind_mismatch(block: &ReadBlock, reply: &Reply) -> bool {
-    block.table.is_bit() != matches!(reply, Reply::Bits(_))
-}
-
-/// Appends a `quality` sample (with the fallback value) for each of `points`.
-fn stamp_bad(
-    dev: &ModbusDevice,
-    st: &mut PointMemory,
-    seq: &AtomicU64,
-    batch: &mut Vec<Tagged>,
-    points: &[usize],
-    quality: Quality,
-    ts: i64,
-) {
-    for &pi in points {
-        stamp(dev, st, seq, batch, pi, Err(quality), ts);
-    }
-}
-
-/// Appends point `pi`'s sample: a good value, or a bad quality with the fallback value.
-fn stamp(
-    dev: &ModbusDevice,
-    st: &mut PointMemory,
-    seq: &AtomicU64,
-    batch: &mut Vec<Tagged>,
-    pi: usize,
-    outcome: Result<Value, Quality>,
-    ts: i64,
-) {
-    let point = &dev.points[pi];
-    let (value, quality) = match outcome {
-        Ok(v) => {
-            st.last_good[pi] = Some(v.clone());
-            (v, Quality::Good)
-        }
-        Err(q) => (
-            st.last_good[pi]
-                .clone()
-                .unwrap_or_else(|| decode::typed_zero(point)),
-            q,
-        ),
-    };
-    st.last_quality[pi] = quality;
-    batch.push(Tagged::stamp(
-        Arc::clone(&point.meta),
-        value,
-        quality,
-        ts,
-        seq.fetch_add(1, Ordering::Relaxed),
-    ));
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! - [`plan`]: which reads a poll cycle makes (pure), and how a refused block splits.
 //! - [`decode`]: registers/bits to engineering values (pure).
 //! - [`frame`]: RTU framing (pure).
+//! - [`limits`]: protocol limits, serial ranges and `probe` defaults, in one place.
 //! - [`transport`]: an open line and one transaction over it.
 //! - [`line`]: the scheduler that shares a line between its devices and groups.
 //! - [`probe`]: one-shot reads for `edge-agent probe`.
@@ -31,15 +32,24 @@
 //!   refused hole between points becomes forbidden, a refused read length lowers the limit; the
 //!   device is then re-planned (still the fewest requests). All of it is forgotten after
 //!   `relearn_after`, when the full plan is tried again.
-//! - A timeout or a garbled RTU answer is retried `retries` times. When a device still fails, the
+//! - A block that times out (after its retries) while the device answered another block of the
+//!   same cycle with data is a *silent range*, not a dead device: only its points are
+//!   `CommError`, the cycle goes on, and later cycles split the block by halves until the
+//!   silent addresses are single points, which are then left out (`CommError`, not asked) until
+//!   `relearn_after`, like refused ones. A device that failed on a block asks it last in its
+//!   next cycle, so the other blocks can prove the device alive first.
+//! - A timeout or a garbled RTU answer is retried `retries` times. When a device still fails
+//!   (and answered nothing yet in the cycle), the
 //!   rest of its cycle is `CommError` and the device is backed off (exponential, equal jitter):
 //!   its cycles complete at once as `CommError` without touching the line until the back-off
 //!   ends, so a dead device costs its line at most `(1 + retries) * timeout` per back-off period
 //!   and never stalls the other devices.
 //! - On Modbus TCP a timeout also drops the connection (see
 //!   [`transport::Link::timeout_breaks_link`]); its retries go over a fresh connection.
-//! - A broken link (I/O error, closed socket) is dropped and reopened with the line's back-off;
-//!   meanwhile due cycles complete as `CommError`.
+//! - A broken link (I/O error, closed socket) is dropped and reopened with the line's back-off,
+//!   capped at the shortest poll interval of the line or 1 s, whichever is longer (and at
+//!   `backoff_max` if that is lower; see [`line::reconnect_cap`]): a device that comes back is
+//!   read again within about one poll interval. Meanwhile due cycles complete as `CommError`.
 //! - The scheduler watches the clock while a request or a connect is in flight: ticks that fall
 //!   meanwhile start their cycles, or emit `Stale` if the group's previous cycle still runs.
 //! - `ts_ms` is taken when the block's response arrived; `seq` comes from the gateway-wide
@@ -53,6 +63,7 @@
 pub mod config;
 pub mod decode;
 pub mod frame;
+pub mod limits;
 pub mod line;
 pub mod plan;
 pub mod probe;
@@ -67,6 +78,9 @@ use self::plan::{Limits, ReadBlock};
 use crate::config::runtime::ModbusDevice;
 
 pub use line::run_line;
+
+#[cfg(test)]
+mod props;
 
 /// Why a link could not be opened or broke. Logged; the affected points get `CommError` and the
 /// line reconnects by itself, so callers never see these as `Err`.
@@ -103,6 +117,49 @@ pub enum ModbusError {
     Io(std::io::Error),
 }
 
+impl ModbusError {
+    /// A short reason an engineer can act on ("connection refused", "timed out"), without the
+    /// endpoint (the caller's message names it) and without OS error structs.
+    pub(crate) fn reason(&self) -> String {
+        match self {
+            ModbusError::Resolve { source, .. } => format!("host name does not resolve ({source})"),
+            ModbusError::NoAddress { .. } => "host name resolves to no address".into(),
+            ModbusError::Connect { source, .. } | ModbusError::Io(source) => io_reason(source),
+            ModbusError::Serial { message, .. } => {
+                format!("cannot open the serial port ({message})")
+            }
+            ModbusError::Timeout(limit) => format!(
+                "timed out (no connection within {})",
+                humantime::format_duration(*limit)
+            ),
+            ModbusError::Request(tokio_modbus::Error::Transport(e)) => io_reason(e),
+            ModbusError::Request(tokio_modbus::Error::Protocol(e)) => {
+                format!("answer does not match the request ({e})")
+            }
+        }
+    }
+}
+
+/// What an I/O error means on a Modbus link, in words.
+fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => "connection refused (is the device on and the port right?)".into(),
+        K::ConnectionReset | K::ConnectionAborted => "connection reset by the device".into(),
+        K::UnexpectedEof | K::BrokenPipe => "connection closed by the device".into(),
+        K::TimedOut => "timed out".into(),
+        K::NotConnected => "not connected".into(),
+        K::HostUnreachable | K::NetworkUnreachable => {
+            "unreachable (check the address, cable and routes)".into()
+        }
+        K::PermissionDenied => "permission denied".into(),
+        K::InvalidData => "the peer does not speak Modbus (invalid frame)".into(),
+        // EINPROGRESS and friends: a connect that never completed.
+        _ if e.raw_os_error() == Some(115) => "timed out (connect still in progress)".into(),
+        _ => e.to_string(),
+    }
+}
+
 /// The request plan of one poll group of `device`, before anything is learned.
 pub fn plan_group(device: &ModbusDevice, group: usize) -> Vec<ReadBlock> {
     plan::plan(
@@ -131,3 +188,31 @@ pub fn requests_per_cycle(device: &ModbusDevice) -> usize {
 
 /// The agent's one back-off schedule (see [`crate::backoff`]).
 pub use crate::backoff::delay as backoff_delay;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_link_is_described_in_words_an_engineer_can_act_on() {
+        let connect = |source: std::io::Error| ModbusError::Connect {
+            addr: SocketAddr::from(([192, 168, 10, 21], 502)),
+            source,
+        };
+        let refused = connect(std::io::ErrorKind::ConnectionRefused.into()).reason();
+        assert_eq!(
+            refused,
+            "connection refused (is the device on and the port right?)"
+        );
+        // The errno users saw as `Os { code: 115, kind: InProgress }`.
+        let in_progress = ModbusError::Io(std::io::Error::from_raw_os_error(115)).reason();
+        assert_eq!(in_progress, "timed out (connect still in progress)");
+        assert_eq!(
+            ModbusError::Timeout(Duration::from_secs(3)).reason(),
+            "timed out (no connection within 3s)"
+        );
+        for e in [refused, in_progress] {
+            assert!(!e.contains("Os {") && !e.contains("kind:"), "{e}");
+        }
+    }
+}

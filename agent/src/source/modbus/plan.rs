@@ -26,10 +26,7 @@
 
 use crate::config::runtime::{Forbidden, ModbusPoint, Table};
 
-/// Most registers one read request (function codes 3 and 4) may ask for.
-pub const MAX_READ_REGISTERS: u16 = 125;
-/// Most bits one read request (function codes 1 and 2) may ask for.
-pub const MAX_READ_BITS: u16 = 2000;
+pub use super::limits::{MAX_READ_BITS, MAX_READ_REGISTERS};
 
 /// One read request of a poll cycle.
 #[derive(Debug, Clone, PartialEq, Eq)]

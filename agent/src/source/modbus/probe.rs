@@ -7,9 +7,13 @@ use std::time::Duration;
 use super::decode::{assemble, bcd, word16};
 use super::frame::Reply;
 use super::transport::{Link, TxError};
-use crate::config::runtime::{ByteOrder, ModbusLine, Table};
+use super::ModbusError;
+use crate::config::runtime::{ByteOrder, LineTransport, ModbusLine, Table};
 
 /// Opens `line`, reads `count` entries of `table` from `start` at `unit` once, closes the line.
+/// The error says what to check, judged by the transport: a Modbus TCP endpoint that does not
+/// speak Modbus TCP is most often a serial device server, so the hint is `--rtu-over-tcp`; an RTU
+/// line that answers nothing or garbage most often has the wrong baud rate or parity.
 pub async fn read_once(
     line: &ModbusLine,
     unit: u8,
@@ -23,6 +27,8 @@ pub async fn read_once(
         .map_err(|e| format!("line {}: {e}", line.transport.describe()))?;
     let result = link.read(unit, table, start, count, timeout).await;
     link.close(Duration::from_secs(1)).await;
+    let tcp = matches!(line.transport, LineTransport::Tcp { .. });
+    let peer = line.transport.describe();
     result.map_err(|e| match e {
         TxError::Exception(code) => format!(
             "unit {unit} answered exception {code} ({}) for {} {start}..{}",
@@ -30,10 +36,18 @@ pub async fn read_once(
             table.as_str(),
             u32::from(start) + u32::from(count) - 1
         ),
+        TxError::Timeout if tcp => format!(
+            "unit {unit} did not answer within {timeout:?} at {peer} (check the unit id; if this \
+             is a serial device server or DTU passing RTU frames through, add --rtu-over-tcp)"
+        ),
         TxError::Timeout => format!(
             "unit {unit} did not answer within {timeout:?} (check unit id, wiring, baud rate and parity)"
         ),
         TxError::Garbled(f) => format!("unit {unit} answered garbage: {f} (check baud rate, parity, and that only one master is on the line)"),
+        TxError::Broken(ModbusError::Request(_)) if tcp => format!(
+            "the peer at {peer} did not answer like a Modbus TCP device (if it is a serial device \
+             server or DTU passing RTU frames through, add --rtu-over-tcp; otherwise check the port)"
+        ),
         TxError::Broken(b) => format!("the line broke: {b}"),
     })
 }

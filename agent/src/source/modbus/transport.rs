@@ -20,6 +20,7 @@ use tokio_modbus::Slave;
 use tracing::debug;
 
 use super::frame::{self, FrameError, Reply};
+use super::limits::MAX_RTU_FRAME;
 use super::ModbusError;
 use crate::config::runtime::{LineTransport, ModbusLine, SerialSettings, Table};
 
@@ -35,6 +36,17 @@ pub enum TxError {
     Garbled(FrameError),
     /// The link is unusable (closed, I/O error, protocol error on TCP).
     Broken(ModbusError),
+}
+
+impl std::fmt::Display for TxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TxError::Exception(code) => write!(f, "exception {code}"),
+            TxError::Timeout => f.write_str("no answer within the timeout"),
+            TxError::Garbled(e) => write!(f, "garbled answer: {e}"),
+            TxError::Broken(e) => write!(f, "{}", e.reason()),
+        }
+    }
 }
 
 /// A byte stream an RTU link runs over.
@@ -274,9 +286,17 @@ impl RtuLink {
         count: u16,
         deadline: Instant,
     ) -> Result<Reply, TxError> {
-        let mut buf = [0u8; 256];
+        let mut buf = [0u8; MAX_RTU_FRAME];
         self.read_exact_by(&mut buf[..2], deadline).await?;
         let len = frame::expected_len([buf[0], buf[1]], table, count);
+        if len > buf.len() {
+            // Only a request over the protocol limit gets here (the planner and probe never
+            // make one): refuse it rather than read past the buffer.
+            return Err(TxError::Garbled(FrameError::Length {
+                got: len,
+                want: MAX_RTU_FRAME,
+            }));
+        }
         self.read_exact_by(&mut buf[2..len], deadline).await?;
         match frame::parse_response(&buf[..len], unit, table, count) {
             Ok(reply) => Ok(reply),

@@ -13,8 +13,10 @@ use tokio_modbus::{ExceptionCode, Request, Response};
 use std::net::SocketAddr;
 
 use super::*;
-use crate::config::runtime::{ByteOrder, DataType, LineTransport, ModbusPoint, PollGroup, Table};
-use crate::model::{PointMeta, Protocol};
+use crate::config::runtime::{
+    ByteOrder, DataType, LineTransport, ModbusDevice, ModbusPoint, PollGroup, Table,
+};
+use crate::model::{PointMeta, Protocol, Quality, Value};
 use crate::source::modbus::requests_per_cycle;
 
 /// Upper bound for any wait in these tests; they normally finish in milliseconds.
@@ -121,7 +123,7 @@ async fn serve(addr: SocketAddr, plc: Plc) -> (SocketAddr, JoinHandle<()>) {
     (local, handle)
 }
 
-fn any_port() -> SocketAddr {
+pub(super) fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
@@ -131,7 +133,7 @@ async fn stop(server: JoinHandle<()>) {
     let _ = server.await;
 }
 
-fn point(
+pub(super) fn point(
     id: u32,
     tag: &str,
     table: Table,
@@ -166,7 +168,7 @@ fn point(
     }
 }
 
-fn device(addr: SocketAddr, points: Vec<ModbusPoint>) -> Arc<ModbusLine> {
+pub(super) fn device(addr: SocketAddr, points: Vec<ModbusPoint>) -> Arc<ModbusLine> {
     let group = PollGroup {
         name: "default".into(),
         interval: Duration::from_millis(20),
@@ -209,15 +211,21 @@ struct Running {
 }
 
 fn start(line: Arc<ModbusLine>, capacity: usize) -> Running {
+    start_with(line, capacity, Box::new(|line| Box::pin(Link::open(line))))
+}
+
+/// [`start`] with the link opened by `open`.
+fn start_with(line: Arc<ModbusLine>, capacity: usize, open: Opener) -> Running {
     let (tx, rx) = mpsc::channel(capacity);
     let stats = Arc::new(Stats::new([]));
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_line(
+    let task = tokio::spawn(run_line_with(
         line,
         tx,
         Arc::new(AtomicU64::new(0)),
         Arc::clone(&stats),
         shutdown.clone(),
+        open,
     ));
     Running {
         rx,
@@ -864,3 +872,136 @@ async fn a_modbus_tcp_timeout_is_retried_on_a_fresh_connection() {
 }
 
 mod shared;
+
+#[test]
+fn the_reconnect_delay_is_capped_at_the_shortest_interval_or_one_second() {
+    let mut line = Arc::unwrap_or_clone(device(any_port(), Vec::new()));
+    line.backoff_initial = Duration::from_millis(100);
+    line.backoff_max = Duration::from_secs(60);
+    line.devices[0].groups[0].interval = Duration::from_millis(20);
+    // A 20 ms group: the floor of 1 s applies, however long the outage.
+    assert_eq!(reconnect_cap(&line), Duration::from_secs(1));
+    assert_eq!(reconnect_delay(&line, 1, 1.0), Duration::from_millis(100));
+    assert_eq!(reconnect_delay(&line, 50, 1.0), Duration::from_secs(1));
+    assert_eq!(
+        reconnect_delay(&line, u32::MAX, 0.0),
+        Duration::from_millis(500)
+    );
+    // A 5 s group: the line is probed once per interval.
+    line.devices[0].groups[0].interval = Duration::from_secs(5);
+    assert_eq!(reconnect_delay(&line, 50, 1.0), Duration::from_secs(5));
+    // A configured backoff_max below both is respected.
+    line.backoff_max = Duration::from_millis(300);
+    assert_eq!(reconnect_delay(&line, 50, 1.0), Duration::from_millis(300));
+}
+
+/// An RTU slave on the far end of an in-memory pipe: answers holding reads with the address.
+fn rtu_slave(mut io: tokio::io::DuplexStream) -> JoinHandle<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    tokio::spawn(async move {
+        let mut req = [0u8; super::super::frame::REQUEST_LEN];
+        while io.read_exact(&mut req).await.is_ok() {
+            let start = u16::from_be_bytes([req[2], req[3]]);
+            let count = u16::from_be_bytes([req[4], req[5]]);
+            let mut body = vec![req[0], req[1], (count * 2) as u8];
+            for a in start..start + count {
+                body.extend_from_slice(&a.to_be_bytes());
+            }
+            body.extend_from_slice(&super::super::frame::crc16(&body).to_le_bytes());
+            if io.write_all(&body).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_device_that_comes_back_is_read_within_the_reconnect_cap_however_long_it_was_away() {
+    use std::sync::atomic::AtomicBool;
+    let up = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(AtomicU64::new(0));
+    let open: Opener = {
+        let (up, attempts) = (Arc::clone(&up), Arc::clone(&attempts));
+        Box::new(move |_line| {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            let up = up.load(Ordering::Relaxed);
+            Box::pin(async move {
+                if !up {
+                    return Err(ModbusError::Connect {
+                        addr: any_port(),
+                        source: std::io::ErrorKind::ConnectionRefused.into(),
+                    });
+                }
+                let (ours, theirs) = tokio::io::duplex(1024);
+                rtu_slave(theirs);
+                Ok(Link::Rtu(super::super::transport::RtuLink::new(
+                    Box::new(ours),
+                    Duration::ZERO,
+                )))
+            })
+        })
+    };
+    let mut line = Arc::unwrap_or_clone(device(
+        any_port(),
+        vec![point(
+            0,
+            "r5",
+            Table::Holding,
+            5,
+            DataType::U16,
+            ByteOrder::Abcd,
+        )],
+    ));
+    line.transport = LineTransport::RtuOverTcp {
+        endpoint: "press-1:502".into(),
+    };
+    line.backoff_initial = Duration::from_millis(100);
+    line.backoff_max = Duration::from_secs(60);
+    line.devices[0].groups[0].interval = Duration::from_millis(100);
+    let (tx, mut rx) = mpsc::channel(16);
+    let stats = Arc::new(Stats::new([]));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_line_with(
+        Arc::new(line),
+        tx,
+        Arc::new(AtomicU64::new(0)),
+        Arc::clone(&stats),
+        shutdown.clone(),
+        open,
+    ));
+    // Two minutes of outage (paused time): every tick is comm_error, and the line keeps
+    // knocking at least once a second instead of backing off towards 60 s.
+    let outage = Instant::now() + Duration::from_secs(120);
+    let mut down = 0;
+    while let Ok(Some(b)) = tokio::time::timeout_at(outage, rx.recv()).await {
+        assert_eq!(b[0].quality, Quality::CommError);
+        down += 1;
+    }
+    assert!(
+        down >= 1000,
+        "{down} comm_error cycles in 120 s of 100 ms ticks"
+    );
+    let knocks = attempts.load(Ordering::Relaxed);
+    assert!(
+        knocks >= 120,
+        "{knocks} connect attempts in 120 s; a back-off growing to 60 s makes about 11"
+    );
+
+    up.store(true, Ordering::Relaxed);
+    let back = Instant::now();
+    loop {
+        let b = rx.recv().await.expect("line runs");
+        if b[0].quality == Quality::Good {
+            assert_eq!(b[0].value, Value::Int(5));
+            break;
+        }
+    }
+    // Virtual time, so exact: at most one reconnect wait (<= 1 s) plus one tick.
+    let took = back.elapsed();
+    assert!(
+        took <= Duration::from_millis(1100),
+        "good again after {took:?}"
+    );
+    shutdown.cancel();
+    task.await.expect("line task ends");
+}

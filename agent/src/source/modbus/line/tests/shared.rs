@@ -1,7 +1,8 @@
 //! Several units sharing one RTU-over-TCP line: a dead unit, fairness, poll groups.
 //!
-//! Assertions compare counts against what a scheduler without the property would achieve, with
-//! a wide margin, never against wall-clock bounds: the test box is shared and noisy.
+//! The bus is an in-memory pipe and the tests run on paused time, so latencies, timeouts and
+//! back-offs are virtual and the counts do not depend on the load of the test box. Assertions
+//! compare counts against what a scheduler without the property would achieve.
 
 use std::collections::HashMap;
 
@@ -28,56 +29,67 @@ struct Bus {
     delays: Vec<(u16, Duration)>,
 }
 
-async fn serve_bus(bus: Arc<Mutex<Bus>>) -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind(any_port()).await.expect("bind bus");
-    let addr = listener.local_addr().expect("bus address");
-    let task = tokio::spawn(async move {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            return;
-        };
-        let mut req = [0u8; frame::REQUEST_LEN];
-        while stream.read_exact(&mut req).await.is_ok() {
-            let (unit, start, count) = (
-                req[0],
-                u16::from_be_bytes([req[2], req[3]]),
-                u16::from_be_bytes([req[4], req[5]]),
-            );
-            let (silent, latency, refused) = {
-                let mut b = bus.lock().expect("bus lock");
-                b.seen.push((unit, start, count));
-                let mut silent = b.silent.contains(&unit);
-                for s in &mut b.silent_reads {
-                    if (s.0, s.1) == (start, count) && s.2 > 0 {
-                        s.2 -= 1;
-                        silent = true;
-                    }
+/// Serves one connection of the bus over `stream` until it closes.
+async fn bus_connection(bus: Arc<Mutex<Bus>>, mut stream: tokio::io::DuplexStream) {
+    let mut req = [0u8; frame::REQUEST_LEN];
+    while stream.read_exact(&mut req).await.is_ok() {
+        let (unit, start, count) = (
+            req[0],
+            u16::from_be_bytes([req[2], req[3]]),
+            u16::from_be_bytes([req[4], req[5]]),
+        );
+        let (silent, latency, refused) = {
+            let mut b = bus.lock().expect("bus lock");
+            b.seen.push((unit, start, count));
+            let mut silent = b.silent.contains(&unit);
+            for s in &mut b.silent_reads {
+                if (s.0, s.1) == (start, count) && s.2 > 0 {
+                    s.2 -= 1;
+                    silent = true;
                 }
-                let delay = b
-                    .delays
-                    .iter()
-                    .find(|d| d.0 == start)
-                    .map_or(b.latency, |d| d.1);
-                (silent, delay, b.refuse.contains(&(start, count)))
-            };
-            if silent {
-                continue;
             }
-            tokio::time::sleep(latency).await;
-            let mut body = if refused {
-                vec![unit, 0x83, 2]
-            } else {
-                vec![unit, 3, (count * 2) as u8]
-            };
-            for a in (start..start + count).filter(|_| !refused) {
-                body.extend_from_slice(&(u16::from(unit) * 1000 + a).to_be_bytes());
-            }
-            body.extend_from_slice(&frame::crc16(&body).to_le_bytes());
-            if stream.write_all(&body).await.is_err() {
-                return;
-            }
+            let delay = b
+                .delays
+                .iter()
+                .find(|d| d.0 == start)
+                .map_or(b.latency, |d| d.1);
+            (silent, delay, b.refuse.contains(&(start, count)))
+        };
+        if silent {
+            continue;
         }
+        tokio::time::sleep(latency).await;
+        let mut body = if refused {
+            vec![unit, 0x83, 2]
+        } else {
+            vec![unit, 3, (count * 2) as u8]
+        };
+        for a in (start..start + count).filter(|_| !refused) {
+            body.extend_from_slice(&(u16::from(unit) * 1000 + a).to_be_bytes());
+        }
+        body.extend_from_slice(&frame::crc16(&body).to_le_bytes());
+        if stream.write_all(&body).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs `devices` on an RTU line whose serial server is `bus`, over in-memory pipes: each open
+/// of the line is a fresh connection to the bus.
+fn start_on_bus(bus: &Arc<Mutex<Bus>>, devices: Vec<ModbusDevice>, capacity: usize) -> Running {
+    let bus = Arc::clone(bus);
+    let open: Opener = Box::new(move |line| {
+        let (ours, theirs) = tokio::io::duplex(4096);
+        tokio::spawn(bus_connection(Arc::clone(&bus), theirs));
+        let inter_frame = line.inter_frame;
+        Box::pin(async move {
+            Ok(Link::Rtu(crate::source::modbus::transport::RtuLink::new(
+                Box::new(ours),
+                inter_frame,
+            )))
+        })
     });
-    (addr, task)
+    start_with(rtu_line(any_port(), devices), capacity, open)
 }
 
 fn unit_device(unit: u8, groups: &[(&str, u64, Vec<u16>)]) -> ModbusDevice {
@@ -153,15 +165,14 @@ async fn collect(run: &mut Running, run_for: Duration) -> HashMap<(String, Quali
     counts
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_dead_unit_is_backed_off_and_does_not_stall_the_others_on_its_line() {
     let bus = Arc::new(Mutex::new(Bus {
         silent: vec![2],
         ..Bus::default()
     }));
-    let (addr, server) = serve_bus(Arc::clone(&bus)).await;
     let devices = [1, 2, 3].map(|u| unit_device(u, &[("fast", 20, vec![0, 1])]));
-    let mut run = start(rtu_line(addr, devices.to_vec()), 64);
+    let mut run = start_on_bus(&bus, devices.to_vec(), 64);
     let counts = collect(&mut run, Duration::from_millis(1500)).await;
     let get = |d: &str, q| counts.get(&(d.to_owned(), q)).copied().unwrap_or(0);
 
@@ -196,22 +207,19 @@ async fn a_dead_unit_is_backed_off_and_does_not_stall_the_others_on_its_line() {
     let (_, stats) = run.stop().await;
     assert!(stats.cycles_skipped.load(Ordering::Relaxed) >= 10);
     assert!(stats.request_retries.load(Ordering::Relaxed) >= 1);
-    server.abort();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn units_with_equal_intervals_take_turns() {
     let bus = Arc::new(Mutex::new(Bus {
         latency: Duration::from_millis(2),
         ..Bus::default()
     }));
-    let (addr, server) = serve_bus(Arc::clone(&bus)).await;
     // Interval 1 ms: the line is saturated, so only the tie break decides who goes next.
     let devices = [1, 2, 3].map(|u| unit_device(u, &[("all", 1, vec![0, 10, 20])]));
-    let mut run = start(rtu_line(addr, devices.to_vec()), 256);
+    let mut run = start_on_bus(&bus, devices.to_vec(), 256);
     collect(&mut run, Duration::from_millis(600)).await;
     run.stop().await;
-    server.abort();
     let seen = bus.lock().expect("bus lock").seen.clone();
     let per_unit = |u| seen.iter().filter(|s| s.0 == u).count();
     let (a, b, c) = (per_unit(1), per_unit(2), per_unit(3));
@@ -221,20 +229,18 @@ async fn units_with_equal_intervals_take_turns() {
     assert!(hi - lo <= 4, "unfair: {a} {b} {c}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_slow_group_with_many_requests_never_blocks_a_fast_group_for_a_whole_cycle() {
     let bus = Arc::new(Mutex::new(Bus {
         latency: Duration::from_millis(3),
         ..Bus::default()
     }));
-    let (addr, server) = serve_bus(Arc::clone(&bus)).await;
     // The slow group: 40 registers 10 apart, max_gap 0 -> 40 requests, >= 120 ms per cycle.
     let slow: Vec<u16> = (0..40).map(|i| 100 + i * 10).collect();
     let dev = unit_device(1, &[("fast", 15, vec![0, 1]), ("slow", 500, slow)]);
-    let mut run = start(rtu_line(addr, vec![dev]), 256);
+    let mut run = start_on_bus(&bus, vec![dev], 256);
     let counts = collect(&mut run, Duration::from_millis(900)).await;
     run.stop().await;
-    server.abort();
     assert!(counts.values().sum::<usize>() > 0);
 
     // In the bus log, find a complete slow cycle (40 requests at >= 100) and check that fast
@@ -264,16 +270,15 @@ async fn a_slow_group_with_many_requests_never_blocks_a_fast_group_for_a_whole_c
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn ticks_missed_on_an_overloaded_line_are_stale_samples_not_gaps() {
     let bus = Arc::new(Mutex::new(Bus {
         latency: Duration::from_millis(40),
         ..Bus::default()
     }));
-    let (addr, server) = serve_bus(Arc::clone(&bus)).await;
     // Every 10 ms, but each read takes >= 40 ms: most ticks find the last read still running.
     let dev = unit_device(1, &[("fast", 10, vec![0])]);
-    let mut run = start(rtu_line(addr, vec![dev]), 256);
+    let mut run = start_on_bus(&bus, vec![dev], 256);
     let stale = run
         .batch_where("a stale tick", |b| b[0].quality == Quality::Stale)
         .await;
@@ -289,10 +294,9 @@ async fn ticks_missed_on_an_overloaded_line_are_stale_samples_not_gaps() {
     assert_eq!(stale[0].value, Value::Int(1000));
     let (_, stats) = run.stop().await;
     assert!(stats.cycles_overrun.load(Ordering::Relaxed) >= 2);
-    server.abort();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_split_whose_half_timed_out_teaches_nothing() {
     let bus = Arc::new(Mutex::new(Bus {
         refuse: vec![(0, 4)],
@@ -300,16 +304,14 @@ async fn a_split_whose_half_timed_out_teaches_nothing() {
         silent_reads: vec![(0, 2, 2)],
         ..Bus::default()
     }));
-    let (addr, server) = serve_bus(Arc::clone(&bus)).await;
     let mut dev = unit_device(1, &[("all", 20, vec![0, 1, 2, 3])]);
     dev.backoff_initial = Duration::from_millis(20);
     dev.backoff_max = Duration::from_millis(40);
-    let mut run = start(rtu_line(addr, vec![dev]), 64);
+    let mut run = start_on_bus(&bus, vec![dev], 64);
     // Wait until the device is read successfully after its back-off.
     run.batch_where("all good", |b| b.iter().all(|t| t.quality == Quality::Good))
         .await;
     run.stop().await;
-    server.abort();
     let seen: Vec<(u16, u16)> = bus
         .lock()
         .expect("bus lock")
@@ -326,17 +328,16 @@ async fn a_split_whose_half_timed_out_teaches_nothing() {
     assert_eq!(&seen[4..6], &[(0, 2), (2, 2)], "{seen:?}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn ticks_that_fall_during_a_long_read_are_not_lost() {
     let bus = Arc::new(Mutex::new(Bus {
         // The slow group's read takes 500 ms.
         delays: vec![(100, Duration::from_millis(500))],
         ..Bus::default()
     }));
-    let (addr, server) = serve_bus(Arc::clone(&bus)).await;
     let mut dev = unit_device(1, &[("fast", 10, vec![0]), ("slow", 5000, vec![100])]);
     dev.timeout = Duration::from_secs(2);
-    let mut run = start(rtu_line(addr, vec![dev]), 1024);
+    let mut run = start_on_bus(&bus, vec![dev], 1024);
     let mut stale = 0;
     let mut slow_done = false;
     while !slow_done {
@@ -348,7 +349,6 @@ async fn ticks_that_fall_during_a_long_read_are_not_lost() {
         }
     }
     run.stop().await;
-    server.abort();
     // About 50 fast ticks fall inside the 500 ms read; each must leave a (stale) sample rather
     // than vanish. Checked loosely: a scheduler blind during the read leaves none.
     assert!(

@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::config::classify::{Classifier, PointSpec};
 use crate::config::issues::{did_you_mean, quote_list, split_host_port, Collector, ConfigIssue};
 use crate::config::raw::*;
+use crate::source::modbus::limits;
 use crate::model::{PointMeta, Protocol};
 
 /// Modbus register tables.
@@ -523,21 +524,21 @@ impl Compiler<'_> {
                     );
                     return None;
                 };
-                if !(300..=4_000_000).contains(&l.baud) {
+                if !limits::BAUD.contains(&l.baud) {
                     self.err(ConfigIssue::new(
                         format!("{path}.baud"),
-                        format!("{} is outside 300..=4000000", l.baud),
+                        format!("{} is outside {}..={}", l.baud, limits::BAUD.start(), limits::BAUD.end()),
                     ));
                     ok = false;
                 }
-                if !(5..=8).contains(&l.data_bits) {
+                if !limits::DATA_BITS.contains(&l.data_bits) {
                     self.err(ConfigIssue::new(
                         format!("{path}.data_bits"),
-                        format!("{} is outside 5..=8", l.data_bits),
+                        format!("{} is outside {}..={}", l.data_bits, limits::DATA_BITS.start(), limits::DATA_BITS.end()),
                     ));
                     ok = false;
                 }
-                if !(1..=2).contains(&l.stop_bits) {
+                if !limits::STOP_BITS.contains(&l.stop_bits) {
                     self.err(ConfigIssue::new(
                         format!("{path}.stop_bits"),
                         format!("{} is not 1 or 2", l.stop_bits),
@@ -800,23 +801,23 @@ impl Compiler<'_> {
                 humantime::format_duration(d.poll_interval)
             ));
         }
-        if !(1..=125).contains(&d.max_registers_per_request) {
+        if !(1..=limits::MAX_READ_REGISTERS).contains(&d.max_registers_per_request) {
             self.err(
                 ConfigIssue::new(
                     format!("{dpath}.max_registers_per_request"),
-                    format!("{} is outside 1..=125", d.max_registers_per_request),
+                    format!("{} is outside 1..={}", d.max_registers_per_request, limits::MAX_READ_REGISTERS),
                 )
-                .hint("the Modbus protocol limit for one register read is 125"),
+                .hint(format!("the Modbus protocol limit for one register read is {}", limits::MAX_READ_REGISTERS)),
             );
             ok = false;
         }
-        if !(1..=2000).contains(&d.max_bits_per_request) {
+        if !(1..=limits::MAX_READ_BITS).contains(&d.max_bits_per_request) {
             self.err(
                 ConfigIssue::new(
                     format!("{dpath}.max_bits_per_request"),
-                    format!("{} is outside 1..=2000", d.max_bits_per_request),
+                    format!("{} is outside 1..={}", d.max_bits_per_request, limits::MAX_READ_BITS),
                 )
-                .hint("the Modbus protocol limit for one coil/discrete read is 2000"),
+                .hint(format!("the Modbus protocol limit for one coil/discrete read is {}", limits::MAX_READ_BITS)),
             );
             ok = false;
         }
@@ -969,8 +970,8 @@ impl Compiler<'_> {
             unit_id: d.unit_id,
             timeout: d.timeout,
             retries: d.retries.min(MAX_RETRIES),
-            max_registers_per_request: d.max_registers_per_request.clamp(1, 125),
-            max_bits_per_request: d.max_bits_per_request.clamp(1, 2000),
+            max_registers_per_request: d.max_registers_per_request.clamp(1, limits::MAX_READ_REGISTERS),
+            max_bits_per_request: d.max_bits_per_request.clamp(1, limits::MAX_READ_BITS),
             max_gap: d.max_gap,
             forbidden,
             jitter: d.jitter,

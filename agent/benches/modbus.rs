@@ -8,8 +8,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use edge_agent::config::runtime::{ByteOrder, DataType, ModbusPoint, Table, ValueMap};
 use edge_agent::model::{Category, Level, PointMeta};
+use edge_agent::source::modbus::config::{ByteOrder, DataType, ModbusPoint, Table, ValueMap};
 use edge_agent::source::modbus::decode::decode_registers;
 use edge_agent::source::modbus::plan::{plan, Limits};
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use edge_agent::agent_config::{self, AgentConfig, Loaded};
-use edge_agent::config::LineTransport;
 use edge_agent::model::now_ms;
+use edge_agent::source::modbus::config::LineTransport;
 use firmware_sim::{Plant, Scenario};
 
 /// Root of the workspace (for `configs/`), whatever the current directory of the test.

@@ -470,14 +470,18 @@ async fn probe_shows_the_registers_under_every_order_through_rtu_over_tcp() {
     let reply = probe::read_once(
         line,
         9,
-        edge_agent::config::Table::Holding,
+        edge_agent::source::modbus::config::Table::Holding,
         0,
         6,
         Duration::from_secs(1),
     )
     .await
     .expect("probe reads");
-    let out = probe::render(edge_agent::config::Table::Holding, 0, &reply);
+    let out = probe::render(
+        edge_agent::source::modbus::config::Table::Holding,
+        0,
+        &reply,
+    );
     let row = out
         .lines()
         .find(|l| l.split_whitespace().any(|w| w == "CDAB") && l.contains("123.5"))
@@ -490,7 +494,7 @@ async fn probe_shows_the_registers_under_every_order_through_rtu_over_tcp() {
     let refused = probe::read_once(
         line,
         42,
-        edge_agent::config::Table::Holding,
+        edge_agent::source::modbus::config::Table::Holding,
         0,
         1,
         Duration::from_millis(200),
@@ -507,8 +511,8 @@ async fn probe_shows_the_registers_under_every_order_through_rtu_over_tcp() {
 /// sweep plus the edges, so a failure names a reproducible value.
 #[test]
 fn the_agents_decoder_inverts_the_simulators_encoder_in_every_order() {
-    use edge_agent::config::{ByteOrder, DataType, ModbusPoint, Table};
     use edge_agent::model::{Category, Level, PointMeta};
+    use edge_agent::source::modbus::config::{ByteOrder, DataType, ModbusPoint, Table};
     use edge_agent::source::modbus::decode::decode_registers;
     use firmware_sim::encoding::{self as sim, Encoded, Sample};
 

@@ -65,13 +65,6 @@ pub struct SummarySettings {
     pub windows: Vec<Duration>,
 }
 
-// moved: the Modbus runtime types live with the Modbus source now; these re-exports keep the
-// old paths working until every user imports `crate::source::modbus::config`.
-pub use crate::source::modbus::config::{
-    ByteOrder, DataType, Forbidden, LineTransport, ModbusDevice, ModbusLine, ModbusPoint, Parity,
-    PollGroup, SerialSettings, Table, ValueMap,
-};
-
 /// An upstream MQTT broker endpoint.
 #[derive(Debug, Clone)]
 pub struct Broker {

@@ -15,8 +15,8 @@ use std::time::Duration;
 use crate::config::classify::{Classifier, PointSpec};
 use crate::config::issues::{did_you_mean, quote_list, split_host_port, Collector, ConfigIssue};
 use crate::config::raw::*;
-use crate::source::modbus::limits;
 use crate::model::{PointMeta, Protocol};
+use crate::source::modbus::limits;
 
 /// Modbus register tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -527,14 +527,24 @@ impl Compiler<'_> {
                 if !limits::BAUD.contains(&l.baud) {
                     self.err(ConfigIssue::new(
                         format!("{path}.baud"),
-                        format!("{} is outside {}..={}", l.baud, limits::BAUD.start(), limits::BAUD.end()),
+                        format!(
+                            "{} is outside {}..={}",
+                            l.baud,
+                            limits::BAUD.start(),
+                            limits::BAUD.end()
+                        ),
                     ));
                     ok = false;
                 }
                 if !limits::DATA_BITS.contains(&l.data_bits) {
                     self.err(ConfigIssue::new(
                         format!("{path}.data_bits"),
-                        format!("{} is outside {}..={}", l.data_bits, limits::DATA_BITS.start(), limits::DATA_BITS.end()),
+                        format!(
+                            "{} is outside {}..={}",
+                            l.data_bits,
+                            limits::DATA_BITS.start(),
+                            limits::DATA_BITS.end()
+                        ),
                     ));
                     ok = false;
                 }
@@ -805,9 +815,16 @@ impl Compiler<'_> {
             self.err(
                 ConfigIssue::new(
                     format!("{dpath}.max_registers_per_request"),
-                    format!("{} is outside 1..={}", d.max_registers_per_request, limits::MAX_READ_REGISTERS),
+                    format!(
+                        "{} is outside 1..={}",
+                        d.max_registers_per_request,
+                        limits::MAX_READ_REGISTERS
+                    ),
                 )
-                .hint(format!("the Modbus protocol limit for one register read is {}", limits::MAX_READ_REGISTERS)),
+                .hint(format!(
+                    "the Modbus protocol limit for one register read is {}",
+                    limits::MAX_READ_REGISTERS
+                )),
             );
             ok = false;
         }
@@ -815,9 +832,16 @@ impl Compiler<'_> {
             self.err(
                 ConfigIssue::new(
                     format!("{dpath}.max_bits_per_request"),
-                    format!("{} is outside 1..={}", d.max_bits_per_request, limits::MAX_READ_BITS),
+                    format!(
+                        "{} is outside 1..={}",
+                        d.max_bits_per_request,
+                        limits::MAX_READ_BITS
+                    ),
                 )
-                .hint(format!("the Modbus protocol limit for one coil/discrete read is {}", limits::MAX_READ_BITS)),
+                .hint(format!(
+                    "the Modbus protocol limit for one coil/discrete read is {}",
+                    limits::MAX_READ_BITS
+                )),
             );
             ok = false;
         }
@@ -970,7 +994,9 @@ impl Compiler<'_> {
             unit_id: d.unit_id,
             timeout: d.timeout,
             retries: d.retries.min(MAX_RETRIES),
-            max_registers_per_request: d.max_registers_per_request.clamp(1, limits::MAX_READ_REGISTERS),
+            max_registers_per_request: d
+                .max_registers_per_request
+                .clamp(1, limits::MAX_READ_REGISTERS),
             max_bits_per_request: d.max_bits_per_request.clamp(1, limits::MAX_READ_BITS),
             max_gap: d.max_gap,
             forbidden,

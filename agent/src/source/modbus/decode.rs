@@ -27,8 +27,8 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::config::runtime::{ByteOrder, DataType, ModbusPoint};
 use crate::model::Value;
+use crate::source::modbus::config::{ByteOrder, DataType, ModbusPoint};
 
 /// Why a point could not be decoded from its block. The poll loop turns any of these into a
 /// sample with quality `DecodeError` (or `CommError` for a short response) and keeps polling.

@@ -8,7 +8,7 @@
 //! ([`response_len`]) instead of relying on inter-frame silence, which a USB adapter or a serial
 //! server over TCP does not preserve.
 
-use crate::config::runtime::Table;
+use crate::source::modbus::config::Table;
 
 /// Bytes of a read request: unit, fc, start (2), count (2), crc (2).
 pub const REQUEST_LEN: usize = 8;

@@ -31,8 +31,8 @@ use self::schedule::{Core, Next, Outcome, Read};
 use super::transport::{Link, TxError};
 use super::ModbusError;
 use crate::backoff::random_unit;
-use crate::config::runtime::ModbusLine;
 use crate::model::{now_ms, Level};
+use crate::source::modbus::config::ModbusLine;
 use crate::source::Tagged;
 use crate::stats::Stats;
 

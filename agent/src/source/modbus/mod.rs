@@ -75,7 +75,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use self::plan::{Limits, ReadBlock};
-use crate::config::runtime::ModbusDevice;
+use crate::source::modbus::config::ModbusDevice;
 
 pub use line::run_line;
 

@@ -4,7 +4,7 @@
 //!
 //! Invariants of [`plan`]'s output:
 //! - every point is listed in exactly one [`ReadBlock`], and the whole of its width
-//!   ([`DataType::width`](crate::config::runtime::DataType::width) registers or bits, from its
+//!   ([`DataType::width`](crate::source::modbus::config::DataType::width) registers or bits, from its
 //!   address) lies inside that block;
 //! - a block reads one table and never more than the limit for that table (`max_registers` for
 //!   holding/input, `max_bits` for coils/discrete inputs, each clamped to what the protocol
@@ -24,7 +24,7 @@
 //!
 //! Several points may share a register (bits of one register); they then share a block.
 
-use crate::config::runtime::{Forbidden, ModbusPoint, Table};
+use crate::source::modbus::config::{Forbidden, ModbusPoint, Table};
 
 pub use super::limits::{MAX_READ_BITS, MAX_READ_REGISTERS};
 

@@ -8,7 +8,7 @@ use super::decode::{assemble, bcd, word16};
 use super::frame::Reply;
 use super::transport::{Link, TxError};
 use super::ModbusError;
-use crate::config::runtime::{ByteOrder, LineTransport, ModbusLine, Table};
+use crate::source::modbus::config::{ByteOrder, LineTransport, ModbusLine, Table};
 
 /// Opens `line`, reads `count` entries of `table` from `start` at `unit` once, closes the line.
 /// The error says what to check, judged by the transport: a Modbus TCP endpoint that does not

@@ -15,8 +15,8 @@ use proptest::prelude::*;
 use super::decode::{decode_bits, decode_registers, DecodeError};
 use super::frame::{expected_len, parse_response, Reply};
 use super::transport::{Link, RtuLink};
-use crate::config::runtime::{ByteOrder, DataType, ModbusPoint, Table};
 use crate::model::{testutil, Level, Value};
+use crate::source::modbus::config::{ByteOrder, DataType, ModbusPoint, Table};
 
 const TABLES: [Table; 4] = [
     Table::Coil,

@@ -22,7 +22,7 @@ use tracing::debug;
 use super::frame::{self, FrameError, Reply};
 use super::limits::MAX_RTU_FRAME;
 use super::ModbusError;
-use crate::config::runtime::{LineTransport, ModbusLine, SerialSettings, Table};
+use crate::source::modbus::config::{LineTransport, ModbusLine, SerialSettings, Table};
 
 /// Why one read brought no data.
 #[derive(Debug)]
@@ -153,9 +153,9 @@ async fn resolve(endpoint: &str) -> Result<SocketAddr, ModbusError> {
 fn open_serial(s: &SerialSettings) -> Result<tokio_serial::SerialStream, ModbusError> {
     use tokio_serial::{DataBits, FlowControl, Parity as P, StopBits};
     let parity = match s.parity {
-        crate::config::runtime::Parity::None => P::None,
-        crate::config::runtime::Parity::Even => P::Even,
-        crate::config::runtime::Parity::Odd => P::Odd,
+        crate::source::modbus::config::Parity::None => P::None,
+        crate::source::modbus::config::Parity::Even => P::Even,
+        crate::source::modbus::config::Parity::Odd => P::Odd,
     };
     let data_bits = match s.data_bits {
         5 => DataBits::Five,

@@ -1,8 +1,8 @@
 //! Known vectors: every type under every order, with the wire registers written out by hand.
 
 use super::*;
-use crate::config::runtime::{Table, ValueMap};
 use crate::model::{testutil, Level};
+use crate::source::modbus::config::{Table, ValueMap};
 
 fn point(table: Table, address: u16, data_type: DataType, order: ByteOrder) -> ModbusPoint {
     ModbusPoint {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::config::runtime::{Forbidden, ModbusDevice, ModbusLine, ModbusPoint, Table};
 use crate::model::{Quality, Value};
+use crate::source::modbus::config::{Forbidden, ModbusDevice, ModbusLine, ModbusPoint, Table};
 use crate::source::modbus::decode;
 use crate::source::modbus::frame::Reply;
 use crate::source::modbus::plan::{self, Limits, ReadBlock};

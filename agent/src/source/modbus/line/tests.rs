@@ -13,10 +13,10 @@ use tokio_modbus::{ExceptionCode, Request, Response};
 use std::net::SocketAddr;
 
 use super::*;
-use crate::config::runtime::{
+use crate::model::{PointMeta, Protocol, Quality, Value};
+use crate::source::modbus::config::{
     ByteOrder, DataType, LineTransport, ModbusDevice, ModbusPoint, PollGroup, Table,
 };
-use crate::model::{PointMeta, Protocol, Quality, Value};
 use crate::source::modbus::requests_per_cycle;
 
 /// Upper bound for any wait in these tests; they normally finish in milliseconds.

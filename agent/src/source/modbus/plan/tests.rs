@@ -1,6 +1,6 @@
 use super::*;
-use crate::config::runtime::{ByteOrder, DataType};
 use crate::model::{testutil, Level};
+use crate::source::modbus::config::{ByteOrder, DataType};
 use proptest::prelude::*;
 
 fn point(table: Table, address: u16, data_type: DataType, bit: Option<u8>) -> ModbusPoint {

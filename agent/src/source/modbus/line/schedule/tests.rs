@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Core, Next, Outcome, Read};
-use crate::config::runtime::{ByteOrder, DataType, ModbusDevice, ModbusLine, Table};
 use crate::model::{Quality, Value};
+use crate::source::modbus::config::{ByteOrder, DataType, ModbusDevice, ModbusLine, Table};
 use crate::source::modbus::frame::Reply;
 use crate::source::modbus::line::tests::{any_port, device, point};
 use crate::source::modbus::transport::TxError;

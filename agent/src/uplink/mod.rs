@@ -2,11 +2,11 @@
 //! publishes them to one destination's broker with QoS 1 over TCP or TLS (rumqttc + rustls).
 //!
 //! Layout (see `docs/decisions/0004-uplink-delivery.md` and `0008-uplink-state-machine.md`):
-//! - [`delivery`]: the sans-I/O delivery core: PUBACK correlation, re-queue on disconnect, the
+//! - `delivery`: the sans-I/O delivery core: PUBACK correlation, re-queue on disconnect, the
 //!   bounded backlog and its drop order, the shutdown flush decision.
-//! - [`connection`]: the driver, a loop over explicit states (`Connecting`, `Connected`,
+//! - `connection`: the driver, a loop over explicit states (`Connecting`, `Connected`,
 //!   `Draining`, `Waiting`, `Stopped`) around rumqttc, with [`crate::backoff`] between attempts.
-//! - [`drop_log`]: turns backlog drops into a start line, one summary per 10 s and an end line.
+//! - `drop_log`: turns backlog drops into a start line, one summary per 10 s and an end line.
 //! - This file: the handle, the batcher (items to messages) and the state both tasks share.
 //!
 //! Delivery:

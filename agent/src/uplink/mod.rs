@@ -356,6 +356,134 @@ mod tests {
     use crate::model::{Quality, Tagged, Value};
     use std::sync::atomic::Ordering;
 
+    fn destination(port: u16, batch_max_items: usize, queue_items: usize) -> Arc<Destination> {
+        Arc::new(crate::config::Destination {
+            name: Arc::from("dc"),
+            jurisdiction: crate::config::Jurisdiction("CN".into()),
+            recipient: "r".into(),
+            purpose: "p".into(),
+            legal_basis: "b".into(),
+            broker: crate::config::Broker {
+                host: "127.0.0.1".into(),
+                port,
+                client_id: "t".into(),
+                keep_alive: Duration::from_secs(5),
+                tls: None,
+            },
+            topic_prefix: "x".into(),
+            allow: vec![],
+            assessment: None,
+            batch_max_items,
+            batch_max_delay: Duration::from_millis(10),
+            queue_items,
+        })
+    }
+
+    fn general_sample(seq: u64) -> Permitted<EgressItem> {
+        Permitted::for_test(EgressItem::Raw(Tagged {
+            meta: meta(0, "a", Level::General),
+            value: Value::Int(1),
+            quality: Quality::Good,
+            ts_ms: seq as i64,
+            seq,
+        }))
+    }
+
+    /// Log output of the current thread's tracing events, as text.
+    #[derive(Clone, Default)]
+    struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for CapturedLog {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl CapturedLog {
+        fn install(&self) -> tracing::subscriber::DefaultGuard {
+            let writer = self.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .with_max_level(tracing::Level::INFO)
+                .finish();
+            tracing::subscriber::set_default(subscriber)
+        }
+
+        fn lines_containing(&self, needle: &str) -> Vec<String> {
+            let text = String::from_utf8_lossy(&self.0.lock().expect("log")).into_owned();
+            text.lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_backlog_logs_its_start_and_one_summary_per_period_not_a_line_per_drop() {
+        // Current-thread runtime: the batcher task logs on this thread, into this subscriber.
+        let log = CapturedLog::default();
+        let _guard = log.install();
+        // One item per message, five items of backlog and no connection: 95 of 100 are dropped.
+        let dest = destination(1, 1, 5);
+        let stats = Arc::new(Stats::new([dest.name.clone()]));
+        let shared = Arc::new(Shared::new(dest.queue_items, stats.clone(), 0));
+        let batcher = Batcher {
+            env: Envelope {
+                gateway: "gw".into(),
+                site: "s".into(),
+                destination: "dc".into(),
+                legal_basis: "b".into(),
+            },
+            dest,
+            shared,
+            pending: HashMap::new(),
+            drops: DropLog::new(DROP_LOG_PERIOD),
+        };
+        let (tx, rx) = mpsc::channel(100);
+        let (shutdown, closing) = (CancellationToken::new(), CancellationToken::new());
+        let task = tokio::spawn(batcher.run(rx, shutdown.clone(), closing));
+        for seq in 0..100 {
+            tx.send(general_sample(seq)).await.expect("batcher running");
+        }
+        // Paused time only moves once the batcher has taken every item.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(stats.destinations[0].dropped.get(Level::General), 95);
+        assert_eq!(
+            log.lines_containing("backlog").len(),
+            1,
+            "one line at the start"
+        );
+        assert!(log.lines_containing("WARN")[0].contains("Uplink backlog for dc is full"));
+
+        tokio::time::sleep(DROP_LOG_PERIOD).await;
+        let summary = log.lines_containing("Dropped");
+        assert_eq!(summary.len(), 1);
+        assert!(
+            summary[0].contains("Dropped 95 general items for dc in the last 10 s (backlog full)."),
+            "{}",
+            summary[0]
+        );
+        tokio::time::sleep(DROP_LOG_PERIOD).await;
+        assert_eq!(log.lines_containing("has room again").len(), 1);
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("batcher stops")
+            .expect("batcher task");
+        assert_eq!(
+            log.lines_containing("backlog").len(),
+            3,
+            "start, summary, end"
+        );
+    }
+
     #[test]
     fn backlog_drops_are_counted_per_level_in_the_destination_stats() {
         let s = Shared::new(10, Arc::new(Stats::new([Arc::from("d")])), 0);
@@ -389,26 +517,7 @@ mod tests {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("port");
-        let dest = Arc::new(crate::config::Destination {
-            name: Arc::from("dc"),
-            jurisdiction: crate::config::Jurisdiction("CN".into()),
-            recipient: "r".into(),
-            purpose: "p".into(),
-            legal_basis: "b".into(),
-            broker: crate::config::Broker {
-                host: "127.0.0.1".into(),
-                port,
-                client_id: "t".into(),
-                keep_alive: Duration::from_secs(5),
-                tls: None,
-            },
-            topic_prefix: "x".into(),
-            allow: vec![],
-            assessment: None,
-            batch_max_items: 10,
-            batch_max_delay: Duration::from_millis(10),
-            queue_items: 100,
-        });
+        let dest = destination(port, 10, 100);
         let stats = Arc::new(Stats::new([dest.name.clone()]));
         let shutdown = CancellationToken::new();
         let gw = crate::config::Gateway {
@@ -420,14 +529,7 @@ mod tests {
             department: String::new(),
         };
         let h = spawn(dest, &gw, stats.clone(), shutdown.clone()).expect("spawn");
-        let t = Tagged {
-            meta: meta(0, "a", Level::General),
-            value: Value::Int(1),
-            quality: Quality::Good,
-            ts_ms: 1,
-            seq: 1,
-        };
-        h.offer(Permitted::for_test(EgressItem::Raw(t)));
+        h.offer(general_sample(1));
         tokio::time::sleep(Duration::from_millis(100)).await;
         shutdown.cancel();
         // A hang guard, not a timing assertion: shutdown must end (it is bounded by FLUSH_TIMEOUT).

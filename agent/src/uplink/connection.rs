@@ -93,7 +93,10 @@ pub(crate) enum LinkFailure {
 impl From<&ConnectionError> for LinkFailure {
     fn from(e: &ConnectionError) -> Self {
         match e {
-            ConnectionError::Io(io) | ConnectionError::MqttState(StateError::Io(io)) => {
+            // A socket error reaches us directly, via the state, or via the packet reader.
+            ConnectionError::Io(io)
+            | ConnectionError::MqttState(StateError::Io(io))
+            | ConnectionError::MqttState(StateError::Deserialization(rumqttc::Error::Io(io))) => {
                 LinkFailure::from(io)
             }
             ConnectionError::MqttState(StateError::AwaitPingResp) => {
@@ -826,6 +829,13 @@ mod tests {
         assert!(
             !failure.to_string().contains("Os {"),
             "no Debug-formatted errno"
+        );
+        // A reset while reading a packet (as when a proxy cuts the path during CONNACK).
+        let reset = io::Error::from_raw_os_error(104);
+        let in_reader = StateError::Deserialization(rumqttc::Error::Io(reset));
+        assert_eq!(
+            LinkFailure::from(&ConnectionError::MqttState(in_reader)),
+            LinkFailure::Closed
         );
         assert_eq!(
             LinkFailure::from(&ConnectionError::NetworkTimeout),

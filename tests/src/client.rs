@@ -10,6 +10,9 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 /// Publishes `payload` on `topic` with `options` (transport, TLS, client id) and returns once the
 /// broker acknowledged it. Fails on any connection error or after `timeout`.
+// The workspace bans rumqttc's publish outside the agent's uplink; this is a simulated device or
+// a test client publishing to a test broker, not the agent sending data upstream.
+#[allow(clippy::disallowed_methods)]
 pub async fn publish_once(
     options: MqttOptions,
     topic: &str,

@@ -1,7 +1,15 @@
 //! The only publisher. Accepts only [`Permitted`] items, batches them per (form, level), and
 //! publishes them to one destination's broker with QoS 1 over TCP or TLS (rumqttc + rustls).
 //!
-//! Delivery (see `docs/decisions/0004-uplink-delivery.md`):
+//! Layout (see `docs/decisions/0004-uplink-delivery.md` and `0008-uplink-state-machine.md`):
+//! - `delivery`: the sans-I/O delivery core: PUBACK correlation, re-queue on disconnect, the
+//!   bounded backlog and its drop order, the shutdown flush decision.
+//! - `connection`: the driver, a loop over explicit states (`Connecting`, `Connected`,
+//!   `Draining`, `Waiting`, `Stopped`) around rumqttc, with [`crate::backoff`] between attempts.
+//! - `drop_log`: turns backlog drops into a start line, one summary per 10 s and an end line.
+//! - This file: the handle, the batcher (items to messages) and the state both tasks share.
+//!
+//! Delivery:
 //! - An item counts as *forwarded* only when the broker's PUBACK for its message arrives.
 //!   rumqttc's `publish` only queues, so packet ids are correlated: messages are handed to the
 //!   client in order, `Outgoing::Publish(pkid)` events come back in the same order, and the
@@ -14,21 +22,25 @@
 //!   message is dropped first, then the oldest of any level, counted per level in `dropped`.
 //!   A durable outbox replaces this in a later issue.
 //! - On shutdown the queue is flushed and PUBACKs are awaited for at most [`FLUSH_TIMEOUT`].
+//! - The connection driver is the only caller of rumqttc's publish (clippy.toml bans it
+//!   elsewhere).
 
+mod connection;
+mod delivery;
+mod drop_log;
 mod encode;
 pub(crate) mod tls;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, Transport};
-use tokio::sync::mpsc;
+use rumqttc::{MqttOptions, Transport};
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 pub use encode::{encode, topic, Envelope, SCHEMA_VERSION};
 pub use tls::{client_config, TlsError};
@@ -39,6 +51,9 @@ use crate::policy::{DenyReason, EgressItem, Permitted, Policy};
 use crate::source::Tagged;
 use crate::stats::{DestinationStats, Stats};
 use crate::summary::Summary;
+use connection::{Driver, MqttConnector};
+use delivery::{Delivery, LevelCounts, Message};
+use drop_log::{DropLog, DropReport};
 
 /// Messages handed to the MQTT client and not yet acknowledged, at most. Below rumqttc's own
 /// in-flight limit (100) so its packet-id space never collides with an unacknowledged message.
@@ -47,10 +62,8 @@ const MAX_IN_FLIGHT: usize = 32;
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages larger than this are split (brokers commonly cap packets at 256 KiB–1 MiB).
 const MAX_PAYLOAD: usize = 256 * 1024;
-const BACKOFF_INITIAL: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// rumqttc's connect/flush timeout, seconds.
-const NETWORK_TIMEOUT_S: u64 = 5;
+/// At most one backlog-drop summary line per destination per this period.
+const DROP_LOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// Why an uplink could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -178,21 +191,19 @@ pub fn spawn(
         legal_basis: dest.legal_basis.clone(),
     };
     let (tx, rx) = mpsc::channel(dest.queue_items);
-    let shared = Arc::new(Shared {
-        state: Mutex::new(State::default()),
-        stats: stats.clone(),
-        index,
-        capacity_items: dest.queue_items,
-    });
+    let shared = Arc::new(Shared::new(dest.queue_items, stats.clone(), index));
     let closing = CancellationToken::new();
     let batcher = Batcher {
         dest: dest.clone(),
         env,
         shared: shared.clone(),
         pending: HashMap::new(),
+        drops: DropLog::new(DROP_LOG_PERIOD),
     };
     let batch_task = tokio::spawn(batcher.run(rx, shutdown, closing.clone()));
-    let conn_task = tokio::spawn(connection(dest.clone(), options, shared, closing));
+    let broker = format!("{}:{}", dest.broker.host, dest.broker.port);
+    let driver = Driver::new(shared, MqttConnector { options }, closing, broker);
+    let conn_task = tokio::spawn(driver.run());
     Ok(UplinkHandle {
         policy: Policy::new(dest),
         tx,
@@ -222,126 +233,45 @@ fn mqtt_options(dest: &Destination) -> Result<MqttOptions, UplinkError> {
     Ok(o)
 }
 
-/// One encoded message and what it carries, for counting on PUBACK or drop.
-#[derive(Debug)]
-struct Message {
-    /// Monotonic id; keeps re-queued messages in their original order.
-    id: u64,
-    topic: String,
-    payload: Vec<u8>,
-    level: Level,
-    items: u64,
-}
-
-/// Delivery state shared by the batcher (which adds messages) and the connection task (which
-/// learns of packet ids and acknowledgements). Locked briefly, never across an await.
-#[derive(Debug, Default)]
-struct State {
-    /// Not yet handed to a connection, oldest first.
-    queue: VecDeque<Message>,
-    /// Handed to the current client, waiting for their `Outgoing::Publish(pkid)`, in order.
-    awaiting_pkid: VecDeque<Message>,
-    /// Sent on the current connection, waiting for PUBACK.
-    in_flight: HashMap<u16, Message>,
-    /// The current connection's client; `None` while disconnected.
-    client: Option<AsyncClient>,
-    /// Set when the batcher has flushed everything at shutdown.
-    closing_deadline: Option<Instant>,
-    /// Items held in all three queues.
-    items: u64,
-    next_id: u64,
-}
-
-impl State {
-    fn is_empty(&self) -> bool {
-        self.queue.is_empty() && self.awaiting_pkid.is_empty() && self.in_flight.is_empty()
-    }
-}
-
+/// Delivery state shared by the batcher (which offers messages) and the connection driver
+/// (which hands them to the client and learns of packet ids and acknowledgements). Locked
+/// briefly, never across an await.
 #[derive(Debug)]
 struct Shared {
-    state: Mutex<State>,
+    delivery: Mutex<Delivery>,
+    /// Wakes the connection driver when the batcher has queued a message.
+    queued: Notify,
     stats: Arc<Stats>,
     index: usize,
-    capacity_items: usize,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn new(capacity_items: usize, stats: Arc<Stats>, index: usize) -> Self {
+        Shared {
+            delivery: Mutex::new(Delivery::new(capacity_items, MAX_IN_FLIGHT)),
+            queued: Notify::new(),
+            stats,
+            index,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Delivery> {
         // A panic while holding the lock leaves plain data behind; keep delivering.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.delivery.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn counters(&self) -> &DestinationStats {
         &self.stats.destinations[self.index]
     }
 
-    /// Add a message, dropping the oldest queued general message (then the oldest of any level)
-    /// while the backlog is over capacity. Messages already handed to the broker are not dropped.
-    fn enqueue(&self, mut msg: Message) {
-        let mut st = self.lock();
-        msg.id = st.next_id;
-        st.next_id += 1;
-        st.items += msg.items;
-        st.queue.push_back(msg);
-        while st.items > self.capacity_items as u64 && st.queue.len() > 1 {
-            let victim = st
-                .queue
-                .iter()
-                .position(|m| m.level == Level::General)
-                .unwrap_or(0);
-            let Some(m) = st.queue.remove(victim) else {
-                break;
-            };
-            st.items -= m.items;
-            self.counters().dropped.add(m.level, m.items);
-            warn!(
-                destination = %self.counters().name,
-                level = %m.level,
-                items = m.items,
-                "Uplink backlog full; dropped the oldest queued message."
-            );
+    /// Queue a message for the driver; returns (and counts) what the full backlog dropped.
+    fn offer(&self, msg: Message) -> LevelCounts {
+        let dropped = self.lock().offer(msg);
+        for (level, n) in dropped.iter() {
+            self.counters().dropped.add(level, n);
         }
-        self.pump(&mut st);
-    }
-
-    /// Hand queued messages to the current client while the in-flight window has room.
-    fn pump(&self, st: &mut State) {
-        let Some(client) = st.client.clone() else {
-            return;
-        };
-        while st.awaiting_pkid.len() + st.in_flight.len() < MAX_IN_FLIGHT {
-            let Some(msg) = st.queue.pop_front() else {
-                break;
-            };
-            match client.try_publish(
-                msg.topic.clone(),
-                QoS::AtLeastOnce,
-                false,
-                msg.payload.clone(),
-            ) {
-                Ok(()) => st.awaiting_pkid.push_back(msg),
-                Err(e) => {
-                    // Only possible if the event loop is gone; it re-queues on its way out.
-                    debug!(error = %e, "MQTT client refused a publish; keeping it queued.");
-                    st.queue.push_front(msg);
-                    break;
-                }
-            }
-        }
-    }
-
-    /// The connection is gone: everything not acknowledged goes back to the front of the queue,
-    /// in its original order, for the next connection.
-    fn on_disconnect(&self) {
-        let mut st = self.lock();
-        st.client = None;
-        let mut back: Vec<Message> = st.awaiting_pkid.drain(..).collect();
-        back.extend(st.in_flight.drain().map(|(_, m)| m));
-        back.sort_by_key(|m| m.id);
-        for m in back.into_iter().rev() {
-            st.queue.push_front(m);
-        }
+        self.queued.notify_one();
+        dropped
     }
 }
 
@@ -351,6 +281,7 @@ struct Batcher {
     env: Envelope,
     shared: Arc<Shared>,
     pending: HashMap<(Form, Level), (Vec<EgressItem>, Instant)>,
+    drops: DropLog,
 }
 
 impl Batcher {
@@ -363,6 +294,7 @@ impl Batcher {
         loop {
             let next_due = self.pending.values().map(|(_, since)| *since).min();
             let deadline = next_due.map(|t| t + self.dest.batch_max_delay);
+            let drops_due = self.drops.due().map(Instant::from_std);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -371,6 +303,11 @@ impl Batcher {
                     None => break,
                 },
                 _ = sleep_until_opt(deadline) => self.flush_due(Instant::now()),
+                _ = sleep_until_opt(drops_due) => {
+                    if let Some(report) = self.drops.tick(Instant::now().into_std()) {
+                        log_drops(&self.dest.name, report);
+                    }
+                }
             }
         }
         // Whatever the router offered before shutdown is still delivered.
@@ -382,15 +319,11 @@ impl Batcher {
         for k in keys {
             self.flush(k);
         }
-        let mut st = self.shared.lock();
-        st.closing_deadline = Some(Instant::now() + FLUSH_TIMEOUT);
-        if st.is_empty() {
-            if let Some(c) = &st.client {
-                // Wakes the connection task, which then ends cleanly.
-                let _ = c.try_disconnect();
-            }
+        let now = Instant::now();
+        if let Some(report) = self.drops.finish(now.into_std()) {
+            log_drops(&self.dest.name, report);
         }
-        drop(st);
+        self.shared.lock().close((now + FLUSH_TIMEOUT).into_std());
         closing.cancel();
     }
 
@@ -428,7 +361,7 @@ impl Batcher {
     }
 
     /// Encode `items` as one message, halving the batch until each message fits [`MAX_PAYLOAD`].
-    fn encode_split(&self, topic: &str, form: Form, level: Level, items: &[EgressItem]) {
+    fn encode_split(&mut self, topic: &str, form: Form, level: Level, items: &[EgressItem]) {
         if items.is_empty() {
             return;
         }
@@ -439,13 +372,35 @@ impl Batcher {
             self.encode_split(topic, form, level, b);
             return;
         }
-        self.shared.enqueue(Message {
-            id: 0,
-            topic: topic.to_owned(),
-            payload,
-            level,
-            items: items.len() as u64,
-        });
+        let msg = Message::new(topic.to_owned(), payload, level, items.len() as u64);
+        let dropped = self.shared.offer(msg);
+        if let Some(report) = self.drops.record(Instant::now().into_std(), &dropped) {
+            log_drops(&self.dest.name, report);
+        }
+    }
+}
+
+/// One line per drop episode change or period, never one per message.
+fn log_drops(destination: &str, report: DropReport) {
+    match report {
+        DropReport::Started(_) => warn!(
+            destination,
+            "Uplink backlog for {destination} is full; dropping the oldest queued messages, \
+             general first. The broker is unreachable or slower than the data rate: check the \
+             uplink connection, or raise the destination's queue_items."
+        ),
+        DropReport::Summary { counts, period } => warn!(
+            destination,
+            items = counts.total(),
+            "Dropped {counts} for {destination} in the last {} s (backlog full).",
+            period.as_secs()
+        ),
+        DropReport::Stopped { total, lasted } => info!(
+            destination,
+            items = total.total(),
+            "Uplink backlog for {destination} has room again; {total} were dropped over {} s.",
+            lasted.as_secs()
+        ),
     }
 }
 
@@ -456,268 +411,16 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// Resolves when the uplink must give up: after shutdown, immediately if nothing is left to
-/// deliver, otherwise at the flush deadline.
-async fn give_up(shared: &Shared, closing: &CancellationToken) {
-    closing.cancelled().await;
-    let deadline = {
-        let st = shared.lock();
-        if st.is_empty() {
-            return;
-        }
-        st.closing_deadline.unwrap_or_else(Instant::now)
-    };
-    tokio::time::sleep_until(deadline).await;
-}
-
-/// Connects, reconnects with exponential backoff and jitter, and correlates PUBACKs.
-async fn connection(
-    dest: Arc<Destination>,
-    options: MqttOptions,
-    shared: Arc<Shared>,
-    closing: CancellationToken,
-) {
-    let name = dest.name.clone();
-    let counters = &shared.stats.destinations[shared.index];
-    let mut backoff = BACKOFF_INITIAL;
-    let mut failures: u64 = 0;
-    'connect: loop {
-        if closing.is_cancelled() && shared.lock().is_empty() {
-            break;
-        }
-        let (client, mut eventloop) = AsyncClient::new(options.clone(), MAX_IN_FLIGHT + 4);
-        eventloop.set_network_options({
-            let mut n = rumqttc::NetworkOptions::new();
-            n.set_connection_timeout(NETWORK_TIMEOUT_S);
-            n
-        });
-        // Cancelling a connect attempt is safe: this event loop is abandoned with it.
-        let first = tokio::select! {
-            r = eventloop.poll() => r,
-            _ = give_up(&shared, &closing) => break 'connect,
-        };
-        match first {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                counters.connected.store(true, Ordering::Relaxed);
-                if failures > 0 {
-                    info!(destination = %name, after_failures = failures, "Uplink reconnected.");
-                } else {
-                    info!(destination = %name, broker = %format!("{}:{}", dest.broker.host, dest.broker.port), "Uplink connected.");
-                }
-                failures = 0;
-                backoff = BACKOFF_INITIAL;
-                let mut st = shared.lock();
-                st.client = Some(client.clone());
-                shared.pump(&mut st);
-                if st.closing_deadline.is_some() && st.is_empty() {
-                    let _ = client.try_disconnect();
-                }
-            }
-            Ok(other) => {
-                debug!(destination = %name, event = ?other, "Unexpected first MQTT event.");
-                continue 'connect;
-            }
-            Err(e) => {
-                failures += 1;
-                log_failure(&name, failures, &e);
-                if sleep_or_give_up(&shared, &closing, jitter(backoff)).await {
-                    break 'connect;
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue 'connect;
-            }
-        }
-        loop {
-            // Cancelling `poll` mid-write could corrupt the stream, so it is only cancelled when
-            // the connection is being abandoned for good.
-            let event = tokio::select! {
-                r = eventloop.poll() => r,
-                _ = hard_deadline(&shared, &closing) => break 'connect,
-            };
-            match event {
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    let mut st = shared.lock();
-                    if st.in_flight.contains_key(&pkid) {
-                        continue; // a retransmission by rumqttc
-                    }
-                    match st.awaiting_pkid.pop_front() {
-                        Some(m) => {
-                            st.in_flight.insert(pkid, m);
-                        }
-                        None => debug!(pkid, "Publish event with no message awaiting an id."),
-                    }
-                }
-                Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    let mut st = shared.lock();
-                    if let Some(m) = st.in_flight.remove(&ack.pkid) {
-                        st.items -= m.items;
-                        counters.forwarded.add(m.level, m.items);
-                        counters.messages_acked.fetch_add(1, Ordering::Relaxed);
-                    }
-                    shared.pump(&mut st);
-                    if st.closing_deadline.is_some() && st.is_empty() {
-                        let _ = client.try_disconnect();
-                    }
-                }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                    debug!(destination = %name, "Uplink disconnected after flushing.");
-                    break 'connect;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    counters.connected.store(false, Ordering::Relaxed);
-                    shared.on_disconnect();
-                    failures += 1;
-                    log_failure(&name, failures, &e);
-                    if sleep_or_give_up(&shared, &closing, jitter(backoff)).await {
-                        break 'connect;
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    continue 'connect;
-                }
-            }
-        }
-    }
-    counters.connected.store(false, Ordering::Relaxed);
-    let left = {
-        let mut st = shared.lock();
-        st.client = None;
-        st.items = 0;
-        let st = &mut *st;
-        let mut left: Vec<Message> = st.queue.drain(..).collect();
-        left.extend(st.awaiting_pkid.drain(..));
-        left.extend(st.in_flight.drain().map(|(_, m)| m));
-        left
-    };
-    let mut lost = 0;
-    for m in left {
-        counters.dropped.add(m.level, m.items);
-        lost += m.items;
-    }
-    if lost > 0 {
-        warn!(destination = %name, items = lost, "Uplink stopped with unacknowledged items (counted as dropped).");
-    }
-}
-
-/// Resolves at the flush deadline once shutdown has begun.
-async fn hard_deadline(shared: &Shared, closing: &CancellationToken) {
-    closing.cancelled().await;
-    let deadline = shared.lock().closing_deadline.unwrap_or_else(Instant::now);
-    tokio::time::sleep_until(deadline).await;
-}
-
-/// Sleep for `d`; returns true if the uplink should stop instead.
-async fn sleep_or_give_up(shared: &Shared, closing: &CancellationToken, d: Duration) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => false,
-        _ = give_up(shared, closing) => true,
-    }
-}
-
-/// Uniform in [d/2, d], so gateways that lost the same broker do not reconnect in lockstep.
-fn jitter(d: Duration) -> Duration {
-    let half = d / 2;
-    half + half.mul_f64(rand::random::<f64>())
-}
-
-/// First failure and then every 10th at warn level; the rest at debug, so an outage does not
-/// flood the log.
-fn log_failure(name: &str, failures: u64, e: &rumqttc::ConnectionError) {
-    if failures == 1 || failures % 10 == 0 {
-        warn!(destination = %name, failures, error = %e, "Uplink connection failed; retrying with backoff.");
-    } else {
-        debug!(destination = %name, failures, error = %e, "Uplink connection failed.");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::testutil::meta;
     use crate::model::{Quality, Value};
+    use crate::source::Tagged;
+    use std::sync::atomic::Ordering;
 
-    fn shared(capacity: usize) -> Shared {
-        Shared {
-            state: Mutex::new(State::default()),
-            stats: Arc::new(Stats::new([Arc::from("d")])),
-            index: 0,
-            capacity_items: capacity,
-        }
-    }
-
-    fn msg(level: Level, items: u64) -> Message {
-        Message {
-            id: 0,
-            topic: "t".into(),
-            payload: vec![],
-            level,
-            items,
-        }
-    }
-
-    #[test]
-    fn full_backlog_drops_general_before_important() {
-        let s = shared(10);
-        s.enqueue(msg(Level::Important, 4));
-        s.enqueue(msg(Level::General, 4));
-        s.enqueue(msg(Level::Important, 4));
-        let st = s.lock();
-        assert_eq!(st.items, 8);
-        assert!(st.queue.iter().all(|m| m.level == Level::Important));
-        assert_eq!(s.counters().dropped.get(Level::General), 4);
-        assert_eq!(s.counters().dropped.get(Level::Important), 0);
-    }
-
-    #[test]
-    fn full_backlog_of_important_drops_the_oldest() {
-        let s = shared(5);
-        s.enqueue(msg(Level::Important, 3));
-        s.enqueue(msg(Level::Important, 3));
-        let st = s.lock();
-        assert_eq!(st.queue.len(), 1);
-        assert_eq!(st.queue[0].id, 1);
-        assert_eq!(s.counters().dropped.get(Level::Important), 3);
-    }
-
-    #[test]
-    fn disconnect_requeues_unacknowledged_in_original_order() {
-        let s = shared(100);
-        for _ in 0..4 {
-            s.enqueue(msg(Level::General, 1));
-        }
-        {
-            let mut st = s.lock();
-            let a = st.queue.pop_front().expect("0");
-            let b = st.queue.pop_front().expect("1");
-            let c = st.queue.pop_front().expect("2");
-            st.in_flight.insert(9, b);
-            st.in_flight.insert(3, a);
-            st.awaiting_pkid.push_back(c);
-        }
-        s.on_disconnect();
-        let st = s.lock();
-        let ids: Vec<u64> = st.queue.iter().map(|m| m.id).collect();
-        assert_eq!(ids, [0, 1, 2, 3]);
-        assert!(st.in_flight.is_empty() && st.awaiting_pkid.is_empty());
-        assert_eq!(st.items, 4);
-    }
-
-    #[test]
-    fn jitter_stays_within_half_and_full() {
-        for _ in 0..1000 {
-            let j = jitter(Duration::from_millis(1000));
-            assert!(j >= Duration::from_millis(500) && j <= Duration::from_millis(1000));
-        }
-    }
-
-    #[tokio::test]
-    async fn unreachable_broker_counts_queued_items_as_dropped_at_shutdown() {
-        // A port nobody listens on: connection refused, retried with backoff until shutdown.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("port");
-        let dest = Arc::new(crate::config::Destination {
+    fn destination(port: u16, batch_max_items: usize, queue_items: usize) -> Arc<Destination> {
+        Arc::new(crate::config::Destination {
             name: Arc::from("dc"),
             jurisdiction: crate::config::Jurisdiction("CN".into()),
             recipient: "r".into(),
@@ -733,10 +436,154 @@ mod tests {
             topic_prefix: "x".into(),
             allow: vec![],
             assessment: None,
-            batch_max_items: 10,
+            batch_max_items,
             batch_max_delay: Duration::from_millis(10),
-            queue_items: 100,
-        });
+            queue_items,
+        })
+    }
+
+    fn general_sample(seq: u64) -> Permitted<EgressItem> {
+        Permitted::for_test(
+            EgressItem::raw_for_test(Tagged::for_test(
+                meta(0, "a", Level::General),
+                Value::Int(1),
+                Quality::Good,
+                seq as i64,
+                seq,
+            )),
+            "dc",
+        )
+    }
+
+    /// Log output of the current thread's tracing events, as text.
+    #[derive(Clone, Default)]
+    struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for CapturedLog {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl CapturedLog {
+        fn install(&self) -> tracing::subscriber::DefaultGuard {
+            let writer = self.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .with_max_level(tracing::Level::INFO)
+                .finish();
+            tracing::subscriber::set_default(subscriber)
+        }
+
+        fn lines_containing(&self, needle: &str) -> Vec<String> {
+            let text = String::from_utf8_lossy(&self.0.lock().expect("log")).into_owned();
+            text.lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_backlog_logs_its_start_and_one_summary_per_period_not_a_line_per_drop() {
+        // Current-thread runtime: the batcher task logs on this thread, into this subscriber.
+        let log = CapturedLog::default();
+        let _guard = log.install();
+        // One item per message, five items of backlog and no connection: 95 of 100 are dropped.
+        let dest = destination(1, 1, 5);
+        let stats = Arc::new(Stats::new([dest.name.clone()]));
+        let shared = Arc::new(Shared::new(dest.queue_items, stats.clone(), 0));
+        let batcher = Batcher {
+            env: Envelope {
+                gateway: "gw".into(),
+                site: "s".into(),
+                destination: "dc".into(),
+                legal_basis: "b".into(),
+            },
+            dest,
+            shared,
+            pending: HashMap::new(),
+            drops: DropLog::new(DROP_LOG_PERIOD),
+        };
+        let (tx, rx) = mpsc::channel(100);
+        let (shutdown, closing) = (CancellationToken::new(), CancellationToken::new());
+        let task = tokio::spawn(batcher.run(rx, shutdown.clone(), closing));
+        for seq in 0..100 {
+            tx.send(general_sample(seq)).await.expect("batcher running");
+        }
+        // Paused time only moves once the batcher has taken every item.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(stats.destinations[0].dropped.get(Level::General), 95);
+        assert_eq!(
+            log.lines_containing("backlog").len(),
+            1,
+            "one line at the start"
+        );
+        assert!(log.lines_containing("WARN")[0].contains("Uplink backlog for dc is full"));
+
+        tokio::time::sleep(DROP_LOG_PERIOD).await;
+        let summary = log.lines_containing("Dropped");
+        assert_eq!(summary.len(), 1);
+        assert!(
+            summary[0].contains("Dropped 95 general items for dc in the last 10 s (backlog full)."),
+            "{}",
+            summary[0]
+        );
+        tokio::time::sleep(DROP_LOG_PERIOD).await;
+        assert_eq!(log.lines_containing("has room again").len(), 1);
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("batcher stops")
+            .expect("batcher task");
+        assert_eq!(
+            log.lines_containing("backlog").len(),
+            3,
+            "start, summary, end"
+        );
+    }
+
+    #[test]
+    fn backlog_drops_are_counted_per_level_in_the_destination_stats() {
+        let s = Shared::new(10, Arc::new(Stats::new([Arc::from("d")])), 0);
+        let msg = |level, items| Message::new("t".into(), vec![], level, items);
+        s.offer(msg(Level::Important, 4));
+        s.offer(msg(Level::General, 4));
+        let dropped = s.offer(msg(Level::Important, 4));
+        assert_eq!(dropped.get(Level::General), 4);
+        assert_eq!(s.counters().dropped.get(Level::General), 4);
+        assert_eq!(s.counters().dropped.get(Level::Important), 0);
+        assert_eq!(s.lock().items(), 8);
+    }
+
+    #[test]
+    fn reconnect_delay_stays_within_half_and_full() {
+        use connection::{BACKOFF_INITIAL, BACKOFF_MAX};
+        for failures in 1..=10 {
+            let full = crate::backoff::delay(failures, BACKOFF_INITIAL, BACKOFF_MAX, 1.0);
+            for _ in 0..100 {
+                let unit = crate::backoff::random_unit();
+                let j = crate::backoff::delay(failures, BACKOFF_INITIAL, BACKOFF_MAX, unit);
+                assert!(j >= full / 2 && j <= full);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn unreachable_broker_counts_queued_items_as_dropped_at_shutdown() {
+        // A port nobody listens on: connection refused, retried with backoff until shutdown.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("port");
+        let dest = destination(port, 10, 100);
         let stats = Arc::new(Stats::new([dest.name.clone()]));
         let shutdown = CancellationToken::new();
         let gw = crate::config::Gateway {
@@ -748,15 +595,7 @@ mod tests {
             department: String::new(),
         };
         let h = spawn(dest, &gw, stats.clone(), shutdown.clone()).expect("spawn");
-        let t = Tagged::for_test(
-            meta(0, "a", Level::General),
-            Value::Int(1),
-            Quality::Good,
-            1,
-            1,
-        );
-        h.enqueue(Permitted::for_test(EgressItem::raw_for_test(t), "dc"))
-            .expect("same destination");
+        h.enqueue(general_sample(1)).expect("same destination");
         tokio::time::sleep(Duration::from_millis(100)).await;
         shutdown.cancel();
         // A hang guard, not a timing assertion: shutdown must end (it is bounded by FLUSH_TIMEOUT).

@@ -1,0 +1,557 @@
+//! The uplink's delivery state, without I/O: a sans-I/O core in the manner of rumqttc's
+//! `MqttState`. The connection driver feeds it events (a message was batched, the client assigned
+//! a packet id, a PUBACK arrived, the connection came or went, shutdown began) and it answers with
+//! what to do (the next message to hand to the client) and what happened (items acknowledged or
+//! dropped, per level). It reads no clock: time is an argument.
+//!
+//! Invariants:
+//! - Every message is in exactly one of `queue` (not yet handed to a client), `awaiting_pkid`
+//!   (handed to the current client, packet id not yet known) or `in_flight` (packet id known,
+//!   PUBACK awaited), until it is acknowledged, dropped or abandoned; `items` is their item total.
+//! - Messages are handed to the client in queue order and the client reports their packet ids in
+//!   the same order, so the front of `awaiting_pkid` is the message a new packet id belongs to.
+//! - At most `max_in_flight` messages are handed to a connection and unacknowledged.
+//! - Only queued messages are dropped when the backlog is full (oldest general first, then the
+//!   oldest of any level); a message already handed to the broker is never dropped, and the newest
+//!   message is never dropped to make room for itself.
+//! - On disconnect every unacknowledged message returns to the front of the queue in its original
+//!   order (message ids are monotonic).
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::time::Instant;
+
+use crate::model::Level;
+
+/// One encoded message and what it carries, for counting on PUBACK or drop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Message {
+    /// Monotonic, assigned by [`Delivery::offer`]; keeps re-queued messages in their original
+    /// order.
+    pub(crate) id: u64,
+    pub(crate) topic: String,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) level: Level,
+    pub(crate) items: u64,
+}
+
+impl Message {
+    pub(crate) fn new(topic: String, payload: Vec<u8>, level: Level, items: u64) -> Self {
+        Message {
+            id: 0,
+            topic,
+            payload,
+            level,
+            items,
+        }
+    }
+}
+
+/// Item counts per level, as plain numbers (the driver adds them to the shared atomics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct LevelCounts([u64; 3]);
+
+impl LevelCounts {
+    pub(crate) fn add(&mut self, level: Level, n: u64) {
+        self.0[level.index()] += n;
+    }
+
+    pub(crate) fn merge(&mut self, other: &LevelCounts) {
+        for level in Level::ALL {
+            self.add(level, other.get(level));
+        }
+    }
+
+    pub(crate) fn get(&self, level: Level) -> u64 {
+        self.0[level.index()]
+    }
+
+    pub(crate) fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    pub(crate) fn is_zero(&self) -> bool {
+        self.total() == 0
+    }
+
+    /// The non-zero counts, lowest level first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Level, u64)> + '_ {
+        Level::ALL
+            .into_iter()
+            .map(|l| (l, self.get(l)))
+            .filter(|(_, n)| *n > 0)
+    }
+}
+
+/// "850 general and 3 important items", for log lines.
+impl fmt::Display for LevelCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<(Level, u64)> = self.iter().collect();
+        if parts.is_empty() {
+            return f.write_str("0 items");
+        }
+        for (i, (level, n)) in parts.iter().enumerate() {
+            match i {
+                0 => {}
+                _ if i + 1 == parts.len() => f.write_str(" and ")?,
+                _ => f.write_str(", ")?,
+            }
+            write!(f, "{n} {level}")?;
+        }
+        f.write_str(if self.total() == 1 { " item" } else { " items" })
+    }
+}
+
+/// What an `Outgoing::Publish(pkid)` event meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Published {
+    /// The packet id now belongs to the oldest message awaiting one.
+    Assigned,
+    /// The packet id is already in flight: the client re-sent it; nothing changes.
+    Retransmission,
+    /// No message was awaiting a packet id (not ours); ignored.
+    Unexpected,
+}
+
+/// A PUBACK that found its message: these items are now forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Acked {
+    pub(crate) level: Level,
+    pub(crate) items: u64,
+}
+
+/// Where a shutdown flush stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shutdown {
+    /// Shutdown has not begun.
+    Running,
+    /// Shutdown has begun and every message is acknowledged: stop now.
+    Delivered,
+    /// Shutdown has begun; keep delivering until this deadline.
+    FlushUntil(Instant),
+    /// The flush deadline has passed with messages unacknowledged: stop and count them dropped.
+    TimedOut,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    queue: VecDeque<Message>,
+    awaiting_pkid: VecDeque<Message>,
+    in_flight: HashMap<u16, Message>,
+    /// Whether a connection is up (messages may be handed out).
+    connected: bool,
+    /// Items held in all three places.
+    items: u64,
+    next_id: u64,
+    capacity_items: u64,
+    max_in_flight: usize,
+    /// Set when shutdown begins.
+    flush_deadline: Option<Instant>,
+}
+
+impl Delivery {
+    pub(crate) fn new(capacity_items: usize, max_in_flight: usize) -> Self {
+        Delivery {
+            queue: VecDeque::new(),
+            awaiting_pkid: VecDeque::new(),
+            in_flight: HashMap::new(),
+            connected: false,
+            items: 0,
+            next_id: 0,
+            capacity_items: capacity_items as u64,
+            max_in_flight,
+            flush_deadline: None,
+        }
+    }
+
+    /// Add a message at the back of the queue. While the backlog holds more than its capacity in
+    /// items, drop the oldest queued general message, else the oldest queued message; returns
+    /// what was dropped.
+    pub(crate) fn offer(&mut self, mut msg: Message) -> LevelCounts {
+        msg.id = self.next_id;
+        self.next_id += 1;
+        self.items += msg.items;
+        self.queue.push_back(msg);
+        let mut dropped = LevelCounts::default();
+        while self.items > self.capacity_items && self.queue.len() > 1 {
+            let victim = self
+                .queue
+                .iter()
+                .position(|m| m.level == Level::General)
+                .unwrap_or(0);
+            let Some(m) = self.queue.remove(victim) else {
+                break;
+            };
+            self.items -= m.items;
+            dropped.add(m.level, m.items);
+        }
+        dropped
+    }
+
+    /// A connection is up (CONNACK): messages may be handed to its client.
+    pub(crate) fn on_connected(&mut self) {
+        self.connected = true;
+    }
+
+    /// The next message to hand to the client, now awaiting its packet id; `None` while
+    /// disconnected, when the in-flight window is full or when nothing is queued.
+    pub(crate) fn next_publish(&mut self) -> Option<&Message> {
+        if !self.connected || self.awaiting_pkid.len() + self.in_flight.len() >= self.max_in_flight
+        {
+            return None;
+        }
+        let msg = self.queue.pop_front()?;
+        self.awaiting_pkid.push_back(msg);
+        self.awaiting_pkid.back()
+    }
+
+    /// The client refused the message [`Delivery::next_publish`] just returned (its event loop is
+    /// gone): it goes back to the front of the queue.
+    pub(crate) fn publish_refused(&mut self) {
+        if let Some(m) = self.awaiting_pkid.pop_back() {
+            self.queue.push_front(m);
+        }
+    }
+
+    /// The client sent a PUBLISH with packet id `pkid` (`Outgoing::Publish`).
+    pub(crate) fn on_published(&mut self, pkid: u16) -> Published {
+        if self.in_flight.contains_key(&pkid) {
+            return Published::Retransmission;
+        }
+        match self.awaiting_pkid.pop_front() {
+            Some(m) => {
+                self.in_flight.insert(pkid, m);
+                Published::Assigned
+            }
+            None => Published::Unexpected,
+        }
+    }
+
+    /// The broker acknowledged `pkid`; `None` if no message is in flight under it.
+    pub(crate) fn on_puback(&mut self, pkid: u16) -> Option<Acked> {
+        let m = self.in_flight.remove(&pkid)?;
+        self.items -= m.items;
+        Some(Acked {
+            level: m.level,
+            items: m.items,
+        })
+    }
+
+    /// The connection is gone: everything not acknowledged goes back to the front of the queue,
+    /// in its original order, for the next connection.
+    pub(crate) fn on_disconnected(&mut self) {
+        self.connected = false;
+        let mut back: Vec<Message> = self.awaiting_pkid.drain(..).collect();
+        back.extend(self.in_flight.drain().map(|(_, m)| m));
+        back.sort_by_key(|m| m.id);
+        for m in back.into_iter().rev() {
+            self.queue.push_front(m);
+        }
+    }
+
+    /// Nothing is queued, awaiting a packet id or in flight.
+    pub(crate) fn is_delivered(&self) -> bool {
+        self.queue.is_empty() && self.awaiting_pkid.is_empty() && self.in_flight.is_empty()
+    }
+
+    /// Shutdown has begun: nothing more will be offered, and delivery goes on until `deadline`.
+    pub(crate) fn close(&mut self, deadline: Instant) {
+        self.flush_deadline = Some(deadline);
+    }
+
+    /// When the shutdown flush ends; `None` before shutdown.
+    pub(crate) fn flush_deadline(&self) -> Option<Instant> {
+        self.flush_deadline
+    }
+
+    /// The shutdown flush decision at `now`.
+    pub(crate) fn shutdown(&self, now: Instant) -> Shutdown {
+        match self.flush_deadline {
+            None => Shutdown::Running,
+            Some(_) if self.is_delivered() => Shutdown::Delivered,
+            Some(d) if now >= d => Shutdown::TimedOut,
+            Some(d) => Shutdown::FlushUntil(d),
+        }
+    }
+
+    /// The uplink stops: every message still held is given up; returns what that drops.
+    pub(crate) fn abandon(&mut self) -> LevelCounts {
+        self.connected = false;
+        self.items = 0;
+        let mut dropped = LevelCounts::default();
+        let held = self
+            .queue
+            .drain(..)
+            .chain(self.awaiting_pkid.drain(..))
+            .chain(self.in_flight.drain().map(|(_, m)| m));
+        for m in held {
+            dropped.add(m.level, m.items);
+        }
+        dropped
+    }
+
+    /// Items held (queued, awaiting a packet id or in flight).
+    #[cfg(test)]
+    pub(crate) fn items(&self) -> u64 {
+        self.items
+    }
+
+    /// Ids of the queued messages, front first.
+    #[cfg(test)]
+    fn queued_ids(&self) -> Vec<u64> {
+        self.queue.iter().map(|m| m.id).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn msg(level: Level, items: u64) -> Message {
+        Message::new("t".into(), vec![], level, items)
+    }
+
+    fn tagged(tag: &str) -> Message {
+        Message::new(tag.into(), tag.as_bytes().to_vec(), Level::General, 1)
+    }
+
+    /// Hands out every message the window allows; returns their topics in hand-out order.
+    fn publish_all(d: &mut Delivery) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(m) = d.next_publish() {
+            out.push(m.topic.clone());
+        }
+        out
+    }
+
+    #[test]
+    fn full_backlog_drops_general_before_important() {
+        let mut d = Delivery::new(10, 32);
+        let mut dropped = LevelCounts::default();
+        dropped.merge(&d.offer(msg(Level::Important, 4)));
+        dropped.merge(&d.offer(msg(Level::General, 4)));
+        dropped.merge(&d.offer(msg(Level::Important, 4)));
+        assert_eq!(d.items(), 8);
+        assert!(d.queue.iter().all(|m| m.level == Level::Important));
+        assert_eq!(dropped.get(Level::General), 4);
+        assert_eq!(dropped.get(Level::Important), 0);
+    }
+
+    #[test]
+    fn full_backlog_of_important_drops_the_oldest() {
+        let mut d = Delivery::new(5, 32);
+        assert!(d.offer(msg(Level::Important, 3)).is_zero());
+        let dropped = d.offer(msg(Level::Important, 3));
+        assert_eq!(d.queue.len(), 1);
+        assert_eq!(d.queue[0].id, 1);
+        assert_eq!(dropped.get(Level::Important), 3);
+    }
+
+    #[test]
+    fn full_backlog_drops_oldest_general_then_oldest_of_any_level_never_in_flight() {
+        let mut d = Delivery::new(4, 32);
+        d.offer(msg(Level::Important, 1)); // id 0, handed out below
+        d.on_connected();
+        assert_eq!(publish_all(&mut d).len(), 1);
+        d.on_published(1);
+        d.offer(msg(Level::Important, 1)); // id 1
+        d.offer(msg(Level::General, 1)); // id 2
+        d.offer(msg(Level::General, 1)); // id 3
+        d.on_disconnected(); // id 0 back in the queue, so nothing can be handed out
+        d.on_connected();
+        let first = d.next_publish().map(|m| m.id);
+        assert_eq!(first, Some(0), "re-queued message is handed out first");
+        // Over capacity by one: the oldest queued general (id 2) goes, not the in-flight id 0.
+        let dropped = d.offer(msg(Level::Important, 1)); // id 4
+        assert_eq!(dropped.get(Level::General), 1);
+        assert_eq!(d.queued_ids(), [1, 3, 4]);
+        // Over by two more: general id 3, then the oldest of any level (important id 1).
+        let dropped = d.offer(msg(Level::Important, 2)); // id 5
+        assert_eq!(
+            (dropped.get(Level::General), dropped.get(Level::Important)),
+            (1, 1)
+        );
+        assert_eq!(d.queued_ids(), [4, 5]);
+        assert_eq!(
+            d.awaiting_pkid.front().map(|m| m.id),
+            Some(0),
+            "never dropped"
+        );
+        assert_eq!(d.items(), 4);
+    }
+
+    #[test]
+    fn a_message_larger_than_the_backlog_is_kept_rather_than_dropped_for_itself() {
+        let mut d = Delivery::new(2, 32);
+        assert!(d.offer(msg(Level::General, 5)).is_zero());
+        assert_eq!(d.items(), 5);
+    }
+
+    #[test]
+    fn packet_ids_are_correlated_in_hand_out_order() {
+        let mut d = Delivery::new(100, 32);
+        for t in ["a", "b", "c"] {
+            d.offer(tagged(t));
+        }
+        d.on_connected();
+        assert_eq!(publish_all(&mut d), ["a", "b", "c"]);
+        // rumqttc reports the packet ids in the order the messages were handed to it.
+        for pkid in [7, 8, 9] {
+            assert_eq!(d.on_published(pkid), Published::Assigned);
+        }
+        // PUBACKs may come in any order; each finds its own message.
+        assert_eq!(
+            d.on_puback(8),
+            Some(Acked {
+                level: Level::General,
+                items: 1
+            })
+        );
+        assert_eq!(d.in_flight.get(&7).map(|m| m.topic.as_str()), Some("a"));
+        assert_eq!(d.in_flight.get(&9).map(|m| m.topic.as_str()), Some("c"));
+        assert!(d.on_puback(7).is_some() && d.on_puback(9).is_some());
+        assert!(d.is_delivered());
+        assert_eq!(d.items(), 0);
+    }
+
+    #[test]
+    fn a_retransmission_event_does_not_consume_a_waiting_message() {
+        let mut d = Delivery::new(100, 32);
+        d.offer(tagged("a"));
+        d.offer(tagged("b"));
+        d.on_connected();
+        publish_all(&mut d);
+        assert_eq!(d.on_published(1), Published::Assigned);
+        assert_eq!(d.on_published(1), Published::Retransmission);
+        assert_eq!(d.on_published(2), Published::Assigned);
+        assert_eq!(d.in_flight.get(&2).map(|m| m.topic.as_str()), Some("b"));
+        assert_eq!(d.on_published(3), Published::Unexpected);
+    }
+
+    #[test]
+    fn a_puback_for_an_unknown_packet_id_is_ignored() {
+        let mut d = Delivery::new(100, 32);
+        d.offer(tagged("a"));
+        d.on_connected();
+        publish_all(&mut d);
+        assert_eq!(d.on_puback(1), None, "no packet id assigned yet");
+        d.on_published(1);
+        assert_eq!(d.on_puback(2), None);
+        assert_eq!(d.items(), 1);
+        assert!(d.on_puback(1).is_some());
+        assert_eq!(
+            d.on_puback(1),
+            None,
+            "a duplicate PUBACK counts nothing twice"
+        );
+    }
+
+    #[test]
+    fn disconnect_requeues_unacknowledged_in_original_order() {
+        let mut d = Delivery::new(100, 32);
+        for _ in 0..4 {
+            d.offer(msg(Level::General, 1));
+        }
+        d.on_connected();
+        assert!(d.next_publish().is_some() && d.next_publish().is_some());
+        assert!(d.next_publish().is_some());
+        // Ids 0 and 1 in flight under packet ids that sort the other way, id 2 awaiting its id.
+        assert_eq!(d.on_published(9), Published::Assigned);
+        assert_eq!(d.on_published(3), Published::Assigned);
+        d.on_disconnected();
+        assert_eq!(d.queued_ids(), [0, 1, 2, 3]);
+        assert!(d.in_flight.is_empty() && d.awaiting_pkid.is_empty());
+        assert_eq!(d.items(), 4);
+        assert!(
+            d.next_publish().is_none(),
+            "nothing is handed out while disconnected"
+        );
+    }
+
+    #[test]
+    fn the_in_flight_window_limits_what_is_handed_out() {
+        let mut d = Delivery::new(100, 2);
+        for t in ["a", "b", "c", "d"] {
+            d.offer(tagged(t));
+        }
+        assert!(d.next_publish().is_none(), "nothing before CONNACK");
+        d.on_connected();
+        assert_eq!(publish_all(&mut d), ["a", "b"]);
+        d.on_published(1);
+        assert!(
+            d.next_publish().is_none(),
+            "awaiting and in flight both fill the window"
+        );
+        d.on_published(2);
+        d.on_puback(1);
+        assert_eq!(publish_all(&mut d), ["c"]);
+    }
+
+    #[test]
+    fn a_refused_publish_goes_back_to_the_front() {
+        let mut d = Delivery::new(100, 32);
+        d.offer(tagged("a"));
+        d.offer(tagged("b"));
+        d.on_connected();
+        assert_eq!(d.next_publish().map(|m| m.id), Some(0));
+        d.publish_refused();
+        assert_eq!(d.queued_ids(), [0, 1]);
+        assert!(d.awaiting_pkid.is_empty());
+    }
+
+    #[test]
+    fn flush_completes_when_everything_is_acknowledged_or_times_out() {
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(2);
+        let mut d = Delivery::new(100, 32);
+        assert_eq!(d.shutdown(t0), Shutdown::Running);
+        d.offer(tagged("a"));
+        d.close(deadline);
+        assert_eq!(d.shutdown(t0), Shutdown::FlushUntil(deadline));
+        assert_eq!(d.shutdown(deadline), Shutdown::TimedOut);
+        d.on_connected();
+        publish_all(&mut d);
+        d.on_published(1);
+        assert_eq!(
+            d.shutdown(t0),
+            Shutdown::FlushUntil(deadline),
+            "in flight is not done"
+        );
+        d.on_puback(1);
+        assert_eq!(d.shutdown(t0), Shutdown::Delivered);
+        assert_eq!(d.shutdown(deadline), Shutdown::Delivered);
+    }
+
+    #[test]
+    fn abandoning_counts_every_held_message_per_level() {
+        let mut d = Delivery::new(100, 32);
+        d.offer(msg(Level::General, 2));
+        d.offer(msg(Level::Important, 3));
+        d.offer(msg(Level::General, 4));
+        d.on_connected();
+        d.next_publish();
+        d.next_publish();
+        d.on_published(5);
+        let dropped = d.abandon();
+        assert_eq!(dropped.get(Level::General), 6);
+        assert_eq!(dropped.get(Level::Important), 3);
+        assert!(d.is_delivered());
+        assert_eq!(d.items(), 0);
+    }
+
+    #[test]
+    fn level_counts_read_as_a_phrase() {
+        let mut c = LevelCounts::default();
+        assert_eq!(c.to_string(), "0 items");
+        c.add(Level::General, 1);
+        assert_eq!(c.to_string(), "1 general item");
+        c.add(Level::General, 849);
+        assert_eq!(c.to_string(), "850 general items");
+        c.add(Level::Important, 3);
+        assert_eq!(c.to_string(), "850 general and 3 important items");
+        c.add(Level::Core, 1);
+        assert_eq!(c.to_string(), "850 general, 3 important and 1 core items");
+    }
+}

@@ -5,15 +5,16 @@
 //! historian, and forwards upstream only what an explicit egress policy permits.
 //!
 //! # Layout
-//! - [`model`]: `Level`, `Category`, `Value`, `Quality`, `Tagged`, `Summary`, `Permitted<T>`.
+//! - [`model`]: the vocabulary (`Level`, `Category`, `Value`, `Quality`, `Form`) and `PointMeta`,
+//!   a point's label, built only by the classification compiler.
 //! - [`backoff`]: the one retry schedule (devices, lines, uplinks).
 //! - [`config`]: strict TOML config: raw structs, loading, the error collector, classification.
 //! - [`agent_config`]: the whole config, assembled from each component's own config build.
-//! - [`source`]: acquisition; each source emits only `Tagged` samples.
-//! - [`summary`]: pure tumbling-window aggregator.
-//! - [`policy`]: the egress decision, the only constructor of `Permitted<T>`.
+//! - [`source`]: acquisition; defines `Tagged`, which only a source can stamp.
+//! - [`summary`]: pure tumbling-window aggregator; defines `Summary`, which only it builds.
+//! - [`policy`]: the egress decision; the only constructor of `EgressItem` and `Permitted<T>`.
 //! - [`store`]: the local historian.
-//! - [`uplink`]: the only publisher; accepts only `Permitted<T>`.
+//! - [`uplink`]: the only publisher; each uplink owns its destination's policy.
 //! - [`pipeline`]: wires the stages together for `run`.
 //! - [`stats`]: per-level counters.
 //! - [`report`]: `check`, `explain` and counter reports.
@@ -21,8 +22,9 @@
 //! # Data flow
 //! ```text
 //!  source::modbus ── Tagged ──> pipeline ──┬─> store (all levels)
-//!  (level stamped at source)               └─> summary ─> policy ─ Permitted ─> uplink ─> broker
-//!                                 raw ─────────────────────┘   └─ denied ─> counted + logged
+//!  (level stamped at source)               └─> summary ──┐
+//!                                 raw ───────────────────┴─> uplink[d]: policy[d] ─ Permitted ─> broker d
+//!                                                                       └─ denied ─> counted
 //! ```
 
 pub mod agent_config;

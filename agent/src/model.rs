@@ -246,6 +246,7 @@ impl PointMeta {
     /// `testkit` feature, which no shipped build enables.
     #[cfg(any(test, feature = "testkit"))]
     #[doc(hidden)]
+    #[allow(clippy::disallowed_methods)] // test-only points, never in a shipped build
     #[allow(clippy::too_many_arguments)]
     pub fn for_test(
         id: u32,

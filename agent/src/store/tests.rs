@@ -8,6 +8,7 @@ use crate::model::{Category, Level, PointFields, PointMeta, Protocol, Quality, V
 use crate::source::Tagged;
 use crate::stats::Stats;
 
+#[allow(clippy::disallowed_methods)] // test points with a chosen rule, device and unit
 fn point(id: u32, tag: &str, level: Level, category: Category) -> Arc<PointMeta> {
     Arc::new(PointMeta::compile(PointFields {
         id,

@@ -133,6 +133,7 @@ async fn stop(server: JoinHandle<()>) {
     let _ = server.await;
 }
 
+#[allow(clippy::disallowed_methods)] // test points with a chosen label and address
 pub(super) fn point(
     id: u32,
     tag: &str,

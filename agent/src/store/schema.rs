@@ -203,7 +203,7 @@ pub(super) fn upsert_point(conn: &Connection, p: &PointMeta) -> rusqlite::Result
             &**p.device(),
             p.protocol().as_str(),
             &**p.address(),
-            p.unit().as_deref(),
+            p.unit().map(|u| &**u),
             &**p.gateway(),
             &**p.site(),
             interval_ms,

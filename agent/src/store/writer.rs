@@ -238,7 +238,7 @@ fn write_batch(
     {
         let mut insert = tx.prepare_cached(schema::INSERT_SAMPLE)?;
         for t in batch {
-            let point_id = ids.get(&tx, &t.meta())?;
+            let point_id = ids.get(&tx, t.meta())?;
             let num = t.value().as_f64();
             let (kind, int, text) = match &t.value() {
                 Value::Bool(b) => ("bool", Some(i64::from(*b)), None),

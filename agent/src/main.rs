@@ -267,15 +267,12 @@ fn probe(args: ProbeArgs) -> ExitCode {
     };
     let read = probe::read_once(&line, unit, table, start, args.count, timeout);
     match runtime.block_on(read) {
-        Ok(reply) => {
-            println!(
-                "unit {unit} via {} {}",
-                line.transport.protocol().as_str(),
-                line.transport.describe()
-            );
-            print!("{}", probe::render(table, start, &reply));
-            ExitCode::SUCCESS
-        }
+        Ok(reply) => emit(&format!(
+            "unit {unit} via {} {}\n{}",
+            line.transport.protocol().as_str(),
+            line.transport.describe(),
+            probe::render(table, start, &reply)
+        )),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(1)

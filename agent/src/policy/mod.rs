@@ -68,6 +68,11 @@ impl<T> Permitted<T> {
         &self.destination
     }
 
+    /// The granting destination's name as shared with its config and counters.
+    pub(crate) fn destination_name(&self) -> &Arc<str> {
+        &self.destination
+    }
+
     pub fn into_inner(self) -> T {
         self.inner
     }

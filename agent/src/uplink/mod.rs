@@ -138,7 +138,10 @@ impl UplinkHandle {
     /// slow or absent broker never stalls acquisition.
     pub(crate) fn enqueue(&self, item: Permitted<EgressItem>) -> Result<(), Misrouted> {
         let level = item.get().level();
-        if item.destination() != &*self.counters().name {
+        // The uplink's own permits share its name's allocation: a pointer compare on the hot
+        // path; the string compare only runs for a permit from elsewhere.
+        let own = &self.counters().name;
+        if !Arc::ptr_eq(item.destination_name(), own) && item.destination() != &**own {
             self.counters().misrouted.add(level, 1);
             let refused = Misrouted {
                 granted_for: item.destination().to_owned(),

@@ -1,6 +1,7 @@
 //! Per-level counters shared by the pipeline stages and printed by the demo and `run`.
 //! Relaxed atomics: these are figures for operators, not synchronisation.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -109,5 +110,79 @@ impl Stats {
 
     pub fn destination(&self, name: &str) -> Option<&DestinationStats> {
         self.destinations.iter().find(|d| &*d.name == name)
+    }
+}
+
+/// Item counts per level, as plain numbers (the driver adds them to the shared atomics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct LevelCounts([u64; 3]);
+
+impl LevelCounts {
+    pub(crate) fn add(&mut self, level: Level, n: u64) {
+        self.0[level.index()] += n;
+    }
+
+    pub(crate) fn merge(&mut self, other: &LevelCounts) {
+        for level in Level::ALL {
+            self.add(level, other.get(level));
+        }
+    }
+
+    pub(crate) fn get(&self, level: Level) -> u64 {
+        self.0[level.index()]
+    }
+
+    pub(crate) fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    pub(crate) fn is_zero(&self) -> bool {
+        self.total() == 0
+    }
+
+    /// The non-zero counts, lowest level first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Level, u64)> + '_ {
+        Level::ALL
+            .into_iter()
+            .map(|l| (l, self.get(l)))
+            .filter(|(_, n)| *n > 0)
+    }
+}
+
+/// "850 general and 3 important items", for log lines.
+impl fmt::Display for LevelCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<(Level, u64)> = self.iter().collect();
+        if parts.is_empty() {
+            return f.write_str("0 items");
+        }
+        for (i, (level, n)) in parts.iter().enumerate() {
+            match i {
+                0 => {}
+                _ if i + 1 == parts.len() => f.write_str(" and ")?,
+                _ => f.write_str(", ")?,
+            }
+            write!(f, "{n} {level}")?;
+        }
+        f.write_str(if self.total() == 1 { " item" } else { " items" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_counts_read_as_a_phrase() {
+        let mut c = LevelCounts::default();
+        assert_eq!(c.to_string(), "0 items");
+        c.add(Level::General, 1);
+        assert_eq!(c.to_string(), "1 general item");
+        c.add(Level::General, 849);
+        assert_eq!(c.to_string(), "850 general items");
+        c.add(Level::Important, 3);
+        assert_eq!(c.to_string(), "850 general and 3 important items");
+        c.add(Level::Core, 1);
+        assert_eq!(c.to_string(), "850 general, 3 important and 1 core items");
     }
 }

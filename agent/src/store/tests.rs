@@ -249,7 +249,7 @@ fn a_full_queue_drops_batches_and_counts_them_per_level() {
     };
     let (open_gate, gate) = std::sync::mpsc::channel();
     // The writer waits at the gate, so the queue holds exactly `queue_batches` batches.
-    let h = Historian::spawn_gated(&s, &pts, st.clone(), Some(gate)).expect("spawn");
+    let h = Historian::spawn_gated(&s, &pts, st.clone(), Some(gate), None).expect("spawn");
     let batch = || {
         pts.iter()
             .map(|p| sample(p, 1, Value::Int(1)))
@@ -379,4 +379,86 @@ fn the_database_is_in_wal_mode() {
 fn the_handle_can_be_shared_by_async_tasks() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<HistorianHandle>();
+}
+
+/// Log lines of every thread, for the one test that counts what the writer thread logs. Other
+/// tests' lines land here too; the test counts only the lines naming its own database.
+fn captured_logs() -> &'static std::sync::Mutex<Vec<u8>> {
+    static LOGS: std::sync::OnceLock<&'static std::sync::Mutex<Vec<u8>>> =
+        std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs: &'static std::sync::Mutex<Vec<u8>> = Box::leak(Box::default());
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || Capture(logs))
+            .finish();
+        // Only this test binary's first caller installs it; nothing else sets a global default.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        logs
+    })
+}
+
+struct Capture(&'static std::sync::Mutex<Vec<u8>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_full_disk_logs_one_error_and_periodic_summaries_not_one_per_flush() {
+    let logs = captured_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    let pts = three_points();
+    let st = stats();
+    // Measure the freshly created database, then cap the writer at that size: every commit that
+    // needs a new page fails as on a full disk.
+    drop(
+        Historian::spawn(&settings(&path), &pts, st.clone())
+            .expect("create")
+            .close(),
+    );
+    let pages: u64 = rusqlite::Connection::open(&path)
+        .and_then(|c| c.query_row("PRAGMA page_count", [], |r| r.get(0)))
+        .expect("page count");
+    let h = Historian::spawn_gated(&settings(&path), &pts, st.clone(), None, Some(pages))
+        .expect("spawn");
+    // 20 commits of 100 samples each (batch_size is 100): each one fails.
+    for batch in 0..20_i64 {
+        h.offer(
+            (0..100)
+                .map(|i| sample(&pts[0], batch * 100 + i, Value::Int(i)))
+                .collect(),
+        );
+    }
+    h.close().expect("close");
+    assert_eq!(
+        st.store_dropped.get(Level::General),
+        2_000,
+        "every failed sample is counted"
+    );
+    assert_eq!(st.stored.get(Level::General), 0);
+    let text =
+        String::from_utf8_lossy(&logs.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains(&*path.to_string_lossy()))
+        .collect();
+    assert!(
+        !ours.is_empty() && ours.len() <= 2,
+        "a start line and at most one summary at close, not one per failed flush:\n{}",
+        ours.join("\n")
+    );
+    assert!(ours[0].contains("full"), "the cause is named: {}", ours[0]);
 }

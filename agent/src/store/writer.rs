@@ -19,12 +19,16 @@ use tracing::{debug, error, info, warn};
 use super::schema;
 use super::StoreError;
 use crate::config::HistorianSettings;
+use crate::drop_log::{DropLog, DropReport};
 use crate::model::{PointMeta, Quality, Value};
 use crate::source::Tagged;
-use crate::stats::Stats;
+use crate::stats::{LevelCounts, Stats};
 
 /// Log one queue-full drop in this many (the first one always).
 const DROP_LOG_EVERY: u64 = 100;
+
+/// How often failed commits are summarised in the log while they go on.
+const FAILURE_LOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// The historian writer. Lives on its own thread, created by [`Historian::spawn`]; the rest of the
 /// agent holds the [`HistorianHandle`].
@@ -40,6 +44,11 @@ pub struct Historian {
     batch_size: usize,
     flush_interval: Duration,
     stats: Arc<Stats>,
+    /// Failed commits, aggregated: a full disk fails every flush, and must not also log an
+    /// ERROR per flush (3 a second) into the journal on the same full disk.
+    failures: DropLog,
+    /// The latest commit error, quoted in the periodic summary.
+    last_error: Option<String>,
     /// Held (locked) for the writer's whole life; the OS releases the lock when it is closed,
     /// including when the process dies.
     _lock: File,
@@ -78,16 +87,18 @@ impl Historian {
         points: &[Arc<PointMeta>],
         stats: Arc<Stats>,
     ) -> Result<HistorianHandle, StoreError> {
-        Self::spawn_gated(settings, points, stats, None)
+        Self::spawn_gated(settings, points, stats, None, None)
     }
 
     /// [`Historian::spawn`], with a gate the writer waits on before its first receive (tests use it
-    /// to fill the queue deterministically).
+    /// to fill the queue deterministically) and a cap on the database's pages (tests use it to
+    /// make the disk "full").
     pub(super) fn spawn_gated(
         settings: &HistorianSettings,
         points: &[Arc<PointMeta>],
         stats: Arc<Stats>,
         gate: Option<Receiver<()>>,
+        max_pages: Option<u64>,
     ) -> Result<HistorianHandle, StoreError> {
         let path = settings.path.clone();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -100,6 +111,15 @@ impl Historian {
         let lock = lock_writer(&path)?;
         let mut conn = schema::open_writer(&path)?;
         let known_ids = schema::upsert_points(&mut conn, &path, points)?;
+        if let Some(pages) = max_pages {
+            // SQLite answers SQLITE_FULL ("database or disk is full") past this size, exactly as
+            // on a full disk. The pragma is per connection, so only this writer is capped.
+            conn.pragma_update(None, "max_page_count", pages)
+                .map_err(|source| StoreError::Write {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
         let mut known = vec![None; known_ids.len()];
         for p in points {
             known[p.id() as usize] = known_ids[p.id() as usize].map(|id| (p.tag().clone(), id));
@@ -119,6 +139,8 @@ impl Historian {
             batch_size,
             flush_interval: settings.flush_interval,
             stats: stats.clone(),
+            failures: DropLog::new(FAILURE_LOG_PERIOD),
+            last_error: None,
             _lock: lock,
         };
         let (tx, rx) = sync_channel(settings.queue_batches.max(1));
@@ -146,7 +168,12 @@ impl Historian {
     /// has waited `flush_interval`; on disconnect (the handle closed), drain, commit and return.
     fn run(mut self, rx: Receiver<Vec<Tagged>>) -> Result<(), StoreError> {
         loop {
-            let received = match self.deadline {
+            // Wake for the next commit, or for the next failure summary while writes fail.
+            let wake = match (self.deadline, self.failures.due()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let received = match wake {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(deadline) => {
                     rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -161,9 +188,40 @@ impl Historian {
             if self.deadline.is_some_and(|d| Instant::now() >= d) {
                 self.commit();
             }
+            if let Some(report) = self.failures.tick(Instant::now()) {
+                self.log_failures(report);
+            }
         }
         self.commit();
+        if let Some(report) = self.failures.finish(Instant::now()) {
+            self.log_failures(report);
+        }
         self.close()
+    }
+
+    /// One line per state change or period of failed commits (see [`DropLog`]).
+    fn log_failures(&self, report: DropReport) {
+        let path = self.path.display();
+        let error = self.last_error.as_deref().unwrap_or("unknown");
+        match report {
+            DropReport::Started(counts) => error!(
+                path = %path,
+                error,
+                "Historian write failed; dropped {counts} (counted in store_dropped). Check free space and permissions; further failures are summarised every {} s.",
+                FAILURE_LOG_PERIOD.as_secs()
+            ),
+            DropReport::Summary { counts, period } => error!(
+                path = %path,
+                error,
+                "Historian writes still failing: dropped {counts} in the last {} s.",
+                period.as_secs()
+            ),
+            DropReport::Stopped { total, lasted } => info!(
+                path = %path,
+                "Historian writes recovered after dropping {total} over {} s.",
+                lasted.as_secs()
+            ),
+        }
     }
 
     fn absorb(&mut self, batch: Vec<Tagged>) {
@@ -185,33 +243,27 @@ impl Historian {
         if self.pending.is_empty() {
             return;
         }
-        let mut levels = [0u64; 3];
+        let mut counts = LevelCounts::default();
         for t in &self.pending {
-            levels[t.level().index()] += 1;
+            counts.add(t.level(), 1);
         }
         match write_batch(&mut self.conn, &mut self.ids, &self.pending) {
             Ok(()) => {
-                for level in crate::model::Level::ALL {
-                    self.stats.stored.add(level, levels[level.index()]);
+                for (level, n) in counts.iter() {
+                    self.stats.stored.add(level, n);
                 }
                 debug!(samples = self.pending.len(), "Historian batch committed.");
             }
             Err(source) => {
                 // Points upserted inside the rolled-back transaction do not exist.
                 self.ids.extra.clear();
-                for level in crate::model::Level::ALL {
-                    self.stats.store_dropped.add(level, levels[level.index()]);
+                for (level, n) in counts.iter() {
+                    self.stats.store_dropped.add(level, n);
                 }
-                let err = StoreError::Write {
-                    path: self.path.clone(),
-                    source,
-                };
-                error!(
-                    path = %self.path.display(),
-                    error = %err,
-                    dropped = ?levels,
-                    "Historian write failed; the batch was dropped."
-                );
+                self.last_error = Some(source.to_string());
+                if let Some(report) = self.failures.record(Instant::now(), &counts) {
+                    self.log_failures(report);
+                }
             }
         }
         self.pending.clear();

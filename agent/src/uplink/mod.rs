@@ -27,7 +27,6 @@
 
 mod connection;
 mod delivery;
-mod drop_log;
 mod encode;
 pub(crate) mod tls;
 
@@ -46,14 +45,15 @@ pub use encode::{encode, topic, Envelope, SCHEMA_VERSION};
 pub use tls::{client_config, TlsError};
 
 use crate::config::{Destination, Gateway};
+use crate::drop_log::{DropLog, DropReport};
 use crate::model::{Form, Level};
 use crate::policy::{DenyReason, EgressItem, Permitted, Policy};
 use crate::source::Tagged;
+use crate::stats::LevelCounts;
 use crate::stats::{DestinationStats, Stats};
 use crate::summary::Summary;
 use connection::{Driver, MqttConnector};
-use delivery::{Delivery, LevelCounts, Message};
-use drop_log::{DropLog, DropReport};
+use delivery::{Delivery, Message};
 
 /// Messages handed to the MQTT client and not yet acknowledged, at most. Below rumqttc's own
 /// in-flight limit (100) so its packet-id space never collides with an unacknowledged message.

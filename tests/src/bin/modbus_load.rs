@@ -7,8 +7,11 @@
 //!     cargo run --release -p edge-tests --bin modbus-load -- footprint --tags 10000 --interval 1s
 //!
 //! `polls` and the simulator share this process; `footprint` runs the real `edge-agent` binary
-//! as a child process and reads its CPU time and memory from /proc, so the simulator's own work
-//! is not counted.
+//! as a child process and reads its CPU time, memory and bytes written from /proc, so the
+//! simulator's own work is not counted. With `--baseline` it then measures, over the same plant,
+//! a bare poll-and-publish process (this binary's hidden `bare-poll`: tokio-modbus reads, one
+//! JSON message per device and cycle to an embedded broker, nothing stored, nothing classified):
+//! the floor the agent is compared with.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -69,6 +72,20 @@ enum Cmd {
         /// The agent binary (build it with `cargo build --release -p edge-agent`).
         #[arg(long, default_value = "target/release/edge-agent")]
         agent: PathBuf,
+        /// Also measure the bare poll-and-publish baseline over the same plant.
+        #[arg(long)]
+        baseline: bool,
+    },
+    /// The baseline process of `footprint --baseline` (not for direct use).
+    #[command(hide = true)]
+    BarePoll {
+        /// `host:port=registers` per device.
+        #[arg(long, value_delimiter = ',')]
+        devices: Vec<String>,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        interval: Duration,
+        #[arg(long)]
+        broker: SocketAddr,
     },
 }
 
@@ -86,7 +103,13 @@ async fn main() -> anyhow::Result<()> {
             interval,
             secs,
             agent,
-        } => footprint(tags, interval, secs, &agent).await,
+            baseline,
+        } => footprint(tags, interval, secs, &agent, baseline).await,
+        Cmd::BarePoll {
+            devices,
+            interval,
+            broker,
+        } => bare_poll(&devices, interval, broker).await,
     }
 }
 
@@ -323,7 +346,93 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-async fn footprint(tags: usize, interval: Duration, secs: u64, agent: &Path) -> anyhow::Result<()> {
+/// What one measured process cost over the window.
+struct Measured {
+    cpu_s: f64,
+    wall_s: f64,
+    rss_mean_kb: f64,
+    rss_max_kb: u64,
+    hwm_kb: u64,
+    threads: u64,
+    /// `write_bytes` of `/proc/<pid>/io`: bytes the process caused to be sent to storage.
+    written: u64,
+}
+
+/// `write_bytes` of `/proc/<pid>/io`.
+fn write_bytes(pid: u32) -> anyhow::Result<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    let line = io
+        .lines()
+        .find(|l| l.starts_with("write_bytes:"))
+        .context("write_bytes in /proc/<pid>/io")?;
+    Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
+}
+
+/// Warm up 5 s, then measure `child` for `secs`; `on_window` runs at the start and the end of
+/// the window (the agent's stored-sample count).
+async fn measure(
+    child: &mut std::process::Child,
+    secs: u64,
+    mut on_window: impl FnMut() -> u64,
+) -> anyhow::Result<(Measured, u64)> {
+    let pid = child.id();
+    let ticks = clock_ticks();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    if let Some(status) = child.try_wait()? {
+        bail!("the measured process exited early: {status}");
+    }
+    let (cpu0, w0, c0, t0) = (
+        cpu_seconds(pid, ticks)?,
+        write_bytes(pid)?,
+        on_window(),
+        Instant::now(),
+    );
+    let (mut rss_max, mut rss_sum, mut n) = (0, 0, 0u64);
+    while t0.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss = status_kb(pid, "VmRSS:")?;
+        rss_max = rss_max.max(rss);
+        rss_sum += rss;
+        n += 1;
+    }
+    let m = Measured {
+        cpu_s: cpu_seconds(pid, ticks)? - cpu0,
+        wall_s: t0.elapsed().as_secs_f64(),
+        rss_mean_kb: rss_sum as f64 / n.max(1) as f64,
+        rss_max_kb: rss_max,
+        hwm_kb: status_kb(pid, "VmHWM:")?,
+        threads: status_kb(pid, "Threads:")?,
+        written: write_bytes(pid)? - w0,
+    };
+    let counted = on_window().saturating_sub(c0);
+    // SIGTERM via `kill`, so the process drains and commits like under systemd.
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    child.wait()?;
+    Ok((m, counted))
+}
+
+fn report(name: &str, m: &Measured, samples: u64) {
+    let per = samples.max(1) as f64;
+    println!(
+        "  {name:<9} CPU {:>6.2} % of one core, {:>6.2} µs CPU per sample; disk {:>10.1} B written per sample ({:.2} MB/s); RSS mean {:.1} MB, max {:.1} MB, high-water {:.1} MB; {} threads; {samples} samples in the window",
+        100.0 * m.cpu_s / m.wall_s,
+        m.cpu_s * 1e6 / per,
+        m.written as f64 / per,
+        m.written as f64 / m.wall_s / 1e6,
+        m.rss_mean_kb / 1024.0,
+        m.rss_max_kb as f64 / 1024.0,
+        m.hwm_kb as f64 / 1024.0,
+        m.threads,
+    );
+}
+
+async fn footprint(
+    tags: usize,
+    interval: Duration,
+    secs: u64,
+    agent: &Path,
+    baseline: bool,
+) -> anyhow::Result<()> {
     if !agent.exists() {
         bail!(
             "{} not found: build it with `cargo build --release -p edge-agent`",
@@ -341,6 +450,10 @@ async fn footprint(tags: usize, interval: Duration, secs: u64, agent: &Path) -> 
     let text = agent_toml(&addrs, &counts, interval, &db);
     let cfg = dir.path().join("agent.toml");
     std::fs::write(&cfg, text)?;
+    println!(
+        "{tags} u16 tags every {} over {devices} Modbus TCP device(s); {secs} s window after 5 s warm-up",
+        humantime::format_duration(interval)
+    );
     let mut child = Command::new(agent)
         .args(["run", "-c"])
         .arg(&cfg)
@@ -350,52 +463,98 @@ async fn footprint(tags: usize, interval: Duration, secs: u64, agent: &Path) -> 
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("starting {}", agent.display()))?;
-    let pid = child.id();
-    let ticks = clock_ticks();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    if let Some(status) = child.try_wait()? {
-        bail!("the agent exited early: {status}");
+    // Samples committed to the historian, read beside the running writer (WAL).
+    let stored = || {
+        edge_agent::store::HistorianReader::open(&db)
+            .and_then(|r| r.count_by_level())
+            .map(|c| c.iter().sum())
+            .unwrap_or(0)
+    };
+    let (m, stored_in_window) = measure(&mut child, secs, stored).await?;
+    report("agent", &m, stored_in_window);
+    println!("            (historian on, no upstream: every sample stored)");
+    if baseline {
+        let broker = edge_tests::EmbeddedBroker::start()?;
+        let spec: Vec<String> = addrs
+            .iter()
+            .zip(&counts)
+            .map(|(a, n)| format!("{a}={n}"))
+            .collect();
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("bare-poll")
+            .arg("--devices")
+            .arg(spec.join(","))
+            .arg("--interval")
+            .arg(humantime::format_duration(interval).to_string())
+            .arg("--broker")
+            .arg(broker.addr().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the baseline")?;
+        let (b, _) = measure(&mut child, secs, || 0).await?;
+        // The baseline keeps up at these loads: every tag once per interval.
+        let samples = (tags as f64 * b.wall_s / interval.as_secs_f64()) as u64;
+        report("baseline", &b, samples);
+        println!("            (bare poll-and-publish: tokio-modbus reads, one JSON message per device and cycle, QoS 0)");
+        println!(
+            "  ratio     CPU {:.1}x the baseline",
+            (m.cpu_s / m.wall_s) / (b.cpu_s / b.wall_s).max(1e-9)
+        );
     }
-    let (cpu0, t0) = (cpu_seconds(pid, ticks)?, Instant::now());
-    let mut rss_max = 0;
-    let mut rss_sum = 0;
-    let mut n = 0;
-    while t0.elapsed() < Duration::from_secs(secs) {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let rss = status_kb(pid, "VmRSS:")?;
-        rss_max = rss_max.max(rss);
-        rss_sum += rss;
-        n += 1;
-    }
-    let cpu = cpu_seconds(pid, ticks)? - cpu0;
-    let wall = t0.elapsed().as_secs_f64();
-    let hwm = status_kb(pid, "VmHWM:")?;
-    let threads = status_kb(pid, "Threads:")?;
-    // SIGTERM via `kill`, so the agent drains and commits like under systemd.
-    let _ = Command::new("kill").arg(pid.to_string()).status();
-    let exit = child.wait()?;
     plant.shutdown().await;
-    let stored: u64 = edge_agent::store::HistorianReader::open(&db)
-        .and_then(|r| r.count_by_level())
-        .map(|c| c.iter().sum())
-        .unwrap_or(0);
-    println!(
-        "edge-agent: {tags} u16 tags every {} over {devices} Modbus TCP device(s), historian on, no upstream; {secs} s window after 5 s warm-up",
-        humantime::format_duration(interval)
-    );
-    println!(
-        "  CPU {:.2} % of one core ({cpu:.2} s CPU in {wall:.1} s)",
-        100.0 * cpu / wall
-    );
-    println!(
-        "  RSS mean {:.1} MB, max {:.1} MB, high-water {:.1} MB; {threads} threads",
-        rss_sum as f64 / n.max(1) as f64 / 1024.0,
-        rss_max as f64 / 1024.0,
-        hwm as f64 / 1024.0
-    );
-    println!(
-        "  samples stored: {stored} (expected about {:.0} over the whole run); exit {exit}",
-        tags as f64 * (wall + 5.0) / interval.as_secs_f64()
-    );
+    Ok(())
+}
+
+/// The baseline: poll every device's registers every `interval` and publish them, nothing else.
+// The workspace bans rumqttc's publish outside the agent's uplink; this is the benchmark's own
+// stand-in for a naive gateway, publishing to the benchmark's broker.
+#[allow(clippy::disallowed_methods)]
+async fn bare_poll(
+    devices: &[String],
+    interval: Duration,
+    broker: SocketAddr,
+) -> anyhow::Result<()> {
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    use tokio_modbus::client::Reader as _;
+
+    let mut options = MqttOptions::new("bare-poll", broker.ip().to_string(), broker.port());
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let mut tasks = Vec::new();
+    for (d, spec) in devices.iter().enumerate() {
+        let (addr, n) = spec.split_once('=').context("host:port=registers")?;
+        let addr: SocketAddr = addr.parse()?;
+        let n: u16 = n.parse()?;
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ctx = tokio_modbus::client::tcp::connect(addr).await?;
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let topic = format!("bare/dev{d}");
+            let mut values = Vec::with_capacity(usize::from(n));
+            loop {
+                tick.tick().await;
+                values.clear();
+                let mut start = 0u16;
+                while start < n {
+                    let len = (n - start).min(125);
+                    values.extend(ctx.read_holding_registers(start, len).await??);
+                    start += len;
+                }
+                let payload =
+                    serde_json::to_vec(&serde_json::json!({"ts": now_ms(), "v": values}))?;
+                client
+                    .publish(&topic, QoS::AtMostOnce, false, payload)
+                    .await?;
+            }
+            #[allow(unreachable_code)]
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! Aggregates backlog drops into a few log lines, so an overloaded uplink does not flood the log
-//! (it used to log one line per dropped message: 850 lines in 15 s). Pure: time is an argument.
+//! Aggregates drops into a few log lines, so overload does not also flood the journal: the
+//! uplink's backlog drops (it used to log one line per dropped message: 850 lines in 15 s) and
+//! the historian's failed commits (one ERROR per flush on a full disk). Pure: time is an argument.
 //!
 //! - The first drop yields [`DropReport::Started`] at once (a state change).
 //! - While dropping goes on, at most one [`DropReport::Summary`] per period, with the counts of
@@ -9,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::delivery::LevelCounts;
+use crate::stats::LevelCounts;
 
 /// What to log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

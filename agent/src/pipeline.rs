@@ -174,9 +174,10 @@ impl Router {
         }
         // A clean stop: the windows still open are summarised as partial and offered like any
         // other (docs/decisions/0011-egress-gate.md), so nothing read goes unsummarised.
+        let now = now_ms();
         self.summaries.clear();
-        self.summary.close_all(now_ms(), &mut self.summaries);
-        self.offer_summaries(now_ms());
+        self.summary.close_all(now, &mut self.summaries);
+        self.offer_summaries(now);
         debug!("Router drained.");
     }
 

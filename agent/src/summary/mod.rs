@@ -407,8 +407,8 @@ impl SummaryEngine {
                 if acc.count > 0 {
                     out.push(acc.summarise(&slot.meta, len, now_ms));
                 }
-                let next = acc.end_ms(len).max(now_ms);
-                acc.reset(next, self.started_ms);
+                // The next aligned window: samples up to `now_ms` are late from now on.
+                acc.reset(window_start(now_ms, len).saturating_add(len), self.started_ms);
             }
         }
     }

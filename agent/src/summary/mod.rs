@@ -408,7 +408,10 @@ impl SummaryEngine {
                     out.push(acc.summarise(&slot.meta, len, now_ms));
                 }
                 // The next aligned window: samples up to `now_ms` are late from now on.
-                acc.reset(window_start(now_ms, len).saturating_add(len), self.started_ms);
+                acc.reset(
+                    window_start(now_ms, len).saturating_add(len),
+                    self.started_ms,
+                );
             }
         }
     }

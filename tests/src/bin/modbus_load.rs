@@ -529,7 +529,9 @@ async fn bare_poll(
         let n: u16 = n.parse()?;
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
-            let mut ctx = tokio_modbus::client::tcp::connect(addr).await?;
+            // The simulated devices answer as unit 1, like the agent's config (`unit_id` default).
+            let mut ctx =
+                tokio_modbus::client::tcp::connect_slave(addr, tokio_modbus::Slave(1)).await?;
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let topic = format!("bare/dev{d}");

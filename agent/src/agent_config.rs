@@ -7,7 +7,7 @@
 //! [`load`], refuse exactly the same configs (docs/decisions/0002, 0010).
 //!
 //! A new source adds its raw section in `config::raw`, its build in its own module, and one
-//! call in [`compile`].
+//! call in `compile`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,8 +28,8 @@ use crate::source::modbus::config::{self as modbus_config, ModbusDevice, ModbusL
 /// The whole compiled configuration.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    pub gateway: Gateway,
-    pub classification: ClassificationSettings,
+    pub(crate) gateway: Gateway,
+    pub(crate) classification: ClassificationSettings,
     /// Modbus lines, each with its devices.
     pub lines: Vec<Arc<ModbusLine>>,
     /// Every point of every device, indexed by `PointMeta::id`.
@@ -47,7 +47,7 @@ impl AgentConfig {
             .flat_map(|l| l.devices.iter().map(move |d| (&**l, d)))
     }
 
-    pub fn point_by_tag(&self, tag: &str) -> Option<&Arc<PointMeta>> {
+    pub(crate) fn point_by_tag(&self, tag: &str) -> Option<&Arc<PointMeta>> {
         self.points.iter().find(|p| &**p.tag() == tag)
     }
 }
@@ -57,11 +57,11 @@ impl AgentConfig {
 pub struct Loaded {
     pub config: AgentConfig,
     pub warnings: Vec<Warning>,
-    pub file: PathBuf,
+    pub(crate) file: PathBuf,
 }
 
 /// Distinct summary window lengths the summary engine supports (fixed-capacity accumulators).
-pub const MAX_SUMMARY_WINDOWS: usize = crate::summary::MAX_WINDOWS;
+pub(crate) const MAX_SUMMARY_WINDOWS: usize = crate::summary::MAX_WINDOWS;
 
 /// Load `file` with the process's `EDGE_AGENT__...` environment overrides, validate and
 /// compile. `now_ms` is the time of time-dependent checks (assessment expiry, certificate
@@ -74,7 +74,7 @@ pub fn load(file: &Path, now_ms: i64) -> Result<Loaded, ConfigError> {
 }
 
 /// [`load`] with the environment given (tests).
-pub fn load_with_env(
+pub(crate) fn load_with_env(
     file: &Path,
     env: impl IntoIterator<Item = (String, String)>,
     now_ms: i64,
@@ -178,7 +178,7 @@ fn build(raw: &RawConfig, out: &mut Collector) -> AgentConfig {
 }
 
 /// Points per level and category, for `check`.
-pub fn points_per_level_category(cfg: &AgentConfig) -> BTreeMap<(Level, Category), usize> {
+pub(crate) fn points_per_level_category(cfg: &AgentConfig) -> BTreeMap<(Level, Category), usize> {
     let mut m = BTreeMap::new();
     for p in &cfg.points {
         *m.entry((p.level(), p.category())).or_insert(0) += 1;

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 /// Back-off before attempt number `failures` (≥ 1; 0 behaves like 1), `unit` uniform in `[0, 1)`.
-pub fn delay(failures: u32, initial: Duration, max: Duration, unit: f64) -> Duration {
+pub(crate) fn delay(failures: u32, initial: Duration, max: Duration, unit: f64) -> Duration {
     let doublings = failures.saturating_sub(1).min(31);
     let base = initial.saturating_mul(1u32 << doublings).min(max);
     base.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
@@ -16,14 +16,14 @@ pub fn delay(failures: u32, initial: Duration, max: Duration, unit: f64) -> Dura
 
 /// A failure counter with its schedule, for a driver that retries one thing.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     failures: u32,
 }
 
 impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Self {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
         Self {
             initial,
             max,
@@ -32,24 +32,24 @@ impl Backoff {
     }
 
     /// Record a failure and return how long to wait before the next attempt.
-    pub fn fail(&mut self, unit: f64) -> Duration {
+    pub(crate) fn fail(&mut self, unit: f64) -> Duration {
         self.failures = self.failures.saturating_add(1);
         delay(self.failures, self.initial, self.max, unit)
     }
 
     /// Record a success: the next failure starts from `initial` again.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.failures = 0;
     }
 
     /// Consecutive failures since the last success.
-    pub fn failures(&self) -> u32 {
+    pub(crate) fn failures(&self) -> u32 {
         self.failures
     }
 }
 
 /// A random unit for [`delay`] and [`Backoff::fail`]. Drivers call this; pure cores take the unit.
-pub fn random_unit() -> f64 {
+pub(crate) fn random_unit() -> f64 {
     rand::random::<f64>()
 }
 

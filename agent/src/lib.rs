@@ -7,7 +7,7 @@
 //! # Layout
 //! - [`model`]: the vocabulary (`Level`, `Category`, `Value`, `Quality`, `Form`) and `PointMeta`,
 //!   a point's label, built only by the classification compiler.
-//! - [`backoff`]: the one retry schedule (devices, lines, uplinks).
+//! - `backoff`: the one retry schedule (devices, lines, uplinks).
 //! - `drop_log`: turns drop storms into a start line, periodic summaries and an end line.
 //! - [`config`]: strict TOML config: raw structs, loading, the error collector, classification.
 //! - [`agent_config`]: the whole config, assembled from each component's own config build.
@@ -29,7 +29,7 @@
 //! ```
 
 pub mod agent_config;
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod config;
 pub(crate) mod drop_log;
 pub mod model;

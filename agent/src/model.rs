@@ -11,7 +11,7 @@
 //! - A sample always carries its level, category and classifying rule: they live in the point's
 //!   [`PointMeta`], fixed when the config was compiled, and a source can only emit samples for
 //!   points it was given. There is no way to build an untagged sample, nor to relabel one.
-//! - Anything derived from several inputs takes the highest input level ([`Level::highest`]).
+//! - Anything derived from several inputs takes the highest input level (`Level::highest`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -45,7 +45,8 @@ impl Level {
 
     /// The level of anything derived from `levels` (就高: take the highest). An empty input is
     /// `General` only because there is nothing to protect; callers never label emptiness.
-    pub fn highest(levels: impl IntoIterator<Item = Level>) -> Level {
+    #[cfg_attr(not(test), allow(dead_code))] // see summary::combined_level
+    pub(crate) fn highest(levels: impl IntoIterator<Item = Level>) -> Level {
         levels.into_iter().max().unwrap_or(Level::General)
     }
 }
@@ -76,7 +77,7 @@ impl Category {
         Category::BusinessService,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Category::RdDesign => "rd_design",
             Category::ProductionOperation => "production_operation",
@@ -109,7 +110,7 @@ pub enum Value {
 
 impl Value {
     /// Numeric view used by summaries (`true` = 1); `None` for text, which has no min or mean.
-    pub fn as_f64(&self) -> Option<f64> {
+    pub(crate) fn as_f64(&self) -> Option<f64> {
         match *self {
             Value::Bool(b) => Some(f64::from(u8::from(b))),
             Value::Int(i) => Some(i as f64),
@@ -152,7 +153,7 @@ impl Quality {
         matches!(self, Quality::Good)
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Quality::Good => "good",
             Quality::CommError => "comm_error",
@@ -208,18 +209,18 @@ pub struct PointMeta {
 /// arguments of [`PointMeta::compile`], named so that a call site reads as a record.
 #[derive(Debug, Clone)]
 pub(crate) struct PointFields {
-    pub id: u32,
-    pub tag: Arc<str>,
-    pub level: Level,
-    pub category: Category,
-    pub rule_id: Arc<str>,
-    pub device: Arc<str>,
-    pub protocol: Protocol,
-    pub address: Arc<str>,
-    pub gateway: Arc<str>,
-    pub site: Arc<str>,
-    pub unit: Option<Arc<str>>,
-    pub interval_ms: u64,
+    pub(crate) id: u32,
+    pub(crate) tag: Arc<str>,
+    pub(crate) level: Level,
+    pub(crate) category: Category,
+    pub(crate) rule_id: Arc<str>,
+    pub(crate) device: Arc<str>,
+    pub(crate) protocol: Protocol,
+    pub(crate) address: Arc<str>,
+    pub(crate) gateway: Arc<str>,
+    pub(crate) site: Arc<str>,
+    pub(crate) unit: Option<Arc<str>>,
+    pub(crate) interval_ms: u64,
 }
 
 impl PointMeta {
@@ -282,7 +283,7 @@ impl PointMeta {
 
     /// Dense index of the point (0..n) in the compiled point table; the summary engine and
     /// counters use it as an array index.
-    pub fn id(&self) -> u32 {
+    pub(crate) fn id(&self) -> u32 {
         self.id
     }
 
@@ -290,17 +291,17 @@ impl PointMeta {
         &self.tag
     }
 
-    pub fn level(&self) -> Level {
+    pub(crate) fn level(&self) -> Level {
         self.level
     }
 
-    pub fn category(&self) -> Category {
+    pub(crate) fn category(&self) -> Category {
         self.category
     }
 
     /// Id and version of the classification rule that set level/category, e.g. `point:explicit`
     /// or `rule:R-core-recipe@v1`, or `default` for unmapped data.
-    pub fn rule_id(&self) -> &Arc<str> {
+    pub(crate) fn rule_id(&self) -> &Arc<str> {
         &self.rule_id
     }
 
@@ -308,30 +309,30 @@ impl PointMeta {
         &self.device
     }
 
-    pub fn protocol(&self) -> Protocol {
+    pub(crate) fn protocol(&self) -> Protocol {
         self.protocol
     }
 
     /// Human-readable source address, e.g. `unit=1 holding:100` or an MQTT topic.
-    pub fn address(&self) -> &Arc<str> {
+    pub(crate) fn address(&self) -> &Arc<str> {
         &self.address
     }
 
-    pub fn gateway(&self) -> &Arc<str> {
+    pub(crate) fn gateway(&self) -> &Arc<str> {
         &self.gateway
     }
 
-    pub fn site(&self) -> &Arc<str> {
+    pub(crate) fn site(&self) -> &Arc<str> {
         &self.site
     }
 
     /// Engineering unit, if configured.
-    pub fn unit(&self) -> Option<&Arc<str>> {
+    pub(crate) fn unit(&self) -> Option<&Arc<str>> {
         self.unit.as_ref()
     }
 
     /// Collection interval in milliseconds (provenance: how often this point is sampled).
-    pub fn interval_ms(&self) -> u64 {
+    pub(crate) fn interval_ms(&self) -> u64 {
         self.interval_ms
     }
 }
@@ -350,7 +351,7 @@ pub enum Stat {
 }
 
 impl Stat {
-    pub const ALL: [Stat; 7] = [
+    pub(crate) const ALL: [Stat; 7] = [
         Stat::Count,
         Stat::Min,
         Stat::Max,
@@ -370,7 +371,7 @@ pub enum Form {
 }
 
 impl Form {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Form::Raw => "raw",
             Form::Summary => "summary",
@@ -396,7 +397,7 @@ pub fn now_ms() -> i64 {
 pub(crate) mod testutil {
     use super::*;
 
-    pub fn meta(id: u32, tag: &str, level: Level) -> Arc<PointMeta> {
+    pub(crate) fn meta(id: u32, tag: &str, level: Level) -> Arc<PointMeta> {
         Arc::new(PointMeta::for_test(
             id,
             tag,

@@ -12,7 +12,7 @@ use crate::model::Level;
 pub struct PerLevel([AtomicU64; 3]);
 
 impl PerLevel {
-    pub fn add(&self, level: Level, n: u64) {
+    pub(crate) fn add(&self, level: Level, n: u64) {
         self.0[level.index()].fetch_add(n, Ordering::Relaxed);
     }
 
@@ -20,7 +20,7 @@ impl PerLevel {
         self.0[level.index()].load(Ordering::Relaxed)
     }
 
-    pub fn snapshot(&self) -> [u64; 3] {
+    pub(crate) fn snapshot(&self) -> [u64; 3] {
         [
             self.get(Level::General),
             self.get(Level::Important),
@@ -41,14 +41,14 @@ pub struct DestinationStats {
     pub dropped: PerLevel,
     /// Permits granted by another destination's policy and refused by this uplink. Always 0
     /// unless there is a wiring bug; the refusal is the guarantee, the counter the evidence.
-    pub misrouted: PerLevel,
+    pub(crate) misrouted: PerLevel,
     /// Messages published and acknowledged.
     pub messages_acked: AtomicU64,
     pub connected: std::sync::atomic::AtomicBool,
 }
 
 impl DestinationStats {
-    pub fn new(name: Arc<str>) -> Self {
+    pub(crate) fn new(name: Arc<str>) -> Self {
         Self {
             name,
             forwarded: PerLevel::default(),
@@ -71,9 +71,9 @@ pub struct Stats {
     /// Samples committed to the historian.
     pub stored: PerLevel,
     /// Samples dropped in front of the historian (queue full or write failure).
-    pub store_dropped: PerLevel,
+    pub(crate) store_dropped: PerLevel,
     /// Summaries closed.
-    pub summaries: PerLevel,
+    pub(crate) summaries: PerLevel,
     /// Modbus requests sent / failed.
     pub requests: AtomicU64,
     pub request_failures: AtomicU64,
@@ -81,10 +81,10 @@ pub struct Stats {
     pub request_retries: AtomicU64,
     /// Poll cycles not started because the previous cycle of the group was still running (the
     /// line is over capacity), or started late by more than one interval.
-    pub cycles_overrun: AtomicU64,
+    pub(crate) cycles_overrun: AtomicU64,
     /// Poll cycles completed without a request because their device was backed off or its line
     /// was down.
-    pub cycles_skipped: AtomicU64,
+    pub(crate) cycles_skipped: AtomicU64,
     pub destinations: Vec<DestinationStats>,
 }
 
@@ -108,7 +108,8 @@ impl Stats {
         }
     }
 
-    pub fn destination(&self, name: &str) -> Option<&DestinationStats> {
+    #[cfg(test)]
+    pub(crate) fn destination(&self, name: &str) -> Option<&DestinationStats> {
         self.destinations.iter().find(|d| &*d.name == name)
     }
 }

@@ -33,7 +33,7 @@ use crate::{
 /// How long an incomplete frame may sit before its bytes are discarded. Far longer than the
 /// 3.5-character gap of a real line (4 ms at 9600 baud), because a TCP or pty stream may
 /// deliver one frame in pieces.
-pub const RESYNC_SILENCE: Duration = Duration::from_millis(500);
+pub(crate) const RESYNC_SILENCE: Duration = Duration::from_millis(500);
 
 /// What the line can do that a byte stream alone cannot say.
 pub(crate) trait Line {

@@ -27,25 +27,25 @@ struct CompiledRule {
 
 /// What a source knows about one point, for classification and provenance.
 #[derive(Debug, Clone, Copy)]
-pub struct PointSpec<'a> {
-    pub tag: &'a str,
+pub(crate) struct PointSpec<'a> {
+    pub(crate) tag: &'a str,
     /// Level and category set on the point itself.
-    pub level: Option<Level>,
-    pub category: Option<Category>,
+    pub(crate) level: Option<Level>,
+    pub(crate) category: Option<Category>,
     /// Defaults of the device (or topic group) the point belongs to.
-    pub device: &'a Arc<str>,
-    pub device_level: Option<Level>,
-    pub device_category: Option<Category>,
-    pub protocol: Protocol,
+    pub(crate) device: &'a Arc<str>,
+    pub(crate) device_level: Option<Level>,
+    pub(crate) device_category: Option<Category>,
+    pub(crate) protocol: Protocol,
     /// Human-readable source address (`unit=1 holding:100`, an MQTT topic).
-    pub address: &'a str,
-    pub unit: Option<&'a str>,
-    pub interval: Duration,
+    pub(crate) address: &'a str,
+    pub(crate) unit: Option<&'a str>,
+    pub(crate) interval: Duration,
 }
 
 /// Compiles points into [`PointMeta`]s with dense ids, and keeps tags unique across sources.
 #[derive(Debug)]
-pub struct Classifier {
+pub(crate) struct Classifier {
     settings: ClassificationSettings,
     rules: Vec<CompiledRule>,
     gateway: Arc<str>,
@@ -64,7 +64,7 @@ impl std::fmt::Debug for CompiledRule {
 
 impl Classifier {
     /// Validates `[classification]`; rules with an invalid pattern are reported and left out.
-    pub fn new(c: &RawClassification, gateway: &Gateway, out: &mut Collector) -> Self {
+    pub(crate) fn new(c: &RawClassification, gateway: &Gateway, out: &mut Collector) -> Self {
         if c.default_level == Level::General {
             out.err(
                 ConfigIssue::new(
@@ -88,19 +88,19 @@ impl Classifier {
         }
     }
 
-    pub fn settings(&self) -> &ClassificationSettings {
+    pub(crate) fn settings(&self) -> &ClassificationSettings {
         &self.settings
     }
 
     /// Records that the point at `path` uses `tag`; the key path of an earlier point with the
     /// same tag if there is one (tags are unique across every source).
-    pub fn claim_tag(&mut self, tag: &str, path: &str) -> Option<String> {
+    pub(crate) fn claim_tag(&mut self, tag: &str, path: &str) -> Option<String> {
         self.tags.insert(tag.to_owned(), path.to_owned())
     }
 
     /// Classifies the point and gives it the next id.
     #[allow(clippy::disallowed_methods)] // the classification compiler labels points: the one allowed caller
-    pub fn compile(&mut self, p: PointSpec<'_>) -> Arc<PointMeta> {
+    pub(crate) fn compile(&mut self, p: PointSpec<'_>) -> Arc<PointMeta> {
         let (level, category, rule_id) = self.classify(&p);
         if &*rule_id == "default" {
             self.unmapped.push(p.tag.into());
@@ -125,7 +125,7 @@ impl Classifier {
 
     /// The compiled point table (indexed by `PointMeta::id`); warns about unmapped points,
     /// naming them.
-    pub fn finish(self, out: &mut Collector) -> Vec<Arc<PointMeta>> {
+    pub(crate) fn finish(self, out: &mut Collector) -> Vec<Arc<PointMeta>> {
         if !self.unmapped.is_empty() {
             let names: Vec<&str> = self.unmapped.iter().map(|t| &**t).collect();
             out.warn(format!(

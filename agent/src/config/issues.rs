@@ -10,13 +10,13 @@ use std::fmt;
 /// One problem in a config, located by its key path (`devices[0].points[3].register`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {
-    pub path: String,
-    pub message: String,
-    pub hint: Option<String>,
+    pub(crate) path: String,
+    pub(crate) message: String,
+    pub(crate) hint: Option<String>,
 }
 
 impl ConfigIssue {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             path: path.into(),
             message: message.into(),
@@ -24,7 +24,7 @@ impl ConfigIssue {
         }
     }
 
-    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+    pub(crate) fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
     }
@@ -47,14 +47,14 @@ pub struct Warning(pub String);
 /// Where validation writes what it finds. `now_ms` is the time of time-dependent checks
 /// (assessment expiry, certificate validity), passed in so validation reads no clock.
 #[derive(Debug)]
-pub struct Collector {
-    pub issues: Vec<ConfigIssue>,
-    pub warnings: Vec<Warning>,
-    pub now_ms: i64,
+pub(crate) struct Collector {
+    pub(crate) issues: Vec<ConfigIssue>,
+    pub(crate) warnings: Vec<Warning>,
+    pub(crate) now_ms: i64,
 }
 
 impl Collector {
-    pub fn new(now_ms: i64) -> Self {
+    pub(crate) fn new(now_ms: i64) -> Self {
         Self {
             issues: Vec::new(),
             warnings: Vec::new(),
@@ -62,20 +62,20 @@ impl Collector {
         }
     }
 
-    pub fn err(&mut self, issue: ConfigIssue) {
+    pub(crate) fn err(&mut self, issue: ConfigIssue) {
         self.issues.push(issue);
     }
 
-    pub fn warn(&mut self, warning: impl Into<String>) {
+    pub(crate) fn warn(&mut self, warning: impl Into<String>) {
         self.warnings.push(Warning(warning.into()));
     }
 }
 
 /// At most this many names are listed in one message; the rest are counted.
-pub const MAX_NAMES_SHOWN: usize = 5;
+pub(crate) const MAX_NAMES_SHOWN: usize = 5;
 
 /// `"a", "b", "c" and 7 more`: names for a message, capped at [`MAX_NAMES_SHOWN`].
-pub fn name_list(names: &[&str]) -> String {
+pub(crate) fn name_list(names: &[&str]) -> String {
     let shown: Vec<String> = names
         .iter()
         .take(MAX_NAMES_SHOWN)
@@ -90,7 +90,7 @@ pub fn name_list(names: &[&str]) -> String {
 
 /// From a serde message naming the wrong word and the expected ones in backquotes
 /// (`` unknown field `pol_interval`, expected one of `a`, `b` ``), the closest expected word.
-pub fn did_you_mean(message: &str) -> Option<String> {
+pub(crate) fn did_you_mean(message: &str) -> Option<String> {
     let (got, rest) = {
         let start = message.find('`')? + 1;
         let end = start + message[start..].find('`')?;
@@ -106,28 +106,28 @@ pub fn did_you_mean(message: &str) -> Option<String> {
 }
 
 /// `` `a`, `b` `` sorted, for hints and did-you-mean.
-pub fn quote_list(names: &[&str]) -> String {
+pub(crate) fn quote_list(names: &[&str]) -> String {
     let mut v: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
     v.sort();
     v.join(", ")
 }
 
 /// `host:port` with a non-empty host and a port that parses (0 included: callers decide).
-pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
+pub(crate) fn split_host_port(s: &str) -> Option<(&str, u16)> {
     let (host, port) = s.rsplit_once(':')?;
     let port = port.parse().ok()?;
     (!host.is_empty()).then_some((host, port))
 }
 
 /// Letters, digits, `-`, `_` and `.`: safe in an MQTT topic level and a client id.
-pub fn is_topic_safe(s: &str) -> bool {
+pub(crate) fn is_topic_safe(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// End of day `YYYY-MM-DD` (UTC) in ms since epoch, i.e. the first ms of the next day.
-pub fn parse_date_end_ms(s: &str) -> Option<i64> {
+pub(crate) fn parse_date_end_ms(s: &str) -> Option<i64> {
     let mut it = s.split('-');
     let y: i64 = it.next()?.parse().ok()?;
     let m: u32 = it.next()?.parse().ok()?;
@@ -148,7 +148,7 @@ fn days_in_month(y: i64, m: u32) -> u32 {
 }
 
 /// Days since 1970-01-01 (Howard Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = if y >= 0 { y } else { y - 399 } / 400;
     let yoe = y - era * 400;

@@ -26,16 +26,16 @@ use super::raw::RawConfig;
 
 /// Largest config file accepted. Real configs are a few hundred KiB at most (10 000 points is
 /// about 1 MiB); past this the file is not a config, and parsing it would take long.
-pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+pub(crate) const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Bound on structural errors collected; past it the file is probably not an agent config.
-pub const MAX_STRUCTURAL_ERRORS: usize = 200;
+pub(crate) const MAX_STRUCTURAL_ERRORS: usize = 200;
 
 /// Errors printed in full; the rest are counted ("... and 12 more").
-pub const MAX_ISSUES_SHOWN: usize = 50;
+pub(crate) const MAX_ISSUES_SHOWN: usize = 50;
 
 /// Prefix of environment overrides; path segments are separated by `__`.
-pub const ENV_PREFIX: &str = "EDGE_AGENT__";
+pub(crate) const ENV_PREFIX: &str = "EDGE_AGENT__";
 
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +53,7 @@ pub enum ConfigError {
 }
 
 /// The first [`MAX_ISSUES_SHOWN`] issues, one a line, then how many more there are.
-pub fn render_issues(issues: &[ConfigIssue]) -> String {
+pub(crate) fn render_issues(issues: &[ConfigIssue]) -> String {
     let mut lines: Vec<String> = issues
         .iter()
         .take(MAX_ISSUES_SHOWN)
@@ -70,19 +70,19 @@ pub fn render_issues(issues: &[ConfigIssue]) -> String {
 
 /// What the structural pass produced.
 #[derive(Debug)]
-pub struct Parsed {
+pub(crate) struct Parsed {
     /// The raw config, if the tree could be completed into one (possibly with stand-ins).
-    pub raw: Option<RawConfig>,
+    pub(crate) raw: Option<RawConfig>,
     /// Structural problems, in the tree's key order.
-    pub issues: Vec<ConfigIssue>,
+    pub(crate) issues: Vec<ConfigIssue>,
     /// Key paths that hold a stand-in value instead of the (invalid) configured one.
-    pub substituted: Vec<String>,
+    pub(crate) substituted: Vec<String>,
 }
 
 impl Parsed {
     /// Whether a semantic issue may be an effect of a stand-in value rather than of the
     /// config: it is at (or under) a stand-in's path, or at a sibling key of it.
-    pub fn caused_by_stand_in(&self, issue: &ConfigIssue) -> bool {
+    pub(crate) fn caused_by_stand_in(&self, issue: &ConfigIssue) -> bool {
         let path = strip_labels(&issue.path);
         self.substituted.iter().any(|s| {
             if path == *s
@@ -105,7 +105,7 @@ impl Parsed {
 
 /// Reads `file` (refusing directories, devices and files over [`MAX_CONFIG_BYTES`]), applies
 /// the `EDGE_AGENT__` variables of `env`, and runs the structural pass.
-pub fn read(
+pub(crate) fn read(
     file: &Path,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Parsed, ConfigError> {
@@ -124,7 +124,7 @@ pub fn read(
 
 /// Why a text could not be turned into a tree.
 #[derive(Debug)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     /// Not TOML; the reason names the line.
     Toml(String),
     /// Environment overrides that name no key.
@@ -132,7 +132,7 @@ pub enum ParseError {
 }
 
 /// Parses TOML text, applies environment overrides and runs the structural pass.
-pub fn parse(
+pub(crate) fn parse(
     text: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Parsed, ParseError> {

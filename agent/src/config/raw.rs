@@ -12,41 +12,41 @@ use crate::model::{Category, Form, Level, Stat};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    pub gateway: RawGateway,
-    pub classification: RawClassification,
+pub(crate) struct RawConfig {
+    pub(crate) gateway: RawGateway,
+    pub(crate) classification: RawClassification,
     #[serde(default)]
-    pub historian: RawHistorian,
+    pub(crate) historian: RawHistorian,
     #[serde(default)]
-    pub lines: Vec<RawLine>,
+    pub(crate) lines: Vec<RawLine>,
     #[serde(default)]
-    pub devices: Vec<RawDevice>,
+    pub(crate) devices: Vec<RawDevice>,
     #[serde(default)]
-    pub destinations: Vec<RawDestination>,
+    pub(crate) destinations: Vec<RawDestination>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawGateway {
-    pub id: String,
-    pub site: String,
+pub(crate) struct RawGateway {
+    pub(crate) id: String,
+    pub(crate) site: String,
     /// ISO 3166-1 alpha-2 code of where the gateway runs (`CN` for mainland China).
-    pub jurisdiction: String,
-    pub data_processor: String,
-    pub responsible_person: String,
-    pub department: String,
+    pub(crate) jurisdiction: String,
+    pub(crate) data_processor: String,
+    pub(crate) responsible_person: String,
+    pub(crate) department: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawClassification {
+pub(crate) struct RawClassification {
     /// Level of data no rule or point maps. Must not be `general`.
-    pub default_level: Level,
+    pub(crate) default_level: Level,
     #[serde(default = "default_category")]
-    pub default_category: Category,
+    pub(crate) default_category: Category,
     /// Ordered pattern rules; the first match wins. Explicit point settings beat rules.
     #[serde(default)]
-    pub rules: Vec<RawRule>,
+    pub(crate) rules: Vec<RawRule>,
 }
 
 fn default_category() -> Category {
@@ -55,15 +55,15 @@ fn default_category() -> Category {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRule {
-    pub id: String,
+pub(crate) struct RawRule {
+    pub(crate) id: String,
     #[serde(default = "one")]
-    pub version: u32,
+    pub(crate) version: u32,
     /// Glob over point tags, e.g. `furnace*.recipe.*`.
     #[serde(rename = "match")]
-    pub pattern: String,
-    pub level: Level,
-    pub category: Option<Category>,
+    pub(crate) pattern: String,
+    pub(crate) level: Level,
+    pub(crate) category: Option<Category>,
 }
 
 fn one() -> u32 {
@@ -72,15 +72,15 @@ fn one() -> u32 {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHistorian {
+pub(crate) struct RawHistorian {
     #[serde(default = "default_historian_path")]
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     #[serde(default = "default_batch_size")]
-    pub batch_size: usize,
+    pub(crate) batch_size: usize,
     #[serde(default = "default_flush_interval", with = "humantime_serde")]
-    pub flush_interval: Duration,
+    pub(crate) flush_interval: Duration,
     #[serde(default = "default_queue_batches")]
-    pub queue_batches: usize,
+    pub(crate) queue_batches: usize,
 }
 
 impl Default for RawHistorian {
@@ -109,7 +109,7 @@ fn default_queue_batches() -> usize {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RawProtocol {
+pub(crate) enum RawProtocol {
     ModbusTcp,
     ModbusRtu,
     ModbusRtuOverTcp,
@@ -117,7 +117,7 @@ pub enum RawProtocol {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RawTransport {
+pub(crate) enum RawTransport {
     Tcp,
     Rtu,
     RtuOverTcp,
@@ -125,7 +125,7 @@ pub enum RawTransport {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RawParity {
+pub(crate) enum RawParity {
     None,
     Even,
     Odd,
@@ -135,31 +135,31 @@ pub enum RawParity {
 /// Modbus TCP gateway with several unit ids behind it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLine {
-    pub name: String,
-    pub transport: RawTransport,
+pub(crate) struct RawLine {
+    pub(crate) name: String,
+    pub(crate) transport: RawTransport,
     /// `host:port`, for `tcp` and `rtu_over_tcp`.
-    pub endpoint: Option<String>,
+    pub(crate) endpoint: Option<String>,
     /// Serial device path, for `rtu`.
-    pub port: Option<String>,
+    pub(crate) port: Option<String>,
     #[serde(default = "default_baud")]
-    pub baud: u32,
+    pub(crate) baud: u32,
     /// The Modbus serial-line spec's default is even parity.
     #[serde(default = "default_parity")]
-    pub parity: RawParity,
+    pub(crate) parity: RawParity,
     #[serde(default = "default_data_bits")]
-    pub data_bits: u8,
+    pub(crate) data_bits: u8,
     #[serde(default = "default_stop_bits")]
-    pub stop_bits: u8,
+    pub(crate) stop_bits: u8,
     /// Silence between frames; default t3.5 computed from the baud rate.
     #[serde(default, with = "humantime_serde")]
-    pub inter_frame_delay: Option<Duration>,
+    pub(crate) inter_frame_delay: Option<Duration>,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     #[serde(default = "default_backoff_initial", with = "humantime_serde")]
-    pub backoff_initial: Duration,
+    pub(crate) backoff_initial: Duration,
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
-    pub backoff_max: Duration,
+    pub(crate) backoff_max: Duration,
 }
 
 fn default_baud() -> u32 {
@@ -180,59 +180,59 @@ fn default_connect_timeout() -> Duration {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawDevice {
-    pub name: String,
-    pub protocol: RawProtocol,
+pub(crate) struct RawDevice {
+    pub(crate) name: String,
+    pub(crate) protocol: RawProtocol,
     /// `host:port` of a device with a connection of its own (`modbus_tcp`, `modbus_rtu_over_tcp`).
-    pub endpoint: Option<String>,
+    pub(crate) endpoint: Option<String>,
     /// Name of a shared `[[lines]]` entry (required for `modbus_rtu`).
-    pub line: Option<String>,
+    pub(crate) line: Option<String>,
     #[serde(default = "default_unit_id")]
-    pub unit_id: u8,
+    pub(crate) unit_id: u8,
     /// Interval of the default poll group.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
-    pub poll_interval: Duration,
+    pub(crate) poll_interval: Duration,
     /// Further poll groups; points join one with `group = "name"`.
     #[serde(default)]
-    pub poll_groups: Vec<RawPollGroup>,
+    pub(crate) poll_groups: Vec<RawPollGroup>,
     #[serde(default, with = "humantime_serde")]
-    pub jitter: Duration,
+    pub(crate) jitter: Duration,
     #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     #[serde(default = "default_retries")]
-    pub retries: u8,
+    pub(crate) retries: u8,
     #[serde(default = "default_max_registers")]
-    pub max_registers_per_request: u16,
+    pub(crate) max_registers_per_request: u16,
     #[serde(default = "default_max_bits")]
-    pub max_bits_per_request: u16,
+    pub(crate) max_bits_per_request: u16,
     #[serde(default)]
-    pub max_gap: u16,
+    pub(crate) max_gap: u16,
     /// Address ranges never read: `holding:100-199`, `40301-40310`, `coil:7`.
     #[serde(default)]
-    pub forbidden: Vec<String>,
+    pub(crate) forbidden: Vec<String>,
     /// Base of the numbers in `table:N` addresses: 0 (protocol address, the default) or 1 (as
     /// some vendor manuals number registers). Modicon references (`40001`) are always 1-based.
     #[serde(default)]
-    pub address_base: u8,
+    pub(crate) address_base: u8,
     #[serde(default = "default_backoff_initial", with = "humantime_serde")]
-    pub backoff_initial: Duration,
+    pub(crate) backoff_initial: Duration,
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
-    pub backoff_max: Duration,
+    pub(crate) backoff_max: Duration,
     #[serde(default = "default_relearn_after", with = "humantime_serde")]
-    pub relearn_after: Duration,
+    pub(crate) relearn_after: Duration,
     /// Defaults for this device's points.
-    pub level: Option<Level>,
-    pub category: Option<Category>,
+    pub(crate) level: Option<Level>,
+    pub(crate) category: Option<Category>,
     #[serde(default)]
-    pub points: Vec<RawPoint>,
+    pub(crate) points: Vec<RawPoint>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPollGroup {
-    pub name: String,
+pub(crate) struct RawPollGroup {
+    pub(crate) name: String,
     #[serde(with = "humantime_serde")]
-    pub interval: Duration,
+    pub(crate) interval: Duration,
 }
 
 fn default_unit_id() -> u8 {
@@ -265,31 +265,31 @@ fn default_relearn_after() -> Duration {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPoint {
-    pub tag: String,
+pub(crate) struct RawPoint {
+    pub(crate) tag: String,
     /// `holding:100`, `input:7`, `coil:3`, `discrete:12`, or a Modicon reference (`40101`).
-    pub register: String,
+    pub(crate) register: String,
     #[serde(rename = "type")]
-    pub data_type: String,
+    pub(crate) data_type: String,
     #[serde(default)]
-    pub order: Option<String>,
+    pub(crate) order: Option<String>,
     /// Bit of a register for `bool` points, or the lowest bit of a `bits` field (0 = LSB).
-    pub bit: Option<u8>,
+    pub(crate) bit: Option<u8>,
     /// Width of a `bits` field.
-    pub bit_count: Option<u8>,
+    pub(crate) bit_count: Option<u8>,
     /// Length of a `string`, in registers (two characters each).
-    pub registers: Option<u8>,
+    pub(crate) registers: Option<u8>,
     #[serde(default = "one_f64")]
-    pub scale: f64,
+    pub(crate) scale: f64,
     #[serde(default)]
-    pub offset: f64,
+    pub(crate) offset: f64,
     /// Labels for raw integer values: `{ "0" = "stopped", "1" = "running" }`.
-    pub map: Option<std::collections::BTreeMap<String, String>>,
+    pub(crate) map: Option<std::collections::BTreeMap<String, String>>,
     /// Poll group (default: the device's `poll_interval`).
-    pub group: Option<String>,
-    pub unit: Option<String>,
-    pub level: Option<Level>,
-    pub category: Option<Category>,
+    pub(crate) group: Option<String>,
+    pub(crate) unit: Option<String>,
+    pub(crate) level: Option<Level>,
+    pub(crate) category: Option<Category>,
 }
 
 fn one_f64() -> f64 {
@@ -298,25 +298,25 @@ fn one_f64() -> f64 {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawDestination {
-    pub name: String,
+pub(crate) struct RawDestination {
+    pub(crate) name: String,
     /// ISO 3166-1 alpha-2 code of the recipient (`CN` = mainland; HK, MO, TW are cross-border).
-    pub jurisdiction: String,
-    pub recipient: String,
-    pub purpose: String,
-    pub legal_basis: String,
-    pub broker: RawBroker,
+    pub(crate) jurisdiction: String,
+    pub(crate) recipient: String,
+    pub(crate) purpose: String,
+    pub(crate) legal_basis: String,
+    pub(crate) broker: RawBroker,
     #[serde(default = "default_topic_prefix")]
-    pub topic_prefix: String,
+    pub(crate) topic_prefix: String,
     #[serde(default)]
-    pub allow: Vec<RawAllow>,
-    pub assessment: Option<RawAssessment>,
+    pub(crate) allow: Vec<RawAllow>,
+    pub(crate) assessment: Option<RawAssessment>,
     #[serde(default = "default_batch_max_items")]
-    pub batch_max_items: usize,
+    pub(crate) batch_max_items: usize,
     #[serde(default = "default_batch_max_delay", with = "humantime_serde")]
-    pub batch_max_delay: Duration,
+    pub(crate) batch_max_delay: Duration,
     #[serde(default = "default_queue_items")]
-    pub queue_items: usize,
+    pub(crate) queue_items: usize,
 }
 
 fn default_topic_prefix() -> String {
@@ -334,13 +334,13 @@ fn default_queue_items() -> usize {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawBroker {
-    pub host: String,
-    pub port: u16,
-    pub client_id: Option<String>,
+pub(crate) struct RawBroker {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) client_id: Option<String>,
     #[serde(default = "default_keep_alive", with = "humantime_serde")]
-    pub keep_alive: Duration,
-    pub tls: Option<RawTls>,
+    pub(crate) keep_alive: Duration,
+    pub(crate) tls: Option<RawTls>,
 }
 
 fn default_keep_alive() -> Duration {
@@ -349,30 +349,30 @@ fn default_keep_alive() -> Duration {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTls {
-    pub ca: PathBuf,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-    pub server_name: Option<String>,
+pub(crate) struct RawTls {
+    pub(crate) ca: PathBuf,
+    pub(crate) client_cert: Option<PathBuf>,
+    pub(crate) client_key: Option<PathBuf>,
+    pub(crate) server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAllow {
-    pub levels: Vec<Level>,
-    pub categories: Option<Vec<Category>>,
-    pub form: Form,
+pub(crate) struct RawAllow {
+    pub(crate) levels: Vec<Level>,
+    pub(crate) categories: Option<Vec<Category>>,
+    pub(crate) form: Form,
     #[serde(default, with = "humantime_serde")]
-    pub window: Option<Duration>,
-    pub stats: Option<Vec<Stat>>,
+    pub(crate) window: Option<Duration>,
+    pub(crate) stats: Option<Vec<Stat>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAssessment {
-    pub reference: String,
+pub(crate) struct RawAssessment {
+    pub(crate) reference: String,
     /// Last day of validity, `YYYY-MM-DD` (UTC).
-    pub expires: String,
-    pub categories: Vec<Category>,
-    pub daily_item_cap: Option<u64>,
+    pub(crate) expires: String,
+    pub(crate) categories: Vec<Category>,
+    pub(crate) daily_item_cap: Option<u64>,
 }

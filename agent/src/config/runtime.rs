@@ -28,7 +28,7 @@ pub struct Gateway {
 pub struct Jurisdiction(pub String);
 
 impl Jurisdiction {
-    pub fn is_domestic(&self) -> bool {
+    pub(crate) fn is_domestic(&self) -> bool {
         self.0 == "CN"
     }
 }
@@ -40,10 +40,10 @@ impl fmt::Display for Jurisdiction {
 }
 
 #[derive(Debug, Clone)]
-pub struct ClassificationSettings {
+pub(crate) struct ClassificationSettings {
     /// Level given to unmapped data; never `General` (validated).
-    pub default_level: Level,
-    pub default_category: Category,
+    pub(crate) default_level: Level,
+    pub(crate) default_category: Category,
 }
 
 #[derive(Debug, Clone)]
@@ -51,11 +51,11 @@ pub struct HistorianSettings {
     /// SQLite database file.
     pub path: PathBuf,
     /// Max samples per write transaction.
-    pub batch_size: usize,
+    pub(crate) batch_size: usize,
     /// Max time a sample waits before its batch is committed.
-    pub flush_interval: Duration,
+    pub(crate) flush_interval: Duration,
     /// Capacity of the channel in front of the writer, in batches.
-    pub queue_batches: usize,
+    pub(crate) queue_batches: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -78,7 +78,7 @@ pub struct Broker {
 impl Broker {
     /// Loopback brokers (tests, a broker on the gateway itself) are the only place important data
     /// may travel without TLS.
-    pub fn is_loopback(&self) -> bool {
+    pub(crate) fn is_loopback(&self) -> bool {
         self.host == "localhost"
             || self
                 .host
@@ -117,12 +117,12 @@ pub struct AllowRule {
 /// A security-assessment reference for cross-border transfers of important data.
 #[derive(Debug, Clone)]
 pub struct Assessment {
-    pub reference: String,
+    pub(crate) reference: String,
     /// Expiry, ms since epoch (UTC, end of the given day).
-    pub expires_ms: i64,
-    pub categories: Vec<Category>,
+    pub(crate) expires_ms: i64,
+    pub(crate) categories: Vec<Category>,
     /// Max items of important data this destination may receive per day (`None` = no cap).
-    pub daily_item_cap: Option<u64>,
+    pub(crate) daily_item_cap: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -145,7 +145,7 @@ pub struct Destination {
 }
 
 impl Destination {
-    pub fn is_cross_border(&self) -> bool {
+    pub(crate) fn is_cross_border(&self) -> bool {
         !self.jurisdiction.is_domestic()
     }
 }

@@ -8,7 +8,7 @@ use super::issues::{is_topic_safe, Collector, ConfigIssue};
 use super::raw::{RawGateway, RawHistorian};
 use super::runtime::{Gateway, HistorianSettings, Jurisdiction};
 
-pub fn gateway(g: &RawGateway, out: &mut Collector) -> Gateway {
+pub(crate) fn gateway(g: &RawGateway, out: &mut Collector) -> Gateway {
     for (key, value) in [
         ("id", &g.id),
         ("site", &g.site),
@@ -46,7 +46,7 @@ pub fn gateway(g: &RawGateway, out: &mut Collector) -> Gateway {
 }
 
 /// An ISO 3166-1 alpha-2 code, checked for shape (`path` is its key path).
-pub fn jurisdiction(path: &str, code: &str, out: &mut Collector) -> Jurisdiction {
+pub(crate) fn jurisdiction(path: &str, code: &str, out: &mut Collector) -> Jurisdiction {
     if code.len() != 2 || !code.chars().all(|c| c.is_ascii_uppercase()) {
         out.err(
             ConfigIssue::new(path, format!("{code:?} is not an ISO 3166-1 alpha-2 code"))
@@ -56,7 +56,7 @@ pub fn jurisdiction(path: &str, code: &str, out: &mut Collector) -> Jurisdiction
     Jurisdiction(code.to_owned())
 }
 
-pub fn historian(h: &RawHistorian, out: &mut Collector) -> HistorianSettings {
+pub(crate) fn historian(h: &RawHistorian, out: &mut Collector) -> HistorianSettings {
     if h.batch_size == 0 {
         out.err(ConfigIssue::new(
             "historian.batch_size",

@@ -14,18 +14,18 @@ use crate::config::settings;
 use crate::model::{Form, Stat};
 
 /// Default summary window for summary rules that do not set one.
-pub const DEFAULT_SUMMARY_WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_SUMMARY_WINDOW: Duration = Duration::from_secs(60);
 
 /// The client id of a destination that sets none: `edge-agent-<site>-<gateway>-<destination>`,
 /// so two gateways on one broker never share a session (a broker drops the older connection
 /// of a client id that connects again). It is longer than the 23 characters MQTT 3.1.1 obliges
 /// a broker to accept; Mosquitto, EMQX, HiveMQ, VerneMQ and rumqttd accept far longer ids. For a
 /// broker that does not, set `broker.client_id`.
-pub fn default_client_id(gateway: &Gateway, destination: &str) -> String {
+pub(crate) fn default_client_id(gateway: &Gateway, destination: &str) -> String {
     format!("edge-agent-{}-{}-{destination}", gateway.site, gateway.id)
 }
 
-pub fn build(
+pub(crate) fn build(
     raw: &[RawDestination],
     gateway: &Gateway,
     out: &mut Collector,

@@ -2,7 +2,7 @@
 //! which form. The only module that can construct [`Permitted`].
 //!
 //! Hard invariants, enforced here whatever the configuration says (and rejected at load time by
-//! [`invariant_violations`], so an operator learns of them before `run`):
+//! `invariant_violations`, so an operator learns of them before `run`):
 //! 1. Core data never leaves the gateway, raw or derived.
 //! 2. Only general data leaves raw; important data leaves only as summaries.
 //! 3. Important data goes cross-border only with an unexpired security-assessment reference whose
@@ -59,12 +59,12 @@ impl<T> Permitted<T> {
         Self { inner, destination }
     }
 
-    pub fn get(&self) -> &T {
+    pub(crate) fn get(&self) -> &T {
         &self.inner
     }
 
     /// The destination whose policy granted this permit.
-    pub fn destination(&self) -> &str {
+    pub(crate) fn destination(&self) -> &str {
         &self.destination
     }
 
@@ -73,15 +73,15 @@ impl<T> Permitted<T> {
         &self.destination
     }
 
-    pub fn into_inner(self) -> T {
+    pub(crate) fn into_inner(self) -> T {
         self.inner
     }
 }
 
-pub mod config;
+pub(crate) mod config;
 
 /// What may leave the gateway: a raw sample or a closed summary with the stats a rule allows.
-/// Built only by [`Policy`]; read through [`EgressItem::view`].
+/// Built only by `Policy`; read through `EgressItem::view`.
 #[derive(Debug, Clone)]
 pub struct EgressItem(Egress);
 
@@ -97,7 +97,7 @@ enum Egress {
 /// A read-only view of an [`EgressItem`]. Building one creates no permission: only an
 /// `EgressItem` (inside a [`Permitted`]) travels.
 #[derive(Debug, Clone, Copy)]
-pub enum EgressView<'a> {
+pub(crate) enum EgressView<'a> {
     Raw(&'a Tagged),
     Summary {
         summary: &'a Summary,
@@ -106,31 +106,24 @@ pub enum EgressView<'a> {
 }
 
 impl EgressItem {
-    pub fn view(&self) -> EgressView<'_> {
+    pub(crate) fn view(&self) -> EgressView<'_> {
         match &self.0 {
             Egress::Raw(t) => EgressView::Raw(t),
             Egress::Summary { summary, stats } => EgressView::Summary { summary, stats },
         }
     }
 
-    pub fn level(&self) -> Level {
+    pub(crate) fn level(&self) -> Level {
         match &self.0 {
             Egress::Raw(t) => t.level(),
             Egress::Summary { summary, .. } => summary.level(),
         }
     }
 
-    pub fn form(&self) -> Form {
+    pub(crate) fn form(&self) -> Form {
         match &self.0 {
             Egress::Raw(_) => Form::Raw,
             Egress::Summary { .. } => Form::Summary,
-        }
-    }
-
-    pub fn tag(&self) -> &str {
-        match &self.0 {
-            Egress::Raw(t) => t.meta().tag(),
-            Egress::Summary { summary, .. } => summary.meta().tag(),
         }
     }
 }
@@ -160,7 +153,7 @@ impl EgressItem {
 
 /// The hard invariants. Not configurable; named in errors so an operator can look them up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Invariant {
+pub(crate) enum Invariant {
     CoreNeverLeaves,
     RawOnlyGeneral,
     CrossBorderImportantNeedsAssessment,
@@ -168,7 +161,7 @@ pub enum Invariant {
 }
 
 impl Invariant {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Invariant::CoreNeverLeaves => "core-never-leaves",
             Invariant::RawOnlyGeneral => "raw-only-general",
@@ -179,7 +172,7 @@ impl Invariant {
         }
     }
 
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Invariant::CoreNeverLeaves => "core data, raw or derived, never leaves the gateway",
             Invariant::RawOnlyGeneral => "only general data may leave raw; important data leaves only as summaries",
@@ -199,16 +192,16 @@ impl fmt::Display for Invariant {
 
 /// A destination config that asks for something an invariant forbids.
 #[derive(Debug, Clone)]
-pub struct Violation {
-    pub invariant: Invariant,
+pub(crate) struct Violation {
+    pub(crate) invariant: Invariant,
     /// Index of the offending allow rule, if one rule is to blame.
-    pub rule: Option<usize>,
-    pub detail: String,
+    pub(crate) rule: Option<usize>,
+    pub(crate) detail: String,
 }
 
 impl Violation {
     /// Key path of the offending setting under the destination's path.
-    pub fn path(&self, dest_path: &str) -> String {
+    pub(crate) fn path(&self, dest_path: &str) -> String {
         match (self.invariant, self.rule) {
             (Invariant::ImportantNeedsTls, _) => format!("{dest_path}.broker.tls"),
             (Invariant::CrossBorderImportantNeedsAssessment, _) => {
@@ -219,7 +212,7 @@ impl Violation {
         }
     }
 
-    pub fn hint(&self) -> &'static str {
+    pub(crate) fn hint(&self) -> &'static str {
         match self.invariant {
             Invariant::CoreNeverLeaves => "remove \"core\" from `levels`; core data stays in the local historian",
             Invariant::RawOnlyGeneral => "use form = \"summary\" for important data",
@@ -279,7 +272,7 @@ fn broken_invariants(
 
 /// Every invariant a destination's configuration would break: each allow rule is checked, for
 /// every level and category it names, against [`broken_invariants`].
-pub fn invariant_violations(dest: &Destination, now_ms: i64) -> Vec<Violation> {
+pub(crate) fn invariant_violations(dest: &Destination, now_ms: i64) -> Vec<Violation> {
     let mut out = Vec::new();
     let mut needs_tls = false;
     let mut no_assessment = false;
@@ -361,10 +354,10 @@ fn dedup(mut v: Vec<String>) -> Vec<String> {
 }
 
 /// Days before an assessment expires from which `check` and `run` warn.
-pub const ASSESSMENT_WARNING_DAYS: i64 = 90;
+pub(crate) const ASSESSMENT_WARNING_DAYS: i64 = 90;
 
 /// Warnings about assessments expiring within [`ASSESSMENT_WARNING_DAYS`].
-pub fn expiry_warnings(dest: &Destination, now_ms: i64) -> Vec<String> {
+pub(crate) fn expiry_warnings(dest: &Destination, now_ms: i64) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(a) = &dest.assessment {
         let days_left = (a.expires_ms - now_ms) / 86_400_000;
@@ -400,7 +393,7 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DenyReason::CoreNeverLeaves => "core_never_leaves",
             DenyReason::RawNotGeneral => "raw_not_general",
@@ -423,7 +416,7 @@ impl fmt::Display for DenyReason {
 /// The egress decision for one destination. Holds the per-day volume counter for the
 /// destination's assessment cap, hence `&mut self`.
 #[derive(Debug)]
-pub struct Policy {
+pub(crate) struct Policy {
     dest: Arc<Destination>,
     /// Stats per allow rule, shared by every permitted summary of that rule.
     rule_stats: Vec<Arc<[Stat]>>,
@@ -432,7 +425,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn new(dest: Arc<Destination>) -> Self {
+    pub(crate) fn new(dest: Arc<Destination>) -> Self {
         let rule_stats = dest
             .allow
             .iter()
@@ -446,7 +439,7 @@ impl Policy {
         }
     }
 
-    pub fn destination(&self) -> &Arc<Destination> {
+    pub(crate) fn destination(&self) -> &Arc<Destination> {
         &self.dest
     }
 
@@ -524,7 +517,7 @@ impl Policy {
     }
 
     /// Explain, for one point, what this destination receives of it and why.
-    pub fn explain(&self, meta: &PointMeta, now_ms: i64) -> Vec<String> {
+    pub(crate) fn explain(&self, meta: &PointMeta, now_ms: i64) -> Vec<String> {
         let mut out = Vec::new();
         for form in [Form::Raw, Form::Summary] {
             let line = match self.hard_checks(meta, form, now_ms) {
@@ -555,7 +548,7 @@ impl Policy {
     /// Forms this destination may receive for each level at `now_ms` (the `check` egress
     /// matrix): a form is listed when some rule allows it for some category the invariants let
     /// through.
-    pub fn matrix(&self, now_ms: i64) -> [Vec<Form>; 3] {
+    pub(crate) fn matrix(&self, now_ms: i64) -> [Vec<Form>; 3] {
         let mut m: [Vec<Form>; 3] = Default::default();
         for level in Level::ALL {
             for form in [Form::Raw, Form::Summary] {

@@ -71,11 +71,11 @@ impl Tagged {
         self.seq
     }
 
-    pub fn level(&self) -> Level {
+    pub(crate) fn level(&self) -> Level {
         self.meta.level()
     }
 
-    pub fn category(&self) -> Category {
+    pub(crate) fn category(&self) -> Category {
         self.meta.category()
     }
 }

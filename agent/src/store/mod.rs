@@ -51,7 +51,7 @@ mod schema;
 mod writer;
 
 pub use reader::{HistorianReader, StoredSample};
-pub use writer::{Historian, HistorianHandle};
+pub(crate) use writer::{Historian, HistorianHandle};
 
 /// Why the historian could not be opened, written or read.
 #[derive(Debug, thiserror::Error)]

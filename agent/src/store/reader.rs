@@ -22,21 +22,21 @@ LIMIT ?2";
 /// (as currently configured).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredSample {
-    pub tag: String,
-    pub ts_ms: i64,
-    pub seq: u64,
+    pub(crate) tag: String,
+    pub(crate) ts_ms: i64,
+    pub(crate) seq: u64,
     pub level: Level,
-    pub category: Category,
+    pub(crate) category: Category,
     pub quality: Quality,
     /// `None` when the value is encrypted (`enc != 0`): this reader holds no keys.
     pub value: Option<Value>,
     /// Encryption key id, 0 for plaintext.
-    pub enc: i64,
+    pub(crate) enc: i64,
     pub rule_id: String,
-    pub device: String,
-    pub protocol: String,
-    pub address: String,
-    pub unit: Option<String>,
+    pub(crate) device: String,
+    pub(crate) protocol: String,
+    pub(crate) address: String,
+    pub(crate) unit: Option<String>,
 }
 
 /// A read-only view of a historian.
@@ -76,7 +76,8 @@ impl HistorianReader {
     }
 
     /// The newest `limit` samples of `tag`, oldest first.
-    pub fn samples_for_tag(
+    #[cfg(test)]
+    pub(crate) fn samples_for_tag(
         &self,
         tag: &str,
         limit: usize,

@@ -33,7 +33,7 @@ const FAILURE_LOG_PERIOD: Duration = Duration::from_secs(10);
 /// The historian writer. Lives on its own thread, created by [`Historian::spawn`]; the rest of the
 /// agent holds the [`HistorianHandle`].
 #[derive(Debug)]
-pub struct Historian {
+pub(crate) struct Historian {
     conn: Connection,
     path: PathBuf,
     ids: PointIds,
@@ -82,7 +82,7 @@ impl PointIds {
 impl Historian {
     /// Open or create the historian at `settings.path` (creating its directory), lock it against a
     /// second writer, upsert `points`, and start the writer thread.
-    pub fn spawn(
+    pub(crate) fn spawn(
         settings: &HistorianSettings,
         points: &[Arc<PointMeta>],
         stats: Arc<Stats>,
@@ -353,7 +353,7 @@ fn lock_writer(db: &Path) -> Result<File, StoreError> {
 
 /// The agent's side of the historian: offer batches without blocking, then close.
 #[derive(Debug)]
-pub struct HistorianHandle {
+pub(crate) struct HistorianHandle {
     tx: SyncSender<Vec<Tagged>>,
     thread: JoinHandle<Result<(), StoreError>>,
     path: PathBuf,
@@ -364,7 +364,7 @@ pub struct HistorianHandle {
 impl HistorianHandle {
     /// Queue `batch` for writing. Never blocks: if the queue is full (the disk is slower than the
     /// sources) the batch is dropped and counted per level in `Stats::store_dropped`.
-    pub fn offer(&self, batch: Vec<Tagged>) {
+    pub(crate) fn offer(&self, batch: Vec<Tagged>) {
         if batch.is_empty() {
             return;
         }
@@ -395,7 +395,7 @@ impl HistorianHandle {
 
     /// Stop accepting batches, let the writer commit everything already offered, and wait for it.
     /// Blocking: from async code call it inside `spawn_blocking`.
-    pub fn close(self) -> Result<(), StoreError> {
+    pub(crate) fn close(self) -> Result<(), StoreError> {
         let HistorianHandle {
             tx, thread, path, ..
         } = self;
@@ -405,10 +405,5 @@ impl HistorianHandle {
             Ok(result) => result,
             Err(_) => Err(StoreError::WriterPanicked { path }),
         }
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }

@@ -28,19 +28,19 @@ use crate::source::Tagged;
 use crate::summary::Summary;
 
 /// Version of the message schema; bumped on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 /// Who is sending, to whom, and under what legal basis: the constant part of every message.
 #[derive(Debug, Clone)]
-pub struct Envelope {
-    pub gateway: String,
-    pub site: String,
-    pub destination: String,
-    pub legal_basis: String,
+pub(crate) struct Envelope {
+    pub(crate) gateway: String,
+    pub(crate) site: String,
+    pub(crate) destination: String,
+    pub(crate) legal_basis: String,
 }
 
 /// `<prefix>/<site>/<gateway>/<form>/<level>`.
-pub fn topic(prefix: &str, env: &Envelope, form: Form, level: Level) -> String {
+pub(crate) fn topic(prefix: &str, env: &Envelope, form: Form, level: Level) -> String {
     let prefix = prefix.trim_end_matches('/');
     format!(
         "{prefix}/{}/{}/{}/{}",
@@ -168,7 +168,7 @@ fn finite(x: Option<f64>) -> Option<f64> {
 /// Encode one message. Every item must have the given form and level (the batcher groups by
 /// them); a mismatch is a bug, so it is checked in debug builds and filtered out in release so a
 /// message never understates the level of what it carries.
-pub fn encode(env: &Envelope, form: Form, level: Level, items: &[EgressItem]) -> Vec<u8> {
+pub(crate) fn encode(env: &Envelope, form: Form, level: Level, items: &[EgressItem]) -> Vec<u8> {
     debug_assert!(items.iter().all(|i| i.form() == form && i.level() == level));
     let msg = Message {
         v: SCHEMA_VERSION,

@@ -5,7 +5,7 @@
 //! - `delivery`: the sans-I/O delivery core: PUBACK correlation, re-queue on disconnect, the
 //!   bounded backlog and its drop order, the shutdown flush decision.
 //! - `connection`: the driver, a loop over explicit states (`Connecting`, `Connected`,
-//!   `Draining`, `Waiting`, `Stopped`) around rumqttc, with [`crate::backoff`] between attempts.
+//!   `Draining`, `Waiting`, `Stopped`) around rumqttc, with `crate::backoff` between attempts.
 //! - `drop_log`: turns backlog drops into a start line, one summary per 10 s and an end line.
 //! - This file: the handle, the batcher (items to messages) and the state both tasks share.
 //!
@@ -21,7 +21,7 @@
 //! - The backlog is in memory and bounded by `queue_items`; when it is full the oldest general
 //!   message is dropped first, then the oldest of any level, counted per level in `dropped`.
 //!   A durable outbox replaces this in a later issue.
-//! - On shutdown the queue is flushed and PUBACKs are awaited for at most [`FLUSH_TIMEOUT`].
+//! - On shutdown the queue is flushed and PUBACKs are awaited for at most `FLUSH_TIMEOUT`.
 //! - The connection driver is the only caller of rumqttc's publish (clippy.toml bans it
 //!   elsewhere).
 
@@ -41,8 +41,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-pub use encode::{encode, topic, Envelope, SCHEMA_VERSION};
-pub use tls::{client_config, TlsError};
+pub(crate) use encode::{encode, topic, Envelope};
+pub use tls::TlsError;
 
 use crate::config::{Destination, Gateway};
 use crate::drop_log::{DropLog, DropReport};
@@ -59,7 +59,7 @@ use delivery::{Delivery, Message};
 /// in-flight limit (100) so its packet-id space never collides with an unacknowledged message.
 const MAX_IN_FLIGHT: usize = 32;
 /// How long shutdown waits for PUBACKs of what is still queued.
-pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages larger than this are split (brokers commonly cap packets at 256 KiB–1 MiB).
 const MAX_PAYLOAD: usize = 256 * 1024;
 /// At most one backlog-drop summary line per destination per this period.
@@ -76,7 +76,7 @@ pub enum UplinkError {
 }
 
 /// The sending side of one destination's uplink, and the only holder of that destination's
-/// [`Policy`]: an item reaches this destination's queue only through this destination's decision,
+/// `Policy`: an item reaches this destination's queue only through this destination's decision,
 /// so a permit granted for one destination cannot be sent to another. Cheap to call from the
 /// router: offering never waits.
 #[derive(Debug)]
@@ -98,7 +98,7 @@ pub(crate) struct Misrouted {
 
 impl UplinkHandle {
     /// The destination this uplink serves.
-    pub fn destination(&self) -> &Arc<Destination> {
+    pub(crate) fn destination(&self) -> &Arc<Destination> {
         self.policy.destination()
     }
 
@@ -110,7 +110,7 @@ impl UplinkHandle {
     }
 
     /// Offer a closed summary (see [`UplinkHandle::offer_raw`]).
-    pub fn offer_summary(&mut self, s: &Summary, now_ms: i64) -> Result<(), DenyReason> {
+    pub(crate) fn offer_summary(&mut self, s: &Summary, now_ms: i64) -> Result<(), DenyReason> {
         let decision = self.policy.decide_summary(s, now_ms);
         self.settle(decision, s.level())
     }
@@ -161,7 +161,7 @@ impl UplinkHandle {
     }
 
     /// Wait until the uplink has stopped: after the shutdown token is cancelled, it flushes what
-    /// it holds and waits (bounded by [`FLUSH_TIMEOUT`]) for acknowledgements.
+    /// it holds and waits (bounded by `FLUSH_TIMEOUT`) for acknowledgements.
     pub async fn closed(self) {
         drop(self.tx);
         for t in self.tasks {

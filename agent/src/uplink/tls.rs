@@ -62,7 +62,7 @@ pub enum TlsError {
 
 impl TlsError {
     /// The `broker.tls` key the problem is about (`""` for the table itself).
-    pub fn key(&self) -> &'static str {
+    pub(crate) fn key(&self) -> &'static str {
         match self {
             TlsError::Read { what, .. } | TlsError::Empty { what, .. } => key_of(what),
             TlsError::BadCa { .. } | TlsError::Rustls(_) => "ca",
@@ -74,7 +74,7 @@ impl TlsError {
     }
 
     /// What to do about it.
-    pub fn hint(&self) -> &'static str {
+    pub(crate) fn hint(&self) -> &'static str {
         match self {
             TlsError::Read { .. } => "check the path, and that the agent's user may read the file",
             TlsError::Empty { what: "client key", .. } => {
@@ -114,9 +114,9 @@ fn key_of(what: &str) -> &'static str {
 pub(crate) struct TlsProblem {
     /// Key under `broker.tls` (`ca`, `client_cert`, `client_key`, `server_name`; empty for the
     /// table itself).
-    pub key: &'static str,
-    pub message: String,
-    pub hint: &'static str,
+    pub(crate) key: &'static str,
+    pub(crate) message: String,
+    pub(crate) hint: &'static str,
 }
 
 /// Every problem `run` would have with these TLS settings, and certificates outside their
@@ -206,7 +206,7 @@ fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
 
 /// Build the client config for `tls`. `host` is the broker host the connection will use; when
 /// `server_name` differs from it, the certificate is verified against `server_name`.
-pub fn client_config(tls: &TlsSettings, host: &str) -> Result<Arc<ClientConfig>, TlsError> {
+pub(crate) fn client_config(tls: &TlsSettings, host: &str) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in read_certs("CA file", &tls.ca)? {
         roots.add(cert).map_err(|e| TlsError::BadCa {

@@ -1,7 +1,7 @@
 //! The Modbus source's config: the runtime types its tasks use ([`ModbusLine`], [`ModbusDevice`],
-//! [`ModbusPoint`], ...) and [`build`], which validates `[[lines]]` and `[[devices]]` from the raw
+//! [`ModbusPoint`], ...) and `build`, which validates `[[lines]]` and `[[devices]]` from the raw
 //! config into them, reporting every problem with its key path. Points are classified by the
-//! shared [`Classifier`], the one place a `PointMeta` is made.
+//! shared `Classifier`, the one place a `PointMeta` is made.
 //!
 //! Addressing rule (documented in `configs/reference.toml`): `table:N` is the 0-based protocol
 //! address, the number that goes on the wire, unless the device sets `address_base = 1`; a bare
@@ -43,7 +43,7 @@ impl Table {
     }
 
     /// The read function code.
-    pub fn function_code(self) -> u8 {
+    pub(crate) fn function_code(self) -> u8 {
         match self {
             Table::Coil => 1,
             Table::DiscreteInput => 2,
@@ -95,7 +95,7 @@ impl DataType {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DataType::Bool => "bool",
             DataType::Bits { .. } => "bits",
@@ -114,7 +114,7 @@ impl DataType {
     }
 
     /// Integer-valued types: the ones a value map and exact `Int` output apply to.
-    pub fn is_integer(self) -> bool {
+    pub(crate) fn is_integer(self) -> bool {
         !matches!(
             self,
             DataType::F32 | DataType::F64 | DataType::String { .. }
@@ -144,7 +144,7 @@ pub enum ByteOrder {
 }
 
 impl ByteOrder {
-    pub const ALL: [ByteOrder; 4] = [
+    pub(crate) const ALL: [ByteOrder; 4] = [
         ByteOrder::Abcd,
         ByteOrder::Cdab,
         ByteOrder::Badc,
@@ -152,17 +152,17 @@ impl ByteOrder {
     ];
 
     /// Registers are on the wire least significant first.
-    pub fn words_swapped(self) -> bool {
+    pub(crate) fn words_swapped(self) -> bool {
         matches!(self, ByteOrder::Cdab | ByteOrder::Dcba)
     }
 
     /// The two bytes of each register are on the wire least significant first.
-    pub fn bytes_swapped(self) -> bool {
+    pub(crate) fn bytes_swapped(self) -> bool {
         matches!(self, ByteOrder::Badc | ByteOrder::Dcba)
     }
 
     /// The order's name for a value of `registers` registers (`AB`/`BA` for one register).
-    pub fn name(self, registers: u16) -> &'static str {
+    pub(crate) fn name(self, registers: u16) -> &'static str {
         match (registers, self) {
             (0 | 1, ByteOrder::Abcd | ByteOrder::Cdab) => "AB",
             (0 | 1, ByteOrder::Badc | ByteOrder::Dcba) => "BA",
@@ -183,7 +183,7 @@ impl ByteOrder {
 pub struct ValueMap(pub Vec<(i64, Arc<str>)>);
 
 impl ValueMap {
-    pub fn get(&self, raw: i64) -> Option<&Arc<str>> {
+    pub(crate) fn get(&self, raw: i64) -> Option<&Arc<str>> {
         self.0
             .binary_search_by_key(&raw, |(k, _)| *k)
             .ok()
@@ -212,7 +212,7 @@ pub struct ModbusPoint {
 
 impl ModbusPoint {
     /// One past the last address the point occupies (u32: address 65535 + width must not wrap).
-    pub fn end(&self) -> u32 {
+    pub(crate) fn end(&self) -> u32 {
         u32::from(self.address) + u32::from(self.data_type.width())
     }
 }
@@ -220,10 +220,10 @@ impl ModbusPoint {
 /// A set of points of one device polled together at one interval.
 #[derive(Debug, Clone)]
 pub struct PollGroup {
-    pub name: Arc<str>,
+    pub(crate) name: Arc<str>,
     pub interval: Duration,
     /// Indices into the device's `points`, ascending.
-    pub points: Vec<usize>,
+    pub(crate) points: Vec<usize>,
 }
 
 /// An address range a device must never be asked for (`end` inclusive).
@@ -245,29 +245,28 @@ impl Forbidden {
 #[derive(Debug, Clone)]
 pub struct ModbusDevice {
     pub name: Arc<str>,
-    pub protocol: Protocol,
     pub unit_id: u8,
     /// How long one request may take before it counts as unanswered.
     pub timeout: Duration,
     /// Extra attempts for a request that timed out or came back garbled (RTU), before the device
     /// counts as failing.
-    pub retries: u8,
-    pub max_registers_per_request: u16,
-    pub max_bits_per_request: u16,
+    pub(crate) retries: u8,
+    pub(crate) max_registers_per_request: u16,
+    pub(crate) max_bits_per_request: u16,
     /// Unused addresses a block read may span to save a request.
-    pub max_gap: u16,
+    pub(crate) max_gap: u16,
     /// Ranges never read, even to fill a gap.
     pub forbidden: Vec<Forbidden>,
     /// Each cycle's start is delayed by a uniform random amount in `[0, jitter]`.
-    pub jitter: Duration,
+    pub(crate) jitter: Duration,
     /// Back-off of a failing device: the first skip period, doubling up to `backoff_max`.
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
+    pub(crate) backoff_initial: Duration,
+    pub(crate) backoff_max: Duration,
     /// How long learned bad addresses and block splits are kept before the full plan is tried
     /// again (the PLC program may have changed).
-    pub relearn_after: Duration,
+    pub(crate) relearn_after: Duration,
     pub groups: Vec<PollGroup>,
-    pub points: Vec<ModbusPoint>,
+    pub(crate) points: Vec<ModbusPoint>,
 }
 
 /// Serial parity.
@@ -279,7 +278,7 @@ pub enum Parity {
 }
 
 impl Parity {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Parity::None => "none",
             Parity::Even => "even",
@@ -300,7 +299,7 @@ pub struct SerialSettings {
 
 impl SerialSettings {
     /// Bits per character on the wire: start + data + parity + stop.
-    pub fn bits_per_char(&self) -> u32 {
+    pub(crate) fn bits_per_char(&self) -> u32 {
         1 + u32::from(self.data_bits)
             + u32::from(self.parity != Parity::None)
             + u32::from(self.stop_bits)
@@ -308,7 +307,7 @@ impl SerialSettings {
 
     /// The Modbus RTU inter-frame silence t3.5: 3.5 character times, fixed at 1.75 ms above
     /// 19 200 baud (Modbus over serial line spec v1.02, 2.5.1.1).
-    pub fn t35(&self) -> Duration {
+    pub(crate) fn t35(&self) -> Duration {
         if self.baud > 19_200 {
             return Duration::from_micros(1750);
         }
@@ -397,7 +396,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Validates and compiles every line and device; points are classified by `classifier`.
 /// Lines without devices are dropped (and warned about).
-pub fn build(
+pub(crate) fn build(
     raw_lines: &[RawLine],
     raw_devices: &[RawDevice],
     classifier: &mut Classifier,
@@ -990,7 +989,6 @@ impl Compiler<'_> {
         }
         ok.then(|| ModbusDevice {
             name,
-            protocol: ctx.protocol,
             unit_id: d.unit_id,
             timeout: d.timeout,
             retries: d.retries.min(MAX_RETRIES),
@@ -1467,7 +1465,7 @@ fn parse_modicon(s: &str) -> Result<(Table, u16), String> {
 }
 
 /// A forbidden range: `holding:100-199`, `coil:7`, `40301-40310`, `40301`.
-pub fn parse_range(s: &str, base: u8) -> Result<Forbidden, String> {
+pub(crate) fn parse_range(s: &str, base: u8) -> Result<Forbidden, String> {
     let s = s.trim();
     let (from, to) = match s.split_once(':') {
         Some((table, rest)) => match rest.split_once('-') {
@@ -1493,7 +1491,7 @@ pub fn parse_range(s: &str, base: u8) -> Result<Forbidden, String> {
 /// A byte order for a value of `registers` registers: `AB`/`BA` for one register (the
 /// 4-letter names are accepted too, by their byte order), `ABCD`.. for two, `ABCDEFGH`.. for
 /// four.
-pub fn parse_order(s: &str, registers: u16) -> Result<ByteOrder, String> {
+pub(crate) fn parse_order(s: &str, registers: u16) -> Result<ByteOrder, String> {
     let upper = s.trim().to_ascii_uppercase();
     let found = ByteOrder::ALL
         .into_iter()

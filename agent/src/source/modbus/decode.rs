@@ -7,7 +7,7 @@
 //! - a value is only produced from exactly the point's own registers/bits
 //!   (`address .. address + width`); a block that does not contain them is an error, never a
 //!   silent read of a neighbour;
-//! - multi-register values are assembled by [`assemble`]: registers most significant first
+//! - multi-register values are assembled by `assemble`: registers most significant first
 //!   unless the order swaps words (`Cdab`, `Dcba`), each register's bytes most significant first
 //!   unless the order swaps bytes (`Badc`, `Dcba`). 32-bit orders are named ABCD, CDAB, BADC,
 //!   DCBA and 64-bit ones ABCDEFGH, GHEFCDAB, BADCFEHG, HGFEDCBA; 16-bit values and strings see
@@ -134,7 +134,7 @@ pub fn decode_registers(
 }
 
 /// Decodes `point` from a coil or discrete-input block that starts at address `block_start`.
-pub fn decode_bits(
+pub(crate) fn decode_bits(
     point: &ModbusPoint,
     block_start: u16,
     bits: &[bool],
@@ -150,7 +150,7 @@ pub fn decode_bits(
 
 /// The value a bad-quality sample carries before the point has ever been read: the zero of the
 /// type the point decodes to, so a point's value type never changes in the historian.
-pub fn typed_zero(point: &ModbusPoint) -> Value {
+pub(crate) fn typed_zero(point: &ModbusPoint) -> Value {
     let scaled = point.scale != 1.0 || point.offset != 0.0;
     match point.data_type {
         _ if point.map.is_some() => Value::Text("".into()),
@@ -164,7 +164,7 @@ pub fn typed_zero(point: &ModbusPoint) -> Value {
 }
 
 /// A 16-bit register under `order`: the byte-swapping orders swap its two bytes.
-pub fn word16(word: u16, order: ByteOrder) -> u16 {
+pub(crate) fn word16(word: u16, order: ByteOrder) -> u16 {
     if order.bytes_swapped() {
         word.swap_bytes()
     } else {
@@ -174,7 +174,7 @@ pub fn word16(word: u16, order: ByteOrder) -> u16 {
 
 /// The value of up to four consecutive registers (`words[0]` at the lowest address) under
 /// `order`, most significant register first after reordering.
-pub fn assemble(words: &[u16], order: ByteOrder) -> u64 {
+pub(crate) fn assemble(words: &[u16], order: ByteOrder) -> u64 {
     let n = words.len().min(4);
     let mut acc = 0u64;
     for i in 0..n {

@@ -11,18 +11,18 @@
 use crate::source::modbus::config::Table;
 
 /// Bytes of a read request: unit, fc, start (2), count (2), crc (2).
-pub const REQUEST_LEN: usize = 8;
+pub(crate) const REQUEST_LEN: usize = 8;
 /// Bytes of an exception response.
-pub const EXCEPTION_LEN: usize = 5;
+pub(crate) const EXCEPTION_LEN: usize = 5;
 
 /// CRC-16/MODBUS of `data` (poly 0xA001 reflected, init 0xFFFF; sent low byte first).
-pub fn crc16(data: &[u8]) -> u16 {
+pub(crate) fn crc16(data: &[u8]) -> u16 {
     const MODBUS: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_MODBUS);
     MODBUS.checksum(data)
 }
 
 /// The request frame reading `count` registers or bits of `table` from `start` at `unit`.
-pub fn read_request(unit: u8, table: Table, start: u16, count: u16) -> [u8; REQUEST_LEN] {
+pub(crate) fn read_request(unit: u8, table: Table, start: u16, count: u16) -> [u8; REQUEST_LEN] {
     let [s_hi, s_lo] = start.to_be_bytes();
     let [c_hi, c_lo] = count.to_be_bytes();
     let mut f = [unit, table.function_code(), s_hi, s_lo, c_hi, c_lo, 0, 0];
@@ -33,7 +33,7 @@ pub fn read_request(unit: u8, table: Table, start: u16, count: u16) -> [u8; REQU
 }
 
 /// Data bytes of a read response for `count` registers or bits.
-pub fn data_len(table: Table, count: u16) -> usize {
+pub(crate) fn data_len(table: Table, count: u16) -> usize {
     if table.is_bit() {
         usize::from(count).div_ceil(8)
     } else {
@@ -42,7 +42,7 @@ pub fn data_len(table: Table, count: u16) -> usize {
 }
 
 /// Length of the whole correct (non-exception) response frame.
-pub fn response_len(table: Table, count: u16) -> usize {
+pub(crate) fn response_len(table: Table, count: u16) -> usize {
     3 + data_len(table, count) + 2
 }
 
@@ -54,21 +54,17 @@ pub enum Reply {
 }
 
 impl Reply {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Reply::Words(w) => w.len(),
             Reply::Bits(b) => b.len(),
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// What a response frame said, or why it is not one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
+pub(crate) enum FrameError {
     /// The device answered with a Modbus exception (data, not a fault of the frame).
     #[error("exception {0}")]
     Exception(u8),
@@ -86,7 +82,7 @@ pub enum FrameError {
 
 /// How many bytes the response to a read of `table` must have, judged from its first two bytes
 /// (`unit`, `function`): the exception length when the function has the exception bit.
-pub fn expected_len(head: [u8; 2], table: Table, count: u16) -> usize {
+pub(crate) fn expected_len(head: [u8; 2], table: Table, count: u16) -> usize {
     if head[1] & 0x80 != 0 {
         EXCEPTION_LEN
     } else {
@@ -95,7 +91,7 @@ pub fn expected_len(head: [u8; 2], table: Table, count: u16) -> usize {
 }
 
 /// Parses a complete response frame to a read of `count` entries of `table` at `unit`.
-pub fn parse_response(
+pub(crate) fn parse_response(
     frame: &[u8],
     unit: u8,
     table: Table,

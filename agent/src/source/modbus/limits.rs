@@ -6,12 +6,12 @@ use std::time::Duration;
 
 /// Most registers one read request (function codes 3 and 4) may ask for: the 253-byte PDU
 /// holds a 1-byte count and 2 bytes per register.
-pub const MAX_READ_REGISTERS: u16 = 125;
+pub(crate) const MAX_READ_REGISTERS: u16 = 125;
 /// Most bits one read request (function codes 1 and 2) may ask for.
-pub const MAX_READ_BITS: u16 = 2000;
+pub(crate) const MAX_READ_BITS: u16 = 2000;
 
 /// Longest RTU frame the protocol allows (unit, PDU of at most 253 bytes, CRC).
-pub const MAX_RTU_FRAME: usize = 256;
+pub(crate) const MAX_RTU_FRAME: usize = 256;
 
 /// Baud rates a serial line may use. Below 300 the inter-frame silence alone (3.5 characters)
 /// exceeds 100 ms and a read takes seconds; above 4 Mbaud no RS-485 adapter goes.

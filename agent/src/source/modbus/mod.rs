@@ -4,9 +4,9 @@
 //!
 //! - [`plan`]: which reads a poll cycle makes (pure), and how a refused block splits.
 //! - [`decode`]: registers/bits to engineering values (pure).
-//! - [`frame`]: RTU framing (pure).
+//! - `frame`: RTU framing (pure).
 //! - [`limits`]: protocol limits, serial ranges and `probe` defaults, in one place.
-//! - [`transport`]: an open line and one transaction over it.
+//! - `transport`: an open line and one transaction over it.
 //! - [`line`]: the scheduler that shares a line between its devices and groups.
 //! - [`probe`]: one-shot reads for `edge-agent probe`.
 //!
@@ -23,7 +23,7 @@
 //!   flows downstream, so a silent device or an overloaded line shows up as bad quality, not as
 //!   missing data.
 //! - A sample with a bad quality carries the point's last good value, or a typed zero
-//!   ([`decode::typed_zero`]) before the first good read. Consumers must look at the quality
+//!   (`decode::typed_zero`) before the first good read. Consumers must look at the quality
 //!   (summaries count only good samples).
 //! - A device exception is data, not a failure of the connection. Exceptions 02 (illegal data
 //!   address) and 03 (illegal data value, which some devices answer for an over-long read)
@@ -45,10 +45,10 @@
 //!   ends, so a dead device costs its line at most `(1 + retries) * timeout` per back-off period
 //!   and never stalls the other devices.
 //! - On Modbus TCP a timeout also drops the connection (see
-//!   [`transport::Link::timeout_breaks_link`]); its retries go over a fresh connection.
+//!   `transport::Link::timeout_breaks_link`); its retries go over a fresh connection.
 //! - A broken link (I/O error, closed socket) is dropped and reopened with the line's back-off,
 //!   capped at the shortest poll interval of the line or 1 s, whichever is longer (and at
-//!   `backoff_max` if that is lower; see [`line::reconnect_cap`]): a device that comes back is
+//!   `backoff_max` if that is lower; see `line::reconnect_cap`): a device that comes back is
 //!   read again within about one poll interval. Meanwhile due cycles complete as `CommError`.
 //! - The scheduler watches the clock while a request or a connect is in flight: ticks that fall
 //!   meanwhile start their cycles, or emit `Stale` if the group's previous cycle still runs.
@@ -62,12 +62,12 @@
 
 pub mod config;
 pub mod decode;
-pub mod frame;
+pub(crate) mod frame;
 pub mod limits;
-pub mod line;
+pub(crate) mod line;
 pub mod plan;
 pub mod probe;
-pub mod transport;
+pub(crate) mod transport;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -85,7 +85,7 @@ mod props;
 /// Why a link could not be opened or broke. Logged; the affected points get `CommError` and the
 /// line reconnects by itself, so callers never see these as `Err`.
 #[derive(Debug, Error)]
-pub enum ModbusError {
+pub(crate) enum ModbusError {
     /// The endpoint's host name did not resolve. Check `endpoint` and the gateway's DNS.
     #[error("cannot resolve {endpoint}: {source}")]
     Resolve {
@@ -161,7 +161,7 @@ fn io_reason(e: &std::io::Error) -> String {
 }
 
 /// The request plan of one poll group of `device`, before anything is learned.
-pub fn plan_group(device: &ModbusDevice, group: usize) -> Vec<ReadBlock> {
+pub(crate) fn plan_group(device: &ModbusDevice, group: usize) -> Vec<ReadBlock> {
     plan::plan(
         &device.points,
         &device.groups[group].points,
@@ -170,7 +170,7 @@ pub fn plan_group(device: &ModbusDevice, group: usize) -> Vec<ReadBlock> {
 }
 
 /// The request planner's limits for `device`.
-pub fn limits(device: &ModbusDevice) -> Limits<'_> {
+pub(crate) fn limits(device: &ModbusDevice) -> Limits<'_> {
     Limits {
         max_registers: device.max_registers_per_request,
         max_bits: device.max_bits_per_request,
@@ -187,7 +187,7 @@ pub fn requests_per_cycle(device: &ModbusDevice) -> usize {
 }
 
 /// The agent's one back-off schedule (see [`crate::backoff`]).
-pub use crate::backoff::delay as backoff_delay;
+pub(crate) use crate::backoff::delay as backoff_delay;
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@
 //!   address) lies inside that block;
 //! - a block reads one table and never more than the limit for that table (`max_registers` for
 //!   holding/input, `max_bits` for coils/discrete inputs, each clamped to what the protocol
-//!   allows, see [`MAX_READ_REGISTERS`] and [`MAX_READ_BITS`]), unless a single point is wider
+//!   allows, see `MAX_READ_REGISTERS` and `MAX_READ_BITS`), unless a single point is wider
 //!   than the limit, in which case that point gets a block of its own width (config validation
 //!   makes this impossible for real configs; the planner degrades instead of panicking);
 //! - inside a block, a run of addresses used by none of the block's points (a hole) is never
@@ -26,23 +26,23 @@
 
 use crate::source::modbus::config::{Forbidden, ModbusPoint, Table};
 
-pub use super::limits::{MAX_READ_BITS, MAX_READ_REGISTERS};
+pub(crate) use super::limits::{MAX_READ_BITS, MAX_READ_REGISTERS};
 
 /// One read request of a poll cycle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadBlock {
-    pub table: Table,
+    pub(crate) table: Table,
     /// First address read (0-based protocol address).
-    pub start: u16,
+    pub(crate) start: u16,
     /// Number of registers (or bits, in a bit table) read.
-    pub count: u16,
+    pub(crate) count: u16,
     /// Indices into the device's `points` decoded from this block.
-    pub points: Vec<usize>,
+    pub(crate) points: Vec<usize>,
 }
 
 impl ReadBlock {
     /// One past the last address read, widened so that a block ending at 65535 does not overflow.
-    pub fn end(&self) -> u32 {
+    pub(crate) fn end(&self) -> u32 {
         u32::from(self.start) + u32::from(self.count)
     }
 }
@@ -59,7 +59,7 @@ pub struct Limits<'a> {
 impl Limits<'_> {
     /// The effective request size limit of a table: the configured limit, clamped to what the
     /// protocol allows and to at least 1.
-    pub fn limit_for(&self, table: Table) -> u16 {
+    pub(crate) fn limit_for(&self, table: Table) -> u16 {
         if table.is_bit() {
             self.max_bits.clamp(1, MAX_READ_BITS)
         } else {
@@ -147,7 +147,7 @@ pub fn plan(points: &[ModbusPoint], members: &[usize], limits: &Limits<'_>) -> V
 /// Splits a block that the device refused (exception 02 or 03) into two blocks over the first and
 /// the second half of its distinct point addresses, each as tight as its points allow. `None`
 /// when every point of the block starts at one address: that address itself is refused.
-pub fn split(block: &ReadBlock, points: &[ModbusPoint]) -> Option<[ReadBlock; 2]> {
+pub(crate) fn split(block: &ReadBlock, points: &[ModbusPoint]) -> Option<[ReadBlock; 2]> {
     let mut members = block.points.clone();
     members.sort_by_key(|&i| (points[i].address, points[i].end(), i));
     let mut starts: Vec<u16> = members.iter().map(|&i| points[i].address).collect();

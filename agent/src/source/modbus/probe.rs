@@ -53,7 +53,7 @@ pub async fn read_once(
 }
 
 /// Standard names of the Modbus exception codes.
-pub fn exception_name(code: u8) -> &'static str {
+pub(crate) fn exception_name(code: u8) -> &'static str {
     match code {
         1 => "illegal function",
         2 => "illegal data address",

@@ -26,7 +26,7 @@ use crate::source::modbus::config::{LineTransport, ModbusLine, SerialSettings, T
 
 /// Why one read brought no data.
 #[derive(Debug)]
-pub enum TxError {
+pub(crate) enum TxError {
     /// The device answered with this exception code.
     Exception(u8),
     /// No complete answer within the timeout.
@@ -50,11 +50,11 @@ impl std::fmt::Display for TxError {
 }
 
 /// A byte stream an RTU link runs over.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// An open line.
-pub enum Link {
+pub(crate) enum Link {
     Tcp(Context),
     Rtu(RtuLink),
 }
@@ -70,7 +70,7 @@ impl std::fmt::Debug for Link {
 
 impl Link {
     /// Opens `line`, bounded by its `connect_timeout`.
-    pub async fn open(line: &ModbusLine) -> Result<Link, ModbusError> {
+    pub(crate) async fn open(line: &ModbusLine) -> Result<Link, ModbusError> {
         let limit = line.connect_timeout;
         let bounded = async {
             match &line.transport {
@@ -104,12 +104,12 @@ impl Link {
     /// Whether a timeout leaves this link unusable. On Modbus TCP it does: tokio-modbus would
     /// take a late answer for the next request's and fail on the transaction id, so the
     /// connection is dropped. An RTU link discards stale bytes before each request instead.
-    pub fn timeout_breaks_link(&self) -> bool {
+    pub(crate) fn timeout_breaks_link(&self) -> bool {
         matches!(self, Link::Tcp(_))
     }
 
     /// Reads `count` registers or bits of `table` from `start` at `unit`, within `timeout`.
-    pub async fn read(
+    pub(crate) async fn read(
         &mut self,
         unit: u8,
         table: Table,
@@ -124,7 +124,7 @@ impl Link {
     }
 
     /// Closes the link politely where the protocol has a way to (TCP FIN), bounded.
-    pub async fn close(self, limit: Duration) {
+    pub(crate) async fn close(self, limit: Duration) {
         match self {
             Link::Tcp(mut ctx) => {
                 let _ = tokio::time::timeout(limit, ctx.disconnect()).await;
@@ -217,7 +217,7 @@ async fn read_tcp(
 }
 
 /// An RTU master over a byte stream.
-pub struct RtuLink {
+pub(crate) struct RtuLink {
     io: Box<dyn Io>,
     inter_frame: Duration,
     /// When the bus last carried a byte we sent or received.
@@ -233,7 +233,7 @@ impl std::fmt::Debug for RtuLink {
 }
 
 impl RtuLink {
-    pub fn new(io: Box<dyn Io>, inter_frame: Duration) -> Self {
+    pub(crate) fn new(io: Box<dyn Io>, inter_frame: Duration) -> Self {
         Self {
             io,
             inter_frame,

@@ -186,7 +186,6 @@ pub(super) fn device(addr: SocketAddr, points: Vec<ModbusPoint>) -> Arc<ModbusLi
         backoff_max: Duration::from_millis(40),
         devices: vec![ModbusDevice {
             name: "plc1".into(),
-            protocol: Protocol::ModbusTcp,
             unit_id: 1,
             timeout: Duration::from_secs(1),
             retries: 0,

@@ -119,7 +119,6 @@ fn unit_device(unit: u8, groups: &[(&str, u64, Vec<u16>)]) -> ModbusDevice {
     }
     ModbusDevice {
         name: format!("unit{unit}").into(),
-        protocol: Protocol::ModbusRtuOverTcp,
         unit_id: unit,
         timeout: Duration::from_millis(150),
         retries: 1,

@@ -4,6 +4,15 @@
 //!
 //! Figures and the machine they were taken on: docs/benchmarks.md.
 
+// Test fixtures: small loop counters become register words and sequence numbers, and decoded
+// floats are compared exactly because the round trip must be bit-exact.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::float_cmp
+)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -74,7 +83,7 @@ fn decode(c: &mut Criterion) {
             for p in &points {
                 black_box(decode_registers(p, 0, black_box(&words)).ok());
             }
-        })
+        });
     });
     g.finish();
 }
@@ -92,7 +101,7 @@ fn planner(c: &mut Criterion) {
         forbidden: &[],
     };
     c.bench_function("plan 1000 points", |b| {
-        b.iter(|| black_box(plan(&points, &members, &limits)))
+        b.iter(|| black_box(plan(&points, &members, &limits)));
     });
 }
 

@@ -59,21 +59,18 @@ impl DropLog {
         if dropped.is_zero() {
             return None;
         }
-        match &mut self.episode {
-            Some(e) => {
-                e.counts.merge(dropped);
-                e.total.merge(dropped);
-                None
-            }
-            None => {
-                self.episode = Some(Episode {
-                    started: now,
-                    period_start: now,
-                    counts: *dropped,
-                    total: *dropped,
-                });
-                Some(DropReport::Started(*dropped))
-            }
+        if let Some(e) = &mut self.episode {
+            e.counts.merge(dropped);
+            e.total.merge(dropped);
+            None
+        } else {
+            self.episode = Some(Episode {
+                started: now,
+                period_start: now,
+                counts: *dropped,
+                total: *dropped,
+            });
+            Some(DropReport::Started(*dropped))
         }
     }
 

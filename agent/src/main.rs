@@ -99,13 +99,14 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Explain { config, tag } => match load(&config) {
-            Ok(loaded) => match report::explain(&loaded.config, &tag, now_ms()) {
-                Some(text) => emit(&text),
-                None => {
+            Ok(loaded) => {
+                if let Some(text) = report::explain(&loaded.config, &tag, now_ms()) {
+                    emit(&text)
+                } else {
                     eprintln!("error: no point with tag {tag:?} in {}", config.display());
                     ExitCode::from(2)
                 }
-            },
+            }
             Err(code) => code,
         },
         Command::Probe(args) => probe(args),
@@ -137,6 +138,7 @@ fn main() -> ExitCode {
 }
 
 /// `probe`: builds a one-device line from the arguments (or the config), reads once, prints.
+#[allow(clippy::too_many_lines)] // argument checks of the probe command, each with its message
 fn probe(args: ProbeArgs) -> ExitCode {
     use edge_agent::source::modbus::config::{
         parse_register, LineTransport, ModbusLine, Parity, SerialSettings,
@@ -330,22 +332,19 @@ async fn wait_for_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
+        if let (Ok(mut term), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::hangup()),
         ) {
-            (Ok(mut term), Ok(mut hup)) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => "SIGINT",
-                    _ = term.recv() => "SIGTERM",
-                    _ = hup.recv() => "SIGHUP",
-                }
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+                _ = hup.recv() => "SIGHUP",
             }
-            _ => {
-                warn!("Cannot listen for SIGTERM/SIGHUP; only Ctrl-C stops the agent cleanly.");
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
-            }
+        } else {
+            warn!("Cannot listen for SIGTERM/SIGHUP; only Ctrl-C stops the agent cleanly.");
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
         }
     }
     #[cfg(not(unix))]

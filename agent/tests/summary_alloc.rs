@@ -1,6 +1,15 @@
 //! The per-point hot path (stamp a sample, update its summaries) must not allocate. Runs as its own
 //! test binary because it installs a counting global allocator.
 
+// Test fixtures: small loop counters become register words and sequence numbers, and decoded
+// floats are compared exactly because the round trip must be bit-exact.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::float_cmp
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

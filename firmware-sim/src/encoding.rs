@@ -10,6 +10,15 @@
 //!   register it imitates) and round-and-saturate a [`Sample::Analog`] (a sine never wraps from
 //!   +32767 to -32768).
 //! - `bool` is true when the sample, rounded, is non-zero (analog) or odd (wrapping).
+//!
+//! Casts between register widths and signedness are the encoding itself (two's-complement
+//! reinterpretation of words); the round-trip tests cover every type and order.
+
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 use serde::Deserialize;
 
@@ -295,6 +304,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::float_cmp)] // the round trip must be exact
     fn f32_round_trips_through_registers() {
         for order in ByteOrder::ALL {
             let Encoded::Two(words) = encode(Sample::Analog(731_337.0), DataType::F32, order)

@@ -7,8 +7,8 @@
 //!
 //! Invariants:
 //! - [`decode_request`] accepts exactly the function codes [`crate::service::handle`]
-//!   implements (1-6, 15, 16); any other function code is exception 0x01 IllegalFunction,
-//!   a PDU of the wrong length or with an inconsistent byte count is 0x03 IllegalDataValue,
+//!   implements (1-6, 15, 16); any other function code is exception 0x01 `IllegalFunction`,
+//!   a PDU of the wrong length or with an inconsistent byte count is 0x03 `IllegalDataValue`,
 //!   so a malformed request always gets the answer a real device gives, never a panic.
 //! - [`encode_response`] is the inverse of a client's decoder for every response
 //!   [`crate::service::handle`] produces; bits are packed LSB first, words big-endian.
@@ -114,7 +114,7 @@ fn multiple(pdu: &[u8]) -> Result<(u16, u16, &[u8]), ExceptionCode> {
 /// The response PDU for request function code `fc`.
 ///
 /// A response variant the simulator never produces (it only answers function codes 1-6, 15
-/// and 16) is encoded as exception 0x04 ServerDeviceFailure rather than a panic.
+/// and 16) is encoded as exception 0x04 `ServerDeviceFailure` rather than a panic.
 pub fn encode_response(fc: u8, result: &Result<Response, ExceptionCode>) -> Vec<u8> {
     let exception = |code: ExceptionCode| vec![fc | 0x80, u8::from(code)];
     let response = match result {

@@ -217,6 +217,7 @@ pub fn evaluate(scenario: &Scenario, elapsed: Duration) -> Vec<(String, Register
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_wrap, clippy::cast_sign_loss)] // signed views of register words
 mod tests {
     use super::*;
     use crate::encoding::{decode_f32, decode_u32};
@@ -239,6 +240,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::float_cmp)] // the round trip must be exact
     fn evaluation_is_a_function_of_elapsed_time() {
         let d = device();
         let at0 = evaluate_device(&d, Duration::ZERO);

@@ -27,7 +27,7 @@ enum Command {
         /// Scenario file (TOML), e.g. configs/sim-demo.toml.
         #[arg(short, long)]
         scenario: PathBuf,
-        /// IP address to bind every TCP device and rtu_over_tcp bus on.
+        /// IP address to bind every TCP device and `rtu_over_tcp` bus on.
         #[arg(long, default_value = "127.0.0.1")]
         bind: IpAddr,
     },

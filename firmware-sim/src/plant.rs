@@ -10,8 +10,8 @@
 //!   device serves the values of "now", not of when it was stopped.
 //! - [`Plant::stop_device`] on a TCP device returns once the listener is closed (new
 //!   connections are refused); from then on no request is answered, and existing connections
-//!   are closed; [`Plant::restart_device`] binds the same address again (SO_REUSEADDR, so
-//!   TIME_WAIT sockets do not block it). On a unit of a bus, stop takes the unit off the line
+//!   are closed; [`Plant::restart_device`] binds the same address again (`SO_REUSEADDR`, so
+//!   `TIME_WAIT` sockets do not block it). On a unit of a bus, stop takes the unit off the line
 //!   (its requests go unanswered, like a unit that lost power) and restart puts it back; the
 //!   bus itself keeps serving.
 //! - [`Plant::set_faults`] and [`Plant::set_bus_faults`] validate like the scenario does and
@@ -549,10 +549,10 @@ fn spawn_pty_bus(
             Ok(()) if token.is_cancelled() => debug!(bus = %bus.name, "Pty bus stopped."),
             // The plant holds the slave side open, so the master should never see the end.
             Ok(()) => {
-                error!(bus = %bus.name, path = %shown.display(), "Pty bus ended unexpectedly; its units are unreachable.")
+                error!(bus = %bus.name, path = %shown.display(), "Pty bus ended unexpectedly; its units are unreachable.");
             }
             Err(e) => {
-                error!(bus = %bus.name, path = %shown.display(), error = %e, "Pty bus failed; its units are unreachable.")
+                error!(bus = %bus.name, path = %shown.display(), error = %e, "Pty bus failed; its units are unreachable.");
             }
         }
     });

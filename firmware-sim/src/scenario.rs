@@ -54,7 +54,7 @@ pub struct Scenario {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BusTransport {
-    /// RTU frames over TCP, as a serial device server (Moxa NPort and the like) in raw TCP
+    /// RTU frames over TCP, as a serial device server (Moxa `NPort` and the like) in raw TCP
     /// mode forwards them: no MBAP header, CRC included.
     RtuOverTcp,
     /// A pseudo-terminal: clients open its slave side (`/dev/pts/N`) like a serial port.
@@ -112,7 +112,7 @@ pub struct DeviceSpec {
     /// How often generators advance.
     #[serde(default = "default_tick", with = "humantime_serde")]
     pub tick: Duration,
-    /// Size of each table; reads past the end answer IllegalDataAddress.
+    /// Size of each table; reads past the end answer `IllegalDataAddress`.
     #[serde(default)]
     pub size: TableSizes,
     /// The register map. Addresses not listed read as 0 (or false) until written.
@@ -214,8 +214,8 @@ pub struct ExceptionSpec {
     pub start: u16,
     /// Last address of the range (inclusive).
     pub end: u16,
-    /// Exception code to answer with (1 = IllegalFunction, 2 = IllegalDataAddress,
-    /// 4 = ServerDeviceFailure, 6 = ServerDeviceBusy, 11 = GatewayTargetDevice, ...).
+    /// Exception code to answer with (1 = `IllegalFunction`, 2 = `IllegalDataAddress`,
+    /// 4 = `ServerDeviceFailure`, 6 = `ServerDeviceBusy`, 11 = `GatewayTargetDevice`, ...).
     pub code: u8,
 }
 
@@ -665,6 +665,7 @@ fn validate_register(
     validate_generator(&reg.generator, dt, path, errors);
 }
 
+#[allow(clippy::float_cmp)] // a bool generator's values must be exactly 0 or 1
 fn validate_generator(
     generator: &GeneratorSpec,
     dt: DataType,
@@ -1004,12 +1005,18 @@ mod tests {
         assert_eq!(line.transport, BusTransport::RtuOverTcp);
         assert_eq!(line.port, 0);
         assert_eq!(line.faults.latency, Duration::from_millis(20));
-        assert_eq!(line.faults.bad_crc_every.map(|n| n.get()), Some(4));
+        assert_eq!(
+            line.faults.bad_crc_every.map(std::num::NonZero::get),
+            Some(4)
+        );
         let on_line: Vec<_> = s.bus_devices("line-1").map(|d| d.name.as_str()).collect();
         assert_eq!(on_line, ["drive-1", "drive-2"]);
         let drive = s.device("drive-1").expect("declared");
         assert_eq!(drive.faults.silent_ranges[0].end, 20);
-        assert_eq!(drive.faults.partial_frame_every.map(|n| n.get()), Some(2));
+        assert_eq!(
+            drive.faults.partial_frame_every.map(std::num::NonZero::get),
+            Some(2)
+        );
         let tcp = s.device("tcp").expect("declared");
         assert!(tcp.bus.is_none() && tcp.faults.silent);
         assert!(s
@@ -1020,6 +1027,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::too_many_lines)] // one table of cases
     fn bus_mistakes_are_reported_with_their_paths() {
         let errors = invalid(
             r#"

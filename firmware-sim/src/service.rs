@@ -4,7 +4,7 @@
 //! [`DeviceService`] is the device's answering handle around it (the plant's TCP and RTU
 //! loops call [`DeviceService::answer`]; it is also a tokio-modbus [`Service`], for anyone
 //! embedding a device in a tokio-modbus server). Invariants:
-//! - Checks run in the order a real device applies them: unit id (0x0B GatewayTargetDevice
+//! - Checks run in the order a real device applies them: unit id (0x0B `GatewayTargetDevice`
 //!   for another unit, as a Modbus TCP gateway answers), function supported (0x01), quantity
 //!   within the protocol limits (0x03), injected exception ranges (the configured code),
 //!   address range inside the table (0x02).

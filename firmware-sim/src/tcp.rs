@@ -42,8 +42,8 @@ pub(crate) struct ServerTask {
     pub(crate) join: JoinHandle<()>,
 }
 
-/// Binds `addr` with SO_REUSEADDR so a restart is not refused while old connections from the
-/// previous listener sit in TIME_WAIT.
+/// Binds `addr` with `SO_REUSEADDR` so a restart is not refused while old connections from the
+/// previous listener sit in `TIME_WAIT`.
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,

@@ -1,6 +1,15 @@
 //! The simulator as a client sees it: real sockets on 127.0.0.1:0, a tokio-modbus client,
 //! every wait bounded by a timeout.
 
+// Test fixtures: small loop counters become register words and sequence numbers, and decoded
+// floats are compared exactly because the round trip must be bit-exact.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::float_cmp
+)]
+
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use firmware_sim::{

@@ -118,7 +118,7 @@ fn config(addr: SocketAddr) -> Config {
             max_segment_count: 10,
             custom_segment: None,
             initialized_filters: None,
-            shared_subscriptions_strategy: Default::default(),
+            shared_subscriptions_strategy: rumqttd::Strategy::default(),
         },
         v4: Some(HashMap::from([("test".to_string(), server)])),
         // Console and prometheus would bind fixed ports (3030, 9042): keep them off.

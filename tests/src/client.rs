@@ -1,4 +1,4 @@
-//! A one-shot MQTT publisher for tests: connect, publish at QoS 1, await the PUBACK, disconnect.
+//! A one-shot MQTT publisher for tests: connect, publish at `QoS` 1, await the PUBACK, disconnect.
 //!
 //! Invariant: bounded. Every step runs under the caller's timeout; a refused connection (bad TLS
 //! client certificate, wrong port) is an `Err` carrying rumqttc's reason, never a hang.

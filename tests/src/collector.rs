@@ -11,7 +11,7 @@
 //!   must resume it before waiting on the collector.
 //! - [`Collector::start`] returns only after the broker acknowledged the `#` subscription, so
 //!   every publish made after it returns is recorded.
-//! - The subscription is QoS 1 so QoS 1 publishes reach us at QoS 1; after a reconnect (clean
+//! - The subscription is `QoS` 1 so `QoS` 1 publishes reach us at `QoS` 1; after a reconnect (clean
 //!   session) it is renewed. Any connection error is kept in [`Collector::connection_errors`]: a
 //!   "nothing leaked" assertion is only meaningful if that list is empty.
 //! - Dropping the collector stops its thread promptly (the shutdown channel closes).
@@ -142,7 +142,7 @@ impl Collector {
                 scanned = record.messages.len();
             }
             match tokio::time::timeout_at(deadline, arrivals.changed()).await {
-                Ok(Ok(())) => continue,
+                Ok(Ok(())) => {}
                 // The collector thread ended: nothing more will arrive; one last scan.
                 Ok(Err(_)) => {
                     let record = self.lock();
@@ -231,9 +231,10 @@ async fn run(
                     .iter()
                     .any(|code| matches!(code, SubscribeReasonCode::Failure));
                 if let Some(ready) = ready.take() {
-                    let result = match refused {
-                        true => Err(anyhow!("the broker refused the `#` subscription")),
-                        false => Ok(()),
+                    let result = if refused {
+                        Err(anyhow!("the broker refused the `#` subscription"))
+                    } else {
+                        Ok(())
                     };
                     let _ = ready.send(result);
                 } else if refused {
@@ -264,7 +265,7 @@ async fn run(
                 // not spin this thread.
                 tokio::select! {
                     _ = &mut shutdown => return,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
             }
         }

@@ -13,7 +13,7 @@
 //!   rustls client config.
 //! - [`mosquitto`]: [`Mosquitto`], the system broker as a child process with a mutual-TLS and a
 //!   plain listener, for `#[ignore]`d interop tests (`cargo test -- --ignored`).
-//! - [`client`]: [`publish_once`], a bounded one-shot QoS 1 publisher.
+//! - [`client`]: [`publish_once`], a bounded one-shot `QoS` 1 publisher.
 //! - [`net`]: free-port picking and bounded readiness probes.
 //! - [`plant`]: the simulated demo plant wired to the agent (shared by end-to-end tests and the
 //!   demo binary).
@@ -27,6 +27,16 @@
 //!
 //! Rules every helper follows: `127.0.0.1` only, no fixed ports, every wait bounded, no
 //! sleep-to-wait (only short poll intervals while another process starts).
+
+// Test fixtures: small loop counters become register words and sequence numbers, and decoded
+// floats are compared exactly because the round trip must be bit-exact.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::float_cmp,
+    clippy::format_collect
+)]
 
 pub mod broker;
 pub mod canary;

@@ -103,6 +103,6 @@ fn rewire(cfg: &mut AgentConfig, plant: &Plant, wiring: &Wiring) -> anyhow::Resu
     if let Some(w) = wiring.window {
         cfg.summary.windows = vec![w];
     }
-    cfg.historian.path = wiring.historian.clone();
+    cfg.historian.path.clone_from(&wiring.historian);
     Ok(())
 }

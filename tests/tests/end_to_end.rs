@@ -6,6 +6,15 @@
 //! assessment, prefix `hq`) allowing general summaries only. The furnace recipe block is core and
 //! carries canary values (see `configs/sim-demo.toml`).
 
+// Test fixtures: small loop counters become register words and sequence numbers, and decoded
+// floats are compared exactly because the round trip must be bit-exact.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::float_cmp
+)]
+
 use std::time::Duration;
 
 use edge_agent::model::{Level, Quality, Value};
@@ -129,7 +138,7 @@ async fn general_points_arrive_upstream_raw_and_summarised() {
                 // hq-eu is configured for count/mean/last only.
                 let stats = item["stats"].as_object().expect("summary stats");
                 let mut keys: Vec<&str> = stats.keys().map(String::as_str).collect();
-                keys.sort();
+                keys.sort_unstable();
                 assert!(
                     keys.iter().all(|k| ["count", "last", "mean"].contains(k)),
                     "{keys:?}"

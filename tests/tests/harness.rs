@@ -3,6 +3,15 @@
 //! The Mosquitto interop test is `#[ignore]`d (it needs the system `mosquitto` binary); CI runs
 //! it with `cargo test --workspace -- --ignored`.
 
+// Test fixtures: small loop counters become register words and sequence numbers, and decoded
+// floats are compared exactly because the round trip must be bit-exact.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::float_cmp
+)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;

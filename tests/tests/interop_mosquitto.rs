@@ -2,6 +2,15 @@
 //! here). `#[ignore]`d by default because it needs the `mosquitto` binary; `.ci/run` installs it
 //! from the OS packages and runs `cargo test --workspace -- --ignored`.
 
+// Test fixtures: small loop counters become register words and sequence numbers, and decoded
+// floats are compared exactly because the round trip must be bit-exact.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::float_cmp
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

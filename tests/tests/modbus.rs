@@ -4,6 +4,16 @@
 //! Everything on 127.0.0.1 or a pty, every wait bounded; assertions compare counts with what a
 //! scheduler without the property would reach, never wall-clock bounds.
 
+// Test fixtures: small loop counters become register words and sequence numbers, and decoded
+// floats are compared exactly because the round trip must be bit-exact.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::float_cmp,
+    clippy::format_push_string
+)]
+
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -278,7 +288,7 @@ async fn a_dead_unit_costs_its_line_only_its_own_timeout_and_is_read_again_when_
         )
         .expect("set faults");
     let mut agent = Agent::start(&cfg);
-    let counts = agent.count(Duration::from_millis(2000)).await;
+    let counts = agent.count(Duration::from_secs(2)).await;
     let get = |d: &str, good| counts.get(&(d.to_owned(), good)).copied().unwrap_or(0);
     // A dead unit probed every cycle would cost 2 x 200 ms each time: at most 2000 / 400 = 5
     // cycles for the others. Backed off, it costs 400 ms per >= 1 s.
@@ -382,10 +392,10 @@ async fn a_silent_range_is_isolated_and_the_rest_of_the_device_stays_good() {
     ));
     let mut agent = Agent::start(&cfg);
     let q = |b: &[Tagged], tag: &str| {
-        b.iter()
-            .find(|t| **t.meta().tag() == *tag)
-            .map(|t| t.quality())
-            .unwrap_or_else(|| panic!("no sample for {tag}"))
+        b.iter().find(|t| **t.meta().tag() == *tag).map_or_else(
+            || panic!("no sample for {tag}"),
+            edge_agent::source::Tagged::quality,
+        )
     };
     // Isolated: the silent register alone is comm_error, its neighbour is read.
     let isolated = agent

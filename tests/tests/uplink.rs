@@ -2,6 +2,15 @@
 //! as forwarded only on PUBACK, nothing offered during an outage is lost, and everything arrives
 //! after the network comes back (possibly twice; the idempotency keys make that harmless).
 
+// Test fixtures: small loop counters become register words and sequence numbers, and decoded
+// floats are compared exactly because the round trip must be bit-exact.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::float_cmp
+)]
+
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -1,3 +1,5 @@
+#![allow(clippy::format_collect)] // building large test configs
+
 //! Whole-config tests: loading, structural and semantic errors, classification, egress
 //! invariants. Helpers are shared with the components' config tests.
 
@@ -164,7 +166,7 @@ fn semantic_errors_are_all_collected_with_paths() {
             "default_level = \"general\"",
         );
     let i = issues(&text);
-    let rendered: Vec<String> = i.iter().map(|i| i.to_string()).collect();
+    let rendered: Vec<String> = i.iter().map(std::string::ToString::to_string).collect();
     assert!(
         rendered
             .iter()

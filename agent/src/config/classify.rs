@@ -100,6 +100,7 @@ impl Classifier {
 
     /// Classifies the point and gives it the next id.
     #[allow(clippy::disallowed_methods)] // the classification compiler labels points: the one allowed caller
+    #[allow(clippy::cast_possible_truncation)] // point ids: the config size limit keeps them far below 2^32
     pub(crate) fn compile(&mut self, p: PointSpec<'_>) -> Arc<PointMeta> {
         let (level, category, rule_id) = self.classify(&p);
         if &*rule_id == "default" {
@@ -117,7 +118,7 @@ impl Classifier {
             gateway: self.gateway.clone(),
             site: self.site.clone(),
             unit: p.unit.map(Into::into),
-            interval_ms: p.interval.as_millis() as u64,
+            interval_ms: crate::model::millis(p.interval),
         }));
         self.points.push(meta.clone());
         meta

@@ -5,7 +5,7 @@
 //! Validation never stops at the first problem: a component reports what it finds and carries
 //! on, so an operator fixes a config in one round of `check`.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 /// One problem in a config, located by its key path (`devices[0].points[3].register`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +83,7 @@ pub(crate) fn name_list(names: &[&str]) -> String {
         .collect();
     let mut s = shown.join(", ");
     if names.len() > MAX_NAMES_SHOWN {
-        s.push_str(&format!(" and {} more", names.len() - MAX_NAMES_SHOWN));
+        let _ = write!(s, " and {} more", names.len() - MAX_NAMES_SHOWN);
     }
     s
 }

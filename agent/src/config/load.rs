@@ -16,7 +16,7 @@
 //! A value takes the type of the key it replaces (`GATEWAY__ID=07` stays the string "07").
 
 use std::collections::HashMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -250,7 +250,7 @@ fn apply_env(tree: &mut Value, var: &str, value: &str) -> Result<(), ConfigIssue
                         "names a whole entry ({path}[{idx}]); set its keys one by one"
                     )));
                 }
-                path.push_str(&format!("[{idx}]"));
+                let _ = write!(path, "[{idx}]");
                 node = &mut items[idx];
             }
             Value::Object(map) => {
@@ -267,7 +267,7 @@ fn apply_env(tree: &mut Value, var: &str, value: &str) -> Result<(), ConfigIssue
                 }
                 node = map
                     .entry(key)
-                    .or_insert_with(|| Value::Object(Default::default()));
+                    .or_insert_with(|| Value::Object(serde_json::Map::default()));
             }
             _ => {
                 return Err(fail(format!(
@@ -511,7 +511,7 @@ fn strip_labels(path: &str) -> String {
     out
 }
 
-/// Remove the node at a serde_path_to_error path (`a.b[2].c`) from the tree.
+/// Remove the node at a `serde_path_to_error` path (`a.b[2].c`) from the tree.
 fn remove_path(tree: &mut Value, path: &str) -> bool {
     let segments = parse_path(path);
     let Some((last, parents)) = segments.split_last() else {

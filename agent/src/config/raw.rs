@@ -1,6 +1,6 @@
 //! Raw configuration: the TOML file as written, before validation. Every struct denies unknown
 //! fields (the attribute is not inherited, so it is on each one), durations are typed
-//! (`"500ms"`, `"10s"`), keys are snake_case. Nothing here is used at run time: [`super::load`]
+//! (`"500ms"`, `"10s"`), keys are `snake_case`. Nothing here is used at run time: [`super::load`]
 //! validates these into [`super::runtime`] types.
 
 use std::path::PathBuf;
@@ -109,6 +109,7 @@ fn default_queue_batches() -> usize {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[allow(clippy::enum_variant_names)] // the names are the config's spelling of the protocols
 pub(crate) enum RawProtocol {
     ModbusTcp,
     ModbusRtu,
@@ -242,7 +243,7 @@ fn default_poll_interval() -> Duration {
     Duration::from_secs(1)
 }
 fn default_timeout() -> Duration {
-    Duration::from_millis(1000)
+    Duration::from_secs(1)
 }
 fn default_retries() -> u8 {
     1

@@ -48,7 +48,7 @@ pub(crate) struct ClassificationSettings {
 
 #[derive(Debug, Clone)]
 pub struct HistorianSettings {
-    /// SQLite database file.
+    /// `SQLite` database file.
     pub path: PathBuf,
     /// Max samples per write transaction.
     pub(crate) batch_size: usize,
@@ -83,8 +83,7 @@ impl Broker {
             || self
                 .host
                 .parse::<std::net::IpAddr>()
-                .map(|ip| ip.is_loopback())
-                .unwrap_or(false)
+                .is_ok_and(|ip| ip.is_loopback())
     }
 }
 

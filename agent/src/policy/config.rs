@@ -19,12 +19,13 @@ pub(crate) const DEFAULT_SUMMARY_WINDOW: Duration = Duration::from_secs(60);
 /// The client id of a destination that sets none: `edge-agent-<site>-<gateway>-<destination>`,
 /// so two gateways on one broker never share a session (a broker drops the older connection
 /// of a client id that connects again). It is longer than the 23 characters MQTT 3.1.1 obliges
-/// a broker to accept; Mosquitto, EMQX, HiveMQ, VerneMQ and rumqttd accept far longer ids. For a
+/// a broker to accept; Mosquitto, EMQX, `HiveMQ`, `VerneMQ` and rumqttd accept far longer ids. For a
 /// broker that does not, set `broker.client_id`.
 pub(crate) fn default_client_id(gateway: &Gateway, destination: &str) -> String {
     format!("edge-agent-{}-{}-{destination}", gateway.site, gateway.id)
 }
 
+#[allow(clippy::too_many_lines)] // one pass over a destination's keys, in the order of the reference config
 pub(crate) fn build(
     raw: &[RawDestination],
     gateway: &Gateway,
@@ -158,18 +159,15 @@ pub(crate) fn build(
             });
         }
         let assessment = d.assessment.as_ref().and_then(|a| {
-            let expires_ms = match parse_date_end_ms(&a.expires) {
-                Some(ms) => ms,
-                None => {
-                    out.err(
-                        ConfigIssue::new(
-                            format!("{path}.assessment.expires"),
-                            format!("{:?} is not a date", a.expires),
-                        )
-                        .hint("YYYY-MM-DD, the last day of validity"),
-                    );
-                    return None;
-                }
+            let Some(expires_ms) = parse_date_end_ms(&a.expires) else {
+                out.err(
+                    ConfigIssue::new(
+                        format!("{path}.assessment.expires"),
+                        format!("{:?} is not a date", a.expires),
+                    )
+                    .hint("YYYY-MM-DD, the last day of validity"),
+                );
+                return None;
             };
             if a.reference.trim().is_empty() {
                 out.err(ConfigIssue::new(

@@ -467,7 +467,7 @@ impl Policy {
         now_ms: i64,
     ) -> Result<Permitted<EgressItem>, DenyReason> {
         self.hard_checks(s.meta(), Form::Summary, now_ms)?;
-        let window = s.window_ms().max(0) as u64;
+        let window = u64::try_from(s.window_ms()).unwrap_or(0);
         let rule = self
             .matching_rule(s.meta(), Form::Summary, Some(window))
             .ok_or(DenyReason::NoMatchingRule)?;
@@ -520,24 +520,25 @@ impl Policy {
     pub(crate) fn explain(&self, meta: &PointMeta, now_ms: i64) -> Vec<String> {
         let mut out = Vec::new();
         for form in [Form::Raw, Form::Summary] {
-            let line = match self.hard_checks(meta, form, now_ms) {
-                Err(reason) => format!("{form}: denied ({reason}: {})", reason_text(reason)),
-                Ok(()) => {
-                    let rule = self.dest.allow.iter().find(|r| {
-                        rule_matches(r, meta, form, r.window.map(|w| w.as_millis() as u64))
-                    });
-                    match rule {
-                        Some(r) => match r.window {
-                            Some(w) => format!(
-                                "{form}: allowed by allow[{}] every {} with stats [{}]",
-                                r.index,
-                                humantime::format_duration(w),
-                                r.stats.iter().map(|s| format!("{s:?}").to_lowercase()).collect::<Vec<_>>().join(", ")
-                            ),
-                            None => format!("{form}: allowed by allow[{}]", r.index),
-                        },
-                        None => format!("{form}: denied (no_matching_rule: no allow rule covers level {} / category {} / form {form})", meta.level(), meta.category()),
-                    }
+            let line = if let Err(reason) = self.hard_checks(meta, form, now_ms) {
+                format!("{form}: denied ({reason}: {})", reason_text(reason))
+            } else {
+                let rule = self
+                    .dest
+                    .allow
+                    .iter()
+                    .find(|r| rule_matches(r, meta, form, r.window.map(crate::model::millis)));
+                match rule {
+                    Some(r) => match r.window {
+                        Some(w) => format!(
+                            "{form}: allowed by allow[{}] every {} with stats [{}]",
+                            r.index,
+                            humantime::format_duration(w),
+                            r.stats.iter().map(|s| format!("{s:?}").to_lowercase()).collect::<Vec<_>>().join(", ")
+                        ),
+                        None => format!("{form}: allowed by allow[{}]", r.index),
+                    },
+                    None => format!("{form}: denied (no_matching_rule: no allow rule covers level {} / category {} / form {form})", meta.level(), meta.category()),
                 }
             };
             out.push(line);
@@ -578,7 +579,7 @@ fn rule_matches(r: &AllowRule, meta: &PointMeta, form: Form, window_ms: Option<u
         && r.categories
             .as_ref()
             .is_none_or(|c| c.contains(&meta.category()))
-        && (form == Form::Raw || r.window.map(|w| w.as_millis() as u64) == window_ms)
+        && (form == Form::Raw || r.window.map(crate::model::millis) == window_ms)
 }
 
 fn reason_text(r: DenyReason) -> &'static str {
@@ -740,7 +741,7 @@ mod tests {
             .expect("permitted");
         match permitted.get().view() {
             EgressView::Summary { stats, .. } => assert_eq!(stats, &[Stat::Count, Stat::Mean]),
-            other => panic!("unexpected {other:?}"),
+            other @ EgressView::Raw(_) => panic!("unexpected {other:?}"),
         }
         // A summary of a window no rule asks for is denied.
         assert_eq!(

@@ -1,9 +1,9 @@
-//! The historian: every sample of every level, kept on the gateway in SQLite (WAL mode).
+//! The historian: every sample of every level, kept on the gateway in `SQLite` (WAL mode).
 //!
 //! # On-disk format (schema version 1, `PRAGMA user_version = 1`)
 //!
 //! Files, for `historian.path = /var/lib/edge-agent/historian.db`:
-//! - `historian.db`, `historian.db-wal`, `historian.db-shm`: the SQLite database and its WAL.
+//! - `historian.db`, `historian.db-wal`, `historian.db-shm`: the `SQLite` database and its WAL.
 //! - `historian.db.lock`: empty; an exclusive advisory lock (`flock`) on it is held by the one
 //!   writer for as long as it runs. A second writer fails with [`StoreError::Locked`]. Readers do
 //!   not take it (WAL lets them read while the writer writes).
@@ -37,7 +37,7 @@
 //!   changes).
 //! - `Stats::stored` counts a sample only after the COMMIT that contains it returned, with
 //!   `synchronous = FULL` (the WAL is fsynced at every commit): a counted sample survives power
-//!   loss. Torn WAL tails are discarded by SQLite's own recovery (checksummed WAL frames).
+//!   loss. Torn WAL tails are discarded by `SQLite`'s own recovery (checksummed WAL frames).
 //! - Every sample offered to the writer is either committed and counted in `stored`, or dropped
 //!   and counted in `store_dropped` (queue full, write failure, writer gone). Nothing disappears
 //!   uncounted.
@@ -81,7 +81,7 @@ pub enum StoreError {
          stop the other edge-agent or set a different historian.path"
     )]
     Locked { path: PathBuf, lock: PathBuf },
-    /// SQLite could not open, configure or migrate the database (at startup). Check the path, its
+    /// `SQLite` could not open, configure or migrate the database (at startup). Check the path, its
     /// permissions, free space, and that the file is an edge-agent historian.
     #[error("cannot open historian {path}: {source}")]
     Open {

@@ -128,7 +128,7 @@ impl HistorianReader {
     }
 }
 
-/// A row as SQLite returns it, before its strings are checked.
+/// A row as `SQLite` returns it, before its strings are checked.
 struct RawRow {
     tag: String,
     ts_ms: i64,
@@ -172,6 +172,7 @@ impl RawRow {
         })
     }
 
+    #[allow(clippy::cast_sign_loss)] // SQLite INTEGER is i64: u64 values were stored as their bit pattern
     fn into_sample(self) -> Result<StoredSample, String> {
         let level =
             parse_level(&self.level).ok_or_else(|| format!("unknown level {:?}", self.level))?;

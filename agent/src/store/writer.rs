@@ -1,4 +1,4 @@
-//! The writer: one OS thread owns the SQLite connection (rusqlite is blocking) and commits batches;
+//! The writer: one OS thread owns the `SQLite` connection (rusqlite is blocking) and commits batches;
 //! the async pipeline talks to it through a bounded channel that never blocks the caller.
 //!
 //! When full: the offered batch is dropped, counted per level in `Stats::store_dropped`, and
@@ -281,6 +281,7 @@ impl Historian {
     }
 }
 
+#[allow(clippy::cast_possible_wrap)] // SQLite INTEGER is i64: u64 values are stored as their bit pattern
 fn write_batch(
     conn: &mut Connection,
     ids: &mut PointIds,

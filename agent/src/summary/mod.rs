@@ -433,7 +433,7 @@ impl SummaryEngine {
     pub(crate) fn windows(&self) -> impl Iterator<Item = Duration> + '_ {
         self.windows_ms
             .iter()
-            .map(|&ms| Duration::from_millis(ms as u64))
+            .map(|&ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
     }
 
     #[cfg(test)]

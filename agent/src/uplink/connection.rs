@@ -95,10 +95,9 @@ impl From<&ConnectionError> for LinkFailure {
         match e {
             // A socket error reaches us directly, via the state, or via the packet reader.
             ConnectionError::Io(io)
-            | ConnectionError::MqttState(StateError::Io(io))
-            | ConnectionError::MqttState(StateError::Deserialization(rumqttc::Error::Io(io))) => {
-                LinkFailure::from(io)
-            }
+            | ConnectionError::MqttState(
+                StateError::Io(io) | StateError::Deserialization(rumqttc::Error::Io(io)),
+            ) => LinkFailure::from(io),
             ConnectionError::MqttState(StateError::AwaitPingResp) => {
                 LinkFailure::TimedOut("the broker did not answer a keep-alive ping")
             }
@@ -149,7 +148,11 @@ impl From<&io::Error> for LinkFailure {
             | io::ErrorKind::BrokenPipe => LinkFailure::Closed,
             // tokio-rustls reports a failed handshake as InvalidData around a rustls::Error.
             io::ErrorKind::InvalidData
-                if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) =>
+                if e.get_ref().is_some_and(
+                    <dyn std::error::Error + std::marker::Send + std::marker::Sync + 'static>::is::<
+                        rustls::Error,
+                    >,
+                ) =>
             {
                 LinkFailure::Tls(e.to_string())
             }
@@ -161,7 +164,7 @@ impl From<&io::Error> for LinkFailure {
 
 /// The client side of one connection.
 pub(crate) trait Link: Send {
-    /// Hand a message to the client at QoS 1. `Err` when the client's event loop is gone.
+    /// Hand a message to the client at `QoS` 1. `Err` when the client's event loop is gone.
     fn publish(&self, topic: &str, payload: &[u8]) -> Result<(), LinkGone>;
     /// Ask the client to send DISCONNECT after what it already holds; best effort.
     fn disconnect(&self);
@@ -331,7 +334,7 @@ impl<C: Connector> Driver<C> {
                     None => return self.failed(LinkFailure::Closed),
                     Some(other) => debug!(event = ?other, "Uplink event before CONNACK; ignored."),
                 },
-                _ = give_up(&self.shared, &self.closing) => return State::Stopped,
+                () = give_up(&self.shared, &self.closing) => return State::Stopped,
             }
         }
     }
@@ -340,13 +343,13 @@ impl<C: Connector> Driver<C> {
         loop {
             tokio::select! {
                 biased;
-                _ = self.closing.cancelled() => return State::Draining(session),
+                () = self.closing.cancelled() => return State::Draining(session),
                 event = session.events.recv() => {
                     if let Some(next) = self.on_event(&session.link, event) {
                         return next;
                     }
                 }
-                _ = self.shared.queued.notified() => self.pump(&session.link),
+                () = self.shared.queued.notified() => self.pump(&session.link),
             }
         }
     }
@@ -365,15 +368,15 @@ impl<C: Connector> Driver<C> {
                     }
                 }
                 // Abandoning the connection here may cut a write short; it is over either way.
-                _ = tokio::time::sleep_until(deadline) => return State::Stopped,
+                () = tokio::time::sleep_until(deadline) => return State::Stopped,
             }
         }
     }
 
     async fn waiting(&mut self, delay: Duration) -> State<C::Link> {
         tokio::select! {
-            _ = tokio::time::sleep(delay) => State::Connecting(self.connector.connect()),
-            _ = give_up(&self.shared, &self.closing) => State::Stopped,
+            () = tokio::time::sleep(delay) => State::Connecting(self.connector.connect()),
+            () = give_up(&self.shared, &self.closing) => State::Stopped,
         }
     }
 
@@ -384,7 +387,9 @@ impl<C: Connector> Driver<C> {
         for (level, n) in lost.iter() {
             self.counters().dropped.add(level, n);
         }
-        if !lost.is_zero() {
+        if lost.is_zero() {
+            debug!(destination = %self.counters().name, "Uplink stopped with everything delivered.");
+        } else {
             warn!(
                 destination = %self.counters().name,
                 broker = %self.broker,
@@ -393,8 +398,6 @@ impl<C: Connector> Driver<C> {
                  counted as dropped.",
                 self.broker
             );
-        } else {
-            debug!(destination = %self.counters().name, "Uplink stopped with everything delivered.");
         }
     }
 

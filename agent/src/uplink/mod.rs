@@ -1,5 +1,5 @@
 //! The only publisher. Accepts only [`Permitted`] items, batches them per (form, level), and
-//! publishes them to one destination's broker with QoS 1 over TCP or TLS (rumqttc + rustls).
+//! publishes them to one destination's broker with `QoS` 1 over TCP or TLS (rumqttc + rustls).
 //!
 //! Layout (see `docs/decisions/0004-uplink-delivery.md` and `0008-uplink-state-machine.md`):
 //! - `delivery`: the sans-I/O delivery core: PUBACK correlation, re-queue on disconnect, the
@@ -175,6 +175,9 @@ impl UplinkHandle {
 /// Start the uplink of `dest`, with its own egress policy. Fails only on unusable TLS settings
 /// (files missing or invalid); an unreachable broker is retried with backoff for as long as the
 /// agent runs.
+///
+/// # Panics
+/// If `stats` was not built from the same config (it has no counters for `dest`): a wiring bug.
 pub fn spawn(
     dest: Arc<Destination>,
     gateway: &Gateway,
@@ -260,7 +263,9 @@ impl Shared {
 
     fn lock(&self) -> MutexGuard<'_, Delivery> {
         // A panic while holding the lock leaves plain data behind; keep delivering.
-        self.delivery.lock().unwrap_or_else(|p| p.into_inner())
+        self.delivery
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn counters(&self) -> &DestinationStats {
@@ -300,13 +305,13 @@ impl Batcher {
             let drops_due = self.drops.due().map(Instant::from_std);
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => break,
                 item = rx.recv() => match item {
                     Some(item) => self.add(item.into_inner()),
                     None => break,
                 },
-                _ = sleep_until_opt(deadline) => self.flush_due(Instant::now()),
-                _ = sleep_until_opt(drops_due) => {
+                () = sleep_until_opt(deadline) => self.flush_due(Instant::now()),
+                () = sleep_until_opt(drops_due) => {
                     if let Some(report) = self.drops.tick(Instant::now().into_std()) {
                         log_drops(&self.dest.name, report);
                     }
@@ -451,7 +456,7 @@ mod tests {
                 meta(0, "a", Level::General),
                 Value::Int(1),
                 Quality::Good,
-                seq as i64,
+                i64::try_from(seq).expect("small test sequence"),
                 seq,
             )),
             "dc",

@@ -286,7 +286,7 @@ pub(crate) fn client_config(tls: &TlsSettings, host: &str) -> Result<Arc<ClientC
 }
 
 /// What config validation needs from a certificate and rustls does not check on our side: the
-/// X.509 version and the validity period. A minimal DER walk over the TBSCertificate header.
+/// X.509 version and the validity period. A minimal DER walk over the `TBSCertificate` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct CertFacts {
     version: u8,
@@ -361,7 +361,7 @@ fn der_any(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
-/// UTCTime (`YYMMDDHHMMSSZ`, years 1950-2049) or GeneralizedTime (`YYYYMMDDHHMMSSZ`) in ms.
+/// `UTCTime` (`YYMMDDHHMMSSZ`, years 1950-2049) or `GeneralizedTime` (`YYYYMMDDHHMMSSZ`) in ms.
 fn der_time_ms(tag: u8, s: &[u8]) -> Option<i64> {
     let s = std::str::from_utf8(s).ok()?.strip_suffix('Z')?;
     let num = |r: &str| r.parse::<i64>().ok();
@@ -381,6 +381,7 @@ fn der_time_ms(tag: u8, s: &[u8]) -> Option<i64> {
 }
 
 /// Inverse of `days_from_civil` (Howard Hinnant's algorithm).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // day 1..=31 and month 1..=12 by construction
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
@@ -393,7 +394,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// Full WebPKI verification (chain, validity, signatures) against a configured name rather than
+/// Full `WebPKI` verification (chain, validity, signatures) against a configured name rather than
 /// the host dialled: for brokers reached by IP whose certificate names only a DNS name. Nothing
 /// is skipped; only the name compared changes.
 #[derive(Debug)]

@@ -4,6 +4,16 @@
 //!
 //!     cargo run --release -p edge-tests --bin demo
 
+// Test fixtures: small loop counters become register words and sequence numbers, and decoded
+// floats are compared exactly because the round trip must be bit-exact.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::float_cmp,
+    clippy::format_push_string
+)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

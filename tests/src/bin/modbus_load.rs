@@ -13,6 +13,14 @@
 //! JSON message per device and cycle to an embedded broker, nothing stored, nothing classified):
 //! the floor the agent is compared with.
 
+// Load-tool arithmetic: counters and sizes far below the limits of the narrower types.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::float_cmp
+)]
+
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -467,8 +475,7 @@ async fn footprint(
     let stored = || {
         edge_agent::store::HistorianReader::open(&db)
             .and_then(|r| r.count_by_level())
-            .map(|c| c.iter().sum())
-            .unwrap_or(0)
+            .map_or(0, |c| c.iter().sum())
     };
     let (m, stored_in_window) = measure(&mut child, secs, stored).await?;
     report("agent", &m, stored_in_window);

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::config::classify::{Classifier, PointSpec};
 use crate::config::issues::{did_you_mean, quote_list, split_host_port, Collector, ConfigIssue};
-use crate::config::raw::*;
+use crate::config::raw::{RawDevice, RawLine, RawParity, RawPoint, RawProtocol, RawTransport};
 use crate::model::{PointMeta, Protocol};
 use crate::source::modbus::limits;
 
@@ -635,6 +635,7 @@ impl Compiler<'_> {
 
     /// The index of the line `d` is on: a shared `[[lines]]` entry, or a line of its own for a
     /// device with an `endpoint`.
+    #[allow(clippy::too_many_lines)] // every way a device can name its line, each with its own message
     fn device_line(
         &mut self,
         dpath: &str,
@@ -771,6 +772,7 @@ impl Compiler<'_> {
         }
     }
 
+    #[allow(clippy::too_many_lines)] // one pass over a device's keys, in the order of the reference config
     fn device(
         &mut self,
         dpath: &str,
@@ -934,9 +936,10 @@ impl Compiler<'_> {
             };
             let group = match &p.group {
                 None => 0,
-                Some(g) => match groups.iter().position(|o| *o.name == **g) {
-                    Some(i) => i,
-                    None => {
+                Some(g) => {
+                    if let Some(i) = groups.iter().position(|o| *o.name == **g) {
+                        i
+                    } else {
                         let names: Vec<&str> = groups.iter().map(|o| &*o.name).collect();
                         self.err(
                             ConfigIssue::new(
@@ -947,7 +950,7 @@ impl Compiler<'_> {
                         );
                         continue;
                     }
-                },
+                }
             };
             if !self.point_placement(&label, &decoding, d, &forbidden, &mpoints) {
                 continue;
@@ -1008,6 +1011,7 @@ impl Compiler<'_> {
     }
 
     /// Address, type, order, bit and map of a point, each validated.
+    #[allow(clippy::float_cmp)] // `scale != 1.0` asks whether the configured identity was changed, exactly
     fn point_decoding(&mut self, label: &str, p: &RawPoint, d: &RawDevice) -> Option<Decoding> {
         let (table, address) = match parse_register(&p.register, d.address_base) {
             Ok(r) => r,
@@ -1222,6 +1226,8 @@ impl Compiler<'_> {
         }
     }
 
+    /// `None`: the map is invalid (reported); `Some(None)`: the point has no map.
+    #[allow(clippy::option_option)]
     fn map(&mut self, label: &str, p: &RawPoint, t: DataType) -> Option<Option<Arc<ValueMap>>> {
         let Some(raw) = &p.map else {
             return Some(None);
@@ -1378,7 +1384,8 @@ struct DeviceCtx<'a> {
 fn bit_mask(table: Table, data_type: DataType, bit: Option<u8>) -> Option<u16> {
     match data_type {
         DataType::Bool if !table.is_bit() => bit.map(|b| 1u16 << b),
-        DataType::Bits { lsb, count } => Some((((1u32 << count) - 1) << lsb) as u16),
+        // `lsb + count <= 16` is validated, so the mask always fits.
+        DataType::Bits { lsb, count } => u16::try_from(((1u32 << count) - 1) << lsb).ok(),
         _ => None,
     }
 }

@@ -22,6 +22,17 @@
 //!   unsigned field `(register >> lsb) & (2^count - 1)`;
 //! - strings: two bytes per register, cut at the first NUL, trailing spaces trimmed; bytes that
 //!   are not UTF-8 become U+FFFD (so a mis-set order shows as garbage, not as a missing value).
+//!
+//! Casts between register widths and signedness are the encoding itself (two's-complement
+//! reinterpretation of words), and the round-trip property tests cover every type and order.
+
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    // `scale == 1.0 && offset == 0.0` asks whether the configured identity was changed, exactly.
+    clippy::float_cmp
+)]
 
 use std::sync::Arc;
 

@@ -239,12 +239,9 @@ impl Scheduler {
                     }
                 }
             };
-            let result = match result {
-                Ok(r) => r,
-                Err(Stopped) => {
-                    self.link = Some(link);
-                    return Err(Stopped);
-                }
+            let Ok(result) = result else {
+                self.link = Some(link);
+                return Err(Stopped);
             };
             let step = match result {
                 Ok(reply) => Outcome::Data(reply),
@@ -296,18 +293,15 @@ impl Scheduler {
         tokio::select! {
             biased;
             () = self.shutdown.cancelled() => Err(Stopped),
-            sent = self.out.send(batch) => match sent {
-                Ok(()) => {
-                    for level in Level::ALL {
-                        self.stats.read.add(level, read[level.index()]);
-                        self.stats.bad_quality.add(level, bad[level.index()]);
-                    }
-                    Ok(())
+            sent = self.out.send(batch) => if let Ok(()) = sent {
+                for level in Level::ALL {
+                    self.stats.read.add(level, read[level.index()]);
+                    self.stats.bad_quality.add(level, bad[level.index()]);
                 }
-                Err(_) => {
-                    info!(line = %self.core.line().name, "Sample channel closed; stopping the Modbus line.");
-                    Err(Stopped)
-                }
+                Ok(())
+            } else {
+                info!(line = %self.core.line().name, "Sample channel closed; stopping the Modbus line.");
+                Err(Stopped)
             },
         }
     }

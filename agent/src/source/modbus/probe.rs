@@ -69,6 +69,7 @@ pub(crate) fn exception_name(code: u8) -> &'static str {
 }
 
 /// Renders a reply read from `start` under every interpretation.
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)] // signed and wide views of register words, for a person to compare
 pub fn render(table: Table, start: u16, reply: &Reply) -> String {
     let mut s = String::new();
     let words = match reply {

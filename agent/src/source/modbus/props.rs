@@ -7,6 +7,14 @@
 //! the round trip checks the decoder against the vocabulary rather than against itself. The
 //! simulator's encoder (an independent implementation) is checked against the agent's decoder
 //! for the types it has in `tests/tests/modbus.rs`.
+//!
+//! Casts between register widths and signedness are the encoding under test.
+
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 use std::time::Duration;
 

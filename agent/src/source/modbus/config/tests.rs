@@ -363,6 +363,7 @@ line = "dtu"
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one table of cases
 fn new_point_types_and_their_mistakes() {
     let text = with_devices(
         r#"

@@ -541,7 +541,7 @@ impl Core {
                 humantime::format_duration(reconnect_cap(&self.line)),
             );
         } else {
-            debug!(line = %self.line.name, reason, failures = self.line_failures, delay_ms = delay.as_millis() as u64, "Reconnect failed.");
+            debug!(line = %self.line.name, reason, failures = self.line_failures, delay_ms = crate::model::millis(delay), "Reconnect failed.");
         }
         self.last_line_error = Some(reason);
     }
@@ -824,6 +824,7 @@ impl Core {
             if refused_inside {
                 continue;
             }
+            #[allow(clippy::single_match_else)] // two cases of the hole, each with its why
             match s.hole {
                 // Only the addresses no point of the device uses (a point of another poll
                 // group may sit in the hole of this one).

@@ -1,5 +1,14 @@
 //! Line scheduler tests against an in-process Modbus TCP PLC.
 
+// Test fixtures: small loop counters become register words and sequence numbers, and decoded
+// floats are compared exactly because the round trip must be bit-exact.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::float_cmp
+)]
+
 use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Mutex;
@@ -34,7 +43,7 @@ struct Tables {
     forbidden_code: ExceptionCode,
     /// Every holding read served: (start, count).
     holding_reads: Vec<(u16, u16)>,
-    /// Holding reads longer than this answer IllegalDataValue (3), as some devices do.
+    /// Holding reads longer than this answer `IllegalDataValue` (3), as some devices do.
     max_read: Option<u16>,
 }
 

@@ -1,6 +1,15 @@
 //! The core on its own: time, stamps and random units are arguments, so every schedule is
 //! exact. No sockets, no runtime.
 
+// Test fixtures: small loop counters become register words and sequence numbers, and decoded
+// floats are compared exactly because the round trip must be bit-exact.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::float_cmp
+)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

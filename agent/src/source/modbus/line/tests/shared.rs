@@ -4,6 +4,15 @@
 //! back-offs are virtual and the counts do not depend on the load of the test box. Assertions
 //! compare counts against what a scheduler without the property would achieve.
 
+// Test fixtures: small loop counters become register words and sequence numbers, and decoded
+// floats are compared exactly because the round trip must be bit-exact.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::float_cmp
+)]
+
 use std::collections::HashMap;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

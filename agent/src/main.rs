@@ -290,6 +290,9 @@ fn load(path: &std::path::Path) -> Result<Loaded, ExitCode> {
 }
 
 async fn run(loaded: Loaded, stats_every: Duration) -> ExitCode {
+    // Handlers first: a signal that arrives while the pipeline starts must drain it, not take the
+    // default action (SIGHUP and SIGTERM would kill the agent with unflushed data).
+    let signals = StopSignals::listen();
     let agent = match pipeline::start(loaded.config) {
         Ok(a) => a,
         Err(e) => {
@@ -311,7 +314,7 @@ async fn run(loaded: Loaded, stats_every: Duration) -> ExitCode {
         }
     });
     tokio::spawn(async move {
-        let signal = wait_for_signal().await;
+        let signal = signals.recv().await;
         if signal == "SIGHUP" {
             warn!("Configuration reload is not supported yet: SIGHUP stops the agent cleanly (drain, exit 0); start it again to apply a new configuration.");
         }
@@ -325,30 +328,47 @@ async fn run(loaded: Loaded, stats_every: Duration) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Waits for SIGINT, SIGTERM or SIGHUP and names it. Until reload exists, SIGHUP (sent by
-/// `systemctl reload` and by a closing terminal) drains and stops like SIGTERM instead of killing
-/// the agent with unflushed data.
-async fn wait_for_signal() -> &'static str {
+/// SIGINT, SIGTERM and SIGHUP, registered when built (so none is missed while the agent starts).
+/// Until reload exists, SIGHUP (sent by `systemctl reload` and by a closing terminal) drains and
+/// stops like SIGTERM instead of killing the agent with unflushed data.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => "SIGINT",
+    streams: Option<[tokio::signal::unix::Signal; 3]>,
+}
+
+impl StopSignals {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let streams = [
+                SignalKind::interrupt(),
+                SignalKind::terminate(),
+                SignalKind::hangup(),
+            ]
+            .map(signal);
+            if let [Ok(int), Ok(term), Ok(hup)] = streams {
+                return Self {
+                    streams: Some([int, term, hup]),
+                };
+            }
+            warn!("Cannot listen for SIGTERM/SIGHUP; only Ctrl-C stops the agent cleanly.");
+            Self { streams: None }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Waits for one of the signals and names it.
+    async fn recv(self) -> &'static str {
+        #[cfg(unix)]
+        if let Some([mut int, mut term, mut hup]) = self.streams {
+            return tokio::select! {
+                _ = int.recv() => "SIGINT",
                 _ = term.recv() => "SIGTERM",
                 _ = hup.recv() => "SIGHUP",
-            }
-        } else {
-            warn!("Cannot listen for SIGTERM/SIGHUP; only Ctrl-C stops the agent cleanly.");
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
+            };
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
         "SIGINT"
     }

@@ -73,6 +73,32 @@ pub fn load(file: &Path, now_ms: i64) -> Result<Loaded, ConfigError> {
     load_with_env(file, env, now_ms)
 }
 
+/// The historian file `file` names (with the process's environment overrides), for commands that
+/// only read it (`query`). Only the `[historian]` section must be valid: reading stored data
+/// must not depend on, say, an uplink certificate that has since expired.
+pub fn historian_path(file: &Path) -> Result<PathBuf, ConfigError> {
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let parsed = load::read(file, env)?;
+    let issues: Vec<ConfigIssue> = parsed
+        .issues
+        .iter()
+        .filter(|i| i.path == "historian" || i.path.starts_with("historian."))
+        .cloned()
+        .collect();
+    match (&parsed.raw, issues.is_empty()) {
+        (Some(raw), true) => Ok(raw.historian.path.clone()),
+        _ => Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            issues: if issues.is_empty() {
+                parsed.issues
+            } else {
+                issues
+            },
+        }),
+    }
+}
+
 /// [`load`] with the environment given (tests).
 pub(crate) fn load_with_env(
     file: &Path,

@@ -45,6 +45,33 @@ enum Command {
     /// Reach the device through a configured device (`-c FILE --device NAME`), a Modbus TCP or
     /// RTU-over-TCP endpoint, or a serial port.
     Probe(ProbeArgs),
+    /// Read the historian: samples by point, time and level, as JSON lines or CSV.
+    ///
+    /// Runs while the agent runs (it never blocks the writer). Columns: tag, ts, ts_ms, seq,
+    /// level, category, quality, value, unit, rule_id, device, address.
+    Query(QueryArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct QueryArgs {
+    /// The agent's config (for `historian.path`).
+    #[arg(short, long)]
+    config: PathBuf,
+    /// Only tags matching these globs (`line1.*`, `press?.temp`); repeat or separate with commas.
+    #[arg(long, value_delimiter = ',')]
+    points: Vec<String>,
+    /// From this time, inclusive: RFC 3339, ms since the epoch, or a duration ago (`15m`).
+    #[arg(long)]
+    from: Option<String>,
+    /// Up to this time, exclusive (same forms as --from).
+    #[arg(long)]
+    to: Option<String>,
+    /// Only these levels: general, important, core (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    levels: Vec<String>,
+    /// jsonl or csv.
+    #[arg(long, default_value = "jsonl")]
+    format: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -110,6 +137,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Probe(args) => probe(args),
+        Command::Query(args) => query(&args),
         Command::Run {
             config,
             stats_every,
@@ -275,6 +303,69 @@ fn probe(args: ProbeArgs) -> ExitCode {
             line.transport.describe(),
             probe::render(table, start, &reply)
         )),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `query`: exit 0 with the samples printed, 2 for a bad argument or config, 1 when the historian
+/// cannot be read.
+fn query(args: &QueryArgs) -> ExitCode {
+    use edge_agent::store::query::{parse_time, Format, Selection};
+    use edge_agent::store::{HistorianReader, QueryError};
+    use std::io::Write as _;
+    let usage = |msg: String| {
+        eprintln!("error: {msg}");
+        ExitCode::from(2)
+    };
+    let now = now_ms();
+    let time = |t: &Option<String>| t.as_deref().map(|t| parse_time(t, now)).transpose();
+    let (from, to) = match (time(&args.from), time(&args.to)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(e), _) => return usage(format!("--from {e}")),
+        (_, Err(e)) => return usage(format!("--to {e}")),
+    };
+    let mut levels = Vec::new();
+    for l in &args.levels {
+        match edge_agent::model::Level::parse(l.trim()) {
+            Some(level) => levels.push(level),
+            None => return usage(format!("--levels {l:?}: use general, important or core")),
+        }
+    }
+    let format = match Format::parse(&args.format) {
+        Ok(f) => f,
+        Err(e) => return usage(e),
+    };
+    let sel = match Selection::all().points(&args.points) {
+        Ok(s) => s.between(from, to).levels(&levels),
+        Err(e) => return usage(e),
+    };
+    let path = match agent_config::historian_path(&args.config) {
+        Ok(p) => p,
+        Err(e) => return usage(e.to_string()),
+    };
+    let reader = match HistorianReader::open(&path) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = format
+        .header(&mut out)
+        .map_err(QueryError::Output)
+        .and_then(|()| reader.query(&sel, |s| format.write(s, &mut out)))
+        .and_then(|_| out.flush().map_err(QueryError::Output));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // `query | head`: the reader chose to stop.
+        Err(QueryError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(1)

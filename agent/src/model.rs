@@ -38,6 +38,11 @@ impl Level {
         }
     }
 
+    /// The level named `s` (`general`, `important`, `core`).
+    pub fn parse(s: &str) -> Option<Level> {
+        Level::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+
     /// Index for per-level counters (`[u64; 3]`).
     pub fn index(self) -> usize {
         self as usize

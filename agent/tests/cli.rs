@@ -511,3 +511,32 @@ fn probe_never_reads_a_range_the_configured_device_forbids() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("forbids reading"), "{stderr}");
 }
+
+#[test]
+fn query_refuses_bad_arguments_naming_them_and_a_missing_historian_naming_its_path() {
+    let demo = configs().join("demo.toml");
+    let demo = demo.to_str().expect("utf8");
+    for (args, needle) in [
+        (vec!["--levels", "secret"], "general, important or core"),
+        (vec!["--from", "yesterday"], "RFC 3339"),
+        (vec!["--format", "xml"], "jsonl or csv"),
+        (vec!["--points", "["], "--points"),
+    ] {
+        let mut all = vec!["query", "-c", demo];
+        all.extend(args.iter().copied());
+        let o = run(&all);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nowhere.db");
+    let o = bin()
+        .args(["query", "-c", demo])
+        .env("EDGE_AGENT__HISTORIAN__PATH", &missing)
+        .output()
+        .expect("runs");
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("nowhere.db"), "{err}");
+}

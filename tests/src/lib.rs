@@ -47,6 +47,7 @@ pub mod net;
 pub mod pki;
 pub mod plant;
 pub mod proxy;
+pub mod query;
 
 pub use broker::EmbeddedBroker;
 pub use canary::{

@@ -17,10 +17,10 @@
 
 use std::time::Duration;
 
-use edge_agent::model::{Level, Quality, Value};
+use edge_agent::model::Level;
 use edge_agent::pipeline::{self, RunningAgent};
-use edge_agent::store::HistorianReader;
 use edge_tests::plant::{demo_agent_config, start_demo_plant, Wiring};
+use edge_tests::query::{latest, query};
 use edge_tests::{
     canary_patterns_f32, canary_patterns_u32, init_test_tracing, Collector, EmbeddedBroker,
 };
@@ -262,17 +262,13 @@ async fn no_core_canary_and_no_raw_important_sample_ever_reaches_the_broker() {
     }
 
     // Meanwhile the canaries were read and kept locally: the control that the scan is meaningful.
-    let reader = HistorianReader::open(dir.path().join("historian.db")).expect("historian");
-    let soak = reader
-        .latest("furnace1.recipe.soak_temp")
-        .expect("read")
-        .expect("stored");
-    assert_eq!(soak.value, Some(Value::Float(731_337.0)));
-    let id = reader
-        .latest("furnace1.recipe.id")
-        .expect("read")
-        .expect("stored");
-    assert_eq!(id.value, Some(Value::Int(0x0BAD_C0DE)));
+    // Read the way an operator does, with `edge-agent query`.
+    let db = dir.path().join("historian.db");
+    let soak = latest(&db, "furnace1.recipe.soak_temp").expect("stored");
+    assert_eq!(soak["value"], 731_337.0);
+    assert_eq!(soak["level"], "core");
+    let id = latest(&db, "furnace1.recipe.id").expect("stored");
+    assert_eq!(id["value"], 0x0BAD_C0DE);
 }
 
 /// `needle` occurring in `haystack` as a whole number: not inside a longer number or a
@@ -300,30 +296,34 @@ async fn every_level_core_included_is_kept_in_the_historian_with_its_quality() {
     let topic = format!("{PREFIX_DC}/summary/important");
     assert!(rig.collector.wait_for(|t, _| t == topic, WAIT).await);
     let (_c, dir) = rig.stop().await;
-    let reader = HistorianReader::open(dir.path().join("historian.db")).expect("historian");
-    let counts = reader.count_by_level().expect("counts");
+    let db = dir.path().join("historian.db");
     for level in Level::ALL {
-        assert!(
-            counts[level.index()] > 0,
-            "no {level} samples stored: {counts:?}"
-        );
+        let rows = query(&db, &["--levels", level.as_str()]).expect("query");
+        assert!(!rows.is_empty(), "no {level} samples stored");
+        assert!(rows.iter().all(|r| r["level"] == level.as_str()));
     }
-    let core = reader
-        .latest("furnace1.recipe.quench_delay")
-        .expect("read")
-        .expect("stored");
-    assert_eq!(core.level, Level::Core);
-    assert_eq!(core.value, Some(Value::Int(-1_337_001)));
-    assert_eq!(core.rule_id, "rule:recipes-are-core@v1");
+    let core = latest(&db, "furnace1.recipe.quench_delay").expect("stored");
+    assert_eq!(core["level"], "core");
+    assert_eq!(core["value"], -1_337_001);
+    assert_eq!(core["rule_id"], "rule:recipes-are-core@v1");
     // The locked diagnostic block answers exception 2: stored as a quality, not an error.
-    let diag = reader
-        .latest("press1.diag.status")
-        .expect("read")
-        .expect("stored");
-    assert_eq!(diag.quality, Quality::DeviceException(2));
-    let speed = reader
-        .latest("press1.ram_speed")
-        .expect("read")
-        .expect("stored");
-    assert_eq!(speed.quality, Quality::Good);
+    let diag = latest(&db, "press1.diag.status").expect("stored");
+    assert_eq!(diag["quality"], "device_exception:2");
+    let speed = latest(&db, "press1.ram_speed").expect("stored");
+    assert_eq!(speed["quality"], "good");
+    // A time window and a glob select exactly what they say.
+    let all = query(&db, &["--points", "press1.*"]).expect("query");
+    assert!(all
+        .iter()
+        .all(|r| r["tag"].as_str().is_some_and(|t| t.starts_with("press1."))));
+    let mut times: Vec<i64> = all.iter().filter_map(|r| r["ts_ms"].as_i64()).collect();
+    times.sort_unstable();
+    let mid = times[times.len() / 2];
+    assert!(
+        times[0] < mid,
+        "samples over more than one instant: {times:?}"
+    );
+    let later = query(&db, &["--points", "press1.*", "--from", &mid.to_string()]).expect("query");
+    assert!(!later.is_empty() && later.len() < all.len());
+    assert!(later.iter().all(|r| r["ts_ms"].as_i64() >= Some(mid)));
 }

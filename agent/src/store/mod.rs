@@ -46,11 +46,12 @@
 
 use std::path::PathBuf;
 
+pub mod query;
 mod reader;
 mod schema;
 mod writer;
 
-pub use reader::{HistorianReader, StoredSample};
+pub use reader::{HistorianReader, QueryError, StoredSample};
 pub(crate) use writer::{Historian, HistorianHandle};
 
 /// Why the historian could not be opened, written or read.

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, Row};
 
+use super::query::Selection;
 use super::schema::{self, parse_category, parse_level};
 use super::StoreError;
 use crate::model::{Category, Level, Quality, Value};
@@ -18,25 +19,43 @@ WHERE p.tag = ?1
 ORDER BY s.ts_ms DESC, s.seq DESC
 LIMIT ?2";
 
+const SELECT_RANGE: &str = "
+SELECT p.tag, s.ts_ms, s.seq, s.level, s.category, s.quality, s.quality_code, s.value_kind,
+       s.value_num, s.value_int, s.enc, p.rule_id, p.device, p.protocol, p.address, p.unit,
+       s.payload
+FROM samples s JOIN points p ON p.id = s.point_id
+WHERE s.ts_ms >= ?1 AND s.ts_ms < ?2
+ORDER BY p.tag, s.ts_ms, s.seq";
+
+/// Why a query stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The consumer of the samples failed (e.g. stdout closed).
+    #[error("cannot write the output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
 /// One stored sample with its classification (as stamped at source) and its point's provenance
 /// (as currently configured).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredSample {
-    pub(crate) tag: String,
-    pub(crate) ts_ms: i64,
-    pub(crate) seq: u64,
+    pub tag: String,
+    pub ts_ms: i64,
+    pub seq: u64,
     pub level: Level,
-    pub(crate) category: Category,
+    pub category: Category,
     pub quality: Quality,
     /// `None` when the value is encrypted (`enc != 0`): this reader holds no keys.
     pub value: Option<Value>,
     /// Encryption key id, 0 for plaintext.
-    pub(crate) enc: i64,
+    pub enc: i64,
     pub rule_id: String,
-    pub(crate) device: String,
-    pub(crate) protocol: String,
-    pub(crate) address: String,
-    pub(crate) unit: Option<String>,
+    pub device: String,
+    pub protocol: String,
+    pub address: String,
+    pub unit: Option<String>,
 }
 
 /// A read-only view of a historian.
@@ -97,6 +116,34 @@ impl HistorianReader {
         }
         out.reverse();
         Ok(out)
+    }
+
+    /// Every sample `sel` wants, by tag then time, handed to `each`; returns how many.
+    pub fn query(
+        &self,
+        sel: &Selection,
+        mut each: impl FnMut(&StoredSample) -> std::io::Result<()>,
+    ) -> Result<u64, QueryError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(SELECT_RANGE)
+            .map_err(|e| self.read_err(e))?;
+        let rows = stmt
+            .query_map(rusqlite::params![sel.from_ms, sel.to_ms], RawRow::from_row)
+            .map_err(|e| self.read_err(e))?;
+        let mut n = 0;
+        for row in rows {
+            let raw = row.map_err(|e| self.read_err(e))?;
+            if !sel.wants_tag(&raw.tag) {
+                continue;
+            }
+            let s = raw.into_sample().map_err(|detail| self.corrupt(detail))?;
+            if sel.wants(&s) {
+                each(&s).map_err(QueryError::Output)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// The newest sample of `tag`, if any.

@@ -213,7 +213,7 @@ pub(super) fn upsert_point(conn: &Connection, p: &PointMeta) -> rusqlite::Result
 }
 
 pub(super) fn parse_level(s: &str) -> Option<Level> {
-    Level::ALL.into_iter().find(|l| l.as_str() == s)
+    Level::parse(s)
 }
 
 pub(super) fn parse_category(s: &str) -> Option<Category> {

@@ -1,0 +1,58 @@
+//! Reading the historian the way an operator does: `edge-agent query`, as a child process.
+//! The agent binary is the workspace's (`cargo test --workspace` builds it next to this test).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+use crate::plant::config_path;
+
+/// `target/<profile>/edge-agent`, beside the running test's `deps/` directory.
+pub fn agent_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the test binary")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the test binary is not under target/<profile>/deps")?;
+    let bin = profile_dir.join(format!("edge-agent{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        bail!(
+            "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p \
+             edge-agent` first)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// `edge-agent query -c configs/demo.toml <args>` against the historian at `historian`
+/// (set through the documented environment override), parsed from JSON lines.
+pub fn query(historian: &Path, args: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
+    let out = Command::new(agent_bin()?)
+        .arg("query")
+        .arg("-c")
+        .arg(config_path("demo.toml"))
+        .args(args)
+        .env("EDGE_AGENT__HISTORIAN__PATH", historian)
+        .output()
+        .context("running edge-agent query")?;
+    if !out.status.success() {
+        bail!(
+            "edge-agent query {args:?} exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8(out.stdout).context("query output is not UTF-8")?;
+    text.lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not a JSON line: {l}")))
+        .collect()
+}
+
+/// The newest sample of `tag`, through `query`.
+pub fn latest(historian: &Path, tag: &str) -> anyhow::Result<serde_json::Value> {
+    query(historian, &["--points", tag])?
+        .pop()
+        .with_context(|| format!("no stored sample of {tag}"))
+}

@@ -53,6 +53,7 @@ impl Selection {
     }
 
     /// Only samples with `from_ms <= ts_ms < to_ms`.
+    #[must_use]
     pub fn between(mut self, from_ms: Option<i64>, to_ms: Option<i64>) -> Self {
         self.from_ms = from_ms.unwrap_or(i64::MIN);
         self.to_ms = to_ms.unwrap_or(i64::MAX);
@@ -60,6 +61,7 @@ impl Selection {
     }
 
     /// Only samples stamped with one of `levels` (all levels when empty).
+    #[must_use]
     pub fn levels(mut self, levels: &[Level]) -> Self {
         if !levels.is_empty() {
             self.levels = [false; 3];

@@ -47,8 +47,8 @@ enum Command {
     Probe(ProbeArgs),
     /// Read the historian: samples by point, time and level, as JSON lines or CSV.
     ///
-    /// Runs while the agent runs (it never blocks the writer). Columns: tag, ts, ts_ms, seq,
-    /// level, category, quality, value, unit, rule_id, device, address.
+    /// Runs while the agent runs (it never blocks the writer). One line per sample: its tag,
+    /// time, sequence number, level, category, quality, value, unit and provenance.
     Query(QueryArgs),
 }
 

@@ -46,6 +46,7 @@
 
 use std::path::PathBuf;
 
+pub mod codec;
 mod reader;
 mod schema;
 mod writer;

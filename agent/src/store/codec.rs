@@ -83,7 +83,9 @@ pub enum CodecError {
     Truncated { at_bit: u64 },
     /// A sealed block's checksum does not match its bytes: the block was damaged on disk. The
     /// caller reports it and skips the block; its samples are never read as data.
-    #[error("chunk checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): block damaged")]
+    #[error(
+        "chunk checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): block damaged"
+    )]
     Checksum { stored: u32, computed: u32 },
     /// The data does not start with a known magic or version: not a chunk, or written by a
     /// newer edge-agent. Run the newer version, or report the block as damaged.
@@ -334,7 +336,8 @@ fn read_quality(r: &mut BitReader<'_>) -> Result<Quality, CodecError> {
 /// Reads `n` bits, mapping a short read to [`CodecError::Truncated`].
 #[inline]
 fn rd(r: &mut BitReader<'_>, n: u32) -> Result<u64, CodecError> {
-    r.read(n).map_err(|Truncated| CodecError::Truncated { at_bit: r.pos() })
+    r.read(n)
+        .map_err(|Truncated| CodecError::Truncated { at_bit: r.pos() })
 }
 
 /// Timestamp predictor: the residual is the delta minus a `nominal` interval. Jitter of +-j ms
@@ -648,7 +651,11 @@ impl State {
         }
     }
 
-    fn decode(&mut self, r: &mut BitReader<'_>, scratch: &mut Vec<u8>) -> Result<Sample, CodecError> {
+    fn decode(
+        &mut self,
+        r: &mut BitReader<'_>,
+        scratch: &mut Vec<u8>,
+    ) -> Result<Sample, CodecError> {
         let ts;
         let fresh;
         if self.count == 0 {

@@ -31,7 +31,11 @@ fn assert_same(written: &[In], read: &[Sample]) {
     assert_eq!(written.len(), read.len(), "sample count");
     for (i, ((ts, seq, q, v), s)) in written.iter().zip(read).enumerate() {
         assert_eq!((*ts, *seq, *q), (s.ts_ms, s.seq, s.quality), "sample {i}");
-        assert!(same_value(v, &s.value), "sample {i}: wrote {v:?}, read {:?}", s.value);
+        assert!(
+            same_value(v, &s.value),
+            "sample {i}: wrote {v:?}, read {:?}",
+            s.value
+        );
     }
 }
 
@@ -49,9 +53,8 @@ fn float() -> impl Strategy<Value = f64> {
     prop_oneof![
         any::<u64>().prop_map(f64::from_bits),
         // NaN payloads of both signs, quiet and signalling.
-        (any::<bool>(), 1u64..(1 << 52)).prop_map(|(neg, m)| {
-            f64::from_bits((u64::from(neg) << 63) | (0x7ff << 52) | m)
-        }),
+        (any::<bool>(), 1u64..(1 << 52))
+            .prop_map(|(neg, m)| { f64::from_bits((u64::from(neg) << 63) | (0x7ff << 52) | m) }),
         Just(f64::INFINITY),
         Just(f64::NEG_INFINITY),
         Just(-0.0),
@@ -347,13 +350,24 @@ fn a_constant_good_series_costs_under_half_a_byte_a_sample() {
     let samples = modbus_scaled(&[451; 10_000], 0.1, 0.0);
     let enc = encode(Quantum::new(0.1, 0.0), &samples);
     // 1 bit header + 1 bit timestamp + 1 bit value = 3 bits.
-    assert!(enc.encoded_len() < 10_000 * 3 / 8 + 64, "{}", enc.encoded_len());
+    assert!(
+        enc.encoded_len() < 10_000 * 3 / 8 + 64,
+        "{}",
+        enc.encoded_len()
+    );
 }
 
 #[test]
 fn an_open_chunk_holds_about_its_encoded_size() {
     let samples: Vec<In> = (0..10_000i64)
-        .map(|i| (i * 100, i as u64, Quality::Good, Value::Int(i * 3 + (i % 5))))
+        .map(|i| {
+            (
+                i * 100,
+                i as u64,
+                Quality::Good,
+                Value::Int(i * 3 + (i % 5)),
+            )
+        })
         .collect();
     let enc = encode(None, &samples);
     assert!(

@@ -90,10 +90,13 @@ fn values(raw: &[i64], scaled: bool) -> Vec<Value> {
         .collect()
 }
 
+/// The gateway-wide `seq` advances by the samples read per cycle: 1000 tags.
+const SEQ_STRIDE: u64 = 1000;
+
 fn encode(hint: Option<Quantum>, ts: &[i64], values: &[Value]) -> ChunkEncoder {
     let mut enc = ChunkEncoder::new(hint);
     for (i, (t, v)) in ts.iter().zip(values).enumerate() {
-        enc.append(*t, i as u64, Quality::Good, v)
+        enc.append(*t, 17 + i as u64 * SEQ_STRIDE, Quality::Good, v)
             .expect("chunk not full");
     }
     enc
@@ -116,7 +119,10 @@ fn sealed_bytes_per_sample(
 
 fn print_table() {
     const N: usize = 36_000; // one hour at 100 ms
-    println!("\nchunk codec: bytes per sample, {N} samples at 100 ms (one hour), u16 registers");
+    println!(
+        "\nchunk codec: bytes per sample, {N} samples at 100 ms (one hour), u16 registers, \
+         seq stride {SEQ_STRIDE}; stream = the open chunk, sealedN = blocks of N samples"
+    );
     println!(
         "{:<12} {:<28} {:>7} {:>10} {:>10} {:>10}",
         "signal", "form", "jitter", "stream", "sealed600", "sealed3600"
@@ -158,6 +164,23 @@ fn print_table() {
         encode(None, &ts, &f32s).encoded_len() as f64 / N as f64,
         sealed_bytes_per_sample(None, &ts, &f32s, 600),
         sealed_bytes_per_sample(None, &ts, &f32s, 3600),
+    );
+    // Lines interleaving: the seq stride varies by a few around 1000.
+    let walk = values(&raw(Signal::RandomWalk, N, 7), true);
+    let mut rng = SmallRng::seed_from_u64(5);
+    let mut enc = ChunkEncoder::new(Quantum::new(SCALE, 0.0));
+    let mut seq = 0u64;
+    for (t, v) in ts.iter().zip(&walk) {
+        seq += SEQ_STRIDE - 2 + rng.random_range(0..5);
+        enc.append(*t, seq, Quality::Good, v)
+            .expect("chunk not full");
+    }
+    println!(
+        "{:<12} {:<28} {:>7} {:>10.3}",
+        "RandomWalk",
+        "float hint, seq 1000+-2",
+        "+-2ms",
+        enc.encoded_len() as f64 / N as f64,
     );
     let labels: Vec<Arc<str>> = ["idle", "run", "fault", "setup"].map(Arc::from).to_vec();
     let mut rng = SmallRng::seed_from_u64(3);

@@ -11,7 +11,7 @@
 //! bits ...    samples, MSB-first, no padding between them
 //! ```
 //! Sample 0: ts (64 bits), seq (64), quality, class, fresh value. Sample n > 0: `0` = ordinary
-//! (seq + 1, same quality, same class) or `1` = escape, then one flag bit each for seq, quality
+//! (seq on its learned stride, same quality, same class) or `1` = escape, then one flag bit each for seq, quality
 //! and class with the new field after a set flag; then the timestamp residual, then the value
 //! (fresh after a class change, else predicted). See [`State`] for every field's coding.
 //!
@@ -69,8 +69,8 @@ const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
 const POW10: [f64; 10] = [1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
 const NEG_POW10: [f64; 10] = [1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9];
 
-/// Bucket widths (payload bits) for timestamp residuals: `0`, `10`+3, `110`+6, `1110`+12, ...
-const TS_BUCKETS: Buckets = Buckets::new(&[0, 3, 6, 12, 24, 64]);
+/// Bucket widths (payload bits) for timestamp residuals: `0`, `10`+2, `110`+4, `1110`+7, ...
+const TS_BUCKETS: Buckets = Buckets::new(&[0, 2, 4, 7, 12, 24, 64]);
 /// Bucket widths for value residuals, seq jumps and lengths.
 const VAL_BUCKETS: Buckets = Buckets::new(&[0, 2, 4, 7, 12, 20, 32, 64]);
 
@@ -340,39 +340,126 @@ fn rd(r: &mut BitReader<'_>, n: u32) -> Result<u64, CodecError> {
         .map_err(|Truncated| CodecError::Truncated { at_bit: r.pos() })
 }
 
-/// Timestamp predictor: the residual is the delta minus a `nominal` interval. Jitter of +-j ms
-/// then costs residuals in +-2j (a delta-of-delta would spread over +-4j). A delta outside the
-/// jitter band (a new interval, a clock step) is adopted as the new nominal at once; a steady
-/// bias inside the band moves it by 1 ms when it has accumulated 64 ms.
+/// Timestamp predictor. Pollers run on a fixed grid and stamp on arrival, so a timestamp is
+/// best predicted from the grid, not from the previous stamp: jitter of +-j ms then costs
+/// residuals in about +-j (a delta would spread over +-2j, a delta-of-delta over +-4j).
+/// - The grid position (`anchor` + `frac` sixteenths of a ms) follows a quarter of each residual:
+///   it tracks the jitter's mean and any slow drift, with no dead zone.
+/// - The interval (`nominal`) is the mean interval since the last re-sync, recomputed when the
+///   count of intervals is a power of two up to 1024 (a shift, not a division): exact after a few
+///   dozen samples even when the first delta was jittered.
+/// - A residual outside the band (a new interval, a clock step, a missed cycle) re-syncs at once:
+///   the delta becomes the interval and the stamp the anchor.
 #[derive(Debug, Clone, Copy, Default)]
 struct TsState {
+    prev: i64,
+    anchor: i64,
+    /// Sixteenths of a ms past `anchor`, 0..16.
+    frac: i64,
+    nominal: i64,
+    /// Stamp at the last re-sync and intervals since (capped at 1024).
+    base: i64,
+    n: u32,
+}
+
+impl TsState {
+    fn start(ts: i64) -> Self {
+        Self {
+            prev: ts,
+            anchor: ts,
+            base: ts,
+            ..Self::default()
+        }
+    }
+
+    #[inline]
+    fn predict(&self) -> i64 {
+        self.anchor
+            .wrapping_add(self.nominal)
+            .wrapping_add(i64::from(self.frac >= 8))
+    }
+
+    #[inline]
+    fn residual(&self, ts: i64) -> i64 {
+        ts.wrapping_sub(self.predict())
+    }
+
+    #[inline]
+    fn update(&mut self, ts: i64, residual: i64) {
+        if residual.unsigned_abs() > band(self.nominal) {
+            self.nominal = ts.wrapping_sub(self.prev);
+            self.anchor = ts;
+            self.frac = 0;
+            self.base = ts;
+            self.n = 0;
+        } else {
+            // Wrapping: absurd stamps (near i64 limits) only cost bits, both sides agree.
+            let f = self.frac.wrapping_add(residual.wrapping_mul(4));
+            self.anchor = self.anchor.wrapping_add(self.nominal).wrapping_add(f >> 4);
+            self.frac = f & 15;
+            if self.n < 1024 {
+                self.n += 1;
+                if self.n.is_power_of_two() && self.n > 1 {
+                    let k = self.n.trailing_zeros();
+                    let span = ts.wrapping_sub(self.base);
+                    self.nominal = span.wrapping_add(1 << (k - 1)) >> k;
+                }
+            }
+        }
+        self.prev = ts;
+    }
+}
+
+/// Sequence predictor: the step between a point's samples. It is 1 for a per-point counter
+/// and about the number of samples read per cycle for the gateway-wide one (`Tagged::seq`), so
+/// the step is learned: a step outside the band becomes the nominal one.
+#[derive(Debug, Clone, Copy)]
+struct Stride {
     prev: i64,
     nominal: i64,
     drift: i64,
 }
 
-impl TsState {
-    #[inline]
-    fn residual(&self, ts: i64) -> (i64, i64) {
-        let delta = ts.wrapping_sub(self.prev);
-        (delta, delta.wrapping_sub(self.nominal))
+impl Stride {
+    fn start(v: i64) -> Self {
+        Self {
+            prev: v,
+            nominal: 1,
+            drift: 0,
+        }
     }
 
     #[inline]
-    fn update(&mut self, ts: i64, delta: i64, residual: i64) {
-        self.prev = ts;
-        let band = (self.nominal.unsigned_abs() / 4).max(2);
-        if residual.unsigned_abs() > band {
-            self.nominal = delta;
+    fn residual(&self, v: i64) -> i64 {
+        v.wrapping_sub(self.prev).wrapping_sub(self.nominal)
+    }
+
+    #[inline]
+    fn update(&mut self, v: i64, residual: i64) {
+        if residual.unsigned_abs() > band(self.nominal) {
+            self.nominal = v.wrapping_sub(self.prev);
             self.drift = 0;
         } else {
-            // |residual| <= |nominal| / 4 + 2, so this cannot overflow before the reset below.
-            self.drift = self.drift.saturating_add(residual);
-            if self.drift.unsigned_abs() >= 64 {
-                self.nominal = self.nominal.wrapping_add(self.drift.signum());
-                self.drift = 0;
-            }
+            nudge(&mut self.nominal, &mut self.drift, residual);
         }
+        self.prev = v;
+    }
+}
+
+/// How far a residual may stray from a nominal step before the step is re-learned.
+#[inline]
+fn band(nominal: i64) -> u64 {
+    (nominal.unsigned_abs() / 4).max(2)
+}
+
+/// Accumulates in-band residuals; a bias of 64 moves the nominal step by one.
+#[inline]
+fn nudge(nominal: &mut i64, drift: &mut i64, residual: i64) {
+    // |residual| <= band, so the sum stays far from overflow before it is reset.
+    *drift = drift.saturating_add(residual);
+    if drift.unsigned_abs() >= 64 {
+        *nominal = nominal.wrapping_add(drift.signum());
+        *drift = 0;
     }
 }
 
@@ -452,7 +539,7 @@ struct State {
     hint: Option<Quantum>,
     count: u32,
     ts: TsState,
-    seq: u64,
+    seq: Stride,
     quality: Quality,
     class: Class,
     num: NumState,
@@ -469,7 +556,7 @@ impl State {
             hint,
             count: 0,
             ts: TsState::default(),
-            seq: 0,
+            seq: Stride::start(0),
             quality: Quality::Good,
             class: Class::Bool,
             num: NumState::default(),
@@ -541,10 +628,12 @@ impl State {
             w.write(seq, 64);
             write_quality(w, quality);
             class.write(w);
-            self.ts.prev = ts;
+            self.ts = TsState::start(ts);
+            self.seq = Stride::start(seq as i64);
             fresh = true;
         } else {
-            let seq_same = seq == self.seq.wrapping_add(1);
+            let seq_residual = self.seq.residual(seq as i64);
+            let seq_same = seq_residual == 0;
             let class_same = class == self.class;
             if seq_same && quality == self.quality && class_same {
                 w.write_bit(false);
@@ -552,8 +641,7 @@ impl State {
                 w.write_bit(true);
                 w.write_bit(!seq_same);
                 if !seq_same {
-                    let jump = seq.wrapping_sub(self.seq.wrapping_add(1)) as i64;
-                    VAL_BUCKETS.write(w, zigzag(jump));
+                    VAL_BUCKETS.write(w, zigzag(seq_residual));
                 }
                 w.write_bit(quality != self.quality);
                 if quality != self.quality {
@@ -564,12 +652,12 @@ impl State {
                     class.write(w);
                 }
             }
-            let (delta, residual) = self.ts.residual(ts);
+            self.seq.update(seq as i64, seq_residual);
+            let residual = self.ts.residual(ts);
             TS_BUCKETS.write(w, zigzag(residual));
-            self.ts.update(ts, delta, residual);
+            self.ts.update(ts, residual);
             fresh = !class_same;
         }
-        self.seq = seq;
         self.quality = quality;
         self.class = class;
         self.encode_value(w, payload, fresh);
@@ -660,20 +748,18 @@ impl State {
         let fresh;
         if self.count == 0 {
             ts = rd(r, 64)? as i64;
-            self.seq = rd(r, 64)?;
+            self.seq = Stride::start(rd(r, 64)? as i64);
             self.quality = read_quality(r)?;
             self.class = Class::read(r, self.hint)?;
-            self.ts.prev = ts;
+            self.ts = TsState::start(ts);
             fresh = true;
         } else {
             let mut class_changed = false;
+            let mut seq_residual = 0;
             if rd(r, 1)? == 1 {
-                let mut seq = self.seq.wrapping_add(1);
                 if rd(r, 1)? == 1 {
-                    let jump = unzigzag(VAL_BUCKETS.read(r).map_err(|_| trunc(r))?);
-                    seq = seq.wrapping_add(jump as u64);
+                    seq_residual = unzigzag(VAL_BUCKETS.read(r).map_err(|_| trunc(r))?);
                 }
-                self.seq = seq;
                 if rd(r, 1)? == 1 {
                     self.quality = read_quality(r)?;
                 }
@@ -681,13 +767,16 @@ impl State {
                     self.class = Class::read(r, self.hint)?;
                     class_changed = true;
                 }
-            } else {
-                self.seq = self.seq.wrapping_add(1);
             }
+            let seq = self
+                .seq
+                .prev
+                .wrapping_add(self.seq.nominal)
+                .wrapping_add(seq_residual);
+            self.seq.update(seq, seq_residual);
             let residual = unzigzag(TS_BUCKETS.read(r).map_err(|_| trunc(r))?);
-            let delta = self.ts.nominal.wrapping_add(residual);
-            ts = self.ts.prev.wrapping_add(delta);
-            self.ts.update(ts, delta, residual);
+            ts = self.ts.predict().wrapping_add(residual);
+            self.ts.update(ts, residual);
             fresh = class_changed;
         }
         let value = self.decode_value(r, fresh, scratch)?;
@@ -695,7 +784,7 @@ impl State {
         self.count = self.count.checked_add(1).ok_or(CodecError::Full)?;
         Ok(Sample {
             ts_ms: ts,
-            seq: self.seq,
+            seq: self.seq.prev as u64,
             quality: self.quality,
             value,
         })

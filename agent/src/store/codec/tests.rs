@@ -93,7 +93,9 @@ fn series() -> impl Strategy<Value = Vec<In>> {
         1 => -5_000i64..0,
         1 => any::<i64>(),
     ];
-    let seq_step = prop_oneof![8 => Just(1u64), 1 => any::<u64>(), 1 => Just(0u64)];
+    // Deviations from the series' seq stride (1 for a per-point counter, ~1000 for the gateway's).
+    let seq_step = prop_oneof![8 => Just(0u64), 1 => any::<u64>(), 1 => (0u64..7).prop_map(|d| d.wrapping_sub(3))];
+    let stride = prop_oneof![Just(1u64), Just(1000u64), any::<u64>()];
     let kind_values = prop_oneof![
         // A run of one kind: a ramp, noise or a walk in k, expressed per kind.
         (0u8..6, -1000i64..1000, -5i64..5, 1usize..30).prop_map(|(kind, start, slope, n)| {
@@ -116,10 +118,11 @@ fn series() -> impl Strategy<Value = Vec<In>> {
     (
         any::<i64>(),
         any::<u64>(),
+        stride,
         prop::collection::vec(kind_values, 0..8),
         prop::collection::vec((step, seq_step, quality()), 200),
     )
-        .prop_map(|(ts0, seq0, runs, steps)| {
+        .prop_map(|(ts0, seq0, stride, runs, steps)| {
             let values: Vec<Value> = runs.into_iter().flatten().collect();
             let (mut ts, mut seq) = (ts0, seq0);
             values
@@ -128,7 +131,7 @@ fn series() -> impl Strategy<Value = Vec<In>> {
                 .map(|(v, (dt, ds, q))| {
                     let out = (ts, seq, q, v);
                     ts = ts.wrapping_add(dt);
-                    seq = seq.wrapping_add(ds);
+                    seq = seq.wrapping_add(stride).wrapping_add(ds);
                     out
                 })
                 .collect()
@@ -439,4 +442,43 @@ fn the_bit_writer_and_reader_agree_on_every_width() {
     }
     assert!(r.at_end());
     assert_eq!(r.read(1), Err(Truncated));
+}
+
+#[test]
+fn a_gateway_wide_seq_stride_is_learned_and_costs_nothing() {
+    let per_point = modbus_scaled(&[7; 1000], 0.1, 0.0);
+    let gateway: Vec<In> = per_point
+        .iter()
+        .enumerate()
+        .map(|(i, (ts, _, q, v))| (*ts, 42 + 1000 * i as u64, *q, v.clone()))
+        .collect();
+    let a = encode(None, &per_point);
+    let b = encode(None, &gateway);
+    // One escape to learn the stride: a few dozen bits, not a jump per sample.
+    assert!(
+        b.bit_len() <= a.bit_len() + 40,
+        "{} vs {}",
+        b.bit_len(),
+        a.bit_len()
+    );
+    assert_same(&gateway, &decode_block(&b.finish()).expect("decodes"));
+}
+
+#[test]
+fn jittered_stamps_on_a_grid_cost_a_few_bits() {
+    let jitter = [0i64, 2, -1, 1, -2, 0, 1, -1, 2, -2];
+    let samples: Vec<In> = (0..10_000i64)
+        .map(|i| {
+            (
+                i * 100 + jitter[(i * 7 % 10) as usize],
+                i as u64,
+                Quality::Good,
+                Value::Bool(true),
+            )
+        })
+        .collect();
+    let enc = encode(None, &samples);
+    // Header bit + value bit + at most 4 bits of timestamp residual.
+    assert!(enc.bit_len() <= 10_000 * 6 + 200, "{} bits", enc.bit_len());
+    assert_same(&samples, &decode_block(&enc.finish()).expect("decodes"));
 }

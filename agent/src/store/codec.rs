@@ -10,10 +10,11 @@
 //! bytes 2..18 (hint only) scale, offset: f64 bit patterns, little-endian
 //! bits ...    samples, MSB-first, no padding between them
 //! ```
-//! Sample 0: ts (64 bits), seq (64), quality, class, fresh value. Sample n > 0: `0` = ordinary
-//! (seq on its learned stride, same quality, same class) or `1` = escape, then one flag bit each for seq, quality
-//! and class with the new field after a set flag; then the timestamp residual, then the value
-//! (fresh after a class change, else predicted). See [`State`] for every field's coding.
+//! Sample 0: ts (64 bits), seq (64), quality, class, fresh value. Sample n > 0 opens with `0`
+//! (ordinary: seq on its learned stride, same quality, same class), `10` + seq residual (only
+//! the seq is off its stride) or `11` (escape: a flag and the new quality, a flag and the new
+//! class, the seq residual); then the timestamp residual, then the value (fresh after a class
+//! change, else predicted). See [`State`] and the predictors for every field's coding.
 //!
 //! # Sealed block (one row in the store)
 //!
@@ -635,14 +636,16 @@ impl State {
             let seq_residual = self.seq.residual(seq as i64);
             let seq_same = seq_residual == 0;
             let class_same = class == self.class;
-            if seq_same && quality == self.quality && class_same {
-                w.write_bit(false);
-            } else {
-                w.write_bit(true);
-                w.write_bit(!seq_same);
-                if !seq_same {
+            if quality == self.quality && class_same {
+                if seq_same {
+                    w.write_bit(false);
+                } else {
+                    // Off-stride seq alone: common where several lines share the counter.
+                    w.write(0b10, 2);
                     VAL_BUCKETS.write(w, zigzag(seq_residual));
                 }
+            } else {
+                w.write(0b11, 2);
                 w.write_bit(quality != self.quality);
                 if quality != self.quality {
                     write_quality(w, quality);
@@ -651,6 +654,7 @@ impl State {
                 if !class_same {
                     class.write(w);
                 }
+                VAL_BUCKETS.write(w, zigzag(seq_residual));
             }
             self.seq.update(seq as i64, seq_residual);
             let residual = self.ts.residual(ts);
@@ -758,15 +762,15 @@ impl State {
             let mut seq_residual = 0;
             if rd(r, 1)? == 1 {
                 if rd(r, 1)? == 1 {
-                    seq_residual = unzigzag(VAL_BUCKETS.read(r).map_err(|_| trunc(r))?);
+                    if rd(r, 1)? == 1 {
+                        self.quality = read_quality(r)?;
+                    }
+                    if rd(r, 1)? == 1 {
+                        self.class = Class::read(r, self.hint)?;
+                        class_changed = true;
+                    }
                 }
-                if rd(r, 1)? == 1 {
-                    self.quality = read_quality(r)?;
-                }
-                if rd(r, 1)? == 1 {
-                    self.class = Class::read(r, self.hint)?;
-                    class_changed = true;
-                }
+                seq_residual = unzigzag(VAL_BUCKETS.read(r).map_err(|_| trunc(r))?);
             }
             let seq = self
                 .seq

@@ -236,7 +236,7 @@ impl Quant {
             Quant::Mul(d) => v / NEG_POW10[usize::from(d)],
         };
         // Also rejects NaN and infinities.
-        if !(x.abs() < K_LIMIT) {
+        if x.is_nan() || x.abs() >= K_LIMIT {
             return None;
         }
         let k = ((x + ROUND_MAGIC) - ROUND_MAGIC) as i64;

@@ -61,8 +61,9 @@ const DICT_MAX: usize = 256;
 const LEARN_MAX_D: u8 = 6;
 /// In the XOR class, how often (in samples) the encoder looks for a quantum again.
 const RELEARN_EVERY: u32 = 32;
-/// |k| bound for a quantised float: well inside f64's exact integers, so rounding is exact.
-const K_LIMIT: f64 = (1u64 << 50) as f64;
+/// |k| bound for a quantised float: well inside f64's exact integers, so the estimate of k is
+/// within a fraction of 1 and rounding finds it.
+const K_LIMIT: f64 = (1u64 << 48) as f64;
 /// Adds and subtracts to round to nearest (ties even) for |x| < 2^51 without a libm call.
 const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
 
@@ -107,12 +108,23 @@ pub enum CodecError {
 pub struct Quantum {
     scale: f64,
     offset: f64,
+    /// 1 / scale: finding k is a multiply; the check that k reproduces the value is exact.
+    inv_scale: f64,
 }
 
 impl Quantum {
     /// `None` unless both are finite and `scale` is not zero.
     pub fn new(scale: f64, offset: f64) -> Option<Self> {
-        (scale.is_finite() && offset.is_finite() && scale != 0.0).then_some(Self { scale, offset })
+        (scale.is_finite() && offset.is_finite() && scale != 0.0).then(|| Self::raw(scale, offset))
+    }
+
+    /// Any bits, as read from a stream header (the decoder only multiplies and adds them).
+    fn raw(scale: f64, offset: f64) -> Self {
+        Self {
+            scale,
+            offset,
+            inv_scale: 1.0 / scale,
+        }
     }
 
     pub fn scale(&self) -> f64 {
@@ -169,13 +181,19 @@ impl Buckets {
         while i < last && z - self.bases[i] >= (1u64 << self.widths[i]) {
             i += 1;
         }
-        // i ones, then a terminating zero unless this is the last bucket.
+        // i ones, then a terminating zero unless this is the last bucket; one write when the
+        // prefix and payload fit 64 bits together (all but the 64-bit bucket).
+        let payload = z.wrapping_sub(self.bases[i]);
         if i == last {
             w.write((1u64 << i) - 1, i as u32);
+            w.write(payload, self.widths[i]);
         } else {
-            w.write(((1u64 << i) - 1) << 1, i as u32 + 1);
+            let width = self.widths[i];
+            w.write(
+                ((((1u64 << i) - 1) << 1) << width) | payload,
+                i as u32 + 1 + width,
+            );
         }
-        w.write(z.wrapping_sub(self.bases[i]), self.widths[i]);
     }
 
     #[inline]
@@ -227,13 +245,14 @@ impl Quant {
     /// k such that `value(k)` is `v` bit for bit, if there is one.
     #[inline]
     fn fit(self, v: f64, hint: Option<Quantum>) -> Option<i64> {
+        // An estimate of k (multiplies, no division): a wrong estimate only fails the exact
+        // check below and falls back to XOR, it can never decode to another value.
         let x = match self {
             Quant::Hint => {
                 let q = hint?;
-                (v - q.offset) / q.scale
+                (v - q.offset) * q.inv_scale
             }
-            Quant::Div(d) => v * POW10[usize::from(d)],
-            Quant::Mul(d) => v / NEG_POW10[usize::from(d)],
+            Quant::Div(d) | Quant::Mul(d) => v * POW10[usize::from(d)],
         };
         // Also rejects NaN and infinities.
         if x.is_nan() || x.abs() >= K_LIMIT {
@@ -1121,10 +1140,10 @@ impl<'a> ChunkDecoder<'a> {
                     }
                     *part = u64::from_le_bytes(b);
                 }
-                Some(Quantum {
-                    scale: f64::from_bits(parts[0]),
-                    offset: f64::from_bits(parts[1]),
-                })
+                Some(Quantum::raw(
+                    f64::from_bits(parts[0]),
+                    f64::from_bits(parts[1]),
+                ))
             }
             _ => return Err(CodecError::Format("unknown stream flags")),
         };

@@ -46,6 +46,7 @@
 
 use std::path::PathBuf;
 
+pub mod codec;
 pub mod query;
 mod reader;
 mod schema;

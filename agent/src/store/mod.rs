@@ -47,6 +47,7 @@
 use std::path::PathBuf;
 
 pub mod codec;
+mod head;
 pub mod query;
 mod reader;
 mod schema;

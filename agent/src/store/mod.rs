@@ -48,6 +48,7 @@ use std::path::PathBuf;
 
 mod reader;
 mod schema;
+mod tail;
 mod writer;
 
 pub use reader::{HistorianReader, StoredSample};

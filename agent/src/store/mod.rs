@@ -51,6 +51,7 @@ mod head;
 pub mod query;
 mod reader;
 mod schema;
+mod tail;
 mod writer;
 
 pub use reader::{HistorianReader, QueryError, StoredSample};

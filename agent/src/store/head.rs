@@ -203,17 +203,18 @@ impl Head {
                 durable_bits: 0,
             }
         });
-        if open
+        let appended = open
             .enc
             .append(t.ts_ms(), t.seq(), t.quality(), t.value())
-            .is_err()
-        {
+            .is_ok();
+        let full = open.enc.encoded_len() >= self.policy.seal_bytes;
+        if !appended {
             // Full at u32::MAX samples: seal and start again (never in practice: seal_bytes).
             self.seal(point);
             return self.append(point, t);
         }
         self.pending.add(level, 1);
-        if open.enc.encoded_len() >= self.policy.seal_bytes {
+        if full {
             self.seal(point);
         }
     }

@@ -1,0 +1,163 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::*;
+use crate::model::{PointMeta, Quality, Value};
+use crate::store::codec::ChunkDecoder;
+
+fn meta(level: Level) -> Arc<PointMeta> {
+    Arc::new(PointMeta::for_test(
+        0,
+        "p",
+        level,
+        Category::ProductionOperation,
+        100,
+    ))
+}
+
+fn sample(m: &Arc<PointMeta>, i: i64) -> Tagged {
+    Tagged::for_test(
+        m.clone(),
+        Value::Float(20.0 + (i % 7) as f64 * 0.1),
+        Quality::Good,
+        1_000_000 + i * 100,
+        u64::try_from(i).expect("small"),
+    )
+}
+
+fn decode(block: &[u8]) -> Vec<(i64, u64)> {
+    ChunkDecoder::block(block)
+        .expect("block")
+        .map(|s| {
+            let s = s.expect("sample");
+            (s.ts_ms, s.seq)
+        })
+        .collect()
+}
+
+/// Replays fragments the way the tail does: splice each onto the chunk's bytes.
+fn replay(frags: &[Fragment<'_>], into: &mut BTreeMap<ChunkId, OpenChunk>) {
+    for f in frags {
+        let id = ChunkId {
+            point_id: f.point_id,
+            chunk_seq: f.chunk_seq,
+        };
+        let c = into.entry(id).or_insert_with(|| OpenChunk {
+            header: f.header.to_vec(),
+            bytes: Vec::new(),
+            bit_len: 0,
+        });
+        c.bytes.truncate(f.offset as usize);
+        c.bytes.extend_from_slice(f.bytes);
+        c.bit_len = f.bit_len;
+    }
+}
+
+#[test]
+fn chunks_seal_by_size_in_sequence_and_hold_every_sample_once_in_order() {
+    let m = meta(Level::Important);
+    let mut head = Head::new(SealPolicy {
+        seal_bytes: 256,
+        max_age_ms: i64::MAX,
+    });
+    head.continue_after(3, Some(4));
+    for i in 0..5_000 {
+        head.append(3, &sample(&m, i));
+    }
+    head.seal_all();
+    let sealed = head.sealed();
+    assert!(sealed.len() > 5, "small chunks: {}", sealed.len());
+    let seqs: Vec<u32> = sealed.iter().map(|s| s.chunk_seq).collect();
+    assert_eq!(seqs, (5..5 + sealed.len() as u32).collect::<Vec<_>>());
+    let all: Vec<(i64, u64)> = sealed.iter().flat_map(|s| decode(&s.block)).collect();
+    let want: Vec<(i64, u64)> = (0..5_000).map(|i| (1_000_000 + i * 100, i as u64)).collect();
+    assert_eq!(all, want);
+    for s in sealed {
+        assert_eq!(s.level, Level::Important);
+        assert_eq!(s.count as usize, decode(&s.block).len());
+        assert!(s.min_ts <= s.max_ts);
+    }
+    assert_eq!(head.pending().get(Level::Important), 5_000);
+}
+
+#[test]
+fn fragments_replayed_rebuild_every_open_and_sealed_chunk_and_flushed_counts_them() {
+    let m = meta(Level::General);
+    let mut head = Head::new(SealPolicy {
+        seal_bytes: 300,
+        max_age_ms: i64::MAX,
+    });
+    let mut tail = BTreeMap::new();
+    let mut buf = Vec::new();
+    for i in 0..2_000 {
+        head.append(1, &sample(&m, i));
+        if i % 37 == 36 {
+            replay(&head.fragments(&mut buf), &mut tail);
+            head.flushed();
+        }
+    }
+    replay(&head.fragments(&mut buf), &mut tail);
+    assert_eq!(head.flushed().get(Level::General), 2_000 - 2_000 / 37 * 37);
+    assert!(head.fragments(&mut buf).is_empty(), "nothing left after a flush");
+    // Every sample is in the tail, once: sealed chunks whole, the open one as a prefix.
+    let mut got = Vec::new();
+    for (id, c) in &tail {
+        assert_eq!(id.point_id, 1);
+        assert_eq!(
+            parse_chunk_header(&c.header),
+            Some((Level::General, Category::ProductionOperation))
+        );
+        let dec = ChunkDecoder::from_stream(&c.bytes, c.bit_len).expect("stream");
+        got.extend(dec.map(|s| s.expect("sample").seq));
+    }
+    assert_eq!(got, (0..2_000).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_restored_chunk_continues_where_the_tail_left_it() {
+    let m = meta(Level::Core);
+    let mut head = Head::new(SealPolicy::default());
+    for i in 0..100 {
+        head.append(2, &sample(&m, i));
+    }
+    let mut buf = Vec::new();
+    let mut tail = BTreeMap::new();
+    replay(&head.fragments(&mut buf), &mut tail);
+    let mut again = Head::new(SealPolicy::default());
+    for (id, c) in &tail {
+        again.restore(*id, c).expect("resumes");
+    }
+    assert!(again.fragments(&mut buf).is_empty(), "restored state is durable");
+    for i in 100..150 {
+        again.append(2, &sample(&m, i));
+    }
+    again.seal_all();
+    let sealed = again.sealed();
+    assert_eq!(sealed.len(), 1);
+    assert_eq!(sealed[0].chunk_seq, 0);
+    assert_eq!(
+        decode(&sealed[0].block).iter().map(|s| s.1).collect::<Vec<_>>(),
+        (0..150).collect::<Vec<u64>>()
+    );
+}
+
+#[test]
+fn a_label_change_or_age_seals_the_open_chunk() {
+    let general = meta(Level::General);
+    let core = meta(Level::Core);
+    let mut head = Head::new(SealPolicy {
+        seal_bytes: 1 << 20,
+        max_age_ms: 60_000,
+    });
+    head.append(0, &sample(&general, 0));
+    head.append(0, &sample(&core, 1));
+    assert_eq!(head.sealed().len(), 1, "relabelled: the general chunk is sealed");
+    assert_eq!(head.sealed()[0].level, Level::General);
+    head.seal_aged(1_000_100 + 59_999);
+    assert_eq!(head.sealed().len(), 1, "not yet 60 s old");
+    head.seal_aged(1_000_100 + 60_000);
+    assert_eq!(head.sealed().len(), 2);
+    assert_eq!(head.sealed()[1].level, Level::Core);
+    head.committed();
+    assert!(head.sealed().is_empty());
+}

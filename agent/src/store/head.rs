@@ -7,8 +7,6 @@
 //! chunks. It is sealed when its stream reaches `seal_bytes`, when it is `max_age` old, when the
 //! point's label changes, or at shutdown.
 
-use std::collections::HashMap;
-
 use super::codec::{ChunkEncoder, CodecError};
 use super::tail::{ChunkId, Fragment, OpenChunk};
 use crate::model::{Category, Level};
@@ -221,7 +219,11 @@ impl Head {
 
     /// Seals `point`'s open chunk, if any.
     fn seal(&mut self, point: u32) {
-        let Some(open) = self.slots.get_mut(point as usize).and_then(|s| s.open.take()) else {
+        let Some(open) = self
+            .slots
+            .get_mut(point as usize)
+            .and_then(|s| s.open.take())
+        else {
             return;
         };
         self.push_sealed(point, open);
@@ -230,7 +232,8 @@ impl Head {
     fn push_sealed(&mut self, point: u32, open: Open) {
         if open.dirty() {
             self.scratch.clear();
-            open.enc.write_stream_since(open.durable_byte, &mut self.scratch);
+            open.enc
+                .write_stream_since(open.durable_byte, &mut self.scratch);
             self.unflushed.push(Unflushed {
                 id: ChunkId {
                     point_id: point,
@@ -305,7 +308,13 @@ impl Head {
                 point_id: u32::try_from(i).unwrap_or(u32::MAX),
                 chunk_seq: open.chunk_seq,
             };
-            spans.push((id, open.header, open.durable_byte, open.enc.bit_len(), start..buf.len()));
+            spans.push((
+                id,
+                open.header,
+                open.durable_byte,
+                open.enc.bit_len(),
+                start..buf.len(),
+            ));
         }
         let buf: &'a [u8] = buf;
         spans
@@ -315,7 +324,11 @@ impl Head {
                 chunk_seq: id.chunk_seq,
                 offset: u32::try_from(offset).unwrap_or(u32::MAX),
                 bit_len,
-                header: if offset == 0 { &HEADERS[header_index(header)] } else { &[] },
+                header: if offset == 0 {
+                    &HEADERS[header_index(header)]
+                } else {
+                    &[]
+                },
                 bytes: &buf[range],
             })
             .collect()
@@ -345,27 +358,6 @@ impl Head {
     pub(crate) fn committed(&mut self) {
         self.sealed.clear();
     }
-
-    /// Compressed bytes held by open chunks (memory accounting).
-    pub(crate) fn open_bytes(&self) -> usize {
-        self.slots
-            .iter()
-            .filter_map(|s| s.open.as_ref())
-            .map(|o| o.enc.heap_bytes())
-            .sum()
-    }
-
-    /// Open chunks, by store point id, for `query --stats` style reporting and tests.
-    pub(crate) fn open_chunks(&self) -> HashMap<u32, (u32, u32)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let o = s.open.as_ref()?;
-                Some((u32::try_from(i).ok()?, (o.chunk_seq, o.enc.len())))
-            })
-            .collect()
-    }
 }
 
 /// Every possible chunk header, so fragments can borrow one for any lifetime.
@@ -376,7 +368,10 @@ static HEADERS: [[u8; 2]; 3 * Category::ALL.len()] = {
         // Below 3 x 5: the casts cannot truncate.
         #[allow(clippy::cast_possible_truncation)]
         {
-            all[i] = [(i / Category::ALL.len()) as u8, (i % Category::ALL.len()) as u8];
+            all[i] = [
+                (i / Category::ALL.len()) as u8,
+                (i % Category::ALL.len()) as u8,
+            ];
         }
         i += 1;
     }

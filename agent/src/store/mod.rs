@@ -48,13 +48,15 @@ use std::path::PathBuf;
 
 pub mod codec;
 mod head;
+mod migrate;
 pub mod query;
 mod reader;
 mod schema;
 mod tail;
 mod writer;
 
-pub use reader::{HistorianReader, QueryError, StoredSample};
+pub use reader::{HistorianReader, QueryError, ScaleRow, StoredSample};
+pub use tail::TailError;
 pub(crate) use writer::{Historian, HistorianHandle};
 
 /// Why the historian could not be opened, written or read.
@@ -127,6 +129,14 @@ pub enum StoreError {
     /// or damaged. Run `PRAGMA integrity_check` on a copy and report it.
     #[error("historian {path} holds an unexpected value: {detail}")]
     Corrupt { path: PathBuf, detail: String },
+    /// The tail (the durable log of open chunks, `<historian.path>.tail/`) could not be opened
+    /// or replayed (at startup); the message says what to check.
+    #[error("historian {path}: {source}")]
+    Tail {
+        path: PathBuf,
+        #[source]
+        source: tail::TailError,
+    },
     /// The OS refused to start the writer thread (at startup): usually a process or memory limit.
     #[error("cannot start the historian writer thread: {0}")]
     Spawn(#[source] std::io::Error),

@@ -83,10 +83,6 @@ impl Selection {
     pub(crate) fn wants_time(&self, ts_ms: i64) -> bool {
         self.from_ms <= ts_ms && ts_ms < self.to_ms
     }
-
-    pub(crate) fn wants(&self, s: &StoredSample) -> bool {
-        self.wants_level(s.level) && self.wants_time(s.ts_ms) && self.wants_tag(&s.tag)
-    }
 }
 
 /// Parses a `--from`/`--to` time: RFC 3339 (`2026-11-29T10:00:00Z`, `2026-11-29 10:00:00`, taken

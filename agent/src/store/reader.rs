@@ -3,29 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension, Row};
+use rusqlite::{Connection, Row};
 
+use super::codec::{read_header, ChunkDecoder};
+use super::head::parse_chunk_header;
 use super::query::Selection;
 use super::schema::{self, parse_category, parse_level};
+use super::tail::{self, tail_dir, ChunkId, Replayed};
 use super::StoreError;
 use crate::model::{Category, Level, Quality, Value};
-
-const SELECT_SAMPLE: &str = "
-SELECT p.tag, s.ts_ms, s.seq, s.level, s.category, s.quality, s.quality_code, s.value_kind,
-       s.value_num, s.value_int, s.enc, p.rule_id, p.device, p.protocol, p.address, p.unit,
-       s.payload
-FROM samples s JOIN points p ON p.id = s.point_id
-WHERE p.tag = ?1
-ORDER BY s.ts_ms DESC, s.seq DESC
-LIMIT ?2";
-
-const SELECT_RANGE: &str = "
-SELECT p.tag, s.ts_ms, s.seq, s.level, s.category, s.quality, s.quality_code, s.value_kind,
-       s.value_num, s.value_int, s.enc, p.rule_id, p.device, p.protocol, p.address, p.unit,
-       s.payload
-FROM samples s JOIN points p ON p.id = s.point_id
-WHERE s.ts_ms >= ?1 AND s.ts_ms < ?2
-ORDER BY p.tag, s.ts_ms, s.seq";
 
 /// Why a query stopped.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +44,31 @@ pub struct StoredSample {
     pub unit: Option<String>,
 }
 
+/// The scale counters of one level and category: committed records, chunks and bytes on disk,
+/// and the time span they cover (ms since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleRow {
+    pub level: Level,
+    pub category: Category,
+    pub records: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+    pub first_ms: i64,
+    pub last_ms: i64,
+}
+
+/// A point's provenance, as the store knows it.
+#[derive(Debug)]
+struct PointRow {
+    id: u32,
+    tag: String,
+    rule_id: String,
+    device: String,
+    protocol: String,
+    address: String,
+    unit: Option<String>,
+}
+
 /// A read-only view of a historian.
 #[derive(Debug)]
 pub struct HistorianReader {
@@ -73,25 +84,72 @@ impl HistorianReader {
         Ok(Self { conn, path })
     }
 
-    /// Number of stored samples per level, indexed by `Level::index`.
+    /// Number of stored samples per level, indexed by `Level::index`: the committed chunks'
+    /// counters plus the samples of the open chunks in the tail.
     pub fn count_by_level(&self) -> Result<[u64; 3], StoreError> {
         let mut counts = [0u64; 3];
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT level, COUNT(*) FROM samples GROUP BY level")
-            .map_err(|e| self.read_err(e))?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-            })
-            .map_err(|e| self.read_err(e))?;
-        for row in rows {
-            let (level, n) = row.map_err(|e| self.read_err(e))?;
-            let level = parse_level(&level)
-                .ok_or_else(|| self.corrupt(format!("unknown level {level:?}")))?;
-            counts[level.index()] = u64::try_from(n).unwrap_or(0);
+        for row in self.scale()? {
+            counts[row.level.index()] += row.records;
+        }
+        let tail = self.read_tail()?;
+        let committed = schema::committed_chunks(&self.conn).map_err(|e| self.read_err(e))?;
+        for (id, chunk) in &tail.chunks {
+            if committed
+                .get(&id.point_id)
+                .is_some_and(|&c| c >= id.chunk_seq)
+            {
+                continue;
+            }
+            let Some((level, _)) = parse_chunk_header(&chunk.header) else {
+                return Err(self.corrupt(format!("tail chunk {id:?} has an unknown label")));
+            };
+            let n = ChunkDecoder::from_stream(&chunk.bytes, chunk.bit_len)
+                .map_err(|e| self.corrupt(format!("tail chunk {id:?}: {e}")))?
+                .count();
+            counts[level.index()] += n as u64;
         }
         Ok(counts)
+    }
+
+    /// The scale counters of the committed chunks, per level and category.
+    pub fn scale(&self) -> Result<Vec<ScaleRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT level, category, records, chunks, bytes, first_ts, last_ts FROM scale \
+                 ORDER BY level, category",
+            )
+            .map_err(|e| self.read_err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                ))
+            })
+            .map_err(|e| self.read_err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (level, category, records, chunks, bytes, first_ms, last_ms) =
+                row.map_err(|e| self.read_err(e))?;
+            out.push(ScaleRow {
+                level: parse_level(&level)
+                    .ok_or_else(|| self.corrupt(format!("unknown level {level:?}")))?,
+                category: parse_category(&category)
+                    .ok_or_else(|| self.corrupt(format!("unknown category {category:?}")))?,
+                records: u64::try_from(records).unwrap_or(0),
+                chunks: u64::try_from(chunks).unwrap_or(0),
+                bytes: u64::try_from(bytes).unwrap_or(0),
+                first_ms,
+                last_ms,
+            });
+        }
+        Ok(out)
     }
 
     /// The newest `limit` samples of `tag`, oldest first.
@@ -101,63 +159,209 @@ impl HistorianReader {
         tag: &str,
         limit: usize,
     ) -> Result<Vec<StoredSample>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut stmt = self
-            .conn
-            .prepare_cached(SELECT_SAMPLE)
-            .map_err(|e| self.read_err(e))?;
-        let rows = stmt
-            .query_map(rusqlite::params![tag, limit], RawRow::from_row)
-            .map_err(|e| self.read_err(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let raw = row.map_err(|e| self.read_err(e))?;
-            out.push(raw.into_sample().map_err(|detail| self.corrupt(detail))?);
-        }
-        out.reverse();
-        Ok(out)
+        let mut all = Vec::new();
+        self.read_points(Some(tag), &Selection::all(), &mut |s| {
+            all.push(s.clone());
+            Ok(())
+        })
+        .map_err(|e| match e {
+            QueryError::Store(e) => e,
+            QueryError::Output(e) => self.corrupt(e.to_string()),
+        })?;
+        let skip = all.len().saturating_sub(limit);
+        Ok(all.split_off(skip))
     }
 
-    /// Every sample `sel` wants, by tag then time, handed to `each`; returns how many.
+    /// Every sample `sel` wants, by tag then time, handed to `each`; returns how many. Reads the
+    /// committed chunks in one snapshot, and the open chunks from the tail (read first, so a
+    /// chunk committed meanwhile is found in the snapshot instead).
     pub fn query(
         &self,
         sel: &Selection,
         mut each: impl FnMut(&StoredSample) -> std::io::Result<()>,
     ) -> Result<u64, QueryError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(SELECT_RANGE)
+        self.read_points(None, sel, &mut each)
+    }
+
+    fn read_points(
+        &self,
+        only: Option<&str>,
+        sel: &Selection,
+        each: &mut dyn FnMut(&StoredSample) -> std::io::Result<()>,
+    ) -> Result<u64, QueryError> {
+        let tail = self.read_tail()?;
+        self.conn
+            .execute_batch("BEGIN")
             .map_err(|e| self.read_err(e))?;
-        let rows = stmt
-            .query_map(rusqlite::params![sel.from_ms, sel.to_ms], RawRow::from_row)
-            .map_err(|e| self.read_err(e))?;
+        let result = self.read_snapshot(only, sel, &tail, each);
+        // A read transaction: ending it only releases the snapshot.
+        let _ = self.conn.execute_batch("COMMIT");
+        result
+    }
+
+    fn read_snapshot(
+        &self,
+        only: Option<&str>,
+        sel: &Selection,
+        tail: &Replayed,
+        each: &mut dyn FnMut(&StoredSample) -> std::io::Result<()>,
+    ) -> Result<u64, QueryError> {
+        let points = self.points()?;
         let mut n = 0;
-        for row in rows {
-            let raw = row.map_err(|e| self.read_err(e))?;
-            if !sel.wants_tag(&raw.tag) {
+        for p in points.iter().filter(|p| only.is_none_or(|t| t == p.tag)) {
+            if !sel.wants_tag(&p.tag) {
                 continue;
             }
-            let s = raw.into_sample().map_err(|detail| self.corrupt(detail))?;
-            if sel.wants(&s) {
-                each(&s).map_err(QueryError::Output)?;
-                n += 1;
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT chunk_seq, level, category, enc, block FROM chunks \
+                     WHERE point_id = ?1 ORDER BY chunk_seq",
+                )
+                .map_err(|e| self.read_err(e))?;
+            let mut rows = stmt.query([p.id]).map_err(|e| self.read_err(e))?;
+            let mut max_seq: Option<u32> = None;
+            while let Some(row) = rows.next().map_err(|e| self.read_err(e))? {
+                let seq: i64 = row.get(0).map_err(|e| self.read_err(e))?;
+                max_seq = u32::try_from(seq).ok().max(max_seq);
+                let level: String = row.get(1).map_err(|e| self.read_err(e))?;
+                let category: String = row.get(2).map_err(|e| self.read_err(e))?;
+                let level = parse_level(&level)
+                    .ok_or_else(|| self.corrupt(format!("unknown level {level:?}")))?;
+                let category = parse_category(&category)
+                    .ok_or_else(|| self.corrupt(format!("unknown category {category:?}")))?;
+                if !sel.wants_level(level) {
+                    continue;
+                }
+                let block = row.get_ref(4).map_err(|e| self.read_err(e))?;
+                let block = block.as_blob().map_err(|e| {
+                    self.read_err(rusqlite::Error::FromSqlConversionFailure(
+                        4,
+                        rusqlite::types::Type::Blob,
+                        Box::new(e),
+                    ))
+                })?;
+                let header = read_header(block)
+                    .map_err(|e| self.corrupt(format!("{} chunk {seq}: {e}", p.tag)))?;
+                if header.max_ts < sel.from_ms || header.min_ts >= sel.to_ms {
+                    continue;
+                }
+                let dec = ChunkDecoder::block(block)
+                    .map_err(|e| self.corrupt(format!("{} chunk {seq}: {e}", p.tag)))?;
+                n += self.emit(p, level, category, dec, sel, each, seq)?;
+            }
+            drop(rows);
+            let from = ChunkId {
+                point_id: p.id,
+                chunk_seq: max_seq.map_or(0, |s| s.saturating_add(1)),
+            };
+            let to = ChunkId {
+                point_id: p.id,
+                chunk_seq: u32::MAX,
+            };
+            for (id, chunk) in tail.chunks.range(from..=to) {
+                if max_seq.is_some_and(|m| id.chunk_seq <= m) {
+                    continue;
+                }
+                let (level, category) = parse_chunk_header(&chunk.header).ok_or_else(|| {
+                    self.corrupt(format!(
+                        "{} open chunk {}: unknown label",
+                        p.tag, id.chunk_seq
+                    ))
+                })?;
+                if !sel.wants_level(level) {
+                    continue;
+                }
+                let dec = ChunkDecoder::from_stream(&chunk.bytes, chunk.bit_len).map_err(|e| {
+                    self.corrupt(format!("{} open chunk {}: {e}", p.tag, id.chunk_seq))
+                })?;
+                n += self.emit(p, level, category, dec, sel, each, i64::from(id.chunk_seq))?;
             }
         }
         Ok(n)
     }
 
-    /// The newest sample of `tag`, if any.
-    pub fn latest(&self, tag: &str) -> Result<Option<StoredSample>, StoreError> {
+    #[allow(clippy::too_many_arguments)] // one chunk's context; a struct would only rename it
+    fn emit(
+        &self,
+        p: &PointRow,
+        level: Level,
+        category: Category,
+        dec: ChunkDecoder<'_>,
+        sel: &Selection,
+        each: &mut dyn FnMut(&StoredSample) -> std::io::Result<()>,
+        chunk_seq: i64,
+    ) -> Result<u64, QueryError> {
+        let mut n = 0;
+        for sample in dec {
+            let s =
+                sample.map_err(|e| self.corrupt(format!("{} chunk {chunk_seq}: {e}", p.tag)))?;
+            if !sel.wants_time(s.ts_ms) {
+                continue;
+            }
+            let out = StoredSample {
+                tag: p.tag.clone(),
+                ts_ms: s.ts_ms,
+                seq: s.seq,
+                level,
+                category,
+                quality: s.quality,
+                value: Some(s.value),
+                enc: 0,
+                rule_id: p.rule_id.clone(),
+                device: p.device.clone(),
+                protocol: p.protocol.clone(),
+                address: p.address.clone(),
+                unit: p.unit.clone(),
+            };
+            each(&out).map_err(QueryError::Output)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn points(&self) -> Result<Vec<PointRow>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached(SELECT_SAMPLE)
+            .prepare_cached(
+                "SELECT id, tag, rule_id, device, protocol, address, unit FROM points ORDER BY tag",
+            )
             .map_err(|e| self.read_err(e))?;
-        let raw = stmt
-            .query_row(rusqlite::params![tag, 1], RawRow::from_row)
-            .optional()
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(PointRow {
+                    id: u32::try_from(r.get::<_, i64>(0)?).unwrap_or(u32::MAX),
+                    tag: r.get(1)?,
+                    rule_id: r.get(2)?,
+                    device: r.get(3)?,
+                    protocol: r.get(4)?,
+                    address: r.get(5)?,
+                    unit: r.get(6)?,
+                })
+            })
             .map_err(|e| self.read_err(e))?;
-        raw.map(|r| r.into_sample().map_err(|detail| self.corrupt(detail)))
-            .transpose()
+        rows.collect::<Result<_, _>>().map_err(|e| self.read_err(e))
+    }
+
+    fn read_tail(&self) -> Result<Replayed, StoreError> {
+        tail::read(&tail_dir(&self.path)).map_err(|source| StoreError::Tail {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// The newest sample of `tag`, if any.
+    pub fn latest(&self, tag: &str) -> Result<Option<StoredSample>, StoreError> {
+        let mut last = None;
+        self.read_points(Some(tag), &Selection::all(), &mut |s| {
+            last = Some(s.clone());
+            Ok(())
+        })
+        .map_err(|e| match e {
+            QueryError::Store(e) => e,
+            QueryError::Output(e) => self.corrupt(e.to_string()),
+        })?;
+        Ok(last)
     }
 
     fn read_err(&self, source: rusqlite::Error) -> StoreError {
@@ -176,7 +380,7 @@ impl HistorianReader {
 }
 
 /// A row as `SQLite` returns it, before its strings are checked.
-struct RawRow {
+pub(super) struct RawRow {
     tag: String,
     ts_ms: i64,
     seq: i64,
@@ -197,7 +401,7 @@ struct RawRow {
 }
 
 impl RawRow {
-    fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
+    pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
         Ok(Self {
             tag: row.get(0)?,
             ts_ms: row.get(1)?,
@@ -220,7 +424,7 @@ impl RawRow {
     }
 
     #[allow(clippy::cast_sign_loss)] // SQLite INTEGER is i64: u64 values were stored as their bit pattern
-    fn into_sample(self) -> Result<StoredSample, String> {
+    pub(super) fn into_sample(self) -> Result<StoredSample, String> {
         let level =
             parse_level(&self.level).ok_or_else(|| format!("unknown level {:?}", self.level))?;
         let category = parse_category(&self.category)

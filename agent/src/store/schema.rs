@@ -9,7 +9,7 @@ use super::StoreError;
 use crate::model::{Category, Level, PointMeta};
 
 /// The schema version this code writes and reads (`PRAGMA user_version`).
-pub(super) const VERSION: i64 = 1;
+pub(super) const VERSION: i64 = 2;
 
 /// How long a connection waits for a lock held by another connection (a reader's WAL recovery,
 /// a checkpoint) before failing: generous, because failing a write drops data.
@@ -18,7 +18,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// WAL size kept after a checkpoint; bounds the `-wal` file on small gateway disks.
 const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
-const SCHEMA_V1: &str = "
+pub(super) const SCHEMA_V1: &str = "
 CREATE TABLE points (
     id          INTEGER PRIMARY KEY,
     tag         TEXT NOT NULL UNIQUE,
@@ -51,6 +51,47 @@ CREATE INDEX samples_level_ts ON samples(level, ts_ms);
 CREATE INDEX samples_point_ts ON samples(point_id, ts_ms);
 ";
 
+/// Schema 2: compressed chunks (docs/decisions/0014-historian-chunks.md).
+const CHUNK_TABLES: &str = "
+CREATE TABLE chunks (
+    id        INTEGER PRIMARY KEY,
+    point_id  INTEGER NOT NULL REFERENCES points(id),
+    chunk_seq INTEGER NOT NULL,
+    level     TEXT NOT NULL,
+    category  TEXT NOT NULL,
+    min_ts    INTEGER NOT NULL,
+    max_ts    INTEGER NOT NULL,
+    count     INTEGER NOT NULL,
+    enc       INTEGER NOT NULL DEFAULT 0,
+    block     BLOB NOT NULL,
+    UNIQUE (point_id, chunk_seq)
+);
+CREATE INDEX chunks_level_time ON chunks(level, max_ts);
+CREATE TABLE scale (
+    level     TEXT NOT NULL,
+    category  TEXT NOT NULL,
+    records   INTEGER NOT NULL,
+    chunks    INTEGER NOT NULL,
+    bytes     INTEGER NOT NULL,
+    first_ts  INTEGER NOT NULL,
+    last_ts   INTEGER NOT NULL,
+    PRIMARY KEY (level, category)
+);
+";
+
+pub(super) const INSERT_CHUNK: &str = "
+INSERT INTO chunks (point_id, chunk_seq, level, category, min_ts, max_ts, count, enc, block)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)";
+
+pub(super) const UPSERT_SCALE: &str = "
+INSERT INTO scale (level, category, records, chunks, bytes, first_ts, last_ts)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+ON CONFLICT (level, category) DO UPDATE SET
+    records = records + excluded.records, chunks = chunks + excluded.chunks,
+    bytes = bytes + excluded.bytes, first_ts = min(first_ts, excluded.first_ts),
+    last_ts = max(last_ts, excluded.last_ts)";
+
+#[cfg(test)]
 pub(super) const INSERT_SAMPLE: &str = "
 INSERT INTO samples (point_id, ts_ms, seq, level, category, quality, quality_code,
                      value_kind, value_num, value_int, enc, payload)
@@ -123,6 +164,14 @@ pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
             supported: VERSION,
         });
     }
+    if version == 1 {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: "schema version 1 (a row per sample): start `edge-agent run` with this \
+                     version once, it converts the file to compressed chunks on open"
+                .into(),
+        });
+    }
     if version < VERSION {
         return Err(StoreError::Corrupt {
             path: path.to_owned(),
@@ -152,8 +201,12 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     }
     if version == 0 {
         // Plain CREATE (no IF NOT EXISTS): a foreign database with clashing tables fails here
-        // instead of being written into.
-        let sql = format!("BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = {VERSION}; COMMIT;");
+        // instead of being written into. Schema 1's `samples` table is created too, empty, so
+        // a new file and a migrated one have the same tables.
+        let sql = format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V1} {CHUNK_TABLES} DROP INDEX samples_level_ts; \
+             DROP INDEX samples_point_ts; DROP TABLE samples; PRAGMA user_version = {VERSION}; COMMIT;"
+        );
         if let Err(source) = conn.execute_batch(&sql) {
             // Best effort: the error above is what the operator needs; a failed rollback only
             // means there was no transaction left to roll back.
@@ -161,7 +214,26 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             return Err(open_err(source));
         }
     }
+    if version == 1 {
+        super::migrate::v1_to_v2(conn, path, CHUNK_TABLES, VERSION)?;
+    }
     Ok(())
+}
+
+/// The highest committed chunk sequence of every point that has chunks.
+pub(super) fn committed_chunks(
+    conn: &Connection,
+) -> rusqlite::Result<std::collections::HashMap<u32, u32>> {
+    let mut stmt = conn.prepare("SELECT point_id, MAX(chunk_seq) FROM chunks GROUP BY point_id")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut out = std::collections::HashMap::new();
+    for row in rows {
+        let (p, s) = row?;
+        if let (Ok(p), Ok(s)) = (u32::try_from(p), u32::try_from(s)) {
+            out.insert(p, s);
+        }
+    }
+    Ok(out)
 }
 
 /// Upsert the compiled point table; returns the store id of each point, indexed by

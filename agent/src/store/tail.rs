@@ -168,7 +168,7 @@ impl Default for TailConfig {
 
 /// Why the tail could not be opened or written.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum TailError {
+pub enum TailError {
     /// The tail directory could not be created (at open). Check that the historian's directory is
     /// writable by the agent's user.
     #[error(

@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, TransactionBehavior};
 use tracing::{debug, error, info, warn};
 
+use super::head::{Head, SealPolicy, Sealed};
 use super::schema;
+use super::tail::{tail_dir, Tail, TailConfig};
 use super::StoreError;
 use crate::config::HistorianSettings;
 use crate::drop_log::{DropLog, DropReport};
-use crate::model::{PointMeta, Quality, Value};
+use crate::model::PointMeta;
 use crate::source::Tagged;
 use crate::stats::{LevelCounts, Stats};
 
@@ -30,6 +32,14 @@ const DROP_LOG_EVERY: u64 = 100;
 /// How often failed commits are summarised in the log while they go on.
 const FAILURE_LOG_PERIOD: Duration = Duration::from_secs(10);
 
+/// How often sealed chunks are committed to `SQLite` at the latest. The tail holds them durably
+/// until then, so commits can be rare: each one rewrites index and interior pages, and the WAL
+/// writes every page twice (docs/decisions/0014-historian-chunks.md).
+const COMMIT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Commit early once this many sealed bytes wait (bounds memory and the tail's length).
+const COMMIT_BYTES: usize = 1 << 20;
+
 /// The historian writer. Lives on its own thread, created by [`Historian::spawn`]; the rest of the
 /// agent holds the [`HistorianHandle`].
 #[derive(Debug)]
@@ -37,18 +47,22 @@ pub(crate) struct Historian {
     conn: Connection,
     path: PathBuf,
     ids: PointIds,
-    /// Samples received and not yet committed; at most `batch_size`.
-    pending: Vec<Tagged>,
-    /// When `pending` must be committed at the latest (set by its first sample).
-    deadline: Option<Instant>,
+    head: Head,
+    tail: Tail,
+    /// Highest committed chunk sequence per store point id.
+    committed: HashMap<u32, u32>,
+    /// When the samples appended since the last flush must be durable at the latest.
+    flush_deadline: Option<Instant>,
+    next_commit: Instant,
     batch_size: usize,
     flush_interval: Duration,
     stats: Arc<Stats>,
-    /// Failed commits, aggregated: a full disk fails every flush, and must not also log an
-    /// ERROR per flush (3 a second) into the journal on the same full disk.
+    /// Failed flushes and commits, aggregated: a full disk fails every flush, and must not also
+    /// log an ERROR per flush into the journal on the same full disk.
     failures: DropLog,
-    /// The latest commit error, quoted in the periodic summary.
+    /// The latest write error, quoted in the periodic summary.
     last_error: Option<String>,
+    buf: Vec<u8>,
     /// Held (locked) for the writer's whole life; the OS releases the lock when it is closed,
     /// including when the process dies.
     _lock: File,
@@ -57,14 +71,14 @@ pub(crate) struct Historian {
 /// Store ids of points, by `PointMeta::id`, with a fallback for metas outside the compiled table.
 #[derive(Debug)]
 struct PointIds {
-    known: Vec<Option<(Arc<str>, i64)>>,
+    known: Vec<Option<(Arc<str>, u32)>>,
     /// Points met at run time that were not in the table given to `spawn` (none today: sources
     /// only emit table points). Upserted on first sight.
-    extra: HashMap<Arc<str>, i64>,
+    extra: HashMap<Arc<str>, u32>,
 }
 
 impl PointIds {
-    fn get(&mut self, conn: &Connection, meta: &PointMeta) -> rusqlite::Result<i64> {
+    fn get(&mut self, conn: &Connection, meta: &PointMeta) -> rusqlite::Result<u32> {
         if let Some(Some((tag, id))) = self.known.get(meta.id() as usize) {
             if Arc::ptr_eq(tag, meta.tag()) || **tag == **meta.tag() {
                 return Ok(*id);
@@ -73,15 +87,20 @@ impl PointIds {
         if let Some(id) = self.extra.get(meta.tag()) {
             return Ok(*id);
         }
-        let id = schema::upsert_point(conn, meta)?;
+        let id = store_id(schema::upsert_point(conn, meta)?);
         self.extra.insert(meta.tag().clone(), id);
         Ok(id)
     }
 }
 
+/// `SQLite` assigns point ids from 1 up; the tail and the head index them as u32.
+fn store_id(id: i64) -> u32 {
+    u32::try_from(id).unwrap_or(u32::MAX)
+}
+
 impl Historian {
     /// Open or create the historian at `settings.path` (creating its directory), lock it against a
-    /// second writer, upsert `points`, and start the writer thread.
+    /// second writer, upsert `points`, replay the tail, and start the writer thread.
     pub(crate) fn spawn(
         settings: &HistorianSettings,
         points: &[Arc<PointMeta>],
@@ -122,10 +141,54 @@ impl Historian {
         }
         let mut known = vec![None; known_ids.len()];
         for p in points {
-            known[p.id() as usize] = known_ids[p.id() as usize].map(|id| (p.tag().clone(), id));
+            known[p.id() as usize] =
+                known_ids[p.id() as usize].map(|id| (p.tag().clone(), store_id(id)));
+        }
+        let committed = schema::committed_chunks(&conn).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let now = Instant::now();
+        let (tail, replayed) =
+            Tail::open(&tail_dir(&path), TailConfig::default(), now).map_err(|source| {
+                StoreError::Tail {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        let mut head = Head::new(SealPolicy::default());
+        for (&point, &seq) in &committed {
+            head.continue_after(point, Some(seq));
+        }
+        let mut restored = 0u64;
+        let mut unusable = 0u64;
+        for (id, chunk) in &replayed.chunks {
+            if committed
+                .get(&id.point_id)
+                .is_some_and(|&c| c >= id.chunk_seq)
+            {
+                continue;
+            }
+            match head.restore(*id, chunk) {
+                Ok(()) => restored += 1,
+                Err(e) => {
+                    unusable += 1;
+                    warn!(path = %path.display(), point = id.point_id, chunk = id.chunk_seq, error = %e, "A chunk in the historian tail does not decode; its samples are lost.");
+                }
+            }
+        }
+        if replayed.stats.batches > 0 {
+            info!(
+                path = %path.display(),
+                flushes = replayed.stats.batches,
+                open_chunks = restored,
+                unusable_chunks = unusable,
+                torn_tails = replayed.stats.torn_tails,
+                "Historian tail replayed."
+            );
         }
 
-        // Validation keeps these >= 1; max(1) keeps a zero from meaning "never commit".
+        // Validation keeps these >= 1; max(1) keeps a zero from meaning "never flush".
         let batch_size = settings.batch_size.max(1);
         let writer = Historian {
             conn,
@@ -134,13 +197,17 @@ impl Historian {
                 known,
                 extra: HashMap::new(),
             },
-            pending: Vec::with_capacity(batch_size),
-            deadline: None,
+            head,
+            tail,
+            committed,
+            flush_deadline: None,
+            next_commit: now + COMMIT_INTERVAL,
             batch_size,
             flush_interval: settings.flush_interval,
             stats: stats.clone(),
             failures: DropLog::new(FAILURE_LOG_PERIOD),
             last_error: None,
+            buf: Vec::new(),
             _lock: lock,
         };
         let (tx, rx) = sync_channel(settings.queue_batches.max(1));
@@ -154,7 +221,7 @@ impl Historian {
                 writer.run(rx)
             })
             .map_err(StoreError::Spawn)?;
-        info!(path = %path.display(), points = points.len(), batch_size, "Historian opened.");
+        info!(path = %path.display(), points = points.len(), "Historian opened.");
         Ok(HistorianHandle {
             tx,
             thread,
@@ -164,42 +231,50 @@ impl Historian {
         })
     }
 
-    /// The writer loop: commit when `batch_size` samples are pending or the oldest pending sample
-    /// has waited `flush_interval`; on disconnect (the handle closed), drain, commit and return.
+    /// The writer loop: flush the tail when `batch_size` samples are pending or the oldest
+    /// pending sample has waited `flush_interval`; commit sealed chunks every
+    /// `COMMIT_INTERVAL` (or sooner when many wait); on disconnect (the handle closed), seal
+    /// everything, flush, commit and return.
     fn run(mut self, rx: Receiver<Vec<Tagged>>) -> Result<(), StoreError> {
         loop {
-            // Wake for the next commit, or for the next failure summary while writes fail.
-            let wake = match (self.deadline, self.failures.due()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let received = match wake {
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                Some(deadline) => {
-                    rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                }
-            };
-            match received {
-                Ok(batch) => self.absorb(batch),
+            let mut wake = self.next_commit;
+            for due in [self.flush_deadline, self.failures.due()]
+                .into_iter()
+                .flatten()
+            {
+                wake = wake.min(due);
+            }
+            match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Ok(batch) => self.absorb(&batch),
                 Err(RecvTimeoutError::Timeout) => {}
                 // Every batch sent before the handle closed has been received by now.
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            if self.deadline.is_some_and(|d| Instant::now() >= d) {
-                self.commit();
+            let now = Instant::now();
+            if self.flush_deadline.is_some_and(|d| now >= d) {
+                self.flush(now);
             }
-            if let Some(report) = self.failures.tick(Instant::now()) {
+            if now >= self.next_commit || self.sealed_bytes() >= COMMIT_BYTES {
+                self.commit(now);
+            }
+            if let Some(report) = self.failures.tick(now) {
                 self.log_failures(report);
             }
         }
-        self.commit();
+        self.head.seal_all();
+        let now = Instant::now();
+        self.commit(now);
         if let Some(report) = self.failures.finish(Instant::now()) {
             self.log_failures(report);
         }
         self.close()
     }
 
-    /// One line per state change or period of failed commits (see [`DropLog`]).
+    fn sealed_bytes(&self) -> usize {
+        self.head.sealed().iter().map(|c| c.block.len()).sum()
+    }
+
+    /// One line per state change or period of failed writes (see [`DropLog`]).
     fn log_failures(&self, report: DropReport) {
         let path = self.path.display();
         let error = self.last_error.as_deref().unwrap_or("unknown");
@@ -207,66 +282,107 @@ impl Historian {
             DropReport::Started(counts) => error!(
                 path = %path,
                 error,
-                "Historian write failed; dropped {counts} (counted in store_dropped). Check free space and permissions; further failures are summarised every {} s.",
+                "Historian write failed; {counts} not yet stored (kept in memory and retried). Check free space and permissions; further failures are summarised every {} s.",
                 FAILURE_LOG_PERIOD.as_secs()
             ),
             DropReport::Summary { counts, period } => error!(
                 path = %path,
                 error,
-                "Historian writes still failing: dropped {counts} in the last {} s.",
+                "Historian writes still failing: {counts} more not yet stored in the last {} s.",
                 period.as_secs()
             ),
             DropReport::Stopped { total, lasted } => info!(
                 path = %path,
-                "Historian writes recovered after dropping {total} over {} s.",
+                "Historian writes recovered after {} s ({total} were waiting).",
                 lasted.as_secs()
             ),
         }
     }
 
-    fn absorb(&mut self, batch: Vec<Tagged>) {
+    fn absorb(&mut self, batch: &[Tagged]) {
         for t in batch {
-            if self.pending.is_empty() {
-                self.deadline = Some(Instant::now() + self.flush_interval);
+            if self.flush_deadline.is_none() {
+                self.flush_deadline = Some(Instant::now() + self.flush_interval);
             }
-            self.pending.push(t);
-            if self.pending.len() >= self.batch_size {
-                self.commit();
+            match self.ids.get(&self.conn, t.meta()) {
+                Ok(point) => self.head.append(point, t),
+                Err(e) => {
+                    self.stats.store_dropped.add(t.level(), 1);
+                    self.last_error = Some(e.to_string());
+                }
+            }
+        }
+        if usize::try_from(self.head.pending().total()).unwrap_or(usize::MAX) >= self.batch_size {
+            self.flush(Instant::now());
+        }
+    }
+
+    /// Make every appended sample durable in the tail (one write and one fdatasync), then
+    /// count them as stored. On failure they stay in memory and the next flush retries them.
+    fn flush(&mut self, now: Instant) {
+        self.flush_deadline = None;
+        self.head.seal_aged(crate::model::now_ms());
+        let fragments = self.head.fragments(&mut self.buf);
+        if fragments.is_empty() {
+            return;
+        }
+        match self.tail.append(&fragments, now) {
+            Ok(_) => {
+                let stored = self.head.flushed();
+                for (level, n) in stored.iter() {
+                    self.stats.stored.add(level, n);
+                }
+            }
+            Err(e) => {
+                self.last_error = Some(e.to_string());
+                let pending = *self.head.pending();
+                if let Some(report) = self.failures.record(now, &pending) {
+                    self.log_failures(report);
+                }
+                // Retry at the next interval, not in a tight loop.
+                self.flush_deadline = Some(now + self.flush_interval);
             }
         }
     }
 
-    /// Commit `pending` in one transaction; count it as stored after COMMIT, or as dropped if the
-    /// transaction failed (it is rolled back: nothing of it is in the store).
-    fn commit(&mut self) {
-        self.deadline = None;
-        if self.pending.is_empty() {
+    /// Insert the sealed chunks and their scale counters in one transaction, then release the
+    /// tail segments that held only committed chunks.
+    fn commit(&mut self, now: Instant) {
+        self.next_commit = now + COMMIT_INTERVAL;
+        // The tail must hold everything the commit is about to take out of memory.
+        self.flush(now);
+        if self.head.sealed().is_empty() {
             return;
         }
-        let mut counts = LevelCounts::default();
-        for t in &self.pending {
-            counts.add(t.level(), 1);
-        }
-        match write_batch(&mut self.conn, &mut self.ids, &self.pending) {
+        match write_chunks(&mut self.conn, self.head.sealed()) {
             Ok(()) => {
-                for (level, n) in counts.iter() {
-                    self.stats.stored.add(level, n);
+                for c in self.head.sealed() {
+                    let seq = self.committed.entry(c.point).or_insert(c.chunk_seq);
+                    *seq = (*seq).max(c.chunk_seq);
                 }
-                debug!(samples = self.pending.len(), "Historian batch committed.");
+                debug!(
+                    chunks = self.head.sealed().len(),
+                    "Historian chunks committed."
+                );
+                self.head.committed();
+                let committed = &self.committed;
+                if let Err(e) = self.tail.release(|p| committed.get(&p).copied()) {
+                    warn!(path = %self.path.display(), error = %e, "Cannot release historian tail segments; retrying at the next commit.");
+                }
             }
             Err(source) => {
-                // Points upserted inside the rolled-back transaction do not exist.
+                // Rolled back: the chunks stay sealed in memory and in the tail; retried later.
                 self.ids.extra.clear();
-                for (level, n) in counts.iter() {
-                    self.stats.store_dropped.add(level, n);
-                }
                 self.last_error = Some(source.to_string());
-                if let Some(report) = self.failures.record(Instant::now(), &counts) {
+                let mut waiting = LevelCounts::default();
+                for c in self.head.sealed() {
+                    waiting.add(c.level, u64::from(c.count));
+                }
+                if let Some(report) = self.failures.record(now, &waiting) {
                     self.log_failures(report);
                 }
             }
         }
-        self.pending.clear();
     }
 
     fn close(self) -> Result<(), StoreError> {
@@ -281,43 +397,30 @@ impl Historian {
     }
 }
 
-#[allow(clippy::cast_possible_wrap)] // SQLite INTEGER is i64: u64 values are stored as their bit pattern
-fn write_batch(
-    conn: &mut Connection,
-    ids: &mut PointIds,
-    batch: &[Tagged],
-) -> rusqlite::Result<()> {
+fn write_chunks(conn: &mut Connection, chunks: &[Sealed]) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
-        let mut insert = tx.prepare_cached(schema::INSERT_SAMPLE)?;
-        for t in batch {
-            let point_id = ids.get(&tx, t.meta())?;
-            let num = t.value().as_f64();
-            let (kind, int, text) = match &t.value() {
-                Value::Bool(b) => ("bool", Some(i64::from(*b)), None),
-                Value::Int(i) => ("int", Some(*i), None),
-                // Bit pattern, like `seq`: exact for every u64.
-                Value::UInt(u) => ("uint", Some(*u as i64), None),
-                Value::Float(_) => ("float", None, None),
-                Value::Text(s) => ("text", None, Some(s.as_bytes())),
-            };
-            let code = match t.quality() {
-                Quality::DeviceException(c) => Some(i64::from(c)),
-                _ => None,
-            };
+        let mut insert = tx.prepare_cached(schema::INSERT_CHUNK)?;
+        let mut scale = tx.prepare_cached(schema::UPSERT_SCALE)?;
+        for c in chunks {
             insert.execute(params![
-                point_id,
-                t.ts_ms(),
-                // Bit pattern, not value: round-trips every u64 (`as u64` on read).
-                t.seq() as i64,
-                t.level().as_str(),
-                t.category().as_str(),
-                t.quality().as_str(),
-                code,
-                kind,
-                num,
-                int,
-                text,
+                c.point,
+                c.chunk_seq,
+                c.level.as_str(),
+                c.category.as_str(),
+                c.min_ts,
+                c.max_ts,
+                c.count,
+                &c.block,
+            ])?;
+            scale.execute(params![
+                c.level.as_str(),
+                c.category.as_str(),
+                c.count,
+                1,
+                i64::try_from(c.block.len()).unwrap_or(i64::MAX),
+                c.min_ts,
+                c.max_ts,
             ])?;
         }
     }

@@ -70,7 +70,9 @@ fn chunks_seal_by_size_in_sequence_and_hold_every_sample_once_in_order() {
     let seqs: Vec<u32> = sealed.iter().map(|s| s.chunk_seq).collect();
     assert_eq!(seqs, (5..5 + sealed.len() as u32).collect::<Vec<_>>());
     let all: Vec<(i64, u64)> = sealed.iter().flat_map(|s| decode(&s.block)).collect();
-    let want: Vec<(i64, u64)> = (0..5_000).map(|i| (1_000_000 + i * 100, i as u64)).collect();
+    let want: Vec<(i64, u64)> = (0..5_000)
+        .map(|i| (1_000_000 + i * 100, i as u64))
+        .collect();
     assert_eq!(all, want);
     for s in sealed {
         assert_eq!(s.level, Level::Important);
@@ -98,7 +100,10 @@ fn fragments_replayed_rebuild_every_open_and_sealed_chunk_and_flushed_counts_the
     }
     replay(&head.fragments(&mut buf), &mut tail);
     assert_eq!(head.flushed().get(Level::General), 2_000 - 2_000 / 37 * 37);
-    assert!(head.fragments(&mut buf).is_empty(), "nothing left after a flush");
+    assert!(
+        head.fragments(&mut buf).is_empty(),
+        "nothing left after a flush"
+    );
     // Every sample is in the tail, once: sealed chunks whole, the open one as a prefix.
     let mut got = Vec::new();
     for (id, c) in &tail {
@@ -127,7 +132,10 @@ fn a_restored_chunk_continues_where_the_tail_left_it() {
     for (id, c) in &tail {
         again.restore(*id, c).expect("resumes");
     }
-    assert!(again.fragments(&mut buf).is_empty(), "restored state is durable");
+    assert!(
+        again.fragments(&mut buf).is_empty(),
+        "restored state is durable"
+    );
     for i in 100..150 {
         again.append(2, &sample(&m, i));
     }
@@ -136,7 +144,10 @@ fn a_restored_chunk_continues_where_the_tail_left_it() {
     assert_eq!(sealed.len(), 1);
     assert_eq!(sealed[0].chunk_seq, 0);
     assert_eq!(
-        decode(&sealed[0].block).iter().map(|s| s.1).collect::<Vec<_>>(),
+        decode(&sealed[0].block)
+            .iter()
+            .map(|s| s.1)
+            .collect::<Vec<_>>(),
         (0..150).collect::<Vec<u64>>()
     );
 }
@@ -151,7 +162,11 @@ fn a_label_change_or_age_seals_the_open_chunk() {
     });
     head.append(0, &sample(&general, 0));
     head.append(0, &sample(&core, 1));
-    assert_eq!(head.sealed().len(), 1, "relabelled: the general chunk is sealed");
+    assert_eq!(
+        head.sealed().len(),
+        1,
+        "relabelled: the general chunk is sealed"
+    );
     assert_eq!(head.sealed()[0].level, Level::General);
     head.seal_aged(1_000_100 + 59_999);
     assert_eq!(head.sealed().len(), 1, "not yet 60 s old");

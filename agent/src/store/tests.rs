@@ -508,3 +508,79 @@ fn a_full_database_keeps_sealed_chunks_in_the_tail_logs_once_and_loses_nothing()
         2_000
     );
 }
+
+#[test]
+#[allow(clippy::cast_possible_wrap)] // schema 1 stores u64 as its i64 bit pattern
+fn a_schema_1_historian_is_converted_on_open_keeping_every_sample_and_label() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+    let pts = three_points();
+    {
+        // A file as the previous version wrote it: a row per sample.
+        let mut c = rusqlite::Connection::open(&path).expect("open");
+        c.execute_batch(&format!("{} PRAGMA user_version = 1;", schema::SCHEMA_V1))
+            .expect("schema 1");
+        schema::upsert_points(&mut c, &path, &pts).expect("points");
+        let tx = c.transaction().expect("tx");
+        for i in 0..3_000_i64 {
+            let (pid, level, category, kind, num, int) = match i % 3 {
+                0 => (
+                    1,
+                    "general",
+                    "production_operation",
+                    "float",
+                    Some(i as f64 * 0.5),
+                    None,
+                ),
+                1 => (2, "important", "rd_design", "int", Some(i as f64), Some(i)),
+                _ => (
+                    3,
+                    "core",
+                    "operations_maintenance",
+                    "uint",
+                    Some(i as f64),
+                    Some(i),
+                ),
+            };
+            tx.execute(
+                schema::INSERT_SAMPLE,
+                rusqlite::params![
+                    pid,
+                    1_000 + i,
+                    i,
+                    level,
+                    category,
+                    "good",
+                    None::<i64>,
+                    kind,
+                    num,
+                    int,
+                    None::<Vec<u8>>
+                ],
+            )
+            .expect("insert");
+        }
+        tx.commit().expect("commit");
+    }
+    let err = HistorianReader::open(&path).expect_err("schema 1 is not read directly");
+    assert!(err.to_string().contains("edge-agent run"), "{err}");
+    Historian::spawn(&settings(&path), &pts, stats())
+        .expect("converts on open")
+        .close()
+        .expect("close");
+    let r = HistorianReader::open(&path).expect("reader");
+    assert_eq!(r.count_by_level().expect("counts"), [1_000, 1_000, 1_000]);
+    let speed = r.samples_for_tag("speed", 10_000).expect("read");
+    assert_eq!(speed.len(), 1_000);
+    assert!(speed.iter().enumerate().all(|(k, s)| {
+        let i = 3 * k as i64;
+        s.ts_ms == 1_000 + i && s.seq == i as u64 && s.value == Some(Value::Float(i as f64 * 0.5))
+    }));
+    let key = r.latest("key").expect("read").expect("stored");
+    assert_eq!(key.level, Level::Core);
+    assert_eq!(key.value, Some(Value::UInt(2_999)));
+    let recipe = r.latest("recipe").expect("read").expect("stored");
+    assert_eq!(recipe.category, Category::RdDesign);
+    assert_eq!(recipe.value, Some(Value::Int(2_998)));
+}

@@ -72,6 +72,10 @@ struct QueryArgs {
     /// jsonl or csv.
     #[arg(long, default_value = "jsonl")]
     format: String,
+    /// Print the scale counters instead of samples: per level and category, the records, chunks
+    /// and bytes on disk and the time they span (the data catalogue is built on them).
+    #[arg(long, conflicts_with_all = ["points", "from", "to"])]
+    stats: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -355,6 +359,27 @@ fn query(args: &QueryArgs) -> ExitCode {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
+    if args.stats {
+        let result = reader
+            .scale()
+            .map_err(QueryError::Store)
+            .and_then(|rows| {
+                let rows: Vec<_> = rows.into_iter().filter(|r| sel.wants_level(r.level)).collect();
+                edge_agent::store::query::write_scale(&rows, format, &mut out)
+                    .and_then(|()| out.flush())
+                    .map_err(QueryError::Output)
+            });
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(QueryError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let result = format
         .header(&mut out)
         .map_err(QueryError::Output)

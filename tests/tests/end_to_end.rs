@@ -311,6 +311,18 @@ async fn every_level_core_included_is_kept_in_the_historian_with_its_quality() {
     assert_eq!(diag["quality"], "device_exception:2");
     let speed = latest(&db, "press1.ram_speed").expect("stored");
     assert_eq!(speed["quality"], "good");
+    // The scale counters match what a full read returns, per level.
+    let stats = query(&db, &["--stats"]).expect("query --stats");
+    for level in Level::ALL {
+        let counted: u64 = stats
+            .iter()
+            .filter(|r| r["level"] == level.as_str())
+            .filter_map(|r| r["records"].as_u64())
+            .sum();
+        let read = query(&db, &["--levels", level.as_str()]).expect("query").len() as u64;
+        assert_eq!(counted, read, "{level}: scale counters vs samples read");
+    }
+    assert!(stats.iter().all(|r| r["bytes"].as_u64() > Some(0)));
     // A time window and a glob select exactly what they say.
     let all = query(&db, &["--points", "press1.*"]).expect("query");
     assert!(all

@@ -14,7 +14,7 @@ use std::io::{self, Write};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use super::StoredSample;
+use super::{ScaleRow, StoredSample};
 use crate::model::{Level, Quality, Value};
 
 /// Which samples to read.
@@ -76,7 +76,7 @@ impl Selection {
         self.globs.as_ref().is_none_or(|g| g.is_match(tag))
     }
 
-    pub(crate) fn wants_level(&self, level: Level) -> bool {
+    pub fn wants_level(&self, level: Level) -> bool {
         self.levels[level.index()]
     }
 
@@ -144,6 +144,54 @@ impl Format {
             Self::Csv => write_csv(s, out),
         }
     }
+}
+
+/// `query --stats`: one row per level and category of the committed chunks, with the bytes per
+/// record they take on disk (the compression a plant actually gets).
+pub fn write_scale(rows: &[ScaleRow], format: Format, out: &mut impl Write) -> io::Result<()> {
+    let per = |r: &ScaleRow| {
+        if r.records == 0 {
+            0.0
+        } else {
+            r.bytes as f64 / r.records as f64
+        }
+    };
+    match format {
+        Format::JsonLines => {
+            for r in rows {
+                let line = serde_json::json!({
+                    "level": r.level.as_str(),
+                    "category": r.category.as_str(),
+                    "records": r.records,
+                    "chunks": r.chunks,
+                    "bytes": r.bytes,
+                    "bytes_per_record": per(r),
+                    "first": rfc3339_ms(r.first_ms),
+                    "last": rfc3339_ms(r.last_ms),
+                });
+                serde_json::to_writer(&mut *out, &line)?;
+                out.write_all(b"\n")?;
+            }
+        }
+        Format::Csv => {
+            out.write_all(b"level,category,records,chunks,bytes,bytes_per_record,first,last\n")?;
+            for r in rows {
+                writeln!(
+                    out,
+                    "{},{},{},{},{},{:.3},{},{}",
+                    r.level.as_str(),
+                    r.category.as_str(),
+                    r.records,
+                    r.chunks,
+                    r.bytes,
+                    per(r),
+                    rfc3339_ms(r.first_ms),
+                    rfc3339_ms(r.last_ms)
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn rfc3339_ms(ts_ms: i64) -> String {

@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 
 use super::head::{Head, SealPolicy, Sealed};
 use super::schema;
-use super::tail::{tail_dir, Tail, TailConfig};
+use super::tail::{tail_dir, Replayed, Tail, TailConfig};
 use super::StoreError;
 use crate::config::HistorianSettings;
 use crate::drop_log::{DropLog, DropReport};
@@ -156,37 +156,7 @@ impl Historian {
                     source,
                 }
             })?;
-        let mut head = Head::new(SealPolicy::default());
-        for (&point, &seq) in &committed {
-            head.continue_after(point, Some(seq));
-        }
-        let mut restored = 0u64;
-        let mut unusable = 0u64;
-        for (id, chunk) in &replayed.chunks {
-            if committed
-                .get(&id.point_id)
-                .is_some_and(|&c| c >= id.chunk_seq)
-            {
-                continue;
-            }
-            match head.restore(*id, chunk) {
-                Ok(()) => restored += 1,
-                Err(e) => {
-                    unusable += 1;
-                    warn!(path = %path.display(), point = id.point_id, chunk = id.chunk_seq, error = %e, "A chunk in the historian tail does not decode; its samples are lost.");
-                }
-            }
-        }
-        if replayed.stats.batches > 0 {
-            info!(
-                path = %path.display(),
-                flushes = replayed.stats.batches,
-                open_chunks = restored,
-                unusable_chunks = unusable,
-                torn_tails = replayed.stats.torn_tails,
-                "Historian tail replayed."
-            );
-        }
+        let head = restore_head(&path, &committed, &replayed);
 
         // Validation keeps these >= 1; max(1) keeps a zero from meaning "never flush".
         let batch_size = settings.batch_size.max(1);
@@ -395,6 +365,40 @@ impl Historian {
         info!(path = %path.display(), "Historian closed.");
         Ok(())
     }
+}
+
+/// The head as the last run left it: chunk numbering after the committed chunks, and the open
+/// chunks the tail replayed (those not committed since).
+fn restore_head(path: &Path, committed: &HashMap<u32, u32>, replayed: &Replayed) -> Head {
+    let mut head = Head::new(SealPolicy::default());
+    for (&point, &seq) in committed {
+        head.continue_after(point, Some(seq));
+    }
+    let mut restored = 0u64;
+    let mut unusable = 0u64;
+    for (id, chunk) in &replayed.chunks {
+        if committed.get(&id.point_id).is_some_and(|&c| c >= id.chunk_seq) {
+            continue;
+        }
+        match head.restore(*id, chunk) {
+            Ok(()) => restored += 1,
+            Err(e) => {
+                unusable += 1;
+                warn!(path = %path.display(), point = id.point_id, chunk = id.chunk_seq, error = %e, "A chunk in the historian tail does not decode; its samples are lost.");
+            }
+        }
+    }
+    if replayed.stats.batches > 0 {
+        info!(
+            path = %path.display(),
+            flushes = replayed.stats.batches,
+            open_chunks = restored,
+            unusable_chunks = unusable,
+            torn_tails = replayed.stats.torn_tails,
+            "Historian tail replayed."
+        );
+    }
+    head
 }
 
 fn write_chunks(conn: &mut Connection, chunks: &[Sealed]) -> rusqlite::Result<()> {

@@ -115,3 +115,31 @@ fn a_selection_filters_by_glob_level_and_half_open_time_range() {
     assert!(all.wants_tag("anything") && all.wants_level(Level::General));
     assert!(Selection::all().points(&["[".into()]).is_err());
 }
+
+#[test]
+fn scale_rows_print_with_bytes_per_record() {
+    let rows = [ScaleRow {
+        level: Level::Core,
+        category: Category::RdDesign,
+        records: 1_000,
+        chunks: 2,
+        bytes: 1_500,
+        first_ms: 1_795_946_400_000,
+        last_ms: 1_795_946_500_000,
+    }];
+    let mut out = Vec::new();
+    write_scale(&rows, Format::JsonLines, &mut out).expect("write");
+    let j: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(j["level"], "core");
+    assert_eq!(j["category"], "rd_design");
+    assert_eq!(j["records"], 1_000);
+    assert_eq!(j["bytes_per_record"], 1.5);
+    assert_eq!(j["first"], "2026-11-29T10:00:00.000Z");
+    let mut out = Vec::new();
+    write_scale(&rows, Format::Csv, &mut out).expect("write");
+    let text = String::from_utf8(out).expect("utf8");
+    assert_eq!(
+        text.lines().nth(1),
+        Some("core,rd_design,1000,2,1500,1.500,2026-11-29T10:00:00.000Z,2026-11-29T10:01:40.000Z")
+    );
+}

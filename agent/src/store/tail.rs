@@ -382,23 +382,29 @@ fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
                 }
             }
         }
+        // In the last segment nothing follows to check `seq` against, so look for a batch of
+        // this generation past the end: one there means the end is damage, not a crash.
         if stop.is_none() && last && !reader {
-            if let End::Bad {
-                offset,
-                extent,
-                why,
-            } = &scan.end
-            {
-                match format::later_batch(&bytes, offset + 1, scan.header.salt, scan.next_seq) {
-                    Some(at) => {
-                        stop = Some((
-                            *offset as u64,
-                            format!("{why}; a valid batch follows at byte {at}"),
-                        ));
-                    }
-                    None => {
+            let (offset, bad) = match &scan.end {
+                End::Clean { offset } => (*offset, None),
+                End::Bad {
+                    offset,
+                    extent,
+                    why,
+                } => (*offset, Some((*extent, why))),
+            };
+            match format::later_batch(&bytes, offset + 1, scan.header.salt, scan.next_seq) {
+                Some(at) => {
+                    let why = bad.map_or("not a batch of this segment", |(_, why)| why.as_str());
+                    stop = Some((
+                        offset as u64,
+                        format!("{why}; a valid later batch follows at byte {at}"),
+                    ));
+                }
+                None => {
+                    if let Some((extent, _)) = bad {
                         out.replayed.stats.torn_tails += 1;
-                        out.replayed.stats.torn_bytes += *extent as u64;
+                        out.replayed.stats.torn_bytes += extent as u64;
                     }
                 }
             }

@@ -363,51 +363,10 @@ fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
             }
         }
         out.replayed.stats.segments += 1;
-        let mut state = SegmentState::new();
-        let mut stop = None;
-        let mut applied = 0u64;
-        for range in &scan.batches {
-            match format::decode_batch(&bytes[range.clone()], &mut state) {
-                Ok(fragments) => {
-                    applied += 1;
-                    out.replayed.stats.batches += 1;
-                    out.replayed.stats.fragments += fragments.len() as u64;
-                    for f in fragments {
-                        apply(&mut out.replayed, &mut broken, &f);
-                    }
-                }
-                Err(detail) => {
-                    stop = Some(((range.start - BATCH_HEADER_LEN) as u64, detail));
-                    break;
-                }
-            }
-        }
-        // In the last segment nothing follows to check `seq` against, so look for a batch of
-        // this generation past the end: one there means the end is damage, not a crash.
+        let (state, applied, mut stop) =
+            apply_batches(&bytes, &scan, &mut out.replayed, &mut broken);
         if stop.is_none() && last && !reader {
-            let (offset, bad) = match &scan.end {
-                End::Clean { offset } => (*offset, None),
-                End::Bad {
-                    offset,
-                    extent,
-                    why,
-                } => (*offset, Some((*extent, why))),
-            };
-            match format::later_batch(&bytes, offset + 1, scan.header.salt, scan.next_seq) {
-                Some(at) => {
-                    let why = bad.map_or("not a batch of this segment", |(_, why)| why.as_str());
-                    stop = Some((
-                        offset as u64,
-                        format!("{why}; a valid later batch follows at byte {at}"),
-                    ));
-                }
-                None => {
-                    if let Some((extent, _)) = bad {
-                        out.replayed.stats.torn_tails += 1;
-                        out.replayed.stats.torn_bytes += extent as u64;
-                    }
-                }
-            }
+            stop = classify_last_end(&bytes, &scan, &mut out.replayed.stats);
         }
         let end_offset = match &scan.end {
             End::Clean { offset } | End::Bad { offset, .. } => *offset,
@@ -439,6 +398,68 @@ fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
         });
     }
     Ok(out)
+}
+
+/// Applies a scanned segment's batches in order, each whole or not at all. Returns the segment's
+/// decoding state, how many batches applied, and where a batch failed to decode (corruption).
+fn apply_batches(
+    bytes: &[u8],
+    scan: &format::Scan,
+    replayed: &mut Replayed,
+    broken: &mut HashSet<ChunkId>,
+) -> (SegmentState, u64, Option<(u64, String)>) {
+    let mut state = SegmentState::new();
+    let mut applied = 0u64;
+    for range in &scan.batches {
+        match format::decode_batch(&bytes[range.clone()], &mut state) {
+            Ok(fragments) => {
+                applied += 1;
+                replayed.stats.batches += 1;
+                replayed.stats.fragments += fragments.len() as u64;
+                for f in fragments {
+                    apply(replayed, broken, &f);
+                }
+            }
+            Err(detail) => {
+                return (
+                    state,
+                    applied,
+                    Some(((range.start - BATCH_HEADER_LEN) as u64, detail)),
+                );
+            }
+        }
+    }
+    (state, applied, None)
+}
+
+/// Decides how the last segment ended. Nothing follows it to check `seq` against, so look for a
+/// batch of this generation past the end: one there means the end is damage (returned as the
+/// corruption point), none means a clean end or a torn tail (counted).
+fn classify_last_end(
+    bytes: &[u8],
+    scan: &format::Scan,
+    stats: &mut ReplayStats,
+) -> Option<(u64, String)> {
+    let (offset, bad) = match &scan.end {
+        End::Clean { offset } => (*offset, None),
+        End::Bad {
+            offset,
+            extent,
+            why,
+        } => (*offset, Some((*extent, why))),
+    };
+    if let Some(at) = format::later_batch(bytes, offset + 1, scan.header.salt, scan.next_seq) {
+        let why = bad.map_or("not a batch of this segment", |(_, why)| why.as_str());
+        return Some((
+            offset as u64,
+            format!("{why}; a valid later batch follows at byte {at}"),
+        ));
+    }
+    if let Some((extent, _)) = bad {
+        stats.torn_tails += 1;
+        stats.torn_bytes += extent as u64;
+    }
+    None
 }
 
 fn apply(replayed: &mut Replayed, broken: &mut HashSet<ChunkId>, f: &format::DecodedFragment<'_>) {
@@ -787,10 +808,11 @@ fn create_segment(
                 let zeros = vec![0u8; 64 << 10];
                 let mut pos = SEGMENT_HEADER_LEN as u64;
                 while pos < config.segment_bytes {
-                    let n = (config.segment_bytes - pos).min(zeros.len() as u64);
-                    file.write_all_at(&zeros[..n as usize], pos)
+                    let n = usize::try_from(config.segment_bytes - pos)
+                        .map_or(zeros.len(), |left| left.min(zeros.len()));
+                    file.write_all_at(&zeros[..n], pos)
                         .map_err(io_err("preallocate tail segment", &tmp))?;
-                    pos += n;
+                    pos += n as u64;
                 }
             }
             file.sync_data()

@@ -1,3 +1,6 @@
+// Test fixtures: small counters and lengths become ids, offsets and header bytes.
+#![allow(clippy::cast_possible_truncation)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -37,7 +40,7 @@ impl Model {
 
     /// Grows every open chunk (sealing some first, after their final bits were flushed) and
     /// returns this flush's fragments as owned parts.
-    fn grow(&mut self, seal_one_in: u32) -> Vec<(u32, u32, u32, u64, Vec<u8>, Vec<u8>)> {
+    fn grow(&mut self, seal_one_in: u32) -> Vec<Part> {
         let mut out = Vec::new();
         for (&p, (seq, c, persisted)) in &mut self.open {
             if *persisted == c.bit_len && c.bit_len > 0 && self.rng.random_ratio(1, seal_one_in) {
@@ -103,7 +106,7 @@ fn chunk(header: Vec<u8>) -> OpenChunk {
     }
 }
 
-fn fragments(parts: &[(u32, u32, u32, u64, Vec<u8>, Vec<u8>)]) -> Vec<Fragment<'_>> {
+fn fragments(parts: &[Part]) -> Vec<Fragment<'_>> {
     parts
         .iter()
         .map(|(p, s, o, b, h, bytes)| Fragment {
@@ -116,6 +119,12 @@ fn fragments(parts: &[(u32, u32, u32, u64, Vec<u8>, Vec<u8>)]) -> Vec<Fragment<'
         })
         .collect()
 }
+
+/// One fragment's owned parts: point, chunk, offset, bit length, header, bytes.
+type Part = (u32, u32, u32, u64, Vec<u8>, Vec<u8>);
+
+/// Random fragment parts: point, chunk, offset, spare bits in the last byte, header, bytes.
+type RawPart = (u32, u32, u32, u8, Vec<u8>, Vec<u8>);
 
 fn small(segment_bytes: u64, preallocate: bool) -> TailConfig {
     TailConfig {
@@ -134,6 +143,10 @@ fn logs(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+fn has_ext(name: &str, ext: &str) -> bool {
+    Path::new(name).extension().is_some_and(|e| e == ext)
 }
 
 #[test]
@@ -393,10 +406,7 @@ fn a_flipped_byte_in_an_older_segment_sets_the_later_segments_aside() {
         states[usize::try_from(header.first_seq).expect("small") - 1]
     );
     assert_eq!(replayed.stats.quarantined.len(), segments.len() - 2);
-    let corrupt_files = logs(&dir)
-        .iter()
-        .filter(|n| n.ends_with(".corrupt"))
-        .count();
+    let corrupt_files = logs(&dir).iter().filter(|n| has_ext(n, "corrupt")).count();
     assert_eq!(corrupt_files, segments.len() - 2);
 }
 
@@ -448,20 +458,17 @@ fn release_deletes_exactly_the_segments_whose_chunks_are_all_committed() {
         1
     );
     let after_a = logs(&dir);
-    assert_eq!(after_a.iter().filter(|n| n.ends_with(".log")).count(), 2);
+    assert_eq!(after_a.iter().filter(|n| has_ext(n, "log")).count(), 2);
     assert!(after_a.contains(&before[1]) && after_a.contains(&before[2]));
     // Released segments are kept for reuse, up to `spare_segments` (1).
-    assert_eq!(after_a.iter().filter(|n| n.ends_with(".spare")).count(), 1);
+    assert_eq!(after_a.iter().filter(|n| has_ext(n, "spare")).count(), 1);
     assert_eq!(
         tail.release(committed([Some(0), Some(1)]))
             .expect("release"),
         1
     );
     // B was deleted: the spare pool was full.
-    assert_eq!(
-        logs(&dir).iter().filter(|n| n.ends_with(".spare")).count(),
-        1
-    );
+    assert_eq!(logs(&dir).iter().filter(|n| has_ext(n, "spare")).count(), 1);
     // The current segment is never released.
     assert_eq!(
         tail.release(committed([Some(9), Some(9)]))
@@ -471,7 +478,7 @@ fn release_deletes_exactly_the_segments_whose_chunks_are_all_committed() {
     assert_eq!(tail.live_segments(), 1);
     // The next rotation reuses the spare.
     tail.append(&[frag(0, 1, b"kl", 2)], t0).expect("D");
-    assert!(!logs(&dir).iter().any(|n| n.ends_with(".spare")));
+    assert!(!logs(&dir).iter().any(|n| has_ext(n, "spare")));
     drop(tail);
     let (_tail, replayed) = Tail::open(&dir, config, t0).expect("reopen");
     assert_eq!(replayed.stats.corrupt, None);
@@ -650,7 +657,7 @@ fn steady_fragments_cost_two_bytes_of_framing() {
     assert_eq!(framing, 100 * 2);
 }
 
-fn arb_fragments() -> impl Strategy<Value = Vec<(u32, u32, u32, u8, Vec<u8>, Vec<u8>)>> {
+fn arb_fragments() -> impl Strategy<Value = Vec<RawPart>> {
     prop::collection::vec(
         (
             0u32..50,

@@ -719,3 +719,143 @@ proptest! {
         prop_assert_eq!(format::get_varint(&out[..out.len() - 1]), None);
     }
 }
+
+/// `write_bytes` of this process (pages it dirtied, so every 4 KiB page a flush touches counts
+/// once per flush); the file system's journal is not in it.
+fn process_write_bytes() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").expect("/proc/self/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("write_bytes")
+}
+
+/// Sectors written to the whole block device under `dir` (journal included, but also every
+/// other writer on the machine).
+fn device_write_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    let (major, minor) = ((dev >> 8) & 0xfff, (dev & 0xff) | ((dev >> 12) & 0xfff00));
+    let stat = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")).ok()?;
+    let sectors: u64 = stat.split_whitespace().nth(6)?.parse().ok()?;
+    Some(sectors * 512)
+}
+
+/// One measured run: 1 000 points, one ~15-byte fragment (10 samples) per point per flush.
+fn measure_flushes(label: &str, config: TailConfig, warm_up: u64, flushes: u64) {
+    const POINTS: u32 = 1000;
+    const SAMPLES_PER_FRAGMENT: u64 = 10;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("h.db.tail");
+    let t0 = Instant::now();
+    let (mut tail, _) = Tail::open(&dir, config, t0).expect("open");
+    let header = [7u8; 12];
+    let data = [0x5Au8; 64];
+    // point -> (chunk_seq, bit_len); chunks seal every 600 flushes (10 min), staggered.
+    let mut chunks: Vec<(u32, u64)> = vec![(0, 0); POINTS as usize];
+    let mut fragment_bytes = 0u64;
+    let mut flush = |tail: &mut Tail, i: u64| -> u64 {
+        let mut parts = Vec::with_capacity(POINTS as usize);
+        for (p, (seq, bits)) in chunks.iter_mut().enumerate() {
+            if (i + p as u64) % 600 == 0 && *bits > 0 {
+                *seq += 1;
+                *bits = 0;
+            }
+            let offset = *bits / 8;
+            // 10 samples of ~12 bits each (delta-of-delta time and XOR values).
+            *bits += 10 * 12;
+            let len = (format::byte_len(*bits) - offset) as usize;
+            parts.push((p as u32, *seq, offset as u32, *bits, len));
+        }
+        let frags: Vec<Fragment<'_>> = parts
+            .iter()
+            .map(|&(p, s, o, b, len)| Fragment {
+                point_id: p,
+                chunk_seq: s,
+                offset: o,
+                bit_len: b,
+                header: &header,
+                bytes: &data[..len],
+            })
+            .collect();
+        let appended = tail
+            .append(&frags, t0 + Duration::from_secs(i))
+            .expect("append");
+        if i % 30 == 0 {
+            // Sealed chunks are committed to SQLite every 30 s.
+            let committed: Vec<Option<u32>> =
+                chunks.iter().map(|(s, _)| s.checked_sub(1)).collect();
+            tail.release(|p| committed[p as usize]).expect("release");
+        }
+        appended.bytes
+    };
+    for i in 0..warm_up {
+        flush(&mut tail, i);
+    }
+    let (proc0, dev0) = (process_write_bytes(), device_write_bytes(&dir));
+    let (segments0, spares0) = (tail.next_number, tail.spares.len());
+    let started = Instant::now();
+    for i in warm_up..warm_up + flushes {
+        fragment_bytes += flush(&mut tail, i);
+    }
+    let elapsed = started.elapsed();
+    let (proc1, dev1) = (process_write_bytes(), device_write_bytes(&dir));
+    let fragments = flushes * u64::from(POINTS);
+    let samples = fragments * SAMPLES_PER_FRAGMENT;
+    let per = |bytes: u64| {
+        format!(
+            "{:>9.1} KB/flush {:>6.2} B/fragment {:>5.2} B/sample",
+            bytes as f64 / flushes as f64 / 1000.0,
+            bytes as f64 / fragments as f64,
+            bytes as f64 / samples as f64
+        )
+    };
+    println!("{label}");
+    println!(
+        "  segments started {} (spares {} -> {})",
+        tail.next_number - segments0,
+        spares0,
+        tail.spares.len()
+    );
+    println!("  record bytes     {}", per(fragment_bytes));
+    println!("  process writes   {}", per(proc1 - proc0));
+    if let (Some(d0), Some(d1)) = (dev0, dev1) {
+        println!("  device writes    {}  (whole device, noisy)", per(d1 - d0));
+    }
+    println!(
+        "  {flushes} flushes in {elapsed:.2?} ({:.2?} per append+fdatasync), {} live segments",
+        elapsed / u32::try_from(flushes).expect("small"),
+        tail.live_segments()
+    );
+}
+
+/// Prints bytes written per fragment and per sample for 1 000 points flushed once a second, for
+/// a steady-state tail (segments recycled), a fresh one (zero-fill of new segments included),
+/// and plain appends. Figures, not assertions: run with
+/// `cargo test -p edge-agent --lib store::tail -- --ignored --nocapture tail_write_bytes`.
+#[test]
+#[ignore = "prints disk-write figures; run by hand"]
+fn tail_write_bytes_per_fragment() {
+    let config = TailConfig::default();
+    measure_flushes(
+        "preallocated, recycled segments (steady state, after a warm-up)",
+        config.clone(),
+        3000,
+        600,
+    );
+    measure_flushes(
+        "preallocated, fresh directory (zero-fill of new segments counted)",
+        config.clone(),
+        0,
+        600,
+    );
+    measure_flushes(
+        "no preallocation (appends grow the file)",
+        TailConfig {
+            preallocate: false,
+            ..config
+        },
+        0,
+        600,
+    );
+}

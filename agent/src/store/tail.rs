@@ -696,6 +696,11 @@ impl Tail {
     /// `committed(point_id)` is the highest `chunk_seq` of that point in `SQLite` (chunks of a
     /// point are committed in `chunk_seq` order). Costs one lookup per point a segment touched,
     /// never per fragment. Returns how many segments were released.
+    ///
+    /// A point the writer no longer has (removed from the config) must answer `Some(u32::MAX)`
+    /// once its chunks are committed or given up, or it pins its segments. Release is a prefix,
+    /// so the tail's size is about the append rate times the longest open-chunk lifetime plus
+    /// the commit interval: chunks must be sealed by age, not only by size.
     pub(crate) fn release(
         &mut self,
         committed: impl Fn(u32) -> Option<u32>,

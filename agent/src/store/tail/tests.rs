@@ -859,3 +859,43 @@ fn tail_write_bytes_per_fragment() {
         600,
     );
 }
+
+#[test]
+fn reader_skips_a_segment_released_between_listing_and_reading() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("t");
+    let t0 = Instant::now();
+    let (mut tail, _) = Tail::open(&dir, small(512, false), t0).expect("open");
+    let mut model = Model::new(4, 21);
+    for i in 0..40 {
+        model.flush(&mut tail, t0 + Duration::from_secs(i));
+    }
+    let listing = super::list(&dir).expect("list").logs;
+    assert!(listing.len() > 3);
+    // The writer releases the oldest segment after the reader listed it.
+    std::fs::remove_file(&listing[0].1).expect("remove");
+    let replayed = super::replay(&listing, true).expect("read").replayed;
+    assert_eq!(replayed.stats.vanished_segments, 1);
+    assert_eq!(replayed.stats.corrupt, None);
+    // What it returns is exact; chunks whose first fragment went with the segment are left out.
+    for (id, c) in &replayed.chunks {
+        assert_eq!(Some(c), model.all.get(id), "{id:?}");
+    }
+    assert!(!replayed.chunks.is_empty());
+}
+
+#[test]
+fn reader_treats_a_half_written_last_flush_as_not_there_yet() {
+    let lf = last_flush(true, 4);
+    let mut image = lf.before_image.clone();
+    let half = lf.batch_at + lf.batch_len / 2;
+    image[lf.batch_at..half].copy_from_slice(&lf.after_image[lf.batch_at..half]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("t");
+    write_dir(&dir, &lf.dir_files, &lf.last_file, &image);
+    let replayed = read(&dir).expect("read");
+    assert_eq!(replayed.chunks, lf.before);
+    assert_eq!(replayed.stats.corrupt, None);
+    assert_eq!(replayed.stats.torn_tails, 0, "the reader repairs nothing");
+    assert_eq!(std::fs::read(dir.join(&lf.last_file)).expect("read"), image);
+}

@@ -363,8 +363,11 @@ fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
             }
         }
         out.replayed.stats.segments += 1;
+        // Batches at or past the next segment's first seq were dropped by an earlier repair
+        // (the writer resumed in a new segment before them): never apply them.
+        let limit = logs.get(i + 1).and_then(|(_, next)| first_seq_of(next));
         let (state, applied, mut stop) =
-            apply_batches(&bytes, &scan, &mut out.replayed, &mut broken);
+            apply_batches(&bytes, &scan, limit, &mut out.replayed, &mut broken);
         if stop.is_none() && last && !reader {
             stop = classify_last_end(&bytes, &scan, &mut out.replayed.stats);
         }
@@ -389,8 +392,9 @@ fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
             out.next_seq = Some(scan.header.first_seq + applied);
             return Ok(out);
         }
-        prev = Some((path.clone(), *number, end_offset, scan.next_seq));
-        out.next_seq = Some(scan.next_seq);
+        let next_seq = scan.header.first_seq + applied;
+        prev = Some((path.clone(), *number, end_offset, next_seq));
+        out.next_seq = Some(next_seq);
         out.kept.push(Closed {
             number: *number,
             path: path.clone(),
@@ -400,17 +404,22 @@ fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
     Ok(out)
 }
 
-/// Applies a scanned segment's batches in order, each whole or not at all. Returns the segment's
-/// decoding state, how many batches applied, and where a batch failed to decode (corruption).
+/// Applies a scanned segment's batches in order (those with seq below `limit`), each whole or not
+/// at all. Returns the segment's decoding state, how many batches applied, and where a batch
+/// failed to decode (corruption).
 fn apply_batches(
     bytes: &[u8],
     scan: &format::Scan,
+    limit: Option<u64>,
     replayed: &mut Replayed,
     broken: &mut HashSet<ChunkId>,
 ) -> (SegmentState, u64, Option<(u64, String)>) {
     let mut state = SegmentState::new();
     let mut applied = 0u64;
-    for range in &scan.batches {
+    let take = limit.map_or(usize::MAX, |l| {
+        usize::try_from(l.saturating_sub(scan.header.first_seq)).unwrap_or(usize::MAX)
+    });
+    for range in scan.batches.iter().take(take) {
         match format::decode_batch(&bytes[range.clone()], &mut state) {
             Ok(fragments) => {
                 applied += 1;
@@ -430,6 +439,14 @@ fn apply_batches(
         }
     }
     (state, applied, None)
+}
+
+/// The first batch seq a segment's header states, if the file and its header can be read.
+fn first_seq_of(path: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut head = [0u8; SEGMENT_HEADER_LEN];
+    File::open(path).ok()?.read_exact(&mut head).ok()?;
+    SegmentHeader::decode(&head).ok().map(|h| h.first_seq)
 }
 
 /// Decides how the last segment ended. Nothing follows it to check `seq` against, so look for a

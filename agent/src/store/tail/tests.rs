@@ -899,3 +899,54 @@ fn reader_treats_a_half_written_last_flush_as_not_there_yet() {
     assert_eq!(replayed.stats.torn_tails, 0, "the reader repairs nothing");
     assert_eq!(std::fs::read(dir.join(&lf.last_file)).expect("read"), image);
 }
+
+#[test]
+fn a_checksummed_batch_that_does_not_decode_is_reported_once_and_later_flushes_survive() {
+    let lf = last_flush(true, 4);
+    let (at, len) = lf.batches[2];
+    let mut image = lf.after_image.clone();
+    // A payload that never ends a varint, under valid checksums (as a writer bug would leave).
+    let payload = at + format::BATCH_HEADER_LEN..at + len;
+    image[payload.clone()].fill(0xFF);
+    let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+    let mut digest = crc.digest();
+    digest.update(&image[at..at + 16]);
+    digest.update(&image[payload]);
+    image[at + 20..at + 24].copy_from_slice(&digest.finalize().to_le_bytes());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("t");
+    write_dir(&dir, &lf.dir_files, &lf.last_file, &image);
+    let t0 = Instant::now();
+    let (mut tail, replayed) = Tail::open(&dir, small(64 << 10, true), t0).expect("open");
+    let corrupt = replayed.stats.corrupt.expect("corruption reported");
+    assert_eq!(corrupt.offset, at as u64);
+    assert_eq!(replayed.chunks, lf.states[2]);
+    let new = Fragment {
+        point_id: 100,
+        chunk_seq: 0,
+        offset: 0,
+        bit_len: 16,
+        header: b"h",
+        bytes: b"ok",
+    };
+    tail.append(&[new], t0).expect("append");
+    drop(tail);
+    let (_tail, again) = Tail::open(&dir, small(64 << 10, true), t0).expect("reopen");
+    assert_eq!(
+        again.stats.corrupt, None,
+        "reported once, not at every open"
+    );
+    let mut expected = lf.states[2].clone();
+    expected.insert(
+        ChunkId {
+            point_id: 100,
+            chunk_seq: 0,
+        },
+        OpenChunk {
+            header: b"h".to_vec(),
+            bytes: b"ok".to_vec(),
+            bit_len: 16,
+        },
+    );
+    assert_eq!(again.chunks, expected);
+}

@@ -295,6 +295,26 @@ struct Outcome {
     next_seq: Option<u64>,
 }
 
+impl Outcome {
+    /// Records where replay stopped for corruption, and the segments to set aside.
+    fn corrupt(
+        &mut self,
+        path: &Path,
+        segment: u64,
+        offset: u64,
+        detail: String,
+        aside: &[(u64, PathBuf)],
+    ) {
+        self.replayed.stats.corrupt = Some(Corruption {
+            path: path.to_owned(),
+            segment,
+            offset,
+            detail,
+        });
+        self.after_corruption = aside.iter().map(|(_, p)| p.clone()).collect();
+    }
+}
+
 /// Reads segments in order and rebuilds the chunks. `reader` selects the read-only rules: a
 /// vanished segment restarts the state, and a bad record at the end of the last segment is an
 /// append in progress, not damage.
@@ -306,8 +326,8 @@ fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
         next_seq: None,
     };
     let mut broken: HashSet<ChunkId> = HashSet::new();
-    // End of the previous segment: its path, where its scan stopped, and its next seq.
-    let mut prev: Option<(PathBuf, u64, usize, u64)> = None;
+    // The previous segment: path, number, salt, where its scan stopped, and its next seq.
+    let mut prev: Option<(PathBuf, u64, u32, usize, u64)> = None;
     for (i, (number, path)) in logs.iter().enumerate() {
         let last = i + 1 == logs.len();
         let vanish = |out: &mut Outcome, broken: &mut HashSet<ChunkId>| {
@@ -337,35 +357,34 @@ fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
                     Err(e) => e.to_string(),
                     Ok(s) => format!("header says segment {}", s.header.number),
                 };
-                out.replayed.stats.corrupt = Some(Corruption {
-                    path: path.clone(),
-                    segment: *number,
-                    offset: 0,
-                    detail,
-                });
-                out.after_corruption = logs[i..].iter().map(|(_, p)| p.clone()).collect();
+                out.corrupt(path, *number, 0, detail, &logs[i..]);
                 return Ok(out);
             }
         };
-        if let Some((ppath, pnumber, pend, pnext)) = prev.take() {
-            if scan.header.first_seq != pnext {
-                out.replayed.stats.corrupt = Some(Corruption {
-                    path: ppath,
-                    segment: pnumber,
-                    offset: pend as u64,
-                    detail: format!(
-                        "batches {pnext}..{} are missing (segment {number} starts at {})",
-                        scan.header.first_seq, scan.header.first_seq
-                    ),
-                });
-                out.after_corruption = logs[i..].iter().map(|(_, p)| p.clone()).collect();
+        if let Some((ppath, pnumber, psalt, pend, pnext)) = prev.take() {
+            let recycled =
+                || header_of(&ppath).is_none_or(|h| (h.number, h.salt) != (pnumber, psalt));
+            if scan.header.first_seq != pnext && reader && recycled() {
+                // The previous segment was released and reused while we read it, so its end
+                // may be a mix of generations: start over from this segment.
+                vanish(&mut out, &mut broken);
+            } else if scan.header.first_seq != pnext {
+                let detail = format!(
+                    "this segment's valid batches end before batch {pnext}, but segment {number} \
+                     starts at batch {}: batches are missing",
+                    scan.header.first_seq
+                );
+                out.corrupt(&ppath, pnumber, pend as u64, detail, &logs[i..]);
                 return Ok(out);
             }
         }
         out.replayed.stats.segments += 1;
         // Batches at or past the next segment's first seq were dropped by an earlier repair
         // (the writer resumed in a new segment before them): never apply them.
-        let limit = logs.get(i + 1).and_then(|(_, next)| first_seq_of(next));
+        let limit = logs
+            .get(i + 1)
+            .and_then(|(_, next)| header_of(next))
+            .map(|h| h.first_seq);
         let (state, applied, mut stop) =
             apply_batches(&bytes, &scan, limit, &mut out.replayed, &mut broken);
         if stop.is_none() && last && !reader {
@@ -375,13 +394,7 @@ fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
             End::Clean { offset } | End::Bad { offset, .. } => *offset,
         };
         if let Some((offset, detail)) = stop {
-            out.replayed.stats.corrupt = Some(Corruption {
-                path: path.clone(),
-                segment: *number,
-                offset,
-                detail,
-            });
-            out.after_corruption = logs[i + 1..].iter().map(|(_, p)| p.clone()).collect();
+            out.corrupt(path, *number, offset, detail, &logs[i + 1..]);
             out.kept.push(Closed {
                 number: *number,
                 path: path.clone(),
@@ -393,7 +406,13 @@ fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
             return Ok(out);
         }
         let next_seq = scan.header.first_seq + applied;
-        prev = Some((path.clone(), *number, end_offset, next_seq));
+        prev = Some((
+            path.clone(),
+            *number,
+            scan.header.salt,
+            end_offset,
+            next_seq,
+        ));
         out.next_seq = Some(next_seq);
         out.kept.push(Closed {
             number: *number,
@@ -441,12 +460,12 @@ fn apply_batches(
     (state, applied, None)
 }
 
-/// The first batch seq a segment's header states, if the file and its header can be read.
-fn first_seq_of(path: &Path) -> Option<u64> {
+/// A segment's header, if the file and its header can be read.
+fn header_of(path: &Path) -> Option<SegmentHeader> {
     use std::io::Read;
     let mut head = [0u8; SEGMENT_HEADER_LEN];
     File::open(path).ok()?.read_exact(&mut head).ok()?;
-    SegmentHeader::decode(&head).ok().map(|h| h.first_seq)
+    SegmentHeader::decode(&head).ok()
 }
 
 /// Decides how the last segment ended. Nothing follows it to check `seq` against, so look for a

@@ -29,8 +29,9 @@
 //! ```
 //!
 //! Without EXPLICIT, a fragment continues the previous fragment of the same point *in the same
-//! segment*: same chunk, `offset = previous bit_len / 8`. Steady state costs 3 bytes of framing
-//! per fragment (tag, bits) plus the one byte that overlaps the previous fragment.
+//! segment*: same chunk, `offset = previous bit_len / 8`. Steady state costs 2 bytes of framing
+//! per fragment under 16 bytes (tag, bits; 3 above), plus the byte that overlaps the previous
+//! fragment when that one ended mid-byte.
 //!
 //! # Invariants
 //! - **A flush is all or nothing.** One flush is one batch, covered by one CRC32C; replay applies

@@ -29,8 +29,9 @@
 //! ```
 //!
 //! Without EXPLICIT, a fragment continues the previous fragment of the same point *in the same
-//! segment*: same chunk, `offset = previous bit_len / 8`. Steady state costs 3 bytes of framing
-//! per fragment (tag, bits) plus the one byte that overlaps the previous fragment.
+//! segment*: same chunk, `offset = previous bit_len / 8`. Steady state costs 2 bytes of framing
+//! per fragment under 16 bytes (tag, bits; 3 above), plus the byte that overlaps the previous
+//! fragment when that one ended mid-byte.
 //!
 //! # Invariants
 //! - **A flush is all or nothing.** One flush is one batch, covered by one CRC32C; replay applies
@@ -295,6 +296,26 @@ struct Outcome {
     next_seq: Option<u64>,
 }
 
+impl Outcome {
+    /// Records where replay stopped for corruption, and the segments to set aside.
+    fn corrupt(
+        &mut self,
+        path: &Path,
+        segment: u64,
+        offset: u64,
+        detail: String,
+        aside: &[(u64, PathBuf)],
+    ) {
+        self.replayed.stats.corrupt = Some(Corruption {
+            path: path.to_owned(),
+            segment,
+            offset,
+            detail,
+        });
+        self.after_corruption = aside.iter().map(|(_, p)| p.clone()).collect();
+    }
+}
+
 /// Reads segments in order and rebuilds the chunks. `reader` selects the read-only rules: a
 /// vanished segment restarts the state, and a bad record at the end of the last segment is an
 /// append in progress, not damage.
@@ -306,8 +327,8 @@ fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
         next_seq: None,
     };
     let mut broken: HashSet<ChunkId> = HashSet::new();
-    // End of the previous segment: its path, where its scan stopped, and its next seq.
-    let mut prev: Option<(PathBuf, u64, usize, u64)> = None;
+    // The previous segment: path, number, salt, where its scan stopped, and its next seq.
+    let mut prev: Option<(PathBuf, u64, u32, usize, u64)> = None;
     for (i, (number, path)) in logs.iter().enumerate() {
         let last = i + 1 == logs.len();
         let vanish = |out: &mut Outcome, broken: &mut HashSet<ChunkId>| {
@@ -337,83 +358,44 @@ fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
                     Err(e) => e.to_string(),
                     Ok(s) => format!("header says segment {}", s.header.number),
                 };
-                out.replayed.stats.corrupt = Some(Corruption {
-                    path: path.clone(),
-                    segment: *number,
-                    offset: 0,
-                    detail,
-                });
-                out.after_corruption = logs[i..].iter().map(|(_, p)| p.clone()).collect();
+                out.corrupt(path, *number, 0, detail, &logs[i..]);
                 return Ok(out);
             }
         };
-        if let Some((ppath, pnumber, pend, pnext)) = prev.take() {
-            if scan.header.first_seq != pnext {
-                out.replayed.stats.corrupt = Some(Corruption {
-                    path: ppath,
-                    segment: pnumber,
-                    offset: pend as u64,
-                    detail: format!(
-                        "batches {pnext}..{} are missing (segment {number} starts at {})",
-                        scan.header.first_seq, scan.header.first_seq
-                    ),
-                });
-                out.after_corruption = logs[i..].iter().map(|(_, p)| p.clone()).collect();
+        if let Some((ppath, pnumber, psalt, pend, pnext)) = prev.take() {
+            let recycled =
+                || header_of(&ppath).is_none_or(|h| (h.number, h.salt) != (pnumber, psalt));
+            if scan.header.first_seq != pnext && reader && recycled() {
+                // The previous segment was released and reused while we read it, so its end
+                // may be a mix of generations: start over from this segment.
+                vanish(&mut out, &mut broken);
+            } else if scan.header.first_seq != pnext {
+                let detail = format!(
+                    "this segment's valid batches end before batch {pnext}, but segment {number} \
+                     starts at batch {}: batches are missing",
+                    scan.header.first_seq
+                );
+                out.corrupt(&ppath, pnumber, pend as u64, detail, &logs[i..]);
                 return Ok(out);
             }
         }
         out.replayed.stats.segments += 1;
-        let mut state = SegmentState::new();
-        let mut stop = None;
-        let mut applied = 0u64;
-        for range in &scan.batches {
-            match format::decode_batch(&bytes[range.clone()], &mut state) {
-                Ok(fragments) => {
-                    applied += 1;
-                    out.replayed.stats.batches += 1;
-                    out.replayed.stats.fragments += fragments.len() as u64;
-                    for f in fragments {
-                        apply(&mut out.replayed, &mut broken, &f);
-                    }
-                }
-                Err(detail) => {
-                    stop = Some(((range.start - BATCH_HEADER_LEN) as u64, detail));
-                    break;
-                }
-            }
-        }
+        // Batches at or past the next segment's first seq were dropped by an earlier repair
+        // (the writer resumed in a new segment before them): never apply them.
+        let limit = logs
+            .get(i + 1)
+            .and_then(|(_, next)| header_of(next))
+            .map(|h| h.first_seq);
+        let (state, applied, mut stop) =
+            apply_batches(&bytes, &scan, limit, &mut out.replayed, &mut broken);
         if stop.is_none() && last && !reader {
-            if let End::Bad {
-                offset,
-                extent,
-                why,
-            } = &scan.end
-            {
-                match format::later_batch(&bytes, offset + 1, scan.header.salt, scan.next_seq) {
-                    Some(at) => {
-                        stop = Some((
-                            *offset as u64,
-                            format!("{why}; a valid batch follows at byte {at}"),
-                        ));
-                    }
-                    None => {
-                        out.replayed.stats.torn_tails += 1;
-                        out.replayed.stats.torn_bytes += *extent as u64;
-                    }
-                }
-            }
+            stop = classify_last_end(&bytes, &scan, &mut out.replayed.stats);
         }
         let end_offset = match &scan.end {
             End::Clean { offset } | End::Bad { offset, .. } => *offset,
         };
         if let Some((offset, detail)) = stop {
-            out.replayed.stats.corrupt = Some(Corruption {
-                path: path.clone(),
-                segment: *number,
-                offset,
-                detail,
-            });
-            out.after_corruption = logs[i + 1..].iter().map(|(_, p)| p.clone()).collect();
+            out.corrupt(path, *number, offset, detail, &logs[i + 1..]);
             out.kept.push(Closed {
                 number: *number,
                 path: path.clone(),
@@ -424,8 +406,15 @@ fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
             out.next_seq = Some(scan.header.first_seq + applied);
             return Ok(out);
         }
-        prev = Some((path.clone(), *number, end_offset, scan.next_seq));
-        out.next_seq = Some(scan.next_seq);
+        let next_seq = scan.header.first_seq + applied;
+        prev = Some((
+            path.clone(),
+            *number,
+            scan.header.salt,
+            end_offset,
+            next_seq,
+        ));
+        out.next_seq = Some(next_seq);
         out.kept.push(Closed {
             number: *number,
             path: path.clone(),
@@ -433,6 +422,81 @@ fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
         });
     }
     Ok(out)
+}
+
+/// Applies a scanned segment's batches in order (those with seq below `limit`), each whole or not
+/// at all. Returns the segment's decoding state, how many batches applied, and where a batch
+/// failed to decode (corruption).
+fn apply_batches(
+    bytes: &[u8],
+    scan: &format::Scan,
+    limit: Option<u64>,
+    replayed: &mut Replayed,
+    broken: &mut HashSet<ChunkId>,
+) -> (SegmentState, u64, Option<(u64, String)>) {
+    let mut state = SegmentState::new();
+    let mut applied = 0u64;
+    let take = limit.map_or(usize::MAX, |l| {
+        usize::try_from(l.saturating_sub(scan.header.first_seq)).unwrap_or(usize::MAX)
+    });
+    for range in scan.batches.iter().take(take) {
+        match format::decode_batch(&bytes[range.clone()], &mut state) {
+            Ok(fragments) => {
+                applied += 1;
+                replayed.stats.batches += 1;
+                replayed.stats.fragments += fragments.len() as u64;
+                for f in fragments {
+                    apply(replayed, broken, &f);
+                }
+            }
+            Err(detail) => {
+                return (
+                    state,
+                    applied,
+                    Some(((range.start - BATCH_HEADER_LEN) as u64, detail)),
+                );
+            }
+        }
+    }
+    (state, applied, None)
+}
+
+/// A segment's header, if the file and its header can be read.
+fn header_of(path: &Path) -> Option<SegmentHeader> {
+    use std::io::Read;
+    let mut head = [0u8; SEGMENT_HEADER_LEN];
+    File::open(path).ok()?.read_exact(&mut head).ok()?;
+    SegmentHeader::decode(&head).ok()
+}
+
+/// Decides how the last segment ended. Nothing follows it to check `seq` against, so look for a
+/// batch of this generation past the end: one there means the end is damage (returned as the
+/// corruption point), none means a clean end or a torn tail (counted).
+fn classify_last_end(
+    bytes: &[u8],
+    scan: &format::Scan,
+    stats: &mut ReplayStats,
+) -> Option<(u64, String)> {
+    let (offset, bad) = match &scan.end {
+        End::Clean { offset } => (*offset, None),
+        End::Bad {
+            offset,
+            extent,
+            why,
+        } => (*offset, Some((*extent, why))),
+    };
+    if let Some(at) = format::later_batch(bytes, offset + 1, scan.header.salt, scan.next_seq) {
+        let why = bad.map_or("not a batch of this segment", |(_, why)| why.as_str());
+        return Some((
+            offset as u64,
+            format!("{why}; a valid later batch follows at byte {at}"),
+        ));
+    }
+    if let Some((extent, _)) = bad {
+        stats.torn_tails += 1;
+        stats.torn_bytes += extent as u64;
+    }
+    None
 }
 
 fn apply(replayed: &mut Replayed, broken: &mut HashSet<ChunkId>, f: &format::DecodedFragment<'_>) {
@@ -669,6 +733,11 @@ impl Tail {
     /// `committed(point_id)` is the highest `chunk_seq` of that point in `SQLite` (chunks of a
     /// point are committed in `chunk_seq` order). Costs one lookup per point a segment touched,
     /// never per fragment. Returns how many segments were released.
+    ///
+    /// A point the writer no longer has (removed from the config) must answer `Some(u32::MAX)`
+    /// once its chunks are committed or given up, or it pins its segments. Release is a prefix,
+    /// so the tail's size is about the append rate times the longest open-chunk lifetime plus
+    /// the commit interval: chunks must be sealed by age, not only by size.
     pub(crate) fn release(
         &mut self,
         committed: impl Fn(u32) -> Option<u32>,
@@ -778,13 +847,18 @@ fn create_segment(
             file.write_all_at(&header, 0)
                 .map_err(io_err("write segment header", &tmp))?;
             if config.preallocate {
-                let zeros = vec![0u8; 64 << 10];
+                // Page-sized writes on purpose: the page cache sizes a file's folios after the
+                // writes that create them, and a later small append into a large folio dirties
+                // (and is accounted as writing) the whole folio. 64 KiB fills measured ~4x the
+                // bytes per flush in /proc/PID/io; 4 KiB fills match plain appends.
+                let zeros = [0u8; 4096];
                 let mut pos = SEGMENT_HEADER_LEN as u64;
                 while pos < config.segment_bytes {
-                    let n = (config.segment_bytes - pos).min(zeros.len() as u64);
-                    file.write_all_at(&zeros[..n as usize], pos)
+                    let n = usize::try_from(config.segment_bytes - pos)
+                        .map_or(zeros.len(), |left| left.min(zeros.len()));
+                    file.write_all_at(&zeros[..n], pos)
                         .map_err(io_err("preallocate tail segment", &tmp))?;
-                    pos += n;
+                    pos += n as u64;
                 }
             }
             file.sync_data()

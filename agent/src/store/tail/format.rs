@@ -408,6 +408,10 @@ impl<'a> Reader<'a> {
     }
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "LEB128: each byte takes the low 7 bits on purpose"
+)]
 pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -432,10 +436,18 @@ pub(super) fn get_varint(b: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
+#[allow(
+    clippy::cast_sign_loss,
+    reason = "zigzag: the bit pattern is the encoding"
+)]
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
+#[allow(
+    clippy::cast_possible_wrap,
+    reason = "zigzag: the bit pattern is the encoding"
+)]
 fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }

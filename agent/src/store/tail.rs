@@ -53,11 +53,6 @@
 //! - Replay returns every chunk found, committed or not; the caller drops the chunks it already
 //!   has in `SQLite` (it knows them; the tail does not).
 
-#![allow(
-    dead_code,
-    reason = "wired into the historian writer and `query` by the chunked-store work of issue 9"
-)]
-
 mod format;
 #[cfg(test)]
 mod tests;
@@ -768,6 +763,7 @@ impl Tail {
     }
 
     /// Segment files holding live data (closed ones and the current one).
+    #[cfg(test)]
     pub(crate) fn live_segments(&self) -> usize {
         self.closed.len() + 1
     }

@@ -1,48 +1,31 @@
-//! The historian: every sample of every level, kept on the gateway in `SQLite` (WAL mode).
+//! The historian: every sample of every level, kept on the gateway in compressed chunks
+//! (docs/decisions/0014-historian-chunks.md).
 //!
-//! # On-disk format (schema version 1, `PRAGMA user_version = 1`)
+//! # Files, for `historian.path = /var/lib/edge-agent/historian.db`
+//! - `historian.db`, `-wal`, `-shm`: `SQLite` in WAL mode, schema 2 (`PRAGMA user_version = 2`):
+//!   `points` (provenance), `chunks` (sealed compressed chunks, one point, one level and
+//!   category each) and `scale` (records, chunks and bytes per level and category).
+//! - `historian.db.tail/`: the durable tail, the newest bytes of every open chunk, fsynced per
+//!   flush (`tail`, decision 0013).
+//! - `historian.db.lock`: an exclusive advisory lock held by the one writer for as long as it
+//!   runs; a second writer fails with [`StoreError::Locked`]. Readers take no lock.
 //!
-//! Files, for `historian.path = /var/lib/edge-agent/historian.db`:
-//! - `historian.db`, `historian.db-wal`, `historian.db-shm`: the `SQLite` database and its WAL.
-//! - `historian.db.lock`: empty; an exclusive advisory lock (`flock`) on it is held by the one
-//!   writer for as long as it runs. A second writer fails with [`StoreError::Locked`]. Readers do
-//!   not take it (WAL lets them read while the writer writes).
-//!
-//! ```sql
-//! points(id INTEGER PRIMARY KEY,          -- store-assigned, stable across config changes
-//!        tag TEXT NOT NULL UNIQUE,         -- the point's identity in the store
-//!        level TEXT NOT NULL, category TEXT NOT NULL, rule_id TEXT NOT NULL,   -- current
-//!        device TEXT NOT NULL, protocol TEXT NOT NULL, address TEXT NOT NULL,  -- provenance
-//!        unit TEXT, gateway TEXT NOT NULL, site TEXT NOT NULL, interval_ms INTEGER NOT NULL)
-//! samples(point_id INTEGER NOT NULL REFERENCES points(id),
-//!         ts_ms INTEGER NOT NULL,          -- UTC read time, ms since epoch
-//!         seq INTEGER NOT NULL,            -- source sequence (u64 stored as its i64 bit pattern)
-//!         level TEXT NOT NULL, category TEXT NOT NULL,  -- as stamped on *this* sample
-//!         quality TEXT NOT NULL,           -- Quality::as_str()
-//!         quality_code INTEGER,            -- Modbus exception code for device_exception
-//!         value_kind TEXT NOT NULL,        -- 'bool' | 'int' | 'uint' | 'float' | 'text'
-//!         value_num REAL,                  -- numeric view (bool 0/1), NULL when enc != 0
-//!         value_int INTEGER,               -- exact bool/int value (uint: its i64 bit pattern)
-//!         enc INTEGER NOT NULL DEFAULT 0,  -- 0 = plaintext; later: key id (AES-256-GCM)
-//!         payload BLOB)                    -- text: UTF-8; when enc != 0: ciphertext of the value
-//! INDEX samples_level_ts(level, ts_ms)     -- per-level retention and counts
-//! INDEX samples_point_ts(point_id, ts_ms)  -- per-tag queries
-//! ```
+//! # Data path
+//! `offer` (never blocks; queue full drops and counts in `store_dropped`) → the writer thread
+//! appends each sample to its point's open chunk (`head`, compressed by [`codec`]) → every
+//! `flush_interval` (or `batch_size` samples) one tail append + fdatasync, then the samples count
+//! as `stored` → every 30 s the sealed chunks are committed to `SQLite` with their scale counters,
+//! and the tail segments they emptied are released.
 //!
 //! Invariants:
-//! - Every sample row carries the level and category it was stamped with at source, so a later
+//! - Every chunk carries the level and category its samples were stamped with, so a later
 //!   reclassification of the point (which updates `points`) never relabels history.
-//! - Point rows are keyed by tag and upserted from the compiled point table at open; their `id` is
-//!   the store's own, never `PointMeta::id` (which is a dense index that shifts when the config
-//!   changes).
-//! - `Stats::stored` counts a sample only after the COMMIT that contains it returned, with
-//!   `synchronous = FULL` (the WAL is fsynced at every commit): a counted sample survives power
-//!   loss. Torn WAL tails are discarded by `SQLite`'s own recovery (checksummed WAL frames).
-//! - Every sample offered to the writer is either committed and counted in `stored`, or dropped
-//!   and counted in `store_dropped` (queue full, write failure, writer gone). Nothing disappears
-//!   uncounted.
-//! - The schema is ready for per-level encryption (`enc`, `payload`) and per-level retention
-//!   (`samples_level_ts`); see `docs/decisions/0003-historian-sqlite-wal.md`.
+//! - `Stats::stored` counts a sample only after the tail batch that holds it was fdatasynced: a
+//!   counted sample survives `kill -9` and power loss. Torn tails are cut and counted on open.
+//! - Every sample offered to the writer is either stored (counted in `stored`) or dropped and
+//!   counted in `store_dropped`; failed writes keep their samples in memory and retry.
+//! - Readers (`edge-agent query`) never block the writer: the tail is read without locks, then
+//!   `SQLite` in one WAL snapshot; a chunk found in both is read from `SQLite`.
 
 use std::path::PathBuf;
 

@@ -81,6 +81,8 @@ pub(crate) struct RawHistorian {
     pub(crate) flush_interval: Duration,
     #[serde(default = "default_queue_batches")]
     pub(crate) queue_batches: usize,
+    #[serde(default = "default_min_free_mb")]
+    pub(crate) min_free_mb: u64,
 }
 
 impl Default for RawHistorian {
@@ -90,6 +92,7 @@ impl Default for RawHistorian {
             batch_size: default_batch_size(),
             flush_interval: default_flush_interval(),
             queue_batches: default_queue_batches(),
+            min_free_mb: default_min_free_mb(),
         }
     }
 }
@@ -105,6 +108,9 @@ fn default_flush_interval() -> Duration {
 }
 fn default_queue_batches() -> usize {
     1024
+}
+fn default_min_free_mb() -> u64 {
+    64
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

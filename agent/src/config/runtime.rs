@@ -56,6 +56,9 @@ pub struct HistorianSettings {
     pub(crate) flush_interval: Duration,
     /// Capacity of the channel in front of the writer, in batches.
     pub(crate) queue_batches: usize,
+    /// Below this much free space on the historian's file system, general data is no longer
+    /// stored (counted in `store_dropped`), so what is left goes to important and core data.
+    pub(crate) min_free_bytes: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -83,6 +83,7 @@ pub(crate) fn historian(h: &RawHistorian, out: &mut Collector) -> HistorianSetti
         batch_size: h.batch_size.max(1),
         flush_interval: h.flush_interval,
         queue_batches: h.queue_batches.max(1),
+        min_free_bytes: h.min_free_mb.saturating_mul(1 << 20),
     }
 }
 

@@ -48,6 +48,7 @@ fn settings(path: &Path) -> HistorianSettings {
         batch_size: 100,
         flush_interval: Duration::from_millis(20),
         queue_batches: 16,
+        min_free_bytes: 0,
     }
 }
 
@@ -257,7 +258,7 @@ fn a_full_queue_drops_batches_and_counts_them_per_level() {
     };
     let (open_gate, gate) = std::sync::mpsc::channel();
     // The writer waits at the gate, so the queue holds exactly `queue_batches` batches.
-    let h = Historian::spawn_gated(&s, &pts, st.clone(), Some(gate), None).expect("spawn");
+    let h = Historian::spawn_gated(&s, &pts, st.clone(), Some(gate), None, None).expect("spawn");
     let batch = || {
         pts.iter()
             .map(|p| sample(p, 1, Value::Int(1)))
@@ -449,7 +450,7 @@ fn a_full_database_keeps_sealed_chunks_in_the_tail_logs_once_and_loses_nothing()
         queue_batches: 32,
         ..settings(&path)
     };
-    let h = Historian::spawn_gated(&roomy, &pts, st.clone(), None, Some(pages)).expect("spawn");
+    let h = Historian::spawn_gated(&roomy, &pts, st.clone(), None, Some(pages), None).expect("spawn");
     // 20 flushes of 100 samples (batch_size is 100) go to the tail; the commit at close fails.
     // Irregular floats, so the chunks need more room than the empty pages have.
     for batch in 0..20_i64 {

@@ -18,11 +18,11 @@ use tracing::{debug, error, info, warn};
 
 use super::head::{Head, SealPolicy, Sealed};
 use super::schema;
-use super::tail::{tail_dir, Replayed, Tail, TailConfig};
+use super::tail::{tail_dir, Replayed, Tail, TailConfig, TailError};
 use super::StoreError;
 use crate::config::HistorianSettings;
 use crate::drop_log::{DropLog, DropReport};
-use crate::model::PointMeta;
+use crate::model::{Level, PointMeta};
 use crate::source::Tagged;
 use crate::stats::{LevelCounts, Stats};
 
@@ -63,6 +63,9 @@ pub(crate) struct Historian {
     /// The latest write error, quoted in the periodic summary.
     last_error: Option<String>,
     buf: Vec<u8>,
+    space: SpaceGuard,
+    /// General samples not stored because space is low, aggregated for the log.
+    shed: DropLog,
     /// Held (locked) for the writer's whole life; the OS releases the lock when it is closed,
     /// including when the process dies.
     _lock: File,
@@ -93,6 +96,43 @@ impl PointIds {
     }
 }
 
+/// Free space on the historian's file system, in bytes (tests substitute their own).
+pub(super) type SpaceProbe = Box<dyn FnMut() -> std::io::Result<u64> + Send>;
+
+/// Keeps the last `min_free` bytes of the disk for important and core data: below it, general
+/// samples are not stored (counted in `store_dropped`); above it plus an eighth, they are again.
+/// Checked once per flush (one `statvfs`), and entered at once when a write finds the disk full.
+struct SpaceGuard {
+    probe: SpaceProbe,
+    min_free: u64,
+    low: bool,
+}
+
+impl std::fmt::Debug for SpaceGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpaceGuard")
+            .field("min_free", &self.min_free)
+            .field("low", &self.low)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SpaceGuard {
+    /// Re-reads free space; returns the new state if it changed.
+    fn check(&mut self) -> Option<(bool, u64)> {
+        let free = (self.probe)().ok()?;
+        let low = if self.low {
+            free < self.min_free.saturating_add(self.min_free / 8)
+        } else {
+            free < self.min_free
+        };
+        (low != self.low).then(|| {
+            self.low = low;
+            (low, free)
+        })
+    }
+}
+
 /// `SQLite` assigns point ids from 1 up; the tail and the head index them as u32.
 fn store_id(id: i64) -> u32 {
     u32::try_from(id).unwrap_or(u32::MAX)
@@ -106,7 +146,7 @@ impl Historian {
         points: &[Arc<PointMeta>],
         stats: Arc<Stats>,
     ) -> Result<HistorianHandle, StoreError> {
-        Self::spawn_gated(settings, points, stats, None, None)
+        Self::spawn_gated(settings, points, stats, None, None, None)
     }
 
     /// [`Historian::spawn`], with a gate the writer waits on before its first receive (tests use it
@@ -118,6 +158,7 @@ impl Historian {
         stats: Arc<Stats>,
         gate: Option<Receiver<()>>,
         max_pages: Option<u64>,
+        space: Option<SpaceProbe>,
     ) -> Result<HistorianHandle, StoreError> {
         let path = settings.path.clone();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -178,6 +219,15 @@ impl Historian {
             failures: DropLog::new(FAILURE_LOG_PERIOD),
             last_error: None,
             buf: Vec::new(),
+            space: SpaceGuard {
+                probe: space.unwrap_or_else(|| {
+                    let dir = tail_dir(&path);
+                    Box::new(move || fs4::available_space(&dir))
+                }),
+                min_free: settings.min_free_bytes,
+                low: false,
+            },
+            shed: DropLog::new(FAILURE_LOG_PERIOD),
             _lock: lock,
         };
         let (tx, rx) = sync_channel(settings.queue_batches.max(1));
@@ -208,7 +258,7 @@ impl Historian {
     fn run(mut self, rx: Receiver<Vec<Tagged>>) -> Result<(), StoreError> {
         loop {
             let mut wake = self.next_commit;
-            for due in [self.flush_deadline, self.failures.due()]
+            for due in [self.flush_deadline, self.failures.due(), self.shed.due()]
                 .into_iter()
                 .flatten()
             {
@@ -230,6 +280,9 @@ impl Historian {
             if let Some(report) = self.failures.tick(now) {
                 self.log_failures(report);
             }
+            if let Some(report) = self.shed.tick(now) {
+                self.log_shed(report);
+            }
         }
         self.head.seal_all();
         let now = Instant::now();
@@ -237,7 +290,35 @@ impl Historian {
         if let Some(report) = self.failures.finish(Instant::now()) {
             self.log_failures(report);
         }
+        if let Some(report) = self.shed.finish(Instant::now()) {
+            self.log_shed(report);
+        }
         self.close()
+    }
+
+    /// One line per change of the space state (never per shed sample).
+    fn log_space(&self, low: bool, free: u64) {
+        let path = self.path.display();
+        let min_mb = self.space.min_free >> 20;
+        if low {
+            warn!(
+                path = %path,
+                free_mb = free >> 20,
+                min_free_mb = min_mb,
+                "Historian disk space is low: general data is no longer stored (counted in store_dropped); important and core data keep the remaining space. Free space on that file system."
+            );
+        } else {
+            info!(path = %path, free_mb = free >> 20, "Historian disk space recovered: general data is stored again.");
+        }
+    }
+
+    fn log_shed(&self, report: DropReport) {
+        let path = self.path.display();
+        match report {
+            DropReport::Started(counts) => warn!(path = %path, "Not storing general data while disk space is low: {counts} dropped so far (counted in store_dropped); summarised every {} s.", FAILURE_LOG_PERIOD.as_secs()),
+            DropReport::Summary { counts, period } => warn!(path = %path, "Disk space still low: {counts} general samples not stored in the last {} s.", period.as_secs()),
+            DropReport::Stopped { total, lasted } => info!(path = %path, "General data stored again after {total} were dropped over {} s.", lasted.as_secs()),
+        }
     }
 
     fn sealed_bytes(&self) -> usize {
@@ -270,7 +351,12 @@ impl Historian {
     }
 
     fn absorb(&mut self, batch: &[Tagged]) {
+        let mut shed = LevelCounts::default();
         for t in batch {
+            if self.space.low && t.level() == Level::General {
+                shed.add(Level::General, 1);
+                continue;
+            }
             if self.flush_deadline.is_none() {
                 self.flush_deadline = Some(Instant::now() + self.flush_interval);
             }
@@ -282,6 +368,12 @@ impl Historian {
                 }
             }
         }
+        if !shed.is_zero() {
+            self.stats.store_dropped.add(Level::General, shed.get(Level::General));
+            if let Some(report) = self.shed.record(Instant::now(), &shed) {
+                self.log_shed(report);
+            }
+        }
         if usize::try_from(self.head.pending().total()).unwrap_or(usize::MAX) >= self.batch_size {
             self.flush(Instant::now());
         }
@@ -291,6 +383,9 @@ impl Historian {
     /// count them as stored. On failure they stay in memory and the next flush retries them.
     fn flush(&mut self, now: Instant) {
         self.flush_deadline = None;
+        if let Some((low, free)) = self.space.check() {
+            self.log_space(low, free);
+        }
         self.head.seal_aged(crate::model::now_ms());
         let fragments = self.head.fragments(&mut self.buf);
         if fragments.is_empty() {
@@ -304,6 +399,10 @@ impl Historian {
                 }
             }
             Err(e) => {
+                if matches!(e, TailError::NoSpace { .. }) && !self.space.low {
+                    self.space.low = true;
+                    self.log_space(true, 0);
+                }
                 self.last_error = Some(e.to_string());
                 let pending = *self.head.pending();
                 if let Some(report) = self.failures.record(now, &pending) {

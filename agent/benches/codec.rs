@@ -194,13 +194,29 @@ fn print_table() {
         })
         .collect();
     println!(
-        "{:<12} {:<28} {:>7} {:>10.3} {:>10.3} {:>10.3}\n",
+        "{:<12} {:<28} {:>7} {:>10.3} {:>10.3} {:>10.3}",
         "States",
         "text, 4 labels",
         "+-2ms",
         encode(None, &ts, &text).encoded_len() as f64 / N as f64,
         sealed_bytes_per_sample(None, &ts, &text, 600),
         sealed_bytes_per_sample(None, &ts, &text, 3600),
+    );
+    // Open chunks: 10 000 points, each one minute (600 samples) into its chunk.
+    let chunks: Vec<ChunkEncoder> = (0..10_000u64)
+        .map(|p| {
+            let ts = stamps(600, true, p);
+            let walk = values(&raw(Signal::RandomWalk, 600, p), true);
+            encode(Quantum::new(SCALE, 0.0), &ts, &walk)
+        })
+        .collect();
+    let heap: usize = chunks.iter().map(ChunkEncoder::heap_bytes).sum();
+    let encoded: usize = chunks.iter().map(ChunkEncoder::encoded_len).sum();
+    println!(
+        "10 000 open chunks x 600 samples (random walk, hint, +-2ms): {:.1} MB heap for {:.1} MB encoded, {} B struct each\n",
+        heap as f64 / 1e6,
+        encoded as f64 / 1e6,
+        std::mem::size_of::<ChunkEncoder>(),
     );
 }
 

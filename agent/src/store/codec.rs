@@ -14,7 +14,7 @@
 //! (ordinary: seq on its learned stride, same quality, same class), `10` + seq residual (only
 //! the seq is off its stride) or `11` (escape: a flag and the new quality, a flag and the new
 //! class, the seq residual); then the timestamp residual, then the value (fresh after a class
-//! change, else predicted). See [`State`] and the predictors for every field's coding.
+//! change, else predicted). See `State` and the predictors for every field's coding.
 //!
 //! # Sealed block (one row in the store)
 //!
@@ -30,10 +30,11 @@
 //!
 //! Invariants:
 //! - Decoding what was encoded gives the same samples bit for bit (floats by `to_bits`).
-//! - The encoder's choices depend only on [`State`], which the decoder rebuilds identically, so a
+//! - The encoder's choices depend only on `State`, which the decoder rebuilds identically, so a
 //!   persisted prefix resumes ([`ChunkEncoder::resume`]) into an encoder that writes the same
 //!   bytes an uninterrupted one would.
-//! - No input makes the decoder panic; a sealed block with any byte changed fails its checksum.
+//! - No input makes the decoder panic; a sealed block with any one byte changed fails its
+//!   checksum (CRC-32C catches every burst of up to 32 bits).
 
 use std::sync::Arc;
 

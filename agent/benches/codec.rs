@@ -5,6 +5,16 @@
 //!
 //! Figures and the machine they were taken on: docs/decisions/0012-chunk-codec.md.
 
+// Test fixtures: signal generators turn loop counters into register words and timestamps, and
+// decoded floats are compared exactly because the round trip must be bit-exact.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::float_cmp,
+    clippy::large_stack_arrays
+)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -249,7 +259,7 @@ fn bench_append(c: &mut Criterion) {
     ];
     for (name, values, hint) in &cases {
         group.bench_function(*name, |b| {
-            b.iter(|| black_box(encode(*hint, black_box(&ts), black_box(values)).encoded_len()))
+            b.iter(|| black_box(encode(*hint, black_box(&ts), black_box(values)).encoded_len()));
         });
     }
     group.finish();
@@ -279,7 +289,7 @@ fn bench_decode(c: &mut Criterion) {
                     n += 1;
                 }
                 n
-            })
+            });
         });
     }
     group.finish();

@@ -360,15 +360,15 @@ fn query(args: &QueryArgs) -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if args.stats {
-        let result = reader
-            .scale()
-            .map_err(QueryError::Store)
-            .and_then(|rows| {
-                let rows: Vec<_> = rows.into_iter().filter(|r| sel.wants_level(r.level)).collect();
-                edge_agent::store::query::write_scale(&rows, format, &mut out)
-                    .and_then(|()| out.flush())
-                    .map_err(QueryError::Output)
-            });
+        let result = reader.scale().map_err(QueryError::Store).and_then(|rows| {
+            let rows: Vec<_> = rows
+                .into_iter()
+                .filter(|r| sel.wants_level(r.level))
+                .collect();
+            edge_agent::store::query::write_scale(&rows, format, &mut out)
+                .and_then(|()| out.flush())
+                .map_err(QueryError::Output)
+        });
         return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(QueryError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {

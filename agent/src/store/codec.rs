@@ -35,6 +35,16 @@
 //!   bytes an uninterrupted one would.
 //! - No input makes the decoder panic; a sealed block with any one byte changed fails its
 //!   checksum (CRC-32C catches every burst of up to 32 bits).
+//!
+//! Casts between integer widths and signedness are the bit format itself (zigzag, two's-
+//! complement and IEEE bit patterns, fields read from the bit stream); the round-trip property
+//! tests cover them.
+
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 use std::sync::Arc;
 
@@ -58,7 +68,7 @@ const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
 /// Text dictionary entries per chunk; later new strings are written literally each time.
 const DICT_MAX: usize = 256;
-/// Decimal quanta the encoder tries when it learns one (10^-d for d in 0..=LEARN_MAX_D).
+/// Decimal quanta the encoder tries when it learns one (10^-d for d in `0..=LEARN_MAX_D`).
 const LEARN_MAX_D: u8 = 6;
 /// In the XOR class, how often (in samples) the encoder looks for a quantum again.
 const RELEARN_EVERY: u32 = 32;
@@ -745,6 +755,7 @@ impl State {
             .dict
             .iter()
             .position(|d| Arc::ptr_eq(d, s) || **d == **s);
+        #[allow(clippy::single_match_else)] // the two codings of a text, side by side
         match found {
             Some(i) => {
                 w.write_bit(false);

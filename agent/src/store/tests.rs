@@ -450,7 +450,8 @@ fn a_full_database_keeps_sealed_chunks_in_the_tail_logs_once_and_loses_nothing()
         queue_batches: 32,
         ..settings(&path)
     };
-    let h = Historian::spawn_gated(&roomy, &pts, st.clone(), None, Some(pages), None).expect("spawn");
+    let h =
+        Historian::spawn_gated(&roomy, &pts, st.clone(), None, Some(pages), None).expect("spawn");
     // 20 flushes of 100 samples (batch_size is 100) go to the tail; the commit at close fails.
     // Irregular floats, so the chunks need more room than the empty pages have.
     for batch in 0..20_i64 {

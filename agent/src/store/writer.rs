@@ -315,9 +315,15 @@ impl Historian {
     fn log_shed(&self, report: DropReport) {
         let path = self.path.display();
         match report {
-            DropReport::Started(counts) => warn!(path = %path, "Not storing general data while disk space is low: {counts} dropped so far (counted in store_dropped); summarised every {} s.", FAILURE_LOG_PERIOD.as_secs()),
-            DropReport::Summary { counts, period } => warn!(path = %path, "Disk space still low: {counts} general samples not stored in the last {} s.", period.as_secs()),
-            DropReport::Stopped { total, lasted } => info!(path = %path, "General data stored again after {total} were dropped over {} s.", lasted.as_secs()),
+            DropReport::Started(counts) => {
+                warn!(path = %path, "Not storing general data while disk space is low: {counts} dropped so far (counted in store_dropped); summarised every {} s.", FAILURE_LOG_PERIOD.as_secs());
+            }
+            DropReport::Summary { counts, period } => {
+                warn!(path = %path, "Disk space still low: {counts} general samples not stored in the last {} s.", period.as_secs());
+            }
+            DropReport::Stopped { total, lasted } => {
+                info!(path = %path, "General data stored again after {total} were dropped over {} s.", lasted.as_secs());
+            }
         }
     }
 
@@ -369,7 +375,9 @@ impl Historian {
             }
         }
         if !shed.is_zero() {
-            self.stats.store_dropped.add(Level::General, shed.get(Level::General));
+            self.stats
+                .store_dropped
+                .add(Level::General, shed.get(Level::General));
             if let Some(report) = self.shed.record(Instant::now(), &shed) {
                 self.log_shed(report);
             }
@@ -476,7 +484,10 @@ fn restore_head(path: &Path, committed: &HashMap<u32, u32>, replayed: &Replayed)
     let mut restored = 0u64;
     let mut unusable = 0u64;
     for (id, chunk) in &replayed.chunks {
-        if committed.get(&id.point_id).is_some_and(|&c| c >= id.chunk_seq) {
+        if committed
+            .get(&id.point_id)
+            .is_some_and(|&c| c >= id.chunk_seq)
+        {
             continue;
         }
         match head.restore(*id, chunk) {

@@ -4,6 +4,16 @@
 //! bits after `bit_len` in the last byte are zero when the stream is exported. The reader never
 //! reads past its `end` bit: every read checks the remaining length first and returns
 //! [`Truncated`] instead.
+//!
+//! Casts between integer widths and signedness are the bit format itself (zigzag, two's-
+//! complement and IEEE bit patterns, fields read from the bit stream); the round-trip property
+//! tests cover them.
+
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 /// A read would go past the end of the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,14 +181,13 @@ impl<'a> BitReader<'a> {
     #[inline]
     fn peek_word(&self) -> u64 {
         let byte = (self.pos / 8) as usize;
-        let word = match self.data.get(byte..byte + 8) {
-            Some(b) => u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
-            None => {
-                let mut b = [0u8; 8];
-                let tail = self.data.get(byte..).unwrap_or(&[]);
-                b[..tail.len()].copy_from_slice(tail);
-                u64::from_be_bytes(b)
-            }
+        let word = if let Some(b) = self.data.get(byte..byte + 8) {
+            u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+        } else {
+            let mut b = [0u8; 8];
+            let tail = self.data.get(byte..).unwrap_or(&[]);
+            b[..tail.len()].copy_from_slice(tail);
+            u64::from_be_bytes(b)
         };
         word << (self.pos % 8)
     }

@@ -68,10 +68,11 @@ fn chunks_seal_by_size_in_sequence_and_hold_every_sample_once_in_order() {
     let sealed = head.sealed();
     assert!(sealed.len() > 5, "small chunks: {}", sealed.len());
     let seqs: Vec<u32> = sealed.iter().map(|s| s.chunk_seq).collect();
-    assert_eq!(seqs, (5..5 + sealed.len() as u32).collect::<Vec<_>>());
+    let n = u32::try_from(sealed.len()).expect("few chunks");
+    assert_eq!(seqs, (5..5 + n).collect::<Vec<_>>());
     let all: Vec<(i64, u64)> = sealed.iter().flat_map(|s| decode(&s.block)).collect();
     let want: Vec<(i64, u64)> = (0..5_000)
-        .map(|i| (1_000_000 + i * 100, i as u64))
+        .map(|i| (1_000_000 + i * 100, u64::try_from(i).expect("small")))
         .collect();
     assert_eq!(all, want);
     for s in sealed {

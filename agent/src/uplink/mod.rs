@@ -30,7 +30,6 @@ mod delivery;
 mod encode;
 pub(crate) mod tls;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -41,7 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-pub(crate) use encode::{encode, topic, Envelope};
+pub(crate) use encode::{encode_into, topic, Envelope};
 pub use tls::TlsError;
 
 use crate::config::{Destination, Gateway};
@@ -85,7 +84,8 @@ pub struct UplinkHandle {
     tx: mpsc::Sender<Permitted<EgressItem>>,
     index: usize,
     stats: Arc<Stats>,
-    tasks: [JoinHandle<()>; 2],
+    /// The batcher and the connection driver (none for a detached test uplink).
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// A permit this uplink refused because another destination's policy granted it.
@@ -190,22 +190,11 @@ pub fn spawn(
         .position(|d| d.name == dest.name)
         .unwrap_or_else(|| panic!("no counters for destination {}", dest.name));
     let options = mqtt_options(&dest)?;
-    let env = Envelope {
-        gateway: gateway.id.to_string(),
-        site: gateway.site.to_string(),
-        destination: dest.name.to_string(),
-        legal_basis: dest.legal_basis.clone(),
-    };
+    let env = envelope(&dest, gateway);
     let (tx, rx) = mpsc::channel(dest.queue_items);
     let shared = Arc::new(Shared::new(dest.queue_items, stats.clone(), index));
     let closing = CancellationToken::new();
-    let batcher = Batcher {
-        dest: dest.clone(),
-        env,
-        shared: shared.clone(),
-        pending: HashMap::new(),
-        drops: DropLog::new(DROP_LOG_PERIOD),
-    };
+    let batcher = Batcher::new(dest.clone(), env, shared.clone());
     let batch_task = tokio::spawn(batcher.run(rx, shutdown, closing.clone()));
     let broker = format!("{}:{}", dest.broker.host, dest.broker.port);
     let driver = Driver::new(shared, MqttConnector { options }, closing, broker);
@@ -215,8 +204,89 @@ pub fn spawn(
         tx,
         index,
         stats,
-        tasks: [batch_task, conn_task],
+        tasks: vec![batch_task, conn_task],
     })
+}
+
+/// The uplink of `dest` without its tasks: the handle the router offers to, and the batcher and
+/// delivery core behind it, driven by hand ([`Detached::pump`]) with every message acknowledged
+/// at once. For the whole-path allocation test and benchmark (`pipeline::hot_path`); the
+/// broker's side (rumqttc, sockets) is not part of it.
+#[cfg(feature = "testkit")]
+pub(crate) fn detached(
+    dest: Arc<Destination>,
+    gateway: &Gateway,
+    stats: Arc<Stats>,
+) -> (UplinkHandle, Detached) {
+    let index = stats
+        .destinations
+        .iter()
+        .position(|d| d.name == dest.name)
+        .unwrap_or_else(|| panic!("no counters for destination {}", dest.name));
+    let env = envelope(&dest, gateway);
+    let (tx, rx) = mpsc::channel(dest.queue_items);
+    let shared = Arc::new(Shared::new(dest.queue_items, stats.clone(), index));
+    let batcher = Batcher::new(dest.clone(), env, shared.clone());
+    let handle = UplinkHandle {
+        policy: Policy::new(dest),
+        tx,
+        index,
+        stats,
+        tasks: Vec::new(),
+    };
+    let detached = Detached {
+        rx,
+        batcher,
+        shared,
+        pkid: 0,
+    };
+    (handle, detached)
+}
+
+/// See [`detached`].
+#[cfg(feature = "testkit")]
+#[derive(Debug)]
+pub(crate) struct Detached {
+    rx: mpsc::Receiver<Permitted<EgressItem>>,
+    batcher: Batcher,
+    shared: Arc<Shared>,
+    pkid: u16,
+}
+
+#[cfg(feature = "testkit")]
+impl Detached {
+    /// Batches every item offered so far, flushes every partial batch (as `batch_max_delay`
+    /// would), hands each message out and acknowledges it; returns how many messages went.
+    pub(crate) fn pump(&mut self) -> u64 {
+        while let Ok(item) = self.rx.try_recv() {
+            self.batcher.add(item.into_inner());
+        }
+        for slot in 0..self.batcher.pending.len() {
+            self.batcher.flush(slot);
+        }
+        let mut delivery = self.shared.lock();
+        delivery.on_connected();
+        let mut sent = 0;
+        while delivery.next_publish().is_some() {
+            // Packet ids are 1..=65535, as the client assigns them.
+            self.pkid = self.pkid % u16::MAX + 1;
+            delivery.on_published(self.pkid);
+            if let Some(acked) = delivery.on_puback(self.pkid) {
+                self.shared.counters().forwarded.add(acked.level, acked.items);
+            }
+            sent += 1;
+        }
+        sent
+    }
+}
+
+fn envelope(dest: &Destination, gateway: &Gateway) -> Envelope {
+    Envelope {
+        gateway: gateway.id.to_string(),
+        site: gateway.site.to_string(),
+        destination: dest.name.to_string(),
+        legal_basis: dest.legal_basis.clone(),
+    }
 }
 
 fn mqtt_options(dest: &Destination) -> Result<MqttOptions, UplinkError> {
@@ -283,16 +353,71 @@ impl Shared {
     }
 }
 
-/// Groups items into messages per (form, level).
+/// Items waiting for their message, one slot per (form, level).
+#[derive(Debug)]
+struct Pending {
+    form: Form,
+    level: Level,
+    /// `<prefix>/<site>/<gateway>/<form>/<level>`, built once and shared by every message.
+    topic: Arc<str>,
+    /// Kept (cleared) across messages, so batching reuses its buffer.
+    items: Vec<EgressItem>,
+    /// When the oldest waiting item arrived; `None` while empty.
+    since: Option<Instant>,
+}
+
+/// The slot of (form, level) in [`Batcher::pending`].
+fn slot(form: Form, level: Level) -> usize {
+    let form = match form {
+        Form::Raw => 0,
+        Form::Summary => 1,
+    };
+    form * Level::ALL.len() + level.index()
+}
+
+/// Groups items into messages per (form, level). In steady state a message costs one
+/// allocation, its payload (which the delivery core holds until the PUBACK): the item lists,
+/// the topics and the encoding buffer are reused.
+#[derive(Debug)]
 struct Batcher {
     dest: Arc<Destination>,
     env: Envelope,
     shared: Arc<Shared>,
-    pending: HashMap<(Form, Level), (Vec<EgressItem>, Instant)>,
+    /// Indexed by [`slot`].
+    pending: [Pending; 6],
+    /// The message being encoded.
+    scratch: Vec<u8>,
     drops: DropLog,
 }
 
 impl Batcher {
+    fn new(dest: Arc<Destination>, env: Envelope, shared: Arc<Shared>) -> Self {
+        let pending = std::array::from_fn(|i| {
+            let form = if i < Level::ALL.len() {
+                Form::Raw
+            } else {
+                Form::Summary
+            };
+            let level = Level::ALL[i % Level::ALL.len()];
+            debug_assert_eq!(slot(form, level), i);
+            Pending {
+                form,
+                level,
+                topic: topic(&dest.topic_prefix, &env, form, level).into(),
+                items: Vec::new(),
+                since: None,
+            }
+        });
+        Batcher {
+            dest,
+            env,
+            shared,
+            pending,
+            scratch: Vec::new(),
+            drops: DropLog::new(DROP_LOG_PERIOD),
+        }
+    }
+
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Permitted<EgressItem>>,
@@ -300,7 +425,7 @@ impl Batcher {
         closing: CancellationToken,
     ) {
         loop {
-            let next_due = self.pending.values().map(|(_, since)| *since).min();
+            let next_due = self.pending.iter().filter_map(|p| p.since).min();
             let deadline = next_due.map(|t| t + self.dest.batch_max_delay);
             let drops_due = self.drops.due().map(Instant::from_std);
             tokio::select! {
@@ -323,9 +448,8 @@ impl Batcher {
         while let Some(item) = rx.recv().await {
             self.add(item.into_inner());
         }
-        let keys: Vec<_> = self.pending.keys().copied().collect();
-        for k in keys {
-            self.flush(k);
+        for i in 0..self.pending.len() {
+            self.flush(i);
         }
         let now = Instant::now();
         if let Some(report) = self.drops.finish(now.into_std()) {
@@ -336,51 +460,55 @@ impl Batcher {
     }
 
     fn add(&mut self, item: EgressItem) {
-        let key = (item.form(), item.level());
-        let (items, _) = self
-            .pending
-            .entry(key)
-            .or_insert_with(|| (Vec::new(), Instant::now()));
-        items.push(item);
-        if items.len() >= self.dest.batch_max_items {
-            self.flush(key);
+        let i = slot(item.form(), item.level());
+        let p = &mut self.pending[i];
+        p.since.get_or_insert_with(Instant::now);
+        p.items.push(item);
+        if p.items.len() >= self.dest.batch_max_items {
+            self.flush(i);
         }
     }
 
     fn flush_due(&mut self, now: Instant) {
-        let due: Vec<_> = self
-            .pending
-            .iter()
-            .filter(|(_, (_, since))| *since + self.dest.batch_max_delay <= now)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in due {
-            self.flush(k);
+        for i in 0..self.pending.len() {
+            let due = self.pending[i]
+                .since
+                .is_some_and(|since| since + self.dest.batch_max_delay <= now);
+            if due {
+                self.flush(i);
+            }
         }
     }
 
-    fn flush(&mut self, key: (Form, Level)) {
-        let Some((items, _)) = self.pending.remove(&key) else {
+    /// Encode and queue what slot `i` holds, if anything.
+    fn flush(&mut self, i: usize) {
+        let p = &mut self.pending[i];
+        p.since = None;
+        if p.items.is_empty() {
             return;
-        };
-        let (form, level) = key;
-        let topic = topic(&self.dest.topic_prefix, &self.env, form, level);
+        }
+        let mut items = std::mem::take(&mut p.items);
+        let (topic, form, level) = (Arc::clone(&p.topic), p.form, p.level);
         self.encode_split(&topic, form, level, &items);
+        items.clear();
+        self.pending[i].items = items;
     }
 
     /// Encode `items` as one message, halving the batch until each message fits [`MAX_PAYLOAD`].
-    fn encode_split(&mut self, topic: &str, form: Form, level: Level, items: &[EgressItem]) {
+    fn encode_split(&mut self, topic: &Arc<str>, form: Form, level: Level, items: &[EgressItem]) {
         if items.is_empty() {
             return;
         }
-        let payload = encode(&self.env, form, level, items);
-        if payload.len() > MAX_PAYLOAD && items.len() > 1 {
+        encode_into(&self.env, form, level, items, &mut self.scratch);
+        if self.scratch.len() > MAX_PAYLOAD && items.len() > 1 {
             let (a, b) = items.split_at(items.len() / 2);
             self.encode_split(topic, form, level, a);
             self.encode_split(topic, form, level, b);
             return;
         }
-        let msg = Message::new(topic.to_owned(), payload, level, items.len() as u64);
+        // The payload leaves with the message (held until its PUBACK): an exact-size copy.
+        let payload = self.scratch.clone();
+        let msg = Message::new(Arc::clone(topic), payload, level, items.len() as u64);
         let dropped = self.shared.offer(msg);
         if let Some(report) = self.drops.record(Instant::now().into_std(), &dropped) {
             log_drops(&self.dest.name, report);
@@ -507,18 +635,13 @@ mod tests {
         let dest = destination(1, 1, 5);
         let stats = Arc::new(Stats::new([dest.name.clone()]));
         let shared = Arc::new(Shared::new(dest.queue_items, stats.clone(), 0));
-        let batcher = Batcher {
-            env: Envelope {
-                gateway: "gw".into(),
-                site: "s".into(),
-                destination: "dc".into(),
-                legal_basis: "b".into(),
-            },
-            dest,
-            shared,
-            pending: HashMap::new(),
-            drops: DropLog::new(DROP_LOG_PERIOD),
+        let env = Envelope {
+            gateway: "gw".into(),
+            site: "s".into(),
+            destination: "dc".into(),
+            legal_basis: "b".into(),
         };
+        let batcher = Batcher::new(dest, env, shared);
         let (tx, rx) = mpsc::channel(100);
         let (shutdown, closing) = (CancellationToken::new(), CancellationToken::new());
         let task = tokio::spawn(batcher.run(rx, shutdown.clone(), closing));

@@ -51,7 +51,11 @@ fn a_poll_batch_allocates_per_batch_request_and_message_but_never_per_sample() {
         }
         let change = region.change();
 
-        assert_eq!(total.samples, points * COUNTED as u64, "every point, every cycle");
+        assert_eq!(
+            total.samples,
+            points * COUNTED as u64,
+            "every point, every cycle"
+        );
         assert_eq!(total.batches, COUNTED as u64, "one batch per cycle");
         // The path is not vacuous: raw general samples and summaries both went upstream.
         let forwarded = forwarded(&path) - forwarded_before;

@@ -30,11 +30,13 @@ mod delivery;
 mod encode;
 pub(crate) mod tls;
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rumqttc::{MqttOptions, Transport};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -81,7 +83,7 @@ pub enum UplinkError {
 #[derive(Debug)]
 pub struct UplinkHandle {
     policy: Policy,
-    tx: mpsc::Sender<Permitted<EgressItem>>,
+    handoff: Arc<Handoff>,
     index: usize,
     stats: Arc<Stats>,
     /// The batcher and the connection driver (none for a detached test uplink).
@@ -150,7 +152,7 @@ impl UplinkHandle {
             error!(error = %refused, "Egress permit refused: it was granted for another destination.");
             return Err(refused);
         }
-        if self.tx.try_send(item).is_err() {
+        if self.handoff.push(item).is_err() {
             self.counters().dropped.add(level, 1);
         }
         Ok(())
@@ -162,13 +164,82 @@ impl UplinkHandle {
 
     /// Wait until the uplink has stopped: after the shutdown token is cancelled, it flushes what
     /// it holds and waits (bounded by `FLUSH_TIMEOUT`) for acknowledgements.
-    pub async fn closed(self) {
-        drop(self.tx);
-        for t in self.tasks {
+    pub async fn closed(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        // Dropping the handle tells the batcher nothing more will come.
+        drop(self);
+        for t in tasks {
             if let Err(e) = t.await {
                 warn!(error = %e, "Uplink task ended abnormally.");
             }
         }
+    }
+}
+
+impl Drop for UplinkHandle {
+    fn drop(&mut self) {
+        self.handoff.close();
+    }
+}
+
+/// The router's hand-off to one uplink's batcher: a bounded FIFO that never makes the router
+/// wait (a full one refuses the item, which the handle counts as dropped). A tokio channel
+/// would allocate a block per 32 items whenever a burst (a large poll batch, a window's
+/// summaries) outruns the few blocks it recycles; this buffer grows to the largest backlog
+/// seen and then stays, so the hand-off allocates nothing in steady state.
+#[derive(Debug)]
+struct Handoff {
+    items: Mutex<VecDeque<Permitted<EgressItem>>>,
+    capacity: usize,
+    /// Wakes the batcher when items arrive or the handle is gone.
+    ready: Notify,
+    /// The handle is gone: nothing more will arrive.
+    closed: AtomicBool,
+}
+
+impl Handoff {
+    fn new(capacity: usize) -> Self {
+        Handoff {
+            items: Mutex::new(VecDeque::new()),
+            capacity,
+            ready: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Permitted<EgressItem>>> {
+        // A panic while holding the lock leaves plain data behind; keep delivering.
+        self.items
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queue `item`, or give it back when the queue is full.
+    fn push(&self, item: Permitted<EgressItem>) -> Result<(), Permitted<EgressItem>> {
+        let mut items = self.lock();
+        if items.len() >= self.capacity {
+            return Err(item);
+        }
+        items.push_back(item);
+        drop(items);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Move everything queued into `out`, which must be empty: the two buffers swap, so
+    /// neither is reallocated.
+    fn take_all(&self, out: &mut VecDeque<Permitted<EgressItem>>) {
+        debug_assert!(out.is_empty());
+        std::mem::swap(&mut *self.lock(), out);
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 }
 
@@ -191,17 +262,17 @@ pub fn spawn(
         .unwrap_or_else(|| panic!("no counters for destination {}", dest.name));
     let options = mqtt_options(&dest)?;
     let env = envelope(&dest, gateway);
-    let (tx, rx) = mpsc::channel(dest.queue_items);
+    let handoff = Arc::new(Handoff::new(dest.queue_items));
     let shared = Arc::new(Shared::new(dest.queue_items, stats.clone(), index));
     let closing = CancellationToken::new();
     let batcher = Batcher::new(dest.clone(), env, shared.clone());
-    let batch_task = tokio::spawn(batcher.run(rx, shutdown, closing.clone()));
+    let batch_task = tokio::spawn(batcher.run(handoff.clone(), shutdown, closing.clone()));
     let broker = format!("{}:{}", dest.broker.host, dest.broker.port);
     let driver = Driver::new(shared, MqttConnector { options }, closing, broker);
     let conn_task = tokio::spawn(driver.run());
     Ok(UplinkHandle {
         policy: Policy::new(dest),
-        tx,
+        handoff,
         index,
         stats,
         tasks: vec![batch_task, conn_task],
@@ -224,18 +295,19 @@ pub(crate) fn detached(
         .position(|d| d.name == dest.name)
         .unwrap_or_else(|| panic!("no counters for destination {}", dest.name));
     let env = envelope(&dest, gateway);
-    let (tx, rx) = mpsc::channel(dest.queue_items);
+    let handoff = Arc::new(Handoff::new(dest.queue_items));
     let shared = Arc::new(Shared::new(dest.queue_items, stats.clone(), index));
     let batcher = Batcher::new(dest.clone(), env, shared.clone());
     let handle = UplinkHandle {
         policy: Policy::new(dest),
-        tx,
+        handoff: handoff.clone(),
         index,
         stats,
         tasks: Vec::new(),
     };
     let detached = Detached {
-        rx,
+        handoff,
+        inbox: VecDeque::new(),
         batcher,
         shared,
         pkid: 0,
@@ -247,7 +319,8 @@ pub(crate) fn detached(
 #[cfg(feature = "testkit")]
 #[derive(Debug)]
 pub(crate) struct Detached {
-    rx: mpsc::Receiver<Permitted<EgressItem>>,
+    handoff: Arc<Handoff>,
+    inbox: VecDeque<Permitted<EgressItem>>,
     batcher: Batcher,
     shared: Arc<Shared>,
     pkid: u16,
@@ -258,7 +331,8 @@ impl Detached {
     /// Batches every item offered so far, flushes every partial batch (as `batch_max_delay`
     /// would), hands each message out and acknowledges it; returns how many messages went.
     pub(crate) fn pump(&mut self) -> u64 {
-        while let Ok(item) = self.rx.try_recv() {
+        self.handoff.take_all(&mut self.inbox);
+        while let Some(item) = self.inbox.pop_front() {
             self.batcher.add(item.into_inner());
         }
         for slot in 0..self.batcher.pending.len() {
@@ -272,7 +346,10 @@ impl Detached {
             self.pkid = self.pkid % u16::MAX + 1;
             delivery.on_published(self.pkid);
             if let Some(acked) = delivery.on_puback(self.pkid) {
-                self.shared.counters().forwarded.add(acked.level, acked.items);
+                self.shared
+                    .counters()
+                    .forwarded
+                    .add(acked.level, acked.items);
             }
             sent += 1;
         }
@@ -420,10 +497,12 @@ impl Batcher {
 
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Permitted<EgressItem>>,
+        handoff: Arc<Handoff>,
         shutdown: CancellationToken,
         closing: CancellationToken,
     ) {
+        // What the router handed off, taken in one swap per wake-up.
+        let mut inbox = VecDeque::new();
         loop {
             let next_due = self.pending.iter().filter_map(|p| p.since).min();
             let deadline = next_due.map(|t| t + self.dest.batch_max_delay);
@@ -431,10 +510,14 @@ impl Batcher {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                item = rx.recv() => match item {
-                    Some(item) => self.add(item.into_inner()),
-                    None => break,
-                },
+                () = handoff.ready.notified() => {
+                    // Read before taking: whatever was handed off before the close is taken.
+                    let closed = handoff.is_closed();
+                    self.take(&handoff, &mut inbox);
+                    if closed {
+                        break;
+                    }
+                }
                 () = sleep_until_opt(deadline) => self.flush_due(Instant::now()),
                 () = sleep_until_opt(drops_due) => {
                     if let Some(report) = self.drops.tick(Instant::now().into_std()) {
@@ -444,10 +527,7 @@ impl Batcher {
             }
         }
         // Whatever the router offered before shutdown is still delivered.
-        rx.close();
-        while let Some(item) = rx.recv().await {
-            self.add(item.into_inner());
-        }
+        self.take(&handoff, &mut inbox);
         for i in 0..self.pending.len() {
             self.flush(i);
         }
@@ -457,6 +537,14 @@ impl Batcher {
         }
         self.shared.lock().close((now + FLUSH_TIMEOUT).into_std());
         closing.cancel();
+    }
+
+    /// Batch everything handed off so far.
+    fn take(&mut self, handoff: &Handoff, inbox: &mut VecDeque<Permitted<EgressItem>>) {
+        handoff.take_all(inbox);
+        while let Some(item) = inbox.pop_front() {
+            self.add(item.into_inner());
+        }
     }
 
     fn add(&mut self, item: EgressItem) {
@@ -642,11 +730,13 @@ mod tests {
             legal_basis: "b".into(),
         };
         let batcher = Batcher::new(dest, env, shared);
-        let (tx, rx) = mpsc::channel(100);
+        let handoff = Arc::new(Handoff::new(100));
         let (shutdown, closing) = (CancellationToken::new(), CancellationToken::new());
-        let task = tokio::spawn(batcher.run(rx, shutdown.clone(), closing));
+        let task = tokio::spawn(batcher.run(handoff.clone(), shutdown.clone(), closing));
         for seq in 0..100 {
-            tx.send(general_sample(seq)).await.expect("batcher running");
+            handoff
+                .push(general_sample(seq))
+                .expect("room for 100 items");
         }
         // Paused time only moves once the batcher has taken every item.
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -730,7 +730,9 @@ impl Core {
                         .then(|| (low.end(), u32::from(high.start))),
                     ok_halves: 0,
                 });
-                cycle.todo.push_front((CycleBlock::Split(high), Some(index)));
+                cycle
+                    .todo
+                    .push_front((CycleBlock::Split(high), Some(index)));
                 cycle.todo.push_front((CycleBlock::Split(low), Some(index)));
                 return;
             }

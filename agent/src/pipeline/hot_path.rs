@@ -1,7 +1,8 @@
 //! The per-sample hot path, driven by hand for the allocation test (`tests/hot_path_alloc.rs`)
-//! and the benchmark (`benches/modbus.rs`): one Modbus device of `points` f32 points (one in
-//! three important, the rest general), compiled from a config like the demo's, with the demo's
-//! two destinations. A [`HotPath::cycle`] is one poll cycle through the real code:
+//! and the benchmark (`benches/modbus.rs`): one Modbus device of `points` points in holding
+//! registers, two registers apart, of five kinds in turn (f32; u32; i16 scaled; u16 with a value
+//! map; a 4-character string that keeps its text), one in three important, the rest general,
+//! compiled from a config like the demo's, with the demo's two destinations. A [`HotPath::cycle`] is one poll cycle through the real code:
 //!
 //! 1. the line's schedule core starts the cycle, asks for each read block, decodes the replies
 //!    and stamps the `Tagged` samples (the replies are built here, as the transport builds
@@ -64,7 +65,8 @@ impl std::fmt::Debug for HotPath {
     }
 }
 
-/// A config of one device with `points` f32 points and the demo's destinations.
+/// A config of one device with `points` points (see the module docs) and the demo's
+/// destinations.
 fn config_text(points: usize) -> String {
     use std::fmt::Write as _;
     let mut t = String::from(
@@ -90,16 +92,24 @@ protocol = "modbus_tcp"
 endpoint = "127.0.0.1:5020"
 unit_id = 1
 poll_interval = "100ms"
+max_gap = 1
 level = "general"
 category = "production_operation"
 "#,
     );
     for i in 0..points {
         let level = if i % 3 == 2 { "important" } else { "general" };
+        let kind = match i % 5 {
+            0 => "type = \"f32\"\nunit = \"kN\"",
+            1 => "type = \"u32\"",
+            2 => "type = \"i16\"\nscale = 0.1\nunit = \"degC\"",
+            3 => "type = \"u16\"\nmap = { \"0\" = \"off\", \"1\" = \"manual\", \"2\" = \"auto\" }",
+            _ => "type = \"string\"\nregisters = 2",
+        };
         // Writing to a String cannot fail.
         let _ = write!(
             t,
-            "\n[[devices.points]]\ntag = \"press1.p{i}\"\nregister = \"holding:{}\"\ntype = \"f32\"\nunit = \"kN\"\nlevel = \"{level}\"\n",
+            "\n[[devices.points]]\ntag = \"press1.p{i}\"\nregister = \"holding:{}\"\n{kind}\nlevel = \"{level}\"\n",
             2 * i
         );
     }
@@ -226,16 +236,34 @@ impl HotPath {
     }
 }
 
-/// The registers of `read`'s block in cycle `k`: point `i` (at register `2i`) reads
-/// `i + k / 8` as an f32, most significant word first, so every value moves over time.
-#[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)] // test signal values
+/// The registers of `read`'s block in cycle `k`, for point `i` at registers `2i, 2i + 1`:
+/// the f32 `i + k / 8`, the u32 `1000 i + k`, the i16 `i + k`, the mode `k / 10 % 3`, and the
+/// text "RUN1"; numbers most significant word first. Every number moves over time.
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss
+)] // test signal values
 fn reply(read: &Read, k: u64) -> Reply {
     let block = &read.block;
     let mut words = Vec::with_capacity(usize::from(block.count));
     for a in block.start..block.start.saturating_add(block.count) {
-        let value = f32::from(a / 2) + (k as f32) / 8.0;
-        let [hi, lo] = [(value.to_bits() >> 16) as u16, value.to_bits() as u16];
-        words.push(if a % 2 == 0 { hi } else { lo });
+        let i = u64::from(a / 2);
+        let pair: [u16; 2] = match i % 5 {
+            0 => {
+                let bits = (i as f32 + k as f32 / 8.0).to_bits();
+                [(bits >> 16) as u16, bits as u16]
+            }
+            1 => {
+                let v = (1000 * i + k) as u32;
+                [(v >> 16) as u16, v as u16]
+            }
+            2 => [(i + k) as i16 as u16, 0],
+            3 => [(k / 10 % 3) as u16, 0],
+            _ => [u16::from_be_bytes(*b"RU"), u16::from_be_bytes(*b"N1")],
+        };
+        words.push(pair[usize::from(a % 2)]);
     }
     Reply::Words(words)
 }

@@ -152,7 +152,7 @@ impl UplinkHandle {
             error!(error = %refused, "Egress permit refused: it was granted for another destination.");
             return Err(refused);
         }
-        if self.handoff.push(item).is_err() {
+        if !self.handoff.push(item) {
             self.counters().dropped.add(level, 1);
         }
         Ok(())
@@ -214,16 +214,17 @@ impl Handoff {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queue `item`, or give it back when the queue is full.
-    fn push(&self, item: Permitted<EgressItem>) -> Result<(), Permitted<EgressItem>> {
+    /// Queue `item`; `false` when the queue is full and the item was dropped.
+    #[must_use]
+    fn push(&self, item: Permitted<EgressItem>) -> bool {
         let mut items = self.lock();
         if items.len() >= self.capacity {
-            return Err(item);
+            return false;
         }
         items.push_back(item);
         drop(items);
         self.ready.notify_one();
-        Ok(())
+        true
     }
 
     /// Move everything queued into `out`, which must be empty: the two buffers swap, so
@@ -734,9 +735,7 @@ mod tests {
         let (shutdown, closing) = (CancellationToken::new(), CancellationToken::new());
         let task = tokio::spawn(batcher.run(handoff.clone(), shutdown.clone(), closing));
         for seq in 0..100 {
-            handoff
-                .push(general_sample(seq))
-                .expect("room for 100 items");
+            assert!(handoff.push(general_sample(seq)), "room for 100 items");
         }
         // Paused time only moves once the batcher has taken every item.
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -661,7 +661,12 @@ impl Core {
         for &pi in &block.points {
             let point = &dev.points[pi];
             let decoded = match &reply {
-                Reply::Words(w) => decode::decode_registers(point, block.start, w),
+                Reply::Words(w) => decode::decode_registers_after(
+                    point,
+                    block.start,
+                    w,
+                    st.mem.last_good[pi].as_ref(),
+                ),
                 Reply::Bits(b) => decode::decode_bits(point, block.start, b),
             };
             let outcome = match decoded {

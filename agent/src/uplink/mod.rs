@@ -771,6 +771,29 @@ mod tests {
     }
 
     #[test]
+    fn the_handoff_refuses_items_beyond_its_capacity_and_gives_the_rest_in_order() {
+        let h = Handoff::new(2);
+        assert!(h.push(general_sample(1)));
+        assert!(h.push(general_sample(2)));
+        assert!(!h.push(general_sample(3)), "full: the third is refused");
+        let mut inbox = VecDeque::new();
+        h.take_all(&mut inbox);
+        let seqs: Vec<u64> = inbox
+            .iter()
+            .map(|p| match p.get().view() {
+                crate::policy::EgressView::Raw(t) => t.seq(),
+                crate::policy::EgressView::Summary { .. } => panic!("raw items only"),
+            })
+            .collect();
+        assert_eq!(seqs, [1, 2]);
+        inbox.clear();
+        assert!(h.push(general_sample(4)), "taking made room");
+        assert!(!h.is_closed());
+        h.close();
+        assert!(h.is_closed());
+    }
+
+    #[test]
     fn backlog_drops_are_counted_per_level_in_the_destination_stats() {
         let s = Shared::new(10, Arc::new(Stats::new([Arc::from("d")])), 0);
         let msg = |level, items| Message::new("t".into(), vec![], level, items);

@@ -1,4 +1,6 @@
-//! Hot-path costs of Modbus acquisition: decoding a block's points, planning a device.
+//! Hot-path costs of Modbus acquisition: decoding a block's points, planning a device, and a
+//! whole poll cycle through the per-sample hot path (decode, stamp, summary, policy, raw egress
+//! encoding; `edge_agent::pipeline::hot_path`), per sample.
 //!
 //!     cargo bench -p edge-agent --bench modbus
 //!
@@ -18,6 +20,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use edge_agent::model::{Category, Level, PointMeta};
+use edge_agent::pipeline::hot_path::HotPath;
 use edge_agent::source::modbus::config::{ByteOrder, DataType, ModbusPoint, Table, ValueMap};
 use edge_agent::source::modbus::decode::decode_registers;
 use edge_agent::source::modbus::plan::{plan, Limits};
@@ -105,5 +108,22 @@ fn planner(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decode, planner);
+fn hot_path(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hot_path");
+    for points in [100usize, 1000] {
+        let mut path = HotPath::new(points);
+        // Past the first summary windows, so buffers have their steady size (as in the
+        // allocation test); windows keep closing every 50 cycles while measuring.
+        for _ in 0..120 {
+            path.cycle();
+        }
+        g.throughput(Throughput::Elements(points as u64));
+        g.bench_function(format!("poll cycle, {points} points"), |b| {
+            b.iter(|| black_box(path.cycle()));
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decode, planner, hot_path);
 criterion_main!(benches);

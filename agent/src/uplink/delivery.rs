@@ -18,6 +18,7 @@
 //!   order (message ids are monotonic).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::model::Level;
@@ -29,14 +30,15 @@ pub(crate) struct Message {
     /// Monotonic, assigned by [`Delivery::offer`]; keeps re-queued messages in their original
     /// order.
     pub(crate) id: u64,
-    pub(crate) topic: String,
+    /// Shared with every message of its (form, level): a topic costs no allocation per message.
+    pub(crate) topic: Arc<str>,
     pub(crate) payload: Vec<u8>,
     pub(crate) level: Level,
     pub(crate) items: u64,
 }
 
 impl Message {
-    pub(crate) fn new(topic: String, payload: Vec<u8>, level: Level, items: u64) -> Self {
+    pub(crate) fn new(topic: Arc<str>, payload: Vec<u8>, level: Level, items: u64) -> Self {
         Message {
             id: 0,
             topic,
@@ -266,7 +268,7 @@ mod tests {
     fn publish_all(d: &mut Delivery) -> Vec<String> {
         let mut out = Vec::new();
         while let Some(m) = d.next_publish() {
-            out.push(m.topic.clone());
+            out.push(m.topic.to_string());
         }
         out
     }
@@ -354,8 +356,8 @@ mod tests {
                 items: 1
             })
         );
-        assert_eq!(d.in_flight.get(&7).map(|m| m.topic.as_str()), Some("a"));
-        assert_eq!(d.in_flight.get(&9).map(|m| m.topic.as_str()), Some("c"));
+        assert_eq!(d.in_flight.get(&7).map(|m| &*m.topic), Some("a"));
+        assert_eq!(d.in_flight.get(&9).map(|m| &*m.topic), Some("c"));
         assert!(d.on_puback(7).is_some() && d.on_puback(9).is_some());
         assert!(d.is_delivered());
         assert_eq!(d.items(), 0);
@@ -371,7 +373,7 @@ mod tests {
         assert_eq!(d.on_published(1), Published::Assigned);
         assert_eq!(d.on_published(1), Published::Retransmission);
         assert_eq!(d.on_published(2), Published::Assigned);
-        assert_eq!(d.in_flight.get(&2).map(|m| m.topic.as_str()), Some("b"));
+        assert_eq!(d.in_flight.get(&2).map(|m| &*m.topic), Some("b"));
         assert_eq!(d.on_published(3), Published::Unexpected);
     }
 

@@ -166,10 +166,25 @@ fn finite(x: Option<f64>) -> Option<f64> {
 }
 
 /// Encode one message. Every item must have the given form and level (the batcher groups by
-/// them); a mismatch is a bug, so it is checked in debug builds and filtered out in release so a
-/// message never understates the level of what it carries.
+/// them); a mismatch is a bug, so it is checked in debug builds.
+#[cfg(test)]
 pub(crate) fn encode(env: &Envelope, form: Form, level: Level, items: &[EgressItem]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(env, form, level, items, &mut out);
+    out
+}
+
+/// [`encode`] into `out` (cleared first), so the batcher reuses one buffer for every message
+/// instead of growing a fresh one per message.
+pub(crate) fn encode_into(
+    env: &Envelope,
+    form: Form,
+    level: Level,
+    items: &[EgressItem],
+    out: &mut Vec<u8>,
+) {
     debug_assert!(items.iter().all(|i| i.form() == form && i.level() == level));
+    out.clear();
     let msg = Message {
         v: SCHEMA_VERSION,
         gateway: &env.gateway,
@@ -180,9 +195,12 @@ pub(crate) fn encode(env: &Envelope, form: Form, level: Level, items: &[EgressIt
         legal_basis: &env.legal_basis,
         items: Items(items),
     };
-    // Serialising plain structs to a Vec cannot fail (no I/O, string keys, NaN filtered above;
-    // serde_json writes non-finite raw floats as null).
-    serde_json::to_vec(&msg).unwrap_or_default()
+    // Serialising plain structs into a Vec cannot fail (no I/O, string keys, NaN filtered above;
+    // serde_json writes non-finite raw floats as null); were it to, the message is empty rather
+    // than half a document.
+    if serde_json::to_writer(&mut *out, &msg).is_err() {
+        out.clear();
+    }
 }
 
 #[cfg(test)]

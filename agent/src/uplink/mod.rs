@@ -30,18 +30,19 @@ mod delivery;
 mod encode;
 pub(crate) mod tls;
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rumqttc::{MqttOptions, Transport};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-pub(crate) use encode::{encode, topic, Envelope};
+pub(crate) use encode::{encode_into, topic, Envelope};
 pub use tls::TlsError;
 
 use crate::config::{Destination, Gateway};
@@ -82,10 +83,11 @@ pub enum UplinkError {
 #[derive(Debug)]
 pub struct UplinkHandle {
     policy: Policy,
-    tx: mpsc::Sender<Permitted<EgressItem>>,
+    handoff: Arc<Handoff>,
     index: usize,
     stats: Arc<Stats>,
-    tasks: [JoinHandle<()>; 2],
+    /// The batcher and the connection driver (none for a detached test uplink).
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// A permit this uplink refused because another destination's policy granted it.
@@ -150,7 +152,7 @@ impl UplinkHandle {
             error!(error = %refused, "Egress permit refused: it was granted for another destination.");
             return Err(refused);
         }
-        if self.tx.try_send(item).is_err() {
+        if !self.handoff.push(item) {
             self.counters().dropped.add(level, 1);
         }
         Ok(())
@@ -162,13 +164,83 @@ impl UplinkHandle {
 
     /// Wait until the uplink has stopped: after the shutdown token is cancelled, it flushes what
     /// it holds and waits (bounded by `FLUSH_TIMEOUT`) for acknowledgements.
-    pub async fn closed(self) {
-        drop(self.tx);
-        for t in self.tasks {
+    pub async fn closed(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        // Dropping the handle tells the batcher nothing more will come.
+        drop(self);
+        for t in tasks {
             if let Err(e) = t.await {
                 warn!(error = %e, "Uplink task ended abnormally.");
             }
         }
+    }
+}
+
+impl Drop for UplinkHandle {
+    fn drop(&mut self) {
+        self.handoff.close();
+    }
+}
+
+/// The router's hand-off to one uplink's batcher: a bounded FIFO that never makes the router
+/// wait (a full one refuses the item, which the handle counts as dropped). A tokio channel
+/// would allocate a block per 32 items whenever a burst (a large poll batch, a window's
+/// summaries) outruns the few blocks it recycles; this buffer grows to the largest backlog
+/// seen and then stays, so the hand-off allocates nothing in steady state.
+#[derive(Debug)]
+struct Handoff {
+    items: Mutex<VecDeque<Permitted<EgressItem>>>,
+    capacity: usize,
+    /// Wakes the batcher when items arrive or the handle is gone.
+    ready: Notify,
+    /// The handle is gone: nothing more will arrive.
+    closed: AtomicBool,
+}
+
+impl Handoff {
+    fn new(capacity: usize) -> Self {
+        Handoff {
+            items: Mutex::new(VecDeque::new()),
+            capacity,
+            ready: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Permitted<EgressItem>>> {
+        // A panic while holding the lock leaves plain data behind; keep delivering.
+        self.items
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queue `item`; `false` when the queue is full and the item was dropped.
+    #[must_use]
+    fn push(&self, item: Permitted<EgressItem>) -> bool {
+        let mut items = self.lock();
+        if items.len() >= self.capacity {
+            return false;
+        }
+        items.push_back(item);
+        drop(items);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Move everything queued into `out`, which must be empty: the two buffers swap, so
+    /// neither is reallocated.
+    fn take_all(&self, out: &mut VecDeque<Permitted<EgressItem>>) {
+        debug_assert!(out.is_empty());
+        std::mem::swap(&mut *self.lock(), out);
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 }
 
@@ -190,33 +262,109 @@ pub fn spawn(
         .position(|d| d.name == dest.name)
         .unwrap_or_else(|| panic!("no counters for destination {}", dest.name));
     let options = mqtt_options(&dest)?;
-    let env = Envelope {
-        gateway: gateway.id.to_string(),
-        site: gateway.site.to_string(),
-        destination: dest.name.to_string(),
-        legal_basis: dest.legal_basis.clone(),
-    };
-    let (tx, rx) = mpsc::channel(dest.queue_items);
+    let env = envelope(&dest, gateway);
+    let handoff = Arc::new(Handoff::new(dest.queue_items));
     let shared = Arc::new(Shared::new(dest.queue_items, stats.clone(), index));
     let closing = CancellationToken::new();
-    let batcher = Batcher {
-        dest: dest.clone(),
-        env,
-        shared: shared.clone(),
-        pending: HashMap::new(),
-        drops: DropLog::new(DROP_LOG_PERIOD),
-    };
-    let batch_task = tokio::spawn(batcher.run(rx, shutdown, closing.clone()));
+    let batcher = Batcher::new(dest.clone(), env, shared.clone());
+    let batch_task = tokio::spawn(batcher.run(handoff.clone(), shutdown, closing.clone()));
     let broker = format!("{}:{}", dest.broker.host, dest.broker.port);
     let driver = Driver::new(shared, MqttConnector { options }, closing, broker);
     let conn_task = tokio::spawn(driver.run());
     Ok(UplinkHandle {
         policy: Policy::new(dest),
-        tx,
+        handoff,
         index,
         stats,
-        tasks: [batch_task, conn_task],
+        tasks: vec![batch_task, conn_task],
     })
+}
+
+/// The uplink of `dest` without its tasks: the handle the router offers to, and the batcher and
+/// delivery core behind it, driven by hand ([`Detached::pump`]) with every message acknowledged
+/// at once. For the whole-path allocation test and benchmark (`pipeline::hot_path`); the
+/// broker's side (rumqttc, sockets) is not part of it.
+#[cfg(feature = "testkit")]
+pub(crate) fn detached(
+    dest: Arc<Destination>,
+    gateway: &Gateway,
+    stats: Arc<Stats>,
+) -> (UplinkHandle, Detached) {
+    let index = stats
+        .destinations
+        .iter()
+        .position(|d| d.name == dest.name)
+        .unwrap_or_else(|| panic!("no counters for destination {}", dest.name));
+    let env = envelope(&dest, gateway);
+    let handoff = Arc::new(Handoff::new(dest.queue_items));
+    let shared = Arc::new(Shared::new(dest.queue_items, stats.clone(), index));
+    let batcher = Batcher::new(dest.clone(), env, shared.clone());
+    let handle = UplinkHandle {
+        policy: Policy::new(dest),
+        handoff: handoff.clone(),
+        index,
+        stats,
+        tasks: Vec::new(),
+    };
+    let detached = Detached {
+        handoff,
+        inbox: VecDeque::new(),
+        batcher,
+        shared,
+        pkid: 0,
+    };
+    (handle, detached)
+}
+
+/// See [`detached`].
+#[cfg(feature = "testkit")]
+#[derive(Debug)]
+pub(crate) struct Detached {
+    handoff: Arc<Handoff>,
+    inbox: VecDeque<Permitted<EgressItem>>,
+    batcher: Batcher,
+    shared: Arc<Shared>,
+    pkid: u16,
+}
+
+#[cfg(feature = "testkit")]
+impl Detached {
+    /// Batches every item offered so far, flushes every partial batch (as `batch_max_delay`
+    /// would), hands each message out and acknowledges it; returns how many messages went.
+    pub(crate) fn pump(&mut self) -> u64 {
+        self.handoff.take_all(&mut self.inbox);
+        while let Some(item) = self.inbox.pop_front() {
+            self.batcher.add(item.into_inner());
+        }
+        for slot in 0..self.batcher.pending.len() {
+            self.batcher.flush(slot);
+        }
+        let mut delivery = self.shared.lock();
+        delivery.on_connected();
+        let mut sent = 0;
+        while delivery.next_publish().is_some() {
+            // Packet ids are 1..=65535, as the client assigns them.
+            self.pkid = self.pkid % u16::MAX + 1;
+            delivery.on_published(self.pkid);
+            if let Some(acked) = delivery.on_puback(self.pkid) {
+                self.shared
+                    .counters()
+                    .forwarded
+                    .add(acked.level, acked.items);
+            }
+            sent += 1;
+        }
+        sent
+    }
+}
+
+fn envelope(dest: &Destination, gateway: &Gateway) -> Envelope {
+    Envelope {
+        gateway: gateway.id.to_string(),
+        site: gateway.site.to_string(),
+        destination: dest.name.to_string(),
+        legal_basis: dest.legal_basis.clone(),
+    }
 }
 
 fn mqtt_options(dest: &Destination) -> Result<MqttOptions, UplinkError> {
@@ -283,33 +431,94 @@ impl Shared {
     }
 }
 
-/// Groups items into messages per (form, level).
+/// Items waiting for their message, one slot per (form, level).
+#[derive(Debug)]
+struct Pending {
+    form: Form,
+    level: Level,
+    /// `<prefix>/<site>/<gateway>/<form>/<level>`, built once and shared by every message.
+    topic: Arc<str>,
+    /// Kept (cleared) across messages, so batching reuses its buffer.
+    items: Vec<EgressItem>,
+    /// When the oldest waiting item arrived; `None` while empty.
+    since: Option<Instant>,
+}
+
+/// The slot of (form, level) in [`Batcher::pending`].
+fn slot(form: Form, level: Level) -> usize {
+    let form = match form {
+        Form::Raw => 0,
+        Form::Summary => 1,
+    };
+    form * Level::ALL.len() + level.index()
+}
+
+/// Groups items into messages per (form, level). In steady state a message costs one
+/// allocation, its payload (which the delivery core holds until the PUBACK): the item lists,
+/// the topics and the encoding buffer are reused.
+#[derive(Debug)]
 struct Batcher {
     dest: Arc<Destination>,
     env: Envelope,
     shared: Arc<Shared>,
-    pending: HashMap<(Form, Level), (Vec<EgressItem>, Instant)>,
+    /// Indexed by [`slot`].
+    pending: [Pending; 6],
+    /// The message being encoded.
+    scratch: Vec<u8>,
     drops: DropLog,
 }
 
 impl Batcher {
+    fn new(dest: Arc<Destination>, env: Envelope, shared: Arc<Shared>) -> Self {
+        let pending = std::array::from_fn(|i| {
+            let form = if i < Level::ALL.len() {
+                Form::Raw
+            } else {
+                Form::Summary
+            };
+            let level = Level::ALL[i % Level::ALL.len()];
+            debug_assert_eq!(slot(form, level), i);
+            Pending {
+                form,
+                level,
+                topic: topic(&dest.topic_prefix, &env, form, level).into(),
+                items: Vec::new(),
+                since: None,
+            }
+        });
+        Batcher {
+            dest,
+            env,
+            shared,
+            pending,
+            scratch: Vec::new(),
+            drops: DropLog::new(DROP_LOG_PERIOD),
+        }
+    }
+
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Permitted<EgressItem>>,
+        handoff: Arc<Handoff>,
         shutdown: CancellationToken,
         closing: CancellationToken,
     ) {
+        // What the router handed off, taken in one swap per wake-up.
+        let mut inbox = VecDeque::new();
         loop {
-            let next_due = self.pending.values().map(|(_, since)| *since).min();
+            let next_due = self.pending.iter().filter_map(|p| p.since).min();
             let deadline = next_due.map(|t| t + self.dest.batch_max_delay);
             let drops_due = self.drops.due().map(Instant::from_std);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                item = rx.recv() => match item {
-                    Some(item) => self.add(item.into_inner()),
-                    None => break,
-                },
+                () = handoff.ready.notified() => {
+                    // Read before taking: whatever was handed off before the close is taken.
+                    let closed = handoff.is_closed();
+                    self.take(&handoff, &mut inbox);
+                    if closed {
+                        break;
+                    }
+                }
                 () = sleep_until_opt(deadline) => self.flush_due(Instant::now()),
                 () = sleep_until_opt(drops_due) => {
                     if let Some(report) = self.drops.tick(Instant::now().into_std()) {
@@ -319,13 +528,9 @@ impl Batcher {
             }
         }
         // Whatever the router offered before shutdown is still delivered.
-        rx.close();
-        while let Some(item) = rx.recv().await {
-            self.add(item.into_inner());
-        }
-        let keys: Vec<_> = self.pending.keys().copied().collect();
-        for k in keys {
-            self.flush(k);
+        self.take(&handoff, &mut inbox);
+        for i in 0..self.pending.len() {
+            self.flush(i);
         }
         let now = Instant::now();
         if let Some(report) = self.drops.finish(now.into_std()) {
@@ -335,52 +540,64 @@ impl Batcher {
         closing.cancel();
     }
 
+    /// Batch everything handed off so far.
+    fn take(&mut self, handoff: &Handoff, inbox: &mut VecDeque<Permitted<EgressItem>>) {
+        handoff.take_all(inbox);
+        while let Some(item) = inbox.pop_front() {
+            self.add(item.into_inner());
+        }
+    }
+
     fn add(&mut self, item: EgressItem) {
-        let key = (item.form(), item.level());
-        let (items, _) = self
-            .pending
-            .entry(key)
-            .or_insert_with(|| (Vec::new(), Instant::now()));
-        items.push(item);
-        if items.len() >= self.dest.batch_max_items {
-            self.flush(key);
+        let i = slot(item.form(), item.level());
+        let p = &mut self.pending[i];
+        p.since.get_or_insert_with(Instant::now);
+        p.items.push(item);
+        if p.items.len() >= self.dest.batch_max_items {
+            self.flush(i);
         }
     }
 
     fn flush_due(&mut self, now: Instant) {
-        let due: Vec<_> = self
-            .pending
-            .iter()
-            .filter(|(_, (_, since))| *since + self.dest.batch_max_delay <= now)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in due {
-            self.flush(k);
+        for i in 0..self.pending.len() {
+            let due = self.pending[i]
+                .since
+                .is_some_and(|since| since + self.dest.batch_max_delay <= now);
+            if due {
+                self.flush(i);
+            }
         }
     }
 
-    fn flush(&mut self, key: (Form, Level)) {
-        let Some((items, _)) = self.pending.remove(&key) else {
+    /// Encode and queue what slot `i` holds, if anything.
+    fn flush(&mut self, i: usize) {
+        let p = &mut self.pending[i];
+        p.since = None;
+        if p.items.is_empty() {
             return;
-        };
-        let (form, level) = key;
-        let topic = topic(&self.dest.topic_prefix, &self.env, form, level);
+        }
+        let mut items = std::mem::take(&mut p.items);
+        let (topic, form, level) = (Arc::clone(&p.topic), p.form, p.level);
         self.encode_split(&topic, form, level, &items);
+        items.clear();
+        self.pending[i].items = items;
     }
 
     /// Encode `items` as one message, halving the batch until each message fits [`MAX_PAYLOAD`].
-    fn encode_split(&mut self, topic: &str, form: Form, level: Level, items: &[EgressItem]) {
+    fn encode_split(&mut self, topic: &Arc<str>, form: Form, level: Level, items: &[EgressItem]) {
         if items.is_empty() {
             return;
         }
-        let payload = encode(&self.env, form, level, items);
-        if payload.len() > MAX_PAYLOAD && items.len() > 1 {
+        encode_into(&self.env, form, level, items, &mut self.scratch);
+        if self.scratch.len() > MAX_PAYLOAD && items.len() > 1 {
             let (a, b) = items.split_at(items.len() / 2);
             self.encode_split(topic, form, level, a);
             self.encode_split(topic, form, level, b);
             return;
         }
-        let msg = Message::new(topic.to_owned(), payload, level, items.len() as u64);
+        // The payload leaves with the message (held until its PUBACK): an exact-size copy.
+        let payload = self.scratch.clone();
+        let msg = Message::new(Arc::clone(topic), payload, level, items.len() as u64);
         let dropped = self.shared.offer(msg);
         if let Some(report) = self.drops.record(Instant::now().into_std(), &dropped) {
             log_drops(&self.dest.name, report);
@@ -507,23 +724,18 @@ mod tests {
         let dest = destination(1, 1, 5);
         let stats = Arc::new(Stats::new([dest.name.clone()]));
         let shared = Arc::new(Shared::new(dest.queue_items, stats.clone(), 0));
-        let batcher = Batcher {
-            env: Envelope {
-                gateway: "gw".into(),
-                site: "s".into(),
-                destination: "dc".into(),
-                legal_basis: "b".into(),
-            },
-            dest,
-            shared,
-            pending: HashMap::new(),
-            drops: DropLog::new(DROP_LOG_PERIOD),
+        let env = Envelope {
+            gateway: "gw".into(),
+            site: "s".into(),
+            destination: "dc".into(),
+            legal_basis: "b".into(),
         };
-        let (tx, rx) = mpsc::channel(100);
+        let batcher = Batcher::new(dest, env, shared);
+        let handoff = Arc::new(Handoff::new(100));
         let (shutdown, closing) = (CancellationToken::new(), CancellationToken::new());
-        let task = tokio::spawn(batcher.run(rx, shutdown.clone(), closing));
+        let task = tokio::spawn(batcher.run(handoff.clone(), shutdown.clone(), closing));
         for seq in 0..100 {
-            tx.send(general_sample(seq)).await.expect("batcher running");
+            assert!(handoff.push(general_sample(seq)), "room for 100 items");
         }
         // Paused time only moves once the batcher has taken every item.
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -556,6 +768,29 @@ mod tests {
             3,
             "start, summary, end"
         );
+    }
+
+    #[test]
+    fn the_handoff_refuses_items_beyond_its_capacity_and_gives_the_rest_in_order() {
+        let h = Handoff::new(2);
+        assert!(h.push(general_sample(1)));
+        assert!(h.push(general_sample(2)));
+        assert!(!h.push(general_sample(3)), "full: the third is refused");
+        let mut inbox = VecDeque::new();
+        h.take_all(&mut inbox);
+        let seqs: Vec<u64> = inbox
+            .iter()
+            .map(|p| match p.get().view() {
+                crate::policy::EgressView::Raw(t) => t.seq(),
+                crate::policy::EgressView::Summary { .. } => panic!("raw items only"),
+            })
+            .collect();
+        assert_eq!(seqs, [1, 2]);
+        inbox.clear();
+        assert!(h.push(general_sample(4)), "taking made room");
+        assert!(!h.is_closed());
+        h.close();
+        assert!(h.is_closed());
     }
 
     #[test]

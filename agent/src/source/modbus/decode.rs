@@ -1,7 +1,8 @@
 //! The decoder: from the registers (or bits) of a read block to a point's engineering value.
 //!
 //! Pure and on the hot path: no I/O, no clock, no panics on any input, and no heap allocation
-//! except for a `string` point's text (a value-map label is the config's shared `Arc`).
+//! except for a `string` point's text when it differs from the point's previous value (a
+//! value-map label is the config's shared `Arc`; an unchanged text shares the previous one's).
 //!
 //! Invariants:
 //! - a value is only produced from exactly the point's own registers/bits
@@ -84,6 +85,18 @@ pub fn decode_registers(
     block_start: u16,
     words: &[u16],
 ) -> Result<Value, DecodeError> {
+    decode_registers_after(point, block_start, words, None)
+}
+
+/// [`decode_registers`] for a point whose last value was `previous`: a `string` point whose
+/// text has not changed (a serial number, a recipe name) shares `previous`'s allocation
+/// instead of making a new one per poll.
+pub(crate) fn decode_registers_after(
+    point: &ModbusPoint,
+    block_start: u16,
+    words: &[u16],
+    previous: Option<&Value>,
+) -> Result<Value, DecodeError> {
     let w = own_slice(point, block_start, words.len())?;
     let words = &words[w.0..w.1];
     let order = point.order;
@@ -140,7 +153,7 @@ pub fn decode_registers(
         }
         DataType::Bcd16 => integer(point, bcd(u32::from(word16(words[0], order)), 4)?),
         DataType::Bcd32 => integer(point, bcd(assemble(words, order) as u32, 8)?),
-        DataType::String { .. } => Ok(Value::Text(text(words, order))),
+        DataType::String { .. } => Ok(Value::Text(text(words, order, previous))),
     }
 }
 
@@ -212,18 +225,40 @@ pub(crate) fn bcd(raw: u32, digits: u32) -> Result<i64, DecodeError> {
     Ok(value)
 }
 
+/// Registers a text is assembled from on the stack: a whole read (125 registers, the protocol's
+/// maximum) fits.
+const TEXT_STACK_REGISTERS: usize = 125;
+
 /// Two bytes per register (high byte first unless the order swaps bytes), cut at the first NUL,
-/// trailing spaces trimmed.
-fn text(words: &[u16], order: ByteOrder) -> Arc<str> {
-    let mut bytes = Vec::with_capacity(words.len() * 2);
-    for &w in words {
-        bytes.extend_from_slice(&word16(w, order).to_be_bytes());
+/// trailing spaces trimmed. `previous` is returned (shared) when it holds the same text.
+fn text(words: &[u16], order: ByteOrder, previous: Option<&Value>) -> Arc<str> {
+    let mut stack = [0u8; 2 * TEXT_STACK_REGISTERS];
+    let heap: Vec<u8>;
+    let bytes: &[u8] = if words.len() <= TEXT_STACK_REGISTERS {
+        for (pair, &w) in stack.chunks_exact_mut(2).zip(words) {
+            pair.copy_from_slice(&word16(w, order).to_be_bytes());
+        }
+        &stack[..words.len() * 2]
+    } else {
+        heap = words
+            .iter()
+            .flat_map(|&w| word16(w, order).to_be_bytes())
+            .collect();
+        &heap
+    };
+    let bytes = match bytes.iter().position(|&b| b == 0) {
+        Some(nul) => &bytes[..nul],
+        None => bytes,
+    };
+    // Borrowed (no allocation) unless the bytes are not UTF-8.
+    let s = String::from_utf8_lossy(bytes);
+    let s = s.trim_end_matches(' ');
+    if let Some(Value::Text(prev)) = previous {
+        if **prev == *s {
+            return Arc::clone(prev);
+        }
     }
-    if let Some(nul) = bytes.iter().position(|&b| b == 0) {
-        bytes.truncate(nul);
-    }
-    let s = String::from_utf8_lossy(&bytes);
-    Arc::from(s.trim_end_matches(' '))
+    Arc::from(s)
 }
 
 fn bool_value(point: &ModbusPoint, bit: bool) -> Result<Value, DecodeError> {

@@ -36,7 +36,7 @@ use crate::source::modbus::config::ModbusLine;
 use crate::source::Tagged;
 use crate::stats::Stats;
 
-mod schedule;
+pub(crate) mod schedule;
 
 #[cfg(test)]
 use self::schedule::{reconnect_cap, reconnect_delay, unused_runs};

@@ -298,6 +298,46 @@ fn strings_take_two_bytes_per_register_and_trim_nul_and_spaces() {
 }
 
 #[test]
+fn an_unchanged_text_shares_the_previous_values_allocation_and_a_changed_one_does_not() {
+    let p = point(
+        Table::Holding,
+        0,
+        DataType::String { registers: 2 },
+        ByteOrder::Abcd,
+    );
+    let text = |v: Result<Value, DecodeError>| match v {
+        Ok(Value::Text(t)) => t,
+        other => panic!("not a text: {other:?}"),
+    };
+    let first = text(decode_registers(&p, 0, &[0x5255, 0x4E31]));
+    let previous = Value::Text(first.clone());
+    let same = text(decode_registers_after(
+        &p,
+        0,
+        &[0x5255, 0x4E31],
+        Some(&previous),
+    ));
+    assert!(Arc::ptr_eq(&same, &first), "\"RUN1\" again is the same Arc");
+    let changed = text(decode_registers_after(
+        &p,
+        0,
+        &[0x5255, 0x4E32],
+        Some(&previous),
+    ));
+    assert_eq!(&*changed, "RUN2");
+    assert!(!Arc::ptr_eq(&changed, &first));
+    // Longer than the stack buffer (only possible for a hand-made block): still decoded.
+    let long = point(
+        Table::Holding,
+        0,
+        DataType::String { registers: 130 },
+        ByteOrder::Abcd,
+    );
+    let words = [0x4142u16; 130];
+    assert_eq!(text(decode_registers(&long, 0, &words)).len(), 260);
+}
+
+#[test]
 fn bit_fields_and_register_bits() {
     let word = 0b1010_0000_0111_1000u16;
     // Bits 3..=6 = 0b1111, bits 13..=15 = 0b101.

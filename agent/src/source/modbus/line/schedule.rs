@@ -7,6 +7,7 @@
 //! See the module doc of [`crate::source::modbus`] for the invariants.
 
 use std::collections::VecDeque;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,7 +64,7 @@ pub(crate) enum Next {
 pub(crate) struct Read {
     pub(crate) device: usize,
     group: usize,
-    pub(crate) block: ReadBlock,
+    pub(crate) block: CycleBlock,
     /// The refusal split this block is a half of.
     parent: Option<usize>,
 }
@@ -108,9 +109,42 @@ struct PointMemory {
     last_quality: Vec<Quality>,
 }
 
+/// A block of a cycle: one of the plan's, shared with the plan so that starting a cycle copies
+/// no block (a copy is a heap allocation, per request, on every cycle), or a half of a block
+/// refused in this cycle.
+#[derive(Debug, Clone)]
+pub(crate) enum CycleBlock {
+    Planned(Arc<[ReadBlock]>, usize),
+    Split(ReadBlock),
+}
+
+impl Deref for CycleBlock {
+    type Target = ReadBlock;
+
+    fn deref(&self) -> &ReadBlock {
+        match self {
+            CycleBlock::Planned(plan, i) => &plan[*i],
+            CycleBlock::Split(b) => b,
+        }
+    }
+}
+
+impl CycleBlock {
+    fn into_block(self) -> ReadBlock {
+        match self {
+            CycleBlock::Planned(plan, i) => plan[i].clone(),
+            CycleBlock::Split(b) => b,
+        }
+    }
+}
+
+/// A cycle's list of blocks to read, with the split each is a half of.
+type Todo = VecDeque<(CycleBlock, Option<usize>)>;
+
 struct GroupState {
-    /// The current plan: the planner's, or what learning made of it.
-    blocks: Vec<ReadBlock>,
+    /// The current plan: the planner's, or what learning made of it. Shared with the cycles
+    /// under way, which keep the plan they started with.
+    blocks: Arc<[ReadBlock]>,
     /// The unjittered schedule: when the next cycle is due.
     next_due: Instant,
     /// When the next cycle actually starts (`next_due` plus jitter).
@@ -120,6 +154,9 @@ struct GroupState {
     /// the other blocks can prove the device alive and a silent range in this block is told
     /// apart from a dead device.
     ask_last: Option<ReadBlock>,
+    /// The last finished cycle's (empty) block list, reused by the next cycle so a steady
+    /// cycle allocates nothing but its batch.
+    spare_todo: Todo,
 }
 
 /// A refused block that was split: if no point inside it turns out refused, the hole between
@@ -139,7 +176,7 @@ struct Split {
 struct Cycle {
     deadline: Instant,
     /// Blocks still to read, each with the index of the split it is a half of.
-    todo: VecDeque<(ReadBlock, Option<usize>)>,
+    todo: Todo,
     /// Blocks refused (02/03) and split in this cycle, judged when the cycle ends.
     splits: Vec<Split>,
     learned: bool,
@@ -156,11 +193,12 @@ impl DeviceState {
     fn new(d: &ModbusDevice, now: Instant, rand: &mut dyn FnMut() -> f64) -> Self {
         let groups = (0..d.groups.len())
             .map(|g| GroupState {
-                blocks: plan_group(d, g),
+                blocks: plan_group(d, g).into(),
                 next_due: now,
                 start_at: now + jitter(d.jitter, rand()),
                 cycle: None,
                 ask_last: None,
+                spare_todo: Todo::new(),
             })
             .collect();
         let n = d.points.len();
@@ -319,7 +357,7 @@ impl Core {
                     self.device_failed(d, &e, now, unit);
                     let st = &mut self.devices[d];
                     if parent.is_none() {
-                        st.groups[g].ask_last = Some(block.clone());
+                        st.groups[g].ask_last = Some(ReadBlock::clone(&block));
                     }
                     if let Some(c) = st.groups[g].cycle.as_mut() {
                         c.todo.push_front((block, parent));
@@ -349,7 +387,7 @@ impl Core {
                         ts,
                     );
                     c.learned = true;
-                    c.silent.push(block);
+                    c.silent.push(block.into_block());
                 }
             }
             Outcome::LinkBroken(e) => {
@@ -445,10 +483,14 @@ impl Core {
                     }
                 }
                 let grp = &mut self.devices[d].groups[g];
-                let mut todo: VecDeque<(ReadBlock, Option<usize>)> =
-                    grp.blocks.iter().cloned().map(|b| (b, None)).collect();
+                let mut todo = std::mem::take(&mut grp.spare_todo);
+                todo.clear();
+                todo.extend(
+                    (0..grp.blocks.len())
+                        .map(|i| (CycleBlock::Planned(Arc::clone(&grp.blocks), i), None)),
+                );
                 if let Some(last) = &grp.ask_last {
-                    if let Some(i) = todo.iter().position(|(b, _)| b == last) {
+                    if let Some(i) = todo.iter().position(|(b, _)| **b == *last) {
                         let moved = todo.remove(i);
                         todo.extend(moved);
                     }
@@ -478,7 +520,7 @@ impl Core {
         }
         info!(device = %dev.name, "Retrying the full request plan (relearn_after elapsed).");
         for (g, grp) in st.groups.iter_mut().enumerate() {
-            grp.blocks = plan_group(dev, g);
+            grp.blocks = plan_group(dev, g).into();
         }
         st.excluded.iter_mut().for_each(|r| *r = None);
         st.silent_spans.clear();
@@ -572,7 +614,7 @@ impl Core {
         &mut self,
         d: usize,
         g: usize,
-        block: ReadBlock,
+        block: CycleBlock,
         parent: Option<usize>,
         reply: Reply,
         ts: i64,
@@ -619,7 +661,12 @@ impl Core {
         for &pi in &block.points {
             let point = &dev.points[pi];
             let decoded = match &reply {
-                Reply::Words(w) => decode::decode_registers(point, block.start, w),
+                Reply::Words(w) => decode::decode_registers_after(
+                    point,
+                    block.start,
+                    w,
+                    st.mem.last_good[pi].as_ref(),
+                ),
                 Reply::Bits(b) => decode::decode_bits(point, block.start, b),
             };
             let outcome = match decoded {
@@ -652,7 +699,7 @@ impl Core {
         &mut self,
         d: usize,
         g: usize,
-        block: ReadBlock,
+        block: CycleBlock,
         code: u8,
         now: Instant,
         ts: i64,
@@ -688,8 +735,10 @@ impl Core {
                         .then(|| (low.end(), u32::from(high.start))),
                     ok_halves: 0,
                 });
-                cycle.todo.push_front((high, Some(index)));
-                cycle.todo.push_front((low, Some(index)));
+                cycle
+                    .todo
+                    .push_front((CycleBlock::Split(high), Some(index)));
+                cycle.todo.push_front((CycleBlock::Split(low), Some(index)));
                 return;
             }
             warn!(
@@ -772,13 +821,25 @@ impl Core {
 
     /// Ends a cycle: turns what it learned into the device's plan; returns its batch.
     fn finish(&mut self, d: usize, g: usize, cycle: Cycle, now: Instant) -> Vec<Tagged> {
-        if cycle.answered {
-            self.devices[d].groups[g].ask_last = None;
+        let Cycle {
+            mut todo,
+            splits,
+            learned,
+            answered,
+            silent,
+            batch,
+            ..
+        } = cycle;
+        let grp = &mut self.devices[d].groups[g];
+        if answered {
+            grp.ask_last = None;
         }
-        if cycle.learned {
-            self.learn(d, &cycle.splits, &cycle.silent, now);
+        todo.clear();
+        grp.spare_todo = todo;
+        if learned {
+            self.learn(d, &splits, &silent, now);
         }
-        cycle.batch
+        batch
     }
 
     /// Judges the cycle's splits and re-plans every group of device `d` around what the device

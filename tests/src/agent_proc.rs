@@ -213,7 +213,11 @@ impl QueryRun {
     /// The JSON lines of a successful query; an error quoting stderr otherwise.
     pub fn samples(&self) -> anyhow::Result<Vec<serde_json::Value>> {
         if !self.status.success() {
-            bail!("edge-agent query exited with {}: {}", self.status, self.stderr);
+            bail!(
+                "edge-agent query exited with {}: {}",
+                self.status,
+                self.stderr
+            );
         }
         self.stdout
             .lines()
@@ -244,8 +248,8 @@ pub fn query(config: &Path, args: &[&str], timeout: Duration) -> anyhow::Result<
     };
     let out = drain(Box::new(child.stdout.take().context("stdout is piped")?));
     let err = drain(Box::new(child.stderr.take().context("stderr is piped")?));
-    let status = wait_deadline(&mut child, timeout)
-        .with_context(|| format!("edge-agent query {args:?}"))?;
+    let status =
+        wait_deadline(&mut child, timeout).with_context(|| format!("edge-agent query {args:?}"))?;
     Ok(QueryRun {
         status,
         stdout: out.join().unwrap_or_default(),

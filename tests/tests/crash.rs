@@ -7,8 +7,8 @@
 //!
 //! The plant: one simulated Modbus TCP device per level (general, important, core), each with
 //! `FLOATS` f32 random walks (poorly compressible, so chunks fill and seal) and `COUNTERS` u16
-//! counters, ticking every 10 ms and polled every 20 ms: ~7 500 samples/s, flushed to the tail
-//! every 20 ms.
+//! counters, ticking every 2 ms and polled every 5 ms: up to 9 600 samples/s (what a debug
+//! build keeps up with here), flushed to the tail every 20 ms.
 //!
 //! How a sample is attributed to a run: the agent stamps samples with its wall clock, and runs
 //! never overlap, so a sample belongs to the run whose `[start, end]` holds its `ts_ms`. Each
@@ -39,16 +39,22 @@ const DEVICES: [(&str, &str, &str); 3] = [
     ("imp", "important", "production_operation"),
     ("core", "core", "rd_design"),
 ];
-const FLOATS: usize = 40;
-const COUNTERS: usize = 10;
+const FLOATS: usize = 12;
+const COUNTERS: usize = 4;
+/// Fast polls of few points: each point gets enough samples to fill (seal) a 2 KiB chunk within
+/// a few seconds, so kills also land between a chunk's seal and its commit to `SQLite`.
+const POLL_INTERVAL: &str = "5ms";
+const TICK: &str = "2ms";
 const WALK_MIN: f64 = 0.0;
 const WALK_MAX: f64 = 1000.0;
 const LEVELS: [&str; 3] = ["general", "important", "core"];
 
 /// Kills in a row in the main test (plus one clean stop half way and one at the end).
 const KILLS: usize = 12;
-/// A kill lands up to this long after the run's first stored sample.
+/// A kill lands up to this long after the run's first stored sample, or (one in four) up to
+/// `MAX_STARTUP_KILL_MS` after the spawn.
 const MAX_KILL_DELAY_MS: u64 = 1500;
+const MAX_STARTUP_KILL_MS: u64 = 400;
 /// Deadlines: the agent's start to its first stored sample, a clean stop, one query.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -112,7 +118,7 @@ fn scenario_toml() -> String {
     for (d, (name, _, _)) in DEVICES.iter().enumerate() {
         let _ = write!(
             s,
-            "[[devices]]\nname = \"{name}\"\nport = 0\ntick = \"10ms\"\nregisters = [\n"
+            "[[devices]]\nname = \"{name}\"\nport = 0\ntick = \"{TICK}\"\nregisters = [\n"
         );
         for i in 0..FLOATS {
             let _ = writeln!(
@@ -154,7 +160,7 @@ fn agent_toml(plant: &Plant, historian: &Path) -> anyhow::Result<String> {
         let _ = write!(
             s,
             "\n[[devices]]\nname = \"{name}\"\nprotocol = \"modbus_tcp\"\nendpoint = \"{addr}\"\n\
-             poll_interval = \"20ms\"\ntimeout = \"1s\"\nlevel = \"{level}\"\ncategory = \"{category}\"\n"
+             poll_interval = \"{POLL_INTERVAL}\"\ntimeout = \"1s\"\nlevel = \"{level}\"\ncategory = \"{category}\"\n"
         );
         for i in 0..FLOATS {
             let _ = write!(
@@ -254,10 +260,7 @@ fn read_history(config: &Path, runs: &[Run]) -> anyhow::Result<History> {
             problems.push(format!("{tag} stored at level {level:?}: {s}"));
             continue;
         }
-        let Some(run) = runs
-            .iter()
-            .position(|r| r.start_ms <= ts && ts <= r.end_ms)
-        else {
+        let Some(run) = runs.iter().position(|r| r.start_ms <= ts && ts <= r.end_ms) else {
             problems.push(format!("{tag} seq {seq} at {ts} is outside every run: {s}"));
             continue;
         };
@@ -298,7 +301,11 @@ fn plausible(tag: &str, value: &Json) -> bool {
 /// Every run kept at least what it reported stored (exactly that after a clean stop), except
 /// the runs in `torn`, whose last flush the test destroyed: those must hold exactly the given
 /// counts.
-fn check_runs(runs: &[Run], h: &History, torn: &BTreeMap<usize, LevelCounts>) -> anyhow::Result<()> {
+fn check_runs(
+    runs: &[Run],
+    h: &History,
+    torn: &BTreeMap<usize, LevelCounts>,
+) -> anyhow::Result<()> {
     for (i, (run, found)) in runs.iter().zip(&h.per_run).enumerate() {
         if let Some(expected) = torn.get(&i) {
             ensure!(
@@ -320,14 +327,38 @@ fn check_runs(runs: &[Run], h: &History, torn: &BTreeMap<usize, LevelCounts>) ->
     Ok(())
 }
 
-/// One run: start, wait for the first stored sample, wait a random moment, then kill or stop.
-fn one_run(rig: &Rig, rng: &mut Rng, clean: bool) -> anyhow::Result<(Run, Finished, u64)> {
+/// When a run ends.
+#[derive(Debug, Clone, Copy)]
+enum Moment {
+    /// This long after the run's first stored sample: in the thick of the writes.
+    AfterFirstStored(u64),
+    /// This long after the spawn: maybe during startup (tail replay, segment preallocation).
+    AfterSpawn(u64),
+}
+
+impl Moment {
+    fn random(rng: &mut Rng) -> Moment {
+        // One kill in four aims at the startup, whose length this machine decides.
+        if rng.below(4) == 0 {
+            Moment::AfterSpawn(rng.below(MAX_STARTUP_KILL_MS))
+        } else {
+            Moment::AfterFirstStored(rng.below(MAX_KILL_DELAY_MS))
+        }
+    }
+}
+
+/// One run: start the agent, wait for `moment`, then kill it (`SIGKILL`) or stop it cleanly.
+fn one_run(rig: &Rig, moment: Moment, clean: bool) -> anyhow::Result<(Run, Finished)> {
     let start_ms = now_ms();
     let mut agent = AgentProc::start(&rig.config)?;
-    agent.wait_stored(1, START_TIMEOUT)?;
-    let delay = rng.below(MAX_KILL_DELAY_MS);
-    // The random moment itself: nothing is being waited for.
-    std::thread::sleep(Duration::from_millis(delay));
+    // The random moment itself is a sleep: nothing is being waited for.
+    match moment {
+        Moment::AfterFirstStored(ms) => {
+            agent.wait_stored(1, START_TIMEOUT)?;
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        Moment::AfterSpawn(ms) => std::thread::sleep(Duration::from_millis(ms)),
+    }
     let end = if clean {
         agent.terminate(STOP_TIMEOUT)?
     } else {
@@ -335,7 +366,11 @@ fn one_run(rig: &Rig, rng: &mut Rng, clean: bool) -> anyhow::Result<(Run, Finish
     };
     let end_ms = now_ms();
     if clean {
-        ensure!(end.status.success(), "clean stop exited with {}", end.status);
+        ensure!(
+            end.status.success(),
+            "clean stop exited with {}",
+            end.status
+        );
     }
     let run = Run {
         start_ms,
@@ -343,7 +378,7 @@ fn one_run(rig: &Rig, rng: &mut Rng, clean: bool) -> anyhow::Result<(Run, Finish
         stored: end.stored,
         clean,
     };
-    Ok((run, end, delay))
+    Ok((run, end))
 }
 
 /// Log lines at ERROR (data loss or operator action): none is expected from a kill alone.
@@ -358,7 +393,10 @@ fn torn_tails(f: &Finished) -> Option<u64> {
         .iter()
         .find(|l| l.contains("Historian tail replayed."))?;
     let rest = line.split_once("torn_tails=")?.1;
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[test]
@@ -371,16 +409,16 @@ fn sigkill_during_heavy_writes_loses_no_stored_sample_and_duplicates_none() {
         // One clean stop half way, so later runs build on committed chunks as well as on the
         // tail; the last run stops cleanly for the `--stats` comparison.
         let clean = i == KILLS / 2 || i == KILLS + 1;
-        let (run, end, delay) = one_run(&rig, &mut rng, clean).expect("agent run");
+        let moment = Moment::random(&mut rng);
+        let (run, end) = one_run(&rig, moment, clean).expect("agent run");
         let errs = errors(&end);
         assert!(errs.is_empty(), "run {i} logged errors: {errs:#?}");
         runs.push(run);
-        let h = read_history(&rig.config, &runs)
-            .unwrap_or_else(|e| panic!("after run {i}: {e:#}"));
+        let h = read_history(&rig.config, &runs).unwrap_or_else(|e| panic!("after run {i}: {e:#}"));
         let r = &runs[i];
         println!(
-            "run {i}: {} {delay} ms after its first stored sample; reported stored {:?}, \
-             found {:?}; torn tails replayed at start: {:?}; {} samples in all",
+            "run {i}: {} at {moment:?}; reported stored {:?}, found {:?}; torn tails replayed \
+             at start: {:?}; {} samples in all",
             if clean { "stopped" } else { "killed" },
             r.stored,
             h.per_run[i],
@@ -405,6 +443,15 @@ fn sigkill_during_heavy_writes_loses_no_stored_sample_and_duplicates_none() {
             assert_eq!(
                 per_class, h.per_class,
                 "query --stats (left) disagrees with a full read (right)"
+            );
+            // Not asserted (it depends on the codec's ratio): whether chunks were sealed by
+            // size, i.e. whether kills also fell between a seal and its commit.
+            let chunks: u64 = stats.iter().filter_map(|r| r["chunks"].as_u64()).sum();
+            let points = DEVICES.len() * (FLOATS + COUNTERS);
+            println!(
+                "{chunks} chunks committed for {points} points and 2 clean stops (each seals \
+                 every open chunk): {} sealed by size",
+                chunks.saturating_sub(2 * points as u64)
             );
         }
     }
@@ -501,7 +548,8 @@ fn torn_last_tail_flush_is_cut_counted_and_logged_and_query_still_reads() {
     let mut runs = Vec::new();
     let mut torn = BTreeMap::new();
     for how in [Tear::Truncate, Tear::Garble] {
-        let (run, _, _) = one_run(&rig, &mut rng, false).expect("agent run");
+        let moment = Moment::AfterFirstStored(rng.below(MAX_KILL_DELAY_MS));
+        let (run, _) = one_run(&rig, moment, false).expect("agent run");
         let killed = runs.len();
         runs.push(run);
         let before = read_history(&rig.config, &runs).expect("read after the kill");
@@ -541,7 +589,10 @@ fn torn_last_tail_flush_is_cut_counted_and_logged_and_query_still_reads() {
         );
         assert_eq!(torn_tails(&end), Some(1), "{how:?}: torn tail not counted");
         let errs = errors(&end);
-        assert!(errs.is_empty(), "{how:?}: a torn tail is not an error: {errs:#?}");
+        assert!(
+            errs.is_empty(),
+            "{how:?}: a torn tail is not an error: {errs:#?}"
+        );
         // The repair cut exactly the torn batch: every other run intact, the torn run as the
         // reader saw it before the repair, the run after it complete.
         let repaired = read_history(&rig.config, &runs).expect("query after the repair");
@@ -555,7 +606,8 @@ fn flipped_byte_in_a_sealed_chunk_fails_query_naming_chunk_and_checksum() {
     let mut rng = seed("flip");
     let rig = Rig::start().expect("plant and config");
     // A clean stop seals and commits every chunk.
-    let (run, _, _) = one_run(&rig, &mut rng, true).expect("agent run");
+    let moment = Moment::AfterFirstStored(rng.below(MAX_KILL_DELAY_MS));
+    let (run, _) = one_run(&rig, moment, true).expect("agent run");
     let runs = [run];
     let h = read_history(&rig.config, &runs).expect("intact history");
     check_runs(&runs, &h, &BTreeMap::new()).expect("clean run complete");
@@ -568,7 +620,14 @@ fn flipped_byte_in_a_sealed_chunk_fails_query_naming_chunk_and_checksum() {
         )
         .and_then(|mut st| {
             st.query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })?
             .collect()
         })
@@ -584,7 +643,10 @@ fn flipped_byte_in_a_sealed_chunk_fails_query_naming_chunk_and_checksum() {
     )
     .expect("damage the chunk");
     drop(conn);
-    println!("flipped a bit of byte {at} of {tag} chunk {chunk_seq} ({} bytes)", block.len());
+    println!(
+        "flipped a bit of byte {at} of {tag} chunk {chunk_seq} ({} bytes)",
+        block.len()
+    );
 
     let q = query(&rig.config, &[], QUERY_TIMEOUT).expect("query runs");
     assert_eq!(
@@ -595,7 +657,9 @@ fn flipped_byte_in_a_sealed_chunk_fails_query_naming_chunk_and_checksum() {
     );
     let err = q.stderr.to_lowercase();
     assert!(
-        err.contains(&tag) && err.contains(&format!("chunk {chunk_seq}")) && err.contains("checksum"),
+        err.contains(&tag)
+            && err.contains(&format!("chunk {chunk_seq}"))
+            && err.contains("checksum"),
         "the error must name {tag}, chunk {chunk_seq} and the checksum: {}",
         q.stderr
     );
@@ -616,4 +680,116 @@ fn flipped_byte_in_a_sealed_chunk_fails_query_naming_chunk_and_checksum() {
     let q = query(&rig.config, &["--points", &other], QUERY_TIMEOUT).expect("query runs");
     let n = q.samples().expect("an undamaged point still reads").len();
     assert!(n > 0, "{other} read back empty");
+}
+
+/// Flips one bit of a batch of the newest segment that is not its last (a valid batch follows
+/// it, so this is corruption, not a torn write). Returns the segment, the batch's index and range.
+fn flip_earlier_batch(
+    tail: &Path,
+    rng: &mut Rng,
+) -> anyhow::Result<(PathBuf, usize, Range<usize>)> {
+    let seg = last_segment(tail)?;
+    let mut bytes = std::fs::read(&seg)?;
+    let all = batches(&bytes)?;
+    ensure!(
+        all.len() >= 2,
+        "{} holds {} batches",
+        seg.display(),
+        all.len()
+    );
+    let k = rng.below(all.len() as u64 - 1) as usize;
+    let range = all[k].clone();
+    let at = range.start + rng.below(range.len() as u64) as usize;
+    bytes[at] ^= 1 << rng.below(8);
+    std::fs::write(&seg, &bytes)?;
+    Ok((seg, k, range))
+}
+
+/// Kills the agent, then flips a bit in an earlier batch of its newest tail segment.
+/// Returns the rig, the runs so far and what a full read found before and after the damage.
+fn kill_and_corrupt_tail(rng: &mut Rng) -> (Rig, Vec<Run>, History, History) {
+    let rig = Rig::start().expect("plant and config");
+    // Long enough for many flushes (one every 20 ms) in the run's segment.
+    let moment = Moment::AfterFirstStored(300 + rng.below(MAX_KILL_DELAY_MS));
+    let (run, _) = one_run(&rig, moment, false).expect("agent run");
+    let runs = vec![run];
+    let before = read_history(&rig.config, &runs).expect("read after the kill");
+    check_runs(&runs, &before, &BTreeMap::new()).expect("nothing lost by the kill itself");
+    let (seg, k, range) = flip_earlier_batch(&rig.tail_dir(), rng).expect("damaging the tail");
+    println!(
+        "flipped a bit in batch {k} ({range:?}) of {}",
+        seg.display()
+    );
+    // Whatever the reader makes of it, it must not read the damage as data.
+    let after = read_history(&rig.config, &runs).expect("query on a damaged tail");
+    println!(
+        "the killed run held {:?} before the damage, query reads {:?} after",
+        before.per_run[0], after.per_run[0]
+    );
+    assert!(
+        (0..3).all(|l| after.per_run[0][l] <= before.per_run[0][l]),
+        "damage added samples"
+    );
+    (rig, runs, before, after)
+}
+
+#[test]
+fn flipped_bit_in_an_earlier_tail_flush_is_reported_at_restart_and_never_read_as_data() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut rng = seed("tail-flip");
+    let (rig, mut runs, _, after) = kill_and_corrupt_tail(&mut rng);
+    // The writer's replay keeps every chunk as of the last good batch, says where the damage
+    // is at ERROR, and carries on in a fresh segment.
+    let start_ms = now_ms();
+    let mut agent = AgentProc::start(&rig.config).expect("agent restarts");
+    agent
+        .wait_stored(1, START_TIMEOUT)
+        .expect("the restarted agent stores");
+    let end = agent.terminate(STOP_TIMEOUT).expect("clean stop");
+    runs.push(Run {
+        start_ms,
+        end_ms: now_ms(),
+        stored: end.stored,
+        clean: true,
+    });
+    let errs = errors(&end);
+    println!("restart errors: {errs:#?}");
+    assert!(
+        errs.iter()
+            .any(|l| l.contains("Historian tail is corrupt") && l.contains(".log")),
+        "no ERROR naming the damaged segment at restart; log:\n{}",
+        end.lines.join("\n")
+    );
+    let torn = BTreeMap::from([(0, after.per_run[0])]);
+    let repaired = read_history(&rig.config, &runs).expect("query after the repair");
+    check_runs(&runs, &repaired, &torn).expect("the repair keeps the good prefix, no more");
+    // Reported once: the damaged batches are behind the fresh segment's first seq now.
+    let start_ms = now_ms();
+    let (mut run, again) =
+        one_run(&rig, Moment::AfterFirstStored(0), true).expect("second restart");
+    run.start_ms = start_ms;
+    runs.push(run);
+    let errs = errors(&again);
+    assert!(errs.is_empty(), "the damage was reported again: {errs:#?}");
+    let h = read_history(&rig.config, &runs).expect("query after the second restart");
+    check_runs(&runs, &h, &torn).expect("history intact after the second restart");
+}
+
+#[test]
+#[ignore = "bug: with no writer running, `edge-agent query` silently returns a prefix of a \
+            corrupt tail (exit 0, nothing on stderr); the loss is only reported by the next `run`"]
+fn query_reports_a_corrupt_tail_instead_of_a_silent_prefix() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut rng = seed("tail-flip-query");
+    let (rig, _, before, after) = kill_and_corrupt_tail(&mut rng);
+    let q = query(&rig.config, &[], QUERY_TIMEOUT).expect("query runs");
+    let lost = before.per_run[0] != after.per_run[0];
+    assert!(
+        !lost || !q.status.success() || q.stderr.to_lowercase().contains("corrupt"),
+        "query dropped {:?} -> {:?} samples of a corrupt tail without a word (exit {}, stderr {:?})",
+        before.per_run[0],
+        after.per_run[0],
+        q.status,
+        q.stderr
+    );
 }

@@ -38,6 +38,9 @@ pub struct Finished {
     pub lines: Vec<String>,
     /// From the last counters line it printed (zeros if none).
     pub stored: LevelCounts,
+    /// `read` and `store-dropped` (zeros when absent) from the same line.
+    pub read: LevelCounts,
+    pub store_dropped: LevelCounts,
     pub status: ExitStatus,
 }
 
@@ -142,14 +145,19 @@ impl AgentProc {
             let _ = reader.join();
         }
         let lines = std::mem::take(&mut *self.lines.lock().unwrap_or_else(PoisonError::into_inner));
-        let stored = lines
-            .iter()
-            .rev()
-            .find_map(|l| parse_stored(l))
+        let last = lines.iter().rev().find(|l| parse_stored(l).is_some());
+        let stored = last.and_then(|l| parse_stored(l)).unwrap_or_default();
+        let read = last
+            .and_then(|l| parse_counter(l, "read"))
+            .unwrap_or_default();
+        let store_dropped = last
+            .and_then(|l| parse_counter(l, "store-dropped"))
             .unwrap_or_default();
         Finished {
             lines,
             stored,
+            read,
+            store_dropped,
             status,
         }
     }
@@ -173,10 +181,16 @@ impl Drop for AgentProc {
 
 /// The `stored a/b/c` figures of a counters line (`report::counters_line`), if `line` is one.
 pub fn parse_stored(line: &str) -> Option<LevelCounts> {
+    parse_counter(line, "stored")
+}
+
+/// The `<name> a/b/c` figures (`read`, `stored`, `summaries`, `store-dropped`) of a counters
+/// line, if `line` is one and has them.
+pub fn parse_counter(line: &str, name: &str) -> Option<LevelCounts> {
     let rest = line.split_once("[general/important/core] ")?.1;
     let mut words = rest.split_whitespace();
     while let Some(w) = words.next() {
-        if w == "stored" {
+        if w == name {
             let mut n = words.next()?.split('/').map(|x| x.parse::<u64>().ok());
             let counts = [n.next()??, n.next()??, n.next()??];
             return n.next().is_none().then_some(counts);

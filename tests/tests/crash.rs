@@ -214,6 +214,9 @@ struct Run {
     end_ms: i64,
     /// The last `stored` figures it printed before it died (or at its clean stop).
     stored: LevelCounts,
+    /// From the same line: samples handed to the pipeline, and those the store dropped.
+    read: LevelCounts,
+    store_dropped: LevelCounts,
     clean: bool,
 }
 
@@ -221,8 +224,21 @@ struct Run {
 #[derive(Debug, Default)]
 struct History {
     per_run: Vec<LevelCounts>,
+    /// Per run: the highest `seq` found (seqs are given per sample at source, from 0 each run).
+    max_seq: Vec<Option<u64>>,
     /// Per (level, category): samples read.
     per_class: BTreeMap<(String, String), u64>,
+}
+
+impl History {
+    /// Seqs below the highest one found in `run` that are not in the historian: samples
+    /// offered to the store but not flushed before the kill. Only the last flush interval's
+    /// worth (plus samples still in the pipeline's queues) should be missing; a large figure
+    /// would mean a hole. Printed, not asserted: the pipeline's depth depends on the machine.
+    fn missing_below_max(&self, run: usize) -> u64 {
+        let found: u64 = self.per_run[run].iter().sum();
+        self.max_seq[run].map_or(0, |m| (m + 1).saturating_sub(found))
+    }
 }
 
 fn level_index(level: &str) -> Option<usize> {
@@ -245,6 +261,7 @@ fn read_history(config: &Path, runs: &[Run]) -> anyhow::Result<History> {
     let samples = query(config, &[], QUERY_TIMEOUT)?.samples()?;
     let mut h = History {
         per_run: vec![[0; 3]; runs.len()],
+        max_seq: vec![None; runs.len()],
         ..History::default()
     };
     let mut seen = HashSet::new();
@@ -272,6 +289,7 @@ fn read_history(config: &Path, runs: &[Run]) -> anyhow::Result<History> {
         }
         let level_i = level_index(level).context("level is one of the three")?;
         h.per_run[run][level_i] += 1;
+        h.max_seq[run] = h.max_seq[run].max(Some(seq));
         let category = s["category"].as_str().unwrap_or_default().to_owned();
         *h.per_class.entry((level.to_owned(), category)).or_default() += 1;
     }
@@ -322,6 +340,15 @@ fn check_runs(
             "run {i} ({}): reported stored {:?}, the historian holds {found:?}",
             if run.clean { "clean stop" } else { "SIGKILL" },
             run.stored
+        );
+        // A clean stop drains the pipeline: every sample read is stored or counted dropped.
+        let drained = (0..3).all(|l| run.read[l] == run.stored[l] + run.store_dropped[l]);
+        ensure!(
+            !run.clean || drained,
+            "run {i} (clean stop): read {:?}, stored {:?}, store-dropped {:?}",
+            run.read,
+            run.stored,
+            run.store_dropped
         );
     }
     Ok(())
@@ -376,6 +403,8 @@ fn one_run(rig: &Rig, moment: Moment, clean: bool) -> anyhow::Result<(Run, Finis
         start_ms,
         end_ms,
         stored: end.stored,
+        read: end.read,
+        store_dropped: end.store_dropped,
         clean,
     };
     Ok((run, end))
@@ -417,11 +446,14 @@ fn sigkill_during_heavy_writes_loses_no_stored_sample_and_duplicates_none() {
         let h = read_history(&rig.config, &runs).unwrap_or_else(|e| panic!("after run {i}: {e:#}"));
         let r = &runs[i];
         println!(
-            "run {i}: {} at {moment:?}; reported stored {:?}, found {:?}; torn tails replayed \
-             at start: {:?}; {} samples in all",
+            "run {i}: {} at {moment:?}; reported stored {:?}, found {:?} (seqs missing below \
+             the highest found: {}); read {:?}; torn tails replayed at start: {:?}; {} samples \
+             in all",
             if clean { "stopped" } else { "killed" },
             r.stored,
             h.per_run[i],
+            h.missing_below_max(i),
+            end.read,
             torn_tails(&end),
             h.per_run.iter().flatten().sum::<u64>()
         );
@@ -574,6 +606,8 @@ fn torn_last_tail_flush_is_cut_counted_and_logged_and_query_still_reads() {
             start_ms,
             end_ms: now_ms(),
             stored: end.stored,
+            read: end.read,
+            store_dropped: end.store_dropped,
             clean: true,
         });
         println!(
@@ -750,6 +784,8 @@ fn flipped_bit_in_an_earlier_tail_flush_is_reported_at_restart_and_never_read_as
         start_ms,
         end_ms: now_ms(),
         stored: end.stored,
+        read: end.read,
+        store_dropped: end.store_dropped,
         clean: true,
     });
     let errs = errors(&end);

@@ -52,14 +52,19 @@ impl Finished {
 }
 
 impl AgentProc {
-    /// Starts the agent on `config`, printing its counters every 100 ms.
+    /// Starts the agent on `config`, printing its counters every 100 ms, logging at INFO.
     pub fn start(config: &Path) -> anyhow::Result<Self> {
+        Self::start_logging(config, "info")
+    }
+
+    /// [`AgentProc::start`] with the log filter `rust_log` (`RUST_LOG` syntax).
+    pub fn start_logging(config: &Path, rust_log: &str) -> anyhow::Result<Self> {
         let mut child = Command::new(agent_bin()?)
             .arg("run")
             .arg("-c")
             .arg(config)
             .args(["--stats-every", "100ms"])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -112,6 +117,33 @@ impl AgentProc {
                     "the agent stored fewer than {min} samples within {timeout:?}; log:\n{}",
                     self.log_text()
                 );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Waits until a log line contains `needle`; returns how many lines contained it.
+    pub fn wait_logged(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self
+                .lines
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count();
+            if n > 0 {
+                return Ok(n);
+            }
+            if let Some(status) = self.child.try_wait().context("polling the agent")? {
+                bail!(
+                    "the agent exited ({status}) before logging {needle:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!("the agent did not log {needle:?} within {timeout:?}");
             }
             std::thread::sleep(POLL);
         }

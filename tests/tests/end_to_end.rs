@@ -319,9 +319,7 @@ async fn every_level_core_included_is_kept_in_the_historian_with_its_quality() {
             .filter(|r| r["level"] == level.as_str())
             .filter_map(|r| r["records"].as_u64())
             .sum();
-        let read = query(&db, &["--levels", level.as_str()])
-            .expect("query")
-            .len() as u64;
+        let read = query(&db, &["--levels", level.as_str()]).expect("query").len() as u64;
         assert_eq!(counted, read, "{level}: scale counters vs samples read");
     }
     assert!(stats.iter().all(|r| r["bytes"].as_u64() > Some(0)));

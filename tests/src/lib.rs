@@ -5,6 +5,8 @@
 //!
 //! # Layout
 //!
+//! - [`agent_proc`]: the real `edge-agent` binary as a child process: run, follow its counters,
+//!   `SIGKILL` or `SIGTERM` it, and `query` its historian (crash tests).
 //! - [`broker`]: [`EmbeddedBroker`], in-process rumqttd on a free `127.0.0.1` port (default run).
 //! - [`collector`]: [`Collector`], a `#` subscriber recording every publish, with bounded waits.
 //! - [`canary`]: the byte forms a leaked canary value could take (text, registers, 4 byte
@@ -38,6 +40,7 @@
     clippy::format_collect
 )]
 
+pub mod agent_proc;
 pub mod broker;
 pub mod canary;
 pub mod client;

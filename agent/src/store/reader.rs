@@ -343,11 +343,24 @@ impl HistorianReader {
         rows.collect::<Result<_, _>>().map_err(|e| self.read_err(e))
     }
 
+    /// The tail's open chunks. Damage in it is an error, never a silent prefix: the samples
+    /// after the damaged flush would be missing from the answer without a word.
     fn read_tail(&self) -> Result<Replayed, StoreError> {
-        tail::read(&tail_dir(&self.path)).map_err(|source| StoreError::Tail {
+        let replayed = tail::read(&tail_dir(&self.path)).map_err(|source| StoreError::Tail {
             path: self.path.clone(),
             source,
-        })
+        })?;
+        if let Some(c) = &replayed.stats.corrupt {
+            return Err(self.corrupt(format!(
+                "its tail is corrupt in {} at offset {} ({}); samples flushed after that point \
+                 are lost. Start `edge-agent run` once: it sets the damaged segments aside and \
+                 logs what was lost, and queries work again",
+                c.path.display(),
+                c.offset,
+                c.detail
+            )));
+        }
+        Ok(replayed)
     }
 
     /// The newest sample of `tag`, if any.

@@ -312,8 +312,8 @@ impl Outcome {
 }
 
 /// Reads segments in order and rebuilds the chunks. `reader` selects the read-only rules: a
-/// vanished segment restarts the state, and a bad record at the end of the last segment is an
-/// append in progress, not damage.
+/// vanished segment restarts the state, and a bad record at the very end of the last segment is
+/// an append in progress, not damage.
 fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
     let mut out = Outcome {
         replayed: Replayed::default(),
@@ -383,8 +383,18 @@ fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
             .map(|h| h.first_seq);
         let (state, applied, mut stop) =
             apply_batches(&bytes, &scan, limit, &mut out.replayed, &mut broken);
-        if stop.is_none() && last && !reader {
-            stop = classify_last_end(&bytes, &scan, &mut out.replayed.stats);
+        // A reader classifies the end too: an append in progress is always the last thing in
+        // the file, so a valid batch of this generation after a bad one means damage, not a
+        // write in flight.
+        if stop.is_none() && last {
+            // The reader repairs nothing, so it counts no torn tail.
+            let mut uncounted = ReplayStats::default();
+            let stats = if reader {
+                &mut uncounted
+            } else {
+                &mut out.replayed.stats
+            };
+            stop = classify_last_end(&bytes, &scan, stats);
         }
         let end_offset = match &scan.end {
             End::Clean { offset } | End::Bad { offset, .. } => *offset,

@@ -586,3 +586,114 @@ fn a_schema_1_historian_is_converted_on_open_keeping_every_sample_and_label() {
     assert_eq!(recipe.category, Category::RdDesign);
     assert_eq!(recipe.value, Some(Value::Int(2_998)));
 }
+
+#[test]
+fn low_disk_space_stops_general_data_first_reports_once_and_recovers() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let logs = captured_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    let pts = three_points();
+    let st = stats();
+    // Free space as the test says: 1 GiB, then 10 MiB (below the 64 MiB floor), then 1 GiB.
+    let free = Arc::new(AtomicU64::new(1 << 30));
+    let probe_free = free.clone();
+    let s = HistorianSettings {
+        min_free_bytes: 64 << 20,
+        queue_batches: 64,
+        ..settings(&path)
+    };
+    let (gate_tx, gate) = std::sync::mpsc::channel();
+    let h = Historian::spawn_gated(
+        &s,
+        &pts,
+        st.clone(),
+        Some(gate),
+        None,
+        Some(Box::new(move || Ok(probe_free.load(Ordering::SeqCst)))),
+    )
+    .expect("spawn");
+    let batch = |from: i64| -> Vec<Tagged> {
+        (from..from + 100)
+            .flat_map(|i| pts.iter().map(move |p| sample(p, i, Value::Int(i))))
+            .collect()
+    };
+    drop(gate_tx);
+    // Each offer of 300 samples passes batch_size (100): the writer flushes, checking space
+    // first. The flag flips at the first flush after the change.
+    h.offer(batch(0));
+    h.offer(batch(100));
+    wait_until(|| st.stored.get(Level::General) == 200);
+    free.store(10 << 20, Ordering::SeqCst);
+    for k in 2..12 {
+        h.offer(batch(k * 100));
+    }
+    wait_until(|| st.stored.get(Level::Core) == 1_200);
+    free.store(1 << 30, Ordering::SeqCst);
+    for k in 12..14 {
+        h.offer(batch(k * 100));
+    }
+    h.close().expect("close");
+    // Important and core: every sample. General: all but what arrived while space was low
+    // (from the flush that saw the low value until the one that saw it recovered).
+    assert_eq!(st.stored.get(Level::Important), 1_400);
+    assert_eq!(st.stored.get(Level::Core), 1_400);
+    let general = st.stored.get(Level::General);
+    let dropped = st.store_dropped.get(Level::General);
+    assert_eq!(
+        general + dropped,
+        1_400,
+        "every general sample stored or counted"
+    );
+    assert!(
+        dropped >= 800,
+        "general data was shed while space was low: {dropped}"
+    );
+    assert!(general >= 300, "and stored again after recovery: {general}");
+    assert_eq!(st.store_dropped.get(Level::Core), 0);
+    let text = String::from_utf8_lossy(
+        &logs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+    .into_owned();
+    let mine: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&*path.to_string_lossy()))
+        .collect();
+    let low = mine
+        .iter()
+        .filter(|l| l.contains("Historian disk space is low"))
+        .count();
+    let back = mine
+        .iter()
+        .filter(|l| l.contains("space recovered"))
+        .count();
+    assert_eq!(
+        (low, back),
+        (1, 1),
+        "one line per state change:\n{}",
+        mine.join("\n")
+    );
+    assert!(
+        mine.iter()
+            .filter(|l| l.contains("Not storing general data"))
+            .count()
+            == 1
+            && mine.iter().filter(|l| l.contains("still low")).count() <= 1,
+        "drops are aggregated, not logged per sample:\n{}",
+        mine.join("\n")
+    );
+    let r = HistorianReader::open(&path).expect("reader");
+    let counts = r.count_by_level().expect("counts");
+    assert_eq!(counts, [general, 1_400, 1_400]);
+}
+
+/// Polls `cond` for up to 10 s (a writer thread is working; no timing is asserted).
+fn wait_until(cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "condition not reached in 10 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

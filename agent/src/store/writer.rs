@@ -319,7 +319,7 @@ impl Historian {
                 warn!(path = %path, "Not storing general data while disk space is low: {counts} dropped so far (counted in store_dropped); summarised every {} s.", FAILURE_LOG_PERIOD.as_secs());
             }
             DropReport::Summary { counts, period } => {
-                warn!(path = %path, "Disk space still low: {counts} general samples not stored in the last {} s.", period.as_secs());
+                warn!(path = %path, "Disk space still low: {counts} not stored in the last {} s.", period.as_secs());
             }
             DropReport::Stopped { total, lasted } => {
                 info!(path = %path, "General data stored again after {total} were dropped over {} s.", lasted.as_secs());
@@ -392,6 +392,12 @@ impl Historian {
     fn flush(&mut self, now: Instant) {
         self.flush_deadline = None;
         if let Some((low, free)) = self.space.check() {
+            if !low {
+                // The episode is over: its last partial period, then the recovery.
+                if let Some(report) = self.shed.finish(now) {
+                    self.log_shed(report);
+                }
+            }
             self.log_space(low, free);
         }
         self.head.seal_aged(crate::model::now_ms());

@@ -36,6 +36,9 @@ pub mod query;
 mod reader;
 mod schema;
 mod tail;
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+pub mod testkit;
 mod writer;
 
 pub use reader::{HistorianReader, QueryError, ScaleRow, StoredSample};

@@ -63,7 +63,11 @@ fn main() {
             .collect();
         let dir = tempfile::tempdir().expect("tempdir");
         let r = saturate(&dir.path().join("h.db"), &metas, data).expect("historian");
-        assert_eq!(r.offered, r.stored + r.dropped, "every sample accounted for");
+        assert_eq!(
+            r.offered,
+            r.stored + r.dropped,
+            "every sample accounted for"
+        );
         let db_bytes: u64 = std::fs::read_dir(dir.path())
             .expect("dir")
             .filter_map(Result::ok)

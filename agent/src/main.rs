@@ -359,33 +359,26 @@ fn query(args: &QueryArgs) -> ExitCode {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    if args.stats {
-        let result = reader.scale().map_err(QueryError::Store).and_then(|rows| {
+    let result = if args.stats {
+        reader.scale().map_err(QueryError::Store).and_then(|rows| {
             let rows: Vec<_> = rows
                 .into_iter()
                 .filter(|r| sel.wants_level(r.level))
                 .collect();
             edge_agent::store::query::write_scale(&rows, format, &mut out)
-                .and_then(|()| out.flush())
                 .map_err(QueryError::Output)
-        });
-        return match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(QueryError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(1)
-            }
-        };
-    }
-    let result = format
-        .header(&mut out)
-        .map_err(QueryError::Output)
-        .and_then(|()| reader.query(&sel, |s| format.write(s, &mut out)))
-        .and_then(|_| out.flush().map_err(QueryError::Output));
-    match result {
+        })
+    } else {
+        format
+            .header(&mut out)
+            .map_err(QueryError::Output)
+            .and_then(|()| {
+                reader
+                    .query(&sel, |s| format.write(s, &mut out))
+                    .map(|_| ())
+            })
+    };
+    match result.and_then(|()| out.flush().map_err(QueryError::Output)) {
         Ok(()) => ExitCode::SUCCESS,
         // `query | head`: the reader chose to stop.
         Err(QueryError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {

@@ -68,13 +68,29 @@ fn main() {
             r.stored + r.dropped,
             "every sample accounted for"
         );
-        let db_bytes: u64 = std::fs::read_dir(dir.path())
+        let files: Vec<(String, u64)> = std::fs::read_dir(dir.path())
             .expect("dir")
             .filter_map(Result::ok)
-            .filter_map(|e| e.metadata().ok())
-            .filter(std::fs::Metadata::is_file)
-            .map(|m| m.len())
-            .sum();
+            .filter_map(|e| {
+                Some((
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().ok()?,
+                ))
+            })
+            .filter(|(_, m)| m.is_file())
+            .map(|(n, m)| (n, m.len()))
+            .collect();
+        let db_bytes: u64 = files.iter().map(|f| f.1).sum();
+        let conn = rusqlite::Connection::open(dir.path().join("h.db")).expect("db");
+        let (chunks, blocks): (i64, i64) = conn
+            .query_row("SELECT COUNT(*), SUM(LENGTH(block)) FROM chunks", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .expect("chunks");
+        println!(
+            "  files {files:?}; {chunks} chunks, {blocks} block bytes ({:.2} B/sample)",
+            blocks as f64 / r.stored as f64
+        );
         println!(
             "{points:>6} points x {cycles:>5} cycles: {} samples stored and summarised in {:.2} s = {:>9.0} samples/s; dropped {}; database {:.2} B/sample",
             r.stored,

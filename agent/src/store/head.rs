@@ -18,7 +18,7 @@ use crate::stats::LevelCounts;
 pub(crate) struct SealPolicy {
     /// Seal once the compressed stream reaches this many bytes.
     pub(crate) seal_bytes: usize,
-    /// Seal once the chunk's first sample is this old (ms of the samples' clock).
+    /// Seal once the chunk has been open this long (ms of the writer's monotonic clock).
     pub(crate) max_age_ms: i64,
 }
 
@@ -70,7 +70,8 @@ struct Open {
     category: Category,
     header: [u8; 2],
     enc: ChunkEncoder,
-    /// The first sample's time, for `max_age`.
+    /// When the chunk was opened on the writer's monotonic clock, for `max_age`. Not the
+    /// samples' time: device clocks and old timestamps must not decide when a chunk seals.
     opened_ms: i64,
     /// First byte the tail has not made durable (the last durable byte may be partial).
     durable_byte: usize,
@@ -143,13 +144,19 @@ impl Head {
 
     /// Puts back a chunk the tail replayed (durable as it is). A chunk that does not resume
     /// (damaged stream) is returned as an error; the caller counts it.
-    pub(crate) fn restore(&mut self, id: ChunkId, chunk: &OpenChunk) -> Result<(), CodecError> {
+    pub(crate) fn restore(
+        &mut self,
+        id: ChunkId,
+        chunk: &OpenChunk,
+        now_ms: i64,
+    ) -> Result<(), CodecError> {
         let (level, category) = parse_chunk_header(&chunk.header)
             .ok_or(CodecError::Corrupt("unknown chunk label in the tail"))?;
         let enc = ChunkEncoder::resume(&chunk.bytes, chunk.bit_len)?;
-        let Some(opened_ms) = enc.first_ts() else {
+        if enc.is_empty() {
             return Ok(());
-        };
+        }
+        let opened_ms = now_ms;
         let durable_bits = enc.bit_len();
         let open = Open {
             chunk_seq: id.chunk_seq,
@@ -175,8 +182,9 @@ impl Head {
     }
 
     /// Appends one sample to its point's open chunk (`point` is the store's id of the sample's
-    /// point), sealing first if the label changed and after if the chunk is full.
-    pub(crate) fn append(&mut self, point: u32, t: &Tagged) {
+    /// point), sealing first if the label changed and after if the chunk is full. `now_ms` is the
+    /// writer's monotonic clock.
+    pub(crate) fn append(&mut self, point: u32, t: &Tagged, now_ms: i64) {
         let (level, category) = (t.level(), t.category());
         let relabelled = self.slots.get(point as usize).is_some_and(|s| {
             s.open
@@ -196,7 +204,7 @@ impl Head {
                 category,
                 header: chunk_header(level, category),
                 enc: ChunkEncoder::new(None),
-                opened_ms: t.ts_ms(),
+                opened_ms: now_ms,
                 durable_byte: 0,
                 durable_bits: 0,
             }
@@ -209,7 +217,7 @@ impl Head {
         if !appended {
             // Full at u32::MAX samples: seal and start again (never in practice: seal_bytes).
             self.seal(point);
-            return self.append(point, t);
+            return self.append(point, t, now_ms);
         }
         self.pending.add(level, 1);
         if full {
@@ -260,7 +268,7 @@ impl Head {
         });
     }
 
-    /// Seals every chunk whose first sample is older than `max_age` at `now_ms`.
+    /// Seals every chunk open for `max_age` or more at `now_ms` (the writer's monotonic clock).
     pub(crate) fn seal_aged(&mut self, now_ms: i64) {
         let max_age = self.policy.max_age_ms;
         let aged: Vec<u32> = (0..self.slots.len())

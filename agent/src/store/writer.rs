@@ -63,6 +63,8 @@ pub(crate) struct Historian {
     /// The latest write error, quoted in the periodic summary.
     last_error: Option<String>,
     buf: Vec<u8>,
+    /// When the writer opened: the origin of `clock_ms`.
+    opened: Instant,
     space: SpaceGuard,
     /// General samples not stored because space is low, aggregated for the log.
     shed: DropLog,
@@ -219,6 +221,7 @@ impl Historian {
             failures: DropLog::new(FAILURE_LOG_PERIOD),
             last_error: None,
             buf: Vec::new(),
+            opened: now,
             space: SpaceGuard {
                 probe: space.unwrap_or_else(|| {
                     let dir = tail_dir(&path);
@@ -327,6 +330,11 @@ impl Historian {
         }
     }
 
+    /// The writer's monotonic clock, in ms since it opened: what chunk ages are measured on.
+    fn clock_ms(&self) -> i64 {
+        i64::try_from(self.opened.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
     fn sealed_bytes(&self) -> usize {
         self.head.sealed().iter().map(|c| c.block.len()).sum()
     }
@@ -367,7 +375,7 @@ impl Historian {
                 self.flush_deadline = Some(Instant::now() + self.flush_interval);
             }
             match self.ids.get(&self.conn, t.meta()) {
-                Ok(point) => self.head.append(point, t),
+                Ok(point) => self.head.append(point, t, self.clock_ms()),
                 Err(e) => {
                     self.stats.store_dropped.add(t.level(), 1);
                     self.last_error = Some(e.to_string());
@@ -400,7 +408,7 @@ impl Historian {
             }
             self.log_space(low, free);
         }
-        self.head.seal_aged(crate::model::now_ms());
+        self.head.seal_aged(self.clock_ms());
         let fragments = self.head.fragments(&mut self.buf);
         if fragments.is_empty() {
             return;
@@ -496,7 +504,8 @@ fn restore_head(path: &Path, committed: &HashMap<u32, u32>, replayed: &Replayed)
         {
             continue;
         }
-        match head.restore(*id, chunk) {
+        // Restored chunks start their age now, on the new writer's clock.
+        match head.restore(*id, chunk, 0) {
             Ok(()) => restored += 1,
             Err(e) => {
                 unusable += 1;

@@ -62,7 +62,7 @@ fn chunks_seal_by_size_in_sequence_and_hold_every_sample_once_in_order() {
     });
     head.continue_after(3, Some(4));
     for i in 0..5_000 {
-        head.append(3, &sample(&m, i));
+        head.append(3, &sample(&m, i), i);
     }
     head.seal_all();
     let sealed = head.sealed();
@@ -93,7 +93,7 @@ fn fragments_replayed_rebuild_every_open_and_sealed_chunk_and_flushed_counts_the
     let mut tail = BTreeMap::new();
     let mut buf = Vec::new();
     for i in 0..2_000 {
-        head.append(1, &sample(&m, i));
+        head.append(1, &sample(&m, i), i);
         if i % 37 == 36 {
             replay(&head.fragments(&mut buf), &mut tail);
             head.flushed();
@@ -124,21 +124,21 @@ fn a_restored_chunk_continues_where_the_tail_left_it() {
     let m = meta(Level::Core);
     let mut head = Head::new(SealPolicy::default());
     for i in 0..100 {
-        head.append(2, &sample(&m, i));
+        head.append(2, &sample(&m, i), i);
     }
     let mut buf = Vec::new();
     let mut tail = BTreeMap::new();
     replay(&head.fragments(&mut buf), &mut tail);
     let mut again = Head::new(SealPolicy::default());
     for (id, c) in &tail {
-        again.restore(*id, c).expect("resumes");
+        again.restore(*id, c, 0).expect("resumes");
     }
     assert!(
         again.fragments(&mut buf).is_empty(),
         "restored state is durable"
     );
     for i in 100..150 {
-        again.append(2, &sample(&m, i));
+        again.append(2, &sample(&m, i), i);
     }
     again.seal_all();
     let sealed = again.sealed();
@@ -161,19 +161,45 @@ fn a_label_change_or_age_seals_the_open_chunk() {
         seal_bytes: 1 << 20,
         max_age_ms: 60_000,
     });
-    head.append(0, &sample(&general, 0));
-    head.append(0, &sample(&core, 1));
+    head.append(0, &sample(&general, 0), 0);
+    head.append(0, &sample(&core, 1), 1);
     assert_eq!(
         head.sealed().len(),
         1,
         "relabelled: the general chunk is sealed"
     );
     assert_eq!(head.sealed()[0].level, Level::General);
-    head.seal_aged(1_000_100 + 59_999);
+    // The core chunk opened at 1 ms on the writer's clock.
+    head.seal_aged(60_000);
     assert_eq!(head.sealed().len(), 1, "not yet 60 s old");
-    head.seal_aged(1_000_100 + 60_000);
+    head.seal_aged(60_001);
     assert_eq!(head.sealed().len(), 2);
     assert_eq!(head.sealed()[1].level, Level::Core);
     head.committed();
     assert!(head.sealed().is_empty());
+}
+
+#[test]
+fn old_sample_timestamps_do_not_age_a_chunk_only_the_writers_clock_does() {
+    // Samples stamped a year ago (a device clock, a replay) arriving now: one chunk, not one
+    // chunk per flush (the age used to be measured from the first sample's timestamp).
+    let m = meta(Level::General);
+    let mut head = Head::new(SealPolicy {
+        seal_bytes: 1 << 20,
+        max_age_ms: 600_000,
+    });
+    // The writer's clock is hours past the samples' timestamps (about 1 000 000 ms).
+    let clock = |i: i64| 10_000_000 + 10 * i;
+    for i in 0..1_000 {
+        head.append(0, &sample(&m, i), clock(i));
+        head.seal_aged(clock(i));
+    }
+    assert!(
+        head.sealed().is_empty(),
+        "{} chunks sealed",
+        head.sealed().len()
+    );
+    head.seal_aged(clock(0) + 600_000);
+    assert_eq!(head.sealed().len(), 1);
+    assert_eq!(head.sealed()[0].count, 1_000);
 }

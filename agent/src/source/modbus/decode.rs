@@ -111,8 +111,11 @@ pub(crate) fn decode_registers_after(
             bool_value(point, bit)
         }
         DataType::Bits { lsb, count } => {
-            if u16::from(lsb) + u16::from(count) > 16 {
-                return Err(DecodeError::BitOutOfRange { bit: lsb + count });
+            // As config validation: at least one bit, all inside the register (so lsb <= 15).
+            if count == 0 || u16::from(lsb) + u16::from(count) > 16 {
+                return Err(DecodeError::BitOutOfRange {
+                    bit: lsb.saturating_add(count),
+                });
             }
             let mask = ((1u32 << count) - 1) as u16;
             integer(point, i64::from((words[0] >> lsb) & mask))

@@ -327,17 +327,25 @@ async fn every_level_core_included_is_kept_in_the_historian_with_its_quality() {
     assert!(stats.iter().all(|r| r["bytes"].as_u64() > Some(0)));
     // A time window and a glob select exactly what they say.
     let all = query(&db, &["--points", "press1.*"]).expect("query");
+    assert!(!all.is_empty());
     assert!(all
         .iter()
         .all(|r| r["tag"].as_str().is_some_and(|t| t.starts_with("press1."))));
-    let mut times: Vec<i64> = all.iter().filter_map(|r| r["ts_ms"].as_i64()).collect();
+    // The time window over everything stored (the run lasts until a summary window closed,
+    // so it spans more than one poll).
+    let everything = query(&db, &[]).expect("query");
+    let mut times: Vec<i64> = everything
+        .iter()
+        .filter_map(|r| r["ts_ms"].as_i64())
+        .collect();
     times.sort_unstable();
-    let mid = times[times.len() / 2];
-    assert!(
-        times[0] < mid,
-        "samples over more than one instant: {times:?}"
-    );
-    let later = query(&db, &["--points", "press1.*", "--from", &mid.to_string()]).expect("query");
-    assert!(!later.is_empty() && later.len() < all.len());
+    // The second instant: everything from it on is a non-empty strict subset.
+    let mid = times
+        .iter()
+        .copied()
+        .find(|&t| t > times[0])
+        .expect("samples over more than one instant");
+    let later = query(&db, &["--from", &mid.to_string()]).expect("query");
+    assert!(!later.is_empty() && later.len() < everything.len());
     assert!(later.iter().all(|r| r["ts_ms"].as_i64() >= Some(mid)));
 }

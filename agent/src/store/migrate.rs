@@ -5,13 +5,13 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use tracing::info;
 
 use super::codec::ChunkEncoder;
-use super::head::SealPolicy;
+use super::head::{SealPolicy, Sealed};
 use super::reader::RawRow;
-use super::schema::{INSERT_CHUNK, UPSERT_SCALE};
+use super::schema::insert_chunk;
 use super::StoreError;
 use crate::model::{Category, Level};
 
@@ -130,30 +130,18 @@ pub(super) fn v1_to_v2(
 }
 
 fn insert(conn: &Connection, c: Chunk) -> rusqlite::Result<()> {
-    if c.enc.is_empty() {
+    let (Some(min_ts), Some(max_ts)) = (c.enc.min_ts(), c.enc.max_ts()) else {
         return Ok(());
-    }
-    let count = c.enc.len();
-    let (min, max) = (c.enc.min_ts().unwrap_or(0), c.enc.max_ts().unwrap_or(0));
-    let block = c.enc.finish();
-    conn.prepare_cached(INSERT_CHUNK)?.execute(params![
-        c.point,
-        c.seq,
-        c.level.as_str(),
-        c.category.as_str(),
-        min,
-        max,
-        count,
-        &block,
-    ])?;
-    conn.prepare_cached(UPSERT_SCALE)?.execute(params![
-        c.level.as_str(),
-        c.category.as_str(),
-        count,
-        1,
-        i64::try_from(block.len()).unwrap_or(i64::MAX),
-        min,
-        max,
-    ])?;
-    Ok(())
+    };
+    let sealed = Sealed {
+        point: u32::try_from(c.point).unwrap_or(u32::MAX),
+        chunk_seq: u32::try_from(c.seq).unwrap_or(u32::MAX),
+        level: c.level,
+        category: c.category,
+        count: c.enc.len(),
+        min_ts,
+        max_ts,
+        block: c.enc.finish(),
+    };
+    insert_chunk(conn, &sealed)
 }

@@ -79,11 +79,11 @@ CREATE TABLE scale (
 );
 ";
 
-pub(super) const INSERT_CHUNK: &str = "
+const INSERT_CHUNK: &str = "
 INSERT INTO chunks (point_id, chunk_seq, level, category, min_ts, max_ts, count, enc, block)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)";
 
-pub(super) const UPSERT_SCALE: &str = "
+const UPSERT_SCALE: &str = "
 INSERT INTO scale (level, category, records, chunks, bytes, first_ts, last_ts)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
 ON CONFLICT (level, category) DO UPDATE SET
@@ -217,6 +217,31 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     if version == 1 {
         super::migrate::v1_to_v2(conn, path, CHUNK_TABLES, VERSION)?;
     }
+    Ok(())
+}
+
+/// Insert one sealed chunk and add it to its level's and category's scale counters (the writer's
+/// commits and the schema 1 conversion; the caller holds the transaction).
+pub(super) fn insert_chunk(conn: &Connection, c: &super::head::Sealed) -> rusqlite::Result<()> {
+    conn.prepare_cached(INSERT_CHUNK)?.execute(params![
+        c.point,
+        c.chunk_seq,
+        c.level.as_str(),
+        c.category.as_str(),
+        c.min_ts,
+        c.max_ts,
+        c.count,
+        &c.block,
+    ])?;
+    conn.prepare_cached(UPSERT_SCALE)?.execute(params![
+        c.level.as_str(),
+        c.category.as_str(),
+        c.count,
+        1,
+        i64::try_from(c.block.len()).unwrap_or(i64::MAX),
+        c.min_ts,
+        c.max_ts,
+    ])?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{Connection, TransactionBehavior};
 use tracing::{debug, error, info, warn};
 
 use super::head::{Head, SealPolicy, Sealed};
@@ -366,6 +366,8 @@ impl Historian {
 
     fn absorb(&mut self, batch: &[Tagged]) {
         let mut shed = LevelCounts::default();
+        // One clock read per batch, not per sample: chunk ages are minutes.
+        let now_ms = self.clock_ms();
         for t in batch {
             if self.space.low && t.level() == Level::General {
                 shed.add(Level::General, 1);
@@ -375,7 +377,7 @@ impl Historian {
                 self.flush_deadline = Some(Instant::now() + self.flush_interval);
             }
             match self.ids.get(&self.conn, t.meta()) {
-                Ok(point) => self.head.append(point, t, self.clock_ms()),
+                Ok(point) => self.head.append(point, t, now_ms),
                 Err(e) => {
                     self.stats.store_dropped.add(t.level(), 1);
                     self.last_error = Some(e.to_string());
@@ -528,30 +530,8 @@ fn restore_head(path: &Path, committed: &HashMap<u32, u32>, replayed: &Replayed)
 
 fn write_chunks(conn: &mut Connection, chunks: &[Sealed]) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    {
-        let mut insert = tx.prepare_cached(schema::INSERT_CHUNK)?;
-        let mut scale = tx.prepare_cached(schema::UPSERT_SCALE)?;
-        for c in chunks {
-            insert.execute(params![
-                c.point,
-                c.chunk_seq,
-                c.level.as_str(),
-                c.category.as_str(),
-                c.min_ts,
-                c.max_ts,
-                c.count,
-                &c.block,
-            ])?;
-            scale.execute(params![
-                c.level.as_str(),
-                c.category.as_str(),
-                c.count,
-                1,
-                i64::try_from(c.block.len()).unwrap_or(i64::MAX),
-                c.min_ts,
-                c.max_ts,
-            ])?;
-        }
+    for c in chunks {
+        schema::insert_chunk(&tx, c)?;
     }
     tx.commit()
 }

@@ -100,8 +100,11 @@ impl Default for RawHistorian {
 fn default_historian_path() -> PathBuf {
     PathBuf::from("/var/lib/edge-agent/historian.db")
 }
+/// An early-flush bound, not the usual trigger: pending samples cost only their compressed bits,
+/// so `flush_interval` should decide. A low bound made 10 000 points at 100 ms flush 20 times a
+/// second, each fragment a single sample: 4x the bytes and CPU per sample of two flushes.
 fn default_batch_size() -> usize {
-    5000
+    100_000
 }
 fn default_flush_interval() -> Duration {
     Duration::from_millis(500)

@@ -50,9 +50,9 @@ pub(crate) struct ClassificationSettings {
 pub struct HistorianSettings {
     /// `SQLite` database file.
     pub path: PathBuf,
-    /// Max samples per write transaction.
+    /// Flush sooner when this many samples wait (an upper bound; the interval is the trigger).
     pub(crate) batch_size: usize,
-    /// Max time a sample waits before its batch is committed.
+    /// Max time a sample waits before it is durable in the tail.
     pub(crate) flush_interval: Duration,
     /// Capacity of the channel in front of the writer, in batches.
     pub(crate) queue_batches: usize,

@@ -86,13 +86,27 @@ impl HistorianReader {
 
     /// Number of stored samples per level, indexed by `Level::index`: the committed chunks'
     /// counters plus the samples of the open chunks in the tail.
+    ///
+    /// The tail is read before the snapshot of the committed chunks, as in `query`: a chunk the
+    /// writer commits and releases between the two reads is then in the snapshot, and one it
+    /// has not committed yet is in the tail, so none is missed or counted twice.
     pub fn count_by_level(&self) -> Result<[u64; 3], StoreError> {
+        let tail = self.read_tail()?;
+        self.conn
+            .execute_batch("BEGIN")
+            .map_err(|e| self.read_err(e))?;
+        let snapshot = self.scale().and_then(|rows| {
+            let committed =
+                schema::committed_chunks(&self.conn).map_err(|e| self.read_err(e))?;
+            Ok((rows, committed))
+        });
+        // A read transaction: ending it only releases the snapshot.
+        let _ = self.conn.execute_batch("COMMIT");
+        let (rows, committed) = snapshot?;
         let mut counts = [0u64; 3];
-        for row in self.scale()? {
+        for row in rows {
             counts[row.level.index()] += row.records;
         }
-        let tail = self.read_tail()?;
-        let committed = schema::committed_chunks(&self.conn).map_err(|e| self.read_err(e))?;
         for (id, chunk) in &tail.chunks {
             if committed
                 .get(&id.point_id)

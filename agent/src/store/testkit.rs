@@ -32,7 +32,7 @@ pub fn saturate(
 ) -> Result<Saturation, StoreError> {
     let settings = HistorianSettings {
         path: path.to_owned(),
-        batch_size: 5_000,
+        batch_size: 100_000,
         flush_interval: Duration::from_millis(500),
         queue_batches: cycles.len() + 1,
         min_free_bytes: 0,

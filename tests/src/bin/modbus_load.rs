@@ -94,6 +94,9 @@ enum Cmd {
         interval: Duration,
         #[arg(long)]
         broker: SocketAddr,
+        /// Where the samples published so far are written, every 100 ms.
+        #[arg(long)]
+        count_file: PathBuf,
     },
 }
 
@@ -117,7 +120,8 @@ async fn main() -> anyhow::Result<()> {
             devices,
             interval,
             broker,
-        } => bare_poll(&devices, interval, broker).await,
+            count_file,
+        } => bare_poll(&devices, interval, broker, &count_file).await,
     }
 }
 
@@ -462,13 +466,16 @@ async fn footprint(
         "{tags} u16 tags every {} over {devices} Modbus TCP device(s); {secs} s window after 5 s warm-up",
         humantime::format_duration(interval)
     );
+    // The agent's own counters (read, stored, dropped) go to a log printed after the run: they
+    // say whether a shortfall is in acquisition or in storage.
+    let log = dir.path().join("agent.log");
     let mut child = Command::new(agent)
         .args(["run", "-c"])
         .arg(&cfg)
         .args(["--stats-every", "0s"])
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,edge_agent=info")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(&log)?)
         .spawn()
         .with_context(|| format!("starting {}", agent.display()))?;
     // Samples committed to the historian, read beside the running writer (WAL).
@@ -480,8 +487,19 @@ async fn footprint(
     let (m, stored_in_window) = measure(&mut child, secs, stored).await?;
     report("agent", &m, stored_in_window);
     println!("            (historian on, no upstream: every sample stored)");
+    let log = std::fs::read_to_string(&log)?;
+    if let Some(line) = log.lines().rev().find(|l| l.contains("] read ")) {
+        let counters = line.split_once("[general").map_or(line, |(_, c)| c);
+        println!("            agent's totals since start: [general{counters}");
+    }
+    for line in log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")) {
+        if !line.contains("is longer than poll_interval") {
+            println!("            {line}");
+        }
+    }
     if baseline {
         let broker = edge_tests::EmbeddedBroker::start()?;
+        let count_file = dir.path().join("baseline.count");
         let spec: Vec<String> = addrs
             .iter()
             .zip(&counts)
@@ -495,13 +513,19 @@ async fn footprint(
             .arg(humantime::format_duration(interval).to_string())
             .arg("--broker")
             .arg(broker.addr().to_string())
+            .arg("--count-file")
+            .arg(&count_file)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting the baseline")?;
-        let (b, _) = measure(&mut child, secs, || 0).await?;
-        // The baseline keeps up at these loads: every tag once per interval.
-        let samples = (tags as f64 * b.wall_s / interval.as_secs_f64()) as u64;
+        let published = || {
+            std::fs::read_to_string(&count_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let (b, samples) = measure(&mut child, secs, published).await?;
         report("baseline", &b, samples);
         println!("            (bare poll-and-publish: tokio-modbus reads, one JSON message per device and cycle, QoS 0)");
         println!(
@@ -521,6 +545,7 @@ async fn bare_poll(
     devices: &[String],
     interval: Duration,
     broker: SocketAddr,
+    count_file: &Path,
 ) -> anyhow::Result<()> {
     use rumqttc::{AsyncClient, MqttOptions, QoS};
     use tokio_modbus::client::Reader as _;
@@ -529,12 +554,24 @@ async fn bare_poll(
     options.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    // Samples published, written to `count_file` for the parent to read (SIGTERM ends this
+    // process without a chance to report).
+    let published = Arc::new(AtomicU64::new(0));
+    let (counter, path) = (published.clone(), count_file.to_owned());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let _ = std::fs::write(&path, counter.load(Ordering::Relaxed).to_string());
+        }
+    });
     let mut tasks = Vec::new();
     for (d, spec) in devices.iter().enumerate() {
         let (addr, n) = spec.split_once('=').context("host:port=registers")?;
         let addr: SocketAddr = addr.parse()?;
         let n: u16 = n.parse()?;
         let client = client.clone();
+        let published = published.clone();
         tasks.push(tokio::spawn(async move {
             // The simulated devices answer as unit 1, like the agent's config (`unit_id` default).
             let mut ctx =
@@ -557,6 +594,7 @@ async fn bare_poll(
                 client
                     .publish(&topic, QoS::AtMostOnce, false, payload)
                     .await?;
+                published.fetch_add(values.len() as u64, Ordering::Relaxed);
             }
             #[allow(unreachable_code)]
             anyhow::Ok(())

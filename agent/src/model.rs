@@ -231,6 +231,14 @@ pub(crate) struct PointFields {
 impl PointMeta {
     /// Only the config compiler calls this (`clippy.toml` bans it elsewhere): a point's level
     /// and category are decided once, when the configuration is compiled.
+    /// A reference valid for the rest of the process, for the samples of a source: copying it
+    /// costs nothing, where an `Arc` clone per sample (and its drop on the historian thread)
+    /// bounced the refcount's cache line between cores: 10 % of the agent's CPU at 10 000
+    /// points. Leaks one `Arc`: call it once per point when a source starts, never per sample.
+    pub fn pin(meta: &Arc<Self>) -> &'static Self {
+        Box::leak(Box::new(Arc::clone(meta)))
+    }
+
     pub(crate) fn compile(s: PointFields) -> Self {
         Self {
             id: s.id,

@@ -4,8 +4,6 @@
 //! [`Tagged`] is defined here, with private fields, so that only code under `source` can stamp
 //! a sample: every later stage reads a sample's label and cannot change it.
 
-use std::sync::Arc;
-
 use crate::model::{Category, Level, PointMeta, Quality, Value};
 
 pub mod modbus;
@@ -13,7 +11,8 @@ pub mod modbus;
 /// A classified sample: the only kind of value that exists after a source.
 #[derive(Debug, Clone)]
 pub struct Tagged {
-    meta: Arc<PointMeta>,
+    /// Pinned ([`PointMeta::pin`]): a sample must not touch a shared refcount.
+    meta: &'static PointMeta,
     value: Value,
     quality: Quality,
     ts_ms: i64,
@@ -23,7 +22,13 @@ pub struct Tagged {
 impl Tagged {
     /// Stamp a reading with its point's label. Private to `source` and its children: only a
     /// source, at the moment of the read, labels data.
-    fn stamp(meta: Arc<PointMeta>, value: Value, quality: Quality, ts_ms: i64, seq: u64) -> Self {
+    fn stamp(
+        meta: &'static PointMeta,
+        value: Value,
+        quality: Quality,
+        ts_ms: i64,
+        seq: u64,
+    ) -> Self {
         Self {
             meta,
             value,
@@ -39,18 +44,18 @@ impl Tagged {
     #[cfg(any(test, feature = "testkit"))]
     #[doc(hidden)]
     pub fn for_test(
-        meta: Arc<PointMeta>,
+        meta: std::sync::Arc<PointMeta>,
         value: Value,
         quality: Quality,
         ts_ms: i64,
         seq: u64,
     ) -> Self {
-        Self::stamp(meta, value, quality, ts_ms, seq)
+        Self::stamp(PointMeta::pin(&meta), value, quality, ts_ms, seq)
     }
 
     /// The point's identity and classification.
-    pub fn meta(&self) -> &Arc<PointMeta> {
-        &self.meta
+    pub fn meta(&self) -> &'static PointMeta {
+        self.meta
     }
 
     pub fn value(&self) -> &Value {
@@ -69,6 +74,18 @@ impl Tagged {
     /// Per-gateway monotonically increasing sequence number, assigned at source.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// Numbers `batch` with the next `batch.len()` sequence numbers of `seq`, in order: one
+    /// atomic add per batch instead of one per sample (the lines share the counter), and a
+    /// point's sequence advances by a steady stride from cycle to cycle, which the historian's
+    /// codec stores in one bit, where per-sample numbering interleaved the lines' samples and
+    /// cost ~20 bits a sample at 10 lines.
+    fn number(batch: &mut [Tagged], seq: &std::sync::atomic::AtomicU64) {
+        let base = seq.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for (t, s) in batch.iter_mut().zip(base..) {
+            t.seq = s;
+        }
     }
 
     pub(crate) fn level(&self) -> Level {

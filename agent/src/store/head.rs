@@ -24,12 +24,31 @@ pub(crate) struct SealPolicy {
 
 impl Default for SealPolicy {
     fn default() -> Self {
-        // ~2 KiB: two chunk rows per 4 KiB SQLite page, ~10-20 MB of open chunks at 10 000
-        // points; 10 min: a point polled every few seconds still gets sealed chunks that
-        // retention can drop, and a tail segment is released within ~10 min.
+        // ~2 KiB: two chunk rows per 4 KiB SQLite page; 10 min: a point polled every few
+        // seconds still gets sealed chunks that retention can drop, and a tail segment is
+        // released within ~10 min.
         Self {
-            seal_bytes: 2048,
+            seal_bytes: MAX_SEAL_BYTES,
             max_age_ms: 600_000,
+        }
+    }
+}
+
+/// Largest chunk stream, and the smallest the memory budget may bring it down to (below, the
+/// per-chunk costs, ~25 bytes of block header and a row, stop being small).
+const MAX_SEAL_BYTES: usize = 2048;
+const MIN_SEAL_BYTES: usize = 512;
+/// What all open chunks together may hold: a gateway's RAM is tens of MB. At 2 KiB a chunk,
+/// 10 000 points would hold up to 20 MB (plus growth slack).
+const OPEN_CHUNKS_BUDGET: usize = 6 << 20;
+
+impl SealPolicy {
+    /// The default policy, with chunks small enough that `points` open chunks fit the memory
+    /// budget (2 KiB up to ~3 000 points, then smaller, 512 bytes at least).
+    pub(crate) fn for_points(points: usize) -> Self {
+        Self {
+            seal_bytes: (OPEN_CHUNKS_BUDGET / points.max(1)).clamp(MIN_SEAL_BYTES, MAX_SEAL_BYTES),
+            ..Self::default()
         }
     }
 }

@@ -96,8 +96,7 @@ impl HistorianReader {
             .execute_batch("BEGIN")
             .map_err(|e| self.read_err(e))?;
         let snapshot = self.scale().and_then(|rows| {
-            let committed =
-                schema::committed_chunks(&self.conn).map_err(|e| self.read_err(e))?;
+            let committed = schema::committed_chunks(&self.conn).map_err(|e| self.read_err(e))?;
             Ok((rows, committed))
         });
         // A read transaction: ending it only releases the snapshot.

@@ -274,12 +274,25 @@ fn list(dir: &Path) -> Result<Listing, TailError> {
     Ok(listing)
 }
 
-/// A segment replay kept, with what it needs for release.
+/// A closed segment, with what it needs for release.
 #[derive(Debug)]
 struct Closed {
     number: u64,
     path: PathBuf,
-    state: SegmentState,
+    /// (point, highest chunk sequence it touched here): 8 bytes a point, where the segment's
+    /// decoding state is a hash map of ~40 (dozens of segments live while chunks are open).
+    touched: Box<[(u32, u32)]>,
+}
+
+impl Closed {
+    fn new(number: u64, path: PathBuf, state: &SegmentState) -> Self {
+        let touched = state.iter().map(|(p, st)| (*p, st.max_seq)).collect();
+        Self {
+            number,
+            path,
+            touched,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -401,11 +414,7 @@ fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
         };
         if let Some((offset, detail)) = stop {
             out.corrupt(path, *number, offset, detail, &logs[i + 1..]);
-            out.kept.push(Closed {
-                number: *number,
-                path: path.clone(),
-                state,
-            });
+            out.kept.push(Closed::new(*number, path.clone(), &state));
             // The next segment starts right after the last good batch, so this one reads as
             // cleanly ended from now on.
             out.next_seq = Some(scan.header.first_seq + applied);
@@ -420,11 +429,7 @@ fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
             next_seq,
         ));
         out.next_seq = Some(next_seq);
-        out.kept.push(Closed {
-            number: *number,
-            path: path.clone(),
-            state,
-        });
+        out.kept.push(Closed::new(*number, path.clone(), &state));
     }
     Ok(out)
 }
@@ -750,9 +755,9 @@ impl Tail {
         let mut released = 0;
         while let Some(front) = self.closed.front() {
             let obsolete = front
-                .state
+                .touched
                 .iter()
-                .all(|(point, st)| committed(*point).is_some_and(|c| c >= st.max_seq));
+                .all(|&(point, max_seq)| committed(point).is_some_and(|c| c >= max_seq));
             if !obsolete {
                 break;
             }
@@ -789,11 +794,8 @@ impl Tail {
         )?;
         self.next_number += 1;
         let old = std::mem::replace(&mut self.current, next);
-        self.closed.push_back(Closed {
-            number: old.number,
-            path: old.path,
-            state: old.state,
-        });
+        self.closed
+            .push_back(Closed::new(old.number, old.path, &old.state));
         Ok(())
     }
 }

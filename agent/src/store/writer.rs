@@ -199,7 +199,8 @@ impl Historian {
                     source,
                 }
             })?;
-        let head = restore_head(&path, &committed, &replayed);
+        let policy = SealPolicy::for_points(points.len());
+        let head = restore_head(&path, &committed, &replayed, policy);
 
         // Validation keeps these >= 1; max(1) keeps a zero from meaning "never flush".
         let batch_size = settings.batch_size.max(1);
@@ -492,8 +493,13 @@ impl Historian {
 
 /// The head as the last run left it: chunk numbering after the committed chunks, and the open
 /// chunks the tail replayed (those not committed since).
-fn restore_head(path: &Path, committed: &HashMap<u32, u32>, replayed: &Replayed) -> Head {
-    let mut head = Head::new(SealPolicy::default());
+fn restore_head(
+    path: &Path,
+    committed: &HashMap<u32, u32>,
+    replayed: &Replayed,
+    policy: SealPolicy,
+) -> Head {
+    let mut head = Head::new(policy);
     for (&point, &seq) in committed {
         head.continue_after(point, Some(seq));
     }

@@ -288,6 +288,10 @@ pub struct SummaryEngine {
     unknown: u64,
     /// When the engine started watching (ms); windows open before it are partial.
     started_ms: i64,
+    /// No window ends before this (ms): a lower bound, since window ends only move later.
+    /// `close_due` skips its walk over every point until then (it runs every 100 ms, and the
+    /// walk touched every slot: 3 % of the agent's CPU at 1 000 points with no window at all).
+    next_due_ms: i64,
 }
 
 impl SummaryEngine {
@@ -340,6 +344,7 @@ impl SummaryEngine {
             late: 0,
             unknown: 0,
             started_ms: i64::MIN,
+            next_due_ms: i64::MIN,
         }
     }
 
@@ -384,6 +389,10 @@ impl SummaryEngine {
     pub fn close_due(&mut self, now_ms: i64, out: &mut Vec<Summary>) {
         // `append` leaves `closed` empty but keeps its capacity for the next round.
         out.append(&mut self.closed);
+        if now_ms < self.next_due_ms {
+            return;
+        }
+        let mut next = i64::MAX;
         for slot in self.points.iter_mut().flatten() {
             for (acc, &len) in slot.accs.iter_mut().zip(self.windows_ms.iter()) {
                 if acc.end_ms(len) <= now_ms {
@@ -392,8 +401,10 @@ impl SummaryEngine {
                     }
                     acc.reset(window_start(now_ms, len), self.started_ms);
                 }
+                next = next.min(acc.end_ms(len));
             }
         }
+        self.next_due_ms = next;
     }
 
     /// A clean stop at `now_ms`: everything [`close_due`](Self::close_due) would emit, then every

@@ -492,7 +492,10 @@ async fn footprint(
         let counters = line.split_once("[general").map_or(line, |(_, c)| c);
         println!("            agent's totals since start: [general{counters}");
     }
-    for line in log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")) {
+    for line in log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+    {
         if !line.contains("is longer than poll_interval") {
             println!("            {line}");
         }

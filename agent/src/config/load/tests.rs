@@ -97,3 +97,16 @@ fn serde_type_names_become_plain_words() {
     );
     assert_eq!(plain_words("unknown field `x`"), "unknown field `x`");
 }
+
+#[test]
+fn toml_dates_become_their_text_and_syntax_errors_name_the_line() {
+    let t =
+        toml_to_json("[gateway]\nid = 1979-05-27T07:32:00Z\nlist = [1979-05-27]\n").expect("toml");
+    assert_eq!(
+        t["gateway"]["id"],
+        Value::String("1979-05-27T07:32:00Z".into())
+    );
+    assert_eq!(t["gateway"]["list"][0], Value::String("1979-05-27".into()));
+    let e = toml_to_json("[gateway]\nid = \"x\"\nsite = \n").expect_err("not toml");
+    assert!(e.contains("line 3"), "{e}");
+}

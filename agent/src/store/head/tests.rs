@@ -203,3 +203,16 @@ fn old_sample_timestamps_do_not_age_a_chunk_only_the_writers_clock_does() {
     assert_eq!(head.sealed().len(), 1);
     assert_eq!(head.sealed()[0].count, 1_000);
 }
+
+#[test]
+fn many_points_get_smaller_chunks_so_open_chunks_fit_the_memory_budget() {
+    assert_eq!(SealPolicy::for_points(0).seal_bytes, 2048);
+    assert_eq!(SealPolicy::for_points(1_000).seal_bytes, 2048);
+    let at_10k = SealPolicy::for_points(10_000).seal_bytes;
+    assert!(at_10k < 2048 && at_10k * 10_000 <= 6 << 20, "{at_10k}");
+    assert_eq!(SealPolicy::for_points(1_000_000).seal_bytes, 512);
+    assert_eq!(
+        SealPolicy::for_points(10_000).max_age_ms,
+        SealPolicy::default().max_age_ms
+    );
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::model::{Quality, Value};
+use crate::model::{PointMeta, Quality, Value};
 use crate::source::modbus::config::{Forbidden, ModbusDevice, ModbusLine, ModbusPoint, Table};
 use crate::source::modbus::decode;
 use crate::source::modbus::frame::Reply;
@@ -107,6 +107,8 @@ struct DeviceState {
 struct PointMemory {
     last_good: Vec<Option<Value>>,
     last_quality: Vec<Quality>,
+    /// The points' metadata, pinned once here so that stamping copies a reference.
+    metas: Vec<&'static PointMeta>,
 }
 
 /// A block of a cycle: one of the plan's, shared with the plan so that starting a cycle copies
@@ -207,6 +209,7 @@ impl DeviceState {
             mem: PointMemory {
                 last_good: vec![None; n],
                 last_quality: vec![Quality::Good; n],
+                metas: d.points.iter().map(|p| PointMeta::pin(&p.meta)).collect(),
             },
             excluded: vec![None; n],
             silent_spans: Vec::new(),
@@ -380,7 +383,6 @@ impl Core {
                     stamp_bad(
                         dev,
                         &mut st.mem,
-                        &self.seq,
                         &mut c.batch,
                         &block.points,
                         Quality::CommError,
@@ -458,13 +460,13 @@ impl Core {
                         stamp(
                             dev,
                             &mut self.devices[d].mem,
-                            &self.seq,
                             &mut batch,
                             pi,
                             Err(quality),
                             ts,
                         );
                     }
+                    Tagged::number(&mut batch, &self.seq);
                     self.stale.push(batch);
                     continue;
                 }
@@ -474,7 +476,6 @@ impl Core {
                         stamp(
                             dev,
                             &mut self.devices[d].mem,
-                            &self.seq,
                             &mut batch,
                             pi,
                             Err(quality),
@@ -600,7 +601,6 @@ impl Core {
             stamp_bad(
                 dev,
                 &mut st.mem,
-                &self.seq,
                 &mut cycle.batch,
                 &block.points,
                 Quality::CommError,
@@ -646,7 +646,6 @@ impl Core {
             stamp_bad(
                 dev,
                 &mut st.mem,
-                &self.seq,
                 &mut cycle.batch,
                 &block.points,
                 Quality::CommError,
@@ -683,15 +682,7 @@ impl Core {
                     Err(Quality::DecodeError)
                 }
             };
-            stamp(
-                dev,
-                &mut st.mem,
-                &self.seq,
-                &mut cycle.batch,
-                pi,
-                outcome,
-                ts,
-            );
+            stamp(dev, &mut st.mem, &mut cycle.batch, pi, outcome, ts);
         }
     }
 
@@ -756,7 +747,6 @@ impl Core {
             stamp_bad(
                 dev,
                 &mut st.mem,
-                &self.seq,
                 &mut cycle.batch,
                 &block.points,
                 quality,
@@ -781,7 +771,6 @@ impl Core {
         stamp_bad(
             dev,
             &mut st.mem,
-            &self.seq,
             &mut cycle.batch,
             &block.points,
             quality,
@@ -827,9 +816,10 @@ impl Core {
             learned,
             answered,
             silent,
-            batch,
+            mut batch,
             ..
         } = cycle;
+        Tagged::number(&mut batch, &self.seq);
         let grp = &mut self.devices[d].groups[g];
         if answered {
             grp.ask_last = None;
@@ -1062,22 +1052,21 @@ fn reply_kind_mismatch(block: &ReadBlock, reply: &Reply) -> bool {
 fn stamp_bad(
     dev: &ModbusDevice,
     st: &mut PointMemory,
-    seq: &AtomicU64,
     batch: &mut Vec<Tagged>,
     points: &[usize],
     quality: Quality,
     ts: i64,
 ) {
     for &pi in points {
-        stamp(dev, st, seq, batch, pi, Err(quality), ts);
+        stamp(dev, st, batch, pi, Err(quality), ts);
     }
 }
 
-/// Appends point `pi`'s sample: a good value, or a bad quality with the fallback value.
+/// Appends point `pi`'s sample: a good value, or a bad quality with the fallback value. Its
+/// sequence number is given when the batch leaves the core ([`Tagged::number`]).
 fn stamp(
     dev: &ModbusDevice,
     st: &mut PointMemory,
-    seq: &AtomicU64,
     batch: &mut Vec<Tagged>,
     pi: usize,
     outcome: Result<Value, Quality>,
@@ -1097,13 +1086,7 @@ fn stamp(
         ),
     };
     st.last_quality[pi] = quality;
-    batch.push(Tagged::stamp(
-        Arc::clone(&point.meta),
-        value,
-        quality,
-        ts,
-        seq.fetch_add(1, Ordering::Relaxed),
-    ));
+    batch.push(Tagged::stamp(st.metas[pi], value, quality, ts, 0));
 }
 
 #[cfg(test)]

@@ -121,7 +121,26 @@ struct ProbeArgs {
     timeout: Option<Duration>,
 }
 
+/// One malloc arena for the whole process. glibc's default gives each thread that allocates an
+/// arena of its own (up to 8 per core), and memory freed in one arena is not reused by the
+/// others: at 10 000 points the agent's RSS was 44 MB with ~20 MB of it free memory held in
+/// three arenas, 34 MB with one (`modbus-load footprint --tags 10000`). The hot path allocates
+/// a few times per poll batch (decision 0015), so the shared arena's lock is not contended.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn one_malloc_arena() {
+    // SAFETY: mallopt only sets an allocator parameter; it is called first thing in `main`,
+    // before this process starts any other thread. Failure (0) leaves glibc's default.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn one_malloc_arena() {}
+
 fn main() -> ExitCode {
+    one_malloc_arena();
     let cli = Cli::parse();
     init_tracing();
     match cli.command {

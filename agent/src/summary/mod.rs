@@ -17,7 +17,7 @@
 //! - A summary carries its point's `meta`, hence the point's level; anything combining several
 //!   summaries takes the highest level (`combined_level`, 就高).
 //! - [`SummaryEngine::observe`] does not allocate: accumulators are preallocated at construction
-//!   (a fixed-capacity `heapless::Vec` per point, points indexed by `PointMeta::id`), and closed
+//!   (a boxed slice per point, one per window in use, points indexed by `PointMeta::id`), and closed
 //!   summaries go to a buffer preallocated for one closed window per accumulator. Only a burst that
 //!   closes more than that between two `close_due` calls grows the buffer, once.
 //!
@@ -266,7 +266,9 @@ impl Acc {
 #[derive(Debug)]
 struct Slot {
     meta: Arc<PointMeta>,
-    accs: heapless::Vec<Acc, MAX_WINDOWS>,
+    /// Sized to the windows in use (allocated once, at start): inline room for `MAX_WINDOWS`
+    /// cost 370 bytes a point, 3.7 MB at 10 000 points, with no summary window at all.
+    accs: Box<[Acc]>,
 }
 
 /// Start of the window of length `len_ms` that contains `ts_ms` (aligned to the epoch).
@@ -326,11 +328,7 @@ impl SummaryEngine {
             .unwrap_or(0);
         let mut slots: Vec<Option<Slot>> = (0..len).map(|_| None).collect();
         for p in points {
-            let mut accs = heapless::Vec::new();
-            for _ in &windows_ms {
-                // Cannot fail: one accumulator per window, and windows_ms holds at most MAX_WINDOWS.
-                let _ = accs.push(Acc::EMPTY);
-            }
+            let accs = vec![Acc::EMPTY; windows_ms.len()].into_boxed_slice();
             slots[p.id() as usize] = Some(Slot {
                 meta: p.clone(),
                 accs,

@@ -191,7 +191,8 @@ impl Protocol {
 }
 
 /// Everything about a point that is fixed at config-compile time: identity, classification and
-/// provenance. Shared by `Arc` so stamping a sample costs one reference-count increment.
+/// provenance. Shared by `Arc` in the config, and pinned ([`PointMeta::pin`]) for samples, so
+/// stamping a sample copies a reference.
 ///
 /// Fields are private: a label, once compiled, cannot be changed by any later stage.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -208,6 +209,10 @@ pub struct PointMeta {
     site: Arc<str>,
     unit: Option<Arc<str>>,
     interval_ms: u64,
+    /// `(scale, offset)` as bit patterns (so the struct stays `Eq` and `Hash`) when the source
+    /// computes every value as an integer times `scale` plus `offset`: the historian then codes
+    /// a value by its integer, whatever the scale (e.g. 1/3, which no decimal quantum fits).
+    value_scale: Option<(u64, u64)>,
 }
 
 /// What the classification compiler decided for a point, and where the point comes from: the
@@ -226,11 +231,11 @@ pub(crate) struct PointFields {
     pub(crate) site: Arc<str>,
     pub(crate) unit: Option<Arc<str>>,
     pub(crate) interval_ms: u64,
+    /// `(scale, offset)` when every value is an integer times `scale` plus `offset`.
+    pub(crate) value_scale: Option<(f64, f64)>,
 }
 
 impl PointMeta {
-    /// Only the config compiler calls this (`clippy.toml` bans it elsewhere): a point's level
-    /// and category are decided once, when the configuration is compiled.
     /// A reference valid for the rest of the process, for the samples of a source: copying it
     /// costs nothing, where an `Arc` clone per sample (and its drop on the historian thread)
     /// bounced the refcount's cache line between cores: 10 % of the agent's CPU at 10 000
@@ -239,6 +244,8 @@ impl PointMeta {
         Box::leak(Box::new(Arc::clone(meta)))
     }
 
+    /// Only the config compiler calls this (`clippy.toml` bans it elsewhere): a point's level
+    /// and category are decided once, when the configuration is compiled.
     pub(crate) fn compile(s: PointFields) -> Self {
         Self {
             id: s.id,
@@ -253,7 +260,15 @@ impl PointMeta {
             site: s.site,
             unit: s.unit,
             interval_ms: s.interval_ms,
+            value_scale: s.value_scale.map(|(a, b)| (a.to_bits(), b.to_bits())),
         }
+    }
+
+    /// `(scale, offset)` when the source computes every value as an integer times `scale` plus
+    /// `offset` (scaled integer registers).
+    pub fn value_scale(&self) -> Option<(f64, f64)> {
+        self.value_scale
+            .map(|(a, b)| (f64::from_bits(a), f64::from_bits(b)))
     }
 
     /// A point for tests outside this crate (benchmarks, end-to-end tests): only with the
@@ -282,6 +297,7 @@ impl PointMeta {
             site: "site".into(),
             unit: None,
             interval_ms,
+            value_scale: None,
         })
     }
 

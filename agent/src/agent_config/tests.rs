@@ -105,6 +105,51 @@ fn valid_config_compiles_points_with_classification_and_provenance() {
     assert_eq!(&**oil.address(), "unit=1 holding:20");
     assert_eq!(&**oil.gateway(), "gw-01");
     assert_eq!(c.summary.windows, vec![Duration::from_secs(10)]);
+    // The scaled integer register tells the historian its scaling; floats have none.
+    assert_eq!(oil.value_scale(), Some((0.1, 0.0)));
+    assert_eq!(speed.value_scale(), None);
+}
+
+#[test]
+fn only_scaled_unmapped_integer_points_carry_their_scaling() {
+    let text = BASE.replace(
+        "scale = 0.1",
+        r#"scale = 0.1
+[[devices.points]]
+tag = "press1.count"
+register = "holding:30"
+type = "u32"
+[[devices.points]]
+tag = "press1.temp_f"
+register = "holding:40"
+type = "u16"
+scale = 1.8
+offset = 32.0
+[[devices.points]]
+tag = "press1.mode"
+register = "holding:50"
+type = "u16"
+map = { "0" = "off", "1" = "on" }
+[[devices.points]]
+tag = "press1.flow"
+register = "holding:60"
+type = "f32"
+scale = 0.5"#,
+    );
+    let l = load_ok(&text);
+    let scale = |tag: &str| l.config.point_by_tag(tag).expect("point").value_scale();
+    assert_eq!(
+        scale("press1.count"),
+        None,
+        "unscaled integers are stored exactly"
+    );
+    assert_eq!(scale("press1.temp_f"), Some((1.8, 32.0)));
+    assert_eq!(scale("press1.mode"), None, "mapped values are text");
+    assert_eq!(
+        scale("press1.flow"),
+        None,
+        "a scaled float is no integer times a scale"
+    );
 }
 
 #[test]

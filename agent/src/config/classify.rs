@@ -41,6 +41,8 @@ pub(crate) struct PointSpec<'a> {
     pub(crate) address: &'a str,
     pub(crate) unit: Option<&'a str>,
     pub(crate) interval: Duration,
+    /// `(scale, offset)` when every value is an integer times `scale` plus `offset`.
+    pub(crate) value_scale: Option<(f64, f64)>,
 }
 
 /// Compiles points into [`PointMeta`]s with dense ids, and keeps tags unique across sources.
@@ -119,6 +121,7 @@ impl Classifier {
             site: self.site.clone(),
             unit: p.unit.map(Into::into),
             interval_ms: crate::model::millis(p.interval),
+            value_scale: p.value_scale,
         }));
         self.points.push(meta.clone());
         meta

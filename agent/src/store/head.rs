@@ -7,7 +7,7 @@
 //! chunks. It is sealed when its stream reaches `seal_bytes`, when it is `max_age` old, when the
 //! point's label changes, or at shutdown.
 
-use super::codec::{ChunkEncoder, CodecError};
+use super::codec::{ChunkEncoder, CodecError, Quantum};
 use super::tail::{ChunkId, Fragment, OpenChunk};
 use crate::model::{Category, Level};
 use crate::source::Tagged;
@@ -222,7 +222,12 @@ impl Head {
                 level,
                 category,
                 header: chunk_header(level, category),
-                enc: ChunkEncoder::new(None),
+                // The source's scaling, when it has one: values code as their integer.
+                enc: ChunkEncoder::new(
+                    t.meta()
+                        .value_scale()
+                        .and_then(|(scale, offset)| Quantum::new(scale, offset)),
+                ),
                 opened_ms: now_ms,
                 durable_byte: 0,
                 durable_bits: 0,

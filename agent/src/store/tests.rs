@@ -31,6 +31,7 @@ fn point(id: u32, tag: &str, level: Level, category: Category) -> Arc<PointMeta>
         site: "plant-a".into(),
         unit: Some("bar".into()),
         interval_ms: 500,
+        value_scale: None,
     }))
 }
 

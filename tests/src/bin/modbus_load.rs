@@ -94,7 +94,7 @@ enum Cmd {
         interval: Duration,
         #[arg(long)]
         broker: SocketAddr,
-        /// Where the samples published so far are written, every 100 ms.
+        /// Where the samples published so far are written, on each SIGUSR1.
         #[arg(long)]
         count_file: PathBuf,
     },
@@ -502,7 +502,15 @@ async fn footprint(
     }
     if baseline {
         let broker = edge_tests::EmbeddedBroker::start()?;
-        let count_file = dir.path().join("baseline.count");
+        // On tmpfs where there is one: the baseline's own bytes written must not include this
+        // count, rewritten 10 times a second.
+        let shm = Path::new("/dev/shm");
+        let count_dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)?
+        } else {
+            tempfile::tempdir()?
+        };
+        let count_file = count_dir.path().join("baseline.count");
         let spec: Vec<String> = addrs
             .iter()
             .zip(&counts)
@@ -522,12 +530,8 @@ async fn footprint(
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting the baseline")?;
-        let published = || {
-            std::fs::read_to_string(&count_file)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0)
-        };
+        let pid = child.id();
+        let published = || ask_count(pid, &count_file);
         let (b, samples) = measure(&mut child, secs, published).await?;
         report("baseline", &b, samples);
         println!("            (bare poll-and-publish: tokio-modbus reads, one JSON message per device and cycle, QoS 0)");
@@ -538,6 +542,26 @@ async fn footprint(
     }
     plant.shutdown().await;
     Ok(())
+}
+
+/// Asks the baseline `pid` for its published-sample count (SIGUSR1) and reads it from
+/// `count_file`; 0 if it does not answer within 2 s.
+fn ask_count(pid: u32, count_file: &Path) -> u64 {
+    let _ = std::fs::remove_file(count_file);
+    let _ = Command::new("kill")
+        .args(["-USR1", &pid.to_string()])
+        .status();
+    let asked = Instant::now();
+    while asked.elapsed() < Duration::from_secs(2) {
+        if let Some(n) = std::fs::read_to_string(count_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    0
 }
 
 /// The baseline: poll every device's registers every `interval` and publish them, nothing else.
@@ -557,15 +581,18 @@ async fn bare_poll(
     options.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    // Samples published, written to `count_file` for the parent to read (SIGTERM ends this
-    // process without a chance to report).
+    // Samples published, written to `count_file` when the parent asks (SIGUSR1): nothing runs
+    // between two asks, so the count costs the baseline nothing in the window.
     let published = Arc::new(AtomicU64::new(0));
     let (counter, path) = (published.clone(), count_file.to_owned());
+    let mut asked = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tick.tick().await;
-            let _ = std::fs::write(&path, counter.load(Ordering::Relaxed).to_string());
+        while asked.recv().await.is_some() {
+            let tmp = path.with_extension("tmp");
+            let n = counter.load(Ordering::Relaxed).to_string();
+            if std::fs::write(&tmp, n).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
         }
     });
     let mut tasks = Vec::new();

@@ -966,6 +966,12 @@ impl Compiler<'_> {
                 address: &describe_address(d.unit_id, &decoding),
                 unit: p.unit.as_deref(),
                 interval: groups[group].interval,
+                value_scale: value_scale(
+                    decoding.data_type,
+                    decoding.map.is_some(),
+                    p.scale,
+                    p.offset,
+                ),
             });
             groups[group].points.push(mpoints.len());
             mpoints.push(ModbusPoint {
@@ -1391,6 +1397,18 @@ fn bit_mask(table: Table, data_type: DataType, bit: Option<u8>) -> Option<u16> {
 }
 
 /// Provenance address: `unit=1 holding:100`, `unit=1 holding:5.3`, `unit=1 holding:5.4+3`.
+/// `(scale, offset)` when the decoder computes every value of the point as its raw integer
+/// times `scale` plus `offset` (an integer register, no value map, scaling configured): the
+/// historian's codec then stores the integer. Floats, text, maps and unscaled integers (stored
+/// exactly as `Int`) get none.
+// `== 1.0` / `== 0.0` ask whether the configured identity was changed, as the decoder does.
+#[allow(clippy::float_cmp)]
+fn value_scale(data_type: DataType, mapped: bool, scale: f64, offset: f64) -> Option<(f64, f64)> {
+    let scaled = scale != 1.0 || offset != 0.0;
+    (data_type.is_integer() && data_type != DataType::Bool && !mapped && scaled)
+        .then_some((scale, offset))
+}
+
 fn describe_address(unit: u8, p: &Decoding) -> String {
     let suffix = match (p.data_type, p.bit) {
         (DataType::Bits { lsb, count }, _) => format!(".{lsb}+{count}"),

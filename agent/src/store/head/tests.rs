@@ -216,3 +216,72 @@ fn many_points_get_smaller_chunks_so_open_chunks_fit_the_memory_budget() {
         SealPolicy::default().max_age_ms
     );
 }
+
+/// A point whose source scales integers by a factor no decimal quantum fits (1/3) is coded by
+/// its integer when its meta carries the scaling, and still round-trips bit for bit.
+#[test]
+#[allow(clippy::disallowed_methods)] // a test point with the source's scaling
+fn a_point_with_the_sources_scaling_is_coded_by_its_integer() {
+    let scaled = |value_scale| {
+        Arc::new(PointMeta::compile(crate::model::PointFields {
+            id: 0,
+            tag: "p".into(),
+            level: Level::General,
+            category: Category::ProductionOperation,
+            rule_id: "point:explicit".into(),
+            device: "dev".into(),
+            protocol: crate::model::Protocol::ModbusTcp,
+            address: "unit=1 holding:0".into(),
+            gateway: "gw".into(),
+            site: "site".into(),
+            unit: None,
+            interval_ms: 100,
+            value_scale,
+        }))
+    };
+    let third = 1.0 / 3.0;
+    let stored = |m: &Arc<PointMeta>| {
+        let mut head = Head::new(SealPolicy {
+            seal_bytes: 1 << 20,
+            max_age_ms: i64::MAX,
+        });
+        let mut values = Vec::new();
+        let mut k: i64 = 3000;
+        for i in 0..2000i64 {
+            // A random walk of the raw register, as the decoder scales it.
+            k += (i * 7919 % 13) - 6;
+            let v = k as f64 * third + 0.0;
+            values.push(v);
+            let t = Tagged::for_test(
+                m.clone(),
+                Value::Float(v),
+                Quality::Good,
+                1_000_000 + i * 100,
+                u64::try_from(i).expect("small"),
+            );
+            head.append(0, &t, 0);
+        }
+        head.seal_all();
+        let block = head.sealed()[0].block.clone();
+        let back: Vec<f64> = ChunkDecoder::block(&block)
+            .expect("block")
+            .map(|s| match s.expect("sample").value {
+                Value::Float(f) => f,
+                other => panic!("not a float: {other:?}"),
+            })
+            .collect();
+        let same = back.len() == values.len()
+            && back
+                .iter()
+                .zip(&values)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "values differ after the round trip");
+        block.len()
+    };
+    let with_hint = stored(&scaled(Some((third, 0.0))));
+    let without = stored(&scaled(None));
+    assert!(
+        with_hint * 3 < without,
+        "{with_hint} bytes with the source's scaling, {without} without"
+    );
+}

@@ -165,6 +165,7 @@ pub(super) fn point(
             site: "site".into(),
             unit: None,
             interval_ms: 20,
+            value_scale: None,
         })),
         table,
         address,

@@ -59,6 +59,10 @@ pub struct HistorianSettings {
     /// Below this much free space on the historian's file system, general data is no longer
     /// stored (counted in `store_dropped`), so what is left goes to important and core data.
     pub(crate) min_free_bytes: u64,
+    /// Sealed chunks held in memory while commits fail (a full disk): beyond this many bytes
+    /// new samples are dropped (counted in `store_dropped`) until a commit succeeds. Not in the
+    /// config file; tests lower it.
+    pub(crate) max_held_bytes: usize,
 }
 
 #[derive(Debug, Clone)]

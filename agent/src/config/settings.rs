@@ -84,6 +84,7 @@ pub(crate) fn historian(h: &RawHistorian, out: &mut Collector) -> HistorianSetti
         flush_interval: h.flush_interval,
         queue_batches: h.queue_batches.max(1),
         min_free_bytes: h.min_free_mb.saturating_mul(1 << 20),
+        max_held_bytes: crate::store::MAX_HELD_BYTES,
     }
 }
 

@@ -131,6 +131,8 @@ pub(crate) struct Head {
     unflushed: Vec<Unflushed>,
     /// Samples appended since the last flush, per level: stored once the tail is durable.
     pending: LevelCounts,
+    /// Bytes of the blocks in `sealed` (a running total: the writer checks it per batch).
+    sealed_bytes: usize,
     scratch: Vec<u8>,
 }
 
@@ -142,6 +144,7 @@ impl Head {
             sealed: Vec::new(),
             unflushed: Vec::new(),
             pending: LevelCounts::default(),
+            sealed_bytes: 0,
             scratch: Vec::new(),
         }
     }
@@ -280,15 +283,18 @@ impl Head {
         let (Some(min_ts), Some(max_ts)) = (open.enc.min_ts(), open.enc.max_ts()) else {
             return;
         };
+        let count = open.enc.len();
+        let block = open.enc.finish();
+        self.sealed_bytes += block.len();
         self.sealed.push(Sealed {
             point,
             chunk_seq: open.chunk_seq,
             level: open.level,
             category: open.category,
-            count: open.enc.len(),
+            count,
             min_ts,
             max_ts,
-            block: open.enc.finish(),
+            block,
         });
     }
 
@@ -386,9 +392,15 @@ impl Head {
         &self.sealed
     }
 
+    /// Bytes of the sealed chunks waiting for a commit.
+    pub(crate) fn sealed_bytes(&self) -> usize {
+        self.sealed_bytes
+    }
+
     /// Their commit succeeded.
     pub(crate) fn committed(&mut self) {
         self.sealed.clear();
+        self.sealed_bytes = 0;
     }
 }
 

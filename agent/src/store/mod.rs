@@ -43,7 +43,7 @@ mod writer;
 
 pub use reader::{HistorianReader, QueryError, ScaleRow, StoredSample};
 pub use tail::TailError;
-pub(crate) use writer::{Historian, HistorianHandle};
+pub(crate) use writer::{Historian, HistorianHandle, MAX_HELD_BYTES};
 
 /// Why the historian could not be opened, written or read.
 #[derive(Debug, thiserror::Error)]

@@ -36,6 +36,7 @@ pub fn saturate(
         flush_interval: Duration::from_millis(500),
         queue_batches: cycles.len() + 1,
         min_free_bytes: 0,
+        max_held_bytes: super::MAX_HELD_BYTES,
     };
     let stats = Arc::new(Stats::new(Vec::<Arc<str>>::new()));
     let mut summary = SummaryEngine::new(points, &[Duration::from_secs(10)]);

@@ -50,6 +50,7 @@ fn settings(path: &Path) -> HistorianSettings {
         flush_interval: Duration::from_millis(20),
         queue_batches: 16,
         min_free_bytes: 0,
+        max_held_bytes: crate::store::MAX_HELD_BYTES,
     }
 }
 
@@ -697,4 +698,74 @@ fn wait_until(cond: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "condition not reached in 10 s");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// While commits fail (a full database), sealed chunks wait in memory; past the cap new samples
+/// are dropped and counted instead of growing memory without bound, the cap is reported once,
+/// and every offered sample is either stored or counted as dropped.
+#[test]
+fn while_commits_fail_held_chunks_are_capped_and_the_excess_is_dropped_and_counted() {
+    let logs = captured_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    let pts = three_points();
+    drop(
+        Historian::spawn(&settings(&path), &pts, stats())
+            .expect("create")
+            .close(),
+    );
+    let pages: u64 = rusqlite::Connection::open(&path)
+        .and_then(|c| {
+            c.execute_batch("VACUUM")?;
+            c.query_row("PRAGMA page_count", [], |r| r.get(0))
+        })
+        .expect("page count");
+    let st = stats();
+    let capped = HistorianSettings {
+        queue_batches: 64,
+        max_held_bytes: 8 << 10,
+        ..settings(&path)
+    };
+    let h =
+        Historian::spawn_gated(&capped, &pts, st.clone(), None, Some(pages), None).expect("spawn");
+    // Irregular floats: ~8 bytes a sample, so 2 KiB chunks seal every ~240 samples and 8 KiB
+    // of them wait after about a thousand.
+    let offered = 40 * 200;
+    for batch in 0..40_i64 {
+        h.offer(
+            (0..200)
+                .map(|i| {
+                    let n = batch * 200 + i;
+                    let x = n as f64;
+                    sample(&pts[0], n, Value::Float((x * 0.618).sin() * 1e6))
+                })
+                .collect(),
+        );
+    }
+    h.close().expect("close");
+    let stored = st.stored.get(Level::General);
+    let dropped = st.store_dropped.get(Level::General);
+    assert_eq!(stored + dropped, offered, "every sample accounted for");
+    // The cap holds ~4 sealed 2 KiB chunks of ~240 samples each; everything after is dropped.
+    assert!(
+        (500..offered / 2).contains(&stored) && dropped > 0,
+        "stored {stored}, dropped {dropped}"
+    );
+    let text = String::from_utf8_lossy(
+        &logs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+    .into_owned();
+    let cap_lines = text.lines().filter(|l| l.contains("memory cap")).count();
+    assert!(
+        (1..=2).contains(&cap_lines),
+        "reported once (and at most one summary), not per batch:\n{text}"
+    );
+    // What was reported stored is readable.
+    let r = HistorianReader::open(&path).expect("reader");
+    assert_eq!(
+        r.count_by_level().expect("counts")[Level::General.index()],
+        stored
+    );
 }

@@ -40,6 +40,10 @@ const COMMIT_INTERVAL: Duration = Duration::from_secs(30);
 /// Commit early once this many sealed bytes wait (bounds memory and the tail's length).
 const COMMIT_BYTES: usize = 1 << 20;
 
+/// Sealed chunks the writer holds while commits fail, by default: a full disk for hours must
+/// not take the gateway's memory with it. Beyond it, new samples are dropped and counted.
+pub(crate) const MAX_HELD_BYTES: usize = 32 << 20;
+
 /// The historian writer. Lives on its own thread, created by [`Historian::spawn`]; the rest of the
 /// agent holds the [`HistorianHandle`].
 #[derive(Debug)]
@@ -68,6 +72,13 @@ pub(crate) struct Historian {
     space: SpaceGuard,
     /// General samples not stored because space is low, aggregated for the log.
     shed: DropLog,
+    /// See [`MAX_HELD_BYTES`].
+    max_held_bytes: usize,
+    /// Samples dropped because `max_held_bytes` of sealed chunks wait, aggregated for the log.
+    held: DropLog,
+    /// The last commit failed: early commits (by size) wait for the commit interval instead of
+    /// retrying on every batch.
+    commit_failing: bool,
     /// Held (locked) for the writer's whole life; the OS releases the lock when it is closed,
     /// including when the process dies.
     _lock: File,
@@ -232,6 +243,9 @@ impl Historian {
                 low: false,
             },
             shed: DropLog::new(FAILURE_LOG_PERIOD),
+            max_held_bytes: settings.max_held_bytes,
+            held: DropLog::new(FAILURE_LOG_PERIOD),
+            commit_failing: false,
             _lock: lock,
         };
         let (tx, rx) = sync_channel(settings.queue_batches.max(1));
@@ -278,7 +292,8 @@ impl Historian {
             if self.flush_deadline.is_some_and(|d| now >= d) {
                 self.flush(now);
             }
-            if now >= self.next_commit || self.sealed_bytes() >= COMMIT_BYTES {
+            let big = !self.commit_failing && self.head.sealed_bytes() >= COMMIT_BYTES;
+            if now >= self.next_commit || big {
                 self.commit(now);
             }
             if let Some(report) = self.failures.tick(now) {
@@ -286,6 +301,9 @@ impl Historian {
             }
             if let Some(report) = self.shed.tick(now) {
                 self.log_shed(report);
+            }
+            if let Some(report) = self.held.tick(now) {
+                self.log_held(report);
             }
         }
         self.head.seal_all();
@@ -296,6 +314,9 @@ impl Historian {
         }
         if let Some(report) = self.shed.finish(Instant::now()) {
             self.log_shed(report);
+        }
+        if let Some(report) = self.held.finish(Instant::now()) {
+            self.log_held(report);
         }
         self.close()
     }
@@ -336,8 +357,20 @@ impl Historian {
         i64::try_from(self.opened.elapsed().as_millis()).unwrap_or(i64::MAX)
     }
 
-    fn sealed_bytes(&self) -> usize {
-        self.head.sealed().iter().map(|c| c.block.len()).sum()
+    fn log_held(&self, report: DropReport) {
+        let path = self.path.display();
+        let held_mb = self.head.sealed_bytes() >> 20;
+        match report {
+            DropReport::Started(counts) => {
+                warn!(path = %path, held_mb, "Historian commits keep failing and the sealed chunks waiting for them reached the memory cap: new samples are not stored (counted in store_dropped) until a commit succeeds; {counts} dropped so far, summarised every {} s.", FAILURE_LOG_PERIOD.as_secs());
+            }
+            DropReport::Summary { counts, period } => {
+                warn!(path = %path, held_mb, "Historian still at its memory cap: {counts} not stored in the last {} s.", period.as_secs());
+            }
+            DropReport::Stopped { total, lasted } => {
+                info!(path = %path, "Historian commits recovered: samples are stored again after {total} were dropped over {} s.", lasted.as_secs());
+            }
+        }
     }
 
     /// One line per state change or period of failed writes (see [`DropLog`]).
@@ -367,11 +400,16 @@ impl Historian {
 
     fn absorb(&mut self, batch: &[Tagged]) {
         let mut shed = LevelCounts::default();
+        let mut held = LevelCounts::default();
         // One clock read per batch, not per sample: chunk ages are minutes.
         let now_ms = self.clock_ms();
         for t in batch {
             if self.space.low && t.level() == Level::General {
                 shed.add(Level::General, 1);
+                continue;
+            }
+            if self.head.sealed_bytes() >= self.max_held_bytes {
+                held.add(t.level(), 1);
                 continue;
             }
             if self.flush_deadline.is_none() {
@@ -383,6 +421,14 @@ impl Historian {
                     self.stats.store_dropped.add(t.level(), 1);
                     self.last_error = Some(e.to_string());
                 }
+            }
+        }
+        if !held.is_zero() {
+            for (level, n) in held.iter() {
+                self.stats.store_dropped.add(level, n);
+            }
+            if let Some(report) = self.held.record(Instant::now(), &held) {
+                self.log_held(report);
             }
         }
         if !shed.is_zero() {
@@ -459,13 +505,19 @@ impl Historian {
                     "Historian chunks committed."
                 );
                 self.head.committed();
+                self.commit_failing = false;
+                if let Some(report) = self.held.finish(now) {
+                    self.log_held(report);
+                }
                 let committed = &self.committed;
                 if let Err(e) = self.tail.release(|p| committed.get(&p).copied()) {
                     warn!(path = %self.path.display(), error = %e, "Cannot release historian tail segments; retrying at the next commit.");
                 }
             }
             Err(source) => {
-                // Rolled back: the chunks stay sealed in memory and in the tail; retried later.
+                // Rolled back: the chunks stay sealed in memory and in the tail; retried at the
+                // next commit interval.
+                self.commit_failing = true;
                 self.ids.extra.clear();
                 self.last_error = Some(source.to_string());
                 let mut waiting = LevelCounts::default();

@@ -218,9 +218,10 @@ fn describe_file_type(meta: &std::fs::Metadata) -> &'static str {
     "a special file"
 }
 
-/// Straight from TOML to the tree: the `config` crate's builder kept every value with its own
-/// origin string and a copy per stage, ~25x the file at its peak (18 MB for 10 000 points),
-/// and the allocator kept that memory for the life of the process.
+/// Straight from TOML to the tree (the `config` crate only added a layer: its own value tree
+/// with an origin string per value). Parsing still peaks at ~20-25x the file, 17 MB for
+/// 10 000 points (heaptrack); that it is returned for reuse is the single arena's doing
+/// (`one_malloc_arena` in main.rs, decision 0016).
 fn toml_to_json(text: &str) -> Result<Value, String> {
     let mut tree = toml::from_str(text).map_err(|e: toml::de::Error| e.to_string())?;
     datetimes_as_text(&mut tree);

@@ -77,10 +77,10 @@ impl Tagged {
     }
 
     /// Numbers `batch` with the next `batch.len()` sequence numbers of `seq`, in order: one
-    /// atomic add per batch instead of one per sample (the lines share the counter), and a
-    /// point's sequence advances by a steady stride from cycle to cycle, which the historian's
-    /// codec stores in one bit, where per-sample numbering interleaved the lines' samples and
-    /// cost ~20 bits a sample at 10 lines.
+    /// atomic add per batch instead of one per sample (the lines share the counter). On one
+    /// line a point's sequence then steps by a steady stride, which the historian's codec
+    /// stores in one bit; across lines the stride still varies with the order in which the
+    /// lines hand their batches on (decision 0016).
     fn number(batch: &mut [Tagged], seq: &std::sync::atomic::AtomicU64) {
         let base = seq.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for (t, s) in batch.iter_mut().zip(base..) {

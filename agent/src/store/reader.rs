@@ -92,16 +92,10 @@ impl HistorianReader {
     /// has not committed yet is in the tail, so none is missed or counted twice.
     pub fn count_by_level(&self) -> Result<[u64; 3], StoreError> {
         let tail = self.read_tail()?;
-        self.conn
-            .execute_batch("BEGIN")
-            .map_err(|e| self.read_err(e))?;
-        let snapshot = self.scale().and_then(|rows| {
-            let committed = schema::committed_chunks(&self.conn).map_err(|e| self.read_err(e))?;
-            Ok((rows, committed))
-        });
-        // A read transaction: ending it only releases the snapshot.
-        let _ = self.conn.execute_batch("COMMIT");
-        let (rows, committed) = snapshot?;
+        let (rows, committed) = self.in_snapshot(|r| {
+            let committed = schema::committed_chunks(&r.conn).map_err(|e| r.read_err(e))?;
+            Ok((r.scale()?, committed))
+        })?;
         let mut counts = [0u64; 3];
         for row in rows {
             counts[row.level.index()] += row.records;
@@ -203,10 +197,19 @@ impl HistorianReader {
         each: &mut dyn FnMut(&StoredSample) -> std::io::Result<()>,
     ) -> Result<u64, QueryError> {
         let tail = self.read_tail()?;
+        self.in_snapshot(|r| r.read_snapshot(only, sel, &tail, each))
+    }
+
+    /// Runs `f` inside one read transaction: everything it reads from `SQLite` is one WAL
+    /// snapshot (taken at its first read), so the writer's later commits are not mixed in.
+    fn in_snapshot<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, E>,
+    ) -> Result<T, E> {
         self.conn
             .execute_batch("BEGIN")
             .map_err(|e| self.read_err(e))?;
-        let result = self.read_snapshot(only, sel, &tail, each);
+        let result = f(self);
         // A read transaction: ending it only releases the snapshot.
         let _ = self.conn.execute_batch("COMMIT");
         result

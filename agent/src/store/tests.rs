@@ -426,6 +426,33 @@ impl std::io::Write for Capture {
     }
 }
 
+/// Everything captured so far (every test's lines: filter by your database's path).
+fn logged_text(logs: &std::sync::Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(
+        &logs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+    .into_owned()
+}
+
+/// Creates the historian at `path` and returns its size in pages with no free page left
+/// (VACUUM): a writer capped at that size fails every commit that needs a new page, as on a
+/// full disk.
+fn full_database_pages(path: &Path, pts: &[Arc<PointMeta>]) -> u64 {
+    drop(
+        Historian::spawn(&settings(path), pts, stats())
+            .expect("create")
+            .close(),
+    );
+    rusqlite::Connection::open(path)
+        .and_then(|c| {
+            c.execute_batch("VACUUM")?;
+            c.query_row("PRAGMA page_count", [], |r| r.get(0))
+        })
+        .expect("page count")
+}
+
 #[test]
 fn a_full_database_keeps_sealed_chunks_in_the_tail_logs_once_and_loses_nothing() {
     let logs = captured_logs();
@@ -433,20 +460,7 @@ fn a_full_database_keeps_sealed_chunks_in_the_tail_logs_once_and_loses_nothing()
     let path = db_in(&dir);
     let pts = three_points();
     let st = stats();
-    // Measure the freshly created database, then cap the writer at that size: every commit that
-    // needs a new page fails as on a full disk.
-    drop(
-        Historian::spawn(&settings(&path), &pts, st.clone())
-            .expect("create")
-            .close(),
-    );
-    // Without free pages (VACUUM), so the first new row needs a page the cap refuses.
-    let pages: u64 = rusqlite::Connection::open(&path)
-        .and_then(|c| {
-            c.execute_batch("VACUUM")?;
-            c.query_row("PRAGMA page_count", [], |r| r.get(0))
-        })
-        .expect("page count");
+    let pages = full_database_pages(&path, &pts);
     // Room for every batch in the queue: this test is about the database, not the queue.
     let roomy = HistorianSettings {
         queue_batches: 32,
@@ -473,12 +487,7 @@ fn a_full_database_keeps_sealed_chunks_in_the_tail_logs_once_and_loses_nothing()
     h.close().expect("close");
     assert_eq!(st.stored.get(Level::General), 2_000, "durable in the tail");
     assert_eq!(st.store_dropped.get(Level::General), 0);
-    let text = String::from_utf8_lossy(
-        &logs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    )
-    .into_owned();
+    let text = logged_text(logs);
     let ours: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("ERROR") && l.contains(&*path.to_string_lossy()))
@@ -653,12 +662,7 @@ fn low_disk_space_stops_general_data_first_reports_once_and_recovers() {
     );
     assert!(general >= 300, "and stored again after recovery: {general}");
     assert_eq!(st.store_dropped.get(Level::Core), 0);
-    let text = String::from_utf8_lossy(
-        &logs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    )
-    .into_owned();
+    let text = logged_text(logs);
     let mine: Vec<&str> = text
         .lines()
         .filter(|l| l.contains(&*path.to_string_lossy()))
@@ -709,17 +713,7 @@ fn while_commits_fail_held_chunks_are_capped_and_the_excess_is_dropped_and_count
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db_in(&dir);
     let pts = three_points();
-    drop(
-        Historian::spawn(&settings(&path), &pts, stats())
-            .expect("create")
-            .close(),
-    );
-    let pages: u64 = rusqlite::Connection::open(&path)
-        .and_then(|c| {
-            c.execute_batch("VACUUM")?;
-            c.query_row("PRAGMA page_count", [], |r| r.get(0))
-        })
-        .expect("page count");
+    let pages = full_database_pages(&path, &pts);
     let st = stats();
     let capped = HistorianSettings {
         queue_batches: 64,
@@ -751,13 +745,11 @@ fn while_commits_fail_held_chunks_are_capped_and_the_excess_is_dropped_and_count
         (500..offered / 2).contains(&stored) && dropped > 0,
         "stored {stored}, dropped {dropped}"
     );
-    let text = String::from_utf8_lossy(
-        &logs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner),
-    )
-    .into_owned();
-    let cap_lines = text.lines().filter(|l| l.contains("memory cap")).count();
+    let text = logged_text(logs);
+    let cap_lines = text
+        .lines()
+        .filter(|l| l.contains("memory cap") && l.contains(&*path.to_string_lossy()))
+        .count();
     assert!(
         (1..=2).contains(&cap_lines),
         "reported once (and at most one summary), not per batch:\n{text}"

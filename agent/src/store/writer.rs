@@ -357,6 +357,12 @@ impl Historian {
         i64::try_from(self.opened.elapsed().as_millis()).unwrap_or(i64::MAX)
     }
 
+    fn count_dropped(&self, counts: &LevelCounts) {
+        for (level, n) in counts.iter() {
+            self.stats.store_dropped.add(level, n);
+        }
+    }
+
     fn log_held(&self, report: DropReport) {
         let path = self.path.display();
         let held_mb = self.head.sealed_bytes() >> 20;
@@ -424,17 +430,13 @@ impl Historian {
             }
         }
         if !held.is_zero() {
-            for (level, n) in held.iter() {
-                self.stats.store_dropped.add(level, n);
-            }
+            self.count_dropped(&held);
             if let Some(report) = self.held.record(Instant::now(), &held) {
                 self.log_held(report);
             }
         }
         if !shed.is_zero() {
-            self.stats
-                .store_dropped
-                .add(Level::General, shed.get(Level::General));
+            self.count_dropped(&shed);
             if let Some(report) = self.shed.record(Instant::now(), &shed) {
                 self.log_shed(report);
             }

@@ -8,6 +8,32 @@ use crate::model::{Category, Level, PointMeta, Quality, Value};
 
 pub mod modbus;
 
+/// A point's label as its samples carry it: the pinned metadata, and copies of the three fields
+/// every stage reads per sample. A source keeps one per point, side by side, so stamping reads
+/// them in order; and no later stage follows the pointer for them, which cost a cache miss per
+/// sample at each hop (the line's counters, the summary engine, the historian): a third of the
+/// historian thread's time at 1 000 points every 100 ms (decision 0017).
+#[derive(Debug, Clone, Copy)]
+struct Label {
+    meta: &'static PointMeta,
+    id: u32,
+    level: Level,
+    category: Category,
+}
+
+impl Label {
+    /// Pins `meta` ([`PointMeta::pin`]): once per point when a source starts, never per sample.
+    fn pin(meta: &std::sync::Arc<PointMeta>) -> Self {
+        let meta = PointMeta::pin(meta);
+        Self {
+            meta,
+            id: meta.id(),
+            level: meta.level(),
+            category: meta.category(),
+        }
+    }
+}
+
 /// A classified sample: the only kind of value that exists after a source.
 #[derive(Debug, Clone)]
 pub struct Tagged {
@@ -17,24 +43,30 @@ pub struct Tagged {
     quality: Quality,
     ts_ms: i64,
     seq: u64,
+    /// `meta`'s id, level and category, copied (see [`Label`]). They fit the padding that
+    /// `quality` leaves: a sample stays 56 bytes.
+    id: u32,
+    level: Level,
+    category: Category,
 }
+
+// The copies of the label ride in padding; a larger sample would cost memory bandwidth per hop.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Tagged>() == 56);
 
 impl Tagged {
     /// Stamp a reading with its point's label. Private to `source` and its children: only a
     /// source, at the moment of the read, labels data.
-    fn stamp(
-        meta: &'static PointMeta,
-        value: Value,
-        quality: Quality,
-        ts_ms: i64,
-        seq: u64,
-    ) -> Self {
+    fn stamp(label: Label, value: Value, quality: Quality, ts_ms: i64, seq: u64) -> Self {
         Self {
-            meta,
+            meta: label.meta,
             value,
             quality,
             ts_ms,
             seq,
+            id: label.id,
+            level: label.level,
+            category: label.category,
         }
     }
 
@@ -50,7 +82,7 @@ impl Tagged {
         ts_ms: i64,
         seq: u64,
     ) -> Self {
-        Self::stamp(PointMeta::pin(&meta), value, quality, ts_ms, seq)
+        Self::stamp(Label::pin(&meta), value, quality, ts_ms, seq)
     }
 
     /// The point's identity and classification.
@@ -89,10 +121,41 @@ impl Tagged {
     }
 
     pub(crate) fn level(&self) -> Level {
-        self.meta.level()
+        self.level
     }
 
     pub(crate) fn category(&self) -> Category {
-        self.meta.category()
+        self.category
+    }
+
+    /// The point's id in the compiled table ([`PointMeta::id`]), without following `meta`.
+    pub(crate) fn point_id(&self) -> u32 {
+        self.id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testutil::meta;
+
+    #[test]
+    fn a_sample_carries_its_points_label_as_compiled() {
+        for (id, level) in [
+            (0, Level::General),
+            (7, Level::Important),
+            (42, Level::Core),
+        ] {
+            let m = meta(id, "t", level);
+            let t = Tagged::for_test(m.clone(), Value::Int(1), Quality::Good, 0, 0);
+            assert_eq!(
+                (t.point_id(), t.level(), t.category()),
+                (m.id(), m.level(), m.category())
+            );
+            assert!(
+                std::ptr::eq(t.meta(), &*m),
+                "pinned: the same meta, not a copy"
+            );
+        }
     }
 }

@@ -14,14 +14,14 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::model::{PointMeta, Quality, Value};
+use crate::model::{Quality, Value};
 use crate::source::modbus::config::{Forbidden, ModbusDevice, ModbusLine, ModbusPoint, Table};
 use crate::source::modbus::decode;
 use crate::source::modbus::frame::Reply;
 use crate::source::modbus::plan::{self, Limits, ReadBlock};
 use crate::source::modbus::transport::TxError;
 use crate::source::modbus::{backoff_delay, limits, plan_group, ModbusError};
-use crate::source::Tagged;
+use crate::source::{Label, Tagged};
 use crate::stats::Stats;
 
 /// Resolution of the driver's timer: a cycle due within it is started now.
@@ -107,8 +107,8 @@ struct DeviceState {
 struct PointMemory {
     last_good: Vec<Option<Value>>,
     last_quality: Vec<Quality>,
-    /// The points' metadata, pinned once here so that stamping copies a reference.
-    metas: Vec<&'static PointMeta>,
+    /// The points' labels, pinned once here so that stamping copies them.
+    labels: Vec<Label>,
 }
 
 /// A block of a cycle: one of the plan's, shared with the plan so that starting a cycle copies
@@ -209,7 +209,7 @@ impl DeviceState {
             mem: PointMemory {
                 last_good: vec![None; n],
                 last_quality: vec![Quality::Good; n],
-                metas: d.points.iter().map(|p| PointMeta::pin(&p.meta)).collect(),
+                labels: d.points.iter().map(|p| Label::pin(&p.meta)).collect(),
             },
             excluded: vec![None; n],
             silent_spans: Vec::new(),
@@ -1086,7 +1086,7 @@ fn stamp(
         ),
     };
     st.last_quality[pi] = quality;
-    batch.push(Tagged::stamp(st.metas[pi], value, quality, ts, 0));
+    batch.push(Tagged::stamp(st.labels[pi], value, quality, ts, 0));
 }
 
 #[cfg(test)]

@@ -138,6 +138,7 @@ impl Tagged {
 mod tests {
     use super::*;
     use crate::model::testutil::meta;
+    use std::sync::Arc;
 
     #[test]
     fn a_sample_carries_its_points_label_as_compiled() {
@@ -153,7 +154,7 @@ mod tests {
                 (m.id(), m.level(), m.category())
             );
             assert!(
-                std::ptr::eq(t.meta(), &*m),
+                std::ptr::eq(t.meta(), Arc::as_ptr(&m)),
                 "pinned: the same meta, not a copy"
             );
         }

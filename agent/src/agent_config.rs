@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::audit::AuditSettings;
 use crate::config::classify::Classifier;
 use crate::config::issues::{Collector, ConfigIssue, Warning};
 use crate::config::load::{self, ConfigError, ParseError, Parsed};
@@ -35,8 +36,20 @@ pub struct AgentConfig {
     /// Every point of every device, indexed by `PointMeta::id`.
     pub points: Vec<Arc<PointMeta>>,
     pub historian: HistorianSettings,
+    pub audit: AuditSettings,
     pub summary: SummarySettings,
     pub destinations: Vec<Arc<Destination>>,
+    /// The file this config came from and the SHA-256 of its text, for the audit trail.
+    pub(crate) origin: ConfigOrigin,
+}
+
+/// Where a config came from, as the audit trail records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConfigOrigin {
+    pub(crate) file: PathBuf,
+    pub(crate) sha256: String,
+    /// Names (never values: they may be secrets) of the environment overrides applied.
+    pub(crate) overrides: Vec<String>,
 }
 
 impl AgentConfig {
@@ -99,6 +112,43 @@ pub fn historian_path(file: &Path) -> Result<PathBuf, ConfigError> {
     }
 }
 
+/// The audit settings and gateway id `file` names, for commands that read or append to the
+/// trail beside the running agent (`audit verify`, `audit export`). Only `[gateway]`,
+/// `[historian]` and `[audit]` must be valid.
+pub fn audit_settings(file: &Path) -> Result<(AuditSettings, String), ConfigError> {
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let parsed = load::read(file, env)?;
+    let ours = |p: &str| {
+        ["gateway", "historian", "audit"]
+            .iter()
+            .any(|s| p == *s || p.starts_with(&format!("{s}.")))
+    };
+    let invalid = |issues| ConfigError::Invalid {
+        file: file.to_owned(),
+        issues,
+    };
+    let Some(raw) = &parsed.raw else {
+        return Err(invalid(parsed.issues));
+    };
+    let mut out = Collector::new(crate::model::now_ms());
+    let historian = settings::historian(&raw.historian, &mut out);
+    let audit = settings::audit(&raw.audit, &historian.path, &mut out);
+    let gateway = settings::gateway(&raw.gateway, &mut out);
+    let issues: Vec<ConfigIssue> = parsed
+        .issues
+        .iter()
+        .cloned()
+        .chain(out.issues)
+        .filter(|i| ours(&i.path))
+        .collect();
+    if issues.is_empty() {
+        Ok((audit, gateway.id.to_string()))
+    } else {
+        Err(invalid(issues))
+    }
+}
+
 /// [`load`] with the environment given (tests).
 pub(crate) fn load_with_env(
     file: &Path,
@@ -134,7 +184,12 @@ fn compile(parsed: Parsed, file: &Path, now_ms: i64) -> Result<Loaded, ConfigErr
         return Err(invalid(parsed.issues));
     };
     let mut out = Collector::new(now_ms);
-    let config = build(raw, &mut out);
+    let origin = ConfigOrigin {
+        file: file.to_owned(),
+        sha256: parsed.sha256.clone(),
+        overrides: parsed.overrides.clone(),
+    };
+    let config = build(raw, origin, &mut out);
     let mut issues = parsed.issues.clone();
     issues.extend(
         out.issues
@@ -152,10 +207,11 @@ fn compile(parsed: Parsed, file: &Path, now_ms: i64) -> Result<Loaded, ConfigErr
     }
 }
 
-fn build(raw: &RawConfig, out: &mut Collector) -> AgentConfig {
+fn build(raw: &RawConfig, origin: ConfigOrigin, out: &mut Collector) -> AgentConfig {
     let gateway = settings::gateway(&raw.gateway, out);
     let mut classifier = Classifier::new(&raw.classification, &gateway, out);
     let historian = settings::historian(&raw.historian, out);
+    let audit = settings::audit(&raw.audit, &historian.path, out);
     let lines = modbus_config::build(&raw.lines, &raw.devices, &mut classifier, out);
     let classification = classifier.settings().clone();
     let points = classifier.finish(out);
@@ -198,8 +254,10 @@ fn build(raw: &RawConfig, out: &mut Collector) -> AgentConfig {
         lines,
         points,
         historian,
+        audit,
         summary: SummarySettings { windows },
         destinations,
+        origin,
     }
 }
 

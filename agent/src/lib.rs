@@ -29,6 +29,7 @@
 //! ```
 
 pub mod agent_config;
+pub mod audit;
 pub(crate) mod backoff;
 pub mod config;
 pub(crate) mod drop_log;

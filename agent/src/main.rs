@@ -50,6 +50,45 @@ enum Command {
     /// Runs while the agent runs (it never blocks the writer). One line per sample: its tag,
     /// time, sequence number, level, category, quality, value, unit and provenance.
     Query(QueryArgs),
+    /// The audit trail: verify its hash chain, or export records for an inspector.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every record against its hash, the one before it and the last checkpoint; name
+    /// the first broken or missing record (segment, line, expected and found hash). Exit 1
+    /// if the trail is broken.
+    Verify {
+        /// The agent's config (for `audit.dir`).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Verify from this day's segment on (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Write the records of days FROM..=TO (UTC) as JSON lines or CSV. The export is itself
+    /// recorded in the trail first; if it cannot be, nothing is written.
+    Export {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// First day, YYYY-MM-DD (UTC).
+        #[arg(long)]
+        from: String,
+        /// Last day, YYYY-MM-DD (UTC), inclusive.
+        #[arg(long)]
+        to: String,
+        /// Only these record types (e.g. DataEgressed,EgressDenied).
+        #[arg(long = "type", value_delimiter = ',')]
+        types: Vec<String>,
+        /// jsonl or csv.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -161,6 +200,7 @@ fn main() -> ExitCode {
         },
         Command::Probe(args) => probe(args),
         Command::Query(args) => query(&args),
+        Command::Audit(cmd) => audit(cmd),
         Command::Run {
             config,
             stats_every,
@@ -402,6 +442,75 @@ fn query(args: &QueryArgs) -> ExitCode {
         // `query | head`: the reader chose to stop.
         Err(QueryError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
             ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn audit(cmd: AuditCommand) -> ExitCode {
+    use edge_agent::audit::cli::{export_command, parse_day, verify_command, AuditCommandError};
+    use edge_agent::audit::{ExportFilter, ExportFormat};
+    use std::io::Write as _;
+    let config = match &cmd {
+        AuditCommand::Verify { config, .. } | AuditCommand::Export { config, .. } => config,
+    };
+    let (settings, gateway) = match agent_config::audit_settings(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stdout = std::io::stdout();
+    let result = match cmd {
+        AuditCommand::Verify { from, .. } => from
+            .as_deref()
+            .map(parse_day)
+            .transpose()
+            .and_then(|from| {
+                let mut out = stdout.lock();
+                verify_command(&settings.dir, &gateway, from.as_deref(), &mut out)
+            })
+            .map(|intact| u8::from(!intact)),
+        AuditCommand::Export {
+            from,
+            to,
+            types,
+            format,
+            out,
+            ..
+        } => (|| {
+            let filter = ExportFilter {
+                from: parse_day(&from)?,
+                to: parse_day(&to)?,
+                types,
+                until_seq: None,
+            };
+            let format = ExportFormat::parse(&format).ok_or_else(|| {
+                AuditCommandError::Usage(format!("--format {format:?}: use jsonl or csv"))
+            })?;
+            let mut sink: Box<dyn std::io::Write> = match &out {
+                Some(path) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path).map_err(AuditCommandError::Output)?,
+                )),
+                None => Box::new(std::io::BufWriter::new(stdout.lock())),
+            };
+            let n = export_command(&settings.dir, &gateway, &filter, format, &mut *sink)?;
+            sink.flush().map_err(AuditCommandError::Output)?;
+            if out.is_some() {
+                eprintln!("{n} records exported");
+            }
+            Ok(0)
+        })(),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(AuditCommandError::Usage(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
         }
         Err(e) => {
             eprintln!("error: {e}");

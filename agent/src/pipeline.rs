@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::agent_config::AgentConfig;
+use crate::audit::{self, AuditLog, Event};
 use crate::model::now_ms;
 use crate::source::Tagged;
 use crate::stats::Stats;
@@ -40,6 +41,9 @@ pub enum PipelineError {
     /// An uplink could not be set up (usually TLS files); check the destination's broker settings.
     #[error("uplink: {0}")]
     Uplink(#[from] uplink::UplinkError),
+    /// The audit trail could not be opened or written: the agent does not run unaudited.
+    #[error("{0}")]
+    Audit(#[from] audit::TrailError),
 }
 
 /// A running agent: its counters, and how to stop it.
@@ -77,17 +81,19 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
     // Uplinks stop only after the router has drained the sources, so nothing read is lost.
     let uplink_shutdown = CancellationToken::new();
 
-    let historian = store::Historian::spawn(&cfg.historian, &cfg.points, stats.clone())?;
-    let mut uplinks = Vec::new();
-    for dest in &cfg.destinations {
-        // Each uplink owns its destination's policy: nothing else can put an item in its queue.
-        uplinks.push(uplink::spawn(
-            dest.clone(),
-            &cfg.gateway,
-            stats.clone(),
-            uplink_shutdown.clone(),
-        )?);
-    }
+    let audit = AuditLog::open(&cfg.audit, &cfg.gateway.id)?;
+    record_start(&audit, &cfg);
+    let started = start_stores_and_uplinks(&cfg, &stats, &uplink_shutdown, &audit);
+    let (historian, uplinks) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            audit.record(Event::AgentStopped {
+                reason: format!("failed to start: {e}"),
+            });
+            audit.close();
+            return Err(e);
+        }
+    };
 
     let (tx, rx) = mpsc::channel::<Vec<Tagged>>(SOURCE_QUEUE);
     let seq = Arc::new(AtomicU64::new(0));
@@ -134,6 +140,14 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
             Ok(Err(e)) => warn!(error = %e, "Historian did not close cleanly."),
             Err(e) => warn!(error = %e, "Historian writer ended abnormally."),
         }
+        audit.record(Event::AgentStopped {
+            reason: "shutdown requested".into(),
+        });
+        // Last: everything above (egress acknowledgements included) is in the trail.
+        let closed = tokio::task::spawn_blocking(move || audit.close()).await;
+        if let Err(e) = closed {
+            warn!(error = %e, "Audit writer ended abnormally.");
+        }
         info!(stored = ?hist_stats.stored.snapshot(), "Agent stopped.");
     });
     Ok(RunningAgent {
@@ -141,6 +155,50 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
         shutdown,
         router,
     })
+}
+
+type Started = (store::HistorianHandle, Vec<uplink::UplinkHandle>);
+
+fn start_stores_and_uplinks(
+    cfg: &AgentConfig,
+    stats: &Arc<Stats>,
+    uplink_shutdown: &CancellationToken,
+    audit: &AuditLog,
+) -> Result<Started, PipelineError> {
+    let historian = store::Historian::spawn(&cfg.historian, &cfg.points, stats.clone())?;
+    let mut uplinks = Vec::new();
+    for dest in &cfg.destinations {
+        // Each uplink owns its destination's policy: nothing else can put an item in its queue.
+        uplinks.push(uplink::spawn(
+            dest.clone(),
+            &cfg.gateway,
+            stats.clone(),
+            uplink_shutdown.clone(),
+            audit.clone(),
+        )?);
+    }
+    Ok((historian, uplinks))
+}
+
+/// The agent started, with which config and which classification.
+fn record_start(audit: &AuditLog, cfg: &AgentConfig) {
+    audit.record(Event::AgentStarted {
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+    });
+    audit.record(Event::ConfigLoaded {
+        file: cfg.origin.file.display().to_string(),
+        sha256: cfg.origin.sha256.clone(),
+        overrides: cfg.origin.overrides.clone(),
+        points: cfg.points.len(),
+        devices: cfg.devices().count(),
+        destinations: cfg.destinations.len(),
+    });
+    audit.record(Event::ClassificationRulesInForce {
+        default_level: cfg.classification.default_level.as_str().into(),
+        default_category: cfg.classification.default_category.as_str().into(),
+        rules: cfg.classification.rules.clone(),
+    });
 }
 
 /// The router's per-sample work allocates nothing in steady state (`hot_path` proves it for a
@@ -200,6 +258,9 @@ impl Router {
         let now = now_ms();
         self.route(&batch, now);
         historian.offer(batch);
+        for uplink in &mut self.uplinks {
+            uplink.record_denials(now);
+        }
         // Windows that later samples closed go out now, not at the next window end.
         if self.summary.has_closed() {
             self.close_summaries(now);

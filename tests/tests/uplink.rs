@@ -122,7 +122,16 @@ async fn items_offered_during_an_outage_are_delivered_after_reconnect() {
     let dest = destination(proxy.addr().port());
     let stats = Arc::new(Stats::new([dest.name.clone()]));
     let shutdown = CancellationToken::new();
-    let mut up = uplink::spawn(dest, &gateway(), stats.clone(), shutdown.clone()).expect("uplink");
+    let trail = tempfile::tempdir().expect("tmp");
+    let audit = audit_log(trail.path());
+    let mut up = uplink::spawn(
+        dest,
+        &gateway(),
+        stats.clone(),
+        shutdown.clone(),
+        audit.clone(),
+    )
+    .expect("uplink");
     let general = point(Level::General);
     let important = point(Level::Important);
     let d = &stats.destinations[0];
@@ -186,6 +195,106 @@ async fn items_offered_during_an_outage_are_delivered_after_reconnect() {
     assert_eq!(d.dropped.get(Level::General), 0);
     assert_eq!(d.forwarded.get(Level::Important), 0);
     assert!(!String::from_utf8_lossy(&collector.all_bytes()).contains("line.important"));
+
+    audit.close();
+    assert_one_egress_record_per_message(trail.path(), &collector, 120);
+}
+
+/// Every message the broker received (some twice, re-sent after a cut) has exactly one egress
+/// record, with the hash of what arrived; every record is of a message that did; each was
+/// acknowledged; and the refused items are in the trail, aggregated.
+fn assert_one_egress_record_per_message(
+    trail: &std::path::Path,
+    collector: &Collector,
+    denied_items: u64,
+) {
+    let records = trail_records(trail);
+    let recorded: Vec<&str> = records
+        .iter()
+        .filter(|r| r["type"] == "DataEgressed")
+        .map(|r| r["payload_sha256"].as_str().expect("hash"))
+        .collect();
+    let received: HashSet<String> = collector
+        .messages()
+        .iter()
+        .map(|(_, p)| edge_agent::audit::sha256_hex(p))
+        .collect();
+    for h in &received {
+        assert_eq!(
+            recorded.iter().filter(|r| **r == h.as_str()).count(),
+            1,
+            "a message that arrived has not exactly one egress record"
+        );
+    }
+    assert_eq!(
+        recorded.len(),
+        received.len(),
+        "a record of a message that never arrived"
+    );
+    let acked = records
+        .iter()
+        .filter(|r| r["type"] == "EgressAcknowledged")
+        .count();
+    assert_eq!(
+        acked,
+        recorded.len(),
+        "one acknowledgement record per message"
+    );
+    let denied: u64 = records
+        .iter()
+        .filter(|r| r["type"] == "EgressDenied")
+        .map(|r| {
+            assert_eq!(
+                (r["level"].as_str(), r["reason"].as_str()),
+                (Some("important"), Some("raw_not_general"))
+            );
+            r["items"].as_u64().expect("items")
+        })
+        .sum();
+    assert_eq!(
+        denied, denied_items,
+        "every refused item counted in the trail, aggregated"
+    );
+    assert!(edge_agent::audit::verify(trail, None)
+        .expect("verify")
+        .intact());
+}
+
+fn audit_log(dir: &std::path::Path) -> edge_agent::audit::AuditLog {
+    edge_agent::audit::AuditLog::open(
+        &edge_agent::audit::AuditSettings {
+            dir: dir.to_owned(),
+            retention_days: 365,
+            egress_retention_days: 1095,
+            reserve_bytes: 0,
+        },
+        "gw-t",
+    )
+    .expect("audit trail")
+}
+
+/// Every record of the trail in `dir`, oldest first.
+fn trail_records(dir: &std::path::Path) -> Vec<Json> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .expect("trail")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| {
+            std::path::Path::new(n)
+                .extension()
+                .is_some_and(|e| e == "jsonl")
+        })
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .flat_map(|n| {
+            std::fs::read_to_string(dir.join(n))
+                .expect("segment")
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("record"))
+                .collect::<Vec<Json>>()
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,7 +309,15 @@ async fn shutdown_flushes_a_partial_batch_before_stopping() {
     let dest = Arc::new(dest);
     let stats = Arc::new(Stats::new([dest.name.clone()]));
     let shutdown = CancellationToken::new();
-    let mut up = uplink::spawn(dest, &gateway(), stats.clone(), shutdown.clone()).expect("uplink");
+    let trail = tempfile::tempdir().expect("tmp");
+    let mut up = uplink::spawn(
+        dest,
+        &gateway(),
+        stats.clone(),
+        shutdown.clone(),
+        audit_log(trail.path()),
+    )
+    .expect("uplink");
     let d = &stats.destinations[0];
     assert!(
         wait_until(|| d.connected.load(Ordering::Relaxed)).await,

@@ -80,6 +80,17 @@ impl Classifier {
             settings: ClassificationSettings {
                 default_level: c.default_level,
                 default_category: c.default_category,
+                rules: c
+                    .rules
+                    .iter()
+                    .map(|r| crate::audit::RuleInForce {
+                        id: r.id.clone(),
+                        version: r.version,
+                        pattern: r.pattern.clone(),
+                        level: r.level.as_str().to_owned(),
+                        category: r.category.map(|c| c.as_str().to_owned()),
+                    })
+                    .collect(),
             },
             rules: compile_rules(&c.rules, out),
             gateway: gateway.id.clone(),

@@ -77,6 +77,10 @@ pub(crate) struct Parsed {
     pub(crate) issues: Vec<ConfigIssue>,
     /// Key paths that hold a stand-in value instead of the (invalid) configured one.
     pub(crate) substituted: Vec<String>,
+    /// SHA-256 (hex) of the config text, for the audit trail.
+    pub(crate) sha256: String,
+    /// Names of the environment variables that overrode keys.
+    pub(crate) overrides: Vec<String>,
 }
 
 impl Parsed {
@@ -152,7 +156,10 @@ pub(crate) fn parse(
     if !env_issues.is_empty() {
         return Err(ParseError::Env(env_issues));
     }
-    Ok(deserialize_collecting(tree))
+    let mut parsed = deserialize_collecting(tree);
+    parsed.sha256 = crate::audit::sha256_hex(text.as_bytes());
+    parsed.overrides = vars.into_iter().map(|(name, _)| name).collect();
+    Ok(parsed)
 }
 
 fn read_text(file: &Path) -> Result<String, ConfigError> {
@@ -382,6 +389,8 @@ fn deserialize_collecting(mut tree: Value) -> Parsed {
         raw: None,
         issues,
         substituted,
+        sha256: String::new(),
+        overrides: Vec::new(),
     };
     loop {
         let e = match serde_path_to_error::deserialize::<_, RawConfig>(tree.clone()) {
@@ -390,6 +399,8 @@ fn deserialize_collecting(mut tree: Value) -> Parsed {
                     raw: Some(raw),
                     issues,
                     substituted,
+                    sha256: String::new(),
+                    overrides: Vec::new(),
                 }
             }
             Err(e) => e,

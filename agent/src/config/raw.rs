@@ -23,6 +23,8 @@ pub(crate) struct RawConfig {
     pub(crate) devices: Vec<RawDevice>,
     #[serde(default)]
     pub(crate) destinations: Vec<RawDestination>,
+    #[serde(default)]
+    pub(crate) audit: RawAudit,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -114,6 +116,43 @@ fn default_queue_batches() -> usize {
 }
 fn default_min_free_mb() -> u64 {
     64
+}
+
+/// `[audit]`: where the trail lives and how long it is kept (never below the legal floors).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAudit {
+    /// Default: `audit/` beside the historian file.
+    pub(crate) dir: Option<PathBuf>,
+    #[serde(default = "default_audit_retention_days")]
+    pub(crate) retention_days: u32,
+    #[serde(default = "default_egress_retention_days")]
+    pub(crate) egress_retention_days: u32,
+    #[serde(default = "default_audit_reserve_mb")]
+    pub(crate) reserve_mb: u64,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            retention_days: default_audit_retention_days(),
+            egress_retention_days: default_egress_retention_days(),
+            reserve_mb: default_audit_reserve_mb(),
+        }
+    }
+}
+
+fn default_audit_retention_days() -> u32 {
+    365
+}
+fn default_egress_retention_days() -> u32 {
+    crate::audit::MIN_EGRESS_RETENTION_DAYS
+}
+/// A day of egress records at one message a second is ~100 MB uncompressed; 16 MiB keeps the
+/// trail writable for hours after the historian has filled the disk.
+fn default_audit_reserve_mb() -> u64 {
+    16
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -44,6 +44,8 @@ pub(crate) struct ClassificationSettings {
     /// Level given to unmapped data; never `General` (validated).
     pub(crate) default_level: Level,
     pub(crate) default_category: Category,
+    /// The pattern rules as configured, in order, for the audit trail.
+    pub(crate) rules: Vec<crate::audit::RuleInForce>,
 }
 
 #[derive(Debug, Clone)]

@@ -1,12 +1,14 @@
-//! The sections no component owns: `[gateway]` (who runs this gateway) and `[historian]`.
+//! The sections no component owns: `[gateway]` (who runs this gateway), `[historian]` and
+//! `[audit]`.
 //! Validation only reads the file system (metadata), so `check` sees what `run` would refuse
 //! when it opens the historian, without creating anything.
 
 use std::path::Path;
 
 use super::issues::{is_topic_safe, Collector, ConfigIssue};
-use super::raw::{RawGateway, RawHistorian};
+use super::raw::{RawAudit, RawGateway, RawHistorian};
 use super::runtime::{Gateway, HistorianSettings, Jurisdiction};
+use crate::audit::AuditSettings;
 
 pub(crate) fn gateway(g: &RawGateway, out: &mut Collector) -> Gateway {
     for (key, value) in [
@@ -86,6 +88,88 @@ pub(crate) fn historian(h: &RawHistorian, out: &mut Collector) -> HistorianSetti
         min_free_bytes: h.min_free_mb.saturating_mul(1 << 20),
         max_held_bytes: crate::store::MAX_HELD_BYTES,
     }
+}
+
+/// `[audit]`: the floors of REGULATION.md are not configurable, and the directory must be one
+/// `run` can create (beside the historian by default).
+pub(crate) fn audit(a: &RawAudit, historian: &Path, out: &mut Collector) -> AuditSettings {
+    use crate::audit::{MIN_EGRESS_RETENTION_DAYS, MIN_RETENTION_DAYS};
+    for (key, value, floor, what) in [
+        (
+            "retention_days",
+            a.retention_days,
+            MIN_RETENTION_DAYS,
+            "the audit trail",
+        ),
+        (
+            "egress_retention_days",
+            a.egress_retention_days,
+            MIN_EGRESS_RETENTION_DAYS,
+            "records of data provided to others",
+        ),
+    ] {
+        if value < floor {
+            out.err(
+                ConfigIssue::new(
+                    format!("audit.{key}"),
+                    format!("{value} days is below the legal floor of {floor} days for {what}"),
+                )
+                .hint(format!("set at least {floor}, or leave it out")),
+            );
+        }
+    }
+    let dir = a.dir.clone().unwrap_or_else(|| {
+        historian
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .join("audit")
+    });
+    if let Some(issue) = dir_issue("audit.dir", &dir) {
+        out.err(issue);
+    }
+    AuditSettings {
+        dir,
+        retention_days: a.retention_days.max(MIN_RETENTION_DAYS),
+        egress_retention_days: a.egress_retention_days.max(MIN_EGRESS_RETENTION_DAYS),
+        reserve_bytes: a.reserve_mb.saturating_mul(1 << 20),
+    }
+}
+
+/// What `run` would trip over when it creates or opens the directory `dir`: it is something
+/// else than a directory, or an ancestor that exists is not one.
+fn dir_issue(key: &str, dir: &Path) -> Option<ConfigIssue> {
+    if dir.as_os_str().is_empty() {
+        return Some(ConfigIssue::new(key, "must not be empty"));
+    }
+    if let Ok(meta) = std::fs::metadata(dir) {
+        return (!meta.is_dir()).then(|| {
+            ConfigIssue::new(
+                key,
+                format!("{} exists and is not a directory", dir.display()),
+            )
+            .hint("name a directory (it is created if missing)")
+        });
+    }
+    for ancestor in dir.ancestors().skip(1) {
+        if ancestor.as_os_str().is_empty() {
+            break;
+        }
+        if let Ok(meta) = std::fs::metadata(ancestor) {
+            if !meta.is_dir() {
+                return Some(ConfigIssue::new(
+                    key,
+                    format!(
+                        "{} is not a directory, so {} cannot be created in it",
+                        ancestor.display(),
+                        dir.display()
+                    ),
+                ));
+            }
+            break;
+        }
+    }
+    None
 }
 
 /// What `run` would trip over when it opens the historian at `path`: the path is a directory

@@ -120,6 +120,13 @@ impl EgressItem {
         }
     }
 
+    pub(crate) fn category(&self) -> Category {
+        match &self.0 {
+            Egress::Raw(t) => t.category(),
+            Egress::Summary { summary, .. } => summary.meta().category(),
+        }
+    }
+
     pub(crate) fn form(&self) -> Form {
         match &self.0 {
             Egress::Raw(_) => Form::Raw,

@@ -31,11 +31,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::delivery::{Published, Shutdown};
-use super::{Shared, MAX_IN_FLIGHT};
+use super::delivery::{Message, Published, Shutdown};
+use super::{categories_of, sleep_until_opt, Shared, MAX_IN_FLIGHT};
+use crate::audit::{self, AuditLog};
 use crate::backoff::Backoff;
+use crate::config::Destination;
 use crate::stats::DestinationStats;
 
 /// First reconnect delay (before jitter); doubles per failure up to [`BACKOFF_MAX`].
@@ -274,6 +276,40 @@ enum State<L> {
     Stopped,
 }
 
+/// The audit trail as one destination's driver writes to it: a `DataEgressed` record (durable)
+/// before a message is first handed to the client, an `EgressAcknowledged` on its PUBACK.
+#[derive(Debug, Clone)]
+pub(crate) struct EgressAudit {
+    pub(crate) log: AuditLog,
+    pub(crate) dest: Arc<Destination>,
+}
+
+impl EgressAudit {
+    fn egressed(&self, m: &Message, broker: &str) -> audit::Event {
+        let d = &self.dest;
+        let key =
+            |k: &Option<super::ItemKey>| k.as_ref().map(ToString::to_string).unwrap_or_default();
+        audit::Event::DataEgressed {
+            destination: d.name.to_string(),
+            broker: broker.to_owned(),
+            topic: m.topic.to_string(),
+            jurisdiction: d.jurisdiction.0.clone(),
+            recipient: d.recipient.clone(),
+            purpose: d.purpose.clone(),
+            legal_basis: d.legal_basis.clone(),
+            assessment_reference: d.assessment.as_ref().map(|a| a.reference.clone()),
+            form: m.facts.form.as_str().to_owned(),
+            level: m.level.as_str().to_owned(),
+            categories: categories_of(m.facts.categories),
+            items: m.items,
+            bytes: m.payload.len() as u64,
+            payload_sha256: audit::sha256_hex(&m.payload),
+            first_key: key(&m.facts.first_key),
+            last_key: key(&m.facts.last_key),
+        }
+    }
+}
+
 /// See the module docs.
 pub(crate) struct Driver<C> {
     shared: Arc<Shared>,
@@ -283,8 +319,13 @@ pub(crate) struct Driver<C> {
     backoff: Backoff,
     /// The back-off's random unit; fixed in tests.
     random_unit: fn() -> f64,
-    /// "host:port", for log lines.
+    /// "host:port", for log lines and egress records.
     broker: String,
+    /// `None` only in tests of the connection logic.
+    audit: Option<EgressAudit>,
+    /// While egress records cannot be written: when to try again. Nothing is handed out
+    /// meanwhile.
+    audit_retry: Option<Instant>,
 }
 
 impl<C: Connector> Driver<C> {
@@ -293,7 +334,11 @@ impl<C: Connector> Driver<C> {
         connector: C,
         closing: CancellationToken,
         broker: String,
+        audit: Option<EgressAudit>,
     ) -> Self {
+        if audit.is_some() {
+            shared.lock().require_records();
+        }
         Driver {
             shared,
             connector,
@@ -301,6 +346,8 @@ impl<C: Connector> Driver<C> {
             backoff: Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX),
             random_unit: crate::backoff::random_unit,
             broker,
+            audit,
+            audit_retry: None,
         }
     }
 
@@ -327,7 +374,7 @@ impl<C: Connector> Driver<C> {
             tokio::select! {
                 event = session.events.recv() => match event {
                     Some(LinkEvent::Connected) => {
-                        self.on_connack(&session.link);
+                        self.on_connack(&session.link).await;
                         return State::Connected(session);
                     }
                     Some(LinkEvent::Failed(f)) => return self.failed(f),
@@ -345,17 +392,18 @@ impl<C: Connector> Driver<C> {
                 biased;
                 () = self.closing.cancelled() => return State::Draining(session),
                 event = session.events.recv() => {
-                    if let Some(next) = self.on_event(&session.link, event) {
+                    if let Some(next) = self.on_event(&session.link, event).await {
                         return next;
                     }
                 }
-                () = self.shared.queued.notified() => self.pump(&session.link),
+                () = self.shared.queued.notified() => self.pump(&session.link).await,
+                () = sleep_until_opt(self.audit_retry) => self.pump(&session.link).await,
             }
         }
     }
 
     async fn draining(&mut self, mut session: Session<C::Link>) -> State<C::Link> {
-        self.pump(&session.link);
+        self.pump(&session.link).await;
         self.disconnect_if_delivered(&session.link);
         let deadline = self.shared.lock().flush_deadline();
         let deadline = deadline.map_or_else(Instant::now, Instant::from_std);
@@ -363,10 +411,11 @@ impl<C: Connector> Driver<C> {
             tokio::select! {
                 biased;
                 event = session.events.recv() => {
-                    if let Some(next) = self.on_event(&session.link, event) {
+                    if let Some(next) = self.on_event(&session.link, event).await {
                         return next;
                     }
                 }
+                () = sleep_until_opt(self.audit_retry) => self.pump(&session.link).await,
                 // Abandoning the connection here may cut a write short; it is over either way.
                 () = tokio::time::sleep_until(deadline) => return State::Stopped,
             }
@@ -401,7 +450,7 @@ impl<C: Connector> Driver<C> {
         }
     }
 
-    fn on_connack(&mut self, link: &C::Link) {
+    async fn on_connack(&mut self, link: &C::Link) {
         self.counters().connected.store(true, Ordering::Relaxed);
         let name = &self.counters().name;
         match self.backoff.failures() {
@@ -415,11 +464,15 @@ impl<C: Connector> Driver<C> {
         }
         self.backoff.reset();
         self.shared.lock().on_connected();
-        self.pump(link);
+        self.pump(link).await;
     }
 
     /// Handles an event of a live connection; returns the next state if it ends here.
-    fn on_event(&mut self, link: &C::Link, event: Option<LinkEvent>) -> Option<State<C::Link>> {
+    async fn on_event(
+        &mut self,
+        link: &C::Link,
+        event: Option<LinkEvent>,
+    ) -> Option<State<C::Link>> {
         match event {
             Some(LinkEvent::Published(pkid)) => {
                 let outcome = self.shared.lock().on_published(pkid);
@@ -435,7 +488,15 @@ impl<C: Connector> Driver<C> {
                     self.counters()
                         .messages_acked
                         .fetch_add(1, Ordering::Relaxed);
-                    self.pump(link);
+                    if let (Some(audit), Some(seq)) = (&self.audit, a.record) {
+                        let waited = a.handed.map_or(Duration::ZERO, |h| h.elapsed());
+                        audit.log.record(audit::Event::EgressAcknowledged {
+                            destination: self.counters().name.to_string(),
+                            egress_seq: seq,
+                            puback_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+                        });
+                    }
+                    self.pump(link).await;
                     self.disconnect_if_delivered(link);
                 }
                 None
@@ -463,10 +524,41 @@ impl<C: Connector> Driver<C> {
         State::Waiting(delay)
     }
 
-    /// Hand the client what the delivery core releases.
-    fn pump(&self, link: &C::Link) {
+    /// Records the messages next in line (one durable append for all of them), then hands the
+    /// client what the delivery core releases: no message reaches the client before its
+    /// `DataEgressed` record is in the trail. If the trail cannot be written, nothing is handed
+    /// out and the driver tries again after `audit::RETRY_INTERVAL`.
+    async fn pump(&mut self, link: &C::Link) {
+        if let Some(audit) = self.audit.clone() {
+            let (ids, events): (Vec<u64>, Vec<audit::Event>) = {
+                let delivery = self.shared.lock();
+                delivery
+                    .to_record()
+                    .map(|m| (m.id, audit.egressed(m, &self.broker)))
+                    .unzip()
+            };
+            if !ids.is_empty() {
+                match audit.log.record_durable(events).await {
+                    Ok(seqs) => {
+                        if self.audit_retry.take().is_some() {
+                            info!(destination = %self.counters().name, "Egress records are written again; delivery resumes.");
+                        }
+                        let mut delivery = self.shared.lock();
+                        for (id, seq) in ids.into_iter().zip(seqs) {
+                            delivery.set_record(id, seq);
+                        }
+                    }
+                    Err(e) => {
+                        if self.audit_retry.is_none() {
+                            error!(destination = %self.counters().name, error = %e, "Egress held: no message leaves without its audit record.");
+                        }
+                        self.audit_retry = Some(Instant::now() + audit::RETRY_INTERVAL);
+                    }
+                }
+            }
+        }
         let mut delivery = self.shared.lock();
-        while let Some(m) = delivery.next_publish() {
+        while let Some(m) = delivery.next_publish(std::time::Instant::now()) {
             if link.publish(&m.topic, &m.payload).is_err() {
                 // Only if the event loop is gone; its failure event follows and re-queues.
                 delivery.publish_refused();
@@ -693,6 +785,7 @@ mod tests {
                 connector,
                 closing.clone(),
                 "broker.test:8883".into(),
+                None,
             );
             // The top of each jittered range, so the schedule is exact.
             driver.random_unit = || 1.0;

@@ -21,7 +21,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::model::Level;
+use super::encode::ItemKey;
+use crate::model::{Form, Level};
 use crate::stats::LevelCounts;
 
 /// One encoded message and what it carries, for counting on PUBACK or drop.
@@ -35,6 +36,34 @@ pub(crate) struct Message {
     pub(crate) payload: Vec<u8>,
     pub(crate) level: Level,
     pub(crate) items: u64,
+    /// What the audit trail's egress record says about the content.
+    pub(crate) facts: Facts,
+    /// The `seq` of the message's `DataEgressed` record, once it is in the trail. With
+    /// records required, a message is handed to the client only after it has one.
+    pub(crate) record: Option<u64>,
+    /// When it was last handed to the client (for the PUBACK time).
+    pub(crate) handed: Option<Instant>,
+}
+
+/// The content of a message as the egress record describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Facts {
+    pub(crate) form: Form,
+    /// Bit `i` for `Category::ALL[i]`.
+    pub(crate) categories: u8,
+    pub(crate) first_key: Option<ItemKey>,
+    pub(crate) last_key: Option<ItemKey>,
+}
+
+impl Default for Facts {
+    fn default() -> Self {
+        Facts {
+            form: Form::Raw,
+            categories: 0,
+            first_key: None,
+            last_key: None,
+        }
+    }
 }
 
 impl Message {
@@ -45,7 +74,15 @@ impl Message {
             payload,
             level,
             items,
+            facts: Facts::default(),
+            record: None,
+            handed: None,
         }
+    }
+
+    pub(crate) fn with_facts(mut self, facts: Facts) -> Self {
+        self.facts = facts;
+        self
     }
 }
 
@@ -65,6 +102,10 @@ pub(crate) enum Published {
 pub(crate) struct Acked {
     pub(crate) level: Level,
     pub(crate) items: u64,
+    /// The message's egress record, if it has one.
+    pub(crate) record: Option<u64>,
+    /// When the message was handed to the client.
+    pub(crate) handed: Option<Instant>,
 }
 
 /// Where a shutdown flush stands.
@@ -95,6 +136,8 @@ pub(crate) struct Delivery {
     max_in_flight: usize,
     /// Set when shutdown begins.
     flush_deadline: Option<Instant>,
+    /// Hand out only messages with an egress record (the audit trail is on).
+    records_required: bool,
 }
 
 impl Delivery {
@@ -109,6 +152,33 @@ impl Delivery {
             capacity_items: capacity_items as u64,
             max_in_flight,
             flush_deadline: None,
+            records_required: false,
+        }
+    }
+
+    /// From now on a message is handed out only once its egress record is in the trail
+    /// ([`Delivery::set_record`]).
+    pub(crate) fn require_records(&mut self) {
+        self.records_required = true;
+    }
+
+    /// Room in the in-flight window.
+    fn room(&self) -> usize {
+        self.max_in_flight
+            .saturating_sub(self.awaiting_pkid.len() + self.in_flight.len())
+    }
+
+    /// The messages next in line for the client (as many as the window has room for) that
+    /// have no egress record yet.
+    pub(crate) fn to_record(&self) -> impl Iterator<Item = &Message> {
+        let room = if self.connected { self.room() } else { 0 };
+        self.queue.iter().take(room).filter(|m| m.record.is_none())
+    }
+
+    /// Message `id`'s egress record is `seq`. Unknown ids (dropped meanwhile) are ignored.
+    pub(crate) fn set_record(&mut self, id: u64, seq: u64) {
+        if let Some(m) = self.queue.iter_mut().find(|m| m.id == id) {
+            m.record = Some(seq);
         }
     }
 
@@ -143,12 +213,16 @@ impl Delivery {
 
     /// The next message to hand to the client, now awaiting its packet id; `None` while
     /// disconnected, when the in-flight window is full or when nothing is queued.
-    pub(crate) fn next_publish(&mut self) -> Option<&Message> {
-        if !self.connected || self.awaiting_pkid.len() + self.in_flight.len() >= self.max_in_flight
-        {
+    /// With records required, a message without its record stops the line (order is kept).
+    pub(crate) fn next_publish(&mut self, now: Instant) -> Option<&Message> {
+        if !self.connected || self.room() == 0 {
             return None;
         }
-        let msg = self.queue.pop_front()?;
+        if self.records_required && self.queue.front()?.record.is_none() {
+            return None;
+        }
+        let mut msg = self.queue.pop_front()?;
+        msg.handed = Some(now);
         self.awaiting_pkid.push_back(msg);
         self.awaiting_pkid.back()
     }
@@ -182,6 +256,8 @@ impl Delivery {
         Some(Acked {
             level: m.level,
             items: m.items,
+            record: m.record,
+            handed: m.handed,
         })
     }
 
@@ -267,7 +343,7 @@ mod tests {
     /// Hands out every message the window allows; returns their topics in hand-out order.
     fn publish_all(d: &mut Delivery) -> Vec<String> {
         let mut out = Vec::new();
-        while let Some(m) = d.next_publish() {
+        while let Some(m) = d.next_publish(Instant::now()) {
             out.push(m.topic.to_string());
         }
         out
@@ -308,7 +384,7 @@ mod tests {
         d.offer(msg(Level::General, 1)); // id 3
         d.on_disconnected(); // id 0 back in the queue, so nothing can be handed out
         d.on_connected();
-        let first = d.next_publish().map(|m| m.id);
+        let first = d.next_publish(Instant::now()).map(|m| m.id);
         assert_eq!(first, Some(0), "re-queued message is handed out first");
         // Over capacity by one: the oldest queued general (id 2) goes, not the in-flight id 0.
         let dropped = d.offer(msg(Level::Important, 1)); // id 4
@@ -337,6 +413,51 @@ mod tests {
     }
 
     #[test]
+    fn with_records_required_a_message_leaves_only_after_its_record_and_in_order() {
+        let mut d = Delivery::new(100, 2);
+        d.require_records();
+        for tag in ["a", "b", "c"] {
+            d.offer(tagged(tag));
+        }
+        assert_eq!(
+            d.to_record().count(),
+            0,
+            "nothing to record while disconnected"
+        );
+        d.on_connected();
+        let ids: Vec<u64> = d.to_record().map(|m| m.id).collect();
+        assert_eq!(ids, [0, 1], "as many as the in-flight window has room for");
+        assert!(
+            d.next_publish(Instant::now()).is_none(),
+            "no record, no hand-out"
+        );
+        d.set_record(1, 11);
+        assert!(
+            d.next_publish(Instant::now()).is_none(),
+            "b has its record, but a is first and has none"
+        );
+        d.set_record(0, 10);
+        assert_eq!(
+            d.next_publish(Instant::now()).map(|m| m.record),
+            Some(Some(10))
+        );
+        assert_eq!(
+            d.next_publish(Instant::now()).map(|m| m.record),
+            Some(Some(11))
+        );
+        d.on_published(1);
+        d.on_published(2);
+        let acked = d.on_puback(1).expect("in flight");
+        assert_eq!(acked.record, Some(10));
+        assert!(acked.handed.is_some());
+        // A re-queued message keeps its record: it is never recorded twice.
+        d.on_disconnected();
+        d.on_connected();
+        let ids: Vec<u64> = d.to_record().map(|m| m.id).collect();
+        assert_eq!(ids, [2], "only c still needs a record");
+    }
+
+    #[test]
     fn packet_ids_are_correlated_in_hand_out_order() {
         let mut d = Delivery::new(100, 32);
         for t in ["a", "b", "c"] {
@@ -349,11 +470,15 @@ mod tests {
             assert_eq!(d.on_published(pkid), Published::Assigned);
         }
         // PUBACKs may come in any order; each finds its own message.
+        let handed = d.in_flight.get(&8).and_then(|m| m.handed);
+        assert!(handed.is_some());
         assert_eq!(
             d.on_puback(8),
             Some(Acked {
                 level: Level::General,
-                items: 1
+                items: 1,
+                record: None,
+                handed,
             })
         );
         assert_eq!(d.in_flight.get(&7).map(|m| &*m.topic), Some("a"));
@@ -402,8 +527,10 @@ mod tests {
             d.offer(msg(Level::General, 1));
         }
         d.on_connected();
-        assert!(d.next_publish().is_some() && d.next_publish().is_some());
-        assert!(d.next_publish().is_some());
+        assert!(
+            d.next_publish(Instant::now()).is_some() && d.next_publish(Instant::now()).is_some()
+        );
+        assert!(d.next_publish(Instant::now()).is_some());
         // Ids 0 and 1 in flight under packet ids that sort the other way, id 2 awaiting its id.
         assert_eq!(d.on_published(9), Published::Assigned);
         assert_eq!(d.on_published(3), Published::Assigned);
@@ -412,7 +539,7 @@ mod tests {
         assert!(d.in_flight.is_empty() && d.awaiting_pkid.is_empty());
         assert_eq!(d.items(), 4);
         assert!(
-            d.next_publish().is_none(),
+            d.next_publish(Instant::now()).is_none(),
             "nothing is handed out while disconnected"
         );
     }
@@ -423,12 +550,15 @@ mod tests {
         for t in ["a", "b", "c", "d"] {
             d.offer(tagged(t));
         }
-        assert!(d.next_publish().is_none(), "nothing before CONNACK");
+        assert!(
+            d.next_publish(Instant::now()).is_none(),
+            "nothing before CONNACK"
+        );
         d.on_connected();
         assert_eq!(publish_all(&mut d), ["a", "b"]);
         d.on_published(1);
         assert!(
-            d.next_publish().is_none(),
+            d.next_publish(Instant::now()).is_none(),
             "awaiting and in flight both fill the window"
         );
         d.on_published(2);
@@ -442,7 +572,7 @@ mod tests {
         d.offer(tagged("a"));
         d.offer(tagged("b"));
         d.on_connected();
-        assert_eq!(d.next_publish().map(|m| m.id), Some(0));
+        assert_eq!(d.next_publish(Instant::now()).map(|m| m.id), Some(0));
         d.publish_refused();
         assert_eq!(d.queued_ids(), [0, 1]);
         assert!(d.awaiting_pkid.is_empty());
@@ -478,8 +608,8 @@ mod tests {
         d.offer(msg(Level::Important, 3));
         d.offer(msg(Level::General, 4));
         d.on_connected();
-        d.next_publish();
-        d.next_publish();
+        d.next_publish(Instant::now());
+        d.next_publish(Instant::now());
         d.on_published(5);
         let dropped = d.abandon();
         assert_eq!(dropped.get(Level::General), 6);

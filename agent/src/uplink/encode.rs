@@ -51,6 +51,60 @@ pub(crate) fn topic(prefix: &str, env: &Envelope, form: Form, level: Level) -> S
     )
 }
 
+/// An item's idempotency key, kept unformatted (a message holds its first and last item's,
+/// for the audit trail's egress record, without an allocation per message). Its `Display` is
+/// the `key` the message carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ItemKey {
+    Raw {
+        tag: std::sync::Arc<str>,
+        ts: i64,
+    },
+    Summary {
+        tag: std::sync::Arc<str>,
+        start: i64,
+        len: i64,
+        coverage: Option<(i64, i64)>,
+    },
+}
+
+impl ItemKey {
+    pub(crate) fn of(item: &EgressItem) -> Self {
+        match item.view() {
+            EgressView::Raw(t) => ItemKey::Raw {
+                tag: t.meta().tag().clone(),
+                ts: t.ts_ms(),
+            },
+            EgressView::Summary { summary, .. } => ItemKey::Summary {
+                tag: summary.meta().tag().clone(),
+                start: summary.window_start_ms(),
+                len: summary.window_ms(),
+                coverage: summary.coverage(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for ItemKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ItemKey::Raw { tag, ts } => write!(f, "{tag}@{ts}"),
+            ItemKey::Summary {
+                tag,
+                start,
+                len,
+                coverage: None,
+            } => write!(f, "{tag}@{start}/{len}"),
+            ItemKey::Summary {
+                tag,
+                start,
+                len,
+                coverage: Some((from, until)),
+            } => write!(f, "{tag}@{start}/{len}~{from}-{until}"),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Message<'a> {
     v: u32,
@@ -233,6 +287,34 @@ mod tests {
     fn summary(tag: &str, level: Level) -> Summary {
         Summary::for_test(meta(1, tag, level), 60_000, 120_000, 0.0)
             .with_stats([60, 59, 1], [Some(1.0), Some(9.0), Some(5.5), None])
+    }
+
+    #[test]
+    fn an_item_key_prints_as_the_key_its_message_carries() {
+        let whole =
+            EgressItem::summary_for_test(summary("oven.t", Level::Important), &[Stat::Mean]);
+        let partial = EgressItem::summary_for_test(
+            Summary::for_test(meta(1, "oven.t", Level::Important), 60_000, 120_000, 0.0)
+                .with_coverage(61_000, 119_000),
+            &[Stat::Mean],
+        );
+        for (form, items) in [
+            (
+                Form::Raw,
+                vec![raw("a.b", Level::General, Value::Int(3), Quality::Good)],
+            ),
+            (Form::Summary, vec![whole, partial]),
+        ] {
+            let level = items[0].level();
+            let bytes = encode(&env(), form, level, &items);
+            let json: Json = serde_json::from_slice(&bytes).expect("json");
+            for (i, item) in items.iter().enumerate() {
+                assert_eq!(
+                    json["items"][i]["key"].as_str(),
+                    Some(ItemKey::of(item).to_string().as_str())
+                );
+            }
+        }
     }
 
     #[test]

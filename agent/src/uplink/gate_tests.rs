@@ -90,8 +90,16 @@ async fn a_permit_granted_for_one_destination_is_refused_by_another_uplink_and_c
     let eu = destination("hq-eu", "DE", None);
     let stats = Arc::new(Stats::new([cn.name.clone(), eu.name.clone()]));
     let shutdown = CancellationToken::new();
-    let dc = spawn(cn.clone(), &gateway(), stats.clone(), shutdown.clone()).expect("spawn");
-    let hq = spawn(eu, &gateway(), stats.clone(), shutdown.clone()).expect("spawn");
+    let (_trail, audit) = crate::audit::AuditLog::for_test();
+    let dc = spawn(
+        cn.clone(),
+        &gateway(),
+        stats.clone(),
+        shutdown.clone(),
+        audit.clone(),
+    )
+    .expect("spawn");
+    let hq = spawn(eu, &gateway(), stats.clone(), shutdown.clone(), audit).expect("spawn");
 
     // The CN destination's policy approves an important summary...
     let important = meta(0, "furnace.temp", Level::Important);
@@ -128,8 +136,16 @@ async fn each_uplink_decides_with_its_own_destinations_policy() {
     );
     let stats = Arc::new(Stats::new([cn.name.clone(), eu.name.clone()]));
     let shutdown = CancellationToken::new();
-    let mut dc = spawn(cn, &gateway(), stats.clone(), shutdown.clone()).expect("spawn");
-    let mut hq = spawn(eu, &gateway(), stats.clone(), shutdown.clone()).expect("spawn");
+    let (_trail, audit) = crate::audit::AuditLog::for_test();
+    let mut dc = spawn(
+        cn,
+        &gateway(),
+        stats.clone(),
+        shutdown.clone(),
+        audit.clone(),
+    )
+    .expect("spawn");
+    let mut hq = spawn(eu, &gateway(), stats.clone(), shutdown.clone(), audit).expect("spawn");
 
     let important = meta(0, "furnace.temp", Level::Important);
     let s = Summary::for_test(important, NOW - 10_000, NOW, 812.0);

@@ -45,16 +45,18 @@ use tracing::{error, info, warn};
 pub(crate) use encode::{encode_into, topic, Envelope};
 pub use tls::TlsError;
 
+use crate::audit::AuditLog;
 use crate::config::{Destination, Gateway};
 use crate::drop_log::{DropLog, DropReport};
-use crate::model::{Form, Level};
+use crate::model::{Category, Form, Level};
 use crate::policy::{DenyReason, EgressItem, Permitted, Policy};
 use crate::source::Tagged;
 use crate::stats::LevelCounts;
 use crate::stats::{DestinationStats, Stats};
 use crate::summary::Summary;
-use connection::{Driver, MqttConnector};
-use delivery::{Delivery, Message};
+use connection::{Driver, EgressAudit, MqttConnector};
+use delivery::{Delivery, Facts, Message};
+use encode::ItemKey;
 
 /// Messages handed to the MQTT client and not yet acknowledged, at most. Below rumqttc's own
 /// in-flight limit (100) so its packet-id space never collides with an unacknowledged message.
@@ -88,6 +90,58 @@ pub struct UplinkHandle {
     stats: Arc<Stats>,
     /// The batcher and the connection driver (none for a detached test uplink).
     tasks: Vec<JoinHandle<()>>,
+    /// Denials, aggregated for the audit trail (none for a detached test uplink).
+    denials: Option<Denials>,
+}
+
+/// How often aggregated denials are recorded, per destination, level and reason.
+const DENIAL_PERIOD_MS: i64 = 60_000;
+
+/// Denied items per (level, reason) since `since_ms`: one `EgressDenied` record each per
+/// period, so a denial storm costs the trail a few records a minute, not one per item.
+#[derive(Debug)]
+struct Denials {
+    audit: AuditLog,
+    since_ms: Option<i64>,
+    counts: Vec<(Level, DenyReason, u64)>,
+}
+
+impl Denials {
+    fn add(&mut self, level: Level, reason: DenyReason, now_ms: i64) {
+        self.since_ms.get_or_insert(now_ms);
+        match self
+            .counts
+            .iter_mut()
+            .find(|(l, r, _)| *l == level && *r == reason)
+        {
+            Some((_, _, n)) => *n += 1,
+            None => self.counts.push((level, reason, 1)),
+        }
+    }
+
+    /// Records what was counted if the period is over (or `force`), and starts a new one.
+    fn flush(&mut self, destination: &str, now_ms: i64, force: bool) {
+        let Some(since) = self.since_ms else {
+            return;
+        };
+        if !force && now_ms < since + DENIAL_PERIOD_MS {
+            return;
+        }
+        for (level, reason, items) in self.counts.drain(..) {
+            self.audit.record_at(
+                now_ms,
+                crate::audit::Event::EgressDenied {
+                    destination: destination.to_owned(),
+                    level: level.as_str().to_owned(),
+                    reason: reason.as_str().to_owned(),
+                    items,
+                    from: crate::audit::rfc3339_ms(since),
+                    until: crate::audit::rfc3339_ms(now_ms),
+                },
+            );
+        }
+        self.since_ms = None;
+    }
 }
 
 /// A permit this uplink refused because another destination's policy granted it.
@@ -108,19 +162,20 @@ impl UplinkHandle {
     /// denied one is counted (`denied`) and its reason returned.
     pub fn offer_raw(&mut self, t: &Tagged, now_ms: i64) -> Result<(), DenyReason> {
         let decision = self.policy.decide_raw(t, now_ms);
-        self.settle(decision, t.level())
+        self.settle(decision, t.level(), now_ms)
     }
 
     /// Offer a closed summary (see [`UplinkHandle::offer_raw`]).
     pub(crate) fn offer_summary(&mut self, s: &Summary, now_ms: i64) -> Result<(), DenyReason> {
         let decision = self.policy.decide_summary(s, now_ms);
-        self.settle(decision, s.level())
+        self.settle(decision, s.level(), now_ms)
     }
 
     fn settle(
-        &self,
+        &mut self,
         decision: Result<Permitted<EgressItem>, DenyReason>,
         level: Level,
+        now_ms: i64,
     ) -> Result<(), DenyReason> {
         match decision {
             Ok(permit) => {
@@ -130,8 +185,19 @@ impl UplinkHandle {
             }
             Err(reason) => {
                 self.counters().denied.add(level, 1);
+                if let Some(d) = &mut self.denials {
+                    d.add(level, reason, now_ms);
+                }
                 Err(reason)
             }
+        }
+    }
+
+    /// Records the denials of a period that has ended (the router calls it once per batch).
+    pub(crate) fn record_denials(&mut self, now_ms: i64) {
+        let name = Arc::clone(&self.counters().name);
+        if let Some(d) = &mut self.denials {
+            d.flush(&name, now_ms, false);
         }
     }
 
@@ -165,6 +231,10 @@ impl UplinkHandle {
     /// Wait until the uplink has stopped: after the shutdown token is cancelled, it flushes what
     /// it holds and waits (bounded by `FLUSH_TIMEOUT`) for acknowledgements.
     pub async fn closed(mut self) {
+        let name = Arc::clone(&self.counters().name);
+        if let Some(d) = &mut self.denials {
+            d.flush(&name, crate::model::now_ms(), true);
+        }
         let tasks = std::mem::take(&mut self.tasks);
         // Dropping the handle tells the batcher nothing more will come.
         drop(self);
@@ -255,6 +325,7 @@ pub fn spawn(
     gateway: &Gateway,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
+    audit: AuditLog,
 ) -> Result<UplinkHandle, UplinkError> {
     let index = stats
         .destinations
@@ -269,7 +340,22 @@ pub fn spawn(
     let batcher = Batcher::new(dest.clone(), env, shared.clone());
     let batch_task = tokio::spawn(batcher.run(handoff.clone(), shutdown, closing.clone()));
     let broker = format!("{}:{}", dest.broker.host, dest.broker.port);
-    let driver = Driver::new(shared, MqttConnector { options }, closing, broker);
+    let denials = Denials {
+        audit: audit.clone(),
+        since_ms: None,
+        counts: Vec::new(),
+    };
+    let egress_audit = EgressAudit {
+        log: audit,
+        dest: dest.clone(),
+    };
+    let driver = Driver::new(
+        shared,
+        MqttConnector { options },
+        closing,
+        broker,
+        Some(egress_audit),
+    );
     let conn_task = tokio::spawn(driver.run());
     Ok(UplinkHandle {
         policy: Policy::new(dest),
@@ -277,6 +363,7 @@ pub fn spawn(
         index,
         stats,
         tasks: vec![batch_task, conn_task],
+        denials: Some(denials),
     })
 }
 
@@ -305,6 +392,7 @@ pub(crate) fn detached(
         index,
         stats,
         tasks: Vec::new(),
+        denials: None,
     };
     let detached = Detached {
         handoff,
@@ -342,7 +430,7 @@ impl Detached {
         let mut delivery = self.shared.lock();
         delivery.on_connected();
         let mut sent = 0;
-        while delivery.next_publish().is_some() {
+        while delivery.next_publish(std::time::Instant::now()).is_some() {
             // Packet ids are 1..=65535, as the client assigns them.
             self.pkid = self.pkid % u16::MAX + 1;
             delivery.on_published(self.pkid);
@@ -597,7 +685,16 @@ impl Batcher {
         }
         // The payload leaves with the message (held until its PUBACK): an exact-size copy.
         let payload = self.scratch.clone();
-        let msg = Message::new(Arc::clone(topic), payload, level, items.len() as u64);
+        let facts = Facts {
+            form,
+            categories: items
+                .iter()
+                .fold(0, |bits, i| bits | category_bit(i.category())),
+            first_key: items.first().map(ItemKey::of),
+            last_key: items.last().map(ItemKey::of),
+        };
+        let msg =
+            Message::new(Arc::clone(topic), payload, level, items.len() as u64).with_facts(facts);
         let dropped = self.shared.offer(msg);
         if let Some(report) = self.drops.record(Instant::now().into_std(), &dropped) {
             log_drops(&self.dest.name, report);
@@ -627,6 +724,22 @@ fn log_drops(destination: &str, report: DropReport) {
             lasted.as_secs()
         ),
     }
+}
+
+/// A category's bit in [`Facts::categories`].
+fn category_bit(c: Category) -> u8 {
+    let i = Category::ALL.iter().position(|&x| x == c).unwrap_or(0);
+    1 << i
+}
+
+/// The categories of [`Facts::categories`], in `Category::ALL` order.
+fn categories_of(bits: u8) -> Vec<String> {
+    Category::ALL
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits & (1 << i) != 0)
+        .map(|(_, c)| c.as_str().to_owned())
+        .collect()
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -837,7 +950,8 @@ mod tests {
             responsible_person: String::new(),
             department: String::new(),
         };
-        let h = spawn(dest, &gw, stats.clone(), shutdown.clone()).expect("spawn");
+        let (_trail, audit) = AuditLog::for_test();
+        let h = spawn(dest, &gw, stats.clone(), shutdown.clone(), audit).expect("spawn");
         h.enqueue(general_sample(1)).expect("same destination");
         tokio::time::sleep(Duration::from_millis(100)).await;
         shutdown.cancel();

@@ -1,0 +1,159 @@
+//! The audit events (`NounPastVerb`). Each carries the fields that make it useful on its own,
+//! read by an inspector without the config or the agent at hand; the record adds time, gateway,
+//! sequence and the chain (`record`).
+//!
+//! Levels, categories, forms and reasons are written as the same strings the config and the
+//! upstream messages use (`important`, `production`, `summary`, `raw_not_general`).
+
+use serde::{Deserialize, Serialize};
+
+/// A classification rule as it was in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleInForce {
+    pub id: String,
+    pub version: u32,
+    #[serde(rename = "match")]
+    pub pattern: String,
+    pub level: String,
+    pub category: Option<String>,
+}
+
+/// One audit event.
+// A few records a second at most, each moved once into the writer: boxing the large
+// variants would cost an allocation and buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Event {
+    /// The first record of a trail.
+    AuditTrailStarted { dir: String },
+    /// The agent started with a valid config.
+    AgentStarted { version: String, pid: u32 },
+    /// The agent stopped (clean shutdown).
+    AgentStopped { reason: String },
+    /// A config was loaded and is in force; `sha256` is of the file's bytes.
+    ConfigLoaded {
+        file: String,
+        sha256: String,
+        /// Names of the environment variables that overrode keys (values are not recorded).
+        overrides: Vec<String>,
+        points: usize,
+        devices: usize,
+        destinations: usize,
+    },
+    /// `run` refused a config: every error, each with where it is.
+    ConfigRejected {
+        file: String,
+        sha256: Option<String>,
+        errors: Vec<String>,
+    },
+    /// The classification in force: the default for unmapped data and every rule.
+    ClassificationRulesInForce {
+        default_level: String,
+        default_category: String,
+        rules: Vec<RuleInForce>,
+    },
+    /// One MQTT message about to leave, recorded (durably) before it is handed to the client:
+    /// no message can reach a broker without its record.
+    DataEgressed {
+        destination: String,
+        broker: String,
+        topic: String,
+        jurisdiction: String,
+        recipient: String,
+        purpose: String,
+        legal_basis: String,
+        assessment_reference: Option<String>,
+        form: String,
+        level: String,
+        categories: Vec<String>,
+        items: u64,
+        bytes: u64,
+        payload_sha256: String,
+        first_key: String,
+        last_key: String,
+    },
+    /// The broker acknowledged (PUBACK) the message of record `egress_seq`.
+    EgressAcknowledged {
+        destination: String,
+        egress_seq: u64,
+        /// From hand-off to the client to the PUBACK.
+        puback_ms: u64,
+    },
+    /// Items the policy refused, aggregated per destination, level and reason over a period
+    /// (at most one record per minute each), so a denial storm cannot flood the trail.
+    EgressDenied {
+        destination: String,
+        level: String,
+        reason: String,
+        items: u64,
+        from: String,
+        until: String,
+    },
+    /// The trail could not be written for a while; nothing was dropped (records wait in memory)
+    /// and egress waited. Recorded once it can be written again.
+    AuditWriteFailed {
+        error: String,
+        since: String,
+        until: String,
+    },
+    /// On open, an incomplete last line (a crash mid-write of a record not yet synced) was cut.
+    AuditTailRepaired { segment: String, bytes_cut: u64 },
+    /// On open, the trail ended before the last checkpoint: records were removed.
+    AuditTruncationDetected {
+        checkpoint_seq: u64,
+        checkpoint_hash: String,
+        found_seq: Option<u64>,
+    },
+    /// Segments past retention deleted; the chain continues from `through_hash`.
+    AuditSegmentsDeleted {
+        segments: Vec<String>,
+        through_seq: u64,
+        through_hash: String,
+        retention_days: u32,
+        egress_retention_days: u32,
+    },
+    /// `audit export` wrote these records.
+    AuditExported {
+        from: String,
+        to: String,
+        types: Vec<String>,
+        format: String,
+        records: u64,
+        output_sha256: String,
+    },
+    /// `audit verify` ran.
+    AuditVerified {
+        from: Option<String>,
+        records: u64,
+        segments: u64,
+        intact: bool,
+        problem: Option<String>,
+    },
+}
+
+impl Event {
+    /// The event's type name, as in the record's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::AuditTrailStarted { .. } => "AuditTrailStarted",
+            Event::AgentStarted { .. } => "AgentStarted",
+            Event::AgentStopped { .. } => "AgentStopped",
+            Event::ConfigLoaded { .. } => "ConfigLoaded",
+            Event::ConfigRejected { .. } => "ConfigRejected",
+            Event::ClassificationRulesInForce { .. } => "ClassificationRulesInForce",
+            Event::DataEgressed { .. } => "DataEgressed",
+            Event::EgressAcknowledged { .. } => "EgressAcknowledged",
+            Event::EgressDenied { .. } => "EgressDenied",
+            Event::AuditWriteFailed { .. } => "AuditWriteFailed",
+            Event::AuditTailRepaired { .. } => "AuditTailRepaired",
+            Event::AuditTruncationDetected { .. } => "AuditTruncationDetected",
+            Event::AuditSegmentsDeleted { .. } => "AuditSegmentsDeleted",
+            Event::AuditExported { .. } => "AuditExported",
+            Event::AuditVerified { .. } => "AuditVerified",
+        }
+    }
+}
+
+/// Record types that document data provided to others: kept for `egress_retention_days`.
+pub(crate) const EGRESS_KINDS: [&str; 3] = ["DataEgressed", "EgressAcknowledged", "EgressDenied"];

@@ -492,3 +492,58 @@ fn two_destinations_with_one_client_id_on_one_broker_are_warned() {
         warnings(&defaults)
     );
 }
+
+#[test]
+fn audit_retention_below_the_legal_floors_is_refused_naming_each_floor() {
+    let text = format!("{BASE}\n[audit]\nretention_days = 90\negress_retention_days = 365\n");
+    let i = issues(&text);
+    assert_eq!(i.len(), 2, "{i:?}");
+    assert_eq!(i[0].path, "audit.retention_days");
+    assert!(
+        i[0].message.contains("floor of 183 days"),
+        "{}",
+        i[0].message
+    );
+    assert_eq!(i[1].path, "audit.egress_retention_days");
+    assert!(
+        i[1].message.contains("floor of 1095 days"),
+        "{}",
+        i[1].message
+    );
+    // At the floors, and by default, it is accepted.
+    let at_floor = format!("{BASE}\n[audit]\nretention_days = 183\negress_retention_days = 1095\n");
+    let a = &load_ok(&at_floor).config.audit;
+    assert_eq!((a.retention_days, a.egress_retention_days), (183, 1095));
+    let d = &load_ok(BASE).config.audit;
+    assert_eq!((d.retention_days, d.egress_retention_days), (365, 1095));
+}
+
+#[test]
+fn the_audit_trail_defaults_to_beside_the_historian_and_must_be_a_directory() {
+    let d = load_ok(BASE).config.audit;
+    assert_eq!(d.dir, std::path::Path::new("/tmp/audit"));
+    let file = tempfile::NamedTempFile::new().expect("tmp");
+    let text = format!("{BASE}\n[audit]\ndir = {:?}\n", file.path());
+    let i = issues(&text);
+    assert_eq!(i.len(), 1, "{i:?}");
+    assert_eq!(i[0].path, "audit.dir");
+    assert!(i[0].message.contains("not a directory"), "{}", i[0].message);
+}
+
+#[test]
+fn the_config_records_its_own_hash_and_the_classification_rules_in_force() {
+    let c = load_ok(BASE).config;
+    assert_eq!(c.origin.sha256, crate::audit::sha256_hex(BASE.as_bytes()));
+    assert_eq!(c.classification.rules.len(), 1);
+    let r = &c.classification.rules[0];
+    assert_eq!(
+        (
+            r.id.as_str(),
+            r.version,
+            r.pattern.as_str(),
+            r.level.as_str()
+        ),
+        ("recipes", 1, "*.recipe.*", "core")
+    );
+    assert_eq!(r.category.as_deref(), Some("rd_design"));
+}

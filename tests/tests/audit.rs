@@ -1,0 +1,228 @@
+//! The audit trail as a plant operator reads it: the agent (the real binary) runs against the
+//! simulated plant and an embedded broker; afterwards `edge-agent audit verify` and
+//! `edge-agent audit export` read its trail, and a tampered trail is named where it breaks.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use edge_agent::audit::sha256_hex;
+use edge_tests::agent_proc::AgentProc;
+use edge_tests::query::agent_bin;
+use edge_tests::{Collector, EmbeddedBroker};
+use firmware_sim::{Plant, Scenario};
+use serde_json::Value as Json;
+
+const SCENARIO: &str = r#"
+[[devices]]
+name = "press"
+port = 0
+tick = "50ms"
+registers = [
+  { table = "holding", address = 0, type = "u16", generator = { kind = "counter", start = 0, step = 1 } },
+  { table = "holding", address = 1, type = "u16", generator = { kind = "counter", start = 500, step = 3 } },
+]
+"#;
+
+fn agent_toml(press: &str, broker: &str, historian: &Path) -> String {
+    format!(
+        r#"
+[gateway]
+id = "gw-audit"
+site = "audit-test"
+jurisdiction = "CN"
+data_processor = "Test"
+responsible_person = "Test"
+department = "Test"
+
+[classification]
+default_level = "important"
+
+[historian]
+path = {historian:?}
+
+[[devices]]
+name = "press"
+protocol = "modbus_tcp"
+endpoint = "{press}"
+poll_interval = "100ms"
+timeout = "1s"
+[[devices.points]]
+tag = "press.count"
+register = "holding:0"
+type = "u16"
+level = "general"
+[[devices.points]]
+tag = "press.secret"
+register = "holding:1"
+type = "u16"
+level = "important"
+
+[[destinations]]
+name = "group-dc"
+jurisdiction = "CN"
+recipient = "Group DC"
+purpose = "monitoring"
+legal_basis = "contract"
+batch_max_delay = "200ms"
+broker = {{ host = "{host}", port = {port} }}
+[[destinations.allow]]
+levels = ["general"]
+form = "raw"
+"#,
+        historian = historian.display().to_string(),
+        host = broker.split(':').next().unwrap_or_default(),
+        port = broker.rsplit(':').next().unwrap_or_default(),
+    )
+}
+
+fn edge_agent(args: &[&str], config: &Path) -> Output {
+    let mut cmd = Command::new(agent_bin().expect("edge-agent binary"));
+    cmd.args(args).arg("-c").arg(config);
+    cmd.output().expect("edge-agent runs")
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut s: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("trail")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    s.sort();
+    s
+}
+
+#[test]
+fn an_operator_verifies_and_exports_the_trail_and_finds_a_tampered_line() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let scenario = Scenario::from_toml_str(SCENARIO).expect("scenario");
+    let plant = runtime
+        .block_on(Plant::start(scenario, edge_tests::net::LOOPBACK.into()))
+        .expect("plant");
+    let broker = EmbeddedBroker::start().expect("broker");
+    let collector = runtime
+        .block_on(Collector::start(broker.addr()))
+        .expect("collector");
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("agent.toml");
+    let press = plant.device_addr("press").expect("press").to_string();
+    std::fs::write(
+        &config,
+        agent_toml(&press, &broker.addr().to_string(), &dir.path().join("h.db")),
+    )
+    .expect("config");
+
+    let agent = AgentProc::start(&config).expect("agent starts");
+    assert!(
+        runtime.block_on(collector.wait_for_count(5, Duration::from_secs(20))),
+        "no egress reached the broker"
+    );
+    let finished = agent
+        .terminate(Duration::from_secs(30))
+        .expect("agent stops");
+    assert!(finished.status.success(), "{:?}", finished.lines);
+
+    // Intact: exit 0, and it says so.
+    let out = edge_agent(&["audit", "verify"], &config);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("intact"), "{text}");
+
+    // The egress records, exported as an inspector gets them, match what the broker received:
+    // one record per message, by the SHA-256 of its payload.
+    let today = &edge_agent::audit::rfc3339_ms(edge_agent::model::now_ms())[..10];
+    let out = edge_agent(
+        &[
+            "audit",
+            "export",
+            "--from",
+            "2020-01-01",
+            "--to",
+            today,
+            "--type",
+            "DataEgressed",
+        ],
+        &config,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: Vec<Json> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record"))
+        .collect();
+    let received: HashSet<String> = collector
+        .messages()
+        .iter()
+        .map(|(_, p)| sha256_hex(p))
+        .collect();
+    let recorded: Vec<&str> = records
+        .iter()
+        .map(|r| r["payload_sha256"].as_str().expect("hash"))
+        .collect();
+    assert!(!recorded.is_empty());
+    assert_eq!(recorded.len(), received.len(), "one record per message");
+    for r in &records {
+        assert_eq!(r["type"], "DataEgressed");
+        assert_eq!(
+            (r["destination"].as_str(), r["level"].as_str()),
+            (Some("group-dc"), Some("general"))
+        );
+        assert!(received.contains(r["payload_sha256"].as_str().expect("hash")));
+    }
+    // The trail also holds the start, the config's hash, the classification and the denials
+    // of the important point's raw samples.
+    let all = edge_agent(
+        &["audit", "export", "--from", "2020-01-01", "--to", today],
+        &config,
+    );
+    let all = String::from_utf8_lossy(&all.stdout);
+    let config_hash = sha256_hex(&std::fs::read(&config).expect("config"));
+    for needle in [
+        "\"type\":\"AgentStarted\"",
+        &format!("\"type\":\"ConfigLoaded\",\"file\":{:?},\"sha256\":\"{config_hash}\"", config.display().to_string()),
+        "\"type\":\"ClassificationRulesInForce\"",
+        "\"type\":\"EgressDenied\",\"destination\":\"group-dc\",\"level\":\"important\",\"reason\":\"raw_not_general\"",
+        "\"type\":\"AgentStopped\"",
+        "\"type\":\"AuditVerified\"",
+    ] {
+        assert!(all.contains(needle), "no {needle} in the trail");
+    }
+
+    // One changed byte: exit 1, naming the segment and the line.
+    let trail = dir.path().join("audit");
+    let segment = segments(&trail).pop().expect("a segment");
+    let text = std::fs::read_to_string(&segment).expect("segment");
+    let line = text
+        .lines()
+        .position(|l| l.contains("\"type\":\"DataEgressed\""))
+        .expect("an egress record");
+    let tampered = text.replacen("\"items\":", "\"items\":1", 1);
+    assert_ne!(tampered, text);
+    std::fs::write(&segment, tampered).expect("tamper");
+    let out = edge_agent(&["audit", "verify"], &config);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let name = segment
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    assert!(
+        report.contains(&format!("{name} line {}: record altered", line + 1)),
+        "{report}"
+    );
+
+    runtime.block_on(plant.shutdown());
+}

@@ -231,10 +231,11 @@ fn assert_one_egress_record_per_message(
         received.len(),
         "a record of a message that never arrived"
     );
-    let acked = records
+    let acked: usize = records
         .iter()
         .filter(|r| r["type"] == "EgressAcknowledged")
-        .count();
+        .map(|r| r["acks"].as_array().expect("acks").len())
+        .sum();
     assert_eq!(
         acked,
         recorded.len(),

@@ -73,12 +73,12 @@ pub enum Event {
         first_key: String,
         last_key: String,
     },
-    /// The broker acknowledged (PUBACK) the message of record `egress_seq`.
+    /// The broker acknowledged (PUBACK) these messages: `[egress_seq, puback_ms]` each, the
+    /// `seq` of the message's `DataEgressed` record and the time from hand-off to PUBACK.
+    /// Gathered for up to a second, so acknowledgements do not double the trail.
     EgressAcknowledged {
         destination: String,
-        egress_seq: u64,
-        /// From hand-off to the client to the PUBACK.
-        puback_ms: u64,
+        acks: Vec<[u64; 2]>,
     },
     /// Items the policy refused, aggregated per destination, level and reason over a period
     /// (at most one record per minute each), so a denial storm cannot flood the trail.

@@ -326,7 +326,15 @@ pub(crate) struct Driver<C> {
     /// While egress records cannot be written: when to try again. Nothing is handed out
     /// meanwhile.
     audit_retry: Option<Instant>,
+    /// Acknowledgements not yet recorded (`[egress_seq, puback_ms]`), and when they are due.
+    acks: Vec<[u64; 2]>,
+    acks_due: Option<Instant>,
 }
+
+/// Acknowledgements are recorded together, at most this long after the first of them.
+const ACK_RECORD_PERIOD: Duration = Duration::from_secs(1);
+/// ...or once this many wait.
+const ACK_RECORD_MAX: usize = 256;
 
 impl<C: Connector> Driver<C> {
     pub(crate) fn new(
@@ -348,6 +356,8 @@ impl<C: Connector> Driver<C> {
             broker,
             audit,
             audit_retry: None,
+            acks: Vec::new(),
+            acks_due: None,
         }
     }
 
@@ -398,6 +408,7 @@ impl<C: Connector> Driver<C> {
                 }
                 () = self.shared.queued.notified() => self.pump(&session.link).await,
                 () = sleep_until_opt(self.audit_retry) => self.pump(&session.link).await,
+                () = sleep_until_opt(self.acks_due) => self.record_acks(),
             }
         }
     }
@@ -416,6 +427,7 @@ impl<C: Connector> Driver<C> {
                     }
                 }
                 () = sleep_until_opt(self.audit_retry) => self.pump(&session.link).await,
+                () = sleep_until_opt(self.acks_due) => self.record_acks(),
                 // Abandoning the connection here may cut a write short; it is over either way.
                 () = tokio::time::sleep_until(deadline) => return State::Stopped,
             }
@@ -429,8 +441,23 @@ impl<C: Connector> Driver<C> {
         }
     }
 
+    /// Records the acknowledgements gathered so far.
+    fn record_acks(&mut self) {
+        self.acks_due = None;
+        if self.acks.is_empty() {
+            return;
+        }
+        if let Some(audit) = &self.audit {
+            audit.log.record(audit::Event::EgressAcknowledged {
+                destination: self.counters().name.to_string(),
+                acks: std::mem::take(&mut self.acks),
+            });
+        }
+    }
+
     /// Everything still held is given up and counted as dropped.
     fn stopped(&mut self) {
+        self.record_acks();
         self.counters().connected.store(false, Ordering::Relaxed);
         let lost = self.shared.lock().abandon();
         for (level, n) in lost.iter() {
@@ -488,13 +515,16 @@ impl<C: Connector> Driver<C> {
                     self.counters()
                         .messages_acked
                         .fetch_add(1, Ordering::Relaxed);
-                    if let (Some(audit), Some(seq)) = (&self.audit, a.record) {
+                    if let (Some(_), Some(seq)) = (&self.audit, a.record) {
                         let waited = a.handed.map_or(Duration::ZERO, |h| h.elapsed());
-                        audit.log.record(audit::Event::EgressAcknowledged {
-                            destination: self.counters().name.to_string(),
-                            egress_seq: seq,
-                            puback_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
-                        });
+                        let ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+                        self.acks.push([seq, ms]);
+                        if self.acks.len() >= ACK_RECORD_MAX {
+                            self.record_acks();
+                        } else {
+                            self.acks_due
+                                .get_or_insert_with(|| Instant::now() + ACK_RECORD_PERIOD);
+                        }
                     }
                     self.pump(link).await;
                     self.disconnect_if_delivered(link);

@@ -83,6 +83,10 @@ enum Cmd {
         /// Also measure the bare poll-and-publish baseline over the same plant.
         #[arg(long)]
         baseline: bool,
+        /// Also forward every sample upstream, raw (all points are general), to an embedded
+        /// broker: the uplink and its audit records (one per MQTT message) join the figures.
+        #[arg(long)]
+        upstream: bool,
     },
     /// The baseline process of `footprint --baseline` (not for direct use).
     #[command(hide = true)]
@@ -115,7 +119,8 @@ async fn main() -> anyhow::Result<()> {
             secs,
             agent,
             baseline,
-        } => footprint(tags, interval, secs, &agent, baseline).await,
+            upstream,
+        } => footprint(tags, interval, secs, &agent, baseline, upstream).await,
         Cmd::BarePoll {
             devices,
             interval,
@@ -444,6 +449,7 @@ async fn footprint(
     secs: u64,
     agent: &Path,
     baseline: bool,
+    upstream: bool,
 ) -> anyhow::Result<()> {
     if !agent.exists() {
         bail!(
@@ -459,7 +465,22 @@ async fn footprint(
     let (plant, addrs) = start_plant(devices).await?;
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("historian.db");
-    let text = agent_toml(&addrs, &counts, interval, &db);
+    let mut text = agent_toml(&addrs, &counts, interval, &db);
+    let upstream_broker = if upstream {
+        let broker = edge_tests::EmbeddedBroker::start()?;
+        let _ = write!(
+            text,
+            "\n[[destinations]]\nname = \"bench-dc\"\njurisdiction = \"CN\"\nrecipient = \"Bench\"\n\
+             purpose = \"bench\"\nlegal_basis = \"bench\"\nbatch_max_items = 1000\nbatch_max_delay = \"1s\"\n\
+             broker = {{ host = \"{}\", port = {} }}\n\
+             [[destinations.allow]]\nlevels = [\"general\"]\nform = \"raw\"\n",
+            broker.addr().ip(),
+            broker.addr().port()
+        );
+        Some(broker)
+    } else {
+        None
+    };
     let cfg = dir.path().join("agent.toml");
     std::fs::write(&cfg, text)?;
     println!(
@@ -484,9 +505,25 @@ async fn footprint(
             .and_then(|r| r.count_by_level())
             .map_or(0, |c| c.iter().sum())
     };
-    let (m, stored_in_window) = measure(&mut child, secs, stored).await?;
+    let trail = dir.path().join("audit");
+    let trail_bytes = || dir_bytes(&trail);
+    let trail_before = std::cell::Cell::new(0);
+    let (m, stored_in_window) = measure(&mut child, secs, || {
+        // Called at the window's start and end: the trail's growth in between.
+        let b = trail_bytes();
+        trail_before.set(b.saturating_sub(trail_before.get()));
+        stored()
+    })
+    .await?;
     report("agent", &m, stored_in_window);
-    println!("            (historian on, no upstream: every sample stored)");
+    if upstream_broker.is_some() {
+        println!(
+            "            (historian on, every sample forwarded raw upstream; audit trail grew {:.1} KB/s)",
+            trail_before.get() as f64 / m.wall_s / 1e3
+        );
+    } else {
+        println!("            (historian on, no upstream: every sample stored)");
+    }
     let log = std::fs::read_to_string(&log)?;
     if let Some(line) = log.lines().rev().find(|l| l.contains("] read ")) {
         let counters = line.split_once("[general").map_or(line, |(_, c)| c);
@@ -542,6 +579,18 @@ async fn footprint(
     }
     plant.shutdown().await;
     Ok(())
+}
+
+/// Bytes of the files directly in `dir` (0 if it does not exist).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.metadata().ok())
+                .filter(std::fs::Metadata::is_file)
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// Asks the baseline `pid` for its published-sample count (SIGUSR1) and reads it from

@@ -137,9 +137,18 @@ fn an_operator_verifies_and_exports_the_trail_and_finds_a_tampered_line() {
     );
     assert!(text.contains("intact"), "{text}");
 
+    assert_egress_records_match_the_broker(&config, &collector);
+    assert_a_changed_byte_is_named(dir.path(), &config);
+
+    runtime.block_on(plant.shutdown());
+}
+
+/// The egress records, exported as an inspector gets them, match what the broker received, and
+/// the trail holds the rest of the run's story.
+fn assert_egress_records_match_the_broker(config: &Path, collector: &Collector) {
+    let today = &edge_agent::audit::rfc3339_ms(edge_agent::model::now_ms())[..10];
     // The egress records, exported as an inspector gets them, match what the broker received:
     // one record per message, by the SHA-256 of its payload.
-    let today = &edge_agent::audit::rfc3339_ms(edge_agent::model::now_ms())[..10];
     let out = edge_agent(
         &[
             "audit",
@@ -151,7 +160,7 @@ fn an_operator_verifies_and_exports_the_trail_and_finds_a_tampered_line() {
             "--type",
             "DataEgressed",
         ],
-        &config,
+        config,
     );
     assert!(
         out.status.success(),
@@ -185,10 +194,10 @@ fn an_operator_verifies_and_exports_the_trail_and_finds_a_tampered_line() {
     // of the important point's raw samples.
     let all = edge_agent(
         &["audit", "export", "--from", "2020-01-01", "--to", today],
-        &config,
+        config,
     );
     let all = String::from_utf8_lossy(&all.stdout);
-    let config_hash = sha256_hex(&std::fs::read(&config).expect("config"));
+    let config_hash = sha256_hex(&std::fs::read(config).expect("config"));
     for needle in [
         "\"type\":\"AgentStarted\"",
         &format!("\"type\":\"ConfigLoaded\",\"file\":{:?},\"sha256\":\"{config_hash}\"", config.display().to_string()),
@@ -199,9 +208,12 @@ fn an_operator_verifies_and_exports_the_trail_and_finds_a_tampered_line() {
     ] {
         assert!(all.contains(needle), "no {needle} in the trail");
     }
+}
 
+/// One changed byte: `audit verify` exits 1 naming the segment and the line.
+fn assert_a_changed_byte_is_named(dir: &Path, config: &Path) {
     // One changed byte: exit 1, naming the segment and the line.
-    let trail = dir.path().join("audit");
+    let trail = dir.join("audit");
     let segment = segments(&trail).pop().expect("a segment");
     let text = std::fs::read_to_string(&segment).expect("segment");
     let line = text
@@ -211,7 +223,7 @@ fn an_operator_verifies_and_exports_the_trail_and_finds_a_tampered_line() {
     let tampered = text.replacen("\"items\":", "\"items\":1", 1);
     assert_ne!(tampered, text);
     std::fs::write(&segment, tampered).expect("tamper");
-    let out = edge_agent(&["audit", "verify"], &config);
+    let out = edge_agent(&["audit", "verify"], config);
     let report = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{report}");
     let name = segment
@@ -223,6 +235,4 @@ fn an_operator_verifies_and_exports_the_trail_and_finds_a_tampered_line() {
         report.contains(&format!("{name} line {}: record altered", line + 1)),
         "{report}"
     );
-
-    runtime.block_on(plant.shutdown());
 }

@@ -468,15 +468,7 @@ async fn footprint(
     let mut text = agent_toml(&addrs, &counts, interval, &db);
     let upstream_broker = if upstream {
         let broker = edge_tests::EmbeddedBroker::start()?;
-        let _ = write!(
-            text,
-            "\n[[destinations]]\nname = \"bench-dc\"\njurisdiction = \"CN\"\nrecipient = \"Bench\"\n\
-             purpose = \"bench\"\nlegal_basis = \"bench\"\nbatch_max_items = 1000\nbatch_max_delay = \"1s\"\n\
-             broker = {{ host = \"{}\", port = {} }}\n\
-             [[destinations.allow]]\nlevels = [\"general\"]\nform = \"raw\"\n",
-            broker.addr().ip(),
-            broker.addr().port()
-        );
+        text.push_str(&upstream_toml(broker.addr()));
         Some(broker)
     } else {
         None
@@ -538,59 +530,82 @@ async fn footprint(
         }
     }
     if baseline {
-        let broker = edge_tests::EmbeddedBroker::start()?;
-        // On tmpfs where there is one: the baseline's own bytes written must not include this
-        // count, rewritten 10 times a second.
-        let shm = Path::new("/dev/shm");
-        let count_dir = if shm.is_dir() {
-            tempfile::tempdir_in(shm)?
-        } else {
-            tempfile::tempdir()?
-        };
-        let count_file = count_dir.path().join("baseline.count");
-        let spec: Vec<String> = addrs
-            .iter()
-            .zip(&counts)
-            .map(|(a, n)| format!("{a}={n}"))
-            .collect();
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("bare-poll")
-            .arg("--devices")
-            .arg(spec.join(","))
-            .arg("--interval")
-            .arg(humantime::format_duration(interval).to_string())
-            .arg("--broker")
-            .arg(broker.addr().to_string())
-            .arg("--count-file")
-            .arg(&count_file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting the baseline")?;
-        let pid = child.id();
-        let published = || ask_count(pid, &count_file);
-        let (b, samples) = measure(&mut child, secs, published).await?;
-        report("baseline", &b, samples);
-        println!("            (bare poll-and-publish: tokio-modbus reads, one JSON message per device and cycle, QoS 0)");
-        println!(
-            "  ratio     CPU {:.1}x the baseline",
-            (m.cpu_s / m.wall_s) / (b.cpu_s / b.wall_s).max(1e-9)
-        );
+        measure_baseline(&addrs, &counts, interval, secs, &m).await?;
     }
     plant.shutdown().await;
     Ok(())
 }
 
+/// The bare poll-and-publish floor over the same devices, reported next to the agent's `agent`.
+async fn measure_baseline(
+    addrs: &[SocketAddr],
+    counts: &[usize],
+    interval: Duration,
+    secs: u64,
+    agent: &Measured,
+) -> anyhow::Result<()> {
+    let broker = edge_tests::EmbeddedBroker::start()?;
+    // On tmpfs where there is one: the baseline's own bytes written must not include this
+    // count, rewritten 10 times a second.
+    let shm = Path::new("/dev/shm");
+    let count_dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm)?
+    } else {
+        tempfile::tempdir()?
+    };
+    let count_file = count_dir.path().join("baseline.count");
+    let spec: Vec<String> = addrs
+        .iter()
+        .zip(counts)
+        .map(|(a, n)| format!("{a}={n}"))
+        .collect();
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("bare-poll")
+        .arg("--devices")
+        .arg(spec.join(","))
+        .arg("--interval")
+        .arg(humantime::format_duration(interval).to_string())
+        .arg("--broker")
+        .arg(broker.addr().to_string())
+        .arg("--count-file")
+        .arg(&count_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the baseline")?;
+    let pid = child.id();
+    let published = || ask_count(pid, &count_file);
+    let (b, samples) = measure(&mut child, secs, published).await?;
+    report("baseline", &b, samples);
+    println!("            (bare poll-and-publish: tokio-modbus reads, one JSON message per device and cycle, QoS 0)");
+    println!(
+        "  ratio     CPU {:.1}x the baseline",
+        (agent.cpu_s / agent.wall_s) / (b.cpu_s / b.wall_s).max(1e-9)
+    );
+    Ok(())
+}
+
+/// A destination on `broker` allowing general data raw (every footprint point is general),
+/// with explicit batching so agents of different defaults compare alike.
+fn upstream_toml(broker: SocketAddr) -> String {
+    format!(
+        "\n[[destinations]]\nname = \"bench-dc\"\njurisdiction = \"CN\"\nrecipient = \"Bench\"\n\
+         purpose = \"bench\"\nlegal_basis = \"bench\"\nbatch_max_items = 1000\nbatch_max_delay = \"1s\"\n\
+         broker = {{ host = \"{}\", port = {} }}\n\
+         [[destinations.allow]]\nlevels = [\"general\"]\nform = \"raw\"\n",
+        broker.ip(),
+        broker.port()
+    )
+}
+
 /// Bytes of the files directly in `dir` (0 if it does not exist).
 fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok()?.metadata().ok())
-                .filter(std::fs::Metadata::is_file)
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.filter_map(|e| e.ok()?.metadata().ok())
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len())
+            .sum()
+    })
 }
 
 /// Asks the baseline `pid` for its published-sample count (SIGUSR1) and reads it from

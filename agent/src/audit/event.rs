@@ -90,6 +90,22 @@ pub enum Event {
         from: String,
         until: String,
     },
+    /// The destination's security assessment expires within `threshold_days` (90, 30, 7).
+    AssessmentExpiring {
+        destination: String,
+        reference: String,
+        expires: String,
+        days_left: i64,
+        threshold_days: i64,
+    },
+    /// The assessment's daily cap of important items is used up: no more important data goes
+    /// to this destination until the end of the UTC `day`. Once per destination and day.
+    EgressCapReached {
+        destination: String,
+        reference: String,
+        cap: u64,
+        day: String,
+    },
     /// The trail could not be written for a while; nothing was dropped (records wait in memory)
     /// and egress waited. Recorded once it can be written again.
     AuditWriteFailed {
@@ -145,6 +161,8 @@ impl Event {
             Event::DataEgressed { .. } => "DataEgressed",
             Event::EgressAcknowledged { .. } => "EgressAcknowledged",
             Event::EgressDenied { .. } => "EgressDenied",
+            Event::AssessmentExpiring { .. } => "AssessmentExpiring",
+            Event::EgressCapReached { .. } => "EgressCapReached",
             Event::AuditWriteFailed { .. } => "AuditWriteFailed",
             Event::AuditTailRepaired { .. } => "AuditTailRepaired",
             Event::AuditTruncationDetected { .. } => "AuditTruncationDetected",

@@ -122,6 +122,24 @@ impl AuditLog {
         (dir, log)
     }
 
+    /// Every record of the trail [`for_test`](Self::for_test) made in `tmp`, oldest first
+    /// (close the log first: records are written by its thread).
+    #[cfg(test)]
+    pub(crate) fn records_for_test(tmp: &tempfile::TempDir) -> Vec<serde_json::Value> {
+        let dir = tmp.path().join("audit");
+        trail::segments(&dir)
+            .expect("segments")
+            .iter()
+            .flat_map(|n| {
+                std::fs::read_to_string(dir.join(n))
+                    .expect("segment")
+                    .lines()
+                    .map(|l| serde_json::from_str(l).expect("record"))
+                    .collect::<Vec<serde_json::Value>>()
+            })
+            .collect()
+    }
+
     /// [`open`](Self::open) whose writes fail with "no space" while `full` is set.
     #[cfg(test)]
     pub(crate) fn open_with_fault(

@@ -362,6 +362,8 @@ fn dedup(mut v: Vec<String>) -> Vec<String> {
 
 /// Days before an assessment expires from which `check` and `run` warn.
 pub(crate) const ASSESSMENT_WARNING_DAYS: i64 = 90;
+/// Days before an assessment's expiry at which the trail records `AssessmentExpiring`.
+pub(crate) const ASSESSMENT_NOTICE_DAYS: [i64; 3] = [90, 30, 7];
 
 /// Warnings about assessments expiring within [`ASSESSMENT_WARNING_DAYS`].
 pub(crate) fn expiry_warnings(dest: &Destination, now_ms: i64) -> Vec<String> {
@@ -429,6 +431,9 @@ pub(crate) struct Policy {
     rule_stats: Vec<Arc<[Stat]>>,
     cap_day: i64,
     cap_used: u64,
+    /// The cap was reached (by the item that used its last unit) and nobody has asked yet:
+    /// `(day, cap)`, for the one `EgressCapReached` record of the day.
+    cap_reached: Option<(i64, u64)>,
 }
 
 impl Policy {
@@ -443,7 +448,13 @@ impl Policy {
             rule_stats,
             cap_day: -1,
             cap_used: 0,
+            cap_reached: None,
         }
+    }
+
+    /// `Some((utc_day, cap))` once, after the item that used the last unit of the day's cap.
+    pub(crate) fn take_cap_reached(&mut self) -> Option<(i64, u64)> {
+        self.cap_reached.take()
     }
 
     pub(crate) fn destination(&self) -> &Arc<Destination> {
@@ -513,6 +524,9 @@ impl Policy {
             return Err(DenyReason::VolumeCapExceeded);
         }
         self.cap_used += 1;
+        if self.cap_used == cap {
+            self.cap_reached = Some((day, cap));
+        }
         Ok(())
     }
 

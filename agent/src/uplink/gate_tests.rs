@@ -181,3 +181,122 @@ async fn each_uplink_decides_with_its_own_destinations_policy() {
     assert_eq!(dc_counters.misrouted.get(Level::Important), 0);
     stop(shutdown, vec![dc, hq]).await;
 }
+
+fn of_type<'a>(records: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    records.iter().filter(|r| r["type"] == kind).collect()
+}
+
+#[tokio::test]
+async fn the_daily_cap_lets_exactly_n_items_through_and_is_recorded_once() {
+    let eu = destination(
+        "hq-eu",
+        "DE",
+        Some(Assessment {
+            reference: "CAC-2026-17".into(),
+            expires_ms: NOW + 365 * 86_400_000,
+            categories: vec![Category::ProductionOperation],
+            daily_item_cap: Some(3),
+        }),
+    );
+    let stats = Arc::new(Stats::new([eu.name.clone()]));
+    let shutdown = CancellationToken::new();
+    let (trail, audit) = crate::audit::AuditLog::for_test();
+    let mut hq = spawn(
+        eu,
+        &gateway(),
+        stats.clone(),
+        shutdown.clone(),
+        audit.clone(),
+    )
+    .expect("spawn");
+    let important = meta(0, "furnace.temp", Level::Important);
+    let verdicts: Vec<_> = (0..5)
+        .map(|i| {
+            let s = Summary::for_test(
+                important.clone(),
+                NOW - 10_000 * (i + 1),
+                NOW - 10_000 * i,
+                1.0,
+            );
+            hq.offer_summary(&s, NOW)
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            Ok(()),
+            Ok(()),
+            Ok(()),
+            Err(DenyReason::VolumeCapExceeded),
+            Err(DenyReason::VolumeCapExceeded)
+        ]
+    );
+    // The next UTC day the cap starts again.
+    let s = Summary::for_test(important, NOW + 86_400_000 - 10_000, NOW + 86_400_000, 1.0);
+    assert_eq!(hq.offer_summary(&s, NOW + 86_400_000), Ok(()));
+    stop(shutdown, vec![hq]).await;
+    audit.close();
+    let records = crate::audit::AuditLog::records_for_test(&trail);
+    let reached = of_type(&records, "EgressCapReached");
+    assert_eq!(
+        reached.len(),
+        1,
+        "one record for the day, not one per refused item"
+    );
+    assert_eq!(
+        (
+            reached[0]["reference"].as_str(),
+            reached[0]["cap"].as_u64(),
+            reached[0]["day"].as_str()
+        ),
+        (Some("CAC-2026-17"), Some(3), Some("2026-01-01"))
+    );
+    let denied = of_type(&records, "EgressDenied");
+    assert_eq!(denied.len(), 1);
+    assert_eq!(
+        (denied[0]["reason"].as_str(), denied[0]["items"].as_u64()),
+        (Some("volume_cap_exceeded"), Some(2))
+    );
+}
+
+#[tokio::test]
+async fn an_expiring_assessment_is_recorded_at_90_30_and_7_days_once_each() {
+    const DAY: i64 = 86_400_000;
+    let eu = destination(
+        "hq-eu",
+        "DE",
+        Some(Assessment {
+            reference: "CAC-2026-17".into(),
+            expires_ms: NOW + 100 * DAY,
+            categories: vec![Category::ProductionOperation],
+            daily_item_cap: None,
+        }),
+    );
+    let stats = Arc::new(Stats::new([eu.name.clone()]));
+    let shutdown = CancellationToken::new();
+    let (trail, audit) = crate::audit::AuditLog::for_test();
+    let mut hq = spawn(
+        eu,
+        &gateway(),
+        stats.clone(),
+        shutdown.clone(),
+        audit.clone(),
+    )
+    .expect("spawn");
+    for day in [0, 5, 9, 10, 11, 40, 69, 70, 71, 92, 93, 99, 100, 101] {
+        hq.record_denials(NOW + day * DAY);
+    }
+    stop(shutdown, vec![hq]).await;
+    audit.close();
+    let records = crate::audit::AuditLog::records_for_test(&trail);
+    let notices: Vec<(i64, i64)> = of_type(&records, "AssessmentExpiring")
+        .iter()
+        .map(|r| {
+            (
+                r["threshold_days"].as_i64().expect("threshold"),
+                r["days_left"].as_i64().expect("days"),
+            )
+        })
+        .collect();
+    assert_eq!(notices, [(90, 90), (30, 30), (7, 7)]);
+}

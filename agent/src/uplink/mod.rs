@@ -104,6 +104,8 @@ struct Denials {
     audit: AuditLog,
     since_ms: Option<i64>,
     counts: Vec<(Level, DenyReason, u64)>,
+    /// The assessment notice thresholds (days) already recorded in this run.
+    noticed: Vec<i64>,
 }
 
 impl Denials {
@@ -117,6 +119,41 @@ impl Denials {
             Some((_, _, n)) => *n += 1,
             None => self.counts.push((level, reason, 1)),
         }
+    }
+
+    /// Records `AssessmentExpiring` when the destination's assessment comes within a notice
+    /// threshold (90, 30, 7 days), once per threshold in a run.
+    fn notice_expiry(&mut self, dest: &Destination, now_ms: i64) {
+        let Some(a) = &dest.assessment else {
+            return;
+        };
+        if a.expires_ms <= now_ms {
+            return;
+        }
+        let days_left = (a.expires_ms - now_ms) / 86_400_000;
+        // The tightest threshold reached (whole days left): a start 20 days before expiry
+        // records 30, not 90.
+        let Some(&threshold) = crate::policy::ASSESSMENT_NOTICE_DAYS
+            .iter()
+            .filter(|&&t| days_left <= t)
+            .min()
+        else {
+            return;
+        };
+        if self.noticed.contains(&threshold) {
+            return;
+        }
+        self.noticed.push(threshold);
+        self.audit.record_at(
+            now_ms,
+            crate::audit::Event::AssessmentExpiring {
+                destination: dest.name.to_string(),
+                reference: a.reference.clone(),
+                expires: crate::audit::rfc3339_ms(a.expires_ms),
+                days_left,
+                threshold_days: threshold,
+            },
+        );
     }
 
     /// Records what was counted if the period is over (or `force`), and starts a new one.
@@ -181,6 +218,9 @@ impl UplinkHandle {
             Ok(permit) => {
                 // Cannot be misrouted: the permit comes from this handle's own policy.
                 let _ = self.enqueue(permit);
+                if level == Level::Important {
+                    self.record_cap_reached();
+                }
                 Ok(())
             }
             Err(reason) => {
@@ -193,11 +233,35 @@ impl UplinkHandle {
         }
     }
 
-    /// Records the denials of a period that has ended (the router calls it once per batch).
+    /// Records the denials of a period that has ended, and an assessment that is about to
+    /// expire (the router calls it once per batch).
     pub(crate) fn record_denials(&mut self, now_ms: i64) {
         let name = Arc::clone(&self.counters().name);
+        let dest = Arc::clone(self.policy.destination());
         if let Some(d) = &mut self.denials {
             d.flush(&name, now_ms, false);
+            d.notice_expiry(&dest, now_ms);
+        }
+    }
+
+    fn record_cap_reached(&mut self) {
+        let Some((day, cap)) = self.policy.take_cap_reached() else {
+            return;
+        };
+        let dest = self.policy.destination();
+        if let (Some(d), Some(a)) = (&self.denials, &dest.assessment) {
+            warn!(
+                destination = %dest.name,
+                assessment = %a.reference,
+                cap,
+                "Daily cap of important items reached: no more important data goes to this destination until 00:00 UTC."
+            );
+            d.audit.record(crate::audit::Event::EgressCapReached {
+                destination: dest.name.to_string(),
+                reference: a.reference.clone(),
+                cap,
+                day: crate::audit::rfc3339_ms(day * 86_400_000)[..10].to_owned(),
+            });
         }
     }
 
@@ -344,6 +408,7 @@ pub fn spawn(
         audit: audit.clone(),
         since_ms: None,
         counts: Vec::new(),
+        noticed: Vec::new(),
     };
     let egress_audit = EgressAudit {
         log: audit,

@@ -105,6 +105,7 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
             seq.clone(),
             stats.clone(),
             shutdown.clone(),
+            Some(audit.clone()),
         )));
     }
     drop(tx);
@@ -199,6 +200,17 @@ fn record_start(audit: &AuditLog, cfg: &AgentConfig) {
         default_category: cfg.classification.default_category.as_str().into(),
         rules: cfg.classification.rules.clone(),
     });
+    // Points nothing maps took the default level (never general): each is on record.
+    let unmapped = crate::config::classify::UNMAPPED_RULE_ID;
+    for p in cfg.points.iter().filter(|p| &**p.rule_id() == unmapped) {
+        audit.record(Event::PointUnmapped {
+            tag: p.tag().to_string(),
+            device: p.device().to_string(),
+            address: p.address().to_string(),
+            level: p.level().as_str().into(),
+            category: p.category().as_str().into(),
+        });
+    }
 }
 
 /// The router's per-sample work allocates nothing in steady state (`hot_path` proves it for a

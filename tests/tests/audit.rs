@@ -22,6 +22,7 @@ tick = "50ms"
 registers = [
   { table = "holding", address = 0, type = "u16", generator = { kind = "counter", start = 0, step = 1 } },
   { table = "holding", address = 1, type = "u16", generator = { kind = "counter", start = 500, step = 3 } },
+  { table = "holding", address = 2, type = "u16", generator = { kind = "counter", start = 9, step = 1 } },
 ]
 "#;
 
@@ -58,6 +59,10 @@ tag = "press.secret"
 register = "holding:1"
 type = "u16"
 level = "important"
+[[devices.points]]
+tag = "press.spare"
+register = "holding:2"
+type = "i16"
 
 [[destinations]]
 name = "group-dc"
@@ -202,6 +207,8 @@ fn assert_egress_records_match_the_broker(config: &Path, collector: &Collector) 
         "\"type\":\"AgentStarted\"",
         &format!("\"type\":\"ConfigLoaded\",\"file\":{:?},\"sha256\":\"{config_hash}\"", config.display().to_string()),
         "\"type\":\"ClassificationRulesInForce\"",
+        "\"type\":\"PointUnmapped\",\"tag\":\"press.spare\",\"device\":\"press\"",
+        "\"type\":\"DeviceConnected\",\"device\":\"press\"",
         "\"type\":\"EgressDenied\",\"destination\":\"group-dc\",\"level\":\"important\",\"reason\":\"raw_not_general\"",
         "\"type\":\"AgentStopped\"",
         "\"type\":\"AuditVerified\"",

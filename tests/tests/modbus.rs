@@ -135,6 +135,7 @@ impl Agent {
                     Arc::clone(&seq),
                     Arc::clone(&stats),
                     shutdown.clone(),
+                    None,
                 ))
             })
             .collect();

@@ -53,6 +53,32 @@ pub enum Event {
         default_category: String,
         rules: Vec<RuleInForce>,
     },
+    /// A device answers: for the first time since the agent started, or again after
+    /// `DeviceLost`.
+    DeviceConnected {
+        device: String,
+        line: String,
+        address: String,
+        unit: u8,
+    },
+    /// A device stopped answering (or never answered since the agent started), or its line
+    /// failed. Its points carry `comm_error` until it answers again.
+    DeviceLost {
+        device: String,
+        line: String,
+        address: String,
+        unit: u8,
+        error: String,
+    },
+    /// A point no classification rule or explicit setting maps: it takes the default level
+    /// (never general). Recorded once per point when the agent starts.
+    PointUnmapped {
+        tag: String,
+        device: String,
+        address: String,
+        level: String,
+        category: String,
+    },
     /// One MQTT message about to leave, recorded (durably) before it is handed to the client:
     /// no message can reach a broker without its record.
     DataEgressed {
@@ -158,6 +184,9 @@ impl Event {
             Event::ConfigLoaded { .. } => "ConfigLoaded",
             Event::ConfigRejected { .. } => "ConfigRejected",
             Event::ClassificationRulesInForce { .. } => "ClassificationRulesInForce",
+            Event::DeviceConnected { .. } => "DeviceConnected",
+            Event::DeviceLost { .. } => "DeviceLost",
+            Event::PointUnmapped { .. } => "PointUnmapped",
             Event::DataEgressed { .. } => "DataEgressed",
             Event::EgressAcknowledged { .. } => "EgressAcknowledged",
             Event::EgressDenied { .. } => "EgressDenied",

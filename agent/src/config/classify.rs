@@ -116,7 +116,7 @@ impl Classifier {
     #[allow(clippy::cast_possible_truncation)] // point ids: the config size limit keeps them far below 2^32
     pub(crate) fn compile(&mut self, p: PointSpec<'_>) -> Arc<PointMeta> {
         let (level, category, rule_id) = self.classify(&p);
-        if &*rule_id == "default" {
+        if &*rule_id == UNMAPPED_RULE_ID {
             self.unmapped.push(p.tag.into());
         }
         let meta = Arc::new(PointMeta::compile(PointFields {
@@ -188,10 +188,13 @@ impl Classifier {
         (
             c.default_level,
             p.category.unwrap_or(c.default_category),
-            "default".into(),
+            UNMAPPED_RULE_ID.into(),
         )
     }
 }
+
+/// The `rule_id` of a point nothing maps (it takes `classification.default_level`).
+pub(crate) const UNMAPPED_RULE_ID: &str = "default";
 
 fn compile_rules(rules: &[RawRule], out: &mut Collector) -> Vec<CompiledRule> {
     let mut compiled = Vec::new();

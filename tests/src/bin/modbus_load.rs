@@ -295,6 +295,7 @@ async fn polls(secs: u64, devices: usize, registers: usize) -> anyhow::Result<()
             Arc::clone(&seq),
             Arc::clone(&stats),
             shutdown.clone(),
+            None,
         )));
     }
     drop(tx);

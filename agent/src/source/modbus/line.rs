@@ -30,6 +30,7 @@ use tracing::{debug, info};
 use self::schedule::{Core, Next, Outcome, Read};
 use super::transport::{Link, TxError};
 use super::ModbusError;
+use crate::audit::AuditLog;
 use crate::backoff::random_unit;
 use crate::model::{now_ms, Level};
 use crate::source::modbus::config::ModbusLine;
@@ -49,9 +50,10 @@ pub async fn run_line(
     seq: Arc<AtomicU64>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
+    audit: Option<AuditLog>,
 ) {
     let open: Opener = Box::new(|line| Box::pin(Link::open(line)));
-    run_line_with(line, out, seq, stats, shutdown, open).await;
+    run_line_with(line, out, seq, stats, shutdown, open, audit).await;
 }
 
 /// Opens a line's link: [`Link::open`] in production; tests pass in-memory links.
@@ -73,6 +75,7 @@ pub(crate) async fn run_line_with(
     stats: Arc<Stats>,
     shutdown: CancellationToken,
     open: Opener,
+    audit: Option<AuditLog>,
 ) {
     info!(
         line = %line.name,
@@ -87,7 +90,8 @@ pub(crate) async fn run_line_with(
         Arc::clone(&stats),
         Instant::now().into_std(),
         &mut random_unit,
-    );
+    )
+    .with_audit(audit);
     let mut s = Scheduler {
         core,
         out,

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
+use crate::audit::{AuditLog, Event};
 use crate::model::{Quality, Value};
 use crate::source::modbus::config::{Forbidden, ModbusDevice, ModbusLine, ModbusPoint, Table};
 use crate::source::modbus::decode;
@@ -42,6 +43,17 @@ pub(crate) struct Core {
     served: u64,
     /// `stale` batches of overrun ticks, for the driver to send before the next request.
     stale: Vec<Vec<Tagged>>,
+    /// Where a device's presence changes are recorded (`DeviceConnected`, `DeviceLost`).
+    audit: Option<AuditLog>,
+}
+
+/// Whether a device answers, as last recorded in the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    /// Nothing recorded yet (the agent has just started).
+    Unknown,
+    Answering,
+    Lost,
 }
 
 /// What the driver does next.
@@ -81,6 +93,7 @@ pub(crate) enum Outcome {
 }
 
 struct DeviceState {
+    presence: Presence,
     groups: Vec<GroupState>,
     mem: PointMemory,
     /// Points left out of the plan until `relearn_after`, with the quality their samples carry:
@@ -205,6 +218,7 @@ impl DeviceState {
             .collect();
         let n = d.points.len();
         Self {
+            presence: Presence::Unknown,
             groups,
             mem: PointMemory {
                 last_good: vec![None; n],
@@ -253,6 +267,7 @@ impl Core {
             last_line_error: None,
             reconnect_at: now,
             served: 0,
+            audit: None,
             stale: Vec::new(),
         }
     }
@@ -574,6 +589,12 @@ impl Core {
         let delay = reconnect_delay(&self.line, self.line_failures, unit);
         self.reconnect_at = now + delay;
         let reason = e.reason();
+        if self.line_failures == 1 {
+            // Every device behind the line is lost with it.
+            for d in 0..self.devices.len() {
+                self.presence(d, Presence::Lost, Some(&reason));
+            }
+        }
         if self.line_failures == 1 || self.last_line_error.as_deref() != Some(reason.as_str()) {
             warn!(
                 line = %self.line.name,
@@ -786,6 +807,40 @@ impl Core {
         }
         st.failures = 0;
         st.skip_until = None;
+        self.presence(d, Presence::Answering, None);
+    }
+
+    /// Records device `d`'s presence in the audit trail when it changes.
+    fn presence(&mut self, d: usize, now: Presence, error: Option<&str>) {
+        let st = &mut self.devices[d];
+        if st.presence == now {
+            return;
+        }
+        st.presence = now;
+        let Some(audit) = &self.audit else { return };
+        let dev = &self.line.devices[d];
+        let (device, line) = (dev.name.to_string(), self.line.name.to_string());
+        audit.record(match now {
+            Presence::Answering => Event::DeviceConnected {
+                device,
+                line,
+                address: self.line.transport.describe(),
+                unit: dev.unit_id,
+            },
+            Presence::Lost | Presence::Unknown => Event::DeviceLost {
+                device,
+                line,
+                address: self.line.transport.describe(),
+                unit: dev.unit_id,
+                error: error.unwrap_or("no answer").to_owned(),
+            },
+        });
+    }
+
+    /// Sets where device presence changes are recorded.
+    pub(crate) fn with_audit(mut self, audit: Option<AuditLog>) -> Self {
+        self.audit = audit;
+        self
     }
 
     fn device_failed(&mut self, d: usize, e: &TxError, now: Instant, unit: f64) {
@@ -794,7 +849,13 @@ impl Core {
         st.failures = st.failures.saturating_add(1);
         let delay = backoff_delay(st.failures, dev.backoff_initial, dev.backoff_max, unit);
         st.skip_until = Some(now + delay);
-        if st.failures == 1 {
+        let first = st.failures == 1;
+        if first {
+            self.presence(d, Presence::Lost, Some(&e.to_string()));
+        }
+        let dev = &self.line.devices[d];
+        let st = &self.devices[d];
+        if first {
             warn!(
                 device = %dev.name,
                 unit = dev.unit_id,

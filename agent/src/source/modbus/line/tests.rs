@@ -236,6 +236,7 @@ fn start_with(line: Arc<ModbusLine>, capacity: usize, open: Opener) -> Running {
         Arc::clone(&stats),
         shutdown.clone(),
         open,
+        None,
     ));
     Running {
         rx,
@@ -978,6 +979,7 @@ async fn a_device_that_comes_back_is_read_within_the_reconnect_cap_however_long_
         Arc::clone(&stats),
         shutdown.clone(),
         open,
+        None,
     ));
     // Two minutes of outage (paused time): every tick is comm_error, and the line keeps
     // knocking at least once a second instead of backing off towards 60 s.

@@ -316,3 +316,60 @@ fn a_line_that_is_down_is_tried_again_at_least_every_second() {
     }
     assert!(attempts >= 95, "{attempts} attempts in 100 s");
 }
+
+#[test]
+fn a_devices_presence_changes_are_recorded_once_each() {
+    let (trail, audit) = crate::audit::AuditLog::for_test();
+    let stats = Arc::new(Stats::new([]));
+    let t0 = Instant::now();
+    let core = Core::new(
+        line(2, &[0], 10),
+        Arc::new(AtomicU64::new(0)),
+        Arc::clone(&stats),
+        t0,
+        &mut || 0.0,
+    )
+    .with_audit(Some(audit.clone()));
+    let mut b = Bench { core, stats, t0 };
+    b.tick(0);
+    let r = b.read(0);
+    let _ = b.time_out(r, 300);
+    let r = b.read(300);
+    let _ = b.answer(r, 301);
+    // Unit 1 answers again and again: recorded once.
+    for ms in [400, 500] {
+        b.tick(ms);
+        while let Next::Read(r) = b.next(ms) {
+            let _ = b.answer(r, ms);
+        }
+    }
+    b.tick(1300);
+    let r = b.read(1300);
+    assert_eq!(r.device, 0);
+    let _ = b.answer(r, 1301);
+    audit.close();
+    let seen: Vec<(String, u64, String)> = crate::audit::AuditLog::records_for_test(&trail)
+        .iter()
+        .filter(|r| r["type"].as_str().is_some_and(|t| t.starts_with("Device")))
+        .map(|r| {
+            (
+                r["type"].as_str().unwrap_or_default().to_owned(),
+                r["unit"].as_u64().unwrap_or_default(),
+                r["error"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let unit = |d: usize| u64::from(b.core.line.devices[d].unit_id);
+    assert_eq!(
+        seen,
+        [
+            (
+                "DeviceLost".to_owned(),
+                unit(0),
+                TxError::Timeout.to_string()
+            ),
+            ("DeviceConnected".to_owned(), unit(1), String::new()),
+            ("DeviceConnected".to_owned(), unit(0), String::new()),
+        ]
+    );
+}

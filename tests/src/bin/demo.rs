@@ -90,6 +90,11 @@ async fn main() -> anyhow::Result<()> {
         loaded.config.devices().count(),
         args.historian.display()
     );
+    let trail = loaded.config.audit.dir.clone();
+    println!(
+        "audit trail: {} (check it any time: edge-agent audit verify -c <config>)\n",
+        trail.display()
+    );
     let agent = pipeline::start(loaded.config).context("starting the agent")?;
     let stats = agent.stats.clone();
     let token = agent.shutdown_token();
@@ -103,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = tick.tick() => {
                 print_report(started.elapsed(), &stats, &collector);
+                print_trail(&trail);
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
@@ -114,8 +120,46 @@ async fn main() -> anyhow::Result<()> {
     agent.wait().await;
     plant.shutdown().await;
     print_report(started.elapsed(), &stats, &collector);
+    print_trail(&trail);
+    let report = edge_agent::audit::verify(&trail, None).context("verifying the audit trail")?;
+    if report.intact() {
+        println!(
+            "audit verify: intact, {} records in {} segment(s), each matching its hash and the one before it",
+            report.records, report.segments
+        );
+    } else {
+        println!("audit verify: BROKEN");
+        for p in &report.problems {
+            println!("  {p}");
+        }
+    }
     println!("stopped cleanly.");
     Ok(())
+}
+
+/// The trail's records so far, per type (it grows with every message that leaves).
+fn print_trail(dir: &std::path::Path) {
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| Some(e.ok()?.path())).collect())
+        .unwrap_or_default();
+    names.retain(|p| p.extension().is_some_and(|e| e == "jsonl"));
+    for path in names {
+        for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
+            if let Some(kind) = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["type"].as_str().map(str::to_owned))
+            {
+                *kinds.entry(kind).or_default() += 1;
+            }
+        }
+    }
+    let total: usize = kinds.values().sum();
+    let parts: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}={n}")).collect();
+    println!(
+        "        audit trail: {total} records: {}\n",
+        parts.join("  ")
+    );
 }
 
 fn print_report(elapsed: Duration, stats: &Stats, collector: &Collector) {

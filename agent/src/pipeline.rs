@@ -81,7 +81,7 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
     // Uplinks stop only after the router has drained the sources, so nothing read is lost.
     let uplink_shutdown = CancellationToken::new();
 
-    let audit = AuditLog::open(&cfg.audit, &cfg.gateway.id)?;
+    let audit = AuditLog::open_counting(&cfg.audit, &cfg.gateway.id, stats.clone())?;
     record_start(&audit, &cfg);
     let started = start_stores_and_uplinks(&cfg, &stats, &uplink_shutdown, &audit);
     let (historian, uplinks) = match started {

@@ -266,6 +266,12 @@ pub fn counters_line(stats: &Stats) -> String {
     if dropped.iter().any(|n| *n > 0) {
         let _ = write!(s, " store-dropped {}", fmt3(dropped));
     }
+    let incidents = stats
+        .incidents_open
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if incidents > 0 {
+        let _ = write!(s, " | INCIDENTS OPEN {incidents}");
+    }
     for d in &stats.destinations {
         let _ = write!(
             s,

@@ -85,6 +85,8 @@ pub struct Stats {
     /// Poll cycles completed without a request because their device was backed off or its line
     /// was down.
     pub(crate) cycles_skipped: AtomicU64,
+    /// Incidents raised and not resolved (`incidents.jsonl` beside the audit trail).
+    pub incidents_open: AtomicU64,
     pub destinations: Vec<DestinationStats>,
 }
 
@@ -101,6 +103,7 @@ impl Stats {
             request_retries: AtomicU64::new(0),
             cycles_overrun: AtomicU64::new(0),
             cycles_skipped: AtomicU64::new(0),
+            incidents_open: AtomicU64::new(0),
             destinations: destinations
                 .into_iter()
                 .map(DestinationStats::new)

@@ -132,6 +132,21 @@ pub enum Event {
         cap: u64,
         day: String,
     },
+    /// Something an operator must act on started (see `incidents.jsonl`).
+    IncidentRaised {
+        kind: String,
+        severity: String,
+        summary: String,
+        levels: Vec<String>,
+        first_seen: String,
+    },
+    /// The incident ended: how often it occurred and for how long.
+    IncidentResolved {
+        kind: String,
+        count: u64,
+        first_seen: String,
+        last_seen: String,
+    },
     /// The trail could not be written for a while; nothing was dropped (records wait in memory)
     /// and egress waited. Recorded once it can be written again.
     AuditWriteFailed {
@@ -192,6 +207,8 @@ impl Event {
             Event::EgressDenied { .. } => "EgressDenied",
             Event::AssessmentExpiring { .. } => "AssessmentExpiring",
             Event::EgressCapReached { .. } => "EgressCapReached",
+            Event::IncidentRaised { .. } => "IncidentRaised",
+            Event::IncidentResolved { .. } => "IncidentResolved",
             Event::AuditWriteFailed { .. } => "AuditWriteFailed",
             Event::AuditTailRepaired { .. } => "AuditTailRepaired",
             Event::AuditTruncationDetected { .. } => "AuditTruncationDetected",

@@ -14,6 +14,7 @@
 
 pub mod cli;
 mod event;
+pub mod incident;
 mod record;
 mod trail;
 mod verify;
@@ -32,6 +33,7 @@ pub use trail::TrailError;
 pub use verify::{export, verify, ExportFilter, ExportFormat, Exported, Problem, VerifyReport};
 
 use crate::model::now_ms;
+use incident::{Incident, IncidentKind};
 use trail::Trail;
 
 /// Retention floors the configuration cannot lower (REGULATION.md): the trail 6 months, and
@@ -104,7 +106,17 @@ impl AuditLog {
     /// Fails if the trail cannot be created or written: the agent must not run unaudited.
     pub fn open(settings: &AuditSettings, gateway: &str) -> Result<Self, TrailError> {
         let (trail, report) = Trail::open(&settings.dir, gateway, Some(settings.reserve_bytes))?;
-        Self::start(trail, report, settings)
+        Self::start(trail, report, settings, None)
+    }
+
+    /// [`open`](Self::open), counting open incidents in `stats.incidents_open` (the agent).
+    pub fn open_counting(
+        settings: &AuditSettings,
+        gateway: &str,
+        stats: Arc<crate::stats::Stats>,
+    ) -> Result<Self, TrailError> {
+        let (trail, report) = Trail::open(&settings.dir, gateway, Some(settings.reserve_bytes))?;
+        Self::start(trail, report, settings, Some(stats))
     }
 
     /// A trail in a fresh temporary directory (removed when the returned guard drops), for
@@ -150,13 +162,14 @@ impl AuditLog {
         let (mut trail, report) =
             Trail::open(&settings.dir, gateway, Some(settings.reserve_bytes))?;
         trail.full = Some(full);
-        Self::start(trail, report, settings)
+        Self::start(trail, report, settings, None)
     }
 
     fn start(
         mut trail: Trail,
         report: trail::OpenReport,
         settings: &AuditSettings,
+        stats: Option<Arc<crate::stats::Stats>>,
     ) -> Result<Self, TrailError> {
         let now = now_ms();
         let mut first = Vec::new();
@@ -168,18 +181,29 @@ impl AuditLog {
                 },
             ));
         }
+        let mut broken = None;
         for note in report.notes {
             match &note {
                 Event::AuditTruncationDetected {
                     checkpoint_seq,
                     found_seq,
                     ..
-                } => error!(
-                    dir = %settings.dir.display(),
-                    checkpoint_seq,
-                    found_seq = ?found_seq,
-                    "Audit trail truncated: it ends before its last checkpoint. Recorded; `edge-agent audit verify` reports it."
-                ),
+                } => {
+                    error!(
+                        dir = %settings.dir.display(),
+                        checkpoint_seq,
+                        found_seq = ?found_seq,
+                        "Audit trail truncated: it ends before its last checkpoint. Recorded; `edge-agent audit verify` reports it."
+                    );
+                    broken = Some(Incident::new(
+                        IncidentKind::AuditChainBroken,
+                        format!(
+                            "the audit trail ends at record {} but its checkpoint names record {checkpoint_seq}: records were removed",
+                            found_seq.map_or_else(|| "none".to_owned(), |s| s.to_string())
+                        ),
+                        now,
+                    ));
+                }
                 Event::AuditTailRepaired { segment, bytes_cut } => warn!(
                     dir = %settings.dir.display(),
                     segment,
@@ -189,6 +213,14 @@ impl AuditLog {
                 _ => {}
             }
             first.push((now, note));
+        }
+        if let Some(incident) = &broken {
+            first.push((now, incident.raised_event()));
+            let _ = incident.append_to(&settings.dir, "raised", now);
+            // Evidence of tampering stays open: nothing in the agent can resolve it.
+            if let Some(s) = &stats {
+                s.incidents_open.fetch_add(1, Ordering::Relaxed);
+            }
         }
         if !first.is_empty() {
             trail.append(&first, true)?;
@@ -206,6 +238,8 @@ impl AuditLog {
             failing: failing.clone(),
             pending: Vec::new(),
             failure: None,
+            stats,
+            attempts: 0,
             last_sync: Instant::now(),
             last_checkpoint: Instant::now(),
             last_prune: Instant::now(),
@@ -273,6 +307,16 @@ impl AuditLog {
     }
 }
 
+fn unwritable(since_ms: i64, error: &str) -> Incident {
+    Incident::new(
+        IncidentKind::AuditUnwritable,
+        format!(
+            "the audit trail cannot be written ({error}); no data leaves the gateway until it can"
+        ),
+        since_ms,
+    )
+}
+
 /// Appends `event` to the trail in `dir` from a command running beside the agent (under the
 /// trail's lock, durably, then checkpointed): `audit export` and `audit verify` record
 /// themselves this way.
@@ -303,6 +347,10 @@ struct Writer {
     pending: Vec<(i64, Event)>,
     /// Since when (ms) and why the trail cannot be written.
     failure: Option<(i64, String)>,
+    /// The agent's counters (open incidents), if any.
+    stats: Option<Arc<crate::stats::Stats>>,
+    /// Failed write attempts of the current failure.
+    attempts: u64,
     last_sync: Instant,
     last_checkpoint: Instant,
     last_prune: Instant,
@@ -389,13 +437,14 @@ impl Writer {
                 if sync {
                     self.last_sync = Instant::now();
                 }
-                if let Some((since, _)) = self.failure.take() {
+                if let Some((since, error)) = self.failure.take() {
                     self.failing.store(false, Ordering::Relaxed);
                     info!(
                         dir = %self.settings.dir.display(),
                         after_s = (now_ms() - since) / 1000,
                         "Audit trail writable again; egress resumes."
                     );
+                    self.resolve_unwritable(since, &error);
                 }
                 for (start, end, reply) in durable {
                     let _ = reply.send(Ok(seqs[start + offset..end + offset].to_vec()));
@@ -403,6 +452,8 @@ impl Writer {
             }
             Err(e) => {
                 let reason = e.to_string();
+                self.attempts += 1;
+                let mut raised = None;
                 if self.failure.is_none() {
                     error!(
                         dir = %self.settings.dir.display(),
@@ -411,6 +462,13 @@ impl Writer {
                     );
                     self.failure = Some((now_ms(), reason.clone()));
                     self.failing.store(true, Ordering::Relaxed);
+                    self.attempts = 0;
+                    let incident = unwritable(now_ms(), &reason);
+                    let _ = incident.append_to(&self.settings.dir, "raised", now_ms());
+                    raised = Some((now_ms(), incident.raised_event()));
+                    if let Some(s) = &self.stats {
+                        s.incidents_open.fetch_add(1, Ordering::Relaxed);
+                    }
                 } else if let Some(f) = self.failure.as_mut() {
                     f.1.clone_from(&reason);
                 }
@@ -434,10 +492,26 @@ impl Writer {
                     keep.push(ev);
                 }
                 self.pending = keep;
+                // The incident's record waits with the rest, written when the trail is back.
+                self.pending.extend(raised);
                 for (_, _, reply) in durable {
                     let _ = reply.send(Err(AuditUnavailable(reason.clone())));
                 }
             }
+        }
+    }
+
+    /// The trail is writable again: the `AuditUnwritable` incident ends.
+    fn resolve_unwritable(&mut self, since: i64, error: &str) {
+        let now = now_ms();
+        let mut incident = unwritable(since, error);
+        incident.count = self.attempts;
+        incident.last_seen_ms = now;
+        let _ = incident.append_to(&self.settings.dir, "resolved", now);
+        // Recorded with the next write (within a sync interval).
+        self.pending.push((now, incident.resolved_event()));
+        if let Some(s) = &self.stats {
+            s.incidents_open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 

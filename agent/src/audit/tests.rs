@@ -241,6 +241,17 @@ fn a_truncation_found_on_open_is_recorded_and_stays_reported() {
         text.contains("\"type\":\"AuditTruncationDetected\",\"checkpoint_seq\":4"),
         "{text}"
     );
+    assert!(
+        text.contains(
+            "\"type\":\"IncidentRaised\",\"kind\":\"audit_chain_broken\",\"severity\":\"critical\""
+        ),
+        "{text}"
+    );
+    let incidents = fs::read_to_string(dir.path().join(incident::INCIDENTS)).expect("incidents");
+    assert!(
+        incidents.contains("\"state\":\"raised\",\"kind\":\"audit_chain_broken\""),
+        "{incidents}"
+    );
     // The agent's own later checkpoint no longer shows the gap; its record does.
     let r = verify(dir.path(), None).expect("verify");
     assert!(
@@ -434,20 +445,55 @@ async fn while_the_disk_is_full_durable_asks_fail_and_nothing_else_is_lost() {
             &l[at..at + l[at..].find('"').expect("end")]
         })
         .collect();
+    // The incident's end is recorded with the first write after the recovery: with the
+    // durable ask, or just before it if the writer's retry came first.
+    let resolved = kinds.iter().position(|k| *k == "IncidentResolved");
+    let without: Vec<&str> = kinds
+        .iter()
+        .copied()
+        .filter(|k| *k != "IncidentResolved")
+        .collect();
     assert_eq!(
-        kinds,
+        without,
         [
             "AuditTrailStarted",
             "DataEgressed",
             "AuditWriteFailed",
             "AgentStopped",
+            "IncidentRaised",
             "DataEgressed"
         ],
-        "the refused ask is not in the trail; the plain record waited and was written"
+        "the refused ask is not in the trail; the plain record and the incident waited and were written"
     );
-    assert_eq!(seqs, [4]);
+    assert!(resolved.is_some_and(|r| r > 4), "{kinds:?}");
+    let last_egress = kinds
+        .iter()
+        .rposition(|k| *k == "DataEgressed")
+        .expect("egress");
+    assert_eq!(
+        seqs,
+        [last_egress as u64],
+        "the seq returned is the record's"
+    );
     assert!(!log.is_failing());
     assert!(verify(dir.path(), None).expect("verify").intact());
+    // The incident stream beside the trail: raised, then resolved, with the attempts counted.
+    let incidents = fs::read_to_string(dir.path().join(incident::INCIDENTS)).expect("incidents");
+    let lines: Vec<serde_json::Value> = incidents
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{incidents}");
+    assert_eq!(
+        (
+            lines[0]["state"].as_str(),
+            lines[0]["kind"].as_str(),
+            lines[0]["severity"].as_str()
+        ),
+        (Some("raised"), Some("audit_unwritable"), Some("high"))
+    );
+    assert_eq!(lines[1]["state"], "resolved");
+    assert!(lines[1]["count"].as_u64().is_some_and(|n| n >= 1));
 }
 
 #[test]

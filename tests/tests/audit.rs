@@ -3,6 +3,7 @@
 //! `edge-agent audit export` read its trail, and a tampered trail is named where it breaks.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -242,4 +243,120 @@ fn assert_a_changed_byte_is_named(dir: &Path, config: &Path) {
         report.contains(&format!("{name} line {}: record altered", line + 1)),
         "{report}"
     );
+}
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// `None` where mounting is not permitted (not root, or no `CAP_SYS_ADMIN`).
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        ok.then(|| Tmpfs(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system of `dir` (a file of zeros until ENOSPC).
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write as _;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).expect("filler");
+    let block = vec![0u8; 4096];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+#[test]
+fn with_the_audit_disk_full_nothing_leaves_without_its_record_and_egress_resumes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let Some(fs) = Tmpfs::mount(&dir.path().join("audit-fs"), "256k") else {
+        eprintln!(
+            "SKIPPED: mounting a tmpfs is not permitted here (needs root with CAP_SYS_ADMIN)"
+        );
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let scenario = Scenario::from_toml_str(SCENARIO).expect("scenario");
+    let plant = runtime
+        .block_on(Plant::start(scenario, edge_tests::net::LOOPBACK.into()))
+        .expect("plant");
+    let broker = EmbeddedBroker::start().expect("broker");
+    let collector = runtime
+        .block_on(Collector::start(broker.addr()))
+        .expect("collector");
+    let config = dir.path().join("agent.toml");
+    let press = plant.device_addr("press").expect("press").to_string();
+    let mut text = agent_toml(&press, &broker.addr().to_string(), &dir.path().join("h.db"));
+    let trail = fs.0.join("trail");
+    let _ = write!(
+        text,
+        "\n[audit]\ndir = {:?}\nreserve_mb = 0\n",
+        trail.display().to_string()
+    );
+    std::fs::write(&config, text).expect("config");
+
+    let mut agent = AgentProc::start(&config).expect("agent starts");
+    assert!(
+        runtime.block_on(collector.wait_for_count(2, Duration::from_secs(20))),
+        "no egress reached the broker"
+    );
+    let filler = fill(&fs.0);
+    agent
+        .wait_logged("Egress held", Duration::from_secs(20))
+        .expect("egress stops when the trail cannot be written");
+    agent
+        .wait_logged("INCIDENTS OPEN 1", Duration::from_secs(20))
+        .expect("the incident shows in the counters");
+    let during = collector.messages().len();
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::remove_file(filler).expect("free the disk");
+    agent
+        .wait_logged(
+            "Audit trail writable again; egress resumes.",
+            Duration::from_secs(20),
+        )
+        .expect("the trail recovers");
+    assert!(
+        runtime.block_on(collector.wait_for_count(during + 2, Duration::from_secs(20))),
+        "egress did not resume"
+    );
+    let finished = agent
+        .terminate(Duration::from_secs(30))
+        .expect("agent stops");
+    assert!(finished.status.success());
+
+    let out = edge_agent(&["audit", "verify"], &config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Every message the broker got, before, during and after the outage, has its record.
+    assert_egress_records_match_the_broker(&config, &collector);
+    let incidents = std::fs::read_to_string(trail.join("incidents.jsonl")).expect("incidents");
+    assert!(
+        incidents.contains("\"state\":\"raised\",\"kind\":\"audit_unwritable\""),
+        "{incidents}"
+    );
+    assert!(
+        incidents.contains("\"state\":\"resolved\",\"kind\":\"audit_unwritable\""),
+        "{incidents}"
+    );
+    runtime.block_on(plant.shutdown());
 }

@@ -240,6 +240,7 @@ impl AuditLog {
             failure: None,
             stats,
             attempts: 0,
+            raised_on_file: false,
             last_sync: Instant::now(),
             last_checkpoint: Instant::now(),
             last_prune: Instant::now(),
@@ -351,6 +352,8 @@ struct Writer {
     stats: Option<Arc<crate::stats::Stats>>,
     /// Failed write attempts of the current failure.
     attempts: u64,
+    /// The current failure's `raised` line is in `incidents.jsonl`.
+    raised_on_file: bool,
     last_sync: Instant,
     last_checkpoint: Instant,
     last_prune: Instant,
@@ -464,7 +467,10 @@ impl Writer {
                     self.failing.store(true, Ordering::Relaxed);
                     self.attempts = 0;
                     let incident = unwritable(now_ms(), &reason);
-                    let _ = incident.append_to(&self.settings.dir, "raised", now_ms());
+                    // On a full disk this may fail too: then it is written with the resolution.
+                    self.raised_on_file = incident
+                        .append_to(&self.settings.dir, "raised", now_ms())
+                        .is_ok();
                     raised = Some((now_ms(), incident.raised_event()));
                     if let Some(s) = &self.stats {
                         s.incidents_open.fetch_add(1, Ordering::Relaxed);
@@ -505,6 +511,9 @@ impl Writer {
     fn resolve_unwritable(&mut self, since: i64, error: &str) {
         let now = now_ms();
         let mut incident = unwritable(since, error);
+        if !self.raised_on_file {
+            let _ = incident.append_to(&self.settings.dir, "raised", now);
+        }
         incident.count = self.attempts;
         incident.last_seen_ms = now;
         let _ = incident.append_to(&self.settings.dir, "resolved", now);

@@ -125,6 +125,16 @@ pub fn check(loaded: &Loaded) -> String {
         "Modbus requests per poll cycle: {total_requests} ({per_second:.1} requests/s at the configured intervals)"
     );
 
+    let a = &cfg.audit;
+    let _ = writeln!(
+        s,
+        "\nhistorian {}; audit trail {} (kept {} days, egress records {} days; {} MiB reserved)",
+        cfg.historian.path.display(),
+        a.dir.display(),
+        a.retention_days,
+        a.egress_retention_days,
+        a.reserve_bytes >> 20
+    );
     let _ = writeln!(
         s,
         "\npoints per level and category ({} in all):",
@@ -223,6 +233,16 @@ pub fn explain(cfg: &AgentConfig, tag: &str, now_ms: i64) -> Option<String> {
         "  sampled every {} ms; stored locally in {}",
         meta.interval_ms(),
         cfg.historian.path.display()
+    );
+    let _ = writeln!(
+        s,
+        "  audit trail {}: each MQTT message that carries it is recorded (DataEgressed) before it leaves, each refusal counted (EgressDenied){}",
+        cfg.audit.dir.display(),
+        if &**meta.rule_id() == crate::config::classify::UNMAPPED_RULE_ID {
+            "; unmapped, so recorded as PointUnmapped at every start"
+        } else {
+            ""
+        }
     );
     if cfg.destinations.is_empty() {
         let _ = writeln!(

@@ -3,7 +3,6 @@
 //! `edge-agent audit export` read its trail, and a tampered trail is named where it breaks.
 
 use std::collections::HashSet;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -99,42 +98,74 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     s
 }
 
+/// The simulated press, an embedded broker with a subscriber, and the agent's config file,
+/// with `extra` appended to the config.
+struct Rig {
+    runtime: tokio::runtime::Runtime,
+    plant: Option<Plant>,
+    _broker: EmbeddedBroker,
+    collector: Collector,
+    config: PathBuf,
+}
+
+impl Rig {
+    fn start(dir: &Path, extra: &str) -> Rig {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let scenario = Scenario::from_toml_str(SCENARIO).expect("scenario");
+        let plant = runtime
+            .block_on(Plant::start(scenario, edge_tests::net::LOOPBACK.into()))
+            .expect("plant");
+        let broker = EmbeddedBroker::start().expect("broker");
+        let collector = runtime
+            .block_on(Collector::start(broker.addr()))
+            .expect("collector");
+        let config = dir.join("agent.toml");
+        let press = plant.device_addr("press").expect("press").to_string();
+        let mut text = agent_toml(&press, &broker.addr().to_string(), &dir.join("h.db"));
+        text.push_str(extra);
+        std::fs::write(&config, text).expect("config");
+        Rig {
+            runtime,
+            plant: Some(plant),
+            _broker: broker,
+            collector,
+            config,
+        }
+    }
+
+    /// Waits until the broker has received `n` messages in all.
+    fn egressed(&self, n: usize) -> bool {
+        self.runtime
+            .block_on(self.collector.wait_for_count(n, Duration::from_secs(20)))
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(plant) = self.plant.take() {
+            self.runtime.block_on(plant.shutdown());
+        }
+    }
+}
+
 #[test]
 fn an_operator_verifies_and_exports_the_trail_and_finds_a_tampered_line() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let scenario = Scenario::from_toml_str(SCENARIO).expect("scenario");
-    let plant = runtime
-        .block_on(Plant::start(scenario, edge_tests::net::LOOPBACK.into()))
-        .expect("plant");
-    let broker = EmbeddedBroker::start().expect("broker");
-    let collector = runtime
-        .block_on(Collector::start(broker.addr()))
-        .expect("collector");
     let dir = tempfile::tempdir().expect("tmp");
-    let config = dir.path().join("agent.toml");
-    let press = plant.device_addr("press").expect("press").to_string();
-    std::fs::write(
-        &config,
-        agent_toml(&press, &broker.addr().to_string(), &dir.path().join("h.db")),
-    )
-    .expect("config");
-
-    let agent = AgentProc::start(&config).expect("agent starts");
-    assert!(
-        runtime.block_on(collector.wait_for_count(5, Duration::from_secs(20))),
-        "no egress reached the broker"
-    );
+    let rig = Rig::start(dir.path(), "");
+    let (config, collector) = (&rig.config, &rig.collector);
+    let agent = AgentProc::start(config).expect("agent starts");
+    assert!(rig.egressed(5), "no egress reached the broker");
     let finished = agent
         .terminate(Duration::from_secs(30))
         .expect("agent stops");
     assert!(finished.status.success(), "{:?}", finished.lines);
 
     // Intact: exit 0, and it says so.
-    let out = edge_agent(&["audit", "verify"], &config);
+    let out = edge_agent(&["audit", "verify"], config);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -143,10 +174,8 @@ fn an_operator_verifies_and_exports_the_trail_and_finds_a_tampered_line() {
     );
     assert!(text.contains("intact"), "{text}");
 
-    assert_egress_records_match_the_broker(&config, &collector);
-    assert_a_changed_byte_is_named(dir.path(), &config);
-
-    runtime.block_on(plant.shutdown());
+    assert_egress_records_match_the_broker(config, collector);
+    assert_a_changed_byte_is_named(dir.path(), config);
 }
 
 /// The egress records, exported as an inspector gets them, match what the broker received, and
@@ -287,35 +316,17 @@ fn with_the_audit_disk_full_nothing_leaves_without_its_record_and_egress_resumes
         );
         return;
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let scenario = Scenario::from_toml_str(SCENARIO).expect("scenario");
-    let plant = runtime
-        .block_on(Plant::start(scenario, edge_tests::net::LOOPBACK.into()))
-        .expect("plant");
-    let broker = EmbeddedBroker::start().expect("broker");
-    let collector = runtime
-        .block_on(Collector::start(broker.addr()))
-        .expect("collector");
-    let config = dir.path().join("agent.toml");
-    let press = plant.device_addr("press").expect("press").to_string();
-    let mut text = agent_toml(&press, &broker.addr().to_string(), &dir.path().join("h.db"));
     let trail = fs.0.join("trail");
-    let _ = write!(
-        text,
-        "\n[audit]\ndir = {:?}\nreserve_mb = 0\n",
-        trail.display().to_string()
+    let rig = Rig::start(
+        dir.path(),
+        &format!(
+            "\n[audit]\ndir = {:?}\nreserve_mb = 0\n",
+            trail.display().to_string()
+        ),
     );
-    std::fs::write(&config, text).expect("config");
-
-    let mut agent = AgentProc::start(&config).expect("agent starts");
-    assert!(
-        runtime.block_on(collector.wait_for_count(2, Duration::from_secs(20))),
-        "no egress reached the broker"
-    );
+    let (config, collector) = (&rig.config, &rig.collector);
+    let mut agent = AgentProc::start(config).expect("agent starts");
+    assert!(rig.egressed(2), "no egress reached the broker");
     let filler = fill(&fs.0);
     agent
         .wait_logged("Egress held", Duration::from_secs(20))
@@ -332,23 +343,20 @@ fn with_the_audit_disk_full_nothing_leaves_without_its_record_and_egress_resumes
             Duration::from_secs(20),
         )
         .expect("the trail recovers");
-    assert!(
-        runtime.block_on(collector.wait_for_count(during + 2, Duration::from_secs(20))),
-        "egress did not resume"
-    );
+    assert!(rig.egressed(during + 2), "egress did not resume");
     let finished = agent
         .terminate(Duration::from_secs(30))
         .expect("agent stops");
     assert!(finished.status.success());
 
-    let out = edge_agent(&["audit", "verify"], &config);
+    let out = edge_agent(&["audit", "verify"], config);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
     // Every message the broker got, before, during and after the outage, has its record.
-    assert_egress_records_match_the_broker(&config, &collector);
+    assert_egress_records_match_the_broker(config, collector);
     let incidents = std::fs::read_to_string(trail.join("incidents.jsonl")).expect("incidents");
     assert!(
         incidents.contains("\"state\":\"raised\",\"kind\":\"audit_unwritable\""),
@@ -358,5 +366,4 @@ fn with_the_audit_disk_full_nothing_leaves_without_its_record_and_egress_resumes
         incidents.contains("\"state\":\"resolved\",\"kind\":\"audit_unwritable\""),
         "{incidents}"
     );
-    runtime.block_on(plant.shutdown());
 }

@@ -182,33 +182,41 @@ async fn each_uplink_decides_with_its_own_destinations_policy() {
     stop(shutdown, vec![dc, hq]).await;
 }
 
+/// The cross-border `hq-eu` uplink under an assessment (`expires_ms`, `cap`) with a trail of
+/// its own: the trail's guard, its log, the uplink and the shutdown token.
+fn assessed_uplink(
+    expires_ms: i64,
+    cap: Option<u64>,
+) -> (
+    tempfile::TempDir,
+    crate::audit::AuditLog,
+    UplinkHandle,
+    CancellationToken,
+) {
+    let eu = destination(
+        "hq-eu",
+        "DE",
+        Some(Assessment {
+            reference: "CAC-2026-17".into(),
+            expires_ms,
+            categories: vec![Category::ProductionOperation],
+            daily_item_cap: cap,
+        }),
+    );
+    let stats = Arc::new(Stats::new([eu.name.clone()]));
+    let shutdown = CancellationToken::new();
+    let (trail, audit) = crate::audit::AuditLog::for_test();
+    let hq = spawn(eu, &gateway(), stats, shutdown.clone(), audit.clone()).expect("spawn");
+    (trail, audit, hq, shutdown)
+}
+
 fn of_type<'a>(records: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
     records.iter().filter(|r| r["type"] == kind).collect()
 }
 
 #[tokio::test]
 async fn the_daily_cap_lets_exactly_n_items_through_and_is_recorded_once() {
-    let eu = destination(
-        "hq-eu",
-        "DE",
-        Some(Assessment {
-            reference: "CAC-2026-17".into(),
-            expires_ms: NOW + 365 * 86_400_000,
-            categories: vec![Category::ProductionOperation],
-            daily_item_cap: Some(3),
-        }),
-    );
-    let stats = Arc::new(Stats::new([eu.name.clone()]));
-    let shutdown = CancellationToken::new();
-    let (trail, audit) = crate::audit::AuditLog::for_test();
-    let mut hq = spawn(
-        eu,
-        &gateway(),
-        stats.clone(),
-        shutdown.clone(),
-        audit.clone(),
-    )
-    .expect("spawn");
+    let (trail, audit, mut hq, shutdown) = assessed_uplink(NOW + 365 * 86_400_000, Some(3));
     let important = meta(0, "furnace.temp", Level::Important);
     let verdicts: Vec<_> = (0..5)
         .map(|i| {
@@ -262,27 +270,7 @@ async fn the_daily_cap_lets_exactly_n_items_through_and_is_recorded_once() {
 #[tokio::test]
 async fn an_expiring_assessment_is_recorded_at_90_30_and_7_days_once_each() {
     const DAY: i64 = 86_400_000;
-    let eu = destination(
-        "hq-eu",
-        "DE",
-        Some(Assessment {
-            reference: "CAC-2026-17".into(),
-            expires_ms: NOW + 100 * DAY,
-            categories: vec![Category::ProductionOperation],
-            daily_item_cap: None,
-        }),
-    );
-    let stats = Arc::new(Stats::new([eu.name.clone()]));
-    let shutdown = CancellationToken::new();
-    let (trail, audit) = crate::audit::AuditLog::for_test();
-    let mut hq = spawn(
-        eu,
-        &gateway(),
-        stats.clone(),
-        shutdown.clone(),
-        audit.clone(),
-    )
-    .expect("spawn");
+    let (trail, audit, mut hq, shutdown) = assessed_uplink(NOW + 100 * DAY, None);
     for day in [0, 5, 9, 10, 11, 40, 69, 70, 71, 92, 93, 99, 100, 101] {
         hq.record_denials(NOW + day * DAY);
     }

@@ -40,6 +40,7 @@ fn open(dir: &Path) -> AuditLog {
         retention_days: 365,
         egress_retention_days: 1095,
         reserve_bytes: 0,
+        publish_head: None,
     };
     AuditLog::open(&settings, "gw-01").expect("trail")
 }

@@ -226,6 +226,31 @@ fn build(raw: &RawConfig, origin: ConfigOrigin, out: &mut Collector) -> AgentCon
             }
         }
     }
+    if let Some((name, every)) = &audit.publish_head {
+        match destinations.iter().find(|d| &*d.name == name.as_str()) {
+            None => out.err(
+                ConfigIssue::new(
+                    "audit.publish_head_to",
+                    format!("no destination is named {name:?}"),
+                )
+                .hint("name one of [[destinations]]"),
+            ),
+            Some(d) if d.is_cross_border() => out.err(ConfigIssue::new(
+                "audit.publish_head_to",
+                format!(
+                    "destination {name:?} is cross-border ({}): the chain head goes to a domestic destination",
+                    d.jurisdiction
+                ),
+            )),
+            Some(_) => {}
+        }
+        if *every < Duration::from_secs(1) {
+            out.err(ConfigIssue::new(
+                "audit.publish_head_every",
+                "must be at least 1s",
+            ));
+        }
+    }
     let mut windows: Vec<Duration> = destinations
         .iter()
         .flat_map(|d| d.allow.iter().filter_map(|r| r.window))

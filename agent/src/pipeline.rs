@@ -117,10 +117,14 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
         "Agent started."
     );
 
+    let head = cfg.audit.publish_head.clone();
     let summary = SummaryEngine::new(&cfg.points, &cfg.summary.windows).starting_at(now_ms());
     let router_stats = stats.clone();
     let router = tokio::spawn(async move {
         let mut router = Router::new(summary, uplinks, router_stats);
+        if let Some((name, every)) = &head {
+            router = router.publishing_head(&audit, name, *every);
+        }
         router.run(rx, &historian).await;
         for s in sources {
             // A source that panicked lost only its own line's polling; say so loudly, the rest
@@ -156,6 +160,16 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
         shutdown,
         router,
     })
+}
+
+/// The next tick of the chain-head period, or never.
+async fn head_due(tick: Option<&mut tokio::time::Interval>) {
+    match tick {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 type Started = (store::HistorianHandle, Vec<uplink::UplinkHandle>);
@@ -221,6 +235,9 @@ struct Router {
     uplinks: Vec<uplink::UplinkHandle>,
     stats: Arc<Stats>,
     summaries: Vec<Summary>,
+    /// Where and how often the audit trail's chain head is published: the uplink's index,
+    /// the trail, the period.
+    head: Option<(usize, AuditLog, Duration)>,
 }
 
 impl Router {
@@ -230,6 +247,26 @@ impl Router {
             uplinks,
             stats,
             summaries: Vec::new(),
+            head: None,
+        }
+    }
+
+    /// Publishes the trail's chain head to the uplink of destination `name` every `every`.
+    fn publishing_head(mut self, audit: &AuditLog, name: &str, every: Duration) -> Self {
+        let index = self
+            .uplinks
+            .iter()
+            .position(|u| &*u.destination().name == name);
+        // Config validation makes sure the destination exists.
+        self.head = index.map(|i| (i, audit.clone(), every));
+        self
+    }
+
+    fn publish_head(&self) {
+        if let Some((i, audit, _)) = &self.head {
+            if let Some((seq, hash)) = audit.head() {
+                self.uplinks[*i].publish_audit_head(seq, &hash.hex(), now_ms());
+            }
         }
     }
 
@@ -238,6 +275,11 @@ impl Router {
         mut rx: mpsc::Receiver<Vec<Tagged>>,
         historian: &store::HistorianHandle,
     ) {
+        let mut head_tick = self.head.as_ref().map(|(_, _, every)| {
+            let mut t = tokio::time::interval(*every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
         loop {
             // No periodic tick: a wake-up costs a gateway more than the work it finds (none,
             // with no window configured, or nine times in ten with 1 s windows at 100 ms).
@@ -255,6 +297,7 @@ impl Router {
                     None => break,
                 },
                 () = windows_end => self.close_summaries(now_ms()),
+                () = head_due(head_tick.as_mut()) => self.publish_head(),
             }
         }
         // A clean stop: the windows still open are summarised as partial and offered like any

@@ -155,10 +155,19 @@ impl Drop for Rig {
 #[test]
 fn an_operator_verifies_and_exports_the_trail_and_finds_a_tampered_line() {
     let dir = tempfile::tempdir().expect("tmp");
-    let rig = Rig::start(dir.path(), "");
+    let rig = Rig::start(
+        dir.path(),
+        "\n[audit]\npublish_head_to = \"group-dc\"\npublish_head_every = \"1s\"\n",
+    );
     let (config, collector) = (&rig.config, &rig.collector);
     let agent = AgentProc::start(config).expect("agent starts");
     assert!(rig.egressed(5), "no egress reached the broker");
+    assert!(
+        rig.runtime.block_on(
+            collector.wait_for(|t, _| t.ends_with("/audit/head"), Duration::from_secs(20))
+        ),
+        "the chain head was not published"
+    );
     let finished = agent
         .terminate(Duration::from_secs(30))
         .expect("agent stops");
@@ -175,6 +184,7 @@ fn an_operator_verifies_and_exports_the_trail_and_finds_a_tampered_line() {
     assert!(text.contains("intact"), "{text}");
 
     assert_egress_records_match_the_broker(config, collector);
+    assert_the_published_heads_are_in_the_trail(dir.path(), collector);
     assert_a_changed_byte_is_named(dir.path(), config);
 }
 
@@ -244,6 +254,59 @@ fn assert_egress_records_match_the_broker(config: &Path, collector: &Collector) 
         "\"type\":\"AuditVerified\"",
     ] {
         assert!(all.contains(needle), "no {needle} in the trail");
+    }
+}
+
+/// Each chain head the broker got names a record of the trail by its `seq` and hash, and
+/// carries nothing else (no data value).
+fn assert_the_published_heads_are_in_the_trail(dir: &Path, collector: &Collector) {
+    let mut hashes = std::collections::HashMap::new();
+    for segment in segments(&dir.join("audit")) {
+        for line in std::fs::read_to_string(segment).expect("segment").lines() {
+            let r: Json = serde_json::from_str(line).expect("record");
+            hashes.insert(
+                r["seq"].as_u64().expect("seq"),
+                r["hash"].as_str().expect("hash").to_owned(),
+            );
+        }
+    }
+    let heads: Vec<Json> = collector
+        .messages()
+        .iter()
+        .filter(|(t, _)| t == "edge/audit-test/gw-audit/audit/head")
+        .map(|(_, p)| serde_json::from_slice(p).expect("json"))
+        .collect();
+    assert!(!heads.is_empty());
+    for h in &heads {
+        let keys: Vec<&str> = h
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "destination",
+                "form",
+                "gateway",
+                "hash",
+                "level",
+                "records",
+                "seq",
+                "site",
+                "ts",
+                "v"
+            ]
+        );
+        assert_eq!(h["level"], "general");
+        let seq = h["seq"].as_u64().expect("seq");
+        assert_eq!(h["records"].as_u64(), Some(seq + 1));
+        assert_eq!(
+            hashes.get(&seq).map(String::as_str),
+            h["hash"].as_str(),
+            "head {h}"
+        );
     }
 }
 

@@ -268,6 +268,7 @@ fn audit_log(dir: &std::path::Path) -> edge_agent::audit::AuditLog {
             retention_days: 365,
             egress_retention_days: 1095,
             reserve_bytes: 0,
+            publish_head: None,
         },
         "gw-t",
     )

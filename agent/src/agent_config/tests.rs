@@ -547,3 +547,30 @@ fn the_config_records_its_own_hash_and_the_classification_rules_in_force() {
     );
     assert_eq!(r.category.as_deref(), Some("rd_design"));
 }
+
+#[test]
+fn the_chain_head_goes_only_to_a_named_domestic_destination() {
+    let ok = format!("{BASE}\n[audit]\npublish_head_to = \"group-dc\"\n");
+    let a = load_ok(&ok).config.audit;
+    assert_eq!(
+        a.publish_head,
+        Some(("group-dc".to_owned(), std::time::Duration::from_secs(600)))
+    );
+    let unknown = format!("{BASE}\n[audit]\npublish_head_to = \"nowhere\"\n");
+    let i = issues(&unknown);
+    assert_eq!(
+        (i.len(), i[0].path.as_str()),
+        (1, "audit.publish_head_to"),
+        "{i:?}"
+    );
+    let abroad = BASE.replace(
+        "jurisdiction = \"CN\"\nrecipient",
+        "jurisdiction = \"DE\"\nrecipient",
+    ) + "\n[audit]\npublish_head_to = \"group-dc\"\n";
+    let i = issues(&abroad);
+    assert!(
+        i.iter()
+            .any(|i| i.path == "audit.publish_head_to" && i.message.contains("cross-border")),
+        "{i:?}"
+    );
+}

@@ -66,6 +66,8 @@ pub struct AuditSettings {
     pub egress_retention_days: u32,
     /// Disk kept allocated for the trail (`.reserve`), released when the disk is full.
     pub reserve_bytes: u64,
+    /// Publish the chain head to this (domestic) destination, this often.
+    pub publish_head: Option<(String, std::time::Duration)>,
 }
 
 /// The trail cannot be written now; the caller must not do what the record was for.
@@ -87,6 +89,8 @@ enum Request {
 pub struct AuditLog {
     tx: mpsc::Sender<Request>,
     failing: Arc<AtomicBool>,
+    /// The chain head after the writer's last append.
+    head: Arc<std::sync::Mutex<Option<(u64, Hash)>>>,
     thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -129,6 +133,7 @@ impl AuditLog {
             retention_days: MIN_RETENTION_DAYS,
             egress_retention_days: MIN_EGRESS_RETENTION_DAYS,
             reserve_bytes: 0,
+            publish_head: None,
         };
         let log = Self::open(&settings, "gw-test").expect("audit trail");
         (dir, log)
@@ -232,7 +237,9 @@ impl AuditLog {
         }
         let (tx, rx) = mpsc::channel();
         let failing = Arc::new(AtomicBool::new(false));
+        let head = Arc::new(std::sync::Mutex::new(trail.head()));
         let writer = Writer {
+            head: head.clone(),
             trail,
             settings: settings.clone(),
             failing: failing.clone(),
@@ -255,6 +262,7 @@ impl AuditLog {
         Ok(AuditLog {
             tx,
             failing,
+            head,
             thread: Arc::new(std::sync::Mutex::new(Some(thread))),
         })
     }
@@ -282,6 +290,14 @@ impl AuditLog {
         answer
             .await
             .unwrap_or_else(|_| Err(AuditUnavailable("the audit writer has stopped".into())))
+    }
+
+    /// The chain head: the `seq` and hash of the last record written.
+    pub fn head(&self) -> Option<(u64, Hash)> {
+        *self
+            .head
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The trail could not be written at the last attempt.
@@ -342,6 +358,7 @@ pub fn append_now(dir: &std::path::Path, gateway: &str, event: Event) -> Result<
 
 struct Writer {
     trail: Trail,
+    head: Arc<std::sync::Mutex<Option<(u64, Hash)>>>,
     settings: AuditSettings,
     failing: Arc<AtomicBool>,
     /// Records accepted but not yet in the trail (while it cannot be written), in order.
@@ -440,6 +457,10 @@ impl Writer {
                 if sync {
                     self.last_sync = Instant::now();
                 }
+                *self
+                    .head
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = self.trail.head();
                 if let Some((since, error)) = self.failure.take() {
                     self.failing.store(false, Ordering::Relaxed);
                     info!(

@@ -269,6 +269,7 @@ fn settings(dir: &Path) -> AuditSettings {
         retention_days: MIN_RETENTION_DAYS,
         egress_retention_days: MIN_EGRESS_RETENTION_DAYS,
         reserve_bytes: 0,
+        publish_head: None,
     }
 }
 

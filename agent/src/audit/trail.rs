@@ -256,6 +256,11 @@ impl Trail {
         self.next_seq
     }
 
+    /// The chain head: the last record's `seq` and hash (as this writer last wrote or read).
+    pub(crate) fn head(&self) -> Option<(u64, Hash)> {
+        self.next_seq.checked_sub(1).map(|seq| (seq, self.prev))
+    }
+
     fn locked<T>(
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T, TrailError>,

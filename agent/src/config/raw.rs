@@ -130,6 +130,10 @@ pub(crate) struct RawAudit {
     pub(crate) egress_retention_days: u32,
     #[serde(default = "default_audit_reserve_mb")]
     pub(crate) reserve_mb: u64,
+    /// A domestic destination the chain head is published to (a hash and a count).
+    pub(crate) publish_head_to: Option<String>,
+    #[serde(default = "default_publish_head_every", with = "humantime_serde")]
+    pub(crate) publish_head_every: Duration,
 }
 
 impl Default for RawAudit {
@@ -139,8 +143,14 @@ impl Default for RawAudit {
             retention_days: default_audit_retention_days(),
             egress_retention_days: default_egress_retention_days(),
             reserve_mb: default_audit_reserve_mb(),
+            publish_head_to: None,
+            publish_head_every: default_publish_head_every(),
         }
     }
+}
+
+fn default_publish_head_every() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn default_audit_retention_days() -> u32 {

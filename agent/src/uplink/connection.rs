@@ -298,7 +298,7 @@ impl EgressAudit {
             purpose: d.purpose.clone(),
             legal_basis: d.legal_basis.clone(),
             assessment_reference: d.assessment.as_ref().map(|a| a.reference.clone()),
-            form: m.facts.form.as_str().to_owned(),
+            form: m.facts.form.to_owned(),
             level: m.level.as_str().to_owned(),
             categories: categories_of(m.facts.categories),
             items: m.items,

@@ -48,7 +48,8 @@ pub(crate) struct Message {
 /// The content of a message as the egress record describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Facts {
-    pub(crate) form: Form,
+    /// `raw`, `summary`, or `audit_head` (the trail's chain head, decision 0018).
+    pub(crate) form: &'static str,
     /// Bit `i` for `Category::ALL[i]`.
     pub(crate) categories: u8,
     pub(crate) first_key: Option<ItemKey>,
@@ -58,7 +59,7 @@ pub(crate) struct Facts {
 impl Default for Facts {
     fn default() -> Self {
         Facts {
-            form: Form::Raw,
+            form: Form::Raw.as_str(),
             categories: 0,
             first_key: None,
             last_key: None,

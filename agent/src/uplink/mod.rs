@@ -92,6 +92,9 @@ pub struct UplinkHandle {
     tasks: Vec<JoinHandle<()>>,
     /// Denials, aggregated for the audit trail (none for a detached test uplink).
     denials: Option<Denials>,
+    /// The delivery core, for the audit trail's chain head (which is not a data item).
+    shared: Arc<Shared>,
+    env: Envelope,
 }
 
 /// How often aggregated denials are recorded, per destination, level and reason.
@@ -231,6 +234,49 @@ impl UplinkHandle {
                 Err(reason)
             }
         }
+    }
+
+    /// Publishes the audit trail's chain head: the `seq` and hash of its last record and
+    /// nothing else (level general, no data value), so that a trail wiped and rebuilt on the
+    /// gateway cannot hide it (decision 0018). Only to a domestic destination; it leaves like
+    /// any message, after its own `DataEgressed` record.
+    pub(crate) fn publish_audit_head(&self, seq: u64, hash: &str, now_ms: i64) -> bool {
+        let dest = self.policy.destination();
+        if dest.is_cross_border() {
+            return false;
+        }
+        let payload = serde_json::json!({
+            "v": encode::SCHEMA_VERSION,
+            "gateway": self.env.gateway,
+            "site": self.env.site,
+            "destination": self.env.destination,
+            "form": "audit_head",
+            "level": "general",
+            "seq": seq,
+            "records": seq + 1,
+            "hash": hash,
+            "ts": now_ms,
+        });
+        let topic = format!(
+            "{}/{}/{}/audit/head",
+            dest.topic_prefix.trim_end_matches('/'),
+            self.env.site,
+            self.env.gateway
+        );
+        let msg = Message::new(
+            topic.into(),
+            payload.to_string().into_bytes(),
+            Level::General,
+            1,
+        )
+        .with_facts(Facts {
+            form: "audit_head",
+            categories: 0,
+            first_key: None,
+            last_key: None,
+        });
+        self.shared.offer(msg);
+        true
     }
 
     /// Records the denials of a period that has ended, and an assessment that is about to
@@ -401,7 +447,7 @@ pub fn spawn(
     let handoff = Arc::new(Handoff::new(dest.queue_items));
     let shared = Arc::new(Shared::new(dest.queue_items, stats.clone(), index));
     let closing = CancellationToken::new();
-    let batcher = Batcher::new(dest.clone(), env, shared.clone());
+    let batcher = Batcher::new(dest.clone(), env.clone(), shared.clone());
     let batch_task = tokio::spawn(batcher.run(handoff.clone(), shutdown, closing.clone()));
     let broker = format!("{}:{}", dest.broker.host, dest.broker.port);
     let denials = Denials {
@@ -415,7 +461,7 @@ pub fn spawn(
         dest: dest.clone(),
     };
     let driver = Driver::new(
-        shared,
+        shared.clone(),
         MqttConnector { options },
         closing,
         broker,
@@ -429,6 +475,8 @@ pub fn spawn(
         stats,
         tasks: vec![batch_task, conn_task],
         denials: Some(denials),
+        shared,
+        env,
     })
 }
 
@@ -450,7 +498,7 @@ pub(crate) fn detached(
     let env = envelope(&dest, gateway);
     let handoff = Arc::new(Handoff::new(dest.queue_items));
     let shared = Arc::new(Shared::new(dest.queue_items, stats.clone(), index));
-    let batcher = Batcher::new(dest.clone(), env, shared.clone());
+    let batcher = Batcher::new(dest.clone(), env.clone(), shared.clone());
     let handle = UplinkHandle {
         policy: Policy::new(dest),
         handoff: handoff.clone(),
@@ -458,6 +506,8 @@ pub(crate) fn detached(
         stats,
         tasks: Vec::new(),
         denials: None,
+        shared: shared.clone(),
+        env,
     };
     let detached = Detached {
         handoff,
@@ -751,7 +801,7 @@ impl Batcher {
         // The payload leaves with the message (held until its PUBACK): an exact-size copy.
         let payload = self.scratch.clone();
         let facts = Facts {
-            form,
+            form: form.as_str(),
             categories: items
                 .iter()
                 .fold(0, |bits, i| bits | category_bit(i.category())),

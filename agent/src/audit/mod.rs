@@ -486,7 +486,8 @@ impl Writer {
                     );
                     self.failure = Some((now_ms(), reason.clone()));
                     self.failing.store(true, Ordering::Relaxed);
-                    self.attempts = 0;
+                    // This attempt is the first.
+                    self.attempts = 1;
                     let incident = unwritable(now_ms(), &reason);
                     // On a full disk this may fail too: then it is written with the resolution.
                     self.raised_on_file = incident

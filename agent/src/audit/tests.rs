@@ -507,3 +507,46 @@ fn the_reserve_is_allocated_and_released_on_demand() {
     assert!(!reserve.exists());
     assert!(!t.release_reserve(), "nothing left to release");
 }
+
+#[test]
+fn a_trail_cut_under_a_running_writer_is_recorded_when_it_next_writes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut t = trail_over_days(dir.path(), NOV_1, 1, 5);
+    let l = lines(dir.path(), "2025-11-01.jsonl");
+    write_lines(dir.path(), "2025-11-01.jsonl", &l[..2]);
+    t.append(&[(NOV_1 + 10_000, ev(9))], true).expect("append");
+    // Recorded now (today's segment), before the record that found it.
+    let newest = segments(dir.path()).expect("s").pop().expect("one");
+    let text = fs::read_to_string(dir.path().join(newest)).expect("read");
+    assert!(
+        text.contains("\"type\":\"AuditTruncationDetected\",\"checkpoint_seq\":4"),
+        "{text}"
+    );
+    let r = verify(dir.path(), None).expect("verify");
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.what.contains("found the trail truncated")),
+        "{:?}",
+        r.problems
+    );
+}
+
+#[test]
+fn a_segment_replaced_under_a_running_writer_is_followed_not_lost() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut t = trail_over_days(dir.path(), NOV_1, 1, 3);
+    // An editor's save: same content, new inode.
+    let path = dir.path().join("2025-11-01.jsonl");
+    let tmp = dir.path().join("copy");
+    fs::copy(&path, &tmp).expect("copy");
+    fs::rename(&tmp, &path).expect("rename");
+    t.append(&[(NOV_1 + 10_000, ev(9))], true).expect("append");
+    t.checkpoint().expect("checkpoint");
+    assert_eq!(
+        lines(dir.path(), "2025-11-01.jsonl").len(),
+        4,
+        "the record is in the file"
+    );
+    assert!(verify(dir.path(), None).expect("verify").intact());
+}

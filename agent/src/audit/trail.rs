@@ -44,7 +44,8 @@ pub enum TrailError {
 impl TrailError {
     /// The disk (or the quota) is full.
     pub(crate) fn is_no_space(&self) -> bool {
-        matches!(self, TrailError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
+        matches!(self, TrailError::Io { source, .. }
+            if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
     }
 }
 
@@ -328,20 +329,46 @@ impl Trail {
     }
 
     /// Another process appended since this one last looked: read on from where it left off.
-    fn catch_up(&mut self) -> Result<(), TrailError> {
+    /// Returns what the trail must record about itself: a chain that now ends before what
+    /// this writer last wrote or read was truncated (or its segment replaced) under it.
+    fn catch_up(&mut self) -> Result<Vec<Event>, TrailError> {
         let newest = segments(&self.dir)?.pop();
-        let current = self.segment.as_ref().map(|(n, _, _)| n.clone());
         let stale = match (&newest, &self.segment) {
             (Some(n), Some((name, file, len))) => {
-                n != name || file.metadata().map_or(true, |m| m.len() != *len)
+                n != name || !same_file(&self.dir.join(name), file, *len)
             }
-            (Some(_), None) => true,
-            (None, _) => false,
+            (Some(_), None) | (None, Some(_)) => true,
+            (None, None) => false,
         };
-        if stale || newest != current {
+        let mut notes = Vec::new();
+        if stale {
+            let known = self.head();
             self.segment = None;
-            let mut ignored = Vec::new();
-            self.load(&mut ignored)?;
+            self.load(&mut notes)?;
+            let found = self.head().map(|(seq, _)| seq);
+            let recorded = notes
+                .iter()
+                .any(|n| matches!(n, Event::AuditTruncationDetected { .. }));
+            if let Some((seq, hash)) = known {
+                if !recorded && found.is_none_or(|f| f < seq) {
+                    notes.push(Event::AuditTruncationDetected {
+                        checkpoint_seq: seq,
+                        checkpoint_hash: hash.hex(),
+                        found_seq: found,
+                    });
+                }
+            }
+        }
+        Ok(notes)
+    }
+
+    /// [`catch_up`](Self::catch_up), then records (durably) what it found.
+    fn refresh(&mut self) -> Result<(), TrailError> {
+        let notes = self.catch_up()?;
+        if !notes.is_empty() {
+            let now = crate::model::now_ms();
+            let notes: Vec<(i64, Event)> = notes.into_iter().map(|n| (now, n)).collect();
+            self.write_events(&notes, true)?;
         }
         Ok(())
     }
@@ -361,7 +388,57 @@ impl Trail {
         events: &[(i64, Event)],
         sync: bool,
     ) -> Result<Vec<u64>, TrailError> {
-        self.catch_up()?;
+        self.refresh()?;
+        self.write_events(events, sync)
+    }
+
+    /// Writes `events`, rolling to a new day's segment where they need it; all or nothing:
+    /// on error every segment is cut back and the chain head restored.
+    fn write_events(
+        &mut self,
+        events: &[(i64, Event)],
+        sync: bool,
+    ) -> Result<Vec<u64>, TrailError> {
+        let before = (
+            self.segment.as_ref().map(|(n, _, len)| (n.clone(), *len)),
+            self.next_seq,
+            self.prev,
+            self.unchecked,
+        );
+        let written = self.write_events_unguarded(events, sync);
+        if written.is_err() {
+            self.roll_back(before);
+        }
+        written
+    }
+
+    /// Undoes a partly written [`write_events`](Self::write_events): removes a segment it
+    /// started (new days start empty) and cuts the one it started in back to its length.
+    fn roll_back(&mut self, before: (Option<(String, u64)>, u64, Hash, u64)) {
+        let (segment, next_seq, prev, unchecked) = before;
+        let current = self.segment.as_ref().map(|(n, _, _)| n.clone());
+        if let Some(name) = &current {
+            if segment.as_ref().is_none_or(|(first, _)| first != name) {
+                let _ = fs::remove_file(self.dir.join(name));
+                self.segment = None;
+            }
+        }
+        if let Some((name, len)) = segment {
+            let path = self.dir.join(&name);
+            if let Ok(file) = OpenOptions::new().read(true).append(true).open(&path) {
+                let _ = file.set_len(len);
+                self.segment = Some((name, file, len));
+            }
+        }
+        (self.next_seq, self.prev, self.unchecked) = (next_seq, prev, unchecked);
+    }
+
+    fn write_events_unguarded(
+        &mut self,
+        events: &[(i64, Event)],
+        sync: bool,
+    ) -> Result<Vec<u64>, TrailError> {
+        let mut rolled = false;
         let mut seqs = Vec::with_capacity(events.len());
         let mut i = 0;
         while i < events.len() {
@@ -371,6 +448,7 @@ impl Trail {
             let current = self.segment.as_ref().map(|(n, _, _)| n.clone());
             if current.as_ref().is_none_or(|c| day > *c) {
                 self.roll(&day)?;
+                rolled = current.is_some();
             }
             let name = self
                 .segment
@@ -402,6 +480,11 @@ impl Trail {
         }
         if sync {
             self.unsynced = false;
+        }
+        if rolled {
+            // The closed segment's checkpoint, written once everything of this call is in.
+            self.sync()?;
+            self.write_checkpoint()?;
         }
         Ok(seqs)
     }
@@ -443,9 +526,8 @@ impl Trail {
     /// Closes the current segment (with a checkpoint) and starts `day`'s.
     fn roll(&mut self, day: &str) -> Result<(), TrailError> {
         if self.segment.is_some() {
-            // The closing segment's records are durable before its checkpoint names them.
+            // The closing segment's records are durable before the next day's follow them.
             self.sync()?;
-            self.write_checkpoint()?;
         }
         let path = self.dir.join(day);
         let file = OpenOptions::new()
@@ -478,6 +560,8 @@ impl Trail {
             return Ok(());
         }
         self.locked(|t| {
+            // Another writer may have appended since: the checkpoint never moves back.
+            t.refresh()?;
             t.sync()?;
             t.write_checkpoint()
         })
@@ -524,7 +608,7 @@ impl Trail {
         retention_days: u32,
         egress_retention_days: u32,
     ) -> Result<Vec<String>, TrailError> {
-        self.catch_up()?;
+        self.refresh()?;
         // A segment's records all fall on its day, so it is past retention once the day after
         // it is more than `days` ago.
         let cutoff = |days: u32| segment_name(now_ms - i64::from(days) * DAY_MS);
@@ -558,7 +642,7 @@ impl Trail {
             retention_days,
             egress_retention_days,
         };
-        self.append_locked(&[(now_ms, event)], true)?;
+        self.write_events(&[(now_ms, event)], true)?;
         self.anchor = Anchor {
             seq: through_seq + 1,
             prev: through_hash,
@@ -598,6 +682,22 @@ impl Trail {
     pub(crate) fn release_reserve(&self) -> bool {
         fs::remove_file(self.dir.join(RESERVE)).is_ok()
     }
+}
+
+/// `file` (open, `len` bytes as this writer knows it) is still what `path` names: the same
+/// inode (not replaced by an editor or a restore) and the same length.
+fn same_file(path: &Path, file: &File, len: u64) -> bool {
+    let (Ok(on_disk), Ok(open)) = (fs::metadata(path), file.metadata()) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        if (on_disk.dev(), on_disk.ino()) != (open.dev(), open.ino()) {
+            return false;
+        }
+    }
+    open.len() == len
 }
 
 fn holds_egress(bytes: &[u8]) -> bool {

@@ -567,7 +567,10 @@ impl<C: Connector> Driver<C> {
                     .map(|m| (m.id, audit.egressed(m, &self.broker)))
                     .unzip()
             };
-            if !ids.is_empty() {
+            if ids.is_empty() {
+                // Nothing waits for a record (re-sent messages keep theirs): no retry is due.
+                self.audit_retry = None;
+            } else {
                 match audit.log.record_durable(events).await {
                     Ok(seqs) => {
                         if self.audit_retry.take().is_some() {

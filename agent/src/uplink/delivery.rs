@@ -193,12 +193,15 @@ impl Delivery {
         self.queue.push_back(msg);
         let mut dropped = LevelCounts::default();
         while self.items > self.capacity_items && self.queue.len() > 1 {
+            // A message with an egress record was given to the client (or is about to be):
+            // it is never dropped, so no record describes a message that did not leave.
+            let droppable = |m: &Message| m.record.is_none();
             let victim = self
                 .queue
                 .iter()
-                .position(|m| m.level == Level::General)
-                .unwrap_or(0);
-            let Some(m) = self.queue.remove(victim) else {
+                .position(|m| m.level == Level::General && droppable(m))
+                .or_else(|| self.queue.iter().position(droppable));
+            let Some(m) = victim.and_then(|v| self.queue.remove(v)) else {
                 break;
             };
             self.items -= m.items;
@@ -456,6 +459,25 @@ mod tests {
         d.on_connected();
         let ids: Vec<u64> = d.to_record().map(|m| m.id).collect();
         assert_eq!(ids, [2], "only c still needs a record");
+    }
+
+    #[test]
+    fn a_message_with_an_egress_record_is_never_dropped_from_a_full_backlog() {
+        let mut d = Delivery::new(2, 4);
+        d.require_records();
+        d.offer(tagged("a"));
+        d.offer(tagged("b"));
+        d.on_connected();
+        // Both were recorded (the driver is about to hand them out) when a third arrives.
+        d.set_record(0, 10);
+        d.set_record(1, 11);
+        let dropped = d.offer(tagged("c"));
+        assert_eq!(dropped.total(), 1);
+        assert_eq!(
+            d.queued_ids(),
+            [0, 1],
+            "the unrecorded one goes, not a recorded one"
+        );
     }
 
     #[test]

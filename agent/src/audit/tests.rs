@@ -550,3 +550,26 @@ fn a_segment_replaced_under_a_running_writer_is_followed_not_lost() {
     );
     assert!(verify(dir.path(), None).expect("verify").intact());
 }
+
+#[test]
+fn export_selects_records_by_their_own_day_even_in_a_later_segment() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (mut t, _) = Trail::open(dir.path(), "gw-01", None).expect("open");
+    // Day 2 first, then a record of day 1 (a clock stepped back): it stays in day 2's segment.
+    t.append(&[(NOV_1 + DAY, ev(2)), (NOV_1, ev(1))], true)
+        .expect("append");
+    t.checkpoint().expect("checkpoint");
+    assert_eq!(segments(dir.path()).expect("s"), ["2025-11-02.jsonl"]);
+    let filter = ExportFilter {
+        from: "2025-11-01".into(),
+        to: "2025-11-01".into(),
+        types: Vec::new(),
+        until_seq: None,
+    };
+    let mut out = Vec::new();
+    let n = export(dir.path(), &filter, ExportFormat::Jsonl, &mut out).expect("export");
+    assert_eq!(n.records, 1);
+    assert!(String::from_utf8(out)
+        .expect("utf-8")
+        .contains("\"reason\":\"test 1\""));
+}

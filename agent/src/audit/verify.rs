@@ -324,7 +324,8 @@ impl ExportFormat {
     }
 }
 
-/// Which records `audit export` writes: days `from..=to` (`YYYY-MM-DD`, UTC), only `types`
+/// Which records `audit export` writes: those whose `ts` falls on days `from..=to`
+/// (`YYYY-MM-DD`, UTC), only `types`
 /// if any, and only records before `until_seq` (so a second pass writes exactly what the
 /// first counted, whatever was appended meanwhile).
 #[derive(Debug, Clone)]
@@ -365,8 +366,9 @@ pub fn export(
     let mut records = 0;
     let mut scanned_until = 0;
     for name in segments(dir)? {
-        let day = &name[..10];
-        if day < filter.from.as_str() || day > filter.to.as_str() {
+        // A record is in the segment of its day or a later one (a clock stepped back keeps
+        // writing the newest segment), never an earlier one.
+        if &name[..10] < filter.from.as_str() {
             continue;
         }
         let bytes = read_segment(dir, &name)?;
@@ -382,6 +384,11 @@ pub fn export(
                 continue;
             }
             scanned_until = scanned_until.max(v.seq + 1);
+            // Selected by the record's own UTC day.
+            let day = v.ts.get(..10).unwrap_or_default();
+            if day < filter.from.as_str() || day > filter.to.as_str() {
+                continue;
+            }
             if !filter.types.is_empty() && !filter.types.contains(&v.kind) {
                 continue;
             }

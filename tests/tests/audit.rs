@@ -260,16 +260,17 @@ fn assert_egress_records_match_the_broker(config: &Path, collector: &Collector) 
 /// Each chain head the broker got names a record of the trail by its `seq` and hash, and
 /// carries nothing else (no data value).
 fn assert_the_published_heads_are_in_the_trail(dir: &Path, collector: &Collector) {
-    let mut hashes = std::collections::HashMap::new();
-    for segment in segments(&dir.join("audit")) {
-        for line in std::fs::read_to_string(segment).expect("segment").lines() {
-            let r: Json = serde_json::from_str(line).expect("record");
-            hashes.insert(
-                r["seq"].as_u64().expect("seq"),
-                r["hash"].as_str().expect("hash").to_owned(),
-            );
-        }
-    }
+    let hashes: std::collections::HashMap<u64, String> =
+        edge_agent::audit::records(&dir.join("audit"))
+            .expect("trail")
+            .iter()
+            .map(|r| {
+                (
+                    r["seq"].as_u64().expect("seq"),
+                    r["hash"].as_str().expect("hash").to_owned(),
+                )
+            })
+            .collect();
     let heads: Vec<Json> = collector
         .messages()
         .iter()

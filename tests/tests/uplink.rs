@@ -277,26 +277,7 @@ fn audit_log(dir: &std::path::Path) -> edge_agent::audit::AuditLog {
 
 /// Every record of the trail in `dir`, oldest first.
 fn trail_records(dir: &std::path::Path) -> Vec<Json> {
-    let mut names: Vec<_> = std::fs::read_dir(dir)
-        .expect("trail")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| {
-            std::path::Path::new(n)
-                .extension()
-                .is_some_and(|e| e == "jsonl")
-        })
-        .collect();
-    names.sort();
-    names
-        .iter()
-        .flat_map(|n| {
-            std::fs::read_to_string(dir.join(n))
-                .expect("segment")
-                .lines()
-                .map(|l| serde_json::from_str(l).expect("record"))
-                .collect::<Vec<Json>>()
-        })
-        .collect()
+    edge_agent::audit::records(dir).expect("trail")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

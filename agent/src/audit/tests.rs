@@ -253,14 +253,7 @@ fn a_truncation_found_on_open_is_recorded_and_stays_reported() {
         "{incidents}"
     );
     // The agent's own later checkpoint no longer shows the gap; its record does.
-    let r = verify(dir.path(), None).expect("verify");
-    assert!(
-        r.problems
-            .iter()
-            .any(|p| p.what.contains("found the trail truncated")),
-        "{:?}",
-        r.problems
-    );
+    assert_truncation_reported(dir.path());
 }
 
 fn settings(dir: &Path) -> AuditSettings {
@@ -522,14 +515,7 @@ fn a_trail_cut_under_a_running_writer_is_recorded_when_it_next_writes() {
         text.contains("\"type\":\"AuditTruncationDetected\",\"checkpoint_seq\":4"),
         "{text}"
     );
-    let r = verify(dir.path(), None).expect("verify");
-    assert!(
-        r.problems
-            .iter()
-            .any(|p| p.what.contains("found the trail truncated")),
-        "{:?}",
-        r.problems
-    );
+    assert_truncation_reported(dir.path());
 }
 
 #[test]
@@ -572,4 +558,16 @@ fn export_selects_records_by_their_own_day_even_in_a_later_segment() {
     assert!(String::from_utf8(out)
         .expect("utf-8")
         .contains("\"reason\":\"test 1\""));
+}
+
+/// `verify` reports the truncation the agent recorded.
+fn assert_truncation_reported(dir: &Path) {
+    let r = verify(dir, None).expect("verify");
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.what.contains("found the trail truncated")),
+        "{:?}",
+        r.problems
+    );
 }

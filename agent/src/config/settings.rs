@@ -152,25 +152,27 @@ fn dir_issue(key: &str, dir: &Path) -> Option<ConfigIssue> {
             .hint("name a directory (it is created if missing)")
         });
     }
-    for ancestor in dir.ancestors().skip(1) {
-        if ancestor.as_os_str().is_empty() {
-            break;
-        }
-        if let Ok(meta) = std::fs::metadata(ancestor) {
-            if !meta.is_dir() {
-                return Some(ConfigIssue::new(
-                    key,
-                    format!(
-                        "{} is not a directory, so {} cannot be created in it",
-                        ancestor.display(),
-                        dir.display()
-                    ),
-                ));
-            }
-            break;
-        }
-    }
-    None
+    blocked_by_ancestor(key, dir)
+}
+
+/// `path` does not exist: the nearest ancestor that does must be a directory, or `run` cannot
+/// create `path` in it.
+fn blocked_by_ancestor(key: &str, path: &Path) -> Option<ConfigIssue> {
+    let ancestor = path
+        .ancestors()
+        .skip(1)
+        .take_while(|a| !a.as_os_str().is_empty())
+        .find(|a| std::fs::metadata(a).is_ok())?;
+    (!ancestor.is_dir()).then(|| {
+        ConfigIssue::new(
+            key,
+            format!(
+                "{} is not a directory, so {} cannot be created in it",
+                ancestor.display(),
+                path.display()
+            ),
+        )
+    })
 }
 
 /// What `run` would trip over when it opens the historian at `path`: the path is a directory
@@ -206,28 +208,7 @@ fn historian_path_issue(path: &Path) -> Option<ConfigIssue> {
         }
         return None;
     }
-    for ancestor in path.ancestors().skip(1) {
-        if ancestor.as_os_str().is_empty() {
-            break;
-        }
-        if let Ok(meta) = std::fs::metadata(ancestor) {
-            if !meta.is_dir() {
-                return Some(
-                    ConfigIssue::new(
-                        KEY,
-                        format!(
-                            "{} is not a directory, so {} cannot be created in it",
-                            ancestor.display(),
-                            path.display()
-                        ),
-                    )
-                    .hint("point historian.path into a directory"),
-                );
-            }
-            break;
-        }
-    }
-    None
+    blocked_by_ancestor(KEY, path).map(|i| i.hint("point historian.path into a directory"))
 }
 
 #[cfg(test)]

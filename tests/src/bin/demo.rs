@@ -140,18 +140,9 @@ async fn main() -> anyhow::Result<()> {
 /// The trail's records so far, per type (it grows with every message that leaves).
 fn print_trail(dir: &std::path::Path) {
     let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
-    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| Some(e.ok()?.path())).collect())
-        .unwrap_or_default();
-    names.retain(|p| p.extension().is_some_and(|e| e == "jsonl"));
-    for path in names {
-        for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
-            if let Some(kind) = serde_json::from_str::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v["type"].as_str().map(str::to_owned))
-            {
-                *kinds.entry(kind).or_default() += 1;
-            }
+    for r in edge_agent::audit::records(dir).unwrap_or_default() {
+        if let Some(kind) = r["type"].as_str() {
+            *kinds.entry(kind.to_owned()).or_default() += 1;
         }
     }
     let total: usize = kinds.values().sum();

@@ -81,10 +81,14 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
     // Uplinks stop only after the router has drained the sources, so nothing read is lost.
     let uplink_shutdown = CancellationToken::new();
 
+    // The historian first: what is read must have somewhere to go before anything else can
+    // delay it (the trail's open syncs and allocates its reserve). Neither runs without the
+    // other: nothing is read until both are open.
+    let historian = store::Historian::spawn(&cfg.historian, &cfg.points, stats.clone())?;
     let audit = AuditLog::open_counting(&cfg.audit, &cfg.gateway.id, stats.clone())?;
     record_start(&audit, &cfg);
-    let started = start_stores_and_uplinks(&cfg, &stats, &uplink_shutdown, &audit);
-    let (historian, uplinks) = match started {
+    let started = start_uplinks(&cfg, &stats, &uplink_shutdown, &audit);
+    let uplinks = match started {
         Ok(s) => s,
         Err(e) => {
             audit.record(Event::AgentStopped {
@@ -172,15 +176,12 @@ async fn head_due(tick: Option<&mut tokio::time::Interval>) {
     }
 }
 
-type Started = (store::HistorianHandle, Vec<uplink::UplinkHandle>);
-
-fn start_stores_and_uplinks(
+fn start_uplinks(
     cfg: &AgentConfig,
     stats: &Arc<Stats>,
     uplink_shutdown: &CancellationToken,
     audit: &AuditLog,
-) -> Result<Started, PipelineError> {
-    let historian = store::Historian::spawn(&cfg.historian, &cfg.points, stats.clone())?;
+) -> Result<Vec<uplink::UplinkHandle>, PipelineError> {
     let mut uplinks = Vec::new();
     for dest in &cfg.destinations {
         // Each uplink owns its destination's policy: nothing else can put an item in its queue.
@@ -192,7 +193,7 @@ fn start_stores_and_uplinks(
             audit.clone(),
         )?);
     }
-    Ok((historian, uplinks))
+    Ok(uplinks)
 }
 
 /// The agent started, with which config and which classification.

@@ -31,6 +31,7 @@ fn egressed(i: u64) -> Event {
         payload_sha256: edge_agent::audit::sha256_hex(&i.to_le_bytes()),
         first_key: format!("furnace1.zone1.temp@{}/60000", 1_764_460_800_000 + i),
         last_key: format!("press3.ram_speed@{}/60000", 1_764_460_800_000 + i),
+        downgrades: vec![],
     }
 }
 

@@ -20,9 +20,9 @@ use crate::config::issues::{Collector, ConfigIssue, Warning};
 use crate::config::load::{self, ConfigError, ParseError, Parsed};
 use crate::config::raw::RawConfig;
 use crate::config::runtime::{
-    ClassificationSettings, Destination, Gateway, HistorianSettings, SummarySettings,
+    ClassificationSettings, Destination, Downgrade, Gateway, HistorianSettings, SummarySettings,
 };
-use crate::config::settings;
+use crate::config::{derived, settings};
 use crate::model::{Category, Level, PointMeta};
 use crate::source::modbus::config::{self as modbus_config, ModbusDevice, ModbusLine};
 
@@ -39,6 +39,10 @@ pub struct AgentConfig {
     pub audit: AuditSettings,
     pub summary: SummarySettings,
     pub destinations: Vec<Arc<Destination>>,
+    /// Group summaries' subjects (`[[groups]]`), ids after the last point's.
+    pub(crate) groups: Vec<Arc<PointMeta>>,
+    /// Approved downgrades (`[[downgrades]]`), expired ones included (they are ignored).
+    pub(crate) downgrades: Vec<Arc<Downgrade>>,
     /// The file this config came from and the SHA-256 of its text, for the audit trail.
     pub(crate) origin: ConfigOrigin,
 }
@@ -62,6 +66,10 @@ impl AgentConfig {
 
     pub(crate) fn point_by_tag(&self, tag: &str) -> Option<&Arc<PointMeta>> {
         self.points.iter().find(|p| &**p.tag() == tag)
+    }
+
+    pub(crate) fn group_by_name(&self, name: &str) -> Option<&Arc<PointMeta>> {
+        self.groups.iter().find(|p| &**p.tag() == name)
     }
 }
 
@@ -215,6 +223,8 @@ fn build(raw: &RawConfig, origin: ConfigOrigin, out: &mut Collector) -> AgentCon
     let lines = modbus_config::build(&raw.lines, &raw.devices, &mut classifier, out);
     let classification = classifier.settings().clone();
     let points = classifier.finish(out);
+    let groups = derived::groups(&raw.groups, &points, &gateway, out);
+    let downgrades = derived::downgrades(&raw.downgrades, &points, &groups, out);
     let destinations = crate::policy::config::build(&raw.destinations, &gateway, out);
     for (i, d) in destinations.iter().enumerate() {
         if let Some(tls) = &d.broker.tls {
@@ -282,6 +292,8 @@ fn build(raw: &RawConfig, origin: ConfigOrigin, out: &mut Collector) -> AgentCon
         audit,
         summary: SummarySettings { windows },
         destinations,
+        groups,
+        downgrades,
         origin,
     }
 }

@@ -177,6 +177,8 @@ pub enum Protocol {
     ModbusRtu,
     ModbusRtuOverTcp,
     Mqtt,
+    /// Not read from a device: computed on the gateway from other points (a group summary).
+    Derived,
 }
 
 impl Protocol {
@@ -186,6 +188,7 @@ impl Protocol {
             Protocol::ModbusRtu => "modbus_rtu",
             Protocol::ModbusRtuOverTcp => "modbus_rtu_over_tcp",
             Protocol::Mqtt => "mqtt",
+            Protocol::Derived => "derived",
         }
     }
 }
@@ -213,6 +216,20 @@ pub struct PointMeta {
     /// computes every value as an integer times `scale` plus `offset`: the historian then codes
     /// a value by its integer, whatever the scale (e.g. 1/3, which no decimal quantum fits).
     value_scale: Option<(u64, u64)>,
+    /// Set for a group summary's subject: its members and the union of their categories.
+    group: Option<Arc<GroupInfo>>,
+}
+
+/// What a group summary is made of. A group's own `level` is the highest of its members'
+/// (就高) and `category` the first of `categories`; policy checks every category.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GroupInfo {
+    /// Member point ids (`PointMeta::id`), ascending.
+    pub(crate) members: Vec<u32>,
+    /// The union of the members' categories, ascending, never empty.
+    pub(crate) categories: Vec<Category>,
+    /// What the group stands for, as the config says.
+    pub(crate) description: Option<String>,
 }
 
 /// What the classification compiler decided for a point, and where the point comes from: the
@@ -261,6 +278,32 @@ impl PointMeta {
             unit: s.unit,
             interval_ms: s.interval_ms,
             value_scale: s.value_scale.map(|(a, b)| (a.to_bits(), b.to_bits())),
+            group: None,
+        }
+    }
+
+    /// The subject of a group summary (only the config compiler calls this, as for
+    /// [`PointMeta::compile`]): `s.level` must be the highest member level and `s.category`
+    /// the first of `group.categories`.
+    #[allow(clippy::disallowed_methods)] // a group's label is compiled like a point's
+    pub(crate) fn compile_group(s: PointFields, group: GroupInfo) -> Self {
+        debug_assert_eq!(group.categories.first(), Some(&s.category));
+        Self {
+            group: Some(Arc::new(group)),
+            ..Self::compile(s)
+        }
+    }
+
+    /// The group this meta stands for, if it is a group summary's subject.
+    pub(crate) fn group(&self) -> Option<&GroupInfo> {
+        self.group.as_deref()
+    }
+
+    /// Every category the data carries: the point's one, or the union of a group's members'.
+    pub(crate) fn categories(&self) -> &[Category] {
+        match &self.group {
+            Some(g) => &g.categories,
+            None => std::slice::from_ref(&self.category),
         }
     }
 
@@ -299,6 +342,38 @@ impl PointMeta {
             interval_ms,
             value_scale: None,
         })
+    }
+
+    /// Test-only: a group summary's subject over `members` (ids follow the members').
+    #[cfg(test)]
+    #[allow(clippy::disallowed_methods)] // test-only groups
+    pub(crate) fn group_for_test(id: u32, tag: &str, members: &[Arc<PointMeta>]) -> Self {
+        let mut categories: Vec<Category> = members.iter().map(|p| p.category).collect();
+        categories.sort();
+        categories.dedup();
+        let level = Level::highest(members.iter().map(|p| p.level));
+        Self::compile_group(
+            PointFields {
+                id,
+                tag: tag.into(),
+                level,
+                category: categories[0],
+                rule_id: format!("group:{tag}").into(),
+                device: "group".into(),
+                protocol: Protocol::Derived,
+                address: "group".into(),
+                gateway: "gw".into(),
+                site: "site".into(),
+                unit: None,
+                interval_ms: 1000,
+                value_scale: None,
+            },
+            GroupInfo {
+                members: members.iter().map(|p| p.id).collect(),
+                categories,
+                description: None,
+            },
+        )
     }
 
     /// Test-only: the same point on another device.
@@ -389,6 +464,19 @@ impl Stat {
         Stat::Good,
         Stat::Bad,
     ];
+
+    /// The name as in the config and the upstream message.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Stat::Count => "count",
+            Stat::Min => "min",
+            Stat::Max => "max",
+            Stat::Mean => "mean",
+            Stat::Last => "last",
+            Stat::Good => "good",
+            Stat::Bad => "bad",
+        }
+    }
 }
 
 /// The form in which data may leave the gateway.

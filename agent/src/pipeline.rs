@@ -122,7 +122,9 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
     );
 
     let head = cfg.audit.publish_head.clone();
-    let summary = SummaryEngine::new(&cfg.points, &cfg.summary.windows).starting_at(now_ms());
+    let summary = SummaryEngine::new(&cfg.points, &cfg.summary.windows)
+        .with_groups(&cfg.groups)
+        .starting_at(now_ms());
     let router_stats = stats.clone();
     let router = tokio::spawn(async move {
         let mut router = Router::new(summary, uplinks, router_stats);
@@ -188,6 +190,7 @@ fn start_uplinks(
         uplinks.push(uplink::spawn(
             dest.clone(),
             &cfg.gateway,
+            &cfg.downgrades,
             stats.clone(),
             uplink_shutdown.clone(),
             audit.clone(),

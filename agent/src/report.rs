@@ -10,6 +10,9 @@ use crate::source::modbus;
 use crate::source::modbus::config::ModbusDevice;
 use crate::stats::Stats;
 
+mod derived_report;
+use derived_report::groups_and_downgrades;
+
 /// Writes one device's poll groups and request plan; returns its requests per cycle (of every
 /// group) and per second (at the groups' intervals).
 fn device_plan(s: &mut String, d: &ModbusDevice) -> (usize, f64) {
@@ -86,6 +89,49 @@ fn device_plan(s: &mut String, d: &ModbusDevice) -> (usize, f64) {
     (requests, per_second)
 }
 
+/// `check`'s egress matrix: what each destination may receive of each level.
+fn egress_matrix(s: &mut String, cfg: &AgentConfig) {
+    let _ = writeln!(s, "\negress matrix (destination x level -> forms):");
+    let _ = writeln!(
+        s,
+        "  {:<28} {:<16} {:<16} {:<16}",
+        "destination", "general", "important", "core"
+    );
+    for d in &cfg.destinations {
+        let m = Policy::new(d.clone())
+            .with_downgrades(&cfg.downgrades)
+            .matrix(now_ms());
+        let cell = |forms: &Vec<Form>| {
+            if forms.is_empty() {
+                "nothing".to_owned()
+            } else {
+                forms
+                    .iter()
+                    .map(|f| f.as_str())
+                    .collect::<Vec<_>>()
+                    .join("+")
+            }
+        };
+        let _ = writeln!(
+            s,
+            "  {:<28} {:<16} {:<16} {:<16}",
+            format!(
+                "{} ({}{})",
+                d.name,
+                d.jurisdiction,
+                if d.is_cross_border() {
+                    ", cross-border"
+                } else {
+                    ""
+                }
+            ),
+            cell(&m[0]),
+            cell(&m[1]),
+            cell(&m[2])
+        );
+    }
+}
+
 /// The `check` report of a valid config.
 pub fn check(loaded: &Loaded) -> String {
     let cfg = &loaded.config;
@@ -144,43 +190,8 @@ pub fn check(loaded: &Loaded) -> String {
         let _ = writeln!(s, "  {:<10} {:<24} {n}", level.as_str(), category.as_str());
     }
 
-    let _ = writeln!(s, "\negress matrix (destination x level -> forms):");
-    let _ = writeln!(
-        s,
-        "  {:<28} {:<16} {:<16} {:<16}",
-        "destination", "general", "important", "core"
-    );
-    for d in &cfg.destinations {
-        let m = Policy::new(d.clone()).matrix(now_ms());
-        let cell = |forms: &Vec<Form>| {
-            if forms.is_empty() {
-                "nothing".to_owned()
-            } else {
-                forms
-                    .iter()
-                    .map(|f| f.as_str())
-                    .collect::<Vec<_>>()
-                    .join("+")
-            }
-        };
-        let _ = writeln!(
-            s,
-            "  {:<28} {:<16} {:<16} {:<16}",
-            format!(
-                "{} ({}{})",
-                d.name,
-                d.jurisdiction,
-                if d.is_cross_border() {
-                    ", cross-border"
-                } else {
-                    ""
-                }
-            ),
-            cell(&m[0]),
-            cell(&m[1]),
-            cell(&m[2])
-        );
-    }
+    egress_matrix(&mut s, cfg);
+    groups_and_downgrades(&mut s, cfg, now_ms());
     if loaded.warnings.is_empty() {
         let _ = writeln!(s, "\nno warnings");
     } else {
@@ -192,8 +203,11 @@ pub fn check(loaded: &Loaded) -> String {
     s
 }
 
-/// The `explain` report of one point, or `None` if no point has that tag.
+/// The `explain` report of one point or group, or `None` if nothing has that name.
 pub fn explain(cfg: &AgentConfig, tag: &str, now_ms: i64) -> Option<String> {
+    if let Some(g) = cfg.group_by_name(tag) {
+        return Some(derived_report::explain_group(cfg, g, now_ms));
+    }
     let meta = cfg.point_by_tag(tag)?;
     let (line, device) = cfg.devices().find(|(_, d)| d.name == *meta.device())?;
     let point = device.points.iter().find(|p| p.meta.id() == meta.id())?;
@@ -244,30 +258,21 @@ pub fn explain(cfg: &AgentConfig, tag: &str, now_ms: i64) -> Option<String> {
             ""
         }
     );
-    if cfg.destinations.is_empty() {
+    let groups: Vec<&str> = cfg
+        .groups
+        .iter()
+        .filter(|g| g.group().is_some_and(|i| i.members.contains(&meta.id())))
+        .map(|g| &**g.tag())
+        .collect();
+    if !groups.is_empty() {
         let _ = writeln!(
             s,
-            "  egress: no destinations configured; the point stays on the gateway"
+            "  member of group summaries {} (see `explain` of each)",
+            crate::config::issues::name_list(&groups)
         );
     }
-    for d in &cfg.destinations {
-        let _ = writeln!(
-            s,
-            "  destination {} ({}{}; recipient {}; legal basis {}):",
-            d.name,
-            d.jurisdiction,
-            if d.is_cross_border() {
-                ", cross-border"
-            } else {
-                ""
-            },
-            d.recipient,
-            d.legal_basis
-        );
-        for line in Policy::new(d.clone()).explain(meta, now_ms) {
-            let _ = writeln!(s, "    {line}");
-        }
-    }
+    derived_report::retention(&mut s, cfg);
+    derived_report::per_destination(&mut s, cfg, meta, now_ms);
     Some(s)
 }
 

@@ -110,6 +110,11 @@ struct Rig {
 
 impl Rig {
     fn start(dir: &Path, extra: &str) -> Rig {
+        Self::start_with(dir, extra, |t| t)
+    }
+
+    /// As `start`, with the config text edited by `edit` before `extra` is appended.
+    fn start_with(dir: &Path, extra: &str, edit: impl Fn(String) -> String) -> Rig {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -125,7 +130,11 @@ impl Rig {
             .expect("collector");
         let config = dir.join("agent.toml");
         let press = plant.device_addr("press").expect("press").to_string();
-        let mut text = agent_toml(&press, &broker.addr().to_string(), &dir.join("h.db"));
+        let mut text = edit(agent_toml(
+            &press,
+            &broker.addr().to_string(),
+            &dir.join("h.db"),
+        ));
         text.push_str(extra);
         std::fs::write(&config, text).expect("config");
         Rig {
@@ -430,4 +439,125 @@ fn with_the_audit_disk_full_nothing_leaves_without_its_record_and_egress_resumes
         incidents.contains("\"state\":\"resolved\",\"kind\":\"audit_unwritable\""),
         "{incidents}"
     );
+}
+
+const DERIVED: &str = r#"
+[[destinations.allow]]
+levels = ["general"]
+form = "summary"
+window = "1s"
+stats = ["count", "good", "mean"]
+
+[[groups]]
+name = "press.pair"
+points = ["press.count", "press.secret"]
+[[groups]]
+name = "press.with_core"
+points = ["press.count", "press.spare"]
+
+[[downgrades]]
+id = "DG-1"
+points = ["press.secret", "press.pair"]
+stats = ["count", "good", "bad"]
+approver = "Li Wei, data security officer"
+rationale = "sample counts reveal no process values"
+expires = "2099-12-31"
+"#;
+
+/// Items of every message the broker got, with the message's topic.
+fn items(collector: &Collector) -> Vec<(String, Json)> {
+    let mut out = Vec::new();
+    for (topic, payload) in collector.messages() {
+        let Ok(msg) = serde_json::from_slice::<Json>(&payload) else {
+            continue;
+        };
+        for item in msg["items"].as_array().into_iter().flatten() {
+            out.push((topic.clone(), item.clone()));
+        }
+    }
+    out
+}
+
+#[test]
+fn group_summaries_take_the_highest_level_and_downgrades_release_only_approved_stats() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rig = Rig::start_with(dir.path(), DERIVED, |t| {
+        // press.spare becomes core data.
+        t.replace("type = \"i16\"\n", "type = \"i16\"\nlevel = \"core\"\n")
+    });
+    let (config, collector) = (&rig.config, &rig.collector);
+    let check = edge_agent(&["check"], config);
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        report.contains("group press.with_core (2 members): level core")
+            && report.contains("DG-1 IN FORCE"),
+        "{report}"
+    );
+    let agent = AgentProc::start(config).expect("agent starts");
+    let seen = |tag: &'static str| {
+        move |_: &str, p: &[u8]| {
+            String::from_utf8_lossy(p).contains(&format!("\"point\":\"{tag}\""))
+        }
+    };
+    for tag in ["press.pair", "press.secret"] {
+        assert!(
+            rig.runtime
+                .block_on(collector.wait_for(seen(tag), Duration::from_secs(20))),
+            "no summary of {tag} reached the broker"
+        );
+    }
+    let finished = agent
+        .terminate(Duration::from_secs(30))
+        .expect("agent stops");
+    assert!(finished.status.success(), "{:?}", finished.lines);
+
+    let all = items(collector);
+    for (topic, item) in &all {
+        let point = item["point"].as_str().unwrap_or_default();
+        assert!(
+            !["press.with_core", "press.spare"].contains(&point),
+            "core data or a group with a core member left: {item}"
+        );
+        if ["press.pair", "press.secret"].contains(&point) {
+            // Released only under the downgrade: general, labelled important, count and good
+            // only (the rule's and the downgrade's common stats), never the mean.
+            assert!(topic.ends_with("/summary/general"), "{topic}");
+            assert_eq!(item["level"], "general");
+            assert_eq!(item["labelled_level"], "important");
+            assert_eq!(item["downgrade"], "DG-1");
+            let stats: Vec<&String> = item["stats"].as_object().expect("stats").keys().collect();
+            assert_eq!(stats, ["count", "good"], "{item}");
+        }
+        if point == "press.pair" {
+            assert_eq!(item["members"], 2);
+            assert_eq!(
+                item["categories"],
+                serde_json::json!(["production_operation"])
+            );
+        }
+    }
+
+    let today = &edge_agent::audit::rfc3339_ms(edge_agent::model::now_ms())[..10];
+    let out = edge_agent(
+        &["audit", "export", "--from", "2020-01-01", "--to", today],
+        config,
+    );
+    let trail = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        trail.contains("\"type\":\"DowngradeApplied\",\"downgrade\":\"DG-1\",\"destination\":\"group-dc\",\"approver\":\"Li Wei, data security officer\""),
+        "no DowngradeApplied record"
+    );
+    let with_downgrade = trail
+        .lines()
+        .filter(|l| {
+            l.contains("\"type\":\"DataEgressed\"") && l.contains("\"downgrades\":[\"DG-1\"]")
+        })
+        .count();
+    assert!(with_downgrade > 0, "no egress record names the downgrade");
+    assert!(edge_agent(&["audit", "verify"], config).status.success());
 }

@@ -127,6 +127,7 @@ async fn items_offered_during_an_outage_are_delivered_after_reconnect() {
     let mut up = uplink::spawn(
         dest,
         &gateway(),
+        &[],
         stats.clone(),
         shutdown.clone(),
         audit.clone(),
@@ -296,6 +297,7 @@ async fn shutdown_flushes_a_partial_batch_before_stopping() {
     let mut up = uplink::spawn(
         dest,
         &gateway(),
+        &[],
         stats.clone(),
         shutdown.clone(),
         audit_log(trail.path()),

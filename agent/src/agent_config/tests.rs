@@ -574,3 +574,128 @@ fn the_chain_head_goes_only_to_a_named_domestic_destination() {
         "{i:?}"
     );
 }
+
+const GROUPS: &str = r#"
+[[groups]]
+name = "press1.mix"
+points = ["press1.ram_speed", "press1.oil_temp"]
+description = "ram speed and oil temperature together"
+[[groups]]
+name = "press1.all"
+points = ["press1.*"]
+"#;
+
+#[test]
+fn a_group_compiles_to_the_highest_member_level_and_warns_about_core_members() {
+    let l = load_ok(&format!("{BASE}{GROUPS}"));
+    let mix = l.config.group_by_name("press1.mix").expect("group");
+    assert_eq!(mix.level(), Level::Important, "oil_temp is important");
+    assert_eq!(mix.group().map(|g| g.members.len()), Some(2));
+    assert_eq!(usize::try_from(mix.id()).ok(), Some(l.config.points.len()));
+    let all = l.config.group_by_name("press1.all").expect("group");
+    assert_eq!(all.level(), Level::Core, "the recipe point is core");
+    assert_eq!(
+        all.categories(),
+        [Category::RdDesign, Category::ProductionOperation]
+    );
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.0.contains("press1.all") && w.0.contains("never leaves")),
+        "{:?}",
+        l.warnings
+    );
+    let report = crate::report::check(&l);
+    assert!(
+        report.contains("group press1.all (3 members): level core")
+            && report.contains("group-dc <- summary: denied (core_never_leaves"),
+        "{report}"
+    );
+}
+
+#[test]
+fn group_names_must_be_new_and_patterns_must_match() {
+    let text = format!(
+        "{BASE}\n[[groups]]\nname = \"press1.oil_temp\"\npoints = [\"press1.*\"]\n\
+         [[groups]]\nname = \"g2\"\npoints = [\"nothing.*\"]\n\
+         [[groups]]\nname = \"g3\"\npoints = [\"[\"]\n"
+    );
+    let found = issues(&text);
+    let at = |p: &str| {
+        found
+            .iter()
+            .find(|i| i.path == p)
+            .map(|i| i.message.clone())
+    };
+    assert!(
+        at("groups[0].name").is_some_and(|m| m.contains("already a point's tag")),
+        "{found:?}"
+    );
+    assert!(
+        at("groups[1].points").is_some_and(|m| m.contains("matches no point")),
+        "{found:?}"
+    );
+    assert!(
+        at("groups[2].points[0]").is_some_and(|m| m.contains("invalid pattern")),
+        "{found:?}"
+    );
+}
+
+const DOWNGRADE: &str = r#"
+[[downgrades]]
+id = "DG-2026-01"
+points = ["press1.oil_temp"]
+stats = ["count", "good", "bad"]
+approver = "Li Wei, data security officer"
+rationale = "sample counts reveal no process values"
+expires = "2099-06-30"
+"#;
+
+#[test]
+fn check_lists_every_downgrade_with_its_approver_expiry_and_effect() {
+    let l = load_ok(&format!("{BASE}{DOWNGRADE}"));
+    assert_eq!(l.config.downgrades.len(), 1);
+    let report = crate::report::check(&l);
+    assert!(
+        report.contains("DG-2026-01 IN FORCE: 1 important point(s)/group(s) \"press1.oil_temp\"")
+            && report.contains("approved by Li Wei, data security officer, until 2099-06-30"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_downgrade_touching_core_data_or_missing_its_approval_is_refused() {
+    let core = DOWNGRADE.replace("press1.oil_temp", "press1.*");
+    let found = issues(&format!("{BASE}{core}"));
+    assert!(
+        found.iter().any(|i| i.path == "downgrades[0].points"
+            && i.message.contains("press1.recipe.pressure")
+            && i.message.contains("never applies to core")),
+        "{found:?}"
+    );
+    let unapproved = DOWNGRADE
+        .replace("Li Wei, data security officer", " ")
+        .replace("2099-06-30", "2026-02-30");
+    let found = issues(&format!("{BASE}{unapproved}"));
+    let paths: Vec<&str> = found.iter().map(|i| i.path.as_str()).collect();
+    assert!(
+        paths.contains(&"downgrades[0].approver") && paths.contains(&"downgrades[0].expires"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn an_expired_downgrade_loads_with_a_warning_and_is_not_in_force() {
+    let l = load_ok(&format!(
+        "{BASE}{}",
+        DOWNGRADE.replace("2099-06-30", "2025-12-31")
+    ));
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.0.contains("expired on 2025-12-31")),
+        "{:?}",
+        l.warnings
+    );
+    assert!(crate::report::check(&l).contains("DG-2026-01 EXPIRED (not applied)"));
+}

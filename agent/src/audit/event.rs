@@ -98,6 +98,9 @@ pub enum Event {
         payload_sha256: String,
         first_key: String,
         last_key: String,
+        /// Approved downgrades under which some items leave as general (`DowngradeApplied`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        downgrades: Vec<String>,
     },
     /// The broker acknowledged (PUBACK) these messages: `[egress_seq, puback_ms]` each, the
     /// `seq` of the message's `DataEgressed` record and the time from hand-off to PUBACK.
@@ -113,6 +116,22 @@ pub enum Event {
         level: String,
         reason: String,
         items: u64,
+        from: String,
+        until: String,
+    },
+    /// Important summaries left as general data under an approved downgrade: aggregated per
+    /// destination and downgrade over at most a minute (each message also names its downgrades
+    /// in `DataEgressed`).
+    DowngradeApplied {
+        downgrade: String,
+        destination: String,
+        approver: String,
+        rationale: String,
+        expires: String,
+        stats: Vec<String>,
+        items: u64,
+        /// The points and groups whose summaries it released, distinct.
+        points: Vec<String>,
         from: String,
         until: String,
     },
@@ -205,6 +224,7 @@ impl Event {
             Event::DataEgressed { .. } => "DataEgressed",
             Event::EgressAcknowledged { .. } => "EgressAcknowledged",
             Event::EgressDenied { .. } => "EgressDenied",
+            Event::DowngradeApplied { .. } => "DowngradeApplied",
             Event::AssessmentExpiring { .. } => "AssessmentExpiring",
             Event::EgressCapReached { .. } => "EgressCapReached",
             Event::IncidentRaised { .. } => "IncidentRaised",
@@ -220,4 +240,9 @@ impl Event {
 }
 
 /// Record types that document data provided to others: kept for `egress_retention_days`.
-pub(crate) const EGRESS_KINDS: [&str; 3] = ["DataEgressed", "EgressAcknowledged", "EgressDenied"];
+pub(crate) const EGRESS_KINDS: [&str; 4] = [
+    "DataEgressed",
+    "EgressAcknowledged",
+    "EgressDenied",
+    "DowngradeApplied",
+];

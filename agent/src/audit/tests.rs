@@ -284,6 +284,7 @@ fn egressed() -> Event {
         payload_sha256: sha256_hex(b"x"),
         first_key: "a@1".into(),
         last_key: "a@1".into(),
+        downgrades: vec![],
     }
 }
 

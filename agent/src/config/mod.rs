@@ -9,6 +9,7 @@
 //! (docs/decisions/0010-component-config.md).
 
 pub(crate) mod classify;
+pub(crate) mod derived;
 pub(crate) mod issues;
 pub(crate) mod load;
 pub(crate) mod raw;

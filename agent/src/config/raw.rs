@@ -25,6 +25,37 @@ pub(crate) struct RawConfig {
     pub(crate) destinations: Vec<RawDestination>,
     #[serde(default)]
     pub(crate) audit: RawAudit,
+    #[serde(default)]
+    pub(crate) groups: Vec<RawGroup>,
+    #[serde(default)]
+    pub(crate) downgrades: Vec<RawDowngrade>,
+}
+
+/// A group summary: one summary over a named set of points (e.g. the mean furnace-zone
+/// temperature). It carries the highest level of its members and the union of their categories.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGroup {
+    pub(crate) name: String,
+    /// Globs over point tags; every point any of them matches is a member.
+    pub(crate) points: Vec<String>,
+    pub(crate) description: Option<String>,
+}
+
+/// An approved exception: summaries of these important points (or groups) may leave as general
+/// data, with only `stats`, until `expires`. Never applies to core.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDowngrade {
+    pub(crate) id: String,
+    /// Globs over point tags and group names.
+    pub(crate) points: Vec<String>,
+    /// The only stats released under the downgrade.
+    pub(crate) stats: Vec<Stat>,
+    pub(crate) approver: String,
+    pub(crate) rationale: String,
+    /// Last day in force, `YYYY-MM-DD` (UTC).
+    pub(crate) expires: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -157,3 +157,29 @@ impl Destination {
         !self.jurisdiction.is_domestic()
     }
 }
+
+/// An approved downgrade (`[[downgrades]]`): summaries of `targets` (important points and
+/// groups, never core) may leave as general data with only `stats`, until `expires_ms`.
+#[derive(Debug, Clone)]
+pub struct Downgrade {
+    pub(crate) id: Arc<str>,
+    /// `PointMeta::id` of every point and group it applies to, ascending.
+    pub(crate) targets: Vec<u32>,
+    pub(crate) stats: Vec<Stat>,
+    pub(crate) approver: String,
+    pub(crate) rationale: String,
+    /// The last day in force as written (`YYYY-MM-DD`).
+    pub(crate) expires: String,
+    /// End of that day, ms since epoch (UTC).
+    pub(crate) expires_ms: i64,
+}
+
+impl Downgrade {
+    pub(crate) fn applies_to(&self, id: u32) -> bool {
+        self.targets.binary_search(&id).is_ok()
+    }
+
+    pub(crate) fn in_force(&self, now_ms: i64) -> bool {
+        now_ms < self.expires_ms
+    }
+}

@@ -15,7 +15,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::config::{AllowRule, Destination};
+use crate::config::{AllowRule, Destination, Downgrade};
 use crate::model::{Category, Form, Level, PointMeta, Stat};
 use crate::source::Tagged;
 use crate::summary::Summary;
@@ -91,6 +91,8 @@ enum Egress {
     Summary {
         summary: Summary,
         stats: Arc<[Stat]>,
+        /// The approved downgrade under which this important summary leaves as general data.
+        downgrade: Option<Arc<Downgrade>>,
     },
 }
 
@@ -102,6 +104,7 @@ pub(crate) enum EgressView<'a> {
     Summary {
         summary: &'a Summary,
         stats: &'a [Stat],
+        downgrade: Option<&'a Downgrade>,
     },
 }
 
@@ -109,21 +112,47 @@ impl EgressItem {
     pub(crate) fn view(&self) -> EgressView<'_> {
         match &self.0 {
             Egress::Raw(t) => EgressView::Raw(t),
-            Egress::Summary { summary, stats } => EgressView::Summary { summary, stats },
+            Egress::Summary {
+                summary,
+                stats,
+                downgrade,
+            } => EgressView::Summary {
+                summary,
+                stats,
+                downgrade: downgrade.as_deref(),
+            },
         }
     }
 
+    /// The level the item leaves with: its label's, or general under an approved downgrade.
     pub(crate) fn level(&self) -> Level {
         match &self.0 {
             Egress::Raw(t) => t.level(),
+            Egress::Summary {
+                downgrade: Some(_), ..
+            } => Level::General,
             Egress::Summary { summary, .. } => summary.level(),
         }
     }
 
-    pub(crate) fn category(&self) -> Category {
+    /// Every category the item carries, as `f` folds them (a group summary's are its members'
+    /// union). A raw sample's comes from its own label copy, not its point's (cold) meta.
+    pub(crate) fn fold_categories<B>(&self, init: B, mut f: impl FnMut(B, Category) -> B) -> B {
         match &self.0 {
-            Egress::Raw(t) => t.category(),
-            Egress::Summary { summary, .. } => summary.meta().category(),
+            Egress::Raw(t) => f(init, t.category()),
+            Egress::Summary { summary, .. } => summary
+                .meta()
+                .categories()
+                .iter()
+                .fold(init, |b, &c| f(b, c)),
+        }
+    }
+
+    /// The downgrade the item leaves under, if any.
+    pub(crate) fn downgrade(&self) -> Option<&Arc<Downgrade>> {
+        match &self.0 {
+            Egress::Summary { downgrade, .. } => downgrade.as_ref(),
+            Egress::Raw(_) => None,
         }
     }
 
@@ -154,6 +183,7 @@ impl EgressItem {
         Self(Egress::Summary {
             summary,
             stats: stats.into(),
+            downgrade: None,
         })
     }
 }
@@ -434,6 +464,9 @@ pub(crate) struct Policy {
     /// The cap was reached (by the item that used its last unit) and nobody has asked yet:
     /// `(day, cap)`, for the one `EgressCapReached` record of the day.
     cap_reached: Option<(i64, u64)>,
+    /// Approved downgrades (`[[downgrades]]`): tried for an important summary the destination
+    /// refuses as labelled.
+    downgrades: Vec<Arc<Downgrade>>,
 }
 
 impl Policy {
@@ -449,7 +482,14 @@ impl Policy {
             cap_day: -1,
             cap_used: 0,
             cap_reached: None,
+            downgrades: Vec::new(),
         }
+    }
+
+    /// The approved downgrades this policy may apply (expired ones are ignored at decision time).
+    pub(crate) fn with_downgrades(mut self, downgrades: &[Arc<Downgrade>]) -> Self {
+        self.downgrades = downgrades.to_vec();
+        self
     }
 
     /// `Some((utc_day, cap))` once, after the item that used the last unit of the day's cap.
@@ -479,7 +519,22 @@ impl Policy {
     }
 
     /// Decide whether a closed summary may go to this destination (see [`Policy::decide_raw`]).
+    /// An important summary refused as labelled may still leave as general data under an
+    /// approved, unexpired downgrade, with only the stats both the downgrade and the
+    /// destination's general rule name.
     pub(crate) fn decide_summary(
+        &mut self,
+        s: &Summary,
+        now_ms: i64,
+    ) -> Result<Permitted<EgressItem>, DenyReason> {
+        let labelled = self.decide_labelled_summary(s, now_ms);
+        match labelled {
+            Err(reason) => self.downgraded(s, now_ms).ok_or(reason),
+            ok => ok,
+        }
+    }
+
+    fn decide_labelled_summary(
         &mut self,
         s: &Summary,
         now_ms: i64,
@@ -495,17 +550,76 @@ impl Policy {
             EgressItem(Egress::Summary {
                 summary: s.clone(),
                 stats,
+                downgrade: None,
             }),
             self.dest.name.clone(),
         ))
     }
 
-    /// The invariants, checked on every item whatever the allow rules say.
-    fn hard_checks(&self, meta: &PointMeta, form: Form, now_ms: i64) -> Result<(), DenyReason> {
-        match broken_invariants(&self.dest, meta.level(), meta.category(), form, now_ms).first() {
-            Some(&reason) => Err(reason),
-            None => Ok(()),
+    /// The summary as general data under the first approved downgrade in force for its point or
+    /// group, if the destination takes general summaries of its categories and window and the
+    /// downgrade and the rule share a stat. Never for core (a downgrade is refused at load for
+    /// core targets, and the level is checked again here).
+    fn downgraded(&self, s: &Summary, now_ms: i64) -> Option<Permitted<EgressItem>> {
+        let window = u64::try_from(s.window_ms()).ok();
+        let (d, _, stats) = self.downgrade_release(s.meta(), window, now_ms)?;
+        Some(Permitted::new(
+            EgressItem(Egress::Summary {
+                summary: s.clone(),
+                stats: stats.into(),
+                downgrade: Some(Arc::clone(d)),
+            }),
+            self.dest.name.clone(),
+        ))
+    }
+
+    /// The downgrade, general summary rule and stats under which summaries of `meta` (over
+    /// `window`, or any window when `None`) would leave as general data at `now_ms`.
+    pub(crate) fn downgrade_release(
+        &self,
+        meta: &PointMeta,
+        window: Option<u64>,
+        now_ms: i64,
+    ) -> Option<(&Arc<Downgrade>, &AllowRule, Vec<Stat>)> {
+        if meta.level() != Level::Important {
+            return None;
         }
+        let d = self
+            .downgrades
+            .iter()
+            .find(|d| d.in_force(now_ms) && d.applies_to(meta.id()))?;
+        let categories = meta.categories();
+        if categories.iter().any(|&c| {
+            !broken_invariants(&self.dest, Level::General, c, Form::Summary, now_ms).is_empty()
+        }) {
+            return None;
+        }
+        self.dest.allow.iter().find_map(|r| {
+            let fits = r.form == Form::Summary
+                && r.levels.contains(&Level::General)
+                && covers(r, categories)
+                && window.is_none_or(|w| r.window.map(crate::model::millis) == Some(w));
+            let stats: Vec<Stat> = r
+                .stats
+                .iter()
+                .copied()
+                .filter(|st| d.stats.contains(st))
+                .collect();
+            (fits && !stats.is_empty()).then_some((d, r, stats))
+        })
+    }
+
+    /// The invariants, checked on every item whatever the allow rules say: for each of the
+    /// item's categories (a group summary has several).
+    fn hard_checks(&self, meta: &PointMeta, form: Form, now_ms: i64) -> Result<(), DenyReason> {
+        for &category in meta.categories() {
+            if let Some(&reason) =
+                broken_invariants(&self.dest, meta.level(), category, form, now_ms).first()
+            {
+                return Err(reason);
+            }
+        }
+        Ok(())
     }
 
     /// Count an important item against the assessment's daily cap (cross-border only).
@@ -555,14 +669,34 @@ impl Policy {
                             "{form}: allowed by allow[{}] every {} with stats [{}]",
                             r.index,
                             humantime::format_duration(w),
-                            r.stats.iter().map(|s| format!("{s:?}").to_lowercase()).collect::<Vec<_>>().join(", ")
+                            r.stats.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
                         ),
                         None => format!("{form}: allowed by allow[{}]", r.index),
                     },
-                    None => format!("{form}: denied (no_matching_rule: no allow rule covers level {} / category {} / form {form})", meta.level(), meta.category()),
+                    None => format!(
+                        "{form}: denied (no_matching_rule: no allow rule covers level {} / categor{} {} / form {form})",
+                        meta.level(),
+                        if meta.categories().len() > 1 { "ies" } else { "y" },
+                        meta.categories().iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
                 }
             };
+            let released = line.contains("denied")
+                && form == Form::Summary
+                && self.downgrade_release(meta, None, now_ms).is_some();
             out.push(line);
+            if released {
+                if let Some((d, r, stats)) = self.downgrade_release(meta, None, now_ms) {
+                    out.push(format!(
+                        "summary as general: allowed under downgrade {:?} (approved by {}, until {}) by allow[{}] with stats [{}]; every use is recorded (DowngradeApplied)",
+                        d.id,
+                        d.approver,
+                        d.expires,
+                        r.index,
+                        stats.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
         }
         out
     }
@@ -597,10 +731,15 @@ impl Policy {
 fn rule_matches(r: &AllowRule, meta: &PointMeta, form: Form, window_ms: Option<u64>) -> bool {
     r.form == form
         && r.levels.contains(&meta.level())
-        && r.categories
-            .as_ref()
-            .is_none_or(|c| c.contains(&meta.category()))
+        && covers(r, meta.categories())
         && (form == Form::Raw || r.window.map(crate::model::millis) == window_ms)
+}
+
+/// The rule names every one of `categories` (a group summary needs all its members' covered).
+fn covers(r: &AllowRule, categories: &[Category]) -> bool {
+    r.categories
+        .as_ref()
+        .is_none_or(|c| categories.iter().all(|x| c.contains(x)))
 }
 
 fn reason_text(r: DenyReason) -> &'static str {
@@ -922,4 +1061,6 @@ mod tests {
             }
         }
     }
+
+    mod derived;
 }

@@ -271,6 +271,33 @@ struct Slot {
     accs: Box<[Acc]>,
 }
 
+/// Add `t` to every window of `slot`, closing (into `closed`) a window a later sample ends;
+/// `true` if the sample was late for one of them.
+fn fold(
+    slot: &mut Slot,
+    windows_ms: &[i64],
+    started_ms: i64,
+    closed: &mut Vec<Summary>,
+    t: &Tagged,
+) -> bool {
+    let mut late = false;
+    for (acc, &len) in slot.accs.iter_mut().zip(windows_ms.iter()) {
+        let start = window_start(t.ts_ms(), len);
+        if start < acc.start_ms {
+            late = true;
+            continue;
+        }
+        if start > acc.start_ms {
+            if acc.count > 0 {
+                closed.push(acc.summarise(&slot.meta, len, i64::MAX));
+            }
+            acc.reset(start, started_ms);
+        }
+        acc.add(t);
+    }
+    late
+}
+
 /// Start of the window of length `len_ms` that contains `ts_ms` (aligned to the epoch).
 fn window_start(ts_ms: i64, len_ms: i64) -> i64 {
     // rem_euclid keeps pre-1970 times aligned too, and cannot overflow.
@@ -286,7 +313,13 @@ pub struct SummaryEngine {
     points: Vec<Option<Slot>>,
     /// Windows closed by `observe` (a sample in a later window), waiting for `close_due`.
     closed: Vec<Summary>,
+    /// Per point id, the slot indices of the groups it belongs to; empty when no group is
+    /// configured, so a sample costs one length check more than before groups existed.
+    member_of: Vec<Box<[u32]>>,
     late: u64,
+    /// Samples that came too late for one of their groups' windows (a member read just before
+    /// a window's end whose sample arrived after another member's from the next window).
+    group_late: u64,
     unknown: u64,
     /// When the engine started watching (ms); windows open before it are partial.
     started_ms: i64,
@@ -340,7 +373,9 @@ impl SummaryEngine {
             windows_ms,
             points: slots,
             closed,
+            member_of: Vec::new(),
             late: 0,
+            group_late: 0,
             unknown: 0,
             started_ms: i64::MIN,
             next_due_ms: i64::MIN,
@@ -354,30 +389,54 @@ impl SummaryEngine {
         self
     }
 
-    /// Add one sample to every window of its point. O(windows), no allocation (see module doc).
+    /// Summarise `groups` too (the group subjects of `AgentConfig::groups`): each member's
+    /// samples also go into its groups' windows. Ids must follow the points' ids.
+    pub(crate) fn with_groups(mut self, groups: &[Arc<PointMeta>]) -> Self {
+        for g in groups {
+            let Some(info) = g.group() else { continue };
+            let id = g.id() as usize;
+            if self.points.len() <= id {
+                self.points.resize_with(id + 1, || None);
+            }
+            self.points[id] = Some(Slot {
+                meta: g.clone(),
+                accs: vec![Acc::EMPTY; self.windows_ms.len()].into_boxed_slice(),
+            });
+            for &m in &info.members {
+                let m = m as usize;
+                if self.member_of.len() <= m {
+                    self.member_of.resize_with(m + 1, Box::default);
+                }
+                let mut v = self.member_of[m].to_vec();
+                v.push(g.id());
+                self.member_of[m] = v.into_boxed_slice();
+            }
+        }
+        self.closed.reserve(groups.len() * self.windows_ms.len());
+        self
+    }
+
+    /// Add one sample to every window of its point (and of its groups). O(windows), no
+    /// allocation (see module doc).
     pub fn observe(&mut self, t: &Tagged) {
-        let Some(Some(slot)) = self.points.get_mut(t.point_id() as usize) else {
+        let id = t.point_id() as usize;
+        let Some(Some(slot)) = self.points.get_mut(id) else {
             // Sources only emit points of the table they were built from; this would be a wiring bug.
             self.unknown += 1;
             return;
         };
-        let mut late = false;
-        for (acc, &len) in slot.accs.iter_mut().zip(self.windows_ms.iter()) {
-            let start = window_start(t.ts_ms(), len);
-            if start < acc.start_ms {
-                late = true;
-                continue;
-            }
-            if start > acc.start_ms {
-                if acc.count > 0 {
-                    self.closed.push(acc.summarise(&slot.meta, len, i64::MAX));
-                }
-                acc.reset(start, self.started_ms);
-            }
-            acc.add(t);
-        }
-        if late {
+        if fold(slot, &self.windows_ms, self.started_ms, &mut self.closed, t) {
             self.late += 1;
+        }
+        let Some(groups) = self.member_of.get(id) else {
+            return;
+        };
+        for &g in &**groups {
+            if let Some(Some(slot)) = self.points.get_mut(g as usize) {
+                if fold(slot, &self.windows_ms, self.started_ms, &mut self.closed, t) {
+                    self.group_late += 1;
+                }
+            }
         }
     }
 
@@ -447,6 +506,12 @@ impl SummaryEngine {
         self.late
     }
 
+    /// Samples too late for one of their groups' windows.
+    #[cfg(test)]
+    pub(crate) fn group_late(&self) -> u64 {
+        self.group_late
+    }
+
     /// Samples ignored because their point id is not in the table the engine was built from.
     #[cfg(test)]
     pub(crate) fn unknown(&self) -> u64 {
@@ -467,9 +532,9 @@ impl SummaryEngine {
     }
 }
 
-/// The level of anything built from several summaries: the highest input level (就高).
-/// Nothing combines points yet (every summary is one point's); kept with its tests as the rule
-/// the catalogue and derived egress must apply.
+/// The level of anything built from several summaries: the highest input level (就高). Group
+/// summaries apply the same rule to their members' levels when the config is compiled
+/// (`config::derived`); kept with its tests as the rule.
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn combined_level(summaries: &[Summary]) -> Level {
     Level::highest(summaries.iter().map(Summary::level))
@@ -813,5 +878,49 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].coverage(), Some((10_400, 11_000)));
         assert_eq!(out[1].coverage(), None, "later windows are whole");
+    }
+
+    #[test]
+    fn a_group_summarises_all_its_members_samples_at_the_highest_level() {
+        let zone1 = meta(0, "zone1.temp", Level::General);
+        let zone2 = meta(1, "zone2.temp", Level::Important);
+        let other = meta(2, "other", Level::Core);
+        let group = Arc::new(PointMeta::group_for_test(
+            3,
+            "zones.mean",
+            &[zone1.clone(), zone2.clone()],
+        ));
+        let mut e = SummaryEngine::new(&[zone1.clone(), zone2.clone(), other.clone()], &[SEC])
+            .with_groups(std::slice::from_ref(&group));
+        e.observe(&sample(&zone1, 10_100, 100.0));
+        e.observe(&sample(&zone2, 10_200, 200.0));
+        e.observe(&sample(&other, 10_300, 9_999.0));
+        e.observe(&sample(&zone1, 10_600, 300.0));
+        let out = close(&mut e, 11_000);
+        let groups: Vec<&Summary> = out.iter().filter(|s| s.meta().id() == 3).collect();
+        assert_eq!(groups.len(), 1, "{out:?}");
+        let s = groups[0];
+        assert_eq!(s.level(), Level::Important, "the highest member level");
+        assert_eq!((s.count(), s.min(), s.max()), (3, Some(100.0), Some(300.0)));
+        assert_eq!(s.mean(), Some(200.0), "the non-member's value is not in it");
+        assert_eq!(
+            out.len(),
+            4,
+            "each point's own summary is still there: {out:?}"
+        );
+    }
+
+    #[test]
+    fn a_member_sample_after_another_member_closed_the_window_is_counted_late() {
+        let a = meta(0, "a", Level::General);
+        let b = meta(1, "b", Level::General);
+        let g = Arc::new(PointMeta::group_for_test(2, "g", &[a.clone(), b.clone()]));
+        let mut e = SummaryEngine::new(&[a.clone(), b.clone()], &[SEC])
+            .with_groups(std::slice::from_ref(&g));
+        e.observe(&sample(&a, 10_900, 1.0));
+        e.observe(&sample(&a, 11_010, 2.0));
+        // b's sample of the first window arrives after a's of the next one closed it.
+        e.observe(&sample(&b, 10_990, 3.0));
+        assert_eq!((e.late(), e.group_late()), (0, 1));
     }
 }

@@ -306,6 +306,7 @@ impl EgressAudit {
             payload_sha256: audit::sha256_hex(&m.payload),
             first_key: key(&m.facts.first_key),
             last_key: key(&m.facts.last_key),
+            downgrades: m.facts.downgrades.iter().map(ToString::to_string).collect(),
         }
     }
 }

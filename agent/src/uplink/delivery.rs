@@ -54,6 +54,8 @@ pub(crate) struct Facts {
     pub(crate) categories: u8,
     pub(crate) first_key: Option<ItemKey>,
     pub(crate) last_key: Option<ItemKey>,
+    /// Ids of the approved downgrades its items leave under (almost always none).
+    pub(crate) downgrades: Vec<Arc<str>>,
 }
 
 impl Default for Facts {
@@ -63,6 +65,7 @@ impl Default for Facts {
             categories: 0,
             first_key: None,
             last_key: None,
+            downgrades: Vec::new(),
         }
     }
 }

@@ -22,6 +22,7 @@
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
+use crate::config::Downgrade;
 use crate::model::{Form, Level, Quality, Stat};
 use crate::policy::{EgressItem, EgressView};
 use crate::source::Tagged;
@@ -131,7 +132,11 @@ impl Serialize for Item<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self.0.view() {
             EgressView::Raw(t) => serialize_raw(t, s),
-            EgressView::Summary { summary, stats } => serialize_summary(summary, stats, s),
+            EgressView::Summary {
+                summary,
+                stats,
+                downgrade,
+            } => serialize_summary(summary, stats, downgrade, s),
         }
     }
 }
@@ -159,6 +164,7 @@ fn serialize_raw<S: Serializer>(t: &Tagged, s: S) -> Result<S::Ok, S::Error> {
 fn serialize_summary<S: Serializer>(
     sum: &Summary,
     stats: &[Stat],
+    downgrade: Option<&Downgrade>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     let tag = sum.meta().tag();
@@ -171,8 +177,23 @@ fn serialize_summary<S: Serializer>(
         }
     }
     m.serialize_entry("point", &**tag)?;
-    m.serialize_entry("level", sum.level().as_str())?;
+    match downgrade {
+        // Said openly: the consumer sees the label, the approved exception and its approver.
+        Some(d) => {
+            m.serialize_entry("level", Level::General.as_str())?;
+            m.serialize_entry("labelled_level", sum.level().as_str())?;
+            m.serialize_entry("downgrade", &*d.id)?;
+        }
+        None => m.serialize_entry("level", sum.level().as_str())?,
+    }
     m.serialize_entry("category", sum.meta().category().as_str())?;
+    if let Some(g) = sum.meta().group() {
+        m.serialize_entry(
+            "categories",
+            &g.categories.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        )?;
+        m.serialize_entry("members", &g.members.len())?;
+    }
     // A window with any bad sample is flagged, so a consumer can tell a mean over a partial window.
     m.serialize_entry("quality", if sum.bad() == 0 { "good" } else { "partial" })?;
     m.serialize_entry("window_start", &start)?;

@@ -94,12 +94,13 @@ async fn a_permit_granted_for_one_destination_is_refused_by_another_uplink_and_c
     let dc = spawn(
         cn.clone(),
         &gateway(),
+        &[],
         stats.clone(),
         shutdown.clone(),
         audit.clone(),
     )
     .expect("spawn");
-    let hq = spawn(eu, &gateway(), stats.clone(), shutdown.clone(), audit).expect("spawn");
+    let hq = spawn(eu, &gateway(), &[], stats.clone(), shutdown.clone(), audit).expect("spawn");
 
     // The CN destination's policy approves an important summary...
     let important = meta(0, "furnace.temp", Level::Important);
@@ -140,12 +141,13 @@ async fn each_uplink_decides_with_its_own_destinations_policy() {
     let mut dc = spawn(
         cn,
         &gateway(),
+        &[],
         stats.clone(),
         shutdown.clone(),
         audit.clone(),
     )
     .expect("spawn");
-    let mut hq = spawn(eu, &gateway(), stats.clone(), shutdown.clone(), audit).expect("spawn");
+    let mut hq = spawn(eu, &gateway(), &[], stats.clone(), shutdown.clone(), audit).expect("spawn");
 
     let important = meta(0, "furnace.temp", Level::Important);
     let s = Summary::for_test(important, NOW - 10_000, NOW, 812.0);
@@ -206,7 +208,7 @@ fn assessed_uplink(
     let stats = Arc::new(Stats::new([eu.name.clone()]));
     let shutdown = CancellationToken::new();
     let (trail, audit) = crate::audit::AuditLog::for_test();
-    let hq = spawn(eu, &gateway(), stats, shutdown.clone(), audit.clone()).expect("spawn");
+    let hq = spawn(eu, &gateway(), &[], stats, shutdown.clone(), audit.clone()).expect("spawn");
     (trail, audit, hq, shutdown)
 }
 

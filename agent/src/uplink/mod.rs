@@ -46,10 +46,10 @@ pub(crate) use encode::{encode_into, topic, Envelope};
 pub use tls::TlsError;
 
 use crate::audit::AuditLog;
-use crate::config::{Destination, Gateway};
+use crate::config::{Destination, Downgrade, Gateway};
 use crate::drop_log::{DropLog, DropReport};
 use crate::model::{Category, Form, Level};
-use crate::policy::{DenyReason, EgressItem, Permitted, Policy};
+use crate::policy::{DenyReason, EgressItem, EgressView, Permitted, Policy};
 use crate::source::Tagged;
 use crate::stats::LevelCounts;
 use crate::stats::{DestinationStats, Stats};
@@ -109,6 +109,8 @@ struct Denials {
     counts: Vec<(Level, DenyReason, u64)>,
     /// The assessment notice thresholds (days) already recorded in this run.
     noticed: Vec<i64>,
+    /// Uses of each approved downgrade in the period: items and the distinct tags released.
+    downgraded: Vec<(Arc<Downgrade>, u64, Vec<Arc<str>>)>,
 }
 
 impl Denials {
@@ -121,6 +123,21 @@ impl Denials {
         {
             Some((_, _, n)) => *n += 1,
             None => self.counts.push((level, reason, 1)),
+        }
+    }
+
+    fn add_downgraded(&mut self, d: &Arc<Downgrade>, tag: &Arc<str>, now_ms: i64) {
+        self.since_ms.get_or_insert(now_ms);
+        let i = if let Some(i) = self.downgraded.iter().position(|(x, ..)| Arc::ptr_eq(x, d)) {
+            i
+        } else {
+            self.downgraded.push((Arc::clone(d), 0, Vec::new()));
+            self.downgraded.len() - 1
+        };
+        let (_, items, tags) = &mut self.downgraded[i];
+        *items += 1;
+        if !tags.contains(tag) {
+            tags.push(Arc::clone(tag));
         }
     }
 
@@ -180,6 +197,23 @@ impl Denials {
                 },
             );
         }
+        for (d, items, tags) in self.downgraded.drain(..) {
+            self.audit.record_at(
+                now_ms,
+                crate::audit::Event::DowngradeApplied {
+                    downgrade: d.id.to_string(),
+                    destination: destination.to_owned(),
+                    approver: d.approver.clone(),
+                    rationale: d.rationale.clone(),
+                    expires: d.expires.clone(),
+                    stats: d.stats.iter().map(|s| s.as_str().to_owned()).collect(),
+                    items,
+                    points: tags.iter().map(ToString::to_string).collect(),
+                    from: crate::audit::rfc3339_ms(since),
+                    until: crate::audit::rfc3339_ms(now_ms),
+                },
+            );
+        }
         self.since_ms = None;
     }
 }
@@ -219,6 +253,11 @@ impl UplinkHandle {
     ) -> Result<(), DenyReason> {
         match decision {
             Ok(permit) => {
+                if let (Some(d), Some(denials)) = (permit.get().downgrade(), &mut self.denials) {
+                    if let EgressView::Summary { summary, .. } = permit.get().view() {
+                        denials.add_downgraded(d, summary.meta().tag(), now_ms);
+                    }
+                }
                 // Cannot be misrouted: the permit comes from this handle's own policy.
                 let _ = self.enqueue(permit);
                 if level == Level::Important {
@@ -274,6 +313,7 @@ impl UplinkHandle {
             categories: 0,
             first_key: None,
             last_key: None,
+            downgrades: Vec::new(),
         });
         self.shared.offer(msg);
         true
@@ -433,6 +473,7 @@ impl Handoff {
 pub fn spawn(
     dest: Arc<Destination>,
     gateway: &Gateway,
+    downgrades: &[Arc<Downgrade>],
     stats: Arc<Stats>,
     shutdown: CancellationToken,
     audit: AuditLog,
@@ -455,6 +496,7 @@ pub fn spawn(
         since_ms: None,
         counts: Vec::new(),
         noticed: Vec::new(),
+        downgraded: Vec::new(),
     };
     let egress_audit = EgressAudit {
         log: audit,
@@ -469,7 +511,7 @@ pub fn spawn(
     );
     let conn_task = tokio::spawn(driver.run());
     Ok(UplinkHandle {
-        policy: Policy::new(dest),
+        policy: Policy::new(dest).with_downgrades(downgrades),
         handoff,
         index,
         stats,
@@ -802,11 +844,12 @@ impl Batcher {
         let payload = self.scratch.clone();
         let facts = Facts {
             form: form.as_str(),
-            categories: items
-                .iter()
-                .fold(0, |bits, i| bits | category_bit(i.category())),
+            categories: items.iter().fold(0, |bits, i| {
+                i.fold_categories(bits, |b, c| b | category_bit(c))
+            }),
             first_key: items.first().map(ItemKey::of),
             last_key: items.last().map(ItemKey::of),
+            downgrades: downgrade_ids(items),
         };
         let msg =
             Message::new(Arc::clone(topic), payload, level, items.len() as u64).with_facts(facts);
@@ -839,6 +882,17 @@ fn log_drops(destination: &str, report: DropReport) {
             lasted.as_secs()
         ),
     }
+}
+
+/// The distinct downgrade ids of `items`, in order of first use; no allocation when none.
+fn downgrade_ids(items: &[EgressItem]) -> Vec<Arc<str>> {
+    let mut ids: Vec<Arc<str>> = Vec::new();
+    for d in items.iter().filter_map(EgressItem::downgrade) {
+        if !ids.iter().any(|x| *x == d.id) {
+            ids.push(Arc::clone(&d.id));
+        }
+    }
+    ids
 }
 
 /// A category's bit in [`Facts::categories`].
@@ -1066,7 +1120,7 @@ mod tests {
             department: String::new(),
         };
         let (_trail, audit) = AuditLog::for_test();
-        let h = spawn(dest, &gw, stats.clone(), shutdown.clone(), audit).expect("spawn");
+        let h = spawn(dest, &gw, &[], stats.clone(), shutdown.clone(), audit).expect("spawn");
         h.enqueue(general_sample(1)).expect("same destination");
         tokio::time::sleep(Duration::from_millis(100)).await;
         shutdown.cancel();

@@ -42,6 +42,7 @@ fn open(dir: &Path) -> AuditLog {
         egress_retention_days: 1095,
         reserve_bytes: 0,
         publish_head: None,
+        publish_incidents: None,
     };
     AuditLog::open(&settings, "gw-01").expect("trail")
 }

@@ -236,24 +236,34 @@ fn build(raw: &RawConfig, origin: ConfigOrigin, out: &mut Collector) -> AgentCon
             }
         }
     }
-    if let Some((name, every)) = &audit.publish_head {
+    let publish = [
+        (
+            "audit.publish_head_to",
+            audit.publish_head.as_ref().map(|(n, _)| n),
+        ),
+        (
+            "audit.publish_incidents_to",
+            audit.publish_incidents.as_ref(),
+        ),
+    ];
+    for (key, name) in publish {
+        let Some(name) = name else { continue };
         match destinations.iter().find(|d| &*d.name == name.as_str()) {
             None => out.err(
-                ConfigIssue::new(
-                    "audit.publish_head_to",
-                    format!("no destination is named {name:?}"),
-                )
-                .hint("name one of [[destinations]]"),
+                ConfigIssue::new(key, format!("no destination is named {name:?}"))
+                    .hint("name one of [[destinations]]"),
             ),
             Some(d) if d.is_cross_border() => out.err(ConfigIssue::new(
-                "audit.publish_head_to",
+                key,
                 format!(
-                    "destination {name:?} is cross-border ({}): the chain head goes to a domestic destination",
+                    "destination {name:?} is cross-border ({}): audit evidence goes to a domestic destination",
                     d.jurisdiction
                 ),
             )),
             Some(_) => {}
         }
+    }
+    if let Some((_, every)) = &audit.publish_head {
         if *every < Duration::from_secs(1) {
             out.err(ConfigIssue::new(
                 "audit.publish_head_every",

@@ -86,7 +86,14 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
     // other: nothing is read until both are open.
     let historian = store::Historian::spawn(&cfg.historian, &cfg.points, stats.clone())?;
     let audit = AuditLog::open_counting(&cfg.audit, &cfg.gateway.id, stats.clone())?;
+    // Before anything can raise one: incidents of the start are published too.
+    let incident_feed = cfg.audit.publish_incidents.as_ref().map(|name| {
+        let (tx, rx) = mpsc::channel(INCIDENT_FEED);
+        audit.feed_incidents(tx);
+        (name.clone(), rx)
+    });
     record_start(&audit, &cfg);
+    watch::config_incidents(&cfg, &audit);
     let started = start_uplinks(&cfg, &stats, &uplink_shutdown, &audit);
     let uplinks = match started {
         Ok(s) => s,
@@ -113,6 +120,11 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
         )));
     }
     drop(tx);
+    tokio::spawn(watch::run(
+        stats.clone(),
+        audit.clone(),
+        uplink_shutdown.clone(),
+    ));
     info!(
         lines = cfg.lines.len(),
         devices = cfg.devices().count(),
@@ -130,6 +142,9 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
         let mut router = Router::new(summary, uplinks, router_stats);
         if let Some((name, every)) = &head {
             router = router.publishing_head(&audit, name, *every);
+        }
+        if let Some((name, rx)) = incident_feed {
+            router = router.publishing_incidents(&name, rx);
         }
         router.run(rx, &historian).await;
         for s in sources {
@@ -166,6 +181,14 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
         shutdown,
         router,
     })
+}
+
+/// The next incident line to publish, or never.
+async fn incident_due(feed: Option<&mut (usize, mpsc::Receiver<Vec<u8>>)>) -> Option<Vec<u8>> {
+    match feed {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next tick of the chain-head period, or never.
@@ -242,6 +265,8 @@ struct Router {
     /// Where and how often the audit trail's chain head is published: the uplink's index,
     /// the trail, the period.
     head: Option<(usize, AuditLog, Duration)>,
+    /// Incident lines to publish, and the uplink's index.
+    incidents: Option<(usize, mpsc::Receiver<Vec<u8>>)>,
 }
 
 impl Router {
@@ -252,7 +277,18 @@ impl Router {
             stats,
             summaries: Vec::new(),
             head: None,
+            incidents: None,
         }
+    }
+
+    /// Publishes every incident line fed by the trail to the uplink of destination `name`.
+    fn publishing_incidents(mut self, name: &str, rx: mpsc::Receiver<Vec<u8>>) -> Self {
+        let index = self
+            .uplinks
+            .iter()
+            .position(|u| &*u.destination().name == name);
+        self.incidents = index.map(|i| (i, rx));
+        self
     }
 
     /// Publishes the trail's chain head to the uplink of destination `name` every `every`.
@@ -302,6 +338,13 @@ impl Router {
                 },
                 () = windows_end => self.close_summaries(now_ms()),
                 () = head_due(head_tick.as_mut()) => self.publish_head(),
+                line = incident_due(self.incidents.as_mut()) => match (line, &self.incidents) {
+                    (Some(line), Some((i, _))) => {
+                        self.uplinks[*i].publish_incident(&line);
+                    }
+                    // The feed closed: nothing more to publish (and no busy loop on it).
+                    _ => self.incidents = None,
+                },
             }
         }
         // A clean stop: the windows still open are summarised as partial and offered like any
@@ -360,3 +403,7 @@ impl Router {
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub mod hot_path;
+mod watch;
+
+/// Incident lines waiting for the router to publish them (they change state rarely).
+const INCIDENT_FEED: usize = 64;

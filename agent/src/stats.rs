@@ -87,6 +87,9 @@ pub struct Stats {
     pub(crate) cycles_skipped: AtomicU64,
     /// Incidents raised and not resolved (`incidents.jsonl` beside the audit trail).
     pub incidents_open: AtomicU64,
+    /// Damage the historian found in its own files (a corrupt tail, chunks that do not
+    /// decode): raises the `store_integrity` incident.
+    pub(crate) store_damaged: AtomicU64,
     pub destinations: Vec<DestinationStats>,
 }
 
@@ -104,6 +107,7 @@ impl Stats {
             cycles_overrun: AtomicU64::new(0),
             cycles_skipped: AtomicU64::new(0),
             incidents_open: AtomicU64::new(0),
+            store_damaged: AtomicU64::new(0),
             destinations: destinations
                 .into_iter()
                 .map(DestinationStats::new)

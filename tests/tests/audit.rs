@@ -462,6 +462,9 @@ stats = ["count", "good", "bad"]
 approver = "Li Wei, data security officer"
 rationale = "sample counts reveal no process values"
 expires = "2099-12-31"
+
+[audit]
+publish_incidents_to = "group-dc"
 "#;
 
 /// Items of every message the broker got, with the message's topic.
@@ -559,5 +562,9 @@ fn group_summaries_take_the_highest_level_and_downgrades_release_only_approved_s
         })
         .count();
     assert!(with_downgrade > 0, "no egress record names the downgrade");
+    assert!(
+        trail.contains("\"type\":\"IncidentRaised\",\"kind\":\"core_configured_toward_egress\""),
+        "no IncidentRaised record"
+    );
     assert!(edge_agent(&["audit", "verify"], config).status.success());
 }

@@ -270,6 +270,7 @@ fn audit_log(dir: &std::path::Path) -> edge_agent::audit::AuditLog {
             egress_retention_days: 1095,
             reserve_bytes: 0,
             publish_head: None,
+            publish_incidents: None,
         },
         "gw-t",
     )

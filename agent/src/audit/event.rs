@@ -158,10 +158,20 @@ pub enum Event {
         summary: String,
         levels: Vec<String>,
         first_seen: String,
+        /// What it concerns: a destination, `historian`, a group; empty for the trail itself.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        subject: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        categories: Vec<String>,
+        /// What the agent did about it.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        action: String,
     },
     /// The incident ended: how often it occurred and for how long.
     IncidentResolved {
         kind: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        subject: String,
         count: u64,
         first_seen: String,
         last_seen: String,

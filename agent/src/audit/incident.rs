@@ -20,6 +20,17 @@ pub enum IncidentKind {
     AuditUnwritable,
     /// The trail was found truncated or otherwise broken.
     AuditChainBroken,
+    /// Data a destination's rules would send was blocked on compliance grounds (an expired or
+    /// too narrow assessment, the daily cap, no TLS): the plant's transfers break the law
+    /// unless it acts.
+    EgressNonCompliant,
+    /// The historian could not keep everything read (disk space low, commits failing).
+    StoreCapacity,
+    /// Stored data was found damaged (a corrupt tail, a chunk that does not decode).
+    StoreIntegrity,
+    /// The config routes core data toward egress (a group summary with a core member): it is
+    /// blocked, but the config says someone meant to send it.
+    CoreConfiguredTowardEgress,
 }
 
 impl IncidentKind {
@@ -27,15 +38,47 @@ impl IncidentKind {
         match self {
             IncidentKind::AuditUnwritable => "audit_unwritable",
             IncidentKind::AuditChainBroken => "audit_chain_broken",
+            IncidentKind::EgressNonCompliant => "egress_non_compliant",
+            IncidentKind::StoreCapacity => "store_capacity",
+            IncidentKind::StoreIntegrity => "store_integrity",
+            IncidentKind::CoreConfiguredTowardEgress => "core_configured_toward_egress",
         }
     }
 
     pub fn severity(self) -> &'static str {
         match self {
             // Evidence is lost or at risk: a reportable security event.
-            IncidentKind::AuditChainBroken => "critical",
+            IncidentKind::AuditChainBroken | IncidentKind::StoreIntegrity => "critical",
             // Nothing is lost (records wait, egress waits), but the plant's data stops flowing.
-            IncidentKind::AuditUnwritable => "high",
+            IncidentKind::AuditUnwritable
+            | IncidentKind::EgressNonCompliant
+            | IncidentKind::StoreCapacity => "high",
+            // Blocked by the invariants; the config needs fixing, nothing left.
+            IncidentKind::CoreConfiguredTowardEgress => "medium",
+        }
+    }
+
+    /// What the agent does about it, for the report.
+    fn action(self) -> &'static str {
+        match self {
+            IncidentKind::AuditUnwritable => {
+                "egress held until the trail can be written; records wait in memory"
+            }
+            IncidentKind::AuditChainBroken => {
+                "recorded; the trail continues from what was found; `audit verify` names the break"
+            }
+            IncidentKind::EgressNonCompliant => {
+                "the items were not sent; they stay in the local historian"
+            }
+            IncidentKind::StoreCapacity => {
+                "general data dropped first (counted); important and core kept while space lasts"
+            }
+            IncidentKind::StoreIntegrity => {
+                "damaged data set aside (renamed *.corrupt) and counted; the rest is served"
+            }
+            IncidentKind::CoreConfiguredTowardEgress => {
+                "blocked by the invariant core-never-leaves; nothing left the gateway"
+            }
         }
     }
 }
@@ -47,10 +90,14 @@ struct Line<'a> {
     state: &'static str,
     kind: &'static str,
     severity: &'static str,
+    gateway: &'a str,
+    /// What it concerns: a destination, the historian, a group; empty for the trail.
+    subject: &'a str,
     summary: &'a str,
+    action: &'static str,
     /// Levels and categories of data the incident affects.
-    levels: &'a [&'a str],
-    categories: &'a [&'a str],
+    levels: &'a [&'static str],
+    categories: &'a [&'static str],
     count: u64,
     first_seen: String,
     last_seen: String,
@@ -60,7 +107,10 @@ struct Line<'a> {
 #[derive(Debug, Clone)]
 pub(crate) struct Incident {
     pub(crate) kind: IncidentKind,
+    pub(crate) subject: String,
     pub(crate) summary: String,
+    pub(crate) levels: Vec<&'static str>,
+    pub(crate) categories: Vec<&'static str>,
     /// Occurrences while open (failed attempts, broken links found).
     pub(crate) count: u64,
     pub(crate) first_seen_ms: i64,
@@ -71,11 +121,31 @@ impl Incident {
     pub(crate) fn new(kind: IncidentKind, summary: String, now_ms: i64) -> Self {
         Self {
             kind,
+            subject: String::new(),
             summary,
+            levels: ALL_LEVELS.to_vec(),
+            categories: Vec::new(),
             count: 1,
             first_seen_ms: now_ms,
             last_seen_ms: now_ms,
         }
+    }
+
+    /// What it concerns (a destination, `historian`, a group).
+    pub(crate) fn about(mut self, subject: &str) -> Self {
+        subject.clone_into(&mut self.subject);
+        self
+    }
+
+    /// The levels and categories of the data it affects (all levels by default).
+    pub(crate) fn affecting(
+        mut self,
+        levels: &[&'static str],
+        categories: &[&'static str],
+    ) -> Self {
+        self.levels = levels.to_vec();
+        self.categories = categories.to_vec();
+        self
     }
 
     pub(crate) fn raised_event(&self) -> Event {
@@ -83,14 +153,40 @@ impl Incident {
             kind: self.kind.as_str().to_owned(),
             severity: self.kind.severity().to_owned(),
             summary: self.summary.clone(),
-            levels: ALL_LEVELS.iter().map(|l| (*l).to_owned()).collect(),
+            levels: self.levels.iter().map(|l| (*l).to_owned()).collect(),
             first_seen: rfc3339_ms(self.first_seen_ms),
+            subject: self.subject.clone(),
+            categories: self.categories.iter().map(|c| (*c).to_owned()).collect(),
+            action: self.kind.action().to_owned(),
         }
+    }
+
+    /// The `incidents.jsonl` line (also what the incident topic carries): no data value.
+    pub(crate) fn line(&self, gateway: &str, state: &'static str, now_ms: i64) -> Vec<u8> {
+        let line = Line {
+            ts: rfc3339_ms(now_ms),
+            state,
+            kind: self.kind.as_str(),
+            severity: self.kind.severity(),
+            gateway,
+            subject: &self.subject,
+            summary: &self.summary,
+            action: self.kind.action(),
+            levels: &self.levels,
+            categories: &self.categories,
+            count: self.count,
+            first_seen: rfc3339_ms(self.first_seen_ms),
+            last_seen: rfc3339_ms(self.last_seen_ms),
+        };
+        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+        bytes.push(b'\n');
+        bytes
     }
 
     pub(crate) fn resolved_event(&self) -> Event {
         Event::IncidentResolved {
             kind: self.kind.as_str().to_owned(),
+            subject: self.subject.clone(),
             count: self.count,
             first_seen: rfc3339_ms(self.first_seen_ms),
             last_seen: rfc3339_ms(self.last_seen_ms),
@@ -102,33 +198,25 @@ impl Incident {
     pub(crate) fn append_to(
         &self,
         dir: &Path,
+        gateway: &str,
         state: &'static str,
         now_ms: i64,
     ) -> std::io::Result<()> {
-        let line = Line {
-            ts: rfc3339_ms(now_ms),
-            state,
-            kind: self.kind.as_str(),
-            severity: self.kind.severity(),
-            summary: &self.summary,
-            levels: &ALL_LEVELS,
-            categories: &[],
-            count: self.count,
-            first_seen: rfc3339_ms(self.first_seen_ms),
-            last_seen: rfc3339_ms(self.last_seen_ms),
-        };
-        let mut bytes = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
-        bytes.push(b'\n');
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(INCIDENTS))?;
-        f.write_all(&bytes)?;
-        f.sync_data()
+        append_line(dir, &self.line(gateway, state, now_ms))
     }
 }
 
-/// Both incidents so far concern the trail, which covers what the agent does with every level.
+/// Appends one line to `incidents.jsonl` in `dir`, synced.
+pub(crate) fn append_line(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(INCIDENTS))?;
+    f.write_all(bytes)?;
+    f.sync_data()
+}
+
+/// The trail's own incidents concern what the agent does with every level.
 const ALL_LEVELS: [&str; 3] = ["general", "important", "core"];
 
 /// The incident stream's file name, in the trail directory.

@@ -33,7 +33,7 @@ pub use trail::TrailError;
 pub use verify::{export, verify, ExportFilter, ExportFormat, Exported, Problem, VerifyReport};
 
 use crate::model::now_ms;
-use incident::{Incident, IncidentKind};
+pub(crate) use incident::{Incident, IncidentKind};
 use trail::Trail;
 
 /// Retention floors the configuration cannot lower (REGULATION.md): the trail 6 months, and
@@ -68,6 +68,8 @@ pub struct AuditSettings {
     pub reserve_bytes: u64,
     /// Publish the chain head to this (domestic) destination, this often.
     pub publish_head: Option<(String, std::time::Duration)>,
+    /// Publish every incident line to this (domestic) destination.
+    pub publish_incidents: Option<String>,
 }
 
 /// The trail cannot be written now; the caller must not do what the record was for.
@@ -81,6 +83,8 @@ type Reply = tokio::sync::oneshot::Sender<Result<Vec<u64>, AuditUnavailable>>;
 enum Request {
     Record(i64, Event),
     Durable(Vec<(i64, Event)>, Reply),
+    /// A line for `incidents.jsonl` (written by the writer, so no caller waits on its sync).
+    IncidentLine(Vec<u8>),
     Close(mpsc::SyncSender<()>),
 }
 
@@ -88,6 +92,8 @@ enum Request {
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Request>,
+    /// Incidents the agent's components raised and have not resolved.
+    desk: Arc<std::sync::Mutex<Desk>>,
     failing: Arc<AtomicBool>,
     /// The chain head after the writer's last append.
     head: Arc<std::sync::Mutex<Option<(u64, Hash)>>>,
@@ -99,6 +105,7 @@ impl std::fmt::Debug for Request {
         match self {
             Request::Record(_, e) => write!(f, "Record({})", e.kind()),
             Request::Durable(v, _) => write!(f, "Durable({} records)", v.len()),
+            Request::IncidentLine(_) => f.write_str("IncidentLine"),
             Request::Close(_) => f.write_str("Close"),
         }
     }
@@ -134,6 +141,7 @@ impl AuditLog {
             egress_retention_days: MIN_EGRESS_RETENTION_DAYS,
             reserve_bytes: 0,
             publish_head: None,
+            publish_incidents: None,
         };
         let log = Self::open(&settings, "gw-test").expect("audit trail");
         (dir, log)
@@ -210,7 +218,7 @@ impl AuditLog {
         }
         if let Some(incident) = &broken {
             first.push((now, incident.raised_event()));
-            let _ = incident.append_to(&settings.dir, "raised", now);
+            let _ = incident.append_to(&settings.dir, trail.gateway(), "raised", now);
             // Evidence of tampering stays open: nothing in the agent can resolve it.
             if let Some(s) = &stats {
                 s.incidents_open.fetch_add(1, Ordering::Relaxed);
@@ -227,6 +235,8 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel();
         let failing = Arc::new(AtomicBool::new(false));
         let head = Arc::new(std::sync::Mutex::new(trail.head()));
+        let stats_for_desk = stats.clone();
+        let gateway = trail.gateway().to_owned();
         let writer = Writer {
             head: head.clone(),
             trail,
@@ -248,8 +258,15 @@ impl AuditLog {
                 path: settings.dir.clone(),
                 source,
             })?;
+        let desk = Desk {
+            open: Vec::new(),
+            stats: stats_for_desk,
+            feed: None,
+            gateway,
+        };
         Ok(AuditLog {
             tx,
+            desk: Arc::new(std::sync::Mutex::new(desk)),
             failing,
             head,
             thread: Arc::new(std::sync::Mutex::new(Some(thread))),
@@ -281,6 +298,112 @@ impl AuditLog {
             .unwrap_or_else(|_| Err(AuditUnavailable("the audit writer has stopped".into())))
     }
 
+    /// Raises `incident` unless one of its kind and subject is open (then it counts another
+    /// occurrence): an ERROR log line, an `IncidentRaised` record, a line in `incidents.jsonl`,
+    /// and on the incident topic if one is fed. `true` if newly raised.
+    pub(crate) fn raise(&self, incident: Incident) -> bool {
+        let mut desk = self
+            .desk
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(open) = desk
+            .open
+            .iter_mut()
+            .find(|i| i.kind == incident.kind && i.subject == incident.subject)
+        {
+            open.count += incident.count;
+            open.last_seen_ms = open.last_seen_ms.max(incident.last_seen_ms);
+            return false;
+        }
+        error!(
+            kind = incident.kind.as_str(),
+            severity = incident.kind.severity(),
+            subject = %incident.subject,
+            "Incident raised: {}.",
+            incident.summary
+        );
+        let line = incident.line(&desk.gateway, "raised", incident.first_seen_ms);
+        let _ = self.tx.send(Request::Record(
+            incident.first_seen_ms,
+            incident.raised_event(),
+        ));
+        let _ = self.tx.send(Request::IncidentLine(line.clone()));
+        desk.publish(line);
+        if let Some(s) = &desk.stats {
+            s.incidents_open.fetch_add(1, Ordering::Relaxed);
+        }
+        desk.open.push(incident);
+        true
+    }
+
+    /// Resolves the open incident of `kind` about `subject`, if any.
+    pub(crate) fn resolve(&self, kind: IncidentKind, subject: &str, now_ms: i64) {
+        let mut desk = self
+            .desk
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(i) = desk
+            .open
+            .iter()
+            .position(|i| i.kind == kind && i.subject == subject)
+        else {
+            return;
+        };
+        let incident = desk.open.remove(i);
+        info!(
+            kind = kind.as_str(),
+            subject,
+            count = incident.count,
+            "Incident resolved: {}.",
+            incident.summary
+        );
+        let line = incident.line(&desk.gateway, "resolved", now_ms);
+        let _ = self
+            .tx
+            .send(Request::Record(now_ms, incident.resolved_event()));
+        let _ = self.tx.send(Request::IncidentLine(line.clone()));
+        desk.publish(line);
+        if let Some(s) = &desk.stats {
+            s.incidents_open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts `count` more occurrences (the last at `last_ms`) into the open incident of
+    /// `kind` about `subject`; nothing if none is open.
+    pub(crate) fn count_into(&self, kind: IncidentKind, subject: &str, count: u64, last_ms: i64) {
+        let mut desk = self
+            .desk
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(open) = desk
+            .open
+            .iter_mut()
+            .find(|i| i.kind == kind && i.subject == subject)
+        {
+            open.count += count;
+            open.last_seen_ms = open.last_seen_ms.max(last_ms);
+        }
+    }
+
+    /// Whether an incident of `kind` about `subject` is open.
+    pub(crate) fn is_open(&self, kind: IncidentKind, subject: &str) -> bool {
+        self.desk
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .open
+            .iter()
+            .any(|i| i.kind == kind && i.subject == subject)
+    }
+
+    /// Sends every incident line raised or resolved from now on to `feed` as well (the
+    /// incident topic). A full feed drops the line: the trail and the file have it.
+    pub(crate) fn feed_incidents(&self, feed: tokio::sync::mpsc::Sender<Vec<u8>>) {
+        self.desk
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .feed = Some(feed);
+    }
+
     /// The chain head: the `seq` and hash of the last record written.
     pub fn head(&self) -> Option<(u64, Hash)> {
         *self
@@ -309,6 +432,23 @@ impl AuditLog {
             .take();
         if let Some(t) = thread {
             let _ = t.join();
+        }
+    }
+}
+
+/// The incidents components raise through [`AuditLog::raise`].
+#[derive(Debug)]
+struct Desk {
+    open: Vec<Incident>,
+    stats: Option<Arc<crate::stats::Stats>>,
+    feed: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    gateway: String,
+}
+
+impl Desk {
+    fn publish(&self, line: Vec<u8>) {
+        if let Some(feed) = &self.feed {
+            let _ = feed.try_send(line);
         }
     }
 }
@@ -391,8 +531,15 @@ impl Writer {
             let mut durable: Vec<(usize, usize, Reply)> = Vec::new();
             let mut batch: Vec<(i64, Event)> = std::mem::take(&mut self.pending);
             let mut close = None;
+            let dir = self.settings.dir.clone();
             let mut take = |req: Request, batch: &mut Vec<(i64, Event)>| match req {
                 Request::Record(ts, e) => batch.push((ts, e)),
+                Request::IncidentLine(line) => {
+                    // Best effort: the trail and the log carry the incident too.
+                    if let Err(e) = incident::append_line(&dir, &line) {
+                        warn!(dir = %dir.display(), error = %e, "Cannot append to incidents.jsonl.");
+                    }
+                }
                 Request::Durable(events, reply) => {
                     let start = batch.len();
                     batch.extend(events);
@@ -495,7 +642,7 @@ impl Writer {
                     let incident = unwritable(now_ms(), &reason);
                     // On a full disk this may fail too: then it is written with the resolution.
                     self.raised_on_file = incident
-                        .append_to(&self.settings.dir, "raised", now_ms())
+                        .append_to(&self.settings.dir, self.trail.gateway(), "raised", now_ms())
                         .is_ok();
                     raised = Some((now_ms(), incident.raised_event()));
                     if let Some(s) = &self.stats {
@@ -538,11 +685,11 @@ impl Writer {
         let now = now_ms();
         let mut incident = unwritable(since, error);
         if !self.raised_on_file {
-            let _ = incident.append_to(&self.settings.dir, "raised", now);
+            let _ = incident.append_to(&self.settings.dir, self.trail.gateway(), "raised", now);
         }
         incident.count = self.attempts;
         incident.last_seen_ms = now;
-        let _ = incident.append_to(&self.settings.dir, "resolved", now);
+        let _ = incident.append_to(&self.settings.dir, self.trail.gateway(), "resolved", now);
         // Recorded with the next write (within a sync interval).
         self.pending.push((now, incident.resolved_event()));
         if let Some(s) = &self.stats {

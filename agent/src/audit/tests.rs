@@ -263,6 +263,7 @@ fn settings(dir: &Path) -> AuditSettings {
         egress_retention_days: MIN_EGRESS_RETENTION_DAYS,
         reserve_bytes: 0,
         publish_head: None,
+        publish_incidents: None,
     }
 }
 

@@ -211,6 +211,11 @@ pub(crate) struct OpenReport {
 }
 
 impl Trail {
+    /// The gateway whose records these are.
+    pub(crate) fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
     /// Opens (creating) the trail in `dir` for `gateway`, repairing a torn last line and
     /// comparing the trail with its checkpoint. Also tops up the space reserve.
     /// `reserve_bytes`: `None` leaves the reserve as it is (a command beside the agent).

@@ -165,6 +165,8 @@ pub(crate) struct RawAudit {
     pub(crate) publish_head_to: Option<String>,
     #[serde(default = "default_publish_head_every", with = "humantime_serde")]
     pub(crate) publish_head_every: Duration,
+    /// A domestic destination every incident line is published to (no data values).
+    pub(crate) publish_incidents_to: Option<String>,
 }
 
 impl Default for RawAudit {
@@ -176,6 +178,7 @@ impl Default for RawAudit {
             reserve_mb: default_audit_reserve_mb(),
             publish_head_to: None,
             publish_head_every: default_publish_head_every(),
+            publish_incidents_to: None,
         }
     }
 }

@@ -134,6 +134,7 @@ pub(crate) fn audit(a: &RawAudit, historian: &Path, out: &mut Collector) -> Audi
         egress_retention_days: a.egress_retention_days.max(MIN_EGRESS_RETENTION_DAYS),
         reserve_bytes: a.reserve_mb.saturating_mul(1 << 20),
         publish_head: a.publish_head_to.clone().map(|d| (d, a.publish_head_every)),
+        publish_incidents: a.publish_incidents_to.clone(),
     }
 }
 

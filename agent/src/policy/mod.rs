@@ -432,6 +432,19 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
+    /// A refusal on legal grounds (assessment, cap, TLS), as opposed to a label or rule that
+    /// never allowed the item.
+    pub(crate) fn is_compliance(self) -> bool {
+        matches!(
+            self,
+            DenyReason::CrossBorderWithoutAssessment
+                | DenyReason::AssessmentExpired
+                | DenyReason::CategoryNotAssessed
+                | DenyReason::VolumeCapExceeded
+                | DenyReason::ImportantWithoutTls
+        )
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             DenyReason::CoreNeverLeaves => "core_never_leaves",
@@ -644,6 +657,15 @@ impl Policy {
         Ok(())
     }
 
+    /// Whether an allow rule asks for this summary (whatever the invariants say): a refusal
+    /// on compliance grounds of something a rule asks for is an incident, the refusal of
+    /// something nobody asked for is not.
+    pub(crate) fn asked_for(&self, s: &Summary) -> bool {
+        let window = u64::try_from(s.window_ms()).ok();
+        self.matching_rule(s.meta(), Form::Summary, window)
+            .is_some()
+    }
+
     fn matching_rule(&self, meta: &PointMeta, form: Form, window_ms: Option<u64>) -> Option<usize> {
         self.dest
             .allow
@@ -742,7 +764,7 @@ fn covers(r: &AllowRule, categories: &[Category]) -> bool {
         .is_none_or(|c| categories.iter().all(|x| c.contains(x)))
 }
 
-fn reason_text(r: DenyReason) -> &'static str {
+pub(crate) fn reason_text(r: DenyReason) -> &'static str {
     match r {
         DenyReason::CoreNeverLeaves => Invariant::CoreNeverLeaves.describe(),
         DenyReason::RawNotGeneral => Invariant::RawOnlyGeneral.describe(),

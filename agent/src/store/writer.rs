@@ -215,7 +215,14 @@ impl Historian {
                 }
             })?;
         let policy = SealPolicy::for_points(points.len());
-        let head = restore_head(&path, &committed, &replayed, policy);
+        let (head, unusable) = restore_head(&path, &committed, &replayed, policy);
+        // Damage found on open: the trail's `store_integrity` incident reads this.
+        let damage = unusable
+            + u64::from(replayed.stats.corrupt.is_some())
+            + replayed.stats.quarantined.len() as u64;
+        stats
+            .store_damaged
+            .fetch_add(damage, std::sync::atomic::Ordering::Relaxed);
 
         // Validation keeps these >= 1; max(1) keeps a zero from meaning "never flush".
         let batch_size = settings.batch_size.max(1);
@@ -550,13 +557,14 @@ impl Historian {
 }
 
 /// The head as the last run left it: chunk numbering after the committed chunks, and the open
-/// chunks the tail replayed (those not committed since).
+/// chunks the tail replayed (those not committed since); with the number of replayed chunks
+/// that did not decode.
 fn restore_head(
     path: &Path,
     committed: &HashMap<u32, u32>,
     replayed: &Replayed,
     policy: SealPolicy,
-) -> Head {
+) -> (Head, u64) {
     let mut head = Head::new(policy);
     for (&point, &seq) in committed {
         head.continue_after(point, Some(seq));
@@ -589,7 +597,7 @@ fn restore_head(
             "Historian tail replayed."
         );
     }
-    head
+    (head, unusable)
 }
 
 fn write_chunks(conn: &mut Connection, chunks: &[Sealed]) -> rusqlite::Result<()> {

@@ -244,6 +244,8 @@ async fn the_daily_cap_lets_exactly_n_items_through_and_is_recorded_once() {
     // The next UTC day the cap starts again.
     let s = Summary::for_test(important, NOW + 86_400_000 - 10_000, NOW + 86_400_000, 1.0);
     assert_eq!(hq.offer_summary(&s, NOW + 86_400_000), Ok(()));
+    // A quiet minute after the last refusal ends the compliance incident.
+    hq.record_denials(NOW + 86_400_000);
     stop(shutdown, vec![hq]).await;
     audit.close();
     let records = crate::audit::AuditLog::records_for_test(&trail);
@@ -267,6 +269,49 @@ async fn the_daily_cap_lets_exactly_n_items_through_and_is_recorded_once() {
         (denied[0]["reason"].as_str(), denied[0]["items"].as_u64()),
         (Some("volume_cap_exceeded"), Some(2))
     );
+    // Refusing what a rule asks for on legal grounds is an incident: raised once at the
+    // first refusal, resolved with both counted.
+    let raised = of_type(&records, "IncidentRaised");
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    assert_eq!(
+        (raised[0]["kind"].as_str(), raised[0]["levels"][0].as_str()),
+        (Some("egress_non_compliant"), Some("important"))
+    );
+    let resolved = of_type(&records, "IncidentResolved");
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0]["count"].as_u64(), Some(2));
+}
+
+#[tokio::test]
+async fn refusing_what_no_rule_asks_for_is_not_an_incident() {
+    let (trail, audit, mut hq, shutdown) = assessed_uplink(NOW + 365 * 86_400_000, Some(3));
+    // Management data is outside the assessment: refused on legal grounds either way, but
+    // only the 10 s window is asked for by a rule.
+    let management = Arc::new(crate::model::PointMeta::for_test(
+        0,
+        "office.energy",
+        Level::Important,
+        Category::Management,
+        1000,
+    ));
+    let unasked = Summary::for_test(management.clone(), NOW - 60_000, NOW, 1.0);
+    assert_eq!(
+        hq.offer_summary(&unasked, NOW),
+        Err(DenyReason::CategoryNotAssessed)
+    );
+    assert!(!audit.is_open(crate::audit::IncidentKind::EgressNonCompliant, "hq-eu"));
+    let asked = Summary::for_test(management, NOW - 10_000, NOW, 1.0);
+    assert_eq!(
+        hq.offer_summary(&asked, NOW),
+        Err(DenyReason::CategoryNotAssessed)
+    );
+    assert!(audit.is_open(crate::audit::IncidentKind::EgressNonCompliant, "hq-eu"));
+    stop(shutdown, vec![hq]).await;
+    audit.close();
+    let records = crate::audit::AuditLog::records_for_test(&trail);
+    let raised = of_type(&records, "IncidentRaised");
+    assert_eq!(raised.len(), 1);
+    assert_eq!(raised[0]["categories"][0].as_str(), Some("management"));
 }
 
 #[tokio::test]

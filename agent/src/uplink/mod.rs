@@ -45,11 +45,11 @@ use tracing::{error, info, warn};
 pub(crate) use encode::{encode_into, topic, Envelope};
 pub use tls::TlsError;
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, Incident, IncidentKind};
 use crate::config::{Destination, Downgrade, Gateway};
 use crate::drop_log::{DropLog, DropReport};
 use crate::model::{Category, Form, Level};
-use crate::policy::{DenyReason, EgressItem, EgressView, Permitted, Policy};
+use crate::policy::{reason_text, DenyReason, EgressItem, EgressView, Permitted, Policy};
 use crate::source::Tagged;
 use crate::stats::LevelCounts;
 use crate::stats::{DestinationStats, Stats};
@@ -111,7 +111,13 @@ struct Denials {
     noticed: Vec<i64>,
     /// Uses of each approved downgrade in the period: items and the distinct tags released.
     downgraded: Vec<(Arc<Downgrade>, u64, Vec<Arc<str>>)>,
+    /// Items a rule asked for that the law blocked, since the last report to the incident:
+    /// `(count, last_ms)`.
+    non_compliant: Option<(u64, i64)>,
 }
+
+/// How long without a compliance refusal before the `egress_non_compliant` incident ends.
+const NON_COMPLIANT_QUIET_MS: i64 = 60_000;
 
 impl Denials {
     fn add(&mut self, level: Level, reason: DenyReason, now_ms: i64) {
@@ -123,6 +129,55 @@ impl Denials {
         {
             Some((_, _, n)) => *n += 1,
             None => self.counts.push((level, reason, 1)),
+        }
+    }
+
+    /// A summary a rule asked for was refused on legal grounds: raised as an incident at once
+    /// (the first time), counted into it at each period's flush.
+    fn non_compliant(&mut self, destination: &str, s: &Summary, reason: DenyReason, now_ms: i64) {
+        let (count, last) = self.non_compliant.get_or_insert((0, now_ms));
+        *count += 1;
+        *last = now_ms;
+        let subject = destination;
+        if !self
+            .audit
+            .is_open(IncidentKind::EgressNonCompliant, subject)
+        {
+            let categories: Vec<&'static str> =
+                s.meta().categories().iter().map(|c| c.as_str()).collect();
+            self.audit.raise(
+                Incident::new(
+                    IncidentKind::EgressNonCompliant,
+                    format!(
+                        "{} summaries of {} for {destination} that its rules ask for were blocked ({reason}: {})",
+                        s.level(),
+                        s.meta().tag(),
+                        reason_text(reason)
+                    ),
+                    now_ms,
+                )
+                .about(subject)
+                .affecting(&[s.level().as_str()], &categories),
+            );
+            self.non_compliant = Some((0, now_ms));
+        }
+    }
+
+    /// Counts the period's compliance refusals into the open incident, and ends it after
+    /// [`NON_COMPLIANT_QUIET_MS`] without one.
+    fn report_non_compliant(&mut self, destination: &str, now_ms: i64) {
+        let Some((count, last)) = self.non_compliant else {
+            return;
+        };
+        if count > 0 {
+            self.audit
+                .count_into(IncidentKind::EgressNonCompliant, destination, count, last);
+            self.non_compliant = Some((0, last));
+        }
+        if now_ms - last >= NON_COMPLIANT_QUIET_MS {
+            self.audit
+                .resolve(IncidentKind::EgressNonCompliant, destination, now_ms);
+            self.non_compliant = None;
         }
     }
 
@@ -242,6 +297,11 @@ impl UplinkHandle {
     /// Offer a closed summary (see [`UplinkHandle::offer_raw`]).
     pub(crate) fn offer_summary(&mut self, s: &Summary, now_ms: i64) -> Result<(), DenyReason> {
         let decision = self.policy.decide_summary(s, now_ms);
+        if let (Err(reason), Some(d)) = (&decision, &mut self.denials) {
+            if reason.is_compliance() && self.policy.asked_for(s) {
+                d.non_compliant(&self.policy.destination().name, s, *reason, now_ms);
+            }
+        }
         self.settle(decision, s.level(), now_ms)
     }
 
@@ -319,6 +379,32 @@ impl UplinkHandle {
         true
     }
 
+    /// Publishes one incident line (as in `incidents.jsonl`: kind, severity, subject, levels,
+    /// categories, counts, no data value) on `<prefix>/<site>/<gateway>/incidents`, level
+    /// general, after its own `DataEgressed` record. Only to a domestic destination.
+    pub(crate) fn publish_incident(&self, line: &[u8]) -> bool {
+        let dest = self.policy.destination();
+        if dest.is_cross_border() {
+            return false;
+        }
+        let topic = format!(
+            "{}/{}/{}/incidents",
+            dest.topic_prefix.trim_end_matches('/'),
+            self.env.site,
+            self.env.gateway
+        );
+        let payload = line.strip_suffix(b"\n").unwrap_or(line).to_vec();
+        let msg = Message::new(topic.into(), payload, Level::General, 1).with_facts(Facts {
+            form: "incident",
+            categories: 0,
+            first_key: None,
+            last_key: None,
+            downgrades: Vec::new(),
+        });
+        self.shared.offer(msg);
+        true
+    }
+
     /// Records the denials of a period that has ended, and an assessment that is about to
     /// expire (the router calls it once per batch).
     pub(crate) fn record_denials(&mut self, now_ms: i64) {
@@ -327,6 +413,7 @@ impl UplinkHandle {
         if let Some(d) = &mut self.denials {
             d.flush(&name, now_ms, false);
             d.notice_expiry(&dest, now_ms);
+            d.report_non_compliant(&name, now_ms);
         }
     }
 
@@ -497,6 +584,7 @@ pub fn spawn(
         counts: Vec::new(),
         noticed: Vec::new(),
         downgraded: Vec::new(),
+        non_compliant: None,
     };
     let egress_audit = EgressAudit {
         log: audit,

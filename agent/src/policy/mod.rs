@@ -622,6 +622,17 @@ impl Policy {
         })
     }
 
+    /// Whether summaries of `meta` would leave under a downgrade at `now_ms`: the label lets
+    /// none of them go to this destination, and a downgrade in force releases them.
+    pub(crate) fn releases_under_downgrade(&self, meta: &PointMeta, now_ms: i64) -> bool {
+        let labelled =
+            self.hard_checks(meta, Form::Summary, now_ms).is_ok()
+                && self.dest.allow.iter().any(|r| {
+                    rule_matches(r, meta, Form::Summary, r.window.map(crate::model::millis))
+                });
+        !labelled && self.downgrade_release(meta, None, now_ms).is_some()
+    }
+
     /// The invariants, checked on every item whatever the allow rules say: for each of the
     /// item's categories (a group summary has several).
     fn hard_checks(&self, meta: &PointMeta, form: Form, now_ms: i64) -> Result<(), DenyReason> {

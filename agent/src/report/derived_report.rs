@@ -122,11 +122,11 @@ pub(super) fn groups_and_downgrades(s: &mut String, cfg: &AgentConfig, now_ms: i
             let policy = Policy::new(dest.clone()).with_downgrades(std::slice::from_ref(d));
             let released = targets
                 .iter()
-                .filter(|p| policy.downgrade_release(p, None, now_ms).is_some())
+                .filter(|p| policy.releases_under_downgrade(p, now_ms))
                 .count();
             let _ = writeln!(
                 s,
-                "    {}: releases {released} of {} (only where it has a general summary rule sharing a stat)",
+                "    {}: releases {released} of {} (where the label lets nothing go and a general summary rule shares a stat)",
                 dest.name,
                 names.len()
             );

@@ -19,6 +19,8 @@
 //! - [`net`]: free-port picking and bounded readiness probes.
 //! - [`plant`]: the simulated demo plant wired to the agent (shared by end-to-end tests and the
 //!   demo binary).
+//! - [`press`]: one simulated press and a broker for tests running the real binary on a
+//!   config of their own.
 //!
 //! ```text
 //!  firmware-sim ──Modbus/TCP──▶ edge-agent ──MQTT──▶ EmbeddedBroker | Mosquitto(TLS)
@@ -49,6 +51,7 @@ pub mod mosquitto;
 pub mod net;
 pub mod pki;
 pub mod plant;
+pub mod press;
 pub mod proxy;
 pub mod query;
 

@@ -9,22 +9,10 @@ use std::time::Duration;
 
 use edge_agent::audit::sha256_hex;
 use edge_tests::agent_proc::AgentProc;
+use edge_tests::press::PressRig;
 use edge_tests::query::agent_bin;
-use edge_tests::{Collector, EmbeddedBroker};
-use firmware_sim::{Plant, Scenario};
+use edge_tests::Collector;
 use serde_json::Value as Json;
-
-const SCENARIO: &str = r#"
-[[devices]]
-name = "press"
-port = 0
-tick = "50ms"
-registers = [
-  { table = "holding", address = 0, type = "u16", generator = { kind = "counter", start = 0, step = 1 } },
-  { table = "holding", address = 1, type = "u16", generator = { kind = "counter", start = 500, step = 3 } },
-  { table = "holding", address = 2, type = "u16", generator = { kind = "counter", start = 9, step = 1 } },
-]
-"#;
 
 fn agent_toml(press: &str, broker: &str, historian: &Path) -> String {
     format!(
@@ -98,66 +86,21 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     s
 }
 
-/// The simulated press, an embedded broker with a subscriber, and the agent's config file,
-/// with `extra` appended to the config.
-struct Rig {
-    runtime: tokio::runtime::Runtime,
-    plant: Option<Plant>,
-    _broker: EmbeddedBroker,
-    collector: Collector,
-    config: PathBuf,
-}
+/// The press, the broker and the agent's config (`agent_toml`, edited by `edit`, with `extra`
+/// appended).
+struct Rig;
 
 impl Rig {
-    fn start(dir: &Path, extra: &str) -> Rig {
+    fn start(dir: &Path, extra: &str) -> PressRig {
         Self::start_with(dir, extra, |t| t)
     }
 
-    /// As `start`, with the config text edited by `edit` before `extra` is appended.
-    fn start_with(dir: &Path, extra: &str, edit: impl Fn(String) -> String) -> Rig {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let scenario = Scenario::from_toml_str(SCENARIO).expect("scenario");
-        let plant = runtime
-            .block_on(Plant::start(scenario, edge_tests::net::LOOPBACK.into()))
-            .expect("plant");
-        let broker = EmbeddedBroker::start().expect("broker");
-        let collector = runtime
-            .block_on(Collector::start(broker.addr()))
-            .expect("collector");
-        let config = dir.join("agent.toml");
-        let press = plant.device_addr("press").expect("press").to_string();
-        let mut text = edit(agent_toml(
-            &press,
-            &broker.addr().to_string(),
-            &dir.join("h.db"),
-        ));
-        text.push_str(extra);
-        std::fs::write(&config, text).expect("config");
-        Rig {
-            runtime,
-            plant: Some(plant),
-            _broker: broker,
-            collector,
-            config,
-        }
-    }
-
-    /// Waits until the broker has received `n` messages in all.
-    fn egressed(&self, n: usize) -> bool {
-        self.runtime
-            .block_on(self.collector.wait_for_count(n, Duration::from_secs(20)))
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        if let Some(plant) = self.plant.take() {
-            self.runtime.block_on(plant.shutdown());
-        }
+    fn start_with(dir: &Path, extra: &str, edit: impl Fn(String) -> String) -> PressRig {
+        PressRig::start(dir, |press, broker, historian| {
+            let mut text = edit(agent_toml(press, broker, historian));
+            text.push_str(extra);
+            text
+        })
     }
 }
 

@@ -521,10 +521,17 @@ impl Policy {
         t: &Tagged,
         now_ms: i64,
     ) -> Result<Permitted<EgressItem>, DenyReason> {
-        self.hard_checks(t.meta(), Form::Raw, now_ms)?;
-        self.matching_rule(t.meta(), Form::Raw, None)
+        // The sample's own label copies (decision 0017): its point's meta stays cold, and a
+        // raw sample is never a group's, so its one category is all there is.
+        let (level, category) = (t.level(), t.category());
+        let categories = std::slice::from_ref(&category);
+        self.label_checks(level, categories, Form::Raw, now_ms)?;
+        self.dest
+            .allow
+            .iter()
+            .position(|r| label_matches(r, level, categories, Form::Raw, None))
             .ok_or(DenyReason::NoMatchingRule)?;
-        self.charge(t.level(), now_ms)?;
+        self.charge(level, now_ms)?;
         Ok(Permitted::new(
             EgressItem(Egress::Raw(t.clone())),
             self.dest.name.clone(),
@@ -636,9 +643,19 @@ impl Policy {
     /// The invariants, checked on every item whatever the allow rules say: for each of the
     /// item's categories (a group summary has several).
     fn hard_checks(&self, meta: &PointMeta, form: Form, now_ms: i64) -> Result<(), DenyReason> {
-        for &category in meta.categories() {
+        self.label_checks(meta.level(), meta.categories(), form, now_ms)
+    }
+
+    fn label_checks(
+        &self,
+        level: Level,
+        categories: &[Category],
+        form: Form,
+        now_ms: i64,
+    ) -> Result<(), DenyReason> {
+        for &category in categories {
             if let Some(&reason) =
-                broken_invariants(&self.dest, meta.level(), category, form, now_ms).first()
+                broken_invariants(&self.dest, level, category, form, now_ms).first()
             {
                 return Err(reason);
             }
@@ -762,9 +779,19 @@ impl Policy {
 }
 
 fn rule_matches(r: &AllowRule, meta: &PointMeta, form: Form, window_ms: Option<u64>) -> bool {
+    label_matches(r, meta.level(), meta.categories(), form, window_ms)
+}
+
+fn label_matches(
+    r: &AllowRule,
+    level: Level,
+    categories: &[Category],
+    form: Form,
+    window_ms: Option<u64>,
+) -> bool {
     r.form == form
-        && r.levels.contains(&meta.level())
-        && covers(r, meta.categories())
+        && r.levels.contains(&level)
+        && covers(r, categories)
         && (form == Form::Raw || r.window.map(crate::model::millis) == window_ms)
 }
 

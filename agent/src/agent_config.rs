@@ -37,6 +37,7 @@ pub struct AgentConfig {
     pub points: Vec<Arc<PointMeta>>,
     pub historian: HistorianSettings,
     pub audit: AuditSettings,
+    pub catalogue: crate::catalogue::CatalogueSettings,
     pub summary: SummarySettings,
     pub destinations: Vec<Arc<Destination>>,
     /// The file this config came from and the SHA-256 of its text, for the audit trail.
@@ -215,6 +216,8 @@ fn build(raw: &RawConfig, origin: ConfigOrigin, out: &mut Collector) -> AgentCon
     let lines = modbus_config::build(&raw.lines, &raw.devices, &mut classifier, out);
     let classification = classifier.settings().clone();
     let points = classifier.finish(out);
+    let catalogue =
+        crate::catalogue::config::build(raw.catalogue.as_ref(), &historian.path, &points, out);
     let destinations = crate::policy::config::build(&raw.destinations, &gateway, out);
     for (i, d) in destinations.iter().enumerate() {
         if let Some(tls) = &d.broker.tls {
@@ -280,6 +283,7 @@ fn build(raw: &RawConfig, origin: ConfigOrigin, out: &mut Collector) -> AgentCon
         points,
         historian,
         audit,
+        catalogue,
         summary: SummarySettings { windows },
         destinations,
         origin,

@@ -113,6 +113,7 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
         )));
     }
     drop(tx);
+    crate::catalogue::spawn_watch(&cfg, &audit, shutdown.clone());
     info!(
         lines = cfg.lines.len(),
         devices = cfg.devices().count(),

@@ -185,7 +185,7 @@ fn sources(r: &Row) -> String {
         .sources
         .devices
         .iter()
-        .map(|d| format!("{} ({}, {} points)", d.device, d.protocol, d.points));
+        .map(|d| format!("{} ({}, {} point(s))", d.device, d.protocol, d.points));
     let text = list(devices, "");
     match (&r.sources.note, text.is_empty()) {
         (Some(note), true) => note.clone(),

@@ -37,6 +37,7 @@ pub struct AgentConfig {
     pub points: Vec<Arc<PointMeta>>,
     pub historian: HistorianSettings,
     pub audit: AuditSettings,
+    pub catalogue: crate::catalogue::CatalogueSettings,
     pub summary: SummarySettings,
     pub destinations: Vec<Arc<Destination>>,
     /// Group summaries' subjects (`[[groups]]`), ids after the last point's.
@@ -225,6 +226,8 @@ fn build(raw: &RawConfig, origin: ConfigOrigin, out: &mut Collector) -> AgentCon
     let points = classifier.finish(out);
     let groups = derived::groups(&raw.groups, &points, &gateway, out);
     let downgrades = derived::downgrades(&raw.downgrades, &points, &groups, out);
+    let catalogue =
+        crate::catalogue::config::build(raw.catalogue.as_ref(), &historian.path, &points, out);
     let destinations = crate::policy::config::build(&raw.destinations, &gateway, out);
     for (i, d) in destinations.iter().enumerate() {
         if let Some(tls) = &d.broker.tls {
@@ -300,6 +303,7 @@ fn build(raw: &RawConfig, origin: ConfigOrigin, out: &mut Collector) -> AgentCon
         points,
         historian,
         audit,
+        catalogue,
         summary: SummarySettings { windows },
         destinations,
         groups,

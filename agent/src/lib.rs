@@ -19,6 +19,7 @@
 //! - [`pipeline`]: wires the stages together for `run`.
 //! - [`stats`]: per-level counters.
 //! - [`report`]: `check`, `explain` and counter reports.
+//! - [`catalogue`]: the filing of important and core data (MIIT 12) and its change detection.
 //!
 //! # Data flow
 //! ```text
@@ -31,6 +32,7 @@
 pub mod agent_config;
 pub mod audit;
 pub(crate) mod backoff;
+pub mod catalogue;
 pub mod config;
 pub(crate) mod drop_log;
 pub mod model;

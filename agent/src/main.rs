@@ -53,6 +53,34 @@ enum Command {
     /// The audit trail: verify its hash chain, or export records for an inspector.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The data catalogue to file (MIIT art. 12): one row per level and category of important
+    /// and core data, and the collection register. Metadata only, never a data value.
+    ///
+    /// `--mark-filed` records the catalogue as filed; `--diff` compares with the filing and
+    /// exits 1 when re-filing is due (0 when not). Finding it due records `CatalogueChangeDue`
+    /// once per filing.
+    Catalogue(CatalogueArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CatalogueArgs {
+    #[arg(short, long)]
+    config: PathBuf,
+    /// json, csv or md.
+    #[arg(long, default_value = "json")]
+    format: String,
+    /// For csv: the filing rows, or the collection register (json and md hold both).
+    #[arg(long, default_value = "rows")]
+    table: String,
+    /// Write to this file instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Record the current catalogue as the filed baseline (audited as `CatalogueFiled`).
+    #[arg(long, conflicts_with = "diff")]
+    mark_filed: bool,
+    /// Show what changed since the filed baseline; exit 1 if re-filing is due.
+    #[arg(long)]
+    diff: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -201,6 +229,7 @@ fn main() -> ExitCode {
         Command::Probe(args) => probe(args),
         Command::Query(args) => query(&args),
         Command::Audit(cmd) => audit(cmd),
+        Command::Catalogue(args) => catalogue(&args),
         Command::Run {
             config,
             stats_every,
@@ -512,6 +541,58 @@ fn audit(cmd: AuditCommand) -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::from(2)
         }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `catalogue`: the codes are `catalogue::cli`'s (0 done or nothing due, 1 due or failed,
+/// 2 config or usage).
+fn catalogue(args: &CatalogueArgs) -> ExitCode {
+    use edge_agent::catalogue::cli::{command, output, Action};
+    use edge_agent::catalogue::{CatalogueError, Format, Table};
+    let usage = |msg: String| {
+        eprintln!("error: {msg}");
+        ExitCode::from(2)
+    };
+    let Some(format) = Format::parse(&args.format) else {
+        return usage(format!("--format {:?}: use json, csv or md", args.format));
+    };
+    let table = match Table::parse(&args.table) {
+        Some(Table::Register) if format != Format::Csv => {
+            return usage("--table register is for csv; json and md hold both tables".into())
+        }
+        Some(t) => t,
+        None => return usage(format!("--table {:?}: use rows or register", args.table)),
+    };
+    let action = match (args.mark_filed, args.diff) {
+        (true, _) => Action::MarkFiled,
+        (_, true) => Action::Diff,
+        _ => Action::Print(format, table),
+    };
+    let loaded = match load(&args.config) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let mut out = match output(args.out.as_deref()) {
+        Ok(o) => o,
+        Err(e) => {
+            let path = args.out.as_deref().unwrap_or(std::path::Path::new("-"));
+            eprintln!("error: cannot create {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    };
+    let mut notes = std::io::stderr();
+    match command(&loaded.config, action, now_ms(), &mut *out, &mut notes)
+        .and_then(|code| out.flush().map(|()| code).map_err(CatalogueError::Output))
+    {
+        Ok(code) => ExitCode::from(code),
+        Err(CatalogueError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(e @ CatalogueError::NotConfigured) => usage(e.to_string()),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(1)

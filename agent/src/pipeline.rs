@@ -125,6 +125,7 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
         audit.clone(),
         uplink_shutdown.clone(),
     ));
+    crate::catalogue::spawn_watch(&cfg, &audit, shutdown.clone());
     info!(
         lines = cfg.lines.len(),
         devices = cfg.devices().count(),

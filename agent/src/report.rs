@@ -132,6 +132,21 @@ fn egress_matrix(s: &mut String, cfg: &AgentConfig) {
     }
 }
 
+/// Where the data and the evidence are kept: the historian, the audit trail, the catalogue.
+fn records_kept(s: &mut String, cfg: &AgentConfig) {
+    let a = &cfg.audit;
+    let _ = writeln!(
+        s,
+        "\nhistorian {}; audit trail {} (kept {} days, egress records {} days; {} MiB reserved)",
+        cfg.historian.path.display(),
+        a.dir.display(),
+        a.retention_days,
+        a.egress_retention_days,
+        a.reserve_bytes >> 20
+    );
+    let _ = writeln!(s, "{}", cfg.catalogue.check_line());
+}
+
 /// The `check` report of a valid config.
 pub fn check(loaded: &Loaded) -> String {
     let cfg = &loaded.config;
@@ -171,16 +186,7 @@ pub fn check(loaded: &Loaded) -> String {
         "Modbus requests per poll cycle: {total_requests} ({per_second:.1} requests/s at the configured intervals)"
     );
 
-    let a = &cfg.audit;
-    let _ = writeln!(
-        s,
-        "\nhistorian {}; audit trail {} (kept {} days, egress records {} days; {} MiB reserved)",
-        cfg.historian.path.display(),
-        a.dir.display(),
-        a.retention_days,
-        a.egress_retention_days,
-        a.reserve_bytes >> 20
-    );
+    records_kept(&mut s, cfg);
     let _ = writeln!(
         s,
         "\npoints per level and category ({} in all):",

@@ -104,5 +104,10 @@ fn rewire(cfg: &mut AgentConfig, plant: &Plant, wiring: &Wiring) -> anyhow::Resu
         cfg.summary.windows = vec![w];
     }
     cfg.historian.path.clone_from(&wiring.historian);
+    // The trail follows the historian (its default place), not the demo's relative `data/`:
+    // a test must not write into the source tree.
+    let beside = wiring.historian.parent().unwrap_or_else(|| Path::new("."));
+    cfg.audit.dir = beside.join("audit");
+    cfg.catalogue.dir = beside.join("catalogue");
     Ok(())
 }

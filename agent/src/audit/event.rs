@@ -216,6 +216,25 @@ pub enum Event {
         intact: bool,
         problem: Option<String>,
     },
+    /// `catalogue --mark-filed`: this catalogue (its SHA-256, its rows of important and core
+    /// data and its collection register) is the baseline filed with the regulator (MIIT 12).
+    CatalogueFiled {
+        sha256: String,
+        rows: u64,
+        points: u64,
+        filed_at: String,
+        baseline: String,
+    },
+    /// The catalogue changed enough since the filed baseline that the filing must be renewed
+    /// by `due_by` (three calendar months after detection): a scale measure moved by 30 % or
+    /// more, a filed field changed, or a row appeared or went. Once per filed baseline.
+    CatalogueChangeDue {
+        filed_sha256: String,
+        filed_at: String,
+        detected: String,
+        due_by: String,
+        changes: Vec<String>,
+    },
 }
 
 impl Event {
@@ -245,6 +264,8 @@ impl Event {
             Event::AuditSegmentsDeleted { .. } => "AuditSegmentsDeleted",
             Event::AuditExported { .. } => "AuditExported",
             Event::AuditVerified { .. } => "AuditVerified",
+            Event::CatalogueFiled { .. } => "CatalogueFiled",
+            Event::CatalogueChangeDue { .. } => "CatalogueChangeDue",
         }
     }
 }

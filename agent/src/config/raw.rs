@@ -29,6 +29,8 @@ pub(crate) struct RawConfig {
     pub(crate) groups: Vec<RawGroup>,
     #[serde(default)]
     pub(crate) downgrades: Vec<RawDowngrade>,
+    /// Optional: without it the agent runs, but `edge-agent catalogue` refuses to file.
+    pub(crate) catalogue: Option<RawCatalogue>,
 }
 
 /// A group summary: one summary over a named set of points (e.g. the mean furnace-zone
@@ -197,6 +199,34 @@ fn default_egress_retention_days() -> u32 {
 /// trail writable for hours after the historian has filled the disk.
 fn default_audit_reserve_mb() -> u64 {
     16
+}
+
+/// `[catalogue]`: the filing fields of the data catalogue the config cannot supply (MIIT 12).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCatalogue {
+    pub(crate) purpose: String,
+    pub(crate) scope_of_use: String,
+    /// How the regulator reaches the responsible person (phone, e-mail).
+    pub(crate) contact: String,
+    /// Default: described per row from the config (protocols, intervals, storage, egress).
+    pub(crate) method: Option<String>,
+    /// Where the gateway stands (building, room, cabinet), beside gateway id, site, jurisdiction.
+    pub(crate) location: Option<String>,
+    /// Default: `catalogue/` beside the historian file.
+    pub(crate) dir: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) categories: Vec<RawCatalogueCategory>,
+}
+
+/// Per-category overrides of `[catalogue]`'s purpose, scope of use and method.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCatalogueCategory {
+    pub(crate) category: Category,
+    pub(crate) purpose: Option<String>,
+    pub(crate) scope_of_use: Option<String>,
+    pub(crate) method: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

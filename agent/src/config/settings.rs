@@ -140,7 +140,7 @@ pub(crate) fn audit(a: &RawAudit, historian: &Path, out: &mut Collector) -> Audi
 
 /// What `run` would trip over when it creates or opens the directory `dir`: it is something
 /// else than a directory, or an ancestor that exists is not one.
-fn dir_issue(key: &str, dir: &Path) -> Option<ConfigIssue> {
+pub(crate) fn dir_issue(key: &str, dir: &Path) -> Option<ConfigIssue> {
     if dir.as_os_str().is_empty() {
         return Some(ConfigIssue::new(key, "must not be empty"));
     }

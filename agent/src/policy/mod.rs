@@ -188,6 +188,43 @@ impl EgressItem {
     }
 }
 
+/// How a point's data may reach a destination: the allow rule (its window and the stats it
+/// sends), and the approved downgrade when it leaves only as general under one.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    pub(crate) rule: usize,
+    pub(crate) window: Option<std::time::Duration>,
+    pub(crate) stats: Vec<Stat>,
+    pub(crate) downgrade: Option<Arc<Downgrade>>,
+}
+
+impl Route {
+    /// `explain`'s wording, e.g. `summary: allowed by allow[1] every 5s with stats [count]`.
+    pub(crate) fn describe(&self, form: Form) -> String {
+        let stats = self
+            .stats
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let how = match self.window {
+            Some(w) => format!(
+                "by allow[{}] every {} with stats [{stats}]",
+                self.rule,
+                humantime::format_duration(w)
+            ),
+            None => format!("by allow[{}]", self.rule),
+        };
+        match &self.downgrade {
+            None => format!("{form}: allowed {how}"),
+            Some(d) => format!(
+                "{form} as general: allowed under downgrade {:?} (approved by {}, until {}) {how}; every use is recorded (DowngradeApplied)",
+                d.id, d.approver, d.expires
+            ),
+        }
+    }
+}
+
 /// The hard invariants. Not configurable; named in errors so an operator can look them up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Invariant {
@@ -701,54 +738,66 @@ impl Policy {
             .position(|r| rule_matches(r, meta, form, window_ms))
     }
 
-    /// Explain, for one point, what this destination receives of it and why.
-    pub(crate) fn explain(&self, meta: &PointMeta, now_ms: i64) -> Vec<String> {
+    /// What this destination receives of `meta` at `now_ms`, per form: the route that lets it
+    /// go (the rule, and the downgrade if it leaves only under one), or why not. The one source
+    /// of `explain`, `check` and the catalogue's collection register.
+    pub(crate) fn routes(
+        &self,
+        meta: &PointMeta,
+        now_ms: i64,
+    ) -> Vec<(Form, Result<Route, String>)> {
         let mut out = Vec::new();
         for form in [Form::Raw, Form::Summary] {
-            let line = if let Err(reason) = self.hard_checks(meta, form, now_ms) {
-                format!("{form}: denied ({reason}: {})", reason_text(reason))
+            let verdict = if let Err(reason) = self.hard_checks(meta, form, now_ms) {
+                Err(format!("{reason}: {}", reason_text(reason)))
             } else {
-                let rule = self
-                    .dest
+                self.dest
                     .allow
                     .iter()
-                    .find(|r| rule_matches(r, meta, form, r.window.map(crate::model::millis)));
-                match rule {
-                    Some(r) => match r.window {
-                        Some(w) => format!(
-                            "{form}: allowed by allow[{}] every {} with stats [{}]",
-                            r.index,
-                            humantime::format_duration(w),
-                            r.stats.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                        ),
-                        None => format!("{form}: allowed by allow[{}]", r.index),
-                    },
-                    None => format!(
-                        "{form}: denied (no_matching_rule: no allow rule covers level {} / categor{} {} / form {form})",
-                        meta.level(),
-                        if meta.categories().len() > 1 { "ies" } else { "y" },
-                        meta.categories().iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
-                    ),
-                }
+                    .find(|r| rule_matches(r, meta, form, r.window.map(crate::model::millis)))
+                    .map(|r| Route {
+                        rule: r.index,
+                        window: r.window,
+                        stats: if form == Form::Summary { r.stats.clone() } else { Vec::new() },
+                        downgrade: None,
+                    })
+                    .ok_or_else(|| {
+                        format!(
+                            "no_matching_rule: no allow rule covers level {} / categor{} {} / form {form}",
+                            meta.level(),
+                            if meta.categories().len() > 1 { "ies" } else { "y" },
+                            meta.categories().iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+                        )
+                    })
             };
-            let released = line.contains("denied")
-                && form == Form::Summary
-                && self.downgrade_release(meta, None, now_ms).is_some();
-            out.push(line);
-            if released {
+            let refused = verdict.is_err();
+            out.push((form, verdict));
+            if refused && form == Form::Summary {
                 if let Some((d, r, stats)) = self.downgrade_release(meta, None, now_ms) {
-                    out.push(format!(
-                        "summary as general: allowed under downgrade {:?} (approved by {}, until {}) by allow[{}] with stats [{}]; every use is recorded (DowngradeApplied)",
-                        d.id,
-                        d.approver,
-                        d.expires,
-                        r.index,
-                        stats.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    out.push((
+                        form,
+                        Ok(Route {
+                            rule: r.index,
+                            window: r.window,
+                            stats,
+                            downgrade: Some(Arc::clone(d)),
+                        }),
                     ));
                 }
             }
         }
         out
+    }
+
+    /// Explain, for one point, what this destination receives of it and why.
+    pub(crate) fn explain(&self, meta: &PointMeta, now_ms: i64) -> Vec<String> {
+        self.routes(meta, now_ms)
+            .into_iter()
+            .map(|(form, verdict)| match verdict {
+                Ok(route) => route.describe(form),
+                Err(why) => format!("{form}: denied ({why})"),
+            })
+            .collect()
     }
 
     /// Forms this destination may receive for each level at `now_ms` (the `check` egress

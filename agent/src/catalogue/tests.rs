@@ -1,0 +1,626 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use super::cli::{command, Action};
+use super::*;
+use crate::agent_config::{from_toml_str, AgentConfig, Loaded};
+use crate::audit::{AuditLog, Event};
+use crate::model::{Quality, Value};
+use crate::source::Tagged;
+use crate::stats::Stats;
+use crate::store::{Historian, ScaleRow};
+
+/// 2026-01-01T00:00:00Z.
+const NOW: i64 = 1_767_225_600_000;
+const DAY: i64 = 86_400_000;
+
+const CATALOGUE: &str = r#"
+[catalogue]
+purpose = "process monitoring and quality records"
+scope_of_use = "production and quality departments of the plant"
+contact = "+86 512 0000 0000, dso@example.com"
+location = "casting hall B, network cabinet 3"
+[[catalogue.categories]]
+category = "rd_design"
+purpose = "protecting casting recipes"
+"#;
+
+/// A plant with an important and a core point (and, with `old_point`, an important point of
+/// the management category), a domestic destination that takes important summaries, and the
+/// historian and trail in `dir`.
+fn toml(dir: &Path, person: &str, old_point: bool, catalogue: &str) -> String {
+    let old = if old_point {
+        "[[devices.points]]\ntag = \"press.old\"\nregister = \"holding:10\"\ntype = \"f32\"\nlevel = \"important\"\ncategory = \"management\"\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"
+[gateway]
+id = "gw-cat"
+site = "plant-a"
+jurisdiction = "CN"
+data_processor = "Plant A Co."
+responsible_person = "{person}"
+department = "Production IT"
+
+[classification]
+default_level = "important"
+[[classification.rules]]
+id = "recipes-are-core"
+version = 3
+match = "*.recipe.*"
+level = "core"
+category = "rd_design"
+
+[historian]
+path = "{historian}"
+
+[[devices]]
+name = "press"
+protocol = "modbus_tcp"
+endpoint = "127.0.0.1:1502"
+poll_interval = "1s"
+[[devices.points]]
+tag = "press.speed"
+register = "holding:0"
+type = "f32"
+level = "general"
+[[devices.points]]
+tag = "press.force"
+register = "holding:2"
+type = "f32"
+level = "important"
+[[devices.points]]
+tag = "press.recipe.temp"
+register = "input:4"
+type = "i32"
+{old}
+[[destinations]]
+name = "group-dc"
+jurisdiction = "CN"
+recipient = "Group DC"
+purpose = "monitoring"
+legal_basis = "intra-group agreement"
+broker = {{ host = "127.0.0.1", port = 1883 }}
+[[destinations.allow]]
+levels = ["general"]
+form = "raw"
+[[destinations.allow]]
+levels = ["general", "important"]
+form = "summary"
+window = "10s"
+stats = ["mean", "count"]
+{catalogue}"#,
+        historian = dir.join("h.db").display()
+    )
+}
+
+fn load(dir: &Path, person: &str, old_point: bool) -> AgentConfig {
+    from_toml_str(&toml(dir, person, old_point, CATALOGUE), NOW)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config
+}
+
+fn scale_row(level: Level, category: Category, records: u64, bytes: u64) -> ScaleRow {
+    ScaleRow {
+        level,
+        category,
+        records,
+        chunks: 1,
+        bytes,
+        first_ms: NOW - 2 * DAY,
+        last_ms: NOW,
+    }
+}
+
+fn with_scale(cfg: &AgentConfig, records: u64, bytes: u64) -> Catalogue {
+    let scale = [
+        scale_row(
+            Level::Important,
+            Category::ProductionOperation,
+            records,
+            bytes,
+        ),
+        scale_row(Level::Core, Category::RdDesign, 10, 100),
+    ];
+    assemble(cfg, Some(&scale), &[], NOW).expect("catalogue")
+}
+
+/// Canary values no catalogue may contain, in the renderings a leak could take.
+const CANARY_FLOAT: f64 = 98_765.432_1;
+const CANARY_INT: i64 = 7_654_321;
+const CANARY_TEXTS: [&str; 5] = ["98765.4321", "98765.43", "98765", "7654321", "7654321.0"];
+
+/// Writes samples carrying the canaries for every point of `cfg` into its historian.
+fn write_canaries(cfg: &AgentConfig) {
+    let stats = Arc::new(Stats::new(Vec::<Arc<str>>::new()));
+    let h = Historian::spawn(&cfg.historian, &cfg.points, stats).expect("historian");
+    let mut batch = Vec::new();
+    for i in 0..50_i64 {
+        for p in &cfg.points {
+            let value = if p.level() == Level::Core {
+                Value::Int(CANARY_INT)
+            } else {
+                Value::Float(CANARY_FLOAT)
+            };
+            let seq = u64::try_from(i).expect("small");
+            batch.push(Tagged::for_test(
+                p.clone(),
+                value,
+                Quality::Good,
+                NOW - DAY + i * 60_000,
+                seq,
+            ));
+        }
+    }
+    h.offer(batch);
+    h.close().expect("close");
+}
+
+#[test]
+fn scale_changes_of_29_percent_are_not_due_and_of_30_or_31_percent_are_either_way() {
+    for (old, new, due) in [
+        (1000, 1290, false),
+        (1000, 1300, true),
+        (1000, 1310, true),
+        (1000, 710, false),
+        (1000, 700, true),
+        (1000, 690, true),
+        (1000, 1000, false),
+        (0, 0, false),
+        (0, 1, true),
+    ] {
+        assert_eq!(scale_change_due(old, new), due, "{old} -> {new}");
+    }
+}
+
+#[test]
+fn compare_applies_the_30_percent_rule_to_records_bytes_and_the_configured_rate() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = load(dir.path(), "Zhang Wei", false);
+    let filed = with_scale(&cfg, 1000, 50_000);
+    for (records, bytes, due) in [
+        (1290, 50_000, false),
+        (1300, 50_000, true),
+        (1310, 50_000, true),
+        (710, 50_000, false),
+        (700, 50_000, true),
+        (690, 50_000, true),
+        (1000, 64_500, false),
+        (1000, 65_000, true),
+        (1000, 35_500, false),
+        (1000, 35_000, true),
+    ] {
+        let diff = compare(&filed, &with_scale(&cfg, records, bytes));
+        assert_eq!(
+            diff.due(),
+            due,
+            "records {records}, bytes {bytes}: {diff:?}"
+        );
+        assert!(diff.fields.is_empty() && diff.added.is_empty(), "{diff:?}");
+    }
+    let mut faster = with_scale(&cfg, 1000, 50_000);
+    let row = faster
+        .rows
+        .iter_mut()
+        .find(|r| r.level == Level::Important)
+        .expect("important row");
+    assert_eq!(
+        row.scale.configured_records_per_day, 86_400,
+        "one point every second"
+    );
+    row.scale.configured_records_per_day = 86_400 * 129 / 100;
+    assert!(!compare(&filed, &faster).due());
+    faster.rows[0].scale.configured_records_per_day = 86_400 * 131 / 100;
+    let diff = compare(&filed, &faster);
+    assert!(diff.due(), "{diff:?}");
+    assert!(diff
+        .changes()
+        .iter()
+        .any(|c| c.contains("configured_records_per_day")));
+}
+
+#[test]
+fn a_changed_filed_field_is_due_and_named_with_old_and_new() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let filed = with_scale(&load(dir.path(), "Zhang Wei", false), 1000, 50_000);
+    let current = with_scale(&load(dir.path(), "Li Na", false), 1000, 50_000);
+    let diff = compare(&filed, &current);
+    assert!(diff.due());
+    let person: Vec<&FieldChange> = diff
+        .fields
+        .iter()
+        .filter(|f| f.field == "responsible.person")
+        .collect();
+    assert_eq!(person.len(), 2, "both rows: {diff:?}");
+    assert_eq!(
+        (person[0].old.as_str(), person[0].new.as_str()),
+        ("Zhang Wei", "Li Na")
+    );
+    assert_eq!(
+        diff.fields.len(),
+        2,
+        "nothing else changed: {:?}",
+        diff.fields
+    );
+    // A measure that moves by itself is not a filed field.
+    let mut later = filed.clone();
+    later.generated_at = "2030-01-01T00:00:00.000Z".into();
+    later.rows[0].scale.last = Some("2030-01-01T00:00:00.000Z".into());
+    later.rows[0].scale.growth_records_per_day = Some(1.0);
+    assert!(!compare(&filed, &later).due());
+}
+
+#[test]
+fn rows_cover_configured_and_stored_data_and_say_what_is_not_true_yet() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let earlier = load(dir.path(), "Zhang Wei", true);
+    write_canaries(&earlier);
+    // The management point is gone from the config; its data is still held.
+    let cfg = load(dir.path(), "Zhang Wei", false);
+    let c = gather(&cfg, NOW, true).expect("catalogue");
+    let keys: Vec<String> = c.rows.iter().map(Row::key).collect();
+    assert_eq!(
+        keys,
+        [
+            "important/production_operation",
+            "important/management",
+            "core/rd_design"
+        ]
+    );
+    let important = &c.rows[0];
+    assert_eq!(important.scale.records, 50);
+    assert!(important.scale.bytes > 0 && important.scale.first.is_some());
+    assert_eq!(important.sources.devices[0].device, "press");
+    assert_eq!(important.purpose, "process monitoring and quality records");
+    assert_eq!(
+        important.responsible.contact,
+        "+86 512 0000 0000, dso@example.com"
+    );
+    assert!(!important.carrier.encrypted_at_rest);
+    assert!(important.carrier.encryption.contains("not encrypted"));
+    let share = &important.sharing[0];
+    assert_eq!(
+        (share.destination.as_str(), share.forms.as_slice()),
+        ("group-dc", &["summary".to_owned()][..])
+    );
+    assert!(share.transport.contains("loopback"), "{}", share.transport);
+    let orphan = &c.rows[1];
+    assert_eq!(orphan.scale.records, 50);
+    assert!(orphan.sources.note.is_some() && orphan.sources.points == 0);
+    assert!(
+        orphan.sharing.is_empty(),
+        "nothing of it is collected or sent now"
+    );
+    let core = &c.rows[2];
+    assert_eq!(
+        core.purpose, "protecting casting recipes",
+        "the category's own purpose"
+    );
+    assert!(
+        core.sharing.is_empty(),
+        "core never leaves: {:?}",
+        core.sharing
+    );
+    assert!(core
+        .protection
+        .iter()
+        .any(|p| p.contains("core data never leaves")));
+    let recipe = c
+        .register
+        .iter()
+        .find(|p| p.tag == "press.recipe.temp")
+        .expect("point");
+    assert_eq!(recipe.classified_by, "rule recipes-are-core v3");
+    assert_eq!(
+        (recipe.function, recipe.register, recipe.unit),
+        (Some(4), Some(4), Some(1))
+    );
+    assert!(recipe.may_go.is_empty());
+    let speed = c
+        .register
+        .iter()
+        .find(|p| p.tag == "press.speed")
+        .expect("point");
+    let forms: Vec<&str> = speed.may_go.iter().map(|r| r.form.as_str()).collect();
+    assert_eq!(
+        forms,
+        ["raw", "summary"],
+        "the policy's own answer: {:?}",
+        speed.may_go
+    );
+}
+
+#[test]
+fn a_fresh_gateway_without_a_historian_files_zero_scale_and_says_so() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = gather(&load(dir.path(), "Zhang Wei", false), NOW, true).expect("catalogue");
+    assert_eq!(c.rows.len(), 2);
+    for r in &c.rows {
+        assert_eq!((r.scale.records, r.scale.bytes), (0, 0));
+        let note = r.scale.note.as_deref().expect("a note");
+        assert!(note.contains("no historian"), "{note}");
+    }
+}
+
+#[test]
+fn no_sample_value_appears_in_any_format() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = load(dir.path(), "Zhang Wei", false);
+    write_canaries(&cfg);
+    let stored = crate::store::HistorianReader::open(&cfg.historian.path)
+        .expect("reader")
+        .latest("press.force")
+        .expect("read")
+        .expect("a sample");
+    assert_eq!(
+        stored.value,
+        Some(Value::Float(CANARY_FLOAT)),
+        "the canary is stored"
+    );
+    let c = gather(&cfg, NOW, true).expect("catalogue");
+    assert!(
+        c.rows.iter().all(|r| r.scale.records > 0),
+        "the data is there"
+    );
+    for (format, table) in [
+        (Format::Json, Table::Rows),
+        (Format::Csv, Table::Rows),
+        (Format::Csv, Table::Register),
+        (Format::Md, Table::Rows),
+    ] {
+        let mut out = Vec::new();
+        render(&c, format, table, &mut out).expect("render");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.contains("press"), "{format:?} rendered something");
+        for canary in CANARY_TEXTS {
+            assert!(
+                !text.contains(canary),
+                "{format:?} {table:?} holds {canary}:\n{text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn csv_fields_are_quoted_as_rfc_4180_says() {
+    assert_eq!(render::csv_field("plain"), "plain");
+    assert_eq!(render::csv_field("a, b"), "\"a, b\"");
+    assert_eq!(render::csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    assert_eq!(render::csv_field("two\nlines"), "\"two\nlines\"");
+}
+
+#[test]
+fn due_dates_are_three_calendar_months_on_clamped_to_the_month() {
+    let day = |s: &str| crate::config::issues::parse_date_end_ms(s).expect("date") - DAY;
+    for (from, due) in [
+        ("2026-01-15", "2026-04-15"),
+        ("2026-11-30", "2027-02-28"),
+        ("2027-11-30", "2028-02-29"),
+        ("2026-10-31", "2027-01-31"),
+        ("2026-12-31", "2027-03-31"),
+    ] {
+        assert_eq!(add_calendar_months(day(from), 3), due, "{from}");
+    }
+}
+
+fn recorder(
+    events: &std::cell::RefCell<Vec<Event>>,
+) -> impl FnOnce(Event) -> Result<(), CatalogueError> + '_ {
+    |e| {
+        events.borrow_mut().push(e);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_change_is_raised_once_per_filing_and_a_new_filing_resets_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cat = dir.path().join("catalogue");
+    let filed_cfg = load(dir.path(), "Zhang Wei", false);
+    let events = std::cell::RefCell::new(Vec::new());
+    let baseline = mark_filed(
+        &cat,
+        &with_scale(&filed_cfg, 1000, 9000),
+        NOW,
+        recorder(&events),
+    )
+    .expect("filed");
+    assert_eq!(load_baseline(&cat).expect("load"), Some(baseline.clone()));
+    let grown = with_scale(&filed_cfg, 1400, 9000);
+    let diff = compare(&baseline.catalogue, &grown);
+    let first = raise_if_due(&cat, &baseline, &diff, NOW + DAY, recorder(&events)).expect("raise");
+    assert_eq!(
+        first,
+        Raised::Raised {
+            due_by: "2026-04-02".into()
+        }
+    );
+    let again =
+        raise_if_due(&cat, &baseline, &diff, NOW + 2 * DAY, recorder(&events)).expect("raise");
+    assert!(matches!(again, Raised::AlreadyRaised { .. }), "{again:?}");
+    let kinds: Vec<&str> = events.borrow().iter().map(Event::kind).collect();
+    assert_eq!(kinds, ["CatalogueFiled", "CatalogueChangeDue"]);
+    match &events.borrow()[1] {
+        Event::CatalogueChangeDue {
+            filed_sha256,
+            changes,
+            ..
+        } => {
+            assert_eq!(filed_sha256, &baseline.sha256);
+            assert!(
+                changes.iter().any(|c| c.contains("records 1000 -> 1400")),
+                "{changes:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Filing the grown catalogue settles it; a later change is raised again.
+    let refiled = mark_filed(&cat, &grown, NOW + 3 * DAY, recorder(&events)).expect("refiled");
+    let diff = compare(&refiled.catalogue, &with_scale(&filed_cfg, 2000, 9000));
+    let raised =
+        raise_if_due(&cat, &refiled, &diff, NOW + 4 * DAY, recorder(&events)).expect("raise");
+    assert!(matches!(raised, Raised::Raised { .. }), "{raised:?}");
+    assert_eq!(events.borrow().len(), 4);
+}
+
+#[test]
+fn an_altered_baseline_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cat = dir.path().join("catalogue");
+    let cfg = load(dir.path(), "Zhang Wei", false);
+    let events = std::cell::RefCell::new(Vec::new());
+    let b = mark_filed(&cat, &with_scale(&cfg, 1, 1), NOW, recorder(&events)).expect("filed");
+    let text = std::fs::read_to_string(&b.path).expect("read");
+    std::fs::write(&b.path, text.replace("Zhang Wei", "Zhang Wel")).expect("write");
+    match load_baseline(&cat) {
+        Err(CatalogueError::BaselineDamaged { path, .. }) => assert_eq!(path, b.path),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_filing_that_cannot_be_audited_is_not_in_force() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cat = dir.path().join("catalogue");
+    let cfg = load(dir.path(), "Zhang Wei", false);
+    let refused = mark_filed(&cat, &with_scale(&cfg, 1, 1), NOW, |_| {
+        Err(CatalogueError::NotFiled { dir: cat.clone() })
+    });
+    assert!(refused.is_err());
+    assert_eq!(load_baseline(&cat).expect("load"), None);
+}
+
+#[test]
+fn the_running_agents_check_raises_once_across_restarts() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = load(dir.path(), "Zhang Wei", false);
+    write_canaries(&cfg);
+    let (trail, audit) = AuditLog::for_test();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let events = std::cell::RefCell::new(Vec::new());
+    let current = gather(&cfg, NOW, false).expect("catalogue");
+    mark_filed(&cfg.catalogue.dir, &current, NOW, recorder(&events)).expect("filed");
+    let same = watch::check_once(&cfg, &audit, runtime.handle()).expect("checked");
+    assert_eq!(same, Some(Raised::NotDue));
+    let changed = load(dir.path(), "Li Na", false);
+    let first = watch::check_once(&changed, &audit, runtime.handle()).expect("checked");
+    assert!(matches!(first, Some(Raised::Raised { .. })), "{first:?}");
+    // A restart is a new check against the same state: not raised again.
+    let second = watch::check_once(&changed, &audit, runtime.handle()).expect("checked");
+    assert!(
+        matches!(second, Some(Raised::AlreadyRaised { .. })),
+        "{second:?}"
+    );
+    audit.close();
+    let due: Vec<_> = AuditLog::records_for_test(&trail)
+        .into_iter()
+        .filter(|r| r["type"] == "CatalogueChangeDue")
+        .collect();
+    assert_eq!(due.len(), 1, "{due:?}");
+    let changes = due[0]["changes"].to_string();
+    assert!(changes.contains("responsible.person"), "{changes}");
+}
+
+#[test]
+fn the_command_prints_diffs_and_exits_1_when_due() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = load(dir.path(), "Zhang Wei", false);
+    write_canaries(&cfg);
+    let run = |cfg: &AgentConfig, action| {
+        let (mut out, mut notes) = (Vec::new(), Vec::new());
+        let code = command(cfg, action, NOW, &mut out, &mut notes).expect("command");
+        (code, String::from_utf8(out).expect("utf-8"))
+    };
+    assert!(matches!(
+        command(&cfg, Action::Diff, NOW, &mut Vec::new(), &mut Vec::new()),
+        Err(CatalogueError::NotFiled { .. })
+    ));
+    let (code, text) = run(&cfg, Action::MarkFiled);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = run(&cfg, Action::Diff);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("re-filing due: no"), "{text}");
+    let (code, text) = run(&load(dir.path(), "Li Na", false), Action::Diff);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("responsible.person: \"Zhang Wei\" -> \"Li Na\""),
+        "{text}"
+    );
+    let records = crate::audit::records(&cfg.audit.dir).expect("trail");
+    let kinds: Vec<&str> = records.iter().filter_map(|r| r["type"].as_str()).collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| k.starts_with("Catalogue"))
+            .collect::<Vec<_>>(),
+        [&"CatalogueFiled", &"CatalogueChangeDue"]
+    );
+}
+
+fn config_issues(catalogue: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tmp");
+    match from_toml_str(&toml(dir.path(), "Zhang Wei", false, catalogue), NOW) {
+        Ok(_) => Vec::new(),
+        Err(crate::config::ConfigError::Invalid { issues, .. }) => {
+            issues.iter().map(ToString::to_string).collect()
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn catalogue_config_problems_are_named_by_key_path() {
+    let issues = config_issues(
+        "[catalogue]\npurpose = \" \"\nscope_of_use = \"x\"\ncontact = \"y\"\nlocation = \"\"\n\
+         [[catalogue.categories]]\ncategory = \"rd_design\"\npurpose = \"a\"\n\
+         [[catalogue.categories]]\ncategory = \"rd_design\"\n",
+    );
+    let paths: Vec<&str> = issues
+        .iter()
+        .map(|i| i.split(':').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "catalogue.purpose",
+            "catalogue.location",
+            "catalogue.categories[1].category",
+            "catalogue.categories[1]"
+        ],
+        "{issues:#?}"
+    );
+    let missing = config_issues("[catalogue]\npurpose = \"p\"\nscope_of_use = \"s\"\n");
+    assert!(missing.iter().any(|i| i.contains("contact")), "{missing:?}");
+    let typo = config_issues(&format!("{CATALOGUE}\n[catalogue.extra]\n"));
+    assert!(typo.iter().any(|i| i.starts_with("catalogue")), "{typo:?}");
+}
+
+#[test]
+fn without_a_catalogue_section_check_warns_and_the_command_refuses() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let loaded: Loaded =
+        from_toml_str(&toml(dir.path(), "Zhang Wei", false, ""), NOW).expect("valid");
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.0.contains("no [catalogue] section")),
+        "{:?}",
+        loaded.warnings
+    );
+    let report = crate::report::check(&loaded);
+    assert!(
+        report.contains("catalogue ") && report.contains("refuses"),
+        "{report}"
+    );
+    assert!(matches!(
+        gather(&loaded.config, NOW, true),
+        Err(CatalogueError::NotConfigured)
+    ));
+    let configured =
+        from_toml_str(&toml(dir.path(), "Zhang Wei", false, CATALOGUE), NOW).expect("valid");
+    let report = crate::report::check(&configured);
+    assert!(report.contains("filing text set"), "{report}");
+}

@@ -699,3 +699,52 @@ fn an_expired_downgrade_loads_with_a_warning_and_is_not_in_force() {
     );
     assert!(crate::report::check(&l).contains("DG-2026-01 EXPIRED (not applied)"));
 }
+
+#[test]
+fn a_downgrade_may_release_counts_only_and_never_a_group_with_a_core_member() {
+    let values = DOWNGRADE.replace(
+        "stats = [\"count\", \"good\", \"bad\"]",
+        "stats = [\"count\", \"mean\"]",
+    );
+    let found = issues(&format!("{BASE}{values}"));
+    assert!(
+        found.iter().any(|i| i.path == "downgrades[0].stats"
+            && i.message.contains("\"mean\"")
+            && i.message.contains("only count, good and bad")),
+        "{found:?}"
+    );
+    let core_group = DOWNGRADE.replace("press1.oil_temp", "press1.all");
+    let found = issues(&format!("{BASE}{GROUPS}{core_group}"));
+    assert!(
+        found.iter().any(|i| i.path == "downgrades[0].points"
+            && i.message.contains("press1.all")
+            && i.message.contains("never applies to core")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn incidents_and_chain_heads_go_only_to_a_known_domestic_destination() {
+    let cross_border = BASE.replace(
+        "jurisdiction = \"CN\"\nrecipient",
+        "jurisdiction = \"DE\"\nrecipient",
+    );
+    let found = issues(&format!(
+        "{cross_border}\n[audit]\npublish_incidents_to = \"group-dc\"\n"
+    ));
+    assert!(
+        found
+            .iter()
+            .any(|i| i.path == "audit.publish_incidents_to" && i.message.contains("cross-border")),
+        "{found:?}"
+    );
+    let found = issues(&format!(
+        "{BASE}\n[audit]\npublish_incidents_to = \"nowhere\"\n"
+    ));
+    assert!(
+        found
+            .iter()
+            .any(|i| i.path == "audit.publish_incidents_to" && i.message.contains("no destination")),
+        "{found:?}"
+    );
+}

@@ -17,7 +17,7 @@ use globset::{Glob, GlobMatcher};
 use super::issues::{name_list, parse_date_end_ms, Collector, ConfigIssue};
 use super::raw::{RawDowngrade, RawGroup};
 use super::runtime::{Downgrade, Gateway};
-use crate::model::{GroupInfo, Level, PointFields, PointMeta, Protocol};
+use crate::model::{GroupInfo, Level, PointFields, PointMeta, Protocol, Stat};
 
 /// Compile `[[groups]]` into group subjects, with ids from `points.len()` on.
 pub(crate) fn groups(
@@ -130,6 +130,10 @@ fn compile_group(
     )
 }
 
+/// What a downgrade may release: how many samples, and how many were good or bad. Never a
+/// value (min, max, mean, last) of important data: those leave only under the label's rules.
+pub(crate) const RELEASABLE: [Stat; 3] = [Stat::Count, Stat::Good, Stat::Bad];
+
 /// Compile `[[downgrades]]` against the points and groups.
 pub(crate) fn downgrades(
     raw: &[RawDowngrade],
@@ -161,10 +165,26 @@ pub(crate) fn downgrades(
             ));
             ok = false;
         }
-        if d.stats.is_empty() {
+        let values: Vec<&str> = d
+            .stats
+            .iter()
+            .filter(|s| !RELEASABLE.contains(s))
+            .map(|s| s.as_str())
+            .collect();
+        if d.stats.is_empty() || !values.is_empty() {
             out.err(
-                ConfigIssue::new(format!("{path}.stats"), "must name at least one stat")
-                    .hint("e.g. [\"count\", \"good\", \"bad\"]"),
+                ConfigIssue::new(
+                    format!("{path}.stats"),
+                    if values.is_empty() {
+                        "must name at least one stat".to_owned()
+                    } else {
+                        format!(
+                            "{} would release values of important data as general: a downgrade releases only count, good and bad",
+                            name_list(&values)
+                        )
+                    },
+                )
+                .hint("e.g. [\"count\", \"good\", \"bad\"]; values leave only as important summaries"),
             );
             ok = false;
         }

@@ -15,6 +15,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::config::derived::RELEASABLE;
 use crate::config::{AllowRule, Destination, Downgrade};
 use crate::model::{Category, Form, Level, PointMeta, Stat};
 use crate::source::Tagged;
@@ -586,6 +587,10 @@ impl Policy {
     ) -> Result<Permitted<EgressItem>, DenyReason> {
         let labelled = self.decide_labelled_summary(s, now_ms);
         match labelled {
+            // What a rule asks for and the law refuses (cap used up, assessment expired or too
+            // narrow, no TLS) stays refused: a downgrade must not hide that, and the refusal
+            // raises `egress_non_compliant`.
+            Err(reason) if reason.is_compliance() && self.asked_for(s) => Err(reason),
             Err(reason) => self.downgraded(s, now_ms).ok_or(reason),
             ok => ok,
         }
@@ -656,25 +661,60 @@ impl Policy {
                 && r.levels.contains(&Level::General)
                 && covers(r, categories)
                 && window.is_none_or(|w| r.window.map(crate::model::millis) == Some(w));
+            // Never a value, whatever a downgrade built elsewhere says (the config refuses them).
             let stats: Vec<Stat> = r
                 .stats
                 .iter()
                 .copied()
-                .filter(|st| d.stats.contains(st))
+                .filter(|st| d.stats.contains(st) && RELEASABLE.contains(st))
                 .collect();
             (fits && !stats.is_empty()).then_some((d, r, stats))
         })
     }
 
-    /// Whether summaries of `meta` would leave under a downgrade at `now_ms`: the label lets
-    /// none of them go to this destination, and a downgrade in force releases them.
-    pub(crate) fn releases_under_downgrade(&self, meta: &PointMeta, now_ms: i64) -> bool {
-        let labelled =
-            self.hard_checks(meta, Form::Summary, now_ms).is_ok()
-                && self.dest.allow.iter().any(|r| {
-                    rule_matches(r, meta, Form::Summary, r.window.map(crate::model::millis))
-                });
-        !labelled && self.downgrade_release(meta, None, now_ms).is_some()
+    /// The downgrade, rule and stats under which summaries of `meta` over `window` leave at
+    /// `now_ms`, as [`decide_summary`](Self::decide_summary) decides (the daily cap aside): only
+    /// where the label refuses them, and not when a rule asks for them and the law refuses.
+    pub(crate) fn downgrade_at(
+        &self,
+        meta: &PointMeta,
+        window: u64,
+        now_ms: i64,
+    ) -> Option<(&Arc<Downgrade>, &AllowRule, Vec<Stat>)> {
+        let asked = self
+            .matching_rule(meta, Form::Summary, Some(window))
+            .is_some();
+        match self.hard_checks(meta, Form::Summary, now_ms) {
+            Ok(()) if asked => return None,
+            Err(reason) if reason.is_compliance() && asked => return None,
+            _ => {}
+        }
+        self.downgrade_release(meta, Some(window), now_ms)
+    }
+
+    /// The summary windows of this destination's rules.
+    fn windows(&self) -> Vec<u64> {
+        let mut w: Vec<u64> = self
+            .dest
+            .allow
+            .iter()
+            .filter_map(|r| r.window.map(crate::model::millis))
+            .collect();
+        w.sort_unstable();
+        w.dedup();
+        w
+    }
+
+    /// The downgrade summaries of `meta` leave under at `now_ms`, at any of this destination's
+    /// windows (the first in force that names it, as at run time).
+    pub(crate) fn releasing_downgrade(
+        &self,
+        meta: &PointMeta,
+        now_ms: i64,
+    ) -> Option<&Arc<Downgrade>> {
+        self.windows()
+            .into_iter()
+            .find_map(|w| self.downgrade_at(meta, w, now_ms).map(|(d, _, _)| d))
     }
 
     /// The invariants, checked on every item whatever the allow rules say: for each of the
@@ -770,10 +810,14 @@ impl Policy {
                         )
                     })
             };
-            let refused = verdict.is_err();
             out.push((form, verdict));
-            if refused && form == Form::Summary {
-                if let Some((d, r, stats)) = self.downgrade_release(meta, None, now_ms) {
+            if form == Form::Raw {
+                continue;
+            }
+            // Per window: a downgrade can release what the label refuses at one window and
+            // allows at another.
+            for w in self.windows() {
+                if let Some((d, r, stats)) = self.downgrade_at(meta, w, now_ms) {
                     out.push((
                         form,
                         Ok(Route {

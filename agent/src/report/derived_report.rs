@@ -119,10 +119,15 @@ pub(super) fn groups_and_downgrades(s: &mut String, cfg: &AgentConfig, now_ms: i
             d.rationale
         );
         for dest in &cfg.destinations {
-            let policy = Policy::new(dest.clone()).with_downgrades(std::slice::from_ref(d));
+            // All downgrades, as at run time: the first in force that names a point wins.
+            let policy = Policy::new(dest.clone()).with_downgrades(&cfg.downgrades);
             let released = targets
                 .iter()
-                .filter(|p| policy.releases_under_downgrade(p, now_ms))
+                .filter(|p| {
+                    policy
+                        .releasing_downgrade(p, now_ms)
+                        .is_some_and(|x| std::sync::Arc::ptr_eq(x, d))
+                })
                 .count();
             let _ = writeln!(
                 s,

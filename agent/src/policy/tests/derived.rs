@@ -141,6 +141,45 @@ fn a_downgrade_releases_only_the_stats_both_it_and_the_rule_name() {
 }
 
 #[test]
+fn a_downgrade_never_releases_a_value_even_if_it_names_one() {
+    let m = point(0, Level::Important, Category::ProductionOperation);
+    // Built by hand: the config refuses `mean` in a downgrade; the policy drops it anyway.
+    let mut p = Policy::new(general_summaries_only()).with_downgrades(&[downgrade(
+        &[0],
+        &[Stat::Mean, Stat::Count],
+        NOW + DAY,
+    )]);
+    let permit = p
+        .decide_summary(&summary(&m, 10_000), NOW)
+        .expect("released under the downgrade");
+    assert_eq!(stats_of(&permit), vec![Stat::Count]);
+}
+
+#[test]
+fn a_cap_or_assessment_refusal_is_not_replaced_by_a_downgrade() {
+    let m = point(0, Level::Important, Category::ProductionOperation);
+    let mut both = rule(0, &[Level::General, Level::Important], Form::Summary);
+    both.stats = vec![Stat::Count, Stat::Mean];
+    let capped = Assessment {
+        reference: "CAC-1".into(),
+        expires_ms: NOW + 100 * DAY,
+        categories: vec![Category::ProductionOperation],
+        daily_item_cap: Some(1),
+    };
+    let mut p = Policy::new(dest("DE", "b", true, vec![both], Some(capped)))
+        .with_downgrades(&[downgrade(&[0], &[Stat::Count], NOW + DAY)]);
+    let first = p
+        .decide_summary(&summary(&m, 10_000), NOW)
+        .expect("within the cap");
+    assert_eq!(first.get().level(), Level::Important);
+    assert_eq!(
+        p.decide_summary(&summary(&m, 10_000), NOW).err(),
+        Some(DenyReason::VolumeCapExceeded),
+        "the cap holds: no general copy under the downgrade"
+    );
+}
+
+#[test]
 fn without_a_downgrade_or_after_its_expiry_the_label_decides() {
     let m = point(0, Level::Important, Category::ProductionOperation);
     let s = summary(&m, 10_000);
@@ -271,6 +310,15 @@ proptest! {
                 prop_assert_eq!(item.level(), Level::General);
                 prop_assert!(dg_used.in_force(NOW) && dg_used.applies_to(subject.id()));
                 prop_assert!(stats_of(&permit).iter().all(|s| dg_used.stats.contains(s)));
+                prop_assert!(stats_of(&permit).iter().all(|s| crate::config::derived::RELEASABLE.contains(s)));
+                // Only where the label refused, and never in place of a refusal on legal
+                // grounds of something a rule asks for.
+                let mut bare = Policy::new(d.clone());
+                let s = summary(&subject, 10_000);
+                match bare.decide_summary(&s, NOW) {
+                    Ok(_) => prop_assert!(false, "the label allowed it"),
+                    Err(reason) => prop_assert!(!(reason.is_compliance() && bare.asked_for(&s))),
+                }
             } else {
                 prop_assert_eq!(item.level(), subject.level());
                 if subject.level() == Level::Important && d.is_cross_border() {
@@ -283,4 +331,41 @@ proptest! {
                 && covers(r, subject.categories())));
         }
     }
+}
+
+#[test]
+fn explain_shows_a_downgrade_at_the_window_where_the_label_refuses() {
+    let m = point(0, Level::Important, Category::ProductionOperation);
+    let important_10s = rule(0, &[Level::Important], Form::Summary);
+    let mut general_60s = rule(1, &[Level::General], Form::Summary);
+    general_60s.window = Some(std::time::Duration::from_secs(60));
+    general_60s.stats = vec![Stat::Count];
+    let first = downgrade(&[0], &[Stat::Count], NOW + DAY);
+    let mut second = (*downgrade(&[0], &[Stat::Count, Stat::Good], NOW + DAY)).clone();
+    second.id = "DG-2".into();
+    let mut p = Policy::new(dest(
+        "CN",
+        "b",
+        true,
+        vec![important_10s, general_60s],
+        None,
+    ))
+    .with_downgrades(&[first, Arc::new(second)]);
+    let text = p.explain(&m, NOW).join("\n");
+    assert!(
+        text.contains("summary: allowed by allow[0] every 10s"),
+        "{text}"
+    );
+    assert!(
+        text.contains("summary as general: allowed under downgrade \"DG-1\"")
+            && text.contains("by allow[1] every 1m with stats [count]")
+            && !text.contains("DG-2"),
+        "the first downgrade in force wins, at the 60 s window: {text}"
+    );
+    assert_eq!(p.releasing_downgrade(&m, NOW).map(|d| &*d.id), Some("DG-1"));
+    // And so it is at run time: the 60 s summary leaves as general under DG-1.
+    let permit = p
+        .decide_summary(&summary(&m, 60_000), NOW)
+        .expect("released");
+    assert_eq!(permit.get().downgrade().map(|d| &*d.id), Some("DG-1"));
 }

@@ -386,6 +386,14 @@ impl Router {
         self.summaries.clear();
         self.summary.close_due(now, &mut self.summaries);
         self.offer_summaries(now);
+        self.stats.group_late.store(
+            self.summary.group_late(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        // A quiet plant still ends its incidents: not only batches move the denial periods.
+        for uplink in &mut self.uplinks {
+            uplink.record_denials(now);
+        }
     }
 
     /// Offer every summary in `self.summaries` to every uplink; each decides with its own policy.

@@ -297,6 +297,10 @@ pub fn counters_line(stats: &Stats) -> String {
     if dropped.iter().any(|n| *n > 0) {
         let _ = write!(s, " store-dropped {}", fmt3(dropped));
     }
+    let group_late = stats.group_late.load(std::sync::atomic::Ordering::Relaxed);
+    if group_late > 0 {
+        let _ = write!(s, " group-late {group_late}");
+    }
     let incidents = stats
         .incidents_open
         .load(std::sync::atomic::Ordering::Relaxed);

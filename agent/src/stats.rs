@@ -90,6 +90,9 @@ pub struct Stats {
     /// Damage the historian found in its own files (a corrupt tail, chunks that do not
     /// decode): raises the `store_integrity` incident.
     pub(crate) store_damaged: AtomicU64,
+    /// Member samples that reached the router after their group's window had closed: not in
+    /// that group summary (shown in the counters line when not zero).
+    pub(crate) group_late: AtomicU64,
     pub destinations: Vec<DestinationStats>,
 }
 
@@ -108,6 +111,7 @@ impl Stats {
             cycles_skipped: AtomicU64::new(0),
             incidents_open: AtomicU64::new(0),
             store_damaged: AtomicU64::new(0),
+            group_late: AtomicU64::new(0),
             destinations: destinations
                 .into_iter()
                 .map(DestinationStats::new)

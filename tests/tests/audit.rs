@@ -509,5 +509,19 @@ fn group_summaries_take_the_highest_level_and_downgrades_release_only_approved_s
         trail.contains("\"type\":\"IncidentRaised\",\"kind\":\"core_configured_toward_egress\""),
         "no IncidentRaised record"
     );
+    // The published incident left like any message: after its own egress record.
+    for (topic, payload) in collector.messages() {
+        if topic.ends_with("/incidents") {
+            let hash = sha256_hex(&payload);
+            assert!(
+                trail
+                    .lines()
+                    .any(|l| l.contains("\"type\":\"DataEgressed\"")
+                        && l.contains("\"form\":\"incident\"")
+                        && l.contains(&hash)),
+                "no egress record for the incident message"
+            );
+        }
+    }
     assert!(edge_agent(&["audit", "verify"], config).status.success());
 }

@@ -200,14 +200,24 @@ fn generate(seed: u64, press: &str, broker: &str, historian: &Path) -> (String, 
             names.push("press.a");
         }
         let targets = rng.subset(&names);
-        let stats = rng.subset(&STATS);
+        // Counts only, as the config demands; now and then a value, which must be refused.
+        let stats = if rng.chance(10) {
+            rng.subset(&STATS)
+        } else {
+            rng.subset(&["count", "good", "bad"])
+        };
+        // Now and then expired: it loads (with a warning) and must release nothing.
+        let expired = rng.chance(20);
         let _ = write!(
             s,
-            "[[downgrades]]\nid = \"DG\"\npoints = {}\nstats = {}\napprover = \"A\"\nrationale = \"R\"\nexpires = \"2099-12-31\"\n",
+            "[[downgrades]]\nid = \"DG\"\npoints = {}\nstats = {}\napprover = \"A\"\nrationale = \"R\"\nexpires = {:?}\n",
             list(&targets),
-            list(&stats)
+            list(&stats),
+            if expired { "2020-01-01" } else { "2099-12-31" }
         );
-        case.downgrade = Some((targets.iter().map(|t| (*t).to_owned()).collect(), stats));
+        if !expired {
+            case.downgrade = Some((targets.iter().map(|t| (*t).to_owned()).collect(), stats));
+        }
     }
     if seed % 4 == 0 {
         // One rule the invariants forbid: both check and run must refuse the whole config.
@@ -304,21 +314,6 @@ fn run_case(rig: &PressRig, case: &Case, dir: &Path, seen: &mut Seen) {
         .terminate(Duration::from_secs(30))
         .expect("agent stops");
     assert!(finished.status.success(), "{:?}", finished.lines);
-    let messages = rig.collector.messages();
-    for (topic, payload) in &messages {
-        let prefix = topic.split('/').next().unwrap_or_default();
-        let msg: Json = serde_json::from_slice(payload).expect("JSON");
-        let form = msg["form"].as_str().unwrap_or_default();
-        for item in msg["items"].as_array().into_iter().flatten() {
-            if let Err(e) = check_item(case, prefix, form, item) {
-                panic!("{e} (topic {topic})");
-            }
-            seen.items += 1;
-            seen.important += usize::from(item["level"] == "important");
-            seen.downgraded += usize::from(item.get("downgrade").is_some());
-            seen.groups += usize::from(item["point"] == "press.group");
-        }
-    }
     let today = &edge_agent::audit::rfc3339_ms(edge_agent::model::now_ms())[..10];
     let out = edge_agent(
         &[
@@ -344,6 +339,28 @@ fn run_case(rig: &PressRig, case: &Case, dir: &Path, seen: &mut Seen) {
         *recorded
             .entry(r["payload_sha256"].as_str().unwrap_or_default().to_owned())
             .or_default() += 1;
+    }
+    // The broker acknowledges before it forwards: wait (bounded) for the subscriber to have
+    // every message recorded before comparing.
+    let expected: usize = recorded.values().sum();
+    let _ = rig.runtime.block_on(
+        rig.collector
+            .wait_for_count(expected, Duration::from_secs(10)),
+    );
+    let messages = rig.collector.messages();
+    for (topic, payload) in &messages {
+        let prefix = topic.split('/').next().unwrap_or_default();
+        let msg: Json = serde_json::from_slice(payload).expect("JSON");
+        let form = msg["form"].as_str().unwrap_or_default();
+        for item in msg["items"].as_array().into_iter().flatten() {
+            if let Err(e) = check_item(case, prefix, form, item) {
+                panic!("{e} (topic {topic})");
+            }
+            seen.items += 1;
+            seen.important += usize::from(item["level"] == "important");
+            seen.downgraded += usize::from(item.get("downgrade").is_some());
+            seen.groups += usize::from(item["point"] == "press.group");
+        }
     }
     let mut received: HashMap<String, usize> = HashMap::new();
     for (_, payload) in &messages {
@@ -383,6 +400,13 @@ fn random_configs_never_break_an_invariant_and_every_message_has_one_record() {
         );
         if !valid {
             assert_eq!(check.status.code(), Some(2), "case {seed}");
+            // `run` refuses it too, before reading anything.
+            let run = edge_agent(&["run"], &rig.config);
+            assert_eq!(
+                run.status.code(),
+                Some(2),
+                "case {seed}: run did not refuse\n{text}"
+            );
             eprintln!(
                 "case {seed} refused: {}",
                 String::from_utf8_lossy(&check.stderr)

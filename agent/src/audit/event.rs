@@ -128,6 +128,7 @@ pub enum Event {
         approver: String,
         rationale: String,
         expires: String,
+        /// The stats that left: those of the downgrade that the destination's rule also names.
         stats: Vec<String>,
         items: u64,
         /// The points and groups whose summaries it released, distinct.

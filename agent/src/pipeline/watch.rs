@@ -76,15 +76,17 @@ impl Watch {
             let found = damage - self.damage_seen;
             self.damage_seen = damage;
             // Never resolved in this run: damaged data stays damaged.
-            if !audit.raise(
-                Incident::new(
+            if audit.is_open(IncidentKind::StoreIntegrity, HISTORIAN) {
+                audit.count_into(IncidentKind::StoreIntegrity, HISTORIAN, found, now_ms);
+            } else {
+                let mut incident = Incident::new(
                     IncidentKind::StoreIntegrity,
                     format!("the historian found {found} damaged part(s) of its files (a corrupt tail segment or chunks that do not decode); what they held is lost"),
                     now_ms,
                 )
-                .about(HISTORIAN),
-            ) {
-                audit.count_into(IncidentKind::StoreIntegrity, HISTORIAN, found, now_ms);
+                .about(HISTORIAN);
+                incident.count = found;
+                audit.raise(incident);
             }
         }
     }

@@ -187,6 +187,18 @@ impl EgressItem {
             downgrade: None,
         })
     }
+
+    pub(crate) fn downgraded_for_test(
+        summary: Summary,
+        stats: &[Stat],
+        downgrade: Arc<Downgrade>,
+    ) -> Self {
+        Self(Egress::Summary {
+            summary,
+            stats: stats.into(),
+            downgrade: Some(downgrade),
+        })
+    }
 }
 
 /// How a point's data may reach a destination: the allow rule (its window and the stats it

@@ -194,8 +194,11 @@ fn serialize_summary<S: Serializer>(
         )?;
         m.serialize_entry("members", &g.members.len())?;
     }
-    // A window with any bad sample is flagged, so a consumer can tell a mean over a partial window.
-    m.serialize_entry("quality", if sum.bad() == 0 { "good" } else { "partial" })?;
+    // A window with any bad sample is flagged, so a consumer can tell a mean over a partial window;
+    // under a downgrade only if the good or bad count is released (it tells whether bad > 0).
+    if downgrade.is_none() || stats.iter().any(|s| matches!(s, Stat::Good | Stat::Bad)) {
+        m.serialize_entry("quality", if sum.bad() == 0 { "good" } else { "partial" })?;
+    }
     m.serialize_entry("window_start", &start)?;
     m.serialize_entry("window_end", &sum.window_end_ms())?;
     if let Some((from, until)) = sum.coverage() {
@@ -336,6 +339,51 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_downgraded_summary_says_so_and_carries_nothing_unapproved() {
+        let dg = std::sync::Arc::new(crate::config::Downgrade {
+            id: "DG-1".into(),
+            targets: vec![1],
+            stats: vec![Stat::Count, Stat::Bad],
+            approver: "A".into(),
+            rationale: "R".into(),
+            expires: "2099-12-31".into(),
+            expires_ms: i64::MAX,
+        });
+        let item = |stats: &[Stat]| {
+            EgressItem::downgraded_for_test(summary("oven.t", Level::Important), stats, dg.clone())
+        };
+        let bytes = encode(
+            &env(),
+            Form::Summary,
+            Level::General,
+            &[item(&[Stat::Count])],
+        );
+        let json: Json = serde_json::from_slice(&bytes).expect("json");
+        let it = &json["items"][0];
+        assert_eq!(
+            (&it["level"], &it["labelled_level"], &it["downgrade"]),
+            (
+                &Json::from("general"),
+                &Json::from("important"),
+                &Json::from("DG-1")
+            )
+        );
+        assert_eq!(it["stats"], serde_json::json!({"count": 60}));
+        assert!(
+            it.get("quality").is_none(),
+            "quality tells whether bad > 0, which was not released: {it}"
+        );
+        let bytes = encode(
+            &env(),
+            Form::Summary,
+            Level::General,
+            &[item(&[Stat::Count, Stat::Bad])],
+        );
+        let json: Json = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(json["items"][0]["quality"], "partial");
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub use tls::TlsError;
 use crate::audit::{AuditLog, Incident, IncidentKind};
 use crate::config::{Destination, Downgrade, Gateway};
 use crate::drop_log::{DropLog, DropReport};
-use crate::model::{Category, Form, Level};
+use crate::model::{Category, Form, Level, Stat};
 use crate::policy::{reason_text, DenyReason, EgressItem, EgressView, Permitted, Policy};
 use crate::source::Tagged;
 use crate::stats::LevelCounts;
@@ -109,12 +109,16 @@ struct Denials {
     counts: Vec<(Level, DenyReason, u64)>,
     /// The assessment notice thresholds (days) already recorded in this run.
     noticed: Vec<i64>,
-    /// Uses of each approved downgrade in the period: items and the distinct tags released.
-    downgraded: Vec<(Arc<Downgrade>, u64, Vec<Arc<str>>)>,
+    /// Uses of each approved downgrade in the period: items, the distinct tags released and
+    /// the stats that actually left (the downgrade's and the rule's in common).
+    downgraded: Vec<DowngradeUses>,
     /// Items a rule asked for that the law blocked, since the last report to the incident:
     /// `(count, last_ms)`.
     non_compliant: Option<(u64, i64)>,
 }
+
+/// One downgrade's uses in a period: items, the tags released, the stats sent.
+type DowngradeUses = (Arc<Downgrade>, u64, Vec<Arc<str>>, Vec<Stat>);
 
 /// How long without a compliance refusal before the `egress_non_compliant` incident ends.
 const NON_COMPLIANT_QUIET_MS: i64 = 60_000;
@@ -181,18 +185,24 @@ impl Denials {
         }
     }
 
-    fn add_downgraded(&mut self, d: &Arc<Downgrade>, tag: &Arc<str>, now_ms: i64) {
+    fn add_downgraded(&mut self, d: &Arc<Downgrade>, tag: &Arc<str>, sent: &[Stat], now_ms: i64) {
         self.since_ms.get_or_insert(now_ms);
         let i = if let Some(i) = self.downgraded.iter().position(|(x, ..)| Arc::ptr_eq(x, d)) {
             i
         } else {
-            self.downgraded.push((Arc::clone(d), 0, Vec::new()));
+            self.downgraded
+                .push((Arc::clone(d), 0, Vec::new(), Vec::new()));
             self.downgraded.len() - 1
         };
-        let (_, items, tags) = &mut self.downgraded[i];
+        let (_, items, tags, stats) = &mut self.downgraded[i];
         *items += 1;
-        if !tags.contains(tag) {
+        if !tags.iter().any(|t| Arc::ptr_eq(t, tag) || t == tag) {
             tags.push(Arc::clone(tag));
+        }
+        for s in sent {
+            if !stats.contains(s) {
+                stats.push(*s);
+            }
         }
     }
 
@@ -252,7 +262,7 @@ impl Denials {
                 },
             );
         }
-        for (d, items, tags) in self.downgraded.drain(..) {
+        for (d, items, tags, sent) in self.downgraded.drain(..) {
             self.audit.record_at(
                 now_ms,
                 crate::audit::Event::DowngradeApplied {
@@ -261,7 +271,7 @@ impl Denials {
                     approver: d.approver.clone(),
                     rationale: d.rationale.clone(),
                     expires: d.expires.clone(),
-                    stats: d.stats.iter().map(|s| s.as_str().to_owned()).collect(),
+                    stats: sent.iter().map(|s| s.as_str().to_owned()).collect(),
                     items,
                     points: tags.iter().map(ToString::to_string).collect(),
                     from: crate::audit::rfc3339_ms(since),
@@ -314,8 +324,8 @@ impl UplinkHandle {
         match decision {
             Ok(permit) => {
                 if let (Some(d), Some(denials)) = (permit.get().downgrade(), &mut self.denials) {
-                    if let EgressView::Summary { summary, .. } = permit.get().view() {
-                        denials.add_downgraded(d, summary.meta().tag(), now_ms);
+                    if let EgressView::Summary { summary, stats, .. } = permit.get().view() {
+                        denials.add_downgraded(d, summary.meta().tag(), stats, now_ms);
                     }
                 }
                 // Cannot be misrouted: the permit comes from this handle's own policy.
@@ -470,7 +480,9 @@ impl UplinkHandle {
     pub async fn closed(mut self) {
         let name = Arc::clone(&self.counters().name);
         if let Some(d) = &mut self.denials {
-            d.flush(&name, crate::model::now_ms(), true);
+            let now = crate::model::now_ms();
+            d.flush(&name, now, true);
+            d.report_non_compliant(&name, now);
         }
         let tasks = std::mem::take(&mut self.tasks);
         // Dropping the handle tells the batcher nothing more will come.

@@ -404,6 +404,57 @@ fn probe(args: ProbeArgs) -> ExitCode {
 
 /// `query`: exit 0 with the samples printed, 2 for a bad argument or config, 1 when the historian
 /// cannot be read.
+/// Records `DataQueried` (durably, in the trail beside the agent) when the selection may return
+/// important or core data.
+fn record_query(
+    args: &QueryArgs,
+    levels: &[edge_agent::model::Level],
+    from: Option<i64>,
+    to: Option<i64>,
+) -> Result<(), String> {
+    use edge_agent::audit::{append_now, rfc3339_ms, Event};
+    use edge_agent::model::Level;
+    let asked: Vec<Level> = if levels.is_empty() {
+        Level::ALL.to_vec()
+    } else {
+        levels.to_vec()
+    };
+    if asked.iter().all(|l| *l == Level::General) {
+        return Ok(());
+    }
+    let (settings, gateway) = agent_config::audit_settings(&args.config).map_err(|e| {
+        format!("{e}; important and core data are not read without an audit record")
+    })?;
+    let event = Event::DataQueried {
+        user: caller(),
+        points: args.points.clone(),
+        levels: asked.iter().map(|l| l.as_str().to_owned()).collect(),
+        from: from.map(rfc3339_ms),
+        to: to.map(rfc3339_ms),
+        scale_only: args.stats,
+    };
+    append_now(&settings.dir, &gateway, event).map(|_| ()).map_err(|e| {
+        format!("cannot record the query in the audit trail ({e}); important and core data are not read without a record")
+    })
+}
+
+/// The account running this command: `$USER`, else the numeric uid from `/proc`.
+fn caller() -> String {
+    if let Ok(user) = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")) {
+        if !user.is_empty() {
+            return user;
+        }
+    }
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next().map(|u| format!("uid {u}")))
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 fn query(args: &QueryArgs) -> ExitCode {
     use edge_agent::store::query::{parse_time, Format, Selection};
     use edge_agent::store::{HistorianReader, QueryError};
@@ -438,6 +489,11 @@ fn query(args: &QueryArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage(e.to_string()),
     };
+    // Reads of important and core data leave a record first; without one, nothing is read.
+    if let Err(e) = record_query(args, &levels, from, to) {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
     let reader = match HistorianReader::open(&path) {
         Ok(r) => r,
         Err(e) => {

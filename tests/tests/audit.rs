@@ -135,6 +135,32 @@ fn an_operator_verifies_and_exports_the_trail_and_finds_a_tampered_line() {
     );
     assert!(text.contains("intact"), "{text}");
 
+    // A read of important data is recorded before it happens; one of general data only is not.
+    for levels in ["important", "general"] {
+        let q = edge_agent(&["query", "--levels", levels], config);
+        assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    }
+    let today = &edge_agent::audit::rfc3339_ms(edge_agent::model::now_ms())[..10];
+    let out = edge_agent(
+        &[
+            "audit",
+            "export",
+            "--from",
+            today,
+            "--to",
+            today,
+            "--type",
+            "DataQueried",
+        ],
+        config,
+    );
+    let queried = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        queried.lines().count(),
+        1,
+        "only the read of important data: {queried}"
+    );
+    assert!(queried.contains("\"levels\":[\"important\"]"), "{queried}");
     assert_egress_records_match_the_broker(config, collector);
     assert_the_published_heads_are_in_the_trail(dir.path(), collector);
     assert_a_changed_byte_is_named(dir.path(), config);

@@ -136,6 +136,20 @@ pub enum Event {
         from: String,
         until: String,
     },
+    /// Someone read (or asked for) important or core data from the historian with
+    /// `edge-agent query`: recorded durably before anything is read.
+    DataQueried {
+        /// The operating-system account that ran the command.
+        user: String,
+        /// Tag globs asked for (empty: every point).
+        points: Vec<String>,
+        /// The levels the selection may return.
+        levels: Vec<String>,
+        from: Option<String>,
+        to: Option<String>,
+        /// Only the scale counters (`--stats`), no sample.
+        scale_only: bool,
+    },
     /// The destination's security assessment expires within `threshold_days` (90, 30, 7).
     AssessmentExpiring {
         destination: String,
@@ -255,6 +269,7 @@ impl Event {
             Event::EgressAcknowledged { .. } => "EgressAcknowledged",
             Event::EgressDenied { .. } => "EgressDenied",
             Event::DowngradeApplied { .. } => "DowngradeApplied",
+            Event::DataQueried { .. } => "DataQueried",
             Event::AssessmentExpiring { .. } => "AssessmentExpiring",
             Event::EgressCapReached { .. } => "EgressCapReached",
             Event::IncidentRaised { .. } => "IncidentRaised",

@@ -8,6 +8,20 @@ use anyhow::{bail, Context};
 
 use crate::plant::config_path;
 
+/// `edge-agent ARGS -c CONFIG`, run to completion (the commands an operator runs: `check`,
+/// `audit verify`, `catalogue`, ...).
+///
+/// # Panics
+/// If the binary is missing or cannot be started.
+pub fn edge_agent(args: &[&str], config: &Path) -> std::process::Output {
+    std::process::Command::new(agent_bin().expect("edge-agent binary"))
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .expect("edge-agent runs")
+}
+
 /// `target/<profile>/edge-agent`, beside the running test's `deps/` directory.
 pub fn agent_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the test binary")?;

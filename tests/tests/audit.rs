@@ -4,13 +4,13 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use edge_agent::audit::sha256_hex;
 use edge_tests::agent_proc::AgentProc;
 use edge_tests::press::PressRig;
-use edge_tests::query::agent_bin;
+use edge_tests::query::edge_agent;
 use edge_tests::Collector;
 use serde_json::Value as Json;
 
@@ -68,12 +68,6 @@ form = "raw"
         host = broker.split(':').next().unwrap_or_default(),
         port = broker.rsplit(':').next().unwrap_or_default(),
     )
-}
-
-fn edge_agent(args: &[&str], config: &Path) -> Output {
-    let mut cmd = Command::new(agent_bin().expect("edge-agent binary"));
-    cmd.args(args).arg("-c").arg(config);
-    cmd.output().expect("edge-agent runs")
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {

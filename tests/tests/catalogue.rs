@@ -4,11 +4,11 @@
 //! responsible person due for re-filing, once.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use edge_tests::agent_proc::AgentProc;
-use edge_tests::query::agent_bin;
+use edge_tests::query::edge_agent;
 use edge_tests::{canary_patterns_f32, find_canary, Collector, EmbeddedBroker};
 use firmware_sim::{Plant, Scenario};
 use serde_json::Value as Json;
@@ -99,15 +99,6 @@ stats = ["count", "mean"]
         host = broker.split(':').next().unwrap_or_default(),
         port = broker.rsplit(':').next().unwrap_or_default(),
     )
-}
-
-fn edge_agent(args: &[&str], config: &Path) -> Output {
-    Command::new(agent_bin().expect("edge-agent binary"))
-        .args(args)
-        .arg("-c")
-        .arg(config)
-        .output()
-        .expect("edge-agent runs")
 }
 
 fn stdout_of(out: &Output) -> String {

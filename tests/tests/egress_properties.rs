@@ -15,13 +15,12 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use edge_agent::audit::sha256_hex;
 use edge_tests::agent_proc::AgentProc;
 use edge_tests::press::PressRig;
-use edge_tests::query::agent_bin;
+use edge_tests::query::edge_agent;
 use serde_json::Value as Json;
 
 const CASES: u64 = 12;
@@ -234,15 +233,6 @@ fn generate(seed: u64, press: &str, broker: &str, historian: &Path) -> (String, 
         );
     }
     (s, case)
-}
-
-fn edge_agent(args: &[&str], config: &Path) -> std::process::Output {
-    Command::new(agent_bin().expect("edge-agent binary"))
-        .args(args)
-        .arg("-c")
-        .arg(config)
-        .output()
-        .expect("edge-agent runs")
 }
 
 /// The invariants over one item of a message to `prefix`.

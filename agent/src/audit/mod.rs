@@ -306,13 +306,12 @@ impl AuditLog {
             .desk
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(open) = desk
-            .open
-            .iter_mut()
-            .find(|i| i.kind == incident.kind && i.subject == incident.subject)
-        {
-            open.count += incident.count;
-            open.last_seen_ms = open.last_seen_ms.max(incident.last_seen_ms);
+        if desk.count_into(
+            incident.kind,
+            &incident.subject,
+            incident.count,
+            incident.last_seen_ms,
+        ) {
             return false;
         }
         error!(
@@ -371,18 +370,10 @@ impl AuditLog {
     /// Counts `count` more occurrences (the last at `last_ms`) into the open incident of
     /// `kind` about `subject`; nothing if none is open.
     pub(crate) fn count_into(&self, kind: IncidentKind, subject: &str, count: u64, last_ms: i64) {
-        let mut desk = self
-            .desk
+        self.desk
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(open) = desk
-            .open
-            .iter_mut()
-            .find(|i| i.kind == kind && i.subject == subject)
-        {
-            open.count += count;
-            open.last_seen_ms = open.last_seen_ms.max(last_ms);
-        }
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .count_into(kind, subject, count, last_ms);
     }
 
     /// Whether an incident of `kind` about `subject` is open.
@@ -446,6 +437,20 @@ struct Desk {
 }
 
 impl Desk {
+    /// Counts into the open incident of `kind` about `subject`; `false` if none is open.
+    fn count_into(&mut self, kind: IncidentKind, subject: &str, count: u64, last_ms: i64) -> bool {
+        let Some(open) = self
+            .open
+            .iter_mut()
+            .find(|i| i.kind == kind && i.subject == subject)
+        else {
+            return false;
+        };
+        open.count += count;
+        open.last_seen_ms = open.last_seen_ms.max(last_ms);
+        true
+    }
+
     fn publish(&self, line: Vec<u8>) {
         if let Some(feed) = &self.feed {
             let _ = feed.try_send(line);

@@ -417,7 +417,10 @@ impl Ctx<'_> {
             "disk kept for important and core data: general data is no longer stored below {} MiB free",
             cfg.historian.min_free_bytes >> 20
         ));
-        out.push("not yet in force: encryption at rest (issue 11); per-role authorisation and auditing of historian reads (`edge-agent query`)".to_owned());
+        out.push(
+            "reads of important and core data (`edge-agent query`) recorded in the audit trail (DataQueried) before they happen".to_owned(),
+        );
+        out.push("not yet in force: encryption at rest (issue 11); per-role authorisation of historian reads (issue 11)".to_owned());
         out
     }
 }

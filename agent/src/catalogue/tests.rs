@@ -307,6 +307,12 @@ fn rows_cover_configured_and_stored_data_and_say_what_is_not_true_yet() {
         .protection
         .iter()
         .any(|p| p.contains("core data never leaves")));
+    // What is true today, and plainly what is not yet.
+    assert!(core.protection.iter().any(|p| p.contains("(DataQueried)")));
+    assert!(core
+        .protection
+        .iter()
+        .any(|p| p.starts_with("not yet in force: encryption at rest")));
     let recipe = c
         .register
         .iter()

@@ -234,9 +234,13 @@ fn main() -> ExitCode {
             config,
             stats_every,
         } => {
-            let loaded = match load(&config) {
+            let loaded = match agent_config::load(&config, now_ms()) {
                 Ok(l) => l,
-                Err(code) => return code,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    record_rejection(&config, &e);
+                    return ExitCode::from(2);
+                }
             };
             for w in &loaded.warnings {
                 tracing::warn!(config = %config.display(), "{}", w.0);
@@ -653,6 +657,32 @@ fn catalogue(args: &CatalogueArgs) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// `run` refused `file`: recorded as `ConfigRejected` (its SHA-256 and every error) in the
+/// trail the file names, when its `[gateway]`, `[historian]` and `[audit]` are usable; else
+/// there is no trail to write to, and stderr says so.
+fn record_rejection(file: &std::path::Path, e: &edge_agent::config::ConfigError) {
+    use edge_agent::audit::{append_now, sha256_hex, Event};
+    let errors = match e {
+        edge_agent::config::ConfigError::Invalid { issues, .. } => {
+            issues.iter().map(ToString::to_string).collect()
+        }
+        other => vec![other.to_string()],
+    };
+    let event = Event::ConfigRejected {
+        file: file.display().to_string(),
+        sha256: std::fs::read(file).ok().map(|b| sha256_hex(&b)),
+        errors,
+    };
+    let recorded = agent_config::audit_settings(file)
+        .map_err(|e| e.to_string())
+        .and_then(|(settings, gateway)| {
+            append_now(&settings.dir, &gateway, event).map_err(|e| e.to_string())
+        });
+    if let Err(why) = recorded {
+        eprintln!("note: the rejection is not in the audit trail: {why}");
     }
 }
 

@@ -545,3 +545,35 @@ fn group_summaries_take_the_highest_level_and_downgrades_release_only_approved_s
     }
     assert!(edge_agent(&["audit", "verify"], config).status.success());
 }
+
+#[test]
+fn a_config_run_refuses_is_recorded_with_its_hash_and_every_error() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("agent.toml");
+    let text = agent_toml("127.0.0.1:1", "127.0.0.1:1", &dir.path().join("h.db"))
+        .replace("poll_interval = \"100ms\"", "pol_interval = \"100ms\"");
+    std::fs::write(&config, &text).expect("config");
+    let run = edge_agent(&["run"], &config);
+    assert_eq!(run.status.code(), Some(2));
+    let today = &edge_agent::audit::rfc3339_ms(edge_agent::model::now_ms())[..10];
+    let out = edge_agent(
+        &[
+            "audit",
+            "export",
+            "--from",
+            today,
+            "--to",
+            today,
+            "--type",
+            "ConfigRejected",
+        ],
+        &config,
+    );
+    let records = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(records.lines().count(), 1, "{records}");
+    assert!(
+        records.contains(&sha256_hex(text.as_bytes()))
+            && records.contains("devices[0].pol_interval"),
+        "{records}"
+    );
+}

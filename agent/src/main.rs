@@ -669,7 +669,7 @@ fn record_rejection(file: &std::path::Path, e: &edge_agent::config::ConfigError)
         edge_agent::config::ConfigError::Invalid { issues, .. } => {
             issues.iter().map(ToString::to_string).collect()
         }
-        other => vec![other.to_string()],
+        other @ edge_agent::config::ConfigError::Load { .. } => vec![other.to_string()],
     };
     let event = Event::ConfigRejected {
         file: file.display().to_string(),

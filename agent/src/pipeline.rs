@@ -85,7 +85,7 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
     // delay it (the trail's open syncs and allocates its reserve). Neither runs without the
     // other: nothing is read until both are open.
     let historian = store::Historian::spawn(&cfg.historian, &cfg.points, stats.clone())?;
-    let audit = AuditLog::open_counting(&cfg.audit, &cfg.gateway.id, stats.clone())?;
+    let audit = open_audit(&cfg, &stats)?;
     // Before anything can raise one: incidents of the start are published too.
     let incident_feed = cfg.audit.publish_incidents.as_ref().map(|name| {
         let (tx, rx) = mpsc::channel(INCIDENT_FEED);
@@ -221,6 +221,19 @@ fn start_uplinks(
         )?);
     }
     Ok(uplinks)
+}
+
+/// The trail, with the gateway's people named on its incident lines.
+fn open_audit(cfg: &AgentConfig, stats: &Arc<Stats>) -> Result<AuditLog, PipelineError> {
+    let audit = AuditLog::open_counting(&cfg.audit, &cfg.gateway.id, stats.clone())?;
+    let g = &cfg.gateway;
+    audit.set_reporter(audit::incident::Reporter {
+        site: g.site.to_string(),
+        data_processor: g.data_processor.clone(),
+        responsible_person: g.responsible_person.clone(),
+        department: g.department.clone(),
+    });
+    Ok(audit)
 }
 
 /// The agent started, with which config and which classification.

@@ -404,6 +404,45 @@ fn with_the_audit_disk_full_nothing_leaves_without_its_record_and_egress_resumes
     );
 }
 
+/// The incident topic got one line: the group with a core member, with its reporter, and no
+/// data value.
+fn assert_one_incident_line_was_published(collector: &Collector) {
+    let mut published = 0;
+    for (topic, payload) in collector.messages() {
+        if topic.ends_with("/incidents") {
+            let line: Json = serde_json::from_slice(&payload).expect("an incident line");
+            assert_eq!(line["subject"], "press.with_core");
+            assert_eq!(line["severity"], "medium");
+            // Who reports, as a report to the regulator names them.
+            assert_eq!(line["reporter"]["data_processor"], "Test");
+            assert_eq!(line["reporter"]["site"], "audit-test");
+            assert!(
+                line.get("value").is_none() && line.get("items").is_none(),
+                "{line}"
+            );
+            published += 1;
+        }
+    }
+    assert_eq!(published, 1, "raised once, not resolved during the run");
+}
+
+/// The published incident left like any message: after its own egress record.
+fn assert_the_incident_message_has_its_egress_record(collector: &Collector, trail: &str) {
+    for (topic, payload) in collector.messages() {
+        if topic.ends_with("/incidents") {
+            let hash = sha256_hex(&payload);
+            assert!(
+                trail
+                    .lines()
+                    .any(|l| l.contains("\"type\":\"DataEgressed\"")
+                        && l.contains("\"form\":\"incident\"")
+                        && l.contains(&hash)),
+                "no egress record for the incident message"
+            );
+        }
+    }
+}
+
 const DERIVED: &str = r#"
 [[destinations.allow]]
 levels = ["general"]
@@ -477,10 +516,23 @@ fn group_summaries_take_the_highest_level_and_downgrades_release_only_approved_s
             "no summary of {tag} reached the broker"
         );
     }
+    // The group with a core member is an incident, published without any data value.
+    assert!(
+        rig.runtime.block_on(collector.wait_for(
+            |t, p| {
+                t.ends_with("/incidents")
+                    && String::from_utf8_lossy(p)
+                        .contains("\"kind\":\"core_configured_toward_egress\"")
+            },
+            Duration::from_secs(20)
+        )),
+        "the incident was not published"
+    );
     let finished = agent
         .terminate(Duration::from_secs(30))
         .expect("agent stops");
     assert!(finished.status.success(), "{:?}", finished.lines);
+    assert_one_incident_line_was_published(collector);
 
     let all = items(collector);
     for (topic, item) in &all {
@@ -529,20 +581,7 @@ fn group_summaries_take_the_highest_level_and_downgrades_release_only_approved_s
         trail.contains("\"type\":\"IncidentRaised\",\"kind\":\"core_configured_toward_egress\""),
         "no IncidentRaised record"
     );
-    // The published incident left like any message: after its own egress record.
-    for (topic, payload) in collector.messages() {
-        if topic.ends_with("/incidents") {
-            let hash = sha256_hex(&payload);
-            assert!(
-                trail
-                    .lines()
-                    .any(|l| l.contains("\"type\":\"DataEgressed\"")
-                        && l.contains("\"form\":\"incident\"")
-                        && l.contains(&hash)),
-                "no egress record for the incident message"
-            );
-        }
-    }
+    assert_the_incident_message_has_its_egress_record(collector, &trail);
     assert!(edge_agent(&["audit", "verify"], config).status.success());
 }
 

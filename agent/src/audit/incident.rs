@@ -83,6 +83,16 @@ impl IncidentKind {
     }
 }
 
+/// Who reports: the data processor and the people a regulator's report names (from the
+/// config's `[gateway]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reporter {
+    pub site: String,
+    pub data_processor: String,
+    pub responsible_person: String,
+    pub department: String,
+}
+
 /// One line of `incidents.jsonl`.
 #[derive(Debug, Serialize)]
 struct Line<'a> {
@@ -91,6 +101,8 @@ struct Line<'a> {
     kind: &'static str,
     severity: &'static str,
     gateway: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reporter: Option<&'a Reporter>,
     /// What it concerns: a destination, the historian, a group; empty for the trail.
     subject: &'a str,
     summary: &'a str,
@@ -162,13 +174,20 @@ impl Incident {
     }
 
     /// The `incidents.jsonl` line (also what the incident topic carries): no data value.
-    pub(crate) fn line(&self, gateway: &str, state: &'static str, now_ms: i64) -> Vec<u8> {
+    pub(crate) fn line(
+        &self,
+        gateway: &str,
+        reporter: Option<&Reporter>,
+        state: &'static str,
+        now_ms: i64,
+    ) -> Vec<u8> {
         let line = Line {
             ts: rfc3339_ms(now_ms),
             state,
             kind: self.kind.as_str(),
             severity: self.kind.severity(),
             gateway,
+            reporter,
             subject: &self.subject,
             summary: &self.summary,
             action: self.kind.action(),
@@ -202,7 +221,19 @@ impl Incident {
         state: &'static str,
         now_ms: i64,
     ) -> std::io::Result<()> {
-        append_line(dir, &self.line(gateway, state, now_ms))
+        self.append_to_with(dir, gateway, None, state, now_ms)
+    }
+
+    /// [`append_to`](Self::append_to) naming who reports.
+    pub(crate) fn append_to_with(
+        &self,
+        dir: &Path,
+        gateway: &str,
+        reporter: Option<&Reporter>,
+        state: &'static str,
+        now_ms: i64,
+    ) -> std::io::Result<()> {
+        append_line(dir, &self.line(gateway, reporter, state, now_ms))
     }
 }
 

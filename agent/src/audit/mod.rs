@@ -235,9 +235,15 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel();
         let failing = Arc::new(AtomicBool::new(false));
         let head = Arc::new(std::sync::Mutex::new(trail.head()));
-        let stats_for_desk = stats.clone();
-        let gateway = trail.gateway().to_owned();
+        let desk = Arc::new(std::sync::Mutex::new(Desk {
+            open: Vec::new(),
+            reporter: None,
+            stats: stats.clone(),
+            feed: None,
+            gateway: trail.gateway().to_owned(),
+        }));
         let writer = Writer {
+            desk: desk.clone(),
             head: head.clone(),
             trail,
             settings: settings.clone(),
@@ -258,15 +264,9 @@ impl AuditLog {
                 path: settings.dir.clone(),
                 source,
             })?;
-        let desk = Desk {
-            open: Vec::new(),
-            stats: stats_for_desk,
-            feed: None,
-            gateway,
-        };
         Ok(AuditLog {
             tx,
-            desk: Arc::new(std::sync::Mutex::new(desk)),
+            desk,
             failing,
             head,
             thread: Arc::new(std::sync::Mutex::new(Some(thread))),
@@ -321,7 +321,12 @@ impl AuditLog {
             "Incident raised: {}.",
             incident.summary
         );
-        let line = incident.line(&desk.gateway, "raised", incident.first_seen_ms);
+        let line = incident.line(
+            &desk.gateway,
+            desk.reporter.as_ref(),
+            "raised",
+            incident.first_seen_ms,
+        );
         let _ = self.tx.send(Request::Record(
             incident.first_seen_ms,
             incident.raised_event(),
@@ -356,7 +361,7 @@ impl AuditLog {
             "Incident resolved: {}.",
             incident.summary
         );
-        let line = incident.line(&desk.gateway, "resolved", now_ms);
+        let line = incident.line(&desk.gateway, desk.reporter.as_ref(), "resolved", now_ms);
         let _ = self
             .tx
             .send(Request::Record(now_ms, incident.resolved_event()));
@@ -384,6 +389,14 @@ impl AuditLog {
             .open
             .iter()
             .any(|i| i.kind == kind && i.subject == subject)
+    }
+
+    /// Who the incident lines name as reporting (the data processor and its people).
+    pub(crate) fn set_reporter(&self, reporter: incident::Reporter) {
+        self.desk
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .reporter = Some(reporter);
     }
 
     /// Sends every incident line raised or resolved from now on to `feed` as well (the
@@ -431,6 +444,7 @@ impl AuditLog {
 #[derive(Debug)]
 struct Desk {
     open: Vec<Incident>,
+    reporter: Option<incident::Reporter>,
     stats: Option<Arc<crate::stats::Stats>>,
     feed: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
     gateway: String,
@@ -506,6 +520,8 @@ pub fn append_now(dir: &std::path::Path, gateway: &str, event: Event) -> Result<
 }
 
 struct Writer {
+    /// For the reporter its own incident lines name.
+    desk: Arc<std::sync::Mutex<Desk>>,
     trail: Trail,
     head: Arc<std::sync::Mutex<Option<(u64, Hash)>>>,
     settings: AuditSettings,
@@ -526,6 +542,23 @@ struct Writer {
 }
 
 impl Writer {
+    /// Appends the trail's own incident to `incidents.jsonl`, naming who reports.
+    fn file_incident(&self, incident: &Incident, state: &'static str) -> std::io::Result<()> {
+        let reporter = self
+            .desk
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .reporter
+            .clone();
+        incident.append_to_with(
+            &self.settings.dir,
+            self.trail.gateway(),
+            reporter.as_ref(),
+            state,
+            now_ms(),
+        )
+    }
+
     fn run(mut self, rx: &mpsc::Receiver<Request>) {
         loop {
             let wait = if self.failure.is_some() {
@@ -646,9 +679,7 @@ impl Writer {
                     self.attempts = 1;
                     let incident = unwritable(now_ms(), &reason);
                     // On a full disk this may fail too: then it is written with the resolution.
-                    self.raised_on_file = incident
-                        .append_to(&self.settings.dir, self.trail.gateway(), "raised", now_ms())
-                        .is_ok();
+                    self.raised_on_file = self.file_incident(&incident, "raised").is_ok();
                     raised = Some((now_ms(), incident.raised_event()));
                     if let Some(s) = &self.stats {
                         s.incidents_open.fetch_add(1, Ordering::Relaxed);
@@ -690,11 +721,11 @@ impl Writer {
         let now = now_ms();
         let mut incident = unwritable(since, error);
         if !self.raised_on_file {
-            let _ = incident.append_to(&self.settings.dir, self.trail.gateway(), "raised", now);
+            let _ = self.file_incident(&incident, "raised");
         }
         incident.count = self.attempts;
         incident.last_seen_ms = now;
-        let _ = incident.append_to(&self.settings.dir, self.trail.gateway(), "resolved", now);
+        let _ = self.file_incident(&incident, "resolved");
         // Recorded with the next write (within a sync interval).
         self.pending.push((now, incident.resolved_event()));
         if let Some(s) = &self.stats {

@@ -30,6 +30,8 @@
 use std::path::PathBuf;
 
 pub mod codec;
+#[allow(dead_code)] // wired into the writer and reader next (issue 11, decision 0021)
+pub mod crypto;
 mod head;
 mod migrate;
 pub mod query;

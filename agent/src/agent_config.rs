@@ -239,41 +239,7 @@ fn build(raw: &RawConfig, origin: ConfigOrigin, out: &mut Collector) -> AgentCon
             }
         }
     }
-    let publish = [
-        (
-            "audit.publish_head_to",
-            audit.publish_head.as_ref().map(|(n, _)| n),
-        ),
-        (
-            "audit.publish_incidents_to",
-            audit.publish_incidents.as_ref(),
-        ),
-    ];
-    for (key, name) in publish {
-        let Some(name) = name else { continue };
-        match destinations.iter().find(|d| &*d.name == name.as_str()) {
-            None => out.err(
-                ConfigIssue::new(key, format!("no destination is named {name:?}"))
-                    .hint("name one of [[destinations]]"),
-            ),
-            Some(d) if d.is_cross_border() => out.err(ConfigIssue::new(
-                key,
-                format!(
-                    "destination {name:?} is cross-border ({}): audit evidence goes to a domestic destination",
-                    d.jurisdiction
-                ),
-            )),
-            Some(_) => {}
-        }
-    }
-    if let Some((_, every)) = &audit.publish_head {
-        if *every < Duration::from_secs(1) {
-            out.err(ConfigIssue::new(
-                "audit.publish_head_every",
-                "must be at least 1s",
-            ));
-        }
-    }
+    evidence_settings(&audit, &catalogue, &destinations, out);
     let mut windows: Vec<Duration> = destinations
         .iter()
         .flat_map(|d| d.allow.iter().filter_map(|r| r.window))
@@ -309,6 +275,66 @@ fn build(raw: &RawConfig, origin: ConfigOrigin, out: &mut Collector) -> AgentCon
         groups,
         downgrades,
         origin,
+    }
+}
+
+/// Where the evidence goes: the chain head and incidents only to a known domestic destination,
+/// the catalogue in a directory apart from the trail's.
+fn evidence_settings(
+    audit: &AuditSettings,
+    catalogue: &crate::catalogue::CatalogueSettings,
+    destinations: &[Arc<Destination>],
+    out: &mut Collector,
+) {
+    let publish = [
+        (
+            "audit.publish_head_to",
+            audit.publish_head.as_ref().map(|(n, _)| n),
+        ),
+        (
+            "audit.publish_incidents_to",
+            audit.publish_incidents.as_ref(),
+        ),
+    ];
+    for (key, name) in publish {
+        let Some(name) = name else { continue };
+        match destinations.iter().find(|d| &*d.name == name.as_str()) {
+            None => out.err(
+                ConfigIssue::new(key, format!("no destination is named {name:?}"))
+                    .hint("name one of [[destinations]]"),
+            ),
+            Some(d) if d.is_cross_border() => out.err(ConfigIssue::new(
+                key,
+                format!(
+                    "destination {name:?} is cross-border ({}): audit evidence goes to a domestic destination",
+                    d.jurisdiction
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    if let Some((_, every)) = &audit.publish_head {
+        if *every < Duration::from_secs(1) {
+            out.err(ConfigIssue::new(
+                "audit.publish_head_every",
+                "must be at least 1s",
+            ));
+        }
+    }
+    // Apart: the trail's directory holds evidence only its writer may touch, and each locks a
+    // file of its own there.
+    if catalogue.dir.starts_with(&audit.dir) || audit.dir.starts_with(&catalogue.dir) {
+        out.err(
+            ConfigIssue::new(
+                "catalogue.dir",
+                format!(
+                    "{} overlaps the audit trail's directory {}",
+                    catalogue.dir.display(),
+                    audit.dir.display()
+                ),
+            )
+            .hint("give the catalogue a directory of its own (default: catalogue/ beside the historian)"),
+        );
     }
 }
 

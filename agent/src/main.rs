@@ -645,9 +645,31 @@ fn catalogue(args: &CatalogueArgs) -> ExitCode {
         }
     };
     let mut notes = std::io::stderr();
-    match command(&loaded.config, action, now_ms(), &mut *out, &mut notes)
-        .and_then(|code| out.flush().map(|()| code).map_err(CatalogueError::Output))
-    {
+    let result = command(&loaded.config, action, now_ms(), &mut *out, &mut notes)
+        .and_then(|code| out.flush().map(|()| code).map_err(CatalogueError::Output));
+    drop(out);
+    // `--out FILE` was written beside it; only a complete result replaces FILE.
+    let result = match (&args.out, result) {
+        (Some(path), Ok(code)) => {
+            let partial = edge_agent::catalogue::cli::partial(path);
+            std::fs::rename(&partial, path).map(|()| code).map_err(|e| {
+                CatalogueError::Output(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot move {} to {}: {e}",
+                        partial.display(),
+                        path.display()
+                    ),
+                ))
+            })
+        }
+        (Some(path), Err(e)) => {
+            let _ = std::fs::remove_file(edge_agent::catalogue::cli::partial(path));
+            Err(e)
+        }
+        (None, r) => r,
+    };
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(CatalogueError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
             ExitCode::SUCCESS

@@ -616,3 +616,35 @@ fn a_config_run_refuses_is_recorded_with_its_hash_and_every_error() {
         "{records}"
     );
 }
+
+#[test]
+fn a_failed_catalogue_run_leaves_the_last_good_output_in_place() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("agent.toml");
+    // No [catalogue] section: the command refuses (exit 2) rather than file empty fields.
+    let text = agent_toml("127.0.0.1:1", "127.0.0.1:1", &dir.path().join("h.db"));
+    std::fs::write(&config, &text).expect("config");
+    let out = dir.path().join("catalogue.md");
+    std::fs::write(&out, "the last good catalogue\n").expect("previous output");
+    let run = edge_agent(
+        &[
+            "catalogue",
+            "--format",
+            "md",
+            "--out",
+            &out.display().to_string(),
+        ],
+        &config,
+    );
+    assert_eq!(
+        run.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("output"),
+        "the last good catalogue\n"
+    );
+    assert!(!dir.path().join("catalogue.md.partial").exists());
+}

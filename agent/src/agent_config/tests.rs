@@ -748,3 +748,17 @@ fn incidents_and_chain_heads_go_only_to_a_known_domestic_destination() {
         "{found:?}"
     );
 }
+
+#[test]
+fn the_catalogue_and_the_trail_keep_directories_of_their_own() {
+    let text = format!(
+        "{BASE}\n[audit]\ndir = \"/tmp/ea-x/audit\"\n[catalogue]\npurpose = \"p\"\nscope_of_use = \"s\"\ncontact = \"c\"\ndir = \"/tmp/ea-x/audit\"\n"
+    );
+    let found = issues(&text);
+    assert!(
+        found
+            .iter()
+            .any(|i| i.path == "catalogue.dir" && i.message.contains("overlaps the audit trail")),
+        "{found:?}"
+    );
+}

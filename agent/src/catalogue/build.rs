@@ -393,9 +393,10 @@ impl Ctx<'_> {
                 Level::Core => "core data never leaves the gateway, raw or derived (hard invariant, not configurable)".to_owned(),
                 _ => "important data never leaves raw, only as summaries; only over TLS (a broker on this gateway's loopback excepted); cross-border only with an unexpired security assessment covering its category, within its daily cap (hard invariants, not configurable)".to_owned(),
             },
+            // Not "of N destinations": a destination that takes none of this data is no change
+            // to this row's filing.
             format!(
-                "egress is default-deny: {allowed} of {} configured destination(s) may receive this data, each as its allow rules say; the others receive nothing of it",
-                cfg.destinations.len()
+                "egress is default-deny: {allowed} destination(s) may receive this data, each as its allow rules say; no other destination receives anything of it"
             ),
         ];
         let a = &cfg.audit;
@@ -512,22 +513,17 @@ fn method(
     }
     let devices: BTreeSet<&str> = points.iter().map(|p| p.device.as_str()).collect();
     let protocols: BTreeSet<&str> = points.iter().map(|p| p.protocol.as_str()).collect();
-    let intervals: BTreeSet<u64> = points.iter().map(|p| p.poll_interval_ms).collect();
-    let every: Vec<String> = intervals
-        .iter()
-        .map(|ms| humantime::format_duration(Duration::from_millis(*ms)).to_string())
-        .collect();
     let sent: Vec<String> = sharing
         .iter()
         .filter(|s| s.configured && !s.forms.is_empty())
         .map(|s| format!("{} as {}", s.destination, s.forms.join(" and ")))
         .collect();
+    // No point count or interval here: this text is a filed field, and those are measured (and
+    // compared with the 30 % rule) as the configured rate, not as wording.
     format!(
-        "read automatically from {} point(s) of device(s) {} over {}, every {}; labelled {level}/{category} when read; kept on the gateway in the historian; {}",
-        points.len(),
+        "read automatically from device(s) {} over {} at their configured intervals; labelled {level}/{category} when read; kept on the gateway in the historian; {}",
         join(devices),
         join(protocols),
-        every.join(", "),
         if sent.is_empty() {
             "not sent off the gateway".to_owned()
         } else {

@@ -90,7 +90,7 @@ fn note_raised(raised: &Raised, out: &mut dyn Write) -> std::io::Result<()> {
         ),
         Raised::AlreadyRaised { detected, due_by } => writeln!(
             out,
-            "re-filing due by {due_by}: CatalogueChangeDue was recorded at {detected}"
+            "CatalogueChangeDue was recorded for this filing at {detected} (re-filing due by {due_by}); file again (--mark-filed) to settle it"
         ),
     }
 }
@@ -157,7 +157,15 @@ fn report(b: &Baseline, diff: &Diff, now_ms: i64, out: &mut dyn Write) -> std::i
 /// Writes to `path`, or to `stdout` when `None`.
 pub fn output(path: Option<&Path>) -> std::io::Result<Box<dyn Write>> {
     Ok(match path {
-        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
+        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(partial(p))?)),
         None => Box::new(std::io::BufWriter::new(std::io::stdout())),
     })
+}
+
+/// Where `--out FILE` is written until the command succeeds: a failed run never replaces the
+/// last good catalogue with a half-written or empty one.
+pub fn partial(path: &Path) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".partial");
+    p.into()
 }

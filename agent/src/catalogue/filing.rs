@@ -9,7 +9,8 @@
 //! - `state.json`: the `CatalogueChangeDue` raised for a baseline (`{"filed_sha256", "detected",
 //!   "due_by", "changes"}`), so it is raised once per filed baseline, across restarts and by
 //!   either the agent or the command. A new filing makes it stale.
-//! - `.lock`: taken by whoever files or decides to raise, so two processes cannot both raise.
+//! - `catalogue.lock`: taken by whoever files or decides to raise, so two processes cannot
+//!   both raise.
 //!
 //! Every file is written to a temporary name, synced, renamed into place, and the directory
 //! synced (STYLE 7).
@@ -42,7 +43,9 @@ const MAX_CHANGES_RECORDED: usize = 50;
 
 const FILED: &str = "filed.json";
 const STATE: &str = "state.json";
-const LOCK: &str = ".lock";
+/// Not `.lock`: the audit trail locks its own `.lock`, and the two directories must never
+/// share a lock file (a flock on the same file from two opens deadlocks the filing).
+const LOCK: &str = "catalogue.lock";
 
 /// The filing in force.
 #[derive(Debug, Clone, PartialEq)]
@@ -491,7 +494,7 @@ pub fn raise_if_due(
     Ok(Raised::Raised { due_by })
 }
 
-/// An exclusive advisory lock on `dir/.lock`, released when dropped.
+/// An exclusive advisory lock on `dir/catalogue.lock`, released when dropped.
 struct DirLock(File);
 
 impl DirLock {

@@ -1,3 +1,4 @@
+use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -629,4 +630,52 @@ fn without_a_catalogue_section_check_warns_and_the_command_refuses() {
         from_toml_str(&toml(dir.path(), "Zhang Wei", false, CATALOGUE), NOW).expect("valid");
     let report = crate::report::check(&configured);
     assert!(report.contains("filing text set"), "{report}");
+}
+
+/// The test plant with `n` more important production points.
+fn with_points(dir: &Path, n: usize, extra_destination: bool) -> Catalogue {
+    let points = (0..n).fold(String::new(), |mut s, i| {
+        let _ = write!(
+            s,
+            "[[devices.points]]\ntag = \"press.extra{i}\"\nregister = \"holding:{}\"\ntype = \"u16\"\nlevel = \"important\"\n",
+            100 + i
+        );
+        s
+    });
+    let general_only = if extra_destination {
+        "[[destinations]]\nname = \"hq\"\njurisdiction = \"DE\"\nrecipient = \"HQ\"\npurpose = \"p\"\nlegal_basis = \"b\"\nbroker = { host = \"127.0.0.1\", port = 1883 }\n[[destinations.allow]]\nlevels = [\"general\"]\nform = \"raw\"\n"
+    } else {
+        ""
+    };
+    let text = toml(dir, "Zhang Wei", false, CATALOGUE)
+        .replacen(
+            "[[destinations]]",
+            &format!("{points}\n[[destinations]]"),
+            1,
+        )
+        .replace("[catalogue]", &format!("{general_only}\n[catalogue]"));
+    let cfg = from_toml_str(&text, NOW)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    with_scale(&cfg, 1000, 50_000)
+}
+
+#[test]
+fn one_more_point_in_ten_or_a_destination_that_takes_none_of_it_is_no_refiling() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let filed = with_points(dir.path(), 9, false);
+    // 10 important points become 11 (+10 % configured rate), and a destination that takes only
+    // general data appears: no filed field of the important row changed.
+    let diff = compare(&filed, &with_points(dir.path(), 10, true));
+    assert!(!diff.due(), "{:?}", diff.changes());
+    // 10 become 14 (+40 %): due, by the configured rate.
+    let diff = compare(&filed, &with_points(dir.path(), 13, false));
+    assert!(diff.due());
+    assert!(
+        diff.changes()
+            .iter()
+            .any(|c| c.contains("configured_records_per_day")),
+        "{:?}",
+        diff.changes()
+    );
 }

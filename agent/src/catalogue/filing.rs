@@ -453,6 +453,11 @@ pub fn raise_if_due(
     record: impl FnOnce(Event) -> Result<(), CatalogueError>,
 ) -> Result<Raised, CatalogueError> {
     let _lock = DirLock::take(dir)?;
+    // The baseline may have been replaced (`--mark-filed`) since the caller read it: raise only
+    // against the filing in force now.
+    if load_baseline(dir)?.is_none_or(|now| now.sha256 != baseline.sha256) {
+        return Ok(Raised::NotDue);
+    }
     let state_path = dir.join(STATE);
     let state: Option<State> = match std::fs::read(&state_path) {
         Ok(b) => serde_json::from_slice(&b).ok(),

@@ -466,6 +466,16 @@ fn a_change_is_raised_once_per_filing_and_a_new_filing_resets_it() {
     // Filing the grown catalogue settles it; a later change is raised again.
     let refiled = mark_filed(&cat, &grown, NOW + 3 * DAY, recorder(&events)).expect("refiled");
     let diff = compare(&refiled.catalogue, &with_scale(&filed_cfg, 2000, 9000));
+    // A check that read the old baseline before the refiling raises nothing against it.
+    let stale = raise_if_due(
+        &cat,
+        &baseline,
+        &compare(&baseline.catalogue, &grown),
+        NOW + 4 * DAY,
+        recorder(&events),
+    )
+    .expect("stale check");
+    assert_eq!(stale, Raised::NotDue);
     let raised =
         raise_if_due(&cat, &refiled, &diff, NOW + 4 * DAY, recorder(&events)).expect("raise");
     assert!(matches!(raised, Raised::Raised { .. }), "{raised:?}");

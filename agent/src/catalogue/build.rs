@@ -40,9 +40,18 @@ pub struct EgressRecord {
     pub categories: Vec<String>,
     pub items: u64,
     pub bytes: u64,
+    /// Approved downgrades some items left under (as general data, labelled important).
+    #[serde(default)]
+    pub downgrades: Vec<String>,
 }
 
 impl EgressRecord {
+    /// Whether this message carried data of `level`: its own level, or important data that
+    /// left as general under a downgrade (decision 0020).
+    fn carried(&self, level: Level) -> bool {
+        self.level == level.as_str() || (level == Level::Important && !self.downgrades.is_empty())
+    }
+
     /// The `DataEgressed` records among `records` (as `audit::records` returns them).
     pub fn from_records(records: &[serde_json::Value]) -> Vec<EgressRecord> {
         records
@@ -320,9 +329,7 @@ impl Ctx<'_> {
         let records: Vec<&EgressRecord> = self
             .egress
             .iter()
-            .filter(|r| {
-                r.level == level.as_str() && r.categories.iter().any(|c| c == category.as_str())
-            })
+            .filter(|r| r.carried(level) && r.categories.iter().any(|c| c == category.as_str()))
             .collect();
         let mut out = Vec::new();
         for d in &self.cfg.destinations {

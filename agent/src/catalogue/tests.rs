@@ -689,3 +689,49 @@ fn one_more_point_in_ten_or_a_destination_that_takes_none_of_it_is_no_refiling()
         diff.changes()
     );
 }
+
+#[test]
+fn important_data_sent_as_general_under_a_downgrade_counts_in_the_important_row() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = load(dir.path(), "Zhang Wei", false);
+    let record = |level: &str, downgrades: Vec<String>| EgressRecord {
+        ts: "2026-01-01T00:00:00.000Z".into(),
+        destination: "group-dc".into(),
+        recipient: "Group DC".into(),
+        jurisdiction: "CN".into(),
+        purpose: "monitoring".into(),
+        legal_basis: "intra-group agreement".into(),
+        assessment_reference: None,
+        level: level.into(),
+        categories: vec!["production_operation".into()],
+        items: 3,
+        bytes: 300,
+        downgrades,
+    };
+    let egress = [
+        record("general", vec!["DG-1".into()]),
+        record("general", vec![]),
+    ];
+    let scale = [scale_row(
+        Level::Important,
+        Category::ProductionOperation,
+        10,
+        100,
+    )];
+    let c = assemble(&cfg, Some(&scale), &egress, NOW).expect("catalogue");
+    let important = c
+        .rows
+        .iter()
+        .find(|r| r.level == Level::Important)
+        .expect("important row");
+    let dc = important
+        .sharing
+        .iter()
+        .find(|s| s.destination == "group-dc")
+        .expect("group-dc");
+    assert_eq!(
+        dc.observed.as_ref().map(|o| o.messages),
+        Some(1),
+        "only the message that carried downgraded important data"
+    );
+}

@@ -488,16 +488,27 @@ pub fn raise_if_due(
         due_by: due_by.clone(),
         changes: changes.clone(),
     };
-    record(Event::CatalogueChangeDue {
+    // The state is staged (written and synced) before the record, and put in place after it:
+    // a disk that cannot take the state raises nothing (and retries at the next check) instead
+    // of recording the change again every hour.
+    let staged = stage_json(&state_path, &state)?;
+    let recorded = record(Event::CatalogueChangeDue {
         filed_sha256: baseline.sha256.clone(),
         filed_at: baseline.filed_at.clone(),
         detected: state.detected.clone(),
         due_by: due_by.clone(),
         changes,
-    })?;
-    write_json(&state_path, &state)?;
+    });
+    if let Err(e) = recorded {
+        let _ = std::fs::remove_file(&staged);
+        return Err(e);
+    }
+    put_in_place(&staged, &state_path)?;
     Ok(Raised::Raised { due_by })
 }
+
+/// How long taking the catalogue lock may wait.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An exclusive advisory lock on `dir/catalogue.lock`, released when dropped.
 struct DirLock(File);
@@ -511,9 +522,27 @@ impl DirLock {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        // Fully qualified: std's inherent `File::lock` needs Rust 1.89 (> MSRV).
-        fs4::FileExt::lock(&file).map_err(io_err(&path))?;
-        Ok(Self(file))
+        // Fully qualified: std's inherent `File::lock` needs Rust 1.89 (> MSRV). Bounded: a
+        // suspended command holding the lock must not hang the agent's check (or its stop).
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match fs4::FileExt::try_lock(&file) {
+                Ok(()) => return Ok(Self(file)),
+                Err(fs4::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(fs4::TryLockError::WouldBlock) => {
+                    return Err(io_err(&path)(std::io::Error::new(
+                        std::io::ErrorKind::WouldBlock,
+                        format!(
+                            "held by another catalogue command for over {} s; try again when it has finished",
+                            LOCK_WAIT.as_secs()
+                        ),
+                    )))
+                }
+                Err(fs4::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+            }
+        }
     }
 }
 
@@ -530,6 +559,34 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), CatalogueError
     })?;
     bytes.push(b'\n');
     write_atomic(path, &bytes)
+}
+
+/// Writes `value` beside `path` and syncs it; [`put_in_place`] makes it `path`.
+fn stage_json<T: Serialize>(path: &Path, value: &T) -> Result<std::path::PathBuf, CatalogueError> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| CatalogueError::Io {
+        path: path.to_owned(),
+        source: e.into(),
+    })?;
+    bytes.push(b'\n');
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(path)(e));
+    }
+    Ok(tmp)
+}
+
+/// Renames the staged file into place and syncs the directory.
+fn put_in_place(staged: &Path, path: &Path) -> Result<(), CatalogueError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::rename(staged, path)
+        .and_then(|()| File::open(dir)?.sync_all())
+        .map_err(io_err(path))
 }
 
 /// Temporary file, sync, rename into place, sync the directory: the file is either the old or

@@ -735,3 +735,31 @@ fn important_data_sent_as_general_under_a_downgrade_counts_in_the_important_row(
         "only the message that carried downgraded important data"
     );
 }
+
+#[test]
+fn a_change_whose_record_fails_is_not_marked_raised_and_is_raised_at_the_next_check() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cat = dir.path().join("catalogue");
+    let cfg = load(dir.path(), "Zhang Wei", false);
+    let events = std::cell::RefCell::new(Vec::new());
+    let baseline =
+        mark_filed(&cat, &with_scale(&cfg, 1000, 9000), NOW, recorder(&events)).expect("filed");
+    let diff = compare(&baseline.catalogue, &with_scale(&cfg, 2000, 9000));
+    let failed = raise_if_due(&cat, &baseline, &diff, NOW + DAY, |_| {
+        Err(CatalogueError::AuditUnavailable(
+            crate::audit::AuditUnavailable("disk full".into()),
+        ))
+    });
+    assert!(failed.is_err());
+    assert!(!cat.join("state.json").exists(), "nothing marks it raised");
+    let leftovers: Vec<_> = std::fs::read_dir(&cat)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
+        .collect();
+    assert!(leftovers.is_empty(), "no staged state left behind");
+    let raised =
+        raise_if_due(&cat, &baseline, &diff, NOW + 2 * DAY, recorder(&events)).expect("raise");
+    assert!(matches!(raised, Raised::Raised { .. }), "{raised:?}");
+    assert!(cat.join("state.json").exists());
+}

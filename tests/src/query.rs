@@ -22,6 +22,28 @@ pub fn edge_agent(args: &[&str], config: &Path) -> std::process::Output {
         .expect("edge-agent runs")
 }
 
+/// `edge-agent audit export` of today's records of `kind` (all days with `all_days`), as
+/// an inspector gets them: the JSON lines.
+///
+/// # Panics
+/// If the command fails.
+pub fn export_today(config: &Path, kind: &str, all_days: bool) -> String {
+    let today = &edge_agent::audit::rfc3339_ms(edge_agent::model::now_ms())[..10];
+    let from = if all_days { "2020-01-01" } else { today };
+    let out = edge_agent(
+        &[
+            "audit", "export", "--from", from, "--to", today, "--type", kind,
+        ],
+        config,
+    );
+    assert!(
+        out.status.success(),
+        "audit export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `target/<profile>/edge-agent`, beside the running test's `deps/` directory.
 pub fn agent_bin() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the test binary")?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use edge_agent::audit::sha256_hex;
 use edge_tests::agent_proc::AgentProc;
 use edge_tests::press::PressRig;
-use edge_tests::query::edge_agent;
+use edge_tests::query::{edge_agent, export_today};
 use edge_tests::Collector;
 use serde_json::Value as Json;
 
@@ -134,21 +134,7 @@ fn an_operator_verifies_and_exports_the_trail_and_finds_a_tampered_line() {
         let q = edge_agent(&["query", "--levels", levels], config);
         assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
     }
-    let today = &edge_agent::audit::rfc3339_ms(edge_agent::model::now_ms())[..10];
-    let out = edge_agent(
-        &[
-            "audit",
-            "export",
-            "--from",
-            today,
-            "--to",
-            today,
-            "--type",
-            "DataQueried",
-        ],
-        config,
-    );
-    let queried = String::from_utf8_lossy(&out.stdout);
+    let queried = export_today(config, "DataQueried", false);
     assert_eq!(
         queried.lines().count(),
         1,
@@ -594,21 +580,7 @@ fn a_config_run_refuses_is_recorded_with_its_hash_and_every_error() {
     std::fs::write(&config, &text).expect("config");
     let run = edge_agent(&["run"], &config);
     assert_eq!(run.status.code(), Some(2));
-    let today = &edge_agent::audit::rfc3339_ms(edge_agent::model::now_ms())[..10];
-    let out = edge_agent(
-        &[
-            "audit",
-            "export",
-            "--from",
-            today,
-            "--to",
-            today,
-            "--type",
-            "ConfigRejected",
-        ],
-        &config,
-    );
-    let records = String::from_utf8_lossy(&out.stdout);
+    let records = export_today(&config, "ConfigRejected", false);
     assert_eq!(records.lines().count(), 1, "{records}");
     assert!(
         records.contains(&sha256_hex(text.as_bytes()))

@@ -20,7 +20,7 @@ use std::time::Duration;
 use edge_agent::audit::sha256_hex;
 use edge_tests::agent_proc::AgentProc;
 use edge_tests::press::PressRig;
-use edge_tests::query::edge_agent;
+use edge_tests::query::{edge_agent, export_today};
 use serde_json::Value as Json;
 
 const CASES: u64 = 12;
@@ -304,27 +304,9 @@ fn run_case(rig: &PressRig, case: &Case, dir: &Path, seen: &mut Seen) {
         .terminate(Duration::from_secs(30))
         .expect("agent stops");
     assert!(finished.status.success(), "{:?}", finished.lines);
-    let today = &edge_agent::audit::rfc3339_ms(edge_agent::model::now_ms())[..10];
-    let out = edge_agent(
-        &[
-            "audit",
-            "export",
-            "--from",
-            "2020-01-01",
-            "--to",
-            today,
-            "--type",
-            "DataEgressed",
-        ],
-        &rig.config,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let exported = export_today(&rig.config, "DataEgressed", true);
     let mut recorded: HashMap<String, usize> = HashMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in exported.lines() {
         let r: Json = serde_json::from_str(line).expect("record");
         *recorded
             .entry(r["payload_sha256"].as_str().unwrap_or_default().to_owned())

@@ -50,7 +50,6 @@ impl Level {
 
     /// The level of anything derived from `levels` (就高: take the highest). An empty input is
     /// `General` only because there is nothing to protect; callers never label emptiness.
-    #[cfg_attr(not(test), allow(dead_code))] // see summary::combined_level
     pub(crate) fn highest(levels: impl IntoIterator<Item = Level>) -> Level {
         levels.into_iter().max().unwrap_or(Level::General)
     }

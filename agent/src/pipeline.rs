@@ -374,12 +374,14 @@ impl Router {
         let now = now_ms();
         self.route(&batch, now);
         historian.offer(batch);
-        for uplink in &mut self.uplinks {
-            uplink.record_denials(now);
-        }
-        // Windows that later samples closed go out now, not at the next window end.
+        // Windows that later samples closed go out now, not at the next window end; closing
+        // them also moves the denial periods, so that is done once per batch either way.
         if self.summary.has_closed() {
             self.close_summaries(now);
+        } else {
+            for uplink in &mut self.uplinks {
+                uplink.record_denials(now);
+            }
         }
     }
 

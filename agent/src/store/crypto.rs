@@ -238,6 +238,26 @@ impl DataKey {
     }
 }
 
+impl DataKey {
+    /// Seals a record that is not a chunk (an outbox entry, say). `aad` must name the record's
+    /// place with a prefix of its own, distinct from `EAC1`, so a record never opens as a chunk.
+    pub fn seal_record(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        seal_with(&self.key, aad, plain)
+    }
+
+    /// Opens what [`seal_record`](Self::seal_record) made with the same `aad`.
+    pub fn open_record(
+        &self,
+        aad: &[u8],
+        sealed: &[u8],
+        what: &str,
+    ) -> Result<Vec<u8>, CryptoError> {
+        open_with(&self.key, aad, sealed).map_err(|()| CryptoError::Unopenable {
+            what: format!("{what} (data key {})", self.id),
+        })
+    }
+}
+
 /// Where a sealed chunk belongs: its associated data. A ciphertext opens only here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkPlace {

@@ -20,7 +20,8 @@ use crate::config::issues::{Collector, ConfigIssue, Warning};
 use crate::config::load::{self, ConfigError, ParseError, Parsed};
 use crate::config::raw::RawConfig;
 use crate::config::runtime::{
-    ClassificationSettings, Destination, Downgrade, Gateway, HistorianSettings, SummarySettings,
+    ClassificationSettings, Destination, Downgrade, Gateway, HistorianSettings, Role,
+    SummarySettings,
 };
 use crate::config::{derived, settings};
 use crate::model::{Category, Level, PointMeta};
@@ -44,6 +45,8 @@ pub struct AgentConfig {
     pub(crate) groups: Vec<Arc<PointMeta>>,
     /// Approved downgrades (`[[downgrades]]`), expired ones included (they are ignored).
     pub(crate) downgrades: Vec<Arc<Downgrade>>,
+    /// Who may read important and core data (`[[roles]]`).
+    pub roles: Vec<Role>,
     /// The file this config came from and the SHA-256 of its text, for the audit trail.
     pub(crate) origin: ConfigOrigin,
 }
@@ -121,6 +124,44 @@ pub fn historian_path(file: &Path) -> Result<PathBuf, ConfigError> {
     }
 }
 
+/// The historian settings and roles `file` names, for `init` (before the key exists) and
+/// `query`. Only `[historian]` and `[[roles]]` must be valid; the key file itself is not
+/// checked here (`init` creates it, `query` opens it only when it reads sealed data).
+pub fn historian_and_roles(file: &Path) -> Result<(HistorianSettings, Vec<Role>), ConfigError> {
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let parsed = load::read(file, env)?;
+    let ours = |p: &str| {
+        ["historian", "roles"]
+            .iter()
+            .any(|s| p == *s || p.starts_with(&format!("{s}.")) || p.starts_with(&format!("{s}[")))
+    };
+    let Some(raw) = &parsed.raw else {
+        return Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            issues: parsed.issues,
+        });
+    };
+    let mut out = Collector::new(crate::model::now_ms());
+    let historian = settings::historian(&raw.historian, &mut out);
+    let roles = settings::roles(&raw.roles, &mut out);
+    let issues: Vec<ConfigIssue> = parsed
+        .issues
+        .iter()
+        .cloned()
+        .chain(out.issues)
+        .filter(|i| ours(&i.path))
+        .collect();
+    if issues.is_empty() {
+        Ok((historian, roles))
+    } else {
+        Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            issues,
+        })
+    }
+}
+
 /// The audit settings and gateway id `file` names, for commands that read or append to the
 /// trail beside the running agent (`audit verify`, `audit export`). Only `[gateway]`,
 /// `[historian]` and `[audit]` must be valid.
@@ -165,7 +206,7 @@ pub(crate) fn load_with_env(
     now_ms: i64,
 ) -> Result<Loaded, ConfigError> {
     let parsed = load::read(file, env)?;
-    compile(parsed, file, now_ms)
+    compile(parsed, file, now_ms, true)
 }
 
 /// Validate and compile a config given as TOML text, without environment overrides (tests,
@@ -179,12 +220,18 @@ pub fn from_toml_str(text: &str, now_ms: i64) -> Result<Loaded, ConfigError> {
             ParseError::Env(issues) => issues,
         },
     })?;
-    compile(parsed, &file, now_ms)
+    compile(parsed, &file, now_ms, false)
 }
 
 /// Runs every component's validation over the raw config; structural issues first, then the
-/// semantic ones (less those a stand-in for an invalid value caused).
-fn compile(parsed: Parsed, file: &Path, now_ms: i64) -> Result<Loaded, ConfigError> {
+/// semantic ones (less those a stand-in for an invalid value caused). `key_file`: also refuse
+/// a missing, exposed or malformed key file (configs from files: `check` and `run`).
+fn compile(
+    parsed: Parsed,
+    file: &Path,
+    now_ms: i64,
+    key_file: bool,
+) -> Result<Loaded, ConfigError> {
     let invalid = |issues| ConfigError::Invalid {
         file: file.to_owned(),
         issues,
@@ -199,6 +246,11 @@ fn compile(parsed: Parsed, file: &Path, now_ms: i64) -> Result<Loaded, ConfigErr
         overrides: parsed.overrides.clone(),
     };
     let config = build(raw, origin, &mut out);
+    if key_file {
+        if let Some(issue) = settings::key_file_issue(&config.historian.key) {
+            out.err(issue);
+        }
+    }
     let mut issues = parsed.issues.clone();
     issues.extend(
         out.issues
@@ -226,6 +278,7 @@ fn build(raw: &RawConfig, origin: ConfigOrigin, out: &mut Collector) -> AgentCon
     let points = classifier.finish(out);
     let groups = derived::groups(&raw.groups, &points, &gateway, out);
     let downgrades = derived::downgrades(&raw.downgrades, &points, &groups, out);
+    let roles = settings::roles(&raw.roles, out);
     let catalogue =
         crate::catalogue::config::build(raw.catalogue.as_ref(), &historian.path, &points, out);
     let destinations = crate::policy::config::build(&raw.destinations, &gateway, out);
@@ -274,6 +327,7 @@ fn build(raw: &RawConfig, origin: ConfigOrigin, out: &mut Collector) -> AgentCon
         destinations,
         groups,
         downgrades,
+        roles,
         origin,
     }
 }

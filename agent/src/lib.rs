@@ -14,7 +14,8 @@
 //! - [`source`]: acquisition; defines `Tagged`, which only a source can stamp.
 //! - [`summary`]: pure tumbling-window aggregator; defines `Summary`, which only it builds.
 //! - [`policy`]: the egress decision; the only constructor of `EgressItem` and `Permitted<T>`.
-//! - [`store`]: the local historian.
+//! - [`store`]: the local historian, important and core data sealed (AES-256-GCM).
+//! - [`access`]: `init` (the historian key) and `query`, authorised by role and audited.
 //! - [`uplink`]: the only publisher; each uplink owns its destination's policy.
 //! - [`pipeline`]: wires the stages together for `run`.
 //! - [`stats`]: per-level counters.
@@ -29,6 +30,7 @@
 //!                                                                       └─ denied ─> counted
 //! ```
 
+pub mod access;
 pub mod agent_config;
 pub mod audit;
 pub(crate) mod backoff;

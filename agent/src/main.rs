@@ -48,8 +48,16 @@ enum Command {
     /// Read the historian: samples by point, time and level, as JSON lines or CSV.
     ///
     /// Runs while the agent runs (it never blocks the writer). One line per sample: its tag,
-    /// time, sequence number, level, category, quality, value, unit and provenance.
+    /// time, sequence number, level, category, quality, value, unit and provenance. Important
+    /// and core data are read only for an identity a role grants them (`[[roles]]`); every
+    /// such read and every refusal is audited. Exit 3: some data was refused (see stderr).
     Query(QueryArgs),
+    /// Create the historian's master key (`historian.key`, mode 0600) once, before the first
+    /// `run`. Never replaces an existing key. Back the key up apart from the data.
+    Init {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// The audit trail: verify its hash chain, or export records for an inspector.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -121,9 +129,12 @@ enum AuditCommand {
 
 #[derive(Debug, clap::Args)]
 struct QueryArgs {
-    /// The agent's config (for `historian.path`).
+    /// The agent's config (for `historian`, `[[roles]]` and `audit`).
     #[arg(short, long)]
     config: PathBuf,
+    /// Who reads (an identity named in `[[roles]]`); default the OS account.
+    #[arg(long = "as", value_name = "IDENTITY")]
+    identity: Option<String>,
     /// Only tags matching these globs (`line1.*`, `press?.temp`); repeat or separate with commas.
     #[arg(long, value_delimiter = ',')]
     points: Vec<String>,
@@ -143,6 +154,21 @@ struct QueryArgs {
     /// and bytes on disk and the time they span (the data catalogue is built on them).
     #[arg(long, conflicts_with_all = ["points", "from", "to"])]
     stats: bool,
+}
+
+impl QueryArgs {
+    fn into_request(self) -> edge_agent::access::QueryRequest {
+        edge_agent::access::QueryRequest {
+            config: self.config,
+            identity: self.identity,
+            points: self.points,
+            from: self.from,
+            to: self.to,
+            levels: self.levels,
+            format: self.format,
+            stats: self.stats,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -227,7 +253,8 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Probe(args) => probe(args),
-        Command::Query(args) => query(&args),
+        Command::Query(args) => ExitCode::from(edge_agent::access::query(&args.into_request())),
+        Command::Init { config } => ExitCode::from(edge_agent::access::init(&config)),
         Command::Audit(cmd) => audit(cmd),
         Command::Catalogue(args) => catalogue(&args),
         Command::Run {
@@ -399,139 +426,6 @@ fn probe(args: ProbeArgs) -> ExitCode {
             line.transport.describe(),
             probe::render(table, start, &reply)
         )),
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// `query`: exit 0 with the samples printed, 2 for a bad argument or config, 1 when the historian
-/// cannot be read.
-/// Records `DataQueried` (durably, in the trail beside the agent) when the selection may return
-/// important or core data.
-fn record_query(
-    args: &QueryArgs,
-    levels: &[edge_agent::model::Level],
-    from: Option<i64>,
-    to: Option<i64>,
-) -> Result<(), String> {
-    use edge_agent::audit::{append_now, rfc3339_ms, Event};
-    use edge_agent::model::Level;
-    let asked: Vec<Level> = if levels.is_empty() {
-        Level::ALL.to_vec()
-    } else {
-        levels.to_vec()
-    };
-    if asked.iter().all(|l| *l == Level::General) {
-        return Ok(());
-    }
-    let (settings, gateway) = agent_config::audit_settings(&args.config).map_err(|e| {
-        format!("{e}; important and core data are not read without an audit record")
-    })?;
-    let event = Event::DataQueried {
-        user: caller(),
-        points: args.points.clone(),
-        levels: asked.iter().map(|l| l.as_str().to_owned()).collect(),
-        from: from.map(rfc3339_ms),
-        to: to.map(rfc3339_ms),
-        scale_only: args.stats,
-    };
-    append_now(&settings.dir, &gateway, event).map(|_| ()).map_err(|e| {
-        format!("cannot record the query in the audit trail ({e}); important and core data are not read without a record")
-    })
-}
-
-/// The account running this command: `$USER`, else the numeric uid from `/proc`.
-fn caller() -> String {
-    if let Ok(user) = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")) {
-        if !user.is_empty() {
-            return user;
-        }
-    }
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().next().map(|u| format!("uid {u}")))
-        })
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
-fn query(args: &QueryArgs) -> ExitCode {
-    use edge_agent::store::query::{parse_time, Format, Selection};
-    use edge_agent::store::{HistorianReader, QueryError};
-    use std::io::Write as _;
-    let usage = |msg: String| {
-        eprintln!("error: {msg}");
-        ExitCode::from(2)
-    };
-    let now = now_ms();
-    let time = |t: &Option<String>| t.as_deref().map(|t| parse_time(t, now)).transpose();
-    let (from, to) = match (time(&args.from), time(&args.to)) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(e), _) => return usage(format!("--from {e}")),
-        (_, Err(e)) => return usage(format!("--to {e}")),
-    };
-    let mut levels = Vec::new();
-    for l in &args.levels {
-        match edge_agent::model::Level::parse(l.trim()) {
-            Some(level) => levels.push(level),
-            None => return usage(format!("--levels {l:?}: use general, important or core")),
-        }
-    }
-    let format = match Format::parse(&args.format) {
-        Ok(f) => f,
-        Err(e) => return usage(e),
-    };
-    let sel = match Selection::all().points(&args.points) {
-        Ok(s) => s.between(from, to).levels(&levels),
-        Err(e) => return usage(e),
-    };
-    let path = match agent_config::historian_path(&args.config) {
-        Ok(p) => p,
-        Err(e) => return usage(e.to_string()),
-    };
-    // Reads of important and core data leave a record first; without one, nothing is read.
-    if let Err(e) = record_query(args, &levels, from, to) {
-        eprintln!("error: {e}");
-        return ExitCode::from(1);
-    }
-    let reader = match HistorianReader::open(&path) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let result = if args.stats {
-        reader.scale().map_err(QueryError::Store).and_then(|rows| {
-            let rows: Vec<_> = rows
-                .into_iter()
-                .filter(|r| sel.wants_level(r.level))
-                .collect();
-            edge_agent::store::query::write_scale(&rows, format, &mut out)
-                .map_err(QueryError::Output)
-        })
-    } else {
-        format
-            .header(&mut out)
-            .map_err(QueryError::Output)
-            .and_then(|()| {
-                reader
-                    .query(&sel, |s| format.write(s, &mut out))
-                    .map(|_| ())
-            })
-    };
-    match result.and_then(|()| out.flush().map_err(QueryError::Output)) {
-        Ok(()) => ExitCode::SUCCESS,
-        // `query | head`: the reader chose to stop.
-        Err(QueryError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-            ExitCode::SUCCESS
-        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(1)

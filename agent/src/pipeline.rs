@@ -84,8 +84,22 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
     // The historian first: what is read must have somewhere to go before anything else can
     // delay it (the trail's open syncs and allocates its reserve). Neither runs without the
     // other: nothing is read until both are open.
-    let historian = store::Historian::spawn(&cfg.historian, &cfg.points, stats.clone())?;
+    let master = Arc::new(store::crypto::MasterKey::load(&cfg.historian.key).map_err(
+        |source| store::StoreError::Crypto {
+            path: cfg.historian.path.clone(),
+            source,
+        },
+    )?);
+    let trail_hook = store_hook::TrailHook::new(cfg.catalogue.dir.clone());
+    let historian = store::Historian::spawn(
+        &cfg.historian,
+        &cfg.points,
+        stats.clone(),
+        master,
+        trail_hook.hook(),
+    )?;
     let audit = open_audit(&cfg, &stats)?;
+    trail_hook.attach(&audit);
     // Before anything can raise one: incidents of the start are published too.
     let incident_feed = cfg.audit.publish_incidents.as_ref().map(|name| {
         let (tx, rx) = mpsc::channel(INCIDENT_FEED);
@@ -427,6 +441,7 @@ impl Router {
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub mod hot_path;
+mod store_hook;
 mod watch;
 
 /// Incident lines waiting for the router to publish them (they change state rarely).

@@ -297,6 +297,16 @@ pub fn counters_line(stats: &Stats) -> String {
     if dropped.iter().any(|n| *n > 0) {
         let _ = write!(s, " store-dropped {}", fmt3(dropped));
     }
+    let destroyed = stats.store_destroyed.snapshot();
+    if destroyed.iter().any(|n| *n > 0) {
+        let _ = write!(s, " destroyed {}", fmt3(destroyed));
+    }
+    if stats
+        .store_over_bound
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        let _ = write!(s, " HISTORIAN FULL (max_disk_mb)");
+    }
     let group_late = stats.group_late.load(std::sync::atomic::Ordering::Relaxed);
     if group_late > 0 {
         let _ = write!(s, " group-late {group_late}");

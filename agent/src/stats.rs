@@ -72,6 +72,11 @@ pub struct Stats {
     pub stored: PerLevel,
     /// Samples dropped in front of the historian (queue full or write failure).
     pub(crate) store_dropped: PerLevel,
+    /// Stored samples destroyed: retention, or the oldest general data for `max_disk_mb`.
+    pub store_destroyed: PerLevel,
+    /// The historian is over `max_disk_mb` with no general data left to destroy: new samples
+    /// of every level are not stored (an incident is open).
+    pub(crate) store_over_bound: std::sync::atomic::AtomicBool,
     /// Summaries closed.
     pub(crate) summaries: PerLevel,
     /// Modbus requests sent / failed.
@@ -103,6 +108,8 @@ impl Stats {
             bad_quality: PerLevel::default(),
             stored: PerLevel::default(),
             store_dropped: PerLevel::default(),
+            store_destroyed: PerLevel::default(),
+            store_over_bound: std::sync::atomic::AtomicBool::new(false),
             summaries: PerLevel::default(),
             requests: AtomicU64::new(0),
             request_failures: AtomicU64::new(0),

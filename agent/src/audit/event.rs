@@ -149,7 +149,48 @@ pub enum Event {
         to: Option<String>,
         /// Only the scale counters (`--stats`), no sample.
         scale_only: bool,
+        /// The identity the caller named (`--as`; default the account), and the roles that
+        /// grant it important or core data.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        identity: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        roles: Vec<String>,
     },
+    /// A query wanted important or core data its identity is not granted: nothing of it was
+    /// read or decrypted. After the query, with the tags and labels refused.
+    DataRefused {
+        user: String,
+        identity: String,
+        /// Tags with refused data (at most 100, then a count).
+        points: Vec<String>,
+        /// `level/category` labels refused.
+        labels: Vec<String>,
+        from: Option<String>,
+        to: Option<String>,
+        reason: String,
+    },
+    /// Stored samples were destroyed: whole chunks, deleted with their pages zeroed. Recorded
+    /// durably before the deletion; nothing is deleted without it.
+    DataDestroyed {
+        /// The point's tag.
+        object: String,
+        level: String,
+        category: String,
+        chunks: u64,
+        samples: u64,
+        first: String,
+        last: String,
+        /// How: `chunks deleted, secure_delete pages zeroed, WAL truncated`.
+        method: String,
+        /// `retention` (older than the level's retention) or `disk_bound` (max_disk_mb).
+        reason: String,
+        /// Who: the agent's automatic retention, by config.
+        operator: String,
+    },
+    /// `edge-agent init` created the historian's master key file.
+    HistorianKeyCreated { key_id: String, path: String },
+    /// The historian started a data key (wrapped under the master key) for new seals.
+    DataKeyStarted { data_key: u32, master_key_id: String },
     /// The destination's security assessment expires within `threshold_days` (90, 30, 7).
     AssessmentExpiring {
         destination: String,
@@ -282,6 +323,10 @@ impl Event {
             Event::AuditVerified { .. } => "AuditVerified",
             Event::CatalogueFiled { .. } => "CatalogueFiled",
             Event::CatalogueChangeDue { .. } => "CatalogueChangeDue",
+            Event::DataRefused { .. } => "DataRefused",
+            Event::DataDestroyed { .. } => "DataDestroyed",
+            Event::HistorianKeyCreated { .. } => "HistorianKeyCreated",
+            Event::DataKeyStarted { .. } => "DataKeyStarted",
         }
     }
 }

@@ -26,7 +26,7 @@ pub mod cli;
 pub mod config;
 mod filing;
 mod render;
-mod watch;
+pub(crate) mod watch;
 
 use std::path::PathBuf;
 

@@ -75,3 +75,36 @@ pub(super) fn check_once(
     })
     .map(Some)
 }
+
+/// Destroying important or core data changes what the filing describes: raises
+/// `CatalogueChangeDue` (once per filed baseline, as every change does) naming what was
+/// destroyed. `None` when nothing is filed yet.
+pub(crate) fn flag_destruction(
+    dir: &std::path::Path,
+    destroyed: Vec<(String, String)>,
+    audit: &AuditLog,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Option<Raised>, CatalogueError> {
+    let Some(baseline) = load_baseline(dir)? else {
+        return Ok(None);
+    };
+    let diff = super::Diff {
+        fields: destroyed
+            .into_iter()
+            .map(|(row, what)| super::filing::FieldChange {
+                row,
+                field: "data destroyed".into(),
+                old: String::new(),
+                new: what,
+            })
+            .collect(),
+        ..super::Diff::default()
+    };
+    raise_if_due(dir, &baseline, &diff, now_ms(), |event| {
+        runtime
+            .block_on(audit.record_durable(vec![event]))
+            .map(|_| ())
+            .map_err(CatalogueError::AuditUnavailable)
+    })
+    .map(Some)
+}

@@ -31,6 +31,8 @@ pub(crate) struct RawConfig {
     pub(crate) downgrades: Vec<RawDowngrade>,
     /// Optional: without it the agent runs, but `edge-agent catalogue` refuses to file.
     pub(crate) catalogue: Option<RawCatalogue>,
+    #[serde(default)]
+    pub(crate) roles: Vec<RawRole>,
 }
 
 /// A group summary: one summary over a named set of points (e.g. the mean furnace-zone
@@ -118,6 +120,42 @@ pub(crate) struct RawHistorian {
     pub(crate) queue_batches: usize,
     #[serde(default = "default_min_free_mb")]
     pub(crate) min_free_mb: u64,
+    /// The master key file (`edge-agent init` creates it), apart from the data.
+    #[serde(default = "default_key_path")]
+    pub(crate) key: PathBuf,
+    /// How long samples are kept, per level; none: until `max_disk_mb` needs the room (general
+    /// only) or forever (important and core).
+    #[serde(default)]
+    pub(crate) retention: RawRetention,
+    /// The historian's files (database, WAL, tail) together stay under this: the oldest general
+    /// chunks are destroyed first; important and core are never destroyed for room.
+    pub(crate) max_disk_mb: Option<u64>,
+}
+
+/// `[historian.retention]`: a duration per level (`"90d"`, `"3y"` is not humantime: `"1095d"`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetention {
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) general: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) important: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) core: Option<Duration>,
+}
+
+/// `[[roles]]`: who may read important and core data with `edge-agent query`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRole {
+    pub(crate) name: String,
+    /// Identities (`query --as NAME`, default the OS account) that hold this role.
+    pub(crate) members: Vec<String>,
+    /// Levels the role may read (general is readable by everyone).
+    pub(crate) levels: Vec<Level>,
+    /// Categories the role may read; empty or absent: all.
+    #[serde(default)]
+    pub(crate) categories: Vec<Category>,
 }
 
 impl Default for RawHistorian {
@@ -128,10 +166,16 @@ impl Default for RawHistorian {
             flush_interval: default_flush_interval(),
             queue_batches: default_queue_batches(),
             min_free_mb: default_min_free_mb(),
+            key: default_key_path(),
+            retention: RawRetention::default(),
+            max_disk_mb: None,
         }
     }
 }
 
+fn default_key_path() -> PathBuf {
+    PathBuf::from("/etc/edge-agent/historian.key")
+}
 fn default_historian_path() -> PathBuf {
     PathBuf::from("/var/lib/edge-agent/historian.db")
 }

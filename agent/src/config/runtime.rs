@@ -65,6 +65,49 @@ pub struct HistorianSettings {
     /// new samples are dropped (counted in `store_dropped`) until a commit succeeds. Not in the
     /// config file; tests lower it.
     pub(crate) max_held_bytes: usize,
+    /// The master key file: wraps the data keys that seal important and core chunks.
+    pub key: PathBuf,
+    /// Per level (by `Level::index`): samples older than this are destroyed; `None` keeps them.
+    pub retention: [Option<Duration>; 3],
+    /// The historian's files together stay under this many bytes (general destroyed first).
+    pub max_disk_bytes: Option<u64>,
+}
+
+impl HistorianSettings {
+    /// Test and tool settings for a historian at `path` sealing with the key at `key`.
+    #[must_use]
+    pub fn at(path: PathBuf, key: PathBuf) -> Self {
+        Self {
+            path,
+            batch_size: 100_000,
+            flush_interval: Duration::from_millis(500),
+            queue_batches: 1024,
+            min_free_bytes: 0,
+            max_held_bytes: crate::store::MAX_HELD_BYTES,
+            key,
+            retention: [None; 3],
+            max_disk_bytes: None,
+        }
+    }
+}
+
+/// A role of `[[roles]]`: what its members may read with `edge-agent query`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    pub name: String,
+    pub members: Vec<String>,
+    pub levels: Vec<Level>,
+    /// Empty: every category.
+    pub categories: Vec<Category>,
+}
+
+impl Role {
+    /// The role lets its members read data of `level` and `category`.
+    #[must_use]
+    pub fn grants(&self, level: Level, category: Category) -> bool {
+        self.levels.contains(&level)
+            && (self.categories.is_empty() || self.categories.contains(&category))
+    }
 }
 
 #[derive(Debug, Clone)]

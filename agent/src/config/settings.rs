@@ -80,6 +80,31 @@ pub(crate) fn historian(h: &RawHistorian, out: &mut Collector) -> HistorianSetti
     if let Some(issue) = historian_path_issue(&h.path) {
         out.err(issue);
     }
+    if let Some(issue) = key_place_issue(&h.key, &h.path) {
+        out.err(issue);
+    }
+    let r = &h.retention;
+    let retention = [r.general, r.important, r.core];
+    for (level, keep) in crate::model::Level::ALL.iter().zip(retention) {
+        if keep.is_some_and(|d| d < MIN_RETENTION) {
+            out.err(
+                ConfigIssue::new(
+                    format!("historian.retention.{}", level.as_str()),
+                    "must be at least 1h",
+                )
+                .hint("retention destroys whole chunks (up to 10 minutes of a point); e.g. \"90d\""),
+            );
+        }
+    }
+    if h.max_disk_mb.is_some_and(|mb| mb < MIN_DISK_MB) {
+        out.err(
+            ConfigIssue::new(
+                "historian.max_disk_mb",
+                format!("must be at least {MIN_DISK_MB}"),
+            )
+            .hint("the tail's preallocated segments and the WAL alone take tens of MB"),
+        );
+    }
     HistorianSettings {
         path: h.path.clone(),
         batch_size: h.batch_size.max(1),
@@ -87,7 +112,82 @@ pub(crate) fn historian(h: &RawHistorian, out: &mut Collector) -> HistorianSetti
         queue_batches: h.queue_batches.max(1),
         min_free_bytes: h.min_free_mb.saturating_mul(1 << 20),
         max_held_bytes: crate::store::MAX_HELD_BYTES,
+        key: h.key.clone(),
+        retention,
+        max_disk_bytes: h.max_disk_mb.map(|mb| mb.saturating_mul(1 << 20)),
     }
+}
+
+/// Shortest retention: a chunk spans up to 10 minutes, and retention drops whole chunks.
+const MIN_RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Smallest disk bound: two 16 MiB tail segments, the WAL's working size and some chunks.
+const MIN_DISK_MB: u64 = 64;
+
+/// The key must live apart from the data: not in the historian's directory (a copy of the
+/// data directory must not carry the key that opens it).
+fn key_place_issue(key: &Path, historian: &Path) -> Option<ConfigIssue> {
+    const KEY: &str = "historian.key";
+    if key.as_os_str().is_empty() {
+        return Some(ConfigIssue::new(KEY, "must not be empty").hint("e.g. \"/etc/edge-agent/historian.key\""));
+    }
+    let data_dir = historian.parent().filter(|d| !d.as_os_str().is_empty())?;
+    let key_dir = key.parent().unwrap_or(Path::new(""));
+    let norm = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    (norm(key_dir).starts_with(norm(data_dir))).then(|| {
+        ConfigIssue::new(
+            KEY,
+            format!(
+                "{} is inside the historian's directory {}: the key must be kept apart from the data it protects",
+                key.display(),
+                data_dir.display()
+            ),
+        )
+        .hint("e.g. \"/etc/edge-agent/historian.key\" with the data in /var/lib/edge-agent")
+    })
+}
+
+/// What `run` refuses about the key file itself (missing, exposed, malformed), for `check` and
+/// `run` alike. Only for configs read from a file: inline configs (tests, load tools) meet
+/// the same refusal when the historian opens.
+pub(crate) fn key_file_issue(key: &Path) -> Option<ConfigIssue> {
+    use crate::store::crypto::{CryptoError, MasterKey};
+    let err = MasterKey::load(key).err()?;
+    let hint = match &err {
+        CryptoError::KeyMissing { .. } => "run `edge-agent init -c <this config>` once, then back the key up apart from the data".to_owned(),
+        CryptoError::KeyExposed { .. } => format!("chmod 600 {}", key.display()),
+        _ => "restore the key from its backup; never replace it with a new one while sealed data exists".to_owned(),
+    };
+    Some(ConfigIssue::new("historian.key", err.to_string()).hint(hint))
+}
+
+/// `[[roles]]`: named, with members and at least one level; names and members unique.
+pub(crate) fn roles(raw: &[super::raw::RawRole], out: &mut Collector) -> Vec<super::runtime::Role> {
+    let mut names = std::collections::HashSet::new();
+    let mut roles = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let at = |k: &str| format!("roles[{i}].{k}");
+        if r.name.trim().is_empty() {
+            out.err(ConfigIssue::new(at("name"), "must not be empty"));
+        } else if !names.insert(r.name.clone()) {
+            out.err(ConfigIssue::new(at("name"), format!("{:?} is defined twice", r.name)));
+        }
+        if r.members.is_empty() || r.members.iter().any(|m| m.trim().is_empty()) {
+            out.err(
+                ConfigIssue::new(at("members"), "must name at least one identity, none empty")
+                    .hint("identities are what `edge-agent query --as NAME` names (default: the OS account)"),
+            );
+        }
+        if r.levels.is_empty() {
+            out.err(ConfigIssue::new(at("levels"), "must name at least one level"));
+        }
+        roles.push(super::runtime::Role {
+            name: r.name.clone(),
+            members: r.members.clone(),
+            levels: r.levels.clone(),
+            categories: r.categories.clone(),
+        });
+    }
+    roles
 }
 
 /// `[audit]`: the floors of REGULATION.md are not configurable, and the directory must be one

@@ -336,6 +336,8 @@ impl Head {
             buf.extend_from_slice(&u.bytes);
             spans.push((u.id, u.header, u.offset, u.bit_len, start..buf.len()));
         }
+        // Important and core chunks go only into the flush's sealed envelope.
+        let general = Level::General as u8;
         for (i, slot) in self.slots.iter().enumerate() {
             let Some(open) = slot.open.as_ref().filter(|o| o.dirty()) else {
                 continue;
@@ -368,6 +370,7 @@ impl Head {
                     &[]
                 },
                 bytes: &buf[range],
+                sealed: header[0] != general,
             })
             .collect()
     }

@@ -143,5 +143,5 @@ fn insert(conn: &Connection, c: Chunk) -> rusqlite::Result<()> {
         max_ts,
         block: c.enc.finish(),
     };
-    insert_chunk(conn, &sealed)
+    insert_chunk(conn, &sealed, 0, &sealed.block)
 }

@@ -30,9 +30,10 @@
 use std::path::PathBuf;
 
 pub mod codec;
-#[allow(dead_code)] // wired into the writer and reader next (issue 11, decision 0021)
 pub mod crypto;
 mod head;
+mod housekeeping;
+mod keys;
 mod migrate;
 pub mod query;
 mod reader;
@@ -43,9 +44,42 @@ mod tail;
 pub mod testkit;
 mod writer;
 
-pub use reader::{HistorianReader, QueryError, ScaleRow, StoredSample};
+pub use reader::{HistorianReader, QueryError, Refused, ScaleRow, StoredSample};
 pub use tail::TailError;
 pub(crate) use writer::{Historian, HistorianHandle, MAX_HELD_BYTES};
+
+/// What the historian reports to the rest of the agent (the audit trail records it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A data key was generated and stored wrapped (first start, or the last one retired).
+    DataKeyStarted { id: u32, master_id: String },
+    /// Chunks about to be destroyed (retention or the disk bound). The hook must make the
+    /// record durable and answer `Ok` before anything is deleted; on `Err` nothing is.
+    Destroying(Vec<Destruction>),
+}
+
+/// Chunks of one point, level and category destroyed together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destruction {
+    pub tag: String,
+    pub level: crate::model::Level,
+    pub category: crate::model::Category,
+    pub chunks: u64,
+    pub samples: u64,
+    pub first_ms: i64,
+    pub last_ms: i64,
+    /// `retention` or `disk_bound`.
+    pub reason: &'static str,
+}
+
+/// Receives [`StoreEvent`]s on the writer's thread.
+pub type StoreHook = std::sync::Arc<dyn Fn(StoreEvent) -> Result<(), String> + Send + Sync>;
+
+/// A hook that accepts everything (tools and tests without a trail).
+#[must_use]
+pub fn no_hook() -> StoreHook {
+    std::sync::Arc::new(|_| Ok(()))
+}
 
 /// Why the historian could not be opened, written or read.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +158,24 @@ pub enum StoreError {
         path: PathBuf,
         #[source]
         source: tail::TailError,
+    },
+    /// The historian's data keys were wrapped under another master key (at startup or query):
+    /// `historian.key` is not the key this historian was sealed with. Nothing was changed.
+    #[error(
+        "historian {path} was sealed with master key {expected}, but historian.key holds key \
+         {found}: restore the right key file (nothing was read or changed)"
+    )]
+    WrongKey {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    /// Keys could not be made or used: no randomness, a data key could not be stored.
+    #[error("historian {path}: {source}")]
+    Crypto {
+        path: PathBuf,
+        #[source]
+        source: crypto::CryptoError,
     },
     /// The OS refused to start the writer thread (at startup): usually a process or memory limit.
     #[error("cannot start the historian writer thread: {0}")]

@@ -15,7 +15,7 @@ use std::io::{self, Write};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use super::{ScaleRow, StoredSample};
-use crate::model::{Level, Quality, Value};
+use crate::model::{Category, Level, Quality, Value};
 
 /// Which samples to read.
 #[derive(Debug, Clone)]
@@ -26,6 +26,15 @@ pub struct Selection {
     /// Exclusive upper bound, ms since the epoch.
     pub(crate) to_ms: i64,
     levels: [bool; 3],
+    /// Per level, per `Category::ALL` index: the reader may see it. A wanted label that is not
+    /// granted is refused (counted by the reader, never read, never decrypted).
+    granted: [[bool; CATEGORIES]; 3],
+}
+
+const CATEGORIES: usize = Category::ALL.len();
+
+fn category_index(c: Category) -> usize {
+    Category::ALL.iter().position(|&x| x == c).unwrap_or(0)
 }
 
 impl Selection {
@@ -36,7 +45,29 @@ impl Selection {
             from_ms: i64::MIN,
             to_ms: i64::MAX,
             levels: [true; 3],
+            granted: [[true; CATEGORIES]; 3],
         }
+    }
+
+    /// Only labels `grants` allows; the others are refused.
+    #[must_use]
+    pub fn granted_by(mut self, grants: impl Fn(Level, Category) -> bool) -> Self {
+        for level in Level::ALL {
+            for (i, &c) in Category::ALL.iter().enumerate() {
+                self.granted[level.index()][i] = grants(level, c);
+            }
+        }
+        self
+    }
+
+    /// The reader may see data of this label.
+    pub fn is_granted(&self, level: Level, category: Category) -> bool {
+        self.granted[level.index()][category_index(category)]
+    }
+
+    /// Some data of `level` may be granted (then the key is needed to read it).
+    pub fn grants_any_of(&self, level: Level) -> bool {
+        self.levels[level.index()] && self.granted[level.index()].iter().any(|&g| g)
     }
 
     /// Only tags matching one of `patterns` (`*`, `?`, `[..]`, `{a,b}`; `*` also crosses `.`).

@@ -1,12 +1,16 @@
 //! The read side: a read-only connection, usable while the writer runs (WAL readers do not block
 //! the writer, nor it them). Not yet authorised or audited: `query` adds that on top.
 
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, Row};
 
 use super::codec::{read_header, ChunkDecoder};
+use super::crypto::{ChunkPlace, MasterKey};
 use super::head::parse_chunk_header;
+use super::keys::{KeyRing, ReadKeys};
 use super::query::Selection;
 use super::schema::{self, parse_category, parse_level};
 use super::tail::{self, tail_dir, ChunkId, Replayed};
@@ -69,19 +73,52 @@ struct PointRow {
     unit: Option<String>,
 }
 
+/// Data a query wanted and was not granted: per tag, its labels and how many chunks were left
+/// unread.
+pub type Refused = BTreeMap<String, BTreeSet<(Level, Category)>>;
+
 /// A read-only view of a historian.
 #[derive(Debug)]
 pub struct HistorianReader {
     conn: Connection,
     path: PathBuf,
+    /// The data keys, once [`unlock`](Self::unlock)ed: sealed chunks are read only with them.
+    keys: Option<ReadKeys>,
+    refused: RefCell<Refused>,
 }
 
 impl HistorianReader {
-    /// Open an existing historian read-only.
+    /// Open an existing historian read-only. Sealed (important and core) data stays unread
+    /// until [`unlock`](Self::unlock).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_owned();
         let conn = schema::open_reader(&path)?;
-        Ok(Self { conn, path })
+        Ok(Self {
+            conn,
+            path,
+            keys: None,
+            refused: RefCell::default(),
+        })
+    }
+
+    /// Unwraps the data keys with `master`, so sealed chunks can be read. A wrong key fails
+    /// here, naming both keys.
+    pub fn unlock(&mut self, master: &MasterKey) -> Result<(), StoreError> {
+        self.keys = Some(ReadKeys(KeyRing::load(&self.conn, &self.path, master)?));
+        Ok(())
+    }
+
+    /// What the queries so far wanted and were not granted (never read).
+    pub fn refused(&self) -> Refused {
+        self.refused.borrow().clone()
+    }
+
+    fn refuse(&self, tag: &str, level: Level, category: Category) {
+        self.refused
+            .borrow_mut()
+            .entry(tag.to_owned())
+            .or_default()
+            .insert((level, category));
     }
 
     /// Number of stored samples per level, indexed by `Level::index`: the committed chunks'
@@ -223,6 +260,8 @@ impl HistorianReader {
         each: &mut dyn FnMut(&StoredSample) -> std::io::Result<()>,
     ) -> Result<u64, QueryError> {
         let points = self.points()?;
+        // Committed or destroyed: a tail chunk at or below this is not open any more.
+        let floors = schema::committed_chunks(&self.conn).map_err(|e| self.read_err(e))?;
         let mut n = 0;
         for p in points.iter().filter(|p| only.is_none_or(|t| t == p.tag)) {
             if !sel.wants_tag(&p.tag) {
@@ -231,24 +270,31 @@ impl HistorianReader {
             let mut stmt = self
                 .conn
                 .prepare_cached(
-                    "SELECT chunk_seq, level, category, enc, block FROM chunks \
+                    "SELECT chunk_seq, level, category, enc, block, min_ts, max_ts FROM chunks \
                      WHERE point_id = ?1 ORDER BY chunk_seq",
                 )
                 .map_err(|e| self.read_err(e))?;
             let mut rows = stmt.query([p.id]).map_err(|e| self.read_err(e))?;
-            let mut max_seq: Option<u32> = None;
+            let mut max_seq: Option<u32> = floors.get(&p.id).copied();
             while let Some(row) = rows.next().map_err(|e| self.read_err(e))? {
                 let seq: i64 = row.get(0).map_err(|e| self.read_err(e))?;
                 max_seq = u32::try_from(seq).ok().max(max_seq);
-                let level: String = row.get(1).map_err(|e| self.read_err(e))?;
-                let category: String = row.get(2).map_err(|e| self.read_err(e))?;
-                let level = parse_level(&level)
-                    .ok_or_else(|| self.corrupt(format!("unknown level {level:?}")))?;
-                let category = parse_category(&category)
-                    .ok_or_else(|| self.corrupt(format!("unknown category {category:?}")))?;
+                let (level, category) = self.label(row)?;
                 if !sel.wants_level(level) {
                     continue;
                 }
+                let (min_ts, max_ts): (i64, i64) = (
+                    row.get(5).map_err(|e| self.read_err(e))?,
+                    row.get(6).map_err(|e| self.read_err(e))?,
+                );
+                if max_ts < sel.from_ms || min_ts >= sel.to_ms {
+                    continue;
+                }
+                if !sel.is_granted(level, category) {
+                    self.refuse(&p.tag, level, category);
+                    continue;
+                }
+                let enc: i64 = row.get(3).map_err(|e| self.read_err(e))?;
                 let block = row.get_ref(4).map_err(|e| self.read_err(e))?;
                 let block = block.as_blob().map_err(|e| {
                     self.read_err(rusqlite::Error::FromSqlConversionFailure(
@@ -257,11 +303,18 @@ impl HistorianReader {
                         Box::new(e),
                     ))
                 })?;
-                let header = read_header(block)
+                let place = ChunkPlace {
+                    point_id: p.id,
+                    chunk_seq: u32::try_from(seq).unwrap_or(u32::MAX),
+                    level,
+                    category,
+                    min_ts,
+                    max_ts,
+                };
+                let opened = self.open_block(&p.tag, enc, &place, block)?;
+                let block = opened.as_deref().unwrap_or(block);
+                read_header(block)
                     .map_err(|e| self.corrupt(format!("{} chunk {seq}: {e}", p.tag)))?;
-                if header.max_ts < sel.from_ms || header.min_ts >= sel.to_ms {
-                    continue;
-                }
                 let dec = ChunkDecoder::block(block)
                     .map_err(|e| self.corrupt(format!("{} chunk {seq}: {e}", p.tag)))?;
                 n += self.emit(p, level, category, dec, sel, each, seq)?;
@@ -286,6 +339,10 @@ impl HistorianReader {
                     ))
                 })?;
                 if !sel.wants_level(level) {
+                    continue;
+                }
+                if !sel.is_granted(level, category) {
+                    self.refuse(&p.tag, level, category);
                     continue;
                 }
                 let dec = ChunkDecoder::from_stream(&chunk.bytes, chunk.bit_len).map_err(|e| {
@@ -336,6 +393,43 @@ impl HistorianReader {
         Ok(n)
     }
 
+    /// A chunk row's level and category.
+    fn label(&self, row: &Row<'_>) -> Result<(Level, Category), StoreError> {
+        let level: String = row.get(1).map_err(|e| self.read_err(e))?;
+        let category: String = row.get(2).map_err(|e| self.read_err(e))?;
+        let level =
+            parse_level(&level).ok_or_else(|| self.corrupt(format!("unknown level {level:?}")))?;
+        let category = parse_category(&category)
+            .ok_or_else(|| self.corrupt(format!("unknown category {category:?}")))?;
+        Ok((level, category))
+    }
+
+    /// A sealed block opened (`None` for a plaintext one). Sealed data needs the keys: a query
+    /// granted it unlocks them first, so reaching here without keys is an error, never a
+    /// silent gap.
+    fn open_block(
+        &self,
+        tag: &str,
+        enc: i64,
+        place: &ChunkPlace,
+        block: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        if enc == 0 {
+            return Ok(None);
+        }
+        let Some(keys) = &self.keys else {
+            return Err(self.corrupt(format!(
+                "{tag} chunk {} is sealed and this reader holds no key (unlock the historian first)",
+                place.chunk_seq
+            )));
+        };
+        let id = u32::try_from(enc).unwrap_or(u32::MAX);
+        keys.0
+            .open_chunk(id, place, block)
+            .map(Some)
+            .map_err(|e| self.corrupt(format!("{tag}: {e}")))
+    }
+
     fn points(&self) -> Result<Vec<PointRow>, StoreError> {
         let mut stmt = self
             .conn
@@ -362,7 +456,8 @@ impl HistorianReader {
     /// The tail's open chunks. Damage in it is an error, never a silent prefix: the samples
     /// after the damaged flush would be missing from the answer without a word.
     fn read_tail(&self) -> Result<Replayed, StoreError> {
-        let replayed = tail::read(&tail_dir(&self.path)).map_err(|source| StoreError::Tail {
+        let crypto = self.keys.as_ref().map(|k| k as &dyn tail::TailCrypto);
+        let replayed = tail::read(&tail_dir(&self.path), crypto).map_err(|source| StoreError::Tail {
             path: self.path.clone(),
             source,
         })?;

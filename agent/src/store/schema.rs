@@ -9,7 +9,7 @@ use super::StoreError;
 use crate::model::{Category, Level, PointMeta};
 
 /// The schema version this code writes and reads (`PRAGMA user_version`).
-pub(super) const VERSION: i64 = 2;
+pub(super) const VERSION: i64 = 3;
 
 /// How long a connection waits for a lock held by another connection (a reader's WAL recovery,
 /// a checkpoint) before failing: generous, because failing a write drops data.
@@ -51,6 +51,23 @@ CREATE INDEX samples_level_ts ON samples(level, ts_ms);
 CREATE INDEX samples_point_ts ON samples(point_id, ts_ms);
 ";
 
+/// Schema 3: the data keys that seal important and core chunks, wrapped under the master key
+/// (decision 0021). `seals`: how many seals the key has made, so it retires before its nonce
+/// budget runs out.
+const KEYS_TABLE: &str = "
+CREATE TABLE keys (
+    id         INTEGER PRIMARY KEY,
+    wrapped    BLOB NOT NULL,
+    master_id  TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    seals      INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE destroyed (
+    point_id INTEGER PRIMARY KEY REFERENCES points(id),
+    max_seq  INTEGER NOT NULL
+);
+";
+
 /// Schema 2: compressed chunks (docs/decisions/0014-historian-chunks.md).
 const CHUNK_TABLES: &str = "
 CREATE TABLE chunks (
@@ -81,7 +98,7 @@ CREATE TABLE scale (
 
 const INSERT_CHUNK: &str = "
 INSERT INTO chunks (point_id, chunk_seq, level, category, min_ts, max_ts, count, enc, block)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)";
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
 const UPSERT_SCALE: &str = "
 INSERT INTO scale (level, category, records, chunks, bytes, first_ts, last_ts)
@@ -135,6 +152,9 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     // loss. NORMAL would only risk the last commits, but those are ones we already reported as
     // stored. Batching keeps the fsync rate low (see ADR 0003).
     conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(open_err)?;
+    // Deleted and rewritten cells are zeroed: a destroyed chunk is not left in free pages.
+    conn.pragma_update(None, "secure_delete", "ON")
         .map_err(open_err)?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(open_err)?;
@@ -204,7 +224,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         // instead of being written into. Schema 1's `samples` table is created too, empty, so
         // a new file and a migrated one have the same tables.
         let sql = format!(
-            "BEGIN IMMEDIATE; {SCHEMA_V1} {CHUNK_TABLES} DROP INDEX samples_level_ts; \
+            "BEGIN IMMEDIATE; {SCHEMA_V1} {CHUNK_TABLES} {KEYS_TABLE} DROP INDEX samples_level_ts; \
              DROP INDEX samples_point_ts; DROP TABLE samples; PRAGMA user_version = {VERSION}; COMMIT;"
         );
         if let Err(source) = conn.execute_batch(&sql) {
@@ -215,14 +235,27 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         }
     }
     if version == 1 {
-        super::migrate::v1_to_v2(conn, path, CHUNK_TABLES, VERSION)?;
+        let tables = format!("{CHUNK_TABLES} {KEYS_TABLE}");
+        super::migrate::v1_to_v2(conn, path, &tables, VERSION)?;
+    }
+    if version == 2 {
+        let sql = format!("BEGIN IMMEDIATE; {KEYS_TABLE} PRAGMA user_version = {VERSION}; COMMIT;");
+        if let Err(source) = conn.execute_batch(&sql) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(open_err(source));
+        }
     }
     Ok(())
 }
 
 /// Insert one sealed chunk and add it to its level's and category's scale counters (the writer's
 /// commits and the schema 1 conversion; the caller holds the transaction).
-pub(super) fn insert_chunk(conn: &Connection, c: &super::head::Sealed) -> rusqlite::Result<()> {
+pub(super) fn insert_chunk(
+    conn: &Connection,
+    c: &super::head::Sealed,
+    enc: u32,
+    block: &[u8],
+) -> rusqlite::Result<()> {
     conn.prepare_cached(INSERT_CHUNK)?.execute(params![
         c.point,
         c.chunk_seq,
@@ -231,25 +264,32 @@ pub(super) fn insert_chunk(conn: &Connection, c: &super::head::Sealed) -> rusqli
         c.min_ts,
         c.max_ts,
         c.count,
-        &c.block,
+        enc,
+        block,
     ])?;
     conn.prepare_cached(UPSERT_SCALE)?.execute(params![
         c.level.as_str(),
         c.category.as_str(),
         c.count,
         1,
-        i64::try_from(c.block.len()).unwrap_or(i64::MAX),
+        i64::try_from(block.len()).unwrap_or(i64::MAX),
         c.min_ts,
         c.max_ts,
     ])?;
     Ok(())
 }
 
-/// The highest committed chunk sequence of every point that has chunks.
+/// The highest committed (or destroyed) chunk sequence of every point that has had chunks.
 pub(super) fn committed_chunks(
     conn: &Connection,
 ) -> rusqlite::Result<std::collections::HashMap<u32, u32>> {
-    let mut stmt = conn.prepare("SELECT point_id, MAX(chunk_seq) FROM chunks GROUP BY point_id")?;
+    // Destroyed chunks keep their numbers taken: a point never reuses a chunk sequence, and
+    // the tail never resurrects a destroyed chunk.
+    let mut stmt = conn.prepare(
+        "SELECT point_id, MAX(s) FROM (SELECT point_id, MAX(chunk_seq) AS s FROM chunks \
+         GROUP BY point_id UNION ALL SELECT point_id, max_seq AS s FROM destroyed) \
+         GROUP BY point_id",
+    )?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))?;
     let mut out = std::collections::HashMap::new();
     for row in rows {

@@ -66,7 +66,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
 
-use format::{End, SegmentHeader, SegmentState, BATCH_HEADER_LEN, SEGMENT_HEADER_LEN};
+pub(crate) use format::TailCrypto;
+use format::{End, SegmentHeader, SegmentState, BATCH_HEADER_LEN, SEALED_POINT, SEGMENT_HEADER_LEN};
 
 /// One open chunk's bytes from `offset` to its end, as of one flush.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +83,8 @@ pub(crate) struct Fragment<'a> {
     pub(crate) header: &'a [u8],
     /// Chunk bytes `offset..ceil(bit_len / 8)`.
     pub(crate) bytes: &'a [u8],
+    /// An important or core chunk's: written only inside the flush's sealed envelope.
+    pub(crate) sealed: bool,
 }
 
 /// Identifies a chunk: a point's `chunk_seq`-th chunk.
@@ -127,6 +130,8 @@ pub(crate) struct ReplayStats {
     pub(crate) incomplete_chunks: u64,
     /// Segments released by the writer while a reader was listing them (reader only).
     pub(crate) vanished_segments: u32,
+    /// Sealed envelopes skipped because this reader holds no keys.
+    pub(crate) sealed_skipped: u64,
 }
 
 /// What replay rebuilt.
@@ -286,7 +291,12 @@ struct Closed {
 
 impl Closed {
     fn new(number: u64, path: PathBuf, state: &SegmentState) -> Self {
-        let touched = state.iter().map(|(p, st)| (*p, st.max_seq)).collect();
+        // The envelope's entry is framing, not a point: it never pins a segment.
+        let touched = state
+            .iter()
+            .filter(|(p, _)| **p != SEALED_POINT)
+            .map(|(p, st)| (*p, st.max_seq))
+            .collect();
         Self {
             number,
             path,
@@ -327,7 +337,11 @@ impl Outcome {
 /// Reads segments in order and rebuilds the chunks. `reader` selects the read-only rules: a
 /// vanished segment restarts the state, and a bad record at the very end of the last segment is
 /// an append in progress, not damage.
-fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
+fn replay(
+    logs: &[(u64, PathBuf)],
+    reader: bool,
+    crypto: Option<&dyn TailCrypto>,
+) -> Result<Outcome, TailError> {
     let mut out = Outcome {
         replayed: Replayed::default(),
         kept: Vec::new(),
@@ -395,7 +409,7 @@ fn replay(logs: &[(u64, PathBuf)], reader: bool) -> Result<Outcome, TailError> {
             .and_then(|(_, next)| header_of(next))
             .map(|h| h.first_seq);
         let (state, applied, mut stop) =
-            apply_batches(&bytes, &scan, limit, &mut out.replayed, &mut broken);
+            apply_batches(&bytes, &scan, limit, &mut out.replayed, &mut broken, crypto);
         // A reader classifies the end too: an append in progress is always the last thing in
         // the file, so a valid batch of this generation after a bad one means damage, not a
         // write in flight.
@@ -443,22 +457,22 @@ fn apply_batches(
     limit: Option<u64>,
     replayed: &mut Replayed,
     broken: &mut HashSet<ChunkId>,
+    crypto: Option<&dyn TailCrypto>,
 ) -> (SegmentState, u64, Option<(u64, String)>) {
     let mut state = SegmentState::new();
     let mut applied = 0u64;
     let take = limit.map_or(usize::MAX, |l| {
         usize::try_from(l.saturating_sub(scan.header.first_seq)).unwrap_or(usize::MAX)
     });
-    for range in scan.batches.iter().take(take) {
-        match format::decode_batch(&bytes[range.clone()], &mut state) {
-            Ok(fragments) => {
-                applied += 1;
-                replayed.stats.batches += 1;
-                replayed.stats.fragments += fragments.len() as u64;
-                for f in fragments {
-                    apply(replayed, broken, &f);
-                }
-            }
+    for (i, range) in scan.batches.iter().enumerate().take(take) {
+        let seq = scan.header.first_seq + i as u64;
+        let at = Envelope {
+            salt: scan.header.salt,
+            seq,
+            crypto,
+        };
+        match apply_batch(&bytes[range.clone()], &at, &mut state, replayed, broken) {
+            Ok(()) => applied += 1,
             Err(detail) => {
                 return (
                     state,
@@ -469,6 +483,54 @@ fn apply_batches(
         }
     }
     (state, applied, None)
+}
+
+/// Where a batch sits (for its envelope's associated data) and what opens envelopes.
+struct Envelope<'c> {
+    salt: u32,
+    seq: u64,
+    crypto: Option<&'c dyn TailCrypto>,
+}
+
+/// Decodes one batch, opens its envelope if it has one, and applies it, all or nothing:
+/// `replayed` changes only when the whole batch (envelope included) decodes. Without keys
+/// (a reader not granted sealed data) the envelope is skipped and counted.
+fn apply_batch(
+    payload: &[u8],
+    at: &Envelope<'_>,
+    state: &mut SegmentState,
+    replayed: &mut Replayed,
+    broken: &mut HashSet<ChunkId>,
+) -> Result<(), String> {
+    // Not a trial copy (a clone per batch would cost O(points) each): a batch that fails
+    // stops the replay, and the failed batch's entries in `state` only make release more
+    // conservative.
+    let trial = state;
+    let fragments = format::decode_batch(payload, trial)?;
+    let inner = match fragments.iter().find(|f| f.point_id == SEALED_POINT) {
+        None => None,
+        Some(env) => match at.crypto {
+            None => None,
+            Some(c) => c
+                .open(env.chunk_seq, &format::envelope_aad(at.salt, at.seq), env.bytes)
+                .map_err(|e| format!("sealed envelope (data key {}): {e}", env.chunk_seq))?,
+        },
+    };
+    let inner_fragments = match &inner {
+        Some(b) => format::decode_batch(b, trial)
+            .map_err(|e| format!("inside the sealed envelope: {e}"))?,
+        None => Vec::new(),
+    };
+    let sealed_skipped = fragments.iter().any(|f| f.point_id == SEALED_POINT) && inner.is_none();
+    replayed.stats.batches += 1;
+    replayed.stats.sealed_skipped += u64::from(sealed_skipped);
+    replayed.stats.fragments += (fragments.len() + inner_fragments.len()) as u64;
+    for f in fragments.iter().chain(&inner_fragments) {
+        if f.point_id != SEALED_POINT {
+            apply(replayed, broken, f);
+        }
+    }
+    Ok(())
 }
 
 /// A segment's header, if the file and its header can be read.
@@ -549,7 +611,7 @@ fn apply(replayed: &mut Replayed, broken: &mut HashSet<ChunkId>, f: &format::Dec
 /// meanwhile is skipped (its chunks are in `SQLite`). The result may include a flush whose fsync
 /// has not yet returned: valid bytes, which a power cut could still take back. A missing
 /// directory reads as an empty tail.
-pub(crate) fn read(dir: &Path) -> Result<Replayed, TailError> {
+pub(crate) fn read(dir: &Path, crypto: Option<&dyn TailCrypto>) -> Result<Replayed, TailError> {
     let listing = match list(dir) {
         Ok(l) => l,
         Err(TailError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -557,7 +619,7 @@ pub(crate) fn read(dir: &Path) -> Result<Replayed, TailError> {
         }
         Err(e) => return Err(e),
     };
-    Ok(replay(&listing.logs, true)?.replayed)
+    Ok(replay(&listing.logs, true, crypto)?.replayed)
 }
 
 /// The segment being appended to.
@@ -593,15 +655,28 @@ pub(crate) struct Tail {
     next_number: u64,
     next_seq: u64,
     buf: Vec<u8>,
+    /// Seals the important and core fragments of each flush; `None`: plaintext only (tests).
+    crypto: Option<Box<dyn TailCrypto>>,
 }
 
 impl Tail {
     /// Locks the tail at `dir` (created if missing), replays it, sets aside what follows any
     /// corruption, and starts a fresh segment for appends. `now` starts the segment's age.
+    #[cfg(test)]
     pub(crate) fn open(
         dir: &Path,
         config: TailConfig,
         now: Instant,
+    ) -> Result<(Tail, Replayed), TailError> {
+        Self::open_sealed(dir, config, now, None)
+    }
+
+    /// [`open`](Self::open), sealing and opening envelopes with `crypto`.
+    pub(crate) fn open_sealed(
+        dir: &Path,
+        config: TailConfig,
+        now: Instant,
+        crypto: Option<Box<dyn TailCrypto>>,
     ) -> Result<(Tail, Replayed), TailError> {
         fs::create_dir_all(dir).map_err(|source| TailError::CreateDir {
             path: dir.to_owned(),
@@ -628,7 +703,7 @@ impl Tail {
         for tmp in &listing.temps {
             fs::remove_file(tmp).map_err(io_err("remove unfinished segment", tmp))?;
         }
-        let mut outcome = replay(&listing.logs, false)?;
+        let mut outcome = replay(&listing.logs, false, crypto.as_deref())?;
         let stats = &mut outcome.replayed.stats;
         for path in &outcome.after_corruption {
             let mut aside = path.clone().into_os_string();
@@ -673,6 +748,7 @@ impl Tail {
             next_number: next_number + 1,
             next_seq,
             buf: Vec::new(),
+            crypto,
         };
         Ok((tail, outcome.replayed))
     }
@@ -734,6 +810,7 @@ impl Tail {
             self.next_seq,
             fragments,
             &mut state,
+            self.crypto.as_deref_mut().map(|c| c as &mut dyn TailCrypto),
         )
         .map_err(|detail| TailError::InvalidFragment { detail })?;
         Ok(state)

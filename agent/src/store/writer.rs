@@ -16,10 +16,13 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, TransactionBehavior};
 use tracing::{debug, error, info, warn};
 
+use super::crypto::{ChunkPlace, MasterKey};
 use super::head::{Head, SealPolicy, Sealed};
+use super::housekeeping;
+use super::keys::{KeyRing, SharedRing};
 use super::schema;
 use super::tail::{tail_dir, Replayed, Tail, TailConfig, TailError};
-use super::StoreError;
+use super::{StoreError, StoreEvent, StoreHook};
 use crate::config::HistorianSettings;
 use crate::drop_log::{DropLog, DropReport};
 use crate::model::{Level, PointMeta};
@@ -79,6 +82,17 @@ pub(crate) struct Historian {
     /// The last commit failed: early commits (by size) wait for the commit interval instead of
     /// retrying on every batch.
     commit_failing: bool,
+    /// Per level: samples older than this are destroyed.
+    retention: [Option<Duration>; 3],
+    /// The files' bound (`max_disk_mb`), and whether it is reached with nothing general left.
+    max_disk: Option<u64>,
+    over_bound: bool,
+    /// Destructions that could not be recorded (or deleted), aggregated for the log.
+    destroy_failures: DropLog,
+    /// The data keys, shared with the tail (which seals each flush's envelope).
+    ring: SharedRing,
+    master: Arc<MasterKey>,
+    hook: Hook,
     /// Held (locked) for the writer's whole life; the OS releases the lock when it is closed,
     /// including when the process dies.
     _lock: File,
@@ -162,8 +176,16 @@ impl Historian {
         settings: &HistorianSettings,
         points: &[Arc<PointMeta>],
         stats: Arc<Stats>,
+        master: Arc<MasterKey>,
+        hook: StoreHook,
     ) -> Result<HistorianHandle, StoreError> {
-        Self::spawn_gated(settings, points, stats, None, None, None)
+        Self::spawn_gated(
+            settings,
+            points,
+            stats,
+            Keys { master, hook },
+            Gates::default(),
+        )
     }
 
     /// [`Historian::spawn`], with a gate the writer waits on before its first receive (tests use it
@@ -173,10 +195,15 @@ impl Historian {
         settings: &HistorianSettings,
         points: &[Arc<PointMeta>],
         stats: Arc<Stats>,
-        gate: Option<Receiver<()>>,
-        max_pages: Option<u64>,
-        space: Option<SpaceProbe>,
+        keys: Keys,
+        gates: Gates,
     ) -> Result<HistorianHandle, StoreError> {
+        let Gates {
+            gate,
+            max_pages,
+            space,
+        } = gates;
+        let Keys { master, hook } = keys;
         let path = settings.path.clone();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
@@ -187,7 +214,28 @@ impl Historian {
         // Lock before touching the database, so a second writer never even migrates it.
         let lock = lock_writer(&path)?;
         let mut conn = schema::open_writer(&path)?;
+        // The key is checked before anything is written: a wrong key changes nothing.
+        let mut ring = KeyRing::load(&conn, &path, &master)?;
         let known_ids = schema::upsert_points(&mut conn, &path, points)?;
+        let crypto_err = |source| StoreError::Crypto {
+            path: path.clone(),
+            source,
+        };
+        if let Some(id) = ring
+            .ensure_current(&conn, &master, crate::model::now_ms())
+            .map_err(crypto_err)?
+        {
+            hook(StoreEvent::DataKeyStarted {
+                id,
+                master_id: master.id().to_owned(),
+            })
+            .map_err(|e| crypto_err(super::crypto::CryptoError::KeyInvalid {
+                path: path.clone(),
+                reason: format!("data key {id} started but not recorded: {e}"),
+            }))?;
+        }
+        seal_plaintext(&conn, &path, &mut ring)?;
+        let ring = SharedRing::new(ring);
         if let Some(pages) = max_pages {
             // SQLite answers SQLITE_FULL ("database or disk is full") past this size, exactly as
             // on a full disk. The pragma is per connection, so only this writer is capped.
@@ -207,13 +255,16 @@ impl Historian {
             source,
         })?;
         let now = Instant::now();
-        let (tail, replayed) =
-            Tail::open(&tail_dir(&path), TailConfig::default(), now).map_err(|source| {
-                StoreError::Tail {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
+        let (tail, replayed) = Tail::open_sealed(
+            &tail_dir(&path),
+            TailConfig::default(),
+            now,
+            Some(Box::new(ring.clone())),
+        )
+        .map_err(|source| StoreError::Tail {
+            path: path.clone(),
+            source,
+        })?;
         let policy = SealPolicy::for_points(points.len());
         let (head, unusable) = restore_head(&path, &committed, &replayed, policy);
         // Damage found on open: the trail's `store_integrity` incident reads this.
@@ -257,6 +308,13 @@ impl Historian {
             max_held_bytes: settings.max_held_bytes,
             held: DropLog::new(FAILURE_LOG_PERIOD),
             commit_failing: false,
+            retention: settings.retention,
+            max_disk: settings.max_disk_bytes,
+            over_bound: false,
+            destroy_failures: DropLog::new(FAILURE_LOG_PERIOD),
+            ring,
+            master,
+            hook: Hook(hook),
             _lock: lock,
         };
         let (tx, rx) = sync_channel(settings.queue_batches.max(1));
@@ -421,6 +479,12 @@ impl Historian {
         // One clock read per batch, not per sample: chunk ages are minutes.
         let now_ms = self.clock_ms();
         for t in batch {
+            if self.over_bound {
+                // At max_disk_mb with nothing general left to destroy: nothing fits. Logged
+                // once on the state change; counted (and an incident) per sample.
+                self.stats.store_dropped.add(t.level(), 1);
+                continue;
+            }
             if self.space.low && t.level() == Level::General {
                 shed.add(Level::General, 1);
                 continue;
@@ -505,9 +569,12 @@ impl Historian {
         // The tail must hold everything the commit is about to take out of memory.
         self.flush(now);
         if self.head.sealed().is_empty() {
+            // An idle historian still expires data.
+            self.housekeeping(now);
             return;
         }
-        match write_chunks(&mut self.conn, self.head.sealed()) {
+        self.rotate_key();
+        match write_chunks(&mut self.conn, self.head.sealed(), &self.ring) {
             Ok(()) => {
                 for c in self.head.sealed() {
                     let seq = self.committed.entry(c.point).or_insert(c.chunk_seq);
@@ -526,6 +593,7 @@ impl Historian {
                 if let Err(e) = self.tail.release(|p| committed.get(&p).copied()) {
                     warn!(path = %self.path.display(), error = %e, "Cannot release historian tail segments; retrying at the next commit.");
                 }
+                self.housekeeping(now);
             }
             Err(source) => {
                 // Rolled back: the chunks stay sealed in memory and in the tail; retried at the
@@ -553,6 +621,144 @@ impl Historian {
         })?;
         info!(path = %path.display(), "Historian closed.");
         Ok(())
+    }
+}
+
+impl Historian {
+    /// After a commit: destroy what retention and the disk bound ask for. Also runs when
+    /// nothing was sealed (an idle historian still expires data): see `run`.
+    fn housekeeping(&mut self, now: Instant) {
+        let now_ms = crate::model::now_ms();
+        for level in Level::ALL {
+            let Some(keep) = self.retention[level.index()] else {
+                continue;
+            };
+            let cutoff = now_ms.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
+            match housekeeping::expired(&self.conn, level, cutoff) {
+                Ok(v) if !v.is_empty() => self.destroy(&v, "retention", now),
+                Ok(_) => {}
+                Err(e) => self.destroy_failed(now, level, &e.to_string()),
+            }
+        }
+        self.enforce_bound(now);
+    }
+
+    /// Over `max_disk_mb`: the oldest general chunks go, down to 15/16 of the bound. With none
+    /// left and still over, no sample of any level is stored until there is room again (the
+    /// `store_capacity` incident says so).
+    fn enforce_bound(&mut self, now: Instant) {
+        let Some(max) = self.max_disk else { return };
+        let used = housekeeping::disk_used(&self.conn, &self.path);
+        if used > max {
+            let free = used - max / 16 * 15;
+            match housekeeping::oldest_general(&self.conn, free) {
+                Ok(v) if !v.is_empty() => self.destroy(&v, "disk_bound", now),
+                Ok(_) => {}
+                Err(e) => self.destroy_failed(now, Level::General, &e.to_string()),
+            }
+        }
+        let over = housekeeping::disk_used(&self.conn, &self.path) > max;
+        if over != self.over_bound {
+            self.over_bound = over;
+            self.stats
+                .store_over_bound
+                .store(over, std::sync::atomic::Ordering::Relaxed);
+            if over {
+                error!(path = %self.path.display(), max_disk_mb = max >> 20, "Historian is at max_disk_mb with no general data left to destroy: new samples of EVERY level, important and core included, are not stored (counted in store_dropped, incident store_capacity). Raise historian.max_disk_mb or shorten the retention of important and core data.");
+            } else {
+                info!(path = %self.path.display(), "Historian is under max_disk_mb again: samples are stored.");
+            }
+        }
+    }
+
+    /// Records, then deletes. Without a record nothing is deleted.
+    fn destroy(&mut self, victims: &[housekeeping::Victim], reason: &'static str, now: Instant) {
+        let described = housekeeping::describe(victims, reason);
+        let level = described.first().map_or(Level::General, |d| d.level);
+        if let Err(e) = (self.hook.0)(StoreEvent::Destroying(described)) {
+            self.destroy_failed(now, level, &format!("not recorded, so not destroyed: {e}"));
+            return;
+        }
+        match housekeeping::delete(&mut self.conn, &self.path, victims) {
+            Ok(per_level) => {
+                for l in Level::ALL {
+                    self.stats.store_destroyed.add(l, per_level[l.index()]);
+                }
+                if let Some(report) = self.destroy_failures.finish(now) {
+                    self.log_destroy_failures(report);
+                }
+                info!(path = %self.path.display(), reason, chunks = victims.len(), general = per_level[0], important = per_level[1], core = per_level[2], "Historian data destroyed (recorded in the audit trail as DataDestroyed).");
+            }
+            Err(e) => self.destroy_failed(now, level, &e.to_string()),
+        }
+    }
+
+    fn destroy_failed(&mut self, now: Instant, level: Level, error: &str) {
+        self.last_error = Some(error.to_owned());
+        let mut counts = LevelCounts::default();
+        counts.add(level, 1);
+        if let Some(report) = self.destroy_failures.record(now, &counts) {
+            self.log_destroy_failures(report);
+        }
+    }
+
+    fn log_destroy_failures(&self, report: DropReport) {
+        let path = self.path.display();
+        let error = self.last_error.as_deref().unwrap_or("unknown");
+        match report {
+            DropReport::Started(_) => warn!(path = %path, error, "Historian data due for destruction (retention or max_disk_mb) was kept: it could not be recorded or deleted; retried at every commit, summarised every {} s.", FAILURE_LOG_PERIOD.as_secs()),
+            DropReport::Summary { counts, period } => warn!(path = %path, error, "Historian destruction still failing: {counts} passes in the last {} s.", period.as_secs()),
+            DropReport::Stopped { total, lasted } => info!(path = %path, "Historian destruction works again after {total} failed passes over {} s.", lasted.as_secs()),
+        }
+    }
+}
+
+/// The store's hook, in a `Debug` wrapper.
+struct Hook(StoreHook);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
+}
+
+/// The keys a writer seals with, and where it reports key and destruction events.
+pub(super) struct Keys {
+    pub(super) master: Arc<MasterKey>,
+    pub(super) hook: StoreHook,
+}
+
+/// Test controls of [`Historian::spawn_gated`]: a gate the writer waits on before its first
+/// receive (to fill the queue deterministically), a cap on the database's pages (a "full"
+/// disk), and a free-space probe.
+#[derive(Default)]
+pub(super) struct Gates {
+    pub(super) gate: Option<Receiver<()>>,
+    pub(super) max_pages: Option<u64>,
+    pub(super) space: Option<SpaceProbe>,
+}
+
+impl Historian {
+    /// Starts the next data key when the current one has made its share of seals (once per
+    /// 2^28 seals: practically never). A failure keeps the current key and is logged.
+    fn rotate_key(&mut self) {
+        let started = self
+            .ring
+            .lock()
+            .ensure_current(&self.conn, &self.master, crate::model::now_ms());
+        match started {
+            Ok(Some(id)) => {
+                info!(path = %self.path.display(), key = id, "Historian data key retired after its seal budget; a new one seals from now on.");
+                let _ = (self.hook.0)(StoreEvent::DataKeyStarted {
+                    id,
+                    master_id: self.master.id().to_owned(),
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(path = %self.path.display(), error = %e, "Cannot start a new historian data key; the current one seals on.");
+            }
+        }
     }
 }
 
@@ -600,12 +806,117 @@ fn restore_head(
     (head, unusable)
 }
 
-fn write_chunks(conn: &mut Connection, chunks: &[Sealed]) -> rusqlite::Result<()> {
+/// Inserts `chunks`, important and core ones sealed to their place, and saves the current data
+/// key's seal count, in one transaction.
+fn write_chunks(conn: &mut Connection, chunks: &[Sealed], ring: &SharedRing) -> rusqlite::Result<()> {
+    let mut ring = ring.lock();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for c in chunks {
-        schema::insert_chunk(&tx, c)?;
+        if c.level == Level::General {
+            schema::insert_chunk(&tx, c, 0, &c.block)?;
+        } else {
+            let (id, sealed) = ring
+                .seal_chunk(&place_of(c), &c.block)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            schema::insert_chunk(&tx, c, id, &sealed)?;
+        }
     }
-    tx.commit()
+    let unsaved = ring.take_unsaved();
+    let saved = (|| {
+        if let Some((id, n)) = unsaved {
+            tx.execute(
+                "UPDATE keys SET seals = seals + ?2 WHERE id = ?1",
+                rusqlite::params![id, i64::try_from(n).unwrap_or(i64::MAX)],
+            )?;
+        }
+        tx.commit()
+    })();
+    if saved.is_err() {
+        if let Some((_, n)) = unsaved {
+            ring.restore_unsaved(n);
+        }
+    }
+    saved
+}
+
+/// Where a sealed chunk belongs: what its ciphertext is bound to.
+fn place_of(c: &Sealed) -> ChunkPlace {
+    ChunkPlace {
+        point_id: c.point,
+        chunk_seq: c.chunk_seq,
+        level: c.level,
+        category: c.category,
+        min_ts: c.min_ts,
+        max_ts: c.max_ts,
+    }
+}
+
+/// Seals the important and core chunks a version without encryption left in plaintext (a
+/// historian from before schema 3), in one transaction; the WAL is then truncated so no
+/// plaintext copy stays in it. `secure_delete` zeroes the old cells.
+fn seal_plaintext(conn: &Connection, path: &Path, ring: &mut KeyRing) -> Result<(), StoreError> {
+    let write = |source| StoreError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let tx = conn.unchecked_transaction().map_err(write)?;
+    let mut sealed = 0u64;
+    {
+        let mut select = tx
+            .prepare(
+                "SELECT id, point_id, chunk_seq, level, category, min_ts, max_ts, block FROM chunks \
+                 WHERE enc = 0 AND level != 'general'",
+            )
+            .map_err(write)?;
+        let mut rows = select.query([]).map_err(write)?;
+        while let Some(r) = rows.next().map_err(write)? {
+            let corrupt = |detail: String| StoreError::Corrupt {
+                path: path.to_owned(),
+                detail,
+            };
+            let level: String = r.get(3).map_err(write)?;
+            let category: String = r.get(4).map_err(write)?;
+            let place = ChunkPlace {
+                point_id: u32::try_from(r.get::<_, i64>(1).map_err(write)?).unwrap_or(u32::MAX),
+                chunk_seq: u32::try_from(r.get::<_, i64>(2).map_err(write)?).unwrap_or(u32::MAX),
+                level: schema::parse_level(&level)
+                    .ok_or_else(|| corrupt(format!("unknown level {level:?}")))?,
+                category: schema::parse_category(&category)
+                    .ok_or_else(|| corrupt(format!("unknown category {category:?}")))?,
+                min_ts: r.get(5).map_err(write)?,
+                max_ts: r.get(6).map_err(write)?,
+            };
+            let block: Vec<u8> = r.get(7).map_err(write)?;
+            let (key, bytes) = ring
+                .seal_chunk(&place, &block)
+                .map_err(|source| StoreError::Crypto {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            let id: i64 = r.get(0).map_err(write)?;
+            tx.execute(
+                "UPDATE chunks SET enc = ?2, block = ?3 WHERE id = ?1",
+                rusqlite::params![id, key, bytes],
+            )
+            .map_err(write)?;
+            sealed += 1;
+        }
+    }
+    if sealed == 0 {
+        return Ok(());
+    }
+    if let Some((id, n)) = ring.take_unsaved() {
+        tx.execute(
+            "UPDATE keys SET seals = seals + ?2 WHERE id = ?1",
+            rusqlite::params![id, i64::try_from(n).unwrap_or(i64::MAX)],
+        )
+        .map_err(write)?;
+    }
+    tx.commit().map_err(write)?;
+    // Best effort: a reader holding a snapshot delays the truncation to a later checkpoint.
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    info!(path = %path.display(), chunks = sealed, "Sealed the important and core chunks an earlier version stored in plaintext.");
+    Ok(())
 }
 
 /// Take the exclusive lock `<db>.lock`, or say who holds it.

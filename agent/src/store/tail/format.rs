@@ -120,20 +120,98 @@ pub(super) fn byte_len(bit_len: u64) -> u64 {
     bit_len.div_ceil(8)
 }
 
+/// The point id of a sealed envelope: a fragment whose `chunk_seq` is the data key's id and
+/// whose bytes are the sealed encoding of the batch's important and core fragments. Never a
+/// real point (store ids are assigned from 1 by `SQLite`).
+pub(crate) const SEALED_POINT: u32 = u32::MAX;
+
+/// Seals and opens envelopes for the tail (the historian's data keys, decision 0021).
+pub(crate) trait TailCrypto: Send + std::fmt::Debug {
+    /// Seals `plain` bound to `aad`; returns the data key's id and the sealed bytes.
+    fn seal(&mut self, aad: &[u8], plain: &[u8]) -> Result<(u32, Vec<u8>), String>;
+    /// Opens an envelope sealed under data key `key_id`. `Ok(None)`: this reader holds no keys
+    /// (the envelope is skipped); `Err`: it does not open (damage, or the wrong key).
+    fn open(&self, key_id: u32, aad: &[u8], sealed: &[u8]) -> Result<Option<Vec<u8>>, String>;
+}
+
+/// What an envelope is bound to: its segment generation and batch, so it opens nowhere else.
+pub(super) fn envelope_aad(salt: u32, seq: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(b"EAT1");
+    b[4..8].copy_from_slice(&salt.to_le_bytes());
+    b[8..16].copy_from_slice(&seq.to_le_bytes());
+    b
+}
+
 /// Appends one batch frame (header and payload) for `fragments` to `out`, updating `state` as the
 /// decoder will. Fragments are validated first; on error nothing useful is left in `out` and the
 /// caller must discard `state` (it works on a copy).
+///
+/// Sealed fragments (important and core chunks) are encoded after the plain ones, sealed as one
+/// envelope with `crypto`, and the envelope is the batch's last fragment: one nonce and tag per
+/// flush, not per fragment. They share `state` with the plain ones (a point is either sealed or
+/// plain for a writer's whole run, and each run starts a new segment), so compact framing and
+/// release tracking work the same inside the envelope.
 pub(super) fn encode_batch(
     out: &mut Vec<u8>,
     salt: u32,
     seq: u64,
     fragments: &[Fragment<'_>],
     state: &mut SegmentState,
+    crypto: Option<&mut (dyn TailCrypto + '_)>,
 ) -> Result<(), String> {
     let start = out.len();
     out.extend_from_slice(&[0u8; BATCH_HEADER_LEN]);
     let mut prev_point = 0u32;
-    for f in fragments {
+    for f in fragments.iter().filter(|f| !f.sealed) {
+        put_fragment(out, f, state, &mut prev_point)?;
+    }
+    if fragments.iter().any(|f| f.sealed) {
+        let crypto = crypto.ok_or_else(|| {
+            "important or core fragments to flush, and no key to seal them with".to_owned()
+        })?;
+        let mut inner = Vec::new();
+        let mut inner_prev = 0u32;
+        for f in fragments.iter().filter(|f| f.sealed) {
+            put_fragment(&mut inner, f, state, &mut inner_prev)?;
+        }
+        let (key_id, sealed) = crypto.seal(&envelope_aad(salt, seq), &inner)?;
+        let envelope = Fragment {
+            point_id: SEALED_POINT,
+            chunk_seq: key_id,
+            offset: 0,
+            bit_len: sealed.len() as u64 * 8,
+            header: &[],
+            bytes: &sealed,
+            sealed: false,
+        };
+        put_fragment(out, &envelope, state, &mut prev_point)?;
+    }
+    let payload_len = out.len() - start - BATCH_HEADER_LEN;
+    let payload_len = u32::try_from(payload_len)
+        .map_err(|_| format!("batch of {payload_len} bytes exceeds the 4 GiB frame limit"))?;
+    let (head, payload) = out[start..].split_at_mut(BATCH_HEADER_LEN);
+    head[0..4].copy_from_slice(&salt.to_le_bytes());
+    head[4..12].copy_from_slice(&seq.to_le_bytes());
+    head[12..16].copy_from_slice(&payload_len.to_le_bytes());
+    let hcrc = CRC.checksum(&head[0..16]);
+    head[16..20].copy_from_slice(&hcrc.to_le_bytes());
+    let mut digest = CRC.digest();
+    digest.update(&head[0..16]);
+    digest.update(payload);
+    head[20..24].copy_from_slice(&digest.finalize().to_le_bytes());
+    Ok(())
+}
+
+/// Appends one fragment's framing and bytes, updating `state` and `prev_point` as the decoder
+/// will.
+fn put_fragment(
+    out: &mut Vec<u8>,
+    f: &Fragment<'_>,
+    state: &mut SegmentState,
+    prev_point: &mut u32,
+) -> Result<(), String> {
+    {
         let expected = byte_len(f.bit_len)
             .checked_sub(u64::from(f.offset))
             .filter(|_| f.bit_len >= u64::from(f.offset) * 8);
@@ -156,7 +234,7 @@ pub(super) fn encode_batch(
         if f.offset == 0 {
             flags |= HEADER;
         }
-        let delta = i64::from(f.point_id) - i64::from(prev_point);
+        let delta = i64::from(f.point_id) - i64::from(*prev_point);
         put_varint(out, (zigzag(delta) << 2) | flags);
         if flags & EXPLICIT != 0 {
             put_varint(out, u64::from(f.chunk_seq));
@@ -176,21 +254,8 @@ pub(super) fn encode_batch(
                 max_seq: prior.map_or(f.chunk_seq, |p| p.max_seq.max(f.chunk_seq)),
             },
         );
-        prev_point = f.point_id;
+        *prev_point = f.point_id;
     }
-    let payload_len = out.len() - start - BATCH_HEADER_LEN;
-    let payload_len = u32::try_from(payload_len)
-        .map_err(|_| format!("batch of {payload_len} bytes exceeds the 4 GiB frame limit"))?;
-    let (head, payload) = out[start..].split_at_mut(BATCH_HEADER_LEN);
-    head[0..4].copy_from_slice(&salt.to_le_bytes());
-    head[4..12].copy_from_slice(&seq.to_le_bytes());
-    head[12..16].copy_from_slice(&payload_len.to_le_bytes());
-    let hcrc = CRC.checksum(&head[0..16]);
-    head[16..20].copy_from_slice(&hcrc.to_le_bytes());
-    let mut digest = CRC.digest();
-    digest.update(&head[0..16]);
-    digest.update(payload);
-    head[20..24].copy_from_slice(&digest.finalize().to_le_bytes());
     Ok(())
 }
 

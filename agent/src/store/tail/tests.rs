@@ -116,6 +116,7 @@ fn fragments(parts: &[Part]) -> Vec<Fragment<'_>> {
             bit_len: *b,
             header: h,
             bytes,
+            sealed: false,
         })
         .collect()
 }
@@ -180,7 +181,7 @@ fn replay_rebuilds_every_chunk_after_many_flushes_and_rotations() {
         let (_tail, replayed) = Tail::open(&dir, small(8 << 10, preallocate), t0).expect("reopen");
         assert_eq!(replayed.chunks, model.all);
         assert_eq!(
-            read(&dir).expect("read").chunks,
+            read(&dir, None).expect("read").chunks,
             model.all,
             "the reader agrees"
         );
@@ -429,6 +430,7 @@ fn release_deletes_exactly_the_segments_whose_chunks_are_all_committed() {
         bit_len: (u64::from(offset) + bytes.len() as u64) * 8,
         header: &h,
         bytes,
+        sealed: false,
     };
     // Segment A: p0 chunk 0, p1 chunk 0. B: p0 chunk 0, p1 chunk 1. C (current): p0 chunk 1.
     tail.append(&[frag(0, 0, b"ab", 0), frag(1, 0, b"cd", 0)], t0)
@@ -535,7 +537,7 @@ fn reader_beside_a_writer_sees_only_states_the_writer_had() {
     let mut seen = 0usize;
     // Until the writer ends (or fails: then join reports its panic).
     while !writer.is_finished() || reads == 0 {
-        let replayed = read(&dir).expect("read");
+        let replayed = read(&dir, None).expect("read");
         assert_eq!(replayed.stats.corrupt, None);
         let h = history.lock().expect("lock");
         for (id, c) in &replayed.chunks {
@@ -575,6 +577,7 @@ fn a_fragment_whose_lengths_disagree_is_refused_and_nothing_is_written() {
         bit_len: 17, // needs 3 bytes
         header: &[],
         bytes: &[1, 2],
+        sealed: false,
     };
     let err = tail.append(&[bad], Instant::now());
     assert!(
@@ -600,7 +603,7 @@ fn a_full_disk_is_its_own_error_kind() {
 #[test]
 fn a_missing_tail_reads_as_empty() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let replayed = read(&tmp.path().join("absent")).expect("read");
+    let replayed = read(&tmp.path().join("absent"), None).expect("read");
     assert!(replayed.chunks.is_empty());
 }
 
@@ -637,9 +640,10 @@ fn steady_fragments_cost_two_bytes_of_framing() {
             bit_len: 16 * 8,
             header: &[],
             bytes: &data,
+            sealed: false,
         })
         .collect();
-    format::encode_batch(&mut out, 1, 0, &first, &mut state).expect("encode");
+    format::encode_batch(&mut out, 1, 0, &first, &mut state, None).expect("encode");
     out.clear();
     let next: Vec<Fragment<'_>> = (0..100)
         .map(|p| Fragment {
@@ -649,9 +653,10 @@ fn steady_fragments_cost_two_bytes_of_framing() {
             bit_len: 31 * 8 + 3,
             header: &[],
             bytes: &data,
+            sealed: false,
         })
         .collect();
-    format::encode_batch(&mut out, 1, 1, &next, &mut state).expect("encode");
+    format::encode_batch(&mut out, 1, 1, &next, &mut state, None).expect("encode");
     let framing = out.len() - format::BATCH_HEADER_LEN - 100 * data.len();
     // Tag (point delta and flags) and bit count: one byte each for fragments under 16 bytes.
     assert_eq!(framing, 100 * 2);
@@ -691,10 +696,11 @@ proptest! {
                         - if b.is_empty() { 0 } else { u64::from(*spare) },
                     header: h,
                     bytes: b,
+                    sealed: false,
                 })
                 .collect();
             let mut out = Vec::new();
-            format::encode_batch(&mut out, salt, seq as u64, &frags, &mut enc_state)
+            format::encode_batch(&mut out, salt, seq as u64, &frags, &mut enc_state, None)
                 .expect("encode");
             let payload = &out[format::BATCH_HEADER_LEN..];
             let decoded = format::decode_batch(payload, &mut dec_state).expect("decode");
@@ -776,6 +782,7 @@ fn measure_flushes(label: &str, config: TailConfig, warm_up: u64, flushes: u64) 
                 bit_len: b,
                 header: &header,
                 bytes: &data[..len],
+                sealed: false,
             })
             .collect();
         let appended = tail
@@ -893,7 +900,7 @@ fn reader_treats_a_half_written_last_flush_as_not_there_yet() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("t");
     write_dir(&dir, &lf.dir_files, &lf.last_file, &image);
-    let replayed = read(&dir).expect("read");
+    let replayed = read(&dir, None).expect("read");
     assert_eq!(replayed.chunks, lf.before);
     assert_eq!(replayed.stats.corrupt, None);
     assert_eq!(replayed.stats.torn_tails, 0, "the reader repairs nothing");
@@ -928,6 +935,7 @@ fn a_checksummed_batch_that_does_not_decode_is_reported_once_and_later_flushes_s
         bit_len: 16,
         header: b"h",
         bytes: b"ok",
+        sealed: false,
     };
     tail.append(&[new], t0).expect("append");
     drop(tail);

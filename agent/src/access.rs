@@ -105,8 +105,9 @@ pub fn init(config: &Path) -> u8 {
         key.display(),
         master.id()
     );
-    let recorded = agent_config::audit_settings(config).map_err(|e| e.to_string()).and_then(
-        |(audit, gateway)| {
+    let recorded = agent_config::audit_settings(config)
+        .map_err(|e| e.to_string())
+        .and_then(|(audit, gateway)| {
             append_now(
                 &audit.dir,
                 &gateway,
@@ -116,8 +117,7 @@ pub fn init(config: &Path) -> u8 {
                 },
             )
             .map_err(|e| e.to_string())
-        },
-    );
+        });
     if let Err(e) = recorded {
         eprintln!(
             "warning: the key was created but its creation is not in the audit trail ({e}); \

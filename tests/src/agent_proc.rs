@@ -278,6 +278,7 @@ pub fn query(config: &Path, args: &[&str], timeout: Duration) -> anyhow::Result<
         .arg("query")
         .arg("-c")
         .arg(config)
+        .args(["--as", crate::query::TESTER])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

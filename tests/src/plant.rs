@@ -50,6 +50,8 @@ pub struct Wiring {
     /// Every destination's broker.
     pub broker: SocketAddr,
     pub historian: PathBuf,
+    /// The historian's master key, created if missing (as `edge-agent init` would).
+    pub key: PathBuf,
     /// Override of every summary window (tests use short windows to finish quickly).
     pub window: Option<Duration>,
 }
@@ -58,7 +60,7 @@ pub struct Wiring {
 /// `wiring.broker` and its historian at `wiring.historian`.
 pub fn demo_agent_config(plant: &Plant, wiring: &Wiring) -> anyhow::Result<Loaded> {
     let path = config_path("demo.toml");
-    let mut loaded = agent_config::load(&path, now_ms()).map_err(|e| anyhow!("{e}"))?;
+    let mut loaded = agent_config::load_keyless(&path, now_ms()).map_err(|e| anyhow!("{e}"))?;
     rewire(&mut loaded.config, plant, wiring)?;
     Ok(loaded)
 }
@@ -104,10 +106,25 @@ fn rewire(cfg: &mut AgentConfig, plant: &Plant, wiring: &Wiring) -> anyhow::Resu
         cfg.summary.windows = vec![w];
     }
     cfg.historian.path.clone_from(&wiring.historian);
+    cfg.historian.key.clone_from(&wiring.key);
+    ensure_key(&wiring.key)?;
     // The trail follows the historian (its default place), not the demo's relative `data/`:
     // a test must not write into the source tree.
     let beside = wiring.historian.parent().unwrap_or_else(|| Path::new("."));
     cfg.audit.dir = beside.join("audit");
     cfg.catalogue.dir = beside.join("catalogue");
+    Ok(())
+}
+
+/// Creates the historian key at `path` (and its directory) unless it exists, as `edge-agent
+/// init` does.
+pub fn ensure_key(path: &Path) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    edge_agent::store::crypto::MasterKey::create(path).map_err(|e| anyhow!("{e}"))?;
     Ok(())
 }

@@ -63,7 +63,11 @@ impl PressRig {
             .expect("collector");
         let config = dir.join("agent.toml");
         let press = plant.device_addr("press").expect("press").to_string();
-        let text = make_config(&press, &broker.addr().to_string(), &dir.join("h.db"));
+        let historian = dir.join("h.db");
+        let text = crate::query::with_test_key(
+            &make_config(&press, &broker.addr().to_string(), &historian),
+            &historian,
+        );
         std::fs::write(&config, text).expect("config");
         PressRig {
             runtime,

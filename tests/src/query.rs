@@ -69,8 +69,10 @@ pub fn query(historian: &Path, args: &[&str]) -> anyhow::Result<Vec<serde_json::
         .arg("query")
         .arg("-c")
         .arg(config_path("demo.toml"))
+        .args(["--as", "officer"])
         .args(args)
         .env("EDGE_AGENT__HISTORIAN__PATH", historian)
+        .env("EDGE_AGENT__HISTORIAN__KEY", key_beside(historian))
         .output()
         .context("running edge-agent query")?;
     if !out.status.success() {
@@ -84,6 +86,32 @@ pub fn query(historian: &Path, args: &[&str]) -> anyhow::Result<Vec<serde_json::
     text.lines()
         .map(|l| serde_json::from_str(l).with_context(|| format!("not a JSON line: {l}")))
         .collect()
+}
+
+/// Where the test harness keeps a historian's key: `historian.key` beside it (tests only; a
+/// gateway keeps it apart from the data).
+pub fn key_beside(historian: &Path) -> PathBuf {
+    historian
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("historian.key")
+}
+
+/// The identity test configs grant important and core data to (see [`with_test_key`]).
+pub const TESTER: &str = "tester";
+
+/// `toml` with the historian's key (created beside `historian`, as `edge-agent init` would) and
+/// a role that lets [`TESTER`] read important and core data. The key line goes right after
+/// the `[historian]` header, the role at the end.
+pub fn with_test_key(toml: &str, historian: &Path) -> String {
+    let key = key_beside(historian);
+    crate::plant::ensure_key(&key).expect("historian key");
+    let key_line = format!("[historian]\nkey = {:?}\n", key.display().to_string());
+    let mut s = toml.replacen("[historian]\n", &key_line, 1);
+    s.push_str(&format!(
+        "\n[[roles]]\nname = \"test-reader\"\nmembers = [{TESTER:?}]\nlevels = [\"important\", \"core\"]\n"
+    ));
+    s
 }
 
 /// The newest sample of `tag`, through `query`.

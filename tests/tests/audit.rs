@@ -131,7 +131,7 @@ fn an_operator_verifies_and_exports_the_trail_and_finds_a_tampered_line() {
 
     // A read of important data is recorded before it happens; one of general data only is not.
     for levels in ["important", "general"] {
-        let q = edge_agent(&["query", "--levels", levels], config);
+        let q = edge_agent(&["query", "--as", "tester", "--levels", levels], config);
         assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
     }
     let queried = export_today(config, "DataQueried", false);

@@ -133,7 +133,10 @@ fn run_the_plant(dir: &Path) -> std::path::PathBuf {
     let press = plant.device_addr("press").expect("press").to_string();
     std::fs::write(
         &config,
-        agent_toml(&press, &broker.addr().to_string(), dir, "Zhang Wei"),
+        edge_tests::query::with_test_key(
+            &agent_toml(&press, &broker.addr().to_string(), dir, "Zhang Wei"),
+            &dir.join("h.db"),
+        ),
     )
     .expect("config");
     let mut agent = AgentProc::start(&config).expect("agent starts");

@@ -88,7 +88,10 @@ impl Rig {
         let dir = tempfile::tempdir()?;
         let historian = dir.path().join("historian.db");
         let config = dir.path().join("agent.toml");
-        std::fs::write(&config, agent_toml(&plant, &historian)?)?;
+        std::fs::write(
+            &config,
+            edge_tests::query::with_test_key(&agent_toml(&plant, &historian)?, &historian),
+        )?;
         Ok(Rig {
             runtime,
             plant: Some(plant),

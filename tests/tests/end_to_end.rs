@@ -58,6 +58,7 @@ impl Rig {
         let wiring = Wiring {
             broker: broker.addr(),
             historian: dir.path().join("historian.db"),
+            key: dir.path().join("historian.key"),
             window: Some(WINDOW),
         };
         let loaded = demo_agent_config(&plant, &wiring).expect("demo config");

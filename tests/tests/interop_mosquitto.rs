@@ -41,6 +41,7 @@ async fn agent_publishes_to_mosquitto_over_mutual_tls_and_only_permitted_data_ar
     let wiring = Wiring {
         broker: mosquitto.tls_addr(),
         historian: dir.path().join("historian.db"),
+        key: dir.path().join("historian.key"),
         window: Some(Duration::from_secs(1)),
     };
     let mut loaded = demo_agent_config(&plant, &wiring).expect("config");

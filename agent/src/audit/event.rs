@@ -190,7 +190,10 @@ pub enum Event {
     /// `edge-agent init` created the historian's master key file.
     HistorianKeyCreated { key_id: String, path: String },
     /// The historian started a data key (wrapped under the master key) for new seals.
-    DataKeyStarted { data_key: u32, master_key_id: String },
+    DataKeyStarted {
+        data_key: u32,
+        master_key_id: String,
+    },
     /// The destination's security assessment expires within `threshold_days` (90, 30, 7).
     AssessmentExpiring {
         destination: String,

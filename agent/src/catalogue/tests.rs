@@ -136,7 +136,16 @@ const CANARY_TEXTS: [&str; 5] = ["98765.4321", "98765.43", "98765", "7654321", "
 /// Writes samples carrying the canaries for every point of `cfg` into its historian.
 fn write_canaries(cfg: &AgentConfig) {
     let stats = Arc::new(Stats::new(Vec::<Arc<str>>::new()));
-    let h = Historian::spawn(&cfg.historian, &cfg.points, stats).expect("historian");
+    let key = crate::store::testkit::test_key(&cfg.historian.path).expect("key");
+    let master = Arc::new(crate::store::crypto::MasterKey::load(&key).expect("load key"));
+    let h = Historian::spawn(
+        &cfg.historian,
+        &cfg.points,
+        stats,
+        master,
+        crate::store::no_hook(),
+    )
+    .expect("historian");
     let mut batch = Vec::new();
     for i in 0..50_i64 {
         for p in &cfg.points {
@@ -356,8 +365,12 @@ fn no_sample_value_appears_in_any_format() {
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = load(dir.path(), "Zhang Wei", false);
     write_canaries(&cfg);
-    let stored = crate::store::HistorianReader::open(&cfg.historian.path)
-        .expect("reader")
+    let mut reader = crate::store::HistorianReader::open(&cfg.historian.path).expect("reader");
+    let key = crate::store::testkit::test_key(&cfg.historian.path).expect("key");
+    reader
+        .unlock(&crate::store::crypto::MasterKey::load(&key).expect("key"))
+        .expect("unlock");
+    let stored = reader
         .latest("press.force")
         .expect("read")
         .expect("a sample");

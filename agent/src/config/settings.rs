@@ -80,8 +80,13 @@ pub(crate) fn historian(h: &RawHistorian, out: &mut Collector) -> HistorianSetti
     if let Some(issue) = historian_path_issue(&h.path) {
         out.err(issue);
     }
-    if let Some(issue) = key_place_issue(&h.key, &h.path) {
-        out.err(issue);
+    if h.key.as_os_str().is_empty() {
+        out.err(
+            ConfigIssue::new("historian.key", "must not be empty")
+                .hint("e.g. \"/etc/edge-agent/historian.key\""),
+        );
+    } else if let Some(warning) = key_place_warning(&h.key, &h.path) {
+        out.warn(warning);
     }
     let r = &h.retention;
     let retention = [r.general, r.important, r.core];
@@ -92,7 +97,9 @@ pub(crate) fn historian(h: &RawHistorian, out: &mut Collector) -> HistorianSetti
                     format!("historian.retention.{}", level.as_str()),
                     "must be at least 1h",
                 )
-                .hint("retention destroys whole chunks (up to 10 minutes of a point); e.g. \"90d\""),
+                .hint(
+                    "retention destroys whole chunks (up to 10 minutes of a point); e.g. \"90d\"",
+                ),
             );
         }
     }
@@ -123,26 +130,21 @@ const MIN_RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Smallest disk bound: two 16 MiB tail segments, the WAL's working size and some chunks.
 const MIN_DISK_MB: u64 = 64;
 
-/// The key must live apart from the data: not in the historian's directory (a copy of the
-/// data directory must not carry the key that opens it).
-fn key_place_issue(key: &Path, historian: &Path) -> Option<ConfigIssue> {
-    const KEY: &str = "historian.key";
-    if key.as_os_str().is_empty() {
-        return Some(ConfigIssue::new(KEY, "must not be empty").hint("e.g. \"/etc/edge-agent/historian.key\""));
-    }
+/// The key should live apart from the data: not in the historian's directory, where a copy of
+/// the data directory would carry the key that opens it. A warning, not a refusal: a test rig
+/// or a single-directory install still runs, and `check` says what to change.
+fn key_place_warning(key: &Path, historian: &Path) -> Option<String> {
     let data_dir = historian.parent().filter(|d| !d.as_os_str().is_empty())?;
     let key_dir = key.parent().unwrap_or(Path::new(""));
     let norm = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
-    (norm(key_dir).starts_with(norm(data_dir))).then(|| {
-        ConfigIssue::new(
-            KEY,
-            format!(
-                "{} is inside the historian's directory {}: the key must be kept apart from the data it protects",
-                key.display(),
-                data_dir.display()
-            ),
+    norm(key_dir).starts_with(norm(data_dir)).then(|| {
+        format!(
+            "historian.key {} is inside the historian's directory {}: keep the key apart from \
+             the data it protects (e.g. /etc/edge-agent/historian.key), so a copy of the data \
+             does not carry it",
+            key.display(),
+            data_dir.display()
         )
-        .hint("e.g. \"/etc/edge-agent/historian.key\" with the data in /var/lib/edge-agent")
     })
 }
 
@@ -153,8 +155,12 @@ pub(crate) fn key_file_issue(key: &Path) -> Option<ConfigIssue> {
     use crate::store::crypto::{CryptoError, MasterKey};
     let err = MasterKey::load(key).err()?;
     let hint = match &err {
-        CryptoError::KeyMissing { .. } => "run `edge-agent init -c <this config>` once, then back the key up apart from the data".to_owned(),
-        CryptoError::KeyExposed { .. } => format!("chmod 600 {}", key.display()),
+        CryptoError::KeyMissing { .. } => {
+            "once created, back the key up apart from the data: without it the important and core history cannot be read".to_owned()
+        }
+        CryptoError::KeyExposed { .. } => {
+            "the key must be readable by the agent's account only".to_owned()
+        }
         _ => "restore the key from its backup; never replace it with a new one while sealed data exists".to_owned(),
     };
     Some(ConfigIssue::new("historian.key", err.to_string()).hint(hint))
@@ -169,7 +175,10 @@ pub(crate) fn roles(raw: &[super::raw::RawRole], out: &mut Collector) -> Vec<sup
         if r.name.trim().is_empty() {
             out.err(ConfigIssue::new(at("name"), "must not be empty"));
         } else if !names.insert(r.name.clone()) {
-            out.err(ConfigIssue::new(at("name"), format!("{:?} is defined twice", r.name)));
+            out.err(ConfigIssue::new(
+                at("name"),
+                format!("{:?} is defined twice", r.name),
+            ));
         }
         if r.members.is_empty() || r.members.iter().any(|m| m.trim().is_empty()) {
             out.err(
@@ -178,7 +187,10 @@ pub(crate) fn roles(raw: &[super::raw::RawRole], out: &mut Collector) -> Vec<sup
             );
         }
         if r.levels.is_empty() {
-            out.err(ConfigIssue::new(at("levels"), "must name at least one level"));
+            out.err(ConfigIssue::new(
+                at("levels"),
+                "must name at least one level",
+            ));
         }
         roles.push(super::runtime::Role {
             name: r.name.clone(),

@@ -164,7 +164,9 @@ impl SharedRing {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, KeyRing> {
         // A panic while holding it leaves the ring consistent (each method is one step).
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

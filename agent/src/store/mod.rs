@@ -39,7 +39,7 @@ pub mod query;
 mod reader;
 mod schema;
 mod tail;
-#[cfg(feature = "testkit")]
+#[cfg(any(test, feature = "testkit"))]
 #[doc(hidden)]
 pub mod testkit;
 mod writer;
@@ -188,3 +188,5 @@ pub enum StoreError {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_sealed;

@@ -457,10 +457,11 @@ impl HistorianReader {
     /// after the damaged flush would be missing from the answer without a word.
     fn read_tail(&self) -> Result<Replayed, StoreError> {
         let crypto = self.keys.as_ref().map(|k| k as &dyn tail::TailCrypto);
-        let replayed = tail::read(&tail_dir(&self.path), crypto).map_err(|source| StoreError::Tail {
-            path: self.path.clone(),
-            source,
-        })?;
+        let replayed =
+            tail::read(&tail_dir(&self.path), crypto).map_err(|source| StoreError::Tail {
+                path: self.path.clone(),
+                source,
+            })?;
         if let Some(c) = &replayed.stats.corrupt {
             return Err(self.corrupt(format!(
                 "its tail is corrupt in {} at offset {} ({}); samples flushed after that point \

@@ -67,7 +67,9 @@ use std::time::{Duration, Instant};
 use tracing::{error, warn};
 
 pub(crate) use format::TailCrypto;
-use format::{End, SegmentHeader, SegmentState, BATCH_HEADER_LEN, SEALED_POINT, SEGMENT_HEADER_LEN};
+use format::{
+    End, SegmentHeader, SegmentState, BATCH_HEADER_LEN, SEALED_POINT, SEGMENT_HEADER_LEN,
+};
 
 /// One open chunk's bytes from `offset` to its end, as of one flush.
 #[derive(Debug, Clone, Copy)]
@@ -512,7 +514,11 @@ fn apply_batch(
         Some(env) => match at.crypto {
             None => None,
             Some(c) => c
-                .open(env.chunk_seq, &format::envelope_aad(at.salt, at.seq), env.bytes)
+                .open(
+                    env.chunk_seq,
+                    &format::envelope_aad(at.salt, at.seq),
+                    env.bytes,
+                )
                 .map_err(|e| format!("sealed envelope (data key {}): {e}", env.chunk_seq))?,
         },
     };
@@ -633,6 +639,8 @@ struct Current {
     batches: u64,
     opened_at: Instant,
     state: SegmentState,
+    /// Made from a spare that was not scrubbed: bytes of an older generation may lie past `pos`.
+    stale: bool,
 }
 
 /// What one append did.
@@ -657,6 +665,8 @@ pub(crate) struct Tail {
     buf: Vec<u8>,
     /// Seals the important and core fragments of each flush; `None`: plaintext only (tests).
     crypto: Option<Box<dyn TailCrypto>>,
+    /// Spares already punched since their release (see [`Tail::scrub_spares`]).
+    scrubbed: HashSet<PathBuf>,
 }
 
 impl Tail {
@@ -737,7 +747,15 @@ impl Tail {
         }
         let next_number = listing.max_number.map_or(0, |n| n + 1);
         let next_seq = outcome.next_seq.unwrap_or(0);
-        let current = create_segment(dir, &config, &mut spares, next_number, next_seq, now)?;
+        let current = create_segment(
+            dir,
+            &config,
+            &mut spares,
+            &HashSet::new(),
+            next_number,
+            next_seq,
+            now,
+        )?;
         let tail = Tail {
             dir: dir.to_owned(),
             current,
@@ -749,6 +767,7 @@ impl Tail {
             next_seq,
             buf: Vec::new(),
             crypto,
+            scrubbed: HashSet::new(),
         };
         Ok((tail, outcome.replayed))
     }
@@ -854,6 +873,45 @@ impl Tail {
         Ok(released)
     }
 
+    /// Makes what released segments kept unreadable: each spare's records, and what an older
+    /// generation left past the end of the current segment, are punched out (`fallocate`
+    /// `PUNCH_HOLE`: no bytes written, reads give zeros); a spare is deleted where the file
+    /// system cannot punch. Called after data is destroyed, so a destroyed chunk's tail copy
+    /// does not outlive it. Punched blocks are allocated again as they are written, which costs
+    /// a metadata commit per flush for that segment's life: the writer scrubs at most hourly.
+    pub(crate) fn scrub(&mut self) -> Result<(), TailError> {
+        if self.current.stale {
+            let cur = &mut self.current;
+            let len = self.config.segment_bytes.saturating_sub(cur.pos);
+            if len > 0 {
+                punch(&cur.file, cur.pos, len).map_err(io_err("scrub tail segment", &cur.path))?;
+            }
+            cur.stale = false;
+        }
+        let mut kept = Vec::with_capacity(self.spares.len());
+        for spare in std::mem::take(&mut self.spares) {
+            if self.scrubbed.contains(&spare) {
+                kept.push(spare);
+                continue;
+            }
+            let punched = OpenOptions::new()
+                .write(true)
+                .open(&spare)
+                .and_then(|f| punch(&f, SEGMENT_HEADER_LEN as u64, self.config.segment_bytes));
+            match punched {
+                Ok(()) => {
+                    self.scrubbed.insert(spare.clone());
+                    kept.push(spare);
+                }
+                Err(_) => {
+                    fs::remove_file(&spare).map_err(io_err("delete spare segment", &spare))?;
+                }
+            }
+        }
+        self.spares = kept;
+        Ok(())
+    }
+
     /// Segment files holding live data (closed ones and the current one).
     #[cfg(test)]
     pub(crate) fn live_segments(&self) -> usize {
@@ -865,11 +923,14 @@ impl Tail {
             &self.dir,
             &self.config,
             &mut self.spares,
+            &self.scrubbed,
             self.next_number,
             self.next_seq,
             now,
         )?;
         self.next_number += 1;
+        let spares = &self.spares;
+        self.scrubbed.retain(|p| spares.contains(p));
         let old = std::mem::replace(&mut self.current, next);
         self.closed
             .push_back(Closed::new(old.number, old.path, &old.state));
@@ -883,6 +944,7 @@ fn create_segment(
     dir: &Path,
     config: &TailConfig,
     spares: &mut Vec<PathBuf>,
+    scrubbed: &HashSet<PathBuf>,
     number: u64,
     first_seq: u64,
     now: Instant,
@@ -900,7 +962,9 @@ fn create_segment(
     }
     .encode();
     let path = dir.join(log_name(number));
+    let mut stale = false;
     let file = if let Some(spare) = spares.pop() {
+        stale = !scrubbed.contains(&spare);
         let made = (|| {
             let file = OpenOptions::new()
                 .read(true)
@@ -967,7 +1031,38 @@ fn create_segment(
         batches: 0,
         opened_at: now,
         state: SegmentState::new(),
+        stale,
     })
+}
+
+/// Frees `offset..offset + len` of `file`: reads give zeros, the size stays.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn punch(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: fallocate only reads its integer arguments; the fd is open for writing for the
+    // duration of the call.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn punch(_file: &File, _offset: u64, _len: u64) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), TailError> {

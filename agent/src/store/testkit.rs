@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::crypto::MasterKey;
 use super::{Historian, StoreError};
 use crate::config::HistorianSettings;
 use crate::model::Level;
@@ -30,17 +31,16 @@ pub fn saturate(
     points: &[Arc<crate::model::PointMeta>],
     cycles: Vec<Vec<Tagged>>,
 ) -> Result<Saturation, StoreError> {
-    let settings = HistorianSettings {
-        path: path.to_owned(),
-        batch_size: 100_000,
-        flush_interval: Duration::from_millis(500),
-        queue_batches: cycles.len() + 1,
-        min_free_bytes: 0,
-        max_held_bytes: super::MAX_HELD_BYTES,
-    };
+    let key = test_key(path)?;
+    let mut settings = HistorianSettings::at(path.to_owned(), key.clone());
+    settings.queue_batches = cycles.len() + 1;
     let stats = Arc::new(Stats::new(Vec::<Arc<str>>::new()));
     let mut summary = SummaryEngine::new(points, &[Duration::from_secs(10)]);
-    let h = Historian::spawn(&settings, points, stats.clone())?;
+    let master = Arc::new(MasterKey::load(&key).map_err(|source| StoreError::Crypto {
+        path: path.to_owned(),
+        source,
+    })?);
+    let h = Historian::spawn(&settings, points, stats.clone(), master, super::no_hook())?;
     let offered: u64 = cycles.iter().map(|c| c.len() as u64).sum();
     let start = Instant::now();
     for batch in cycles {
@@ -58,4 +58,25 @@ pub fn saturate(
         dropped: sum(&stats.store_dropped),
         elapsed,
     })
+}
+
+/// A master key beside `db` (`<db>.key`), created on first use: benchmarks only (a real
+/// gateway keeps the key apart from the data, and `check` refuses it here).
+pub fn test_key(db: &Path) -> Result<std::path::PathBuf, StoreError> {
+    let mut key = db.as_os_str().to_owned();
+    key.push(".key");
+    let key = std::path::PathBuf::from(key);
+    if !key.exists() {
+        if let Some(dir) = key.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        MasterKey::create(&key).map_err(|source| StoreError::Crypto {
+            path: db.to_owned(),
+            source,
+        })?;
+    }
+    Ok(key)
 }

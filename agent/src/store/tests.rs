@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::crypto::MasterKey;
+use super::writer::HistorianHandle;
 use super::*;
 use crate::config::HistorianSettings;
 use crate::model::{Category, Level, PointFields, PointMeta, Protocol, Quality, Value};
@@ -17,7 +19,7 @@ use crate::source::Tagged;
 use crate::stats::Stats;
 
 #[allow(clippy::disallowed_methods)] // test points with a chosen rule, device and unit
-fn point(id: u32, tag: &str, level: Level, category: Category) -> Arc<PointMeta> {
+pub(super) fn point(id: u32, tag: &str, level: Level, category: Category) -> Arc<PointMeta> {
     Arc::new(PointMeta::compile(PointFields {
         id,
         tag: tag.into(),
@@ -35,7 +37,7 @@ fn point(id: u32, tag: &str, level: Level, category: Category) -> Arc<PointMeta>
     }))
 }
 
-fn three_points() -> Vec<Arc<PointMeta>> {
+pub(super) fn three_points() -> Vec<Arc<PointMeta>> {
     vec![
         point(0, "speed", Level::General, Category::ProductionOperation),
         point(1, "recipe", Level::Important, Category::RdDesign),
@@ -43,26 +45,72 @@ fn three_points() -> Vec<Arc<PointMeta>> {
     ]
 }
 
-fn settings(path: &Path) -> HistorianSettings {
+pub(super) fn settings(path: &Path) -> HistorianSettings {
+    let key = crate::store::testkit::test_key(path).expect("key");
     HistorianSettings {
-        path: path.to_owned(),
         batch_size: 100,
         flush_interval: Duration::from_millis(20),
         queue_batches: 16,
-        min_free_bytes: 0,
-        max_held_bytes: crate::store::MAX_HELD_BYTES,
+        ..HistorianSettings::at(path.to_owned(), key)
     }
 }
 
-fn stats() -> Arc<Stats> {
+pub(super) fn master(s: &HistorianSettings) -> Arc<MasterKey> {
+    let key = crate::store::testkit::test_key(&s.path).expect("key");
+    Arc::new(MasterKey::load(&key).expect("load key"))
+}
+
+/// `Historian::spawn` with the test key and no hook.
+pub(super) fn spawn(
+    s: &HistorianSettings,
+    points: &[Arc<PointMeta>],
+    stats: Arc<Stats>,
+) -> Result<HistorianHandle, StoreError> {
+    Historian::spawn(s, points, stats, master(s), crate::store::no_hook())
+}
+
+/// `Historian::spawn_gated` with the test key and no hook.
+pub(super) fn spawn_gated(
+    s: &HistorianSettings,
+    points: &[Arc<PointMeta>],
+    stats: Arc<Stats>,
+    gate: Option<std::sync::mpsc::Receiver<()>>,
+    max_pages: Option<u64>,
+    space: Option<super::writer::SpaceProbe>,
+) -> Result<HistorianHandle, StoreError> {
+    Historian::spawn_gated(
+        s,
+        points,
+        stats,
+        super::writer::Keys {
+            master: master(s),
+            hook: crate::store::no_hook(),
+        },
+        super::writer::Gates {
+            gate,
+            max_pages,
+            space,
+        },
+    )
+}
+
+/// A reader holding the test key (reads sealed data).
+pub(super) fn open_reader(path: &Path) -> Result<HistorianReader, StoreError> {
+    let mut r = HistorianReader::open(path)?;
+    let key = crate::store::testkit::test_key(path).expect("key");
+    r.unlock(&MasterKey::load(&key).expect("load key"))?;
+    Ok(r)
+}
+
+pub(super) fn stats() -> Arc<Stats> {
     Arc::new(Stats::new(Vec::<Arc<str>>::new()))
 }
 
-fn sample(p: &Arc<PointMeta>, ts_ms: i64, value: Value) -> Tagged {
+pub(super) fn sample(p: &Arc<PointMeta>, ts_ms: i64, value: Value) -> Tagged {
     Tagged::for_test(p.clone(), value, Quality::Good, ts_ms, ts_ms as u64)
 }
 
-fn db_in(dir: &tempfile::TempDir) -> PathBuf {
+pub(super) fn db_in(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("nested/dir/historian.db")
 }
 
@@ -72,8 +120,7 @@ fn all_levels_are_persisted_with_their_classification_and_provenance() {
     let path = db_in(&dir);
     let pts = three_points();
     let st = stats();
-    let h =
-        Historian::spawn(&settings(&path), &pts, st.clone()).expect("spawn creates parent dirs");
+    let h = spawn(&settings(&path), &pts, st.clone()).expect("spawn creates parent dirs");
     h.offer(vec![
         sample(&pts[0], 1_000, Value::Float(12.5)),
         sample(&pts[1], 1_000, Value::Int(-7)),
@@ -89,7 +136,7 @@ fn all_levels_are_persisted_with_their_classification_and_provenance() {
     h.close().expect("close");
     assert_eq!(st.stored.snapshot(), [2, 1, 1]);
 
-    let r = HistorianReader::open(&path).expect("reader");
+    let r = open_reader(&path).expect("reader");
     assert_eq!(r.count_by_level().expect("count"), [2, 1, 1]);
     let core = r.latest("key").expect("read").expect("core sample stored");
     assert_eq!(
@@ -139,7 +186,7 @@ fn sequence_numbers_and_extreme_values_round_trip() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db_in(&dir);
     let pts = three_points();
-    let h = Historian::spawn(&settings(&path), &pts, stats()).expect("spawn");
+    let h = spawn(&settings(&path), &pts, stats()).expect("spawn");
     h.offer(vec![
         Tagged::for_test(
             pts[0].clone(),
@@ -151,7 +198,7 @@ fn sequence_numbers_and_extreme_values_round_trip() {
         Tagged::for_test(pts[0].clone(), Value::Float(f64::MAX), Quality::Good, 2, 1),
     ]);
     h.close().expect("close");
-    let got = HistorianReader::open(&path)
+    let got = open_reader(&path)
         .expect("reader")
         .samples_for_tag("speed", 10)
         .expect("read");
@@ -171,7 +218,7 @@ fn data_survives_close_and_reopen() {
     let path = db_in(&dir);
     let pts = three_points();
     for round in 0..2_i64 {
-        let h = Historian::spawn(&settings(&path), &pts, stats()).expect("spawn");
+        let h = spawn(&settings(&path), &pts, stats()).expect("spawn");
         h.offer(
             pts.iter()
                 .map(|p| sample(p, round * 1_000, Value::Float(round as f64)))
@@ -179,7 +226,7 @@ fn data_survives_close_and_reopen() {
         );
         h.close().expect("close");
     }
-    let r = HistorianReader::open(&path).expect("reader");
+    let r = open_reader(&path).expect("reader");
     assert_eq!(r.count_by_level().expect("count"), [2, 2, 2]);
     let speed = r.samples_for_tag("speed", 10).expect("read");
     assert_eq!(
@@ -200,19 +247,18 @@ fn reclassifying_a_point_does_not_relabel_its_history() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db_in(&dir);
     let before = point(0, "temp", Level::General, Category::ProductionOperation);
-    let h =
-        Historian::spawn(&settings(&path), std::slice::from_ref(&before), stats()).expect("spawn");
+    let h = spawn(&settings(&path), std::slice::from_ref(&before), stats()).expect("spawn");
     h.offer(vec![sample(&before, 1, Value::Float(1.0))]);
     h.close().expect("close");
 
     // New config: another point first (ids shift) and `temp` raised to important.
     let other = point(0, "other", Level::General, Category::Management);
     let after = point(1, "temp", Level::Important, Category::ProductionOperation);
-    let h = Historian::spawn(&settings(&path), &[other, after.clone()], stats()).expect("respawn");
+    let h = spawn(&settings(&path), &[other, after.clone()], stats()).expect("respawn");
     h.offer(vec![sample(&after, 2, Value::Float(2.0))]);
     h.close().expect("close");
 
-    let got = HistorianReader::open(&path)
+    let got = open_reader(&path)
         .expect("reader")
         .samples_for_tag("temp", 10)
         .expect("read");
@@ -231,18 +277,17 @@ fn a_second_writer_is_rejected_naming_the_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db_in(&dir);
     let pts = three_points();
-    let first = Historian::spawn(&settings(&path), &pts, stats()).expect("first writer");
-    let err =
-        Historian::spawn(&settings(&path), &pts, stats()).expect_err("second writer must fail");
+    let first = spawn(&settings(&path), &pts, stats()).expect("first writer");
+    let err = spawn(&settings(&path), &pts, stats()).expect_err("second writer must fail");
     assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
     assert!(
         err.to_string().contains(&path.display().to_string()),
         "{err}"
     );
     // A reader is fine meanwhile.
-    HistorianReader::open(&path).expect("readers do not need the writer lock");
+    open_reader(&path).expect("readers do not need the writer lock");
     first.close().expect("close");
-    Historian::spawn(&settings(&path), &pts, stats())
+    spawn(&settings(&path), &pts, stats())
         .expect("the lock is released on close")
         .close()
         .expect("close");
@@ -260,7 +305,7 @@ fn a_full_queue_drops_batches_and_counts_them_per_level() {
     };
     let (open_gate, gate) = std::sync::mpsc::channel();
     // The writer waits at the gate, so the queue holds exactly `queue_batches` batches.
-    let h = Historian::spawn_gated(&s, &pts, st.clone(), Some(gate), None, None).expect("spawn");
+    let h = spawn_gated(&s, &pts, st.clone(), Some(gate), None, None).expect("spawn");
     let batch = || {
         pts.iter()
             .map(|p| sample(p, 1, Value::Int(1)))
@@ -275,7 +320,7 @@ fn a_full_queue_drops_batches_and_counts_them_per_level() {
     h.close().expect("close");
     assert_eq!(st.stored.snapshot(), [2, 2, 2]);
     assert_eq!(
-        HistorianReader::open(&path)
+        open_reader(&path)
             .expect("reader")
             .count_by_level()
             .expect("count"),
@@ -297,7 +342,7 @@ fn close_drains_and_commits_everything_offered() {
         queue_batches: 64,
         ..settings(&path)
     };
-    let h = Historian::spawn(&s, &pts, st.clone()).expect("spawn");
+    let h = spawn(&s, &pts, st.clone()).expect("spawn");
     for i in 0..50_i64 {
         h.offer(vec![sample(&pts[(i % 3) as usize], i, Value::Int(i))]);
     }
@@ -305,7 +350,7 @@ fn close_drains_and_commits_everything_offered() {
     assert_eq!(st.store_dropped.snapshot(), [0, 0, 0]);
     assert_eq!(st.stored.snapshot(), [17, 17, 16]);
     assert_eq!(
-        HistorianReader::open(&path)
+        open_reader(&path)
             .expect("reader")
             .count_by_level()
             .expect("count"),
@@ -324,7 +369,7 @@ fn a_partial_batch_is_committed_after_the_flush_interval() {
         flush_interval: Duration::from_millis(10),
         ..settings(&path)
     };
-    let h = Historian::spawn(&s, &pts, st.clone()).expect("spawn");
+    let h = spawn(&s, &pts, st.clone()).expect("spawn");
     h.offer(vec![sample(&pts[0], 1, Value::Int(1))]);
     // Waits on the observable effect, bounded; it does not sleep for a guessed duration.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -337,7 +382,7 @@ fn a_partial_batch_is_committed_after_the_flush_interval() {
     }
     // Committed means visible to a reader while the writer still runs (WAL).
     assert_eq!(
-        HistorianReader::open(&path)
+        open_reader(&path)
             .expect("reader")
             .count_by_level()
             .expect("count"),
@@ -350,26 +395,26 @@ fn a_partial_batch_is_committed_after_the_flush_interval() {
 fn a_historian_from_a_newer_version_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db_in(&dir);
-    Historian::spawn(&settings(&path), &[], stats())
+    spawn(&settings(&path), &[], stats())
         .expect("spawn")
         .close()
         .expect("close");
     rusqlite::Connection::open(&path)
         .and_then(|c| c.pragma_update(None, "user_version", 99))
         .expect("bump version");
-    let err = Historian::spawn(&settings(&path), &[], stats()).expect_err("newer schema");
+    let err = spawn(&settings(&path), &[], stats()).expect_err("newer schema");
     assert!(
         matches!(
             err,
             StoreError::SchemaTooNew {
                 found: 99,
-                supported: 2,
+                supported: 3,
                 ..
             }
         ),
         "{err:?}"
     );
-    let err = HistorianReader::open(&path).expect_err("newer schema");
+    let err = open_reader(&path).expect_err("newer schema");
     assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err:?}");
 }
 
@@ -377,7 +422,7 @@ fn a_historian_from_a_newer_version_is_refused() {
 fn the_database_is_in_wal_mode() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db_in(&dir);
-    let h = Historian::spawn(&settings(&path), &[], stats()).expect("spawn");
+    let h = spawn(&settings(&path), &[], stats()).expect("spawn");
     let c = rusqlite::Connection::open(&path).expect("open");
     let mode: String = c
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
@@ -441,7 +486,7 @@ fn logged_text(logs: &std::sync::Mutex<Vec<u8>>) -> String {
 /// full disk.
 fn full_database_pages(path: &Path, pts: &[Arc<PointMeta>]) -> u64 {
     drop(
-        Historian::spawn(&settings(path), pts, stats())
+        spawn(&settings(path), pts, stats())
             .expect("create")
             .close(),
     );
@@ -466,8 +511,7 @@ fn a_full_database_keeps_sealed_chunks_in_the_tail_logs_once_and_loses_nothing()
         queue_batches: 32,
         ..settings(&path)
     };
-    let h =
-        Historian::spawn_gated(&roomy, &pts, st.clone(), None, Some(pages), None).expect("spawn");
+    let h = spawn_gated(&roomy, &pts, st.clone(), None, Some(pages), None).expect("spawn");
     // 20 flushes of 100 samples (batch_size is 100) go to the tail; the commit at close fails.
     // Irregular floats, so the chunks need more room than the empty pages have.
     for batch in 0..20_i64 {
@@ -499,17 +543,17 @@ fn a_full_database_keeps_sealed_chunks_in_the_tail_logs_once_and_loses_nothing()
     );
     assert!(ours[0].contains("full"), "the cause is named: {}", ours[0]);
     // Readable meanwhile (from the tail), and committed by the next writer with room.
-    let r = HistorianReader::open(&path).expect("reader");
+    let r = open_reader(&path).expect("reader");
     assert_eq!(
         r.count_by_level().expect("counts")[Level::General.index()],
         2_000
     );
     drop(r);
-    Historian::spawn(&settings(&path), &pts, stats())
+    spawn(&settings(&path), &pts, stats())
         .expect("reopen")
         .close()
         .expect("close");
-    let r = HistorianReader::open(&path).expect("reader");
+    let r = open_reader(&path).expect("reader");
     let scale = r.scale().expect("scale");
     assert_eq!(
         scale.iter().map(|s| s.records).sum::<u64>(),
@@ -576,13 +620,13 @@ fn a_schema_1_historian_is_converted_on_open_keeping_every_sample_and_label() {
         }
         tx.commit().expect("commit");
     }
-    let err = HistorianReader::open(&path).expect_err("schema 1 is not read directly");
+    let err = open_reader(&path).expect_err("schema 1 is not read directly");
     assert!(err.to_string().contains("edge-agent run"), "{err}");
-    Historian::spawn(&settings(&path), &pts, stats())
+    spawn(&settings(&path), &pts, stats())
         .expect("converts on open")
         .close()
         .expect("close");
-    let r = HistorianReader::open(&path).expect("reader");
+    let r = open_reader(&path).expect("reader");
     assert_eq!(r.count_by_level().expect("counts"), [1_000, 1_000, 1_000]);
     let speed = r.samples_for_tag("speed", 10_000).expect("read");
     assert_eq!(speed.len(), 1_000);
@@ -615,7 +659,7 @@ fn low_disk_space_stops_general_data_first_reports_once_and_recovers() {
         ..settings(&path)
     };
     let (gate_tx, gate) = std::sync::mpsc::channel();
-    let h = Historian::spawn_gated(
+    let h = spawn_gated(
         &s,
         &pts,
         st.clone(),
@@ -690,13 +734,13 @@ fn low_disk_space_stops_general_data_first_reports_once_and_recovers() {
         "drops are aggregated, not logged per sample:\n{}",
         mine.join("\n")
     );
-    let r = HistorianReader::open(&path).expect("reader");
+    let r = open_reader(&path).expect("reader");
     let counts = r.count_by_level().expect("counts");
     assert_eq!(counts, [general, 1_400, 1_400]);
 }
 
 /// Polls `cond` for up to 10 s (a writer thread is working; no timing is asserted).
-fn wait_until(cond: impl Fn() -> bool) {
+pub(super) fn wait_until(cond: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cond() {
         assert!(Instant::now() < deadline, "condition not reached in 10 s");
@@ -720,8 +764,7 @@ fn while_commits_fail_held_chunks_are_capped_and_the_excess_is_dropped_and_count
         max_held_bytes: 8 << 10,
         ..settings(&path)
     };
-    let h =
-        Historian::spawn_gated(&capped, &pts, st.clone(), None, Some(pages), None).expect("spawn");
+    let h = spawn_gated(&capped, &pts, st.clone(), None, Some(pages), None).expect("spawn");
     // Irregular floats: ~8 bytes a sample, so 2 KiB chunks seal every ~240 samples and 8 KiB
     // of them wait after about a thousand.
     let offered = 40 * 200;
@@ -755,7 +798,7 @@ fn while_commits_fail_held_chunks_are_capped_and_the_excess_is_dropped_and_count
         "reported once (and at most one summary), not per batch:\n{text}"
     );
     // What was reported stored is readable.
-    let r = HistorianReader::open(&path).expect("reader");
+    let r = open_reader(&path).expect("reader");
     assert_eq!(
         r.count_by_level().expect("counts")[Level::General.index()],
         stored

@@ -40,6 +40,9 @@ const FAILURE_LOG_PERIOD: Duration = Duration::from_secs(10);
 /// writes every page twice (docs/decisions/0014-historian-chunks.md).
 const COMMIT_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How often, at most, released tail segments are scrubbed after a destruction.
+const SCRUB_EVERY: Duration = Duration::from_secs(3600);
+
 /// Commit early once this many sealed bytes wait (bounds memory and the tail's length).
 const COMMIT_BYTES: usize = 1 << 20;
 
@@ -89,6 +92,8 @@ pub(crate) struct Historian {
     over_bound: bool,
     /// Destructions that could not be recorded (or deleted), aggregated for the log.
     destroy_failures: DropLog,
+    /// When the tail's released segments were last scrubbed after a destruction.
+    last_scrub: Option<Instant>,
     /// The data keys, shared with the tail (which seals each flush's envelope).
     ring: SharedRing,
     master: Arc<MasterKey>,
@@ -229,10 +234,12 @@ impl Historian {
                 id,
                 master_id: master.id().to_owned(),
             })
-            .map_err(|e| crypto_err(super::crypto::CryptoError::KeyInvalid {
-                path: path.clone(),
-                reason: format!("data key {id} started but not recorded: {e}"),
-            }))?;
+            .map_err(|e| {
+                crypto_err(super::crypto::CryptoError::KeyInvalid {
+                    path: path.clone(),
+                    reason: format!("data key {id} started but not recorded: {e}"),
+                })
+            })?;
         }
         seal_plaintext(&conn, &path, &mut ring)?;
         let ring = SharedRing::new(ring);
@@ -312,6 +319,7 @@ impl Historian {
             max_disk: settings.max_disk_bytes,
             over_bound: false,
             destroy_failures: DropLog::new(FAILURE_LOG_PERIOD),
+            last_scrub: None,
             ring,
             master,
             hook: Hook(hook),
@@ -569,7 +577,11 @@ impl Historian {
         // The tail must hold everything the commit is about to take out of memory.
         self.flush(now);
         if self.head.sealed().is_empty() {
-            // An idle historian still expires data.
+            // An idle historian still releases what the last run committed, and expires data.
+            let committed = &self.committed;
+            if let Err(e) = self.tail.release(|p| committed.get(&p).copied()) {
+                warn!(path = %self.path.display(), error = %e, "Cannot release historian tail segments; retrying at the next commit.");
+            }
             self.housekeeping(now);
             return;
         }
@@ -643,14 +655,15 @@ impl Historian {
         self.enforce_bound(now);
     }
 
-    /// Over `max_disk_mb`: the oldest general chunks go, down to 15/16 of the bound. With none
+    /// Over `max_disk_mb`: the oldest general chunks go, down to 127/128 of the bound. With none
     /// left and still over, no sample of any level is stored until there is room again (the
     /// `store_capacity` incident says so).
     fn enforce_bound(&mut self, now: Instant) {
         let Some(max) = self.max_disk else { return };
         let used = housekeeping::disk_used(&self.conn, &self.path);
         if used > max {
-            let free = used - max / 16 * 15;
+            // A margin below the bound, so a pass is not needed at every commit.
+            let free = used - max + max / 128;
             match housekeeping::oldest_general(&self.conn, free) {
                 Ok(v) if !v.is_empty() => self.destroy(&v, "disk_bound", now),
                 Ok(_) => {}
@@ -687,6 +700,21 @@ impl Historian {
                 if let Some(report) = self.destroy_failures.finish(now) {
                     self.log_destroy_failures(report);
                 }
+                // The destroyed chunks' tail copies may sit in released segments. Hourly at
+                // most: a scrubbed segment costs a metadata commit per flush as it refills.
+                let committed = &self.committed;
+                let released = self.tail.release(|p| committed.get(&p).copied());
+                if self
+                    .last_scrub
+                    .is_none_or(|t| now.saturating_duration_since(t) >= SCRUB_EVERY)
+                {
+                    match released.and_then(|_| self.tail.scrub()) {
+                        Ok(()) => self.last_scrub = Some(now),
+                        Err(e) => {
+                            warn!(path = %self.path.display(), error = %e, "Cannot scrub released historian tail segments after a destruction; retrying at the next one.");
+                        }
+                    }
+                }
                 info!(path = %self.path.display(), reason, chunks = victims.len(), general = per_level[0], important = per_level[1], core = per_level[2], "Historian data destroyed (recorded in the audit trail as DataDestroyed).");
             }
             Err(e) => self.destroy_failed(now, level, &e.to_string()),
@@ -706,9 +734,15 @@ impl Historian {
         let path = self.path.display();
         let error = self.last_error.as_deref().unwrap_or("unknown");
         match report {
-            DropReport::Started(_) => warn!(path = %path, error, "Historian data due for destruction (retention or max_disk_mb) was kept: it could not be recorded or deleted; retried at every commit, summarised every {} s.", FAILURE_LOG_PERIOD.as_secs()),
-            DropReport::Summary { counts, period } => warn!(path = %path, error, "Historian destruction still failing: {counts} passes in the last {} s.", period.as_secs()),
-            DropReport::Stopped { total, lasted } => info!(path = %path, "Historian destruction works again after {total} failed passes over {} s.", lasted.as_secs()),
+            DropReport::Started(_) => {
+                warn!(path = %path, error, "Historian data due for destruction (retention or max_disk_mb) was kept: it could not be recorded or deleted; retried at every commit, summarised every {} s.", FAILURE_LOG_PERIOD.as_secs())
+            }
+            DropReport::Summary { counts, period } => {
+                warn!(path = %path, error, "Historian destruction still failing: {counts} passes in the last {} s.", period.as_secs())
+            }
+            DropReport::Stopped { total, lasted } => {
+                info!(path = %path, "Historian destruction works again after {total} failed passes over {} s.", lasted.as_secs())
+            }
         }
     }
 }
@@ -742,10 +776,10 @@ impl Historian {
     /// Starts the next data key when the current one has made its share of seals (once per
     /// 2^28 seals: practically never). A failure keeps the current key and is logged.
     fn rotate_key(&mut self) {
-        let started = self
-            .ring
-            .lock()
-            .ensure_current(&self.conn, &self.master, crate::model::now_ms());
+        let started =
+            self.ring
+                .lock()
+                .ensure_current(&self.conn, &self.master, crate::model::now_ms());
         match started {
             Ok(Some(id)) => {
                 info!(path = %self.path.display(), key = id, "Historian data key retired after its seal budget; a new one seals from now on.");
@@ -808,7 +842,11 @@ fn restore_head(
 
 /// Inserts `chunks`, important and core ones sealed to their place, and saves the current data
 /// key's seal count, in one transaction.
-fn write_chunks(conn: &mut Connection, chunks: &[Sealed], ring: &SharedRing) -> rusqlite::Result<()> {
+fn write_chunks(
+    conn: &mut Connection,
+    chunks: &[Sealed],
+    ring: &SharedRing,
+) -> rusqlite::Result<()> {
     let mut ring = ring.lock();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for c in chunks {
@@ -887,12 +925,12 @@ fn seal_plaintext(conn: &Connection, path: &Path, ring: &mut KeyRing) -> Result<
                 max_ts: r.get(6).map_err(write)?,
             };
             let block: Vec<u8> = r.get(7).map_err(write)?;
-            let (key, bytes) = ring
-                .seal_chunk(&place, &block)
-                .map_err(|source| StoreError::Crypto {
-                    path: path.to_owned(),
-                    source,
-                })?;
+            let (key, bytes) =
+                ring.seal_chunk(&place, &block)
+                    .map_err(|source| StoreError::Crypto {
+                        path: path.to_owned(),
+                        source,
+                    })?;
             let id: i64 = r.get(0).map_err(write)?;
             tx.execute(
                 "UPDATE chunks SET enc = ?2, block = ?3 WHERE id = ?1",

@@ -41,6 +41,10 @@ struct Args {
     /// Historian file.
     #[arg(long, default_value = "data/demo-historian.db")]
     historian: PathBuf,
+    /// The historian's master key (created on first start, as `edge-agent init` does); kept
+    /// apart from the data directory, as `configs/demo.toml` says.
+    #[arg(long, default_value = "keys/demo-historian.key")]
+    key: PathBuf,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -78,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
     let wiring = Wiring {
         broker: broker.addr(),
         historian: args.historian.clone(),
+        key: args.key.clone(),
         window: None,
     };
     let loaded = demo_agent_config(&plant, &wiring)?;

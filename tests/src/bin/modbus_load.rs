@@ -475,7 +475,7 @@ async fn footprint(
         None
     };
     let cfg = dir.path().join("agent.toml");
-    std::fs::write(&cfg, text)?;
+    std::fs::write(&cfg, edge_tests::query::with_test_key(&text, &db))?;
     println!(
         "{tags} u16 tags every {} over {devices} Modbus TCP device(s); {secs} s window after 5 s warm-up",
         humantime::format_duration(interval)

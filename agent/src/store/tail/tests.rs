@@ -881,7 +881,7 @@ fn reader_skips_a_segment_released_between_listing_and_reading() {
     assert!(listing.len() > 3);
     // The writer releases the oldest segment after the reader listed it.
     std::fs::remove_file(&listing[0].1).expect("remove");
-    let replayed = super::replay(&listing, true).expect("read").replayed;
+    let replayed = super::replay(&listing, true, None).expect("read").replayed;
     assert_eq!(replayed.stats.vanished_segments, 1);
     assert_eq!(replayed.stats.corrupt, None);
     // What it returns is exact; chunks whose first fragment went with the segment are left out.

@@ -11,7 +11,7 @@
 //!
 //! The identity is what the caller names (`--as`, default the OS account). It is an
 //! accountability label, not an authentication: the key file's permissions (0600, the agent's
-//! account) decide who can decrypt at all (decision 0022).
+//! account) decide who can decrypt at all (decision 0023).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -84,22 +84,7 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
     // The historian first: what is read must have somewhere to go before anything else can
     // delay it (the trail's open syncs and allocates its reserve). Neither runs without the
     // other: nothing is read until both are open.
-    let master = Arc::new(store::crypto::MasterKey::load(&cfg.historian.key).map_err(
-        |source| store::StoreError::Crypto {
-            path: cfg.historian.path.clone(),
-            source,
-        },
-    )?);
-    let trail_hook = store_hook::TrailHook::new(cfg.catalogue.dir.clone());
-    let historian = store::Historian::spawn(
-        &cfg.historian,
-        &cfg.points,
-        stats.clone(),
-        master,
-        trail_hook.hook(),
-    )?;
-    let audit = open_audit(&cfg, &stats)?;
-    trail_hook.attach(&audit);
+    let (historian, audit) = open_historian_and_trail(&cfg, &stats)?;
     // Before anything can raise one: incidents of the start are published too.
     let incident_feed = cfg.audit.publish_incidents.as_ref().map(|name| {
         let (tx, rx) = mpsc::channel(INCIDENT_FEED);
@@ -214,6 +199,30 @@ async fn head_due(tick: Option<&mut tokio::time::Interval>) {
         }
         None => std::future::pending().await,
     }
+}
+
+/// The historian, sealing with the key file's master key, and the trail its events go to.
+fn open_historian_and_trail(
+    cfg: &AgentConfig,
+    stats: &Arc<Stats>,
+) -> Result<(store::HistorianHandle, AuditLog), PipelineError> {
+    let master = Arc::new(store::crypto::MasterKey::load(&cfg.historian.key).map_err(
+        |source| store::StoreError::Crypto {
+            path: cfg.historian.path.clone(),
+            source,
+        },
+    )?);
+    let trail_hook = store_hook::TrailHook::new(cfg.catalogue.dir.clone());
+    let historian = store::Historian::spawn(
+        &cfg.historian,
+        &cfg.points,
+        stats.clone(),
+        master,
+        trail_hook.hook(),
+    )?;
+    let audit = open_audit(cfg, stats)?;
+    trail_hook.attach(&audit);
+    Ok((historian, audit))
 }
 
 fn start_uplinks(

@@ -278,7 +278,11 @@ pub fn query(config: &Path, args: &[&str], timeout: Duration) -> anyhow::Result<
         .arg("query")
         .arg("-c")
         .arg(config)
-        .args(["--as", crate::query::TESTER])
+        .args(if args.contains(&"--as") {
+            &[][..]
+        } else {
+            &["--as", crate::query::TESTER][..]
+        })
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -159,3 +159,69 @@ mod tests {
         assert_eq!(ordered_bytes(bits, "XYZW"), None);
     }
 }
+
+/// All patterns to scan stored files for when `value` is a float canary kept as an `f64`: its
+/// decimal text and its 8 bytes big- and little-endian.
+pub fn canary_patterns_f64(value: f64) -> Vec<CanaryPattern> {
+    let mut patterns = Patterns::default();
+    patterns.text("decimal text", format!("{value}"));
+    patterns.text("decimal text", format!("{value:?}"));
+    patterns.push("f64 big-endian".into(), value.to_be_bytes().to_vec());
+    patterns.push("f64 little-endian".into(), value.to_le_bytes().to_vec());
+    patterns.0
+}
+
+/// `true` if `needle` occurs in `haystack` starting at any bit, not only on byte boundaries:
+/// the historian's chunks pack values bit by bit (MSB first), so a plaintext value need not
+/// start on a byte. Needles shorter than 4 bytes match too easily and never match here.
+pub fn contains_bits(haystack: &[u8], needle: &[u8]) -> bool {
+    let n = needle.len();
+    if n < 4 {
+        return false;
+    }
+    if memchr::memmem::find(haystack, needle).is_some() {
+        return true;
+    }
+    (1..8u32).any(|s| {
+        // The needle starting `s` bits into a byte spans n + 1 bytes: the first holds its top
+        // 8 - s bits in its low bits, the last its bottom s bits in its top bits, and the n - 1
+        // bytes between are fully known.
+        let middle: Vec<u8> = (1..n)
+            .map(|i| (needle[i - 1] << (8 - s)) | (needle[i] >> s))
+            .collect();
+        let first = needle[0] >> s;
+        let last = needle[n - 1] << (8 - s);
+        memchr::memmem::find_iter(haystack, &middle).any(|p| {
+            p >= 1
+                && p + n - 1 < haystack.len()
+                && haystack[p - 1] & (0xFF >> s) == first
+                && haystack[p + n - 1] & (0xFF << (8 - s)) == last
+        })
+    })
+}
+
+#[cfg(test)]
+mod bit_tests {
+    use super::contains_bits;
+
+    #[test]
+    fn a_needle_is_found_at_every_bit_offset_and_a_near_miss_is_not() {
+        let needle = [0xDE, 0xAD, 0xBE, 0xEF, 0x42];
+        for shift in 0..8 {
+            // The needle's bits placed `shift` bits into a buffer of ones.
+            let mut bits: Vec<bool> = vec![true; 13 + shift];
+            for b in needle {
+                bits.extend((0..8).rev().map(|i| b >> i & 1 == 1));
+            }
+            bits.extend(vec![true; 11]);
+            let bytes: Vec<u8> = bits
+                .chunks(8)
+                .map(|c| c.iter().fold(0u8, |a, &b| a << 1 | u8::from(b)) << (8 - c.len()))
+                .collect();
+            assert!(contains_bits(&bytes, &needle), "shift {shift}");
+            let mut near = needle;
+            near[4] ^= 1;
+            assert!(!contains_bits(&bytes, &near), "near miss at shift {shift}");
+        }
+    }
+}

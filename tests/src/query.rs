@@ -1,6 +1,7 @@
 //! Reading the historian the way an operator does: `edge-agent query`, as a child process.
 //! The agent binary is the workspace's (`cargo test --workspace` builds it next to this test).
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -103,14 +104,18 @@ pub const TESTER: &str = "tester";
 /// `toml` with the historian's key (created beside `historian`, as `edge-agent init` would) and
 /// a role that lets [`TESTER`] read important and core data. The key line goes right after
 /// the `[historian]` header, the role at the end.
+///
+/// # Panics
+/// If the key cannot be created.
 pub fn with_test_key(toml: &str, historian: &Path) -> String {
     let key = key_beside(historian);
     crate::plant::ensure_key(&key).expect("historian key");
     let key_line = format!("[historian]\nkey = {:?}\n", key.display().to_string());
     let mut s = toml.replacen("[historian]\n", &key_line, 1);
-    s.push_str(&format!(
+    let _ = write!(
+        s,
         "\n[[roles]]\nname = \"test-reader\"\nmembers = [{TESTER:?}]\nlevels = [\"important\", \"core\"]\n"
-    ));
+    );
     s
 }
 

@@ -182,7 +182,7 @@ pub enum Event {
         last: String,
         /// How: `chunks deleted, secure_delete pages zeroed, WAL truncated`.
         method: String,
-        /// `retention` (older than the level's retention) or `disk_bound` (max_disk_mb).
+        /// `retention` (older than the level's retention) or `disk_bound` (`max_disk_mb`).
         reason: String,
         /// Who: the agent's automatic retention, by config.
         operator: String,

@@ -37,7 +37,12 @@ impl TrailHook {
     /// From now on events go to `audit`; those that came before are recorded now.
     pub(super) fn attach(&self, audit: &AuditLog) {
         let _ = self.audit.set(audit.clone());
-        let early = std::mem::take(&mut *self.early.lock().unwrap_or_else(|p| p.into_inner()));
+        let early = std::mem::take(
+            &mut *self
+                .early
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         for event in early {
             audit.record(event);
         }
@@ -60,7 +65,7 @@ impl TrailHook {
                     None => self
                         .early
                         .lock()
-                        .unwrap_or_else(|p| p.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .push(event),
                 }
                 Ok(())

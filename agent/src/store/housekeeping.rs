@@ -181,14 +181,12 @@ pub(super) fn disk_used(conn: &Connection, path: &Path) -> u64 {
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     let wal = std::fs::metadata(&wal).map_or(0, |m| m.len());
-    let tail = std::fs::read_dir(super::tail::tail_dir(path))
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum::<u64>()
-        })
-        .unwrap_or(0);
+    let tail = std::fs::read_dir(super::tail::tail_dir(path)).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum::<u64>()
+    });
     db + wal + tail
 }

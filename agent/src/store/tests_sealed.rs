@@ -1,5 +1,10 @@
 //! Encryption at rest, retention and the disk bound, through the writer and reader.
-#![allow(clippy::cast_possible_wrap)]
+#![allow(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss,
+    clippy::many_single_char_names
+)]
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

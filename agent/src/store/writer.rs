@@ -220,29 +220,9 @@ impl Historian {
         let lock = lock_writer(&path)?;
         let mut conn = schema::open_writer(&path)?;
         // The key is checked before anything is written: a wrong key changes nothing.
-        let mut ring = KeyRing::load(&conn, &path, &master)?;
+        let ring = KeyRing::load(&conn, &path, &master)?;
         let known_ids = schema::upsert_points(&mut conn, &path, points)?;
-        let crypto_err = |source| StoreError::Crypto {
-            path: path.clone(),
-            source,
-        };
-        if let Some(id) = ring
-            .ensure_current(&conn, &master, crate::model::now_ms())
-            .map_err(crypto_err)?
-        {
-            hook(StoreEvent::DataKeyStarted {
-                id,
-                master_id: master.id().to_owned(),
-            })
-            .map_err(|e| {
-                crypto_err(super::crypto::CryptoError::KeyInvalid {
-                    path: path.clone(),
-                    reason: format!("data key {id} started but not recorded: {e}"),
-                })
-            })?;
-        }
-        seal_plaintext(&conn, &path, &mut ring)?;
-        let ring = SharedRing::new(ring);
+        let ring = start_keys(&conn, &path, &master, &hook, ring)?;
         if let Some(pages) = max_pages {
             // SQLite answers SQLITE_FULL ("database or disk is full") past this size, exactly as
             // on a full disk. The pragma is per connection, so only this writer is capped.
@@ -262,25 +242,7 @@ impl Historian {
             source,
         })?;
         let now = Instant::now();
-        let (tail, replayed) = Tail::open_sealed(
-            &tail_dir(&path),
-            TailConfig::default(),
-            now,
-            Some(Box::new(ring.clone())),
-        )
-        .map_err(|source| StoreError::Tail {
-            path: path.clone(),
-            source,
-        })?;
-        let policy = SealPolicy::for_points(points.len());
-        let (head, unusable) = restore_head(&path, &committed, &replayed, policy);
-        // Damage found on open: the trail's `store_integrity` incident reads this.
-        let damage = unusable
-            + u64::from(replayed.stats.corrupt.is_some())
-            + replayed.stats.quarantined.len() as u64;
-        stats
-            .store_damaged
-            .fetch_add(damage, std::sync::atomic::Ordering::Relaxed);
+        let (tail, head) = open_tail(&path, &ring, &committed, points.len(), &stats, now)?;
 
         // Validation keeps these >= 1; max(1) keeps a zero from meaning "never flush".
         let batch_size = settings.batch_size.max(1);
@@ -735,13 +697,13 @@ impl Historian {
         let error = self.last_error.as_deref().unwrap_or("unknown");
         match report {
             DropReport::Started(_) => {
-                warn!(path = %path, error, "Historian data due for destruction (retention or max_disk_mb) was kept: it could not be recorded or deleted; retried at every commit, summarised every {} s.", FAILURE_LOG_PERIOD.as_secs())
+                warn!(path = %path, error, "Historian data due for destruction (retention or max_disk_mb) was kept: it could not be recorded or deleted; retried at every commit, summarised every {} s.", FAILURE_LOG_PERIOD.as_secs());
             }
             DropReport::Summary { counts, period } => {
-                warn!(path = %path, error, "Historian destruction still failing: {counts} passes in the last {} s.", period.as_secs())
+                warn!(path = %path, error, "Historian destruction still failing: {counts} passes in the last {} s.", period.as_secs());
             }
             DropReport::Stopped { total, lasted } => {
-                info!(path = %path, "Historian destruction works again after {total} failed passes over {} s.", lasted.as_secs())
+                info!(path = %path, "Historian destruction works again after {total} failed passes over {} s.", lasted.as_secs());
             }
         }
     }
@@ -838,6 +800,70 @@ fn restore_head(
         );
     }
     (head, unusable)
+}
+
+/// The tail, replayed (sealed envelopes opened with `ring`), and the head it restores; the
+/// damage found is counted for the `store_integrity` incident.
+fn open_tail(
+    path: &Path,
+    ring: &SharedRing,
+    committed: &HashMap<u32, u32>,
+    points: usize,
+    stats: &Stats,
+    now: Instant,
+) -> Result<(Tail, Head), StoreError> {
+    let (tail, replayed) = Tail::open_sealed(
+        &tail_dir(path),
+        TailConfig::default(),
+        now,
+        Some(Box::new(ring.clone())),
+    )
+    .map_err(|source| StoreError::Tail {
+        path: path.to_owned(),
+        source,
+    })?;
+    let policy = SealPolicy::for_points(points);
+    let (head, unusable) = restore_head(path, committed, &replayed, policy);
+    // Damage found on open: the trail's `store_integrity` incident reads this.
+    let damage = unusable
+        + u64::from(replayed.stats.corrupt.is_some())
+        + replayed.stats.quarantined.len() as u64;
+    stats
+        .store_damaged
+        .fetch_add(damage, std::sync::atomic::Ordering::Relaxed);
+    Ok((tail, head))
+}
+
+/// A data key to seal with (started, stored and reported if there is none yet), and the
+/// plaintext an earlier version left sealed: the ring the writer and its tail share.
+fn start_keys(
+    conn: &Connection,
+    path: &Path,
+    master: &MasterKey,
+    hook: &StoreHook,
+    mut ring: KeyRing,
+) -> Result<SharedRing, StoreError> {
+    let crypto_err = |source| StoreError::Crypto {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(id) = ring
+        .ensure_current(conn, master, crate::model::now_ms())
+        .map_err(crypto_err)?
+    {
+        hook(StoreEvent::DataKeyStarted {
+            id,
+            master_id: master.id().to_owned(),
+        })
+        .map_err(|e| {
+            crypto_err(super::crypto::CryptoError::KeyInvalid {
+                path: path.to_owned(),
+                reason: format!("data key {id} started but not recorded: {e}"),
+            })
+        })?;
+    }
+    seal_plaintext(conn, path, &mut ring)?;
+    Ok(SharedRing::new(ring))
 }
 
 /// Inserts `chunks`, important and core ones sealed to their place, and saves the current data

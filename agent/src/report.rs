@@ -145,6 +145,7 @@ fn records_kept(s: &mut String, cfg: &AgentConfig) {
         a.reserve_bytes >> 20
     );
     let _ = writeln!(s, "{}", cfg.catalogue.check_line());
+    derived_report::access(s, cfg);
 }
 
 /// The `check` report of a valid config.

@@ -260,8 +260,12 @@ impl Ctx<'_> {
             carrier: Carrier {
                 storage: STORAGE.to_owned(),
                 file: self.cfg.historian.path.display().to_string(),
-                encrypted_at_rest: false,
-                encryption: "not encrypted at rest: samples of every level are stored as plaintext compressed chunks; per-chunk encryption of important and core data is planned (issue 11)".to_owned(),
+                encrypted_at_rest: level != Level::General,
+                encryption: if level == Level::General {
+                    "general data is stored as plaintext compressed chunks".to_owned()
+                } else {
+                    "encrypted at rest: every chunk (and the durable tail's copy of open chunks) sealed with AES-256-GCM, bound to its point, level, category and time range; data keys wrapped by a master key kept apart from the data (historian.key, mode 0600)".to_owned()
+                },
             },
             location: Location {
                 gateway: g.id.to_string(),
@@ -281,7 +285,7 @@ impl Ctx<'_> {
                 department: g.department.clone(),
                 contact: self.filing.contact.clone(),
             },
-            protection: self.protection(level, &sharing),
+            protection: self.protection(level, category, &sharing),
             sharing,
             cross_border,
         }
@@ -385,7 +389,7 @@ impl Ctx<'_> {
         out
     }
 
-    fn protection(&self, level: Level, sharing: &[Sharing]) -> Vec<String> {
+    fn protection(&self, level: Level, category: Category, sharing: &[Sharing]) -> Vec<String> {
         let cfg = self.cfg;
         let allowed = sharing
             .iter()
@@ -428,7 +432,31 @@ impl Ctx<'_> {
         out.push(
             "reads of important and core data (`edge-agent query`) recorded in the audit trail (DataQueried) before they happen".to_owned(),
         );
-        out.push("not yet in force: encryption at rest (issue 11); per-role authorisation of historian reads (issue 11)".to_owned());
+        out.push(
+            "encrypted at rest (AES-256-GCM per chunk, keys apart from the data); a wrong or missing key stops the agent and changes nothing".to_owned(),
+        );
+        let roles: Vec<&str> = cfg
+            .roles
+            .iter()
+            .filter(|r| r.grants(level, category))
+            .map(|r| r.name.as_str())
+            .collect();
+        out.push(if roles.is_empty() {
+            "read by no role: no [[roles]] entry grants this level and category; every attempt is refused and recorded (DataRefused)".to_owned()
+        } else {
+            format!(
+                "read only by the roles {} (`edge-agent query --as`); refusals recorded (DataRefused)",
+                roles.join(", ")
+            )
+        });
+        let keep = cfg.historian.retention[level.index()];
+        out.push(keep.map_or_else(
+            || "kept until removed: no retention is configured for this level".to_owned(),
+            |d| format!(
+                "kept {}, then destroyed (chunks deleted, pages zeroed) with a DataDestroyed record",
+                crate::config::retention_text(d)
+            ),
+        ));
         out
     }
 }

@@ -288,8 +288,8 @@ fn rows_cover_configured_and_stored_data_and_say_what_is_not_true_yet() {
         important.responsible.contact,
         "+86 512 0000 0000, dso@example.com"
     );
-    assert!(!important.carrier.encrypted_at_rest);
-    assert!(important.carrier.encryption.contains("not encrypted"));
+    assert!(important.carrier.encrypted_at_rest);
+    assert!(important.carrier.encryption.contains("AES-256-GCM"));
     let share = &important.sharing[0];
     assert_eq!(
         (share.destination.as_str(), share.forms.as_slice()),
@@ -322,7 +322,12 @@ fn rows_cover_configured_and_stored_data_and_say_what_is_not_true_yet() {
     assert!(core
         .protection
         .iter()
-        .any(|p| p.starts_with("not yet in force: encryption at rest")));
+        .any(|p| p.starts_with("encrypted at rest")));
+    assert!(
+        core.protection.iter().any(|p| p.starts_with("read by no role")),
+        "{:?}",
+        core.protection
+    );
     let recipe = c
         .register
         .iter()

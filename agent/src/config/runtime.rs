@@ -91,6 +91,17 @@ impl HistorianSettings {
     }
 }
 
+/// A retention as people say it: `30 days`, or humantime's form when not whole days.
+#[must_use]
+pub fn retention_text(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs % 86_400 == 0 && d.subsec_nanos() == 0 {
+        format!("{} days", secs / 86_400)
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
 /// A role of `[[roles]]`: what its members may read with `edge-agent query`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Role {

@@ -47,12 +47,66 @@ pub(super) fn per_destination(s: &mut String, cfg: &AgentConfig, meta: &PointMet
 
 /// How long what a point produces is kept, locally and in the trail.
 pub(super) fn retention(s: &mut String, cfg: &AgentConfig) {
+    let h = &cfg.historian;
+    let per_level: Vec<String> = crate::model::Level::ALL
+        .iter()
+        .map(|l| {
+            let keep = h.retention[l.index()].map_or_else(
+                || "until removed".to_owned(),
+                crate::config::retention_text,
+            );
+            format!("{} {keep}", l.as_str())
+        })
+        .collect();
+    let bound = h.max_disk_bytes.map_or_else(String::new, |b| {
+        format!(
+            "; the historian's files stay under {} MiB (the oldest general data destroyed first)",
+            b >> 20
+        )
+    });
     let _ = writeln!(
         s,
-        "  retention: samples stay in the historian until removed (no per-level expiry is configured); \
+        "  retention: samples kept {}{bound}, then destroyed with a DataDestroyed record; \
          audit records are kept {} days, egress records {} days (floors 183 and 1095, which no config lowers)",
-        cfg.audit.retention_days, cfg.audit.egress_retention_days
+        per_level.join(", "),
+        cfg.audit.retention_days,
+        cfg.audit.egress_retention_days
     );
+}
+
+/// Who may read which data with `edge-agent query` (`[[roles]]`), and where the key is.
+pub(super) fn access(s: &mut String, cfg: &AgentConfig) {
+    let _ = writeln!(
+        s,
+        "\naccess: important and core data sealed with the key {} (AES-256-GCM); general readable by every local account that can open the historian",
+        cfg.historian.key.display()
+    );
+    if cfg.roles.is_empty() {
+        let _ = writeln!(
+            s,
+            "  no [[roles]]: nobody reads important or core data with `edge-agent query` (every attempt is refused and recorded)"
+        );
+    }
+    for r in &cfg.roles {
+        let levels: Vec<&str> = r.levels.iter().map(|l| l.as_str()).collect();
+        let categories = if r.categories.is_empty() {
+            "every category".to_owned()
+        } else {
+            r.categories
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "  role {}: {} of {} — members {}",
+            r.name,
+            levels.join(", "),
+            categories,
+            r.members.join(", ")
+        );
+    }
 }
 
 /// `check`'s sections on group summaries and downgrades: what each is, and what each

@@ -77,6 +77,9 @@ pub struct Stats {
     /// The historian is over `max_disk_mb` with no general data left to destroy: new samples
     /// of every level are not stored (an incident is open).
     pub(crate) store_over_bound: std::sync::atomic::AtomicBool,
+    /// The historian's commits fail (a full or failing disk): sealed chunks wait in the tail
+    /// and in memory (an incident is open while this lasts).
+    pub(crate) store_commit_failing: std::sync::atomic::AtomicBool,
     /// Summaries closed.
     pub(crate) summaries: PerLevel,
     /// Modbus requests sent / failed.
@@ -110,6 +113,7 @@ impl Stats {
             store_dropped: PerLevel::default(),
             store_destroyed: PerLevel::default(),
             store_over_bound: std::sync::atomic::AtomicBool::new(false),
+            store_commit_failing: std::sync::atomic::AtomicBool::new(false),
             summaries: PerLevel::default(),
             requests: AtomicU64::new(0),
             request_failures: AtomicU64::new(0),

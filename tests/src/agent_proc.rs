@@ -99,6 +99,38 @@ impl AgentProc {
         lines.iter().rev().find_map(|l| parse_stored(l))
     }
 
+    /// The `name` counters (`read`, `stored`, `store-dropped`, ...) of the newest counters line
+    /// that has them.
+    pub fn counter(&self, name: &str) -> Option<LevelCounts> {
+        let lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        lines.iter().rev().find_map(|l| parse_counter(l, name))
+    }
+
+    /// Waits until the `name` counters satisfy `ok`; returns them.
+    pub fn wait_counter(
+        &mut self,
+        name: &str,
+        ok: impl Fn(LevelCounts) -> bool,
+        timeout: Duration,
+    ) -> anyhow::Result<LevelCounts> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.counter(name).filter(|c| ok(*c)) {
+                return Ok(c);
+            }
+            if let Some(status) = self.child.try_wait().context("polling the agent")? {
+                bail!("the agent exited ({status}); log:\n{}", self.log_text());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{name} never reached the expected figures within {timeout:?} (last {:?})",
+                    self.counter(name)
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Waits until the counters show at least `min` samples stored (all levels together).
     pub fn wait_stored(&mut self, min: u64, timeout: Duration) -> anyhow::Result<LevelCounts> {
         let deadline = Instant::now() + timeout;

@@ -121,14 +121,22 @@ impl Drop for Rig {
 }
 
 fn agent_toml(plant: &Plant, dir: &Path) -> String {
+    agent_toml_with(plant, &dir.join("data/historian.db"), dir, "")
+}
+
+/// The config with the historian at `historian`, the key in `dir/keys`, the trail in
+/// `dir/audit`, and `extra` lines in `[historian]`.
+fn agent_toml_with(plant: &Plant, historian: &Path, dir: &Path, extra: &str) -> String {
     let mut s = format!(
         "[gateway]\nid = \"gw-sec\"\nsite = \"sec\"\njurisdiction = \"CN\"\ndata_processor = \"T\"\n\
          responsible_person = \"T\"\ndepartment = \"T\"\n\n[classification]\ndefault_level = \"important\"\n\n\
-         [historian]\npath = {:?}\nkey = {:?}\nflush_interval = \"20ms\"\n\n\
+         [historian]\npath = {:?}\nkey = {:?}\nflush_interval = \"20ms\"\n{extra}\n\
+         [audit]\ndir = {:?}\n\n\
          [[roles]]\nname = \"process-engineer\"\nmembers = [\"engineer\"]\nlevels = [\"important\"]\n\n\
          [[roles]]\nname = \"officer\"\nmembers = [\"officer\"]\nlevels = [\"important\", \"core\"]\n",
-        dir.join("data/historian.db").display().to_string(),
+        historian.display().to_string(),
         dir.join("keys/historian.key").display().to_string(),
+        dir.join("audit").display().to_string(),
     );
     for (level, category, _, _) in LEVELS {
         let addr = plant.device_addr(level).expect("device");
@@ -383,4 +391,150 @@ fn a_role_reads_only_what_it_is_granted_and_every_read_and_refusal_is_audited() 
     assert_eq!(officer.len(), 1, "{queried}");
     assert_eq!(officer[0]["points"], serde_json::json!(["core.*"]));
     assert_eq!(officer[0]["roles"], serde_json::json!(["officer"]));
+}
+
+/// A tmpfs for the historian, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// `None` where mounting is not permitted (not root, or no `CAP_SYS_ADMIN`).
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        fs::create_dir_all(at).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        ok.then(|| Tmpfs(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Writes zeros into `path` until the file system is full; returns the bytes written.
+fn fill(path: &Path) -> u64 {
+    use std::io::Write as _;
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("filler");
+    let block = vec![0u8; 64 * 1024];
+    let mut n = 0u64;
+    while f.write_all(&block).is_ok() {
+        n += block.len() as u64;
+    }
+    let small = [0u8; 512];
+    while f.write_all(&small).is_ok() {
+        n += 512;
+    }
+    let _ = f.sync_all();
+    n
+}
+
+/// The historian's disk fills: below `min_free_mb` general data is no longer stored while
+/// important and core still are; completely full, the `store_capacity` incident is raised for
+/// important and core and the agent keeps running; when space returns, everything is stored
+/// again, and no important or core sample read was lost.
+#[test]
+fn a_full_historian_disk_sheds_general_first_raises_an_incident_and_recovers() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let rig = Rig::start();
+    let Some(disk) = Tmpfs::mount(&rig.dir.path().join("hfs"), "24m") else {
+        eprintln!(
+            "SKIPPED: mounting a tmpfs is not permitted here (needs root with CAP_SYS_ADMIN)"
+        );
+        return;
+    };
+    let plant = rig.plant.as_ref().expect("plant");
+    fs::write(
+        &rig.config,
+        agent_toml_with(
+            plant,
+            &disk.0.join("historian.db"),
+            rig.dir.path(),
+            "min_free_mb = 4\n",
+        ),
+    )
+    .expect("config");
+    assert!(edge_agent(&["init"], &rig.config).status.success());
+    let mut agent = AgentProc::start(&rig.config).expect("agent starts");
+    let wait = Duration::from_secs(90);
+    agent
+        .wait_counter("stored", |s| s.iter().all(|&n| n >= 30), wait)
+        .expect("every level stored");
+
+    // Low: less free than min_free_mb. General is shed, important and core are stored.
+    let filler = disk.0.join("filler");
+    let filled = fill(&filler);
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .expect("filler");
+    f.set_len(filled.saturating_sub(2 << 20))
+        .expect("free 2 MiB");
+    drop(f);
+    let shed = agent
+        .wait_counter("store-dropped", |d| d[0] > 0, wait)
+        .expect("general shed");
+    assert_eq!(
+        (shed[1], shed[2]),
+        (0, 0),
+        "important and core are still stored: {shed:?}"
+    );
+    let before = agent.counter("stored").expect("stored");
+    agent
+        .wait_counter(
+            "stored",
+            |s| s[1] > before[1] + 20 && s[2] > before[2] + 20,
+            wait,
+        )
+        .expect("important and core still stored while general is shed");
+
+    // Full: commits fail; important and core wait in the tail, the incident is raised.
+    fill(&filler);
+    let incidents = rig.dir.path().join("audit/incidents.jsonl");
+    let deadline = std::time::Instant::now() + wait;
+    let raised = loop {
+        let text = fs::read_to_string(&incidents).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| {
+            l.contains("store_capacity") && l.contains("\"subject\":\"historian database\"")
+        }) {
+            break line.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no store_capacity incident: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(raised.contains("\"core\""), "{raised}");
+
+    // Space returns: stored again, general included.
+    fs::remove_file(&filler).expect("remove filler");
+    let now = agent.counter("stored").expect("stored");
+    agent
+        .wait_counter("stored", |s| s[0] > now[0] + 20, wait)
+        .expect("general stored again");
+    agent
+        .wait_logged("Historian writes recovered", wait)
+        .expect("commits recovered");
+    let finished = agent.terminate(Duration::from_secs(30)).expect("stops");
+    assert!(finished.status.success(), "{:?}", finished.lines);
+    assert_eq!(
+        (finished.store_dropped[1], finished.store_dropped[2]),
+        (0, 0),
+        "no important or core sample was lost"
+    );
+    assert_eq!(
+        (finished.read[1], finished.read[2]),
+        (finished.stored[1], finished.stored[2]),
+        "every important and core sample read was stored"
+    );
 }

@@ -274,10 +274,10 @@ impl Ctx<'_> {
                 text: self.filing.location.clone(),
             },
             purpose: self.filing.purpose(category).to_owned(),
-            method: self.filing.method(category).map_or_else(
-                || method(level, category, &points, &sharing),
-                str::to_owned,
-            ),
+            method: self
+                .filing
+                .method(category)
+                .map_or_else(|| method(level, category, &points, &sharing), str::to_owned),
             scope_of_use: self.filing.scope_of_use(category).to_owned(),
             responsible: Responsible {
                 entity: g.data_processor.clone(),

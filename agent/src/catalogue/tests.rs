@@ -324,7 +324,9 @@ fn rows_cover_configured_and_stored_data_and_say_what_is_not_true_yet() {
         .iter()
         .any(|p| p.starts_with("encrypted at rest")));
     assert!(
-        core.protection.iter().any(|p| p.starts_with("read by no role")),
+        core.protection
+            .iter()
+            .any(|p| p.starts_with("read by no role")),
         "{:?}",
         core.protection
     );

@@ -20,6 +20,8 @@ pub(crate) const WATCH_PERIOD: Duration = Duration::from_secs(5);
 pub(crate) const QUIET_MS: i64 = 60_000;
 
 const HISTORIAN: &str = "historian";
+/// The subject of commits failing.
+const HISTORIAN_DB: &str = "historian database";
 
 /// The state between two reads of the counters.
 #[derive(Debug, Default)]
@@ -41,6 +43,23 @@ impl Watch {
             .collect();
         self.dropped = dropped;
         let total: u64 = delta.iter().sum();
+        // Commits failing is its own incident (its own subject): the drops incident may be open
+        // for general data already, and this one says important and core are at stake.
+        let failing = stats.store_commit_failing.load(Ordering::Relaxed);
+        let open = audit.is_open(IncidentKind::StoreCapacity, HISTORIAN_DB);
+        if failing && !open {
+            audit.raise(
+                Incident::new(
+                    IncidentKind::StoreCapacity,
+                    "the historian cannot commit to its database (disk full or failing): important and core samples are held in the durable tail and in memory until it can; free space on the historian's disk".to_owned(),
+                    now_ms,
+                )
+                .about(HISTORIAN_DB)
+                .affecting(&["important", "core"], &[]),
+            );
+        } else if !failing && open {
+            audit.resolve(IncidentKind::StoreCapacity, HISTORIAN_DB, now_ms);
+        }
         if total > 0 {
             self.last_drop_ms = Some(now_ms);
             if audit.is_open(IncidentKind::StoreCapacity, HISTORIAN) {
@@ -191,6 +210,33 @@ mod tests {
             .expect("incidents.jsonl");
         assert_eq!(file.lines().count(), 2, "{file}");
         assert!(file.contains("\"subject\":\"historian\""), "{file}");
+    }
+
+    #[test]
+    fn failing_commits_raise_store_capacity_for_important_and_core_until_they_succeed() {
+        let (tmp, audit) = AuditLog::for_test();
+        let stats = Stats::new(Vec::<Arc<str>>::new());
+        let mut w = Watch::default();
+        w.check(&stats, &audit, 0);
+        stats.store_commit_failing.store(true, Ordering::Relaxed);
+        w.check(&stats, &audit, 5_000);
+        // General drops open the drops incident; the commit incident is its own.
+        stats.store_dropped.add(Level::General, 3);
+        w.check(&stats, &audit, 200_000);
+        assert!(audit.is_open(IncidentKind::StoreCapacity, HISTORIAN_DB));
+        assert!(audit.is_open(IncidentKind::StoreCapacity, HISTORIAN));
+        stats.store_commit_failing.store(false, Ordering::Relaxed);
+        w.check(&stats, &audit, 205_000);
+        assert!(!audit.is_open(IncidentKind::StoreCapacity, HISTORIAN_DB));
+        let all = records(&tmp, &audit);
+        let raised = of_type(&all, "IncidentRaised");
+        assert_eq!(raised.len(), 2, "{raised:?}");
+        assert_eq!(raised[0]["subject"], "historian database");
+        assert_eq!(
+            raised[0]["levels"],
+            serde_json::json!(["important", "core"])
+        );
+        assert_eq!(of_type(&all, "IncidentResolved").len(), 1);
     }
 
     #[test]

@@ -51,10 +51,8 @@ pub(super) fn retention(s: &mut String, cfg: &AgentConfig) {
     let per_level: Vec<String> = crate::model::Level::ALL
         .iter()
         .map(|l| {
-            let keep = h.retention[l.index()].map_or_else(
-                || "until removed".to_owned(),
-                crate::config::retention_text,
-            );
+            let keep = h.retention[l.index()]
+                .map_or_else(|| "until removed".to_owned(), crate::config::retention_text);
             format!("{} {keep}", l.as_str())
         })
         .collect();

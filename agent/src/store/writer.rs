@@ -560,6 +560,9 @@ impl Historian {
                 );
                 self.head.committed();
                 self.commit_failing = false;
+                self.stats
+                    .store_commit_failing
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 if let Some(report) = self.held.finish(now) {
                     self.log_held(report);
                 }
@@ -573,6 +576,9 @@ impl Historian {
                 // Rolled back: the chunks stay sealed in memory and in the tail; retried at the
                 // next commit interval.
                 self.commit_failing = true;
+                self.stats
+                    .store_commit_failing
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 self.ids.extra.clear();
                 self.last_error = Some(source.to_string());
                 let mut waiting = LevelCounts::default();

@@ -94,7 +94,8 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
     });
     record_start(&audit, &cfg);
     watch::config_incidents(&cfg, &audit);
-    let started = start_uplinks(&cfg, &stats, &uplink_shutdown, &audit);
+    // lead wires the historian key here at merge
+    let started = start_uplinks(&cfg, &stats, &uplink_shutdown, &audit, None);
     let uplinks = match started {
         Ok(s) => s,
         Err(e) => {
@@ -202,12 +203,19 @@ async fn head_due(tick: Option<&mut tokio::time::Interval>) {
     }
 }
 
+/// Every destination's uplink, each with its durable outbox beside the historian; `master`
+/// seals the outboxes' important entries.
 fn start_uplinks(
     cfg: &AgentConfig,
     stats: &Arc<Stats>,
     uplink_shutdown: &CancellationToken,
     audit: &AuditLog,
+    master: Option<Arc<store::crypto::MasterKey>>,
 ) -> Result<Vec<uplink::UplinkHandle>, PipelineError> {
+    let place = uplink::OutboxPlace {
+        root: uplink::outbox::root_beside(&cfg.historian.path),
+        master,
+    };
     let mut uplinks = Vec::new();
     for dest in &cfg.destinations {
         // Each uplink owns its destination's policy: nothing else can put an item in its queue.
@@ -218,6 +226,7 @@ fn start_uplinks(
             stats.clone(),
             uplink_shutdown.clone(),
             audit.clone(),
+            Some(&place),
         )?);
     }
     Ok(uplinks)

@@ -374,6 +374,10 @@ impl<C: Connector> Driver<C> {
             };
         }
         self.stopped();
+        if self.shared.is_durable() {
+            let shared = self.shared.clone();
+            let _ = tokio::task::spawn_blocking(move || shared.finish_outbox()).await;
+        }
     }
 
     fn counters(&self) -> &DestinationStats {
@@ -456,11 +460,15 @@ impl<C: Connector> Driver<C> {
         }
     }
 
-    /// Everything still held is given up and counted as dropped.
+    /// Everything still held is given up: counted as dropped without an outbox; with one it
+    /// stays there for the next start.
     fn stopped(&mut self) {
         self.record_acks();
         self.counters().connected.store(false, Ordering::Relaxed);
         let lost = self.shared.lock().abandon();
+        if self.shared.is_durable() {
+            return;
+        }
         for (level, n) in lost.iter() {
             self.counters().dropped.add(level, n);
         }
@@ -512,6 +520,9 @@ impl<C: Connector> Driver<C> {
             Some(LinkEvent::Acked(pkid)) => {
                 let acked = self.shared.lock().on_puback(pkid);
                 if let Some(a) = acked {
+                    if let (Some(d), Some(_)) = (&self.shared.durable, a.stored) {
+                        d.acked(a);
+                    }
                     self.counters().forwarded.add(a.level, a.items);
                     self.counters()
                         .messages_acked
@@ -560,6 +571,12 @@ impl<C: Connector> Driver<C> {
     /// `DataEgressed` record is in the trail. If the trail cannot be written, nothing is handed
     /// out and the driver tries again after `audit::RETRY_INTERVAL`.
     async fn pump(&mut self, link: &C::Link) {
+        // With an outbox: what waits on disk comes back into the window as it empties.
+        let refill = self.shared.is_durable() && self.shared.lock().refill_room().is_some();
+        if refill {
+            let shared = self.shared.clone();
+            let _ = tokio::task::spawn_blocking(move || shared.refill()).await;
+        }
         if let Some(audit) = self.audit.clone() {
             let (ids, events): (Vec<u64>, Vec<audit::Event>) = {
                 let delivery = self.shared.lock();

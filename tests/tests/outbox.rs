@@ -260,7 +260,7 @@ fn load_config(registers: usize) -> impl FnOnce(&Plant, &str, &Path) -> String {
                 "[[devices.points]]\ntag = \"line.c{i}\"\nregister = \"holding:{i}\"\ntype = \"u16\"\n"
             );
         }
-        s.push_str(&destination(broker, "queue_items = 1000\n"));
+        s.push_str(&destination(broker, "queue_items = 5000\n"));
         s.push_str("[[destinations.allow]]\nlevels = [\"general\"]\nform = \"raw\"\n");
         s
     }

@@ -228,23 +228,22 @@ impl Shared {
         };
         let mut msgs = Vec::with_capacity(back.len());
         for r in back {
-            match message_of(&r) {
-                Some(m) => msgs.push(m),
-                None => {
-                    // Its checksum held, its seal opened, yet it does not decode: a bug or a
-                    // foreign writer. Set aside like damage, never sent half-read.
-                    let m = r.meta;
-                    outbox.ack(
-                        m.id,
-                        m.class,
-                        u64::from(m.items),
-                        u64::from(r.disk_len),
-                        m.created_ms,
-                    );
-                    self.counters()
-                        .outbox_damaged
-                        .fetch_add(1, Ordering::Relaxed);
-                }
+            if let Some(m) = message_of(&r) {
+                msgs.push(m);
+            } else {
+                // Its checksum held, its seal opened, yet it does not decode: a bug or a
+                // foreign writer. Set aside like damage, never sent half-read.
+                let m = r.meta;
+                outbox.ack(
+                    m.id,
+                    m.class,
+                    u64::from(m.items),
+                    u64::from(r.disk_len),
+                    m.created_ms,
+                );
+                self.counters()
+                    .outbox_damaged
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         self.lock().refilled(msgs, caught_up);

@@ -83,7 +83,10 @@ impl Outbox {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some((class, first)) = Class::parse_file_name(&name) {
                 names.push((class, first, name));
-            } else if name.ends_with(".tmp") {
+            } else if std::path::Path::new(&name)
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("tmp"))
+            {
                 // A compaction cut short: the file it was to replace is intact.
                 let _ = fs::remove_file(e.path());
             }
@@ -139,12 +142,11 @@ impl Outbox {
         let key = match (&header.key, &self.master) {
             (None, _) => None,
             (Some((key_id, wrapped)), Some(master)) if key_id == master.id() => {
-                match DataKey::unwrap(master, DATA_KEY_ID, wrapped) {
-                    Ok(k) => Some(k),
-                    Err(_) => {
-                        self.quarantine(name)?;
-                        return Ok(None);
-                    }
+                if let Ok(k) = DataKey::unwrap(master, DATA_KEY_ID, wrapped) {
+                    Some(k)
+                } else {
+                    self.quarantine(name)?;
+                    return Ok(None);
                 }
             }
             // Sealed under another master key (or none given): nothing in it can be read.
@@ -715,19 +717,18 @@ impl Outbox {
                 .key
                 .as_ref()
                 .map(|k| k.open_record(&aad, content, &format!("outbox entry {}", found.meta.id)));
-            match opened {
-                Some(Ok(p)) => p,
-                _ => {
-                    self.damage.unopenable += 1;
-                    self.ack(
-                        found.meta.id,
-                        class,
-                        u64::from(found.meta.items),
-                        found.len,
-                        found.meta.created_ms,
-                    );
-                    return Ok(None);
-                }
+            if let Some(Ok(p)) = opened {
+                p
+            } else {
+                self.damage.unopenable += 1;
+                self.ack(
+                    found.meta.id,
+                    class,
+                    u64::from(found.meta.items),
+                    found.len,
+                    found.meta.created_ms,
+                );
+                return Ok(None);
             }
         } else {
             content.to_vec()
@@ -801,9 +802,9 @@ impl Outbox {
             if let Ok(Some(entry)) = self.read_entry(i, first_id, found) {
                 if let Some(c) = format::decode_content(&entry.content) {
                     if keys.0.is_empty() {
-                        keys.0 = c.first_key.to_owned();
+                        c.first_key.clone_into(&mut keys.0);
                     }
-                    keys.1 = c.last_key.to_owned();
+                    c.last_key.clone_into(&mut keys.1);
                 }
             }
         }

@@ -522,6 +522,8 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
+// Offsets in a few hundred bytes of test segment.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
 

@@ -211,7 +211,7 @@ fn canary_forms(v: f64) -> Vec<Vec<u8>> {
 fn files_contain(dir: &Path, needle: &[u8]) -> bool {
     std::fs::read_dir(dir)
         .expect("dir")
-        .filter_map(|e| e.ok())
+        .filter_map(Result::ok)
         .filter_map(|e| std::fs::read(e.path()).ok())
         .any(|b| b.windows(needle.len()).any(|w| w == needle))
 }
@@ -376,7 +376,7 @@ fn status_reads_the_backlog_per_level_while_the_outbox_is_open() {
         ("general", "raw", 4)
     );
     assert_eq!(s.oldest_ms(), Some(1_000));
-    let text = status::render_text(&[s.clone()], 61_000);
+    let text = status::render_text(std::slice::from_ref(&s), 61_000);
     assert!(text.contains("backlog: 4 items"), "{text}");
     assert!(text.contains("oldest 1m00s"), "{text}");
     let json: serde_json::Value =

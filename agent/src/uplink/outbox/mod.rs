@@ -320,3 +320,87 @@ pub(crate) struct Outbox {
 }
 
 mod disk;
+
+/// The outbox for the criterion bench (`benches/outbox.rs`): append, acknowledge, read back,
+/// with the costs the uplink pays (CRC, seal, `fdatasync` per append). Not in shipped builds.
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+pub mod bench {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::format::{Class, Content};
+    use super::{Entry, Outbox, OutboxError};
+    use crate::store::crypto::MasterKey;
+
+    /// An outbox of one destination, and the class its entries take.
+    #[derive(Debug)]
+    pub struct BenchOutbox {
+        outbox: Outbox,
+        class: Class,
+    }
+
+    impl BenchOutbox {
+        /// Important summaries (sealed under `master`) or general raw entries (plaintext).
+        pub fn open(
+            dir: &Path,
+            important: bool,
+            master: Option<Arc<MasterKey>>,
+        ) -> Result<Self, OutboxError> {
+            let class = if important {
+                Class::ImportantSummary
+            } else {
+                Class::GeneralRaw
+            };
+            Ok(BenchOutbox {
+                outbox: Outbox::open(dir, "bench", master, 1 << 30)?,
+                class,
+            })
+        }
+
+        /// Appends one entry of `items` items per payload in one batch (one sync per batch);
+        /// returns their ids.
+        pub fn append(&mut self, payloads: &[&[u8]], items: u32) -> Result<Vec<u64>, OutboxError> {
+            let entries: Vec<Entry<'_>> = payloads
+                .iter()
+                .map(|p| Entry {
+                    class: self.class,
+                    items,
+                    content: Content {
+                        topic: "edge/site/gw/raw/general",
+                        form: self.class.form(),
+                        categories: 1,
+                        first_key: "line.c0@1764460800000",
+                        last_key: "line.c9@1764460800900",
+                        downgrades: Vec::new(),
+                        payload: p,
+                    },
+                })
+                .collect();
+            let placed = self.outbox.append(&entries, 1_764_460_800_000)?;
+            Ok(placed.into_iter().flatten().map(|p| p.id).collect())
+        }
+
+        /// Acknowledges `id` (an entry of `items` items and `disk_len` bytes) and writes it.
+        pub fn ack(&mut self, id: u64, items: u64, disk_len: u64) -> Result<(), OutboxError> {
+            self.outbox.ack(id, self.class, items, disk_len, 0);
+            self.outbox.flush_acks()
+        }
+
+        /// Reads everything back from the start (as after a restart); returns entries and bytes.
+        pub fn replay(&mut self) -> Result<(usize, u64), OutboxError> {
+            self.outbox.cursor = Some(0);
+            for s in &mut self.outbox.streams {
+                s.read = None;
+            }
+            let mut out = Vec::new();
+            self.outbox.read_back(u64::MAX, true, &mut out)?;
+            Ok((out.len(), out.iter().map(|r| u64::from(r.disk_len)).sum()))
+        }
+
+        /// Bytes of every segment file.
+        pub fn disk_bytes(&self) -> u64 {
+            self.outbox.disk_bytes()
+        }
+    }
+}

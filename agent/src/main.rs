@@ -68,6 +68,16 @@ enum Command {
     /// exits 1 when re-filing is due (0 when not). Finding it due records `CatalogueChangeDue`
     /// once per filing.
     Catalogue(CatalogueArgs),
+    /// Each destination's durable outbox: backlog (items, bytes, oldest age) per level and
+    /// form, and the running agent's drain rate. Reads the files without a lock while the
+    /// agent runs, and never blocks it.
+    Status {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// text or json.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -257,6 +267,7 @@ fn main() -> ExitCode {
         Command::Init { config } => ExitCode::from(edge_agent::access::init(&config)),
         Command::Audit(cmd) => audit(cmd),
         Command::Catalogue(args) => catalogue(&args),
+        Command::Status { config, format } => status(&config, &format),
         Command::Run {
             config,
             stats_every,
@@ -579,6 +590,36 @@ fn catalogue(args: &CatalogueArgs) -> ExitCode {
 /// `run` refused `file`: recorded as `ConfigRejected` (its SHA-256 and every error) in the
 /// trail the file names, when its `[gateway]`, `[historian]` and `[audit]` are usable; else
 /// there is no trail to write to, and stderr says so.
+/// `status`: every destination's outbox, read from disk.
+fn status(config: &std::path::Path, format: &str) -> ExitCode {
+    use edge_agent::uplink::outbox;
+    if !matches!(format, "text" | "json") {
+        eprintln!("error: --format must be text or json, not {format:?}");
+        return ExitCode::from(2);
+    }
+    let loaded = match load(config) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let root = outbox::root_beside(&loaded.config.historian.path);
+    let mut list = Vec::new();
+    for d in &loaded.config.destinations {
+        let dir = outbox::destination_dir(&root, &d.name);
+        match outbox::status::read(&dir, &d.name) {
+            Ok(s) => list.push(s),
+            Err(e) => {
+                eprintln!("error: cannot read the outbox {}: {e}", dir.display());
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let now = now_ms();
+    emit(&match format {
+        "json" => outbox::status::render_json(&list, now),
+        _ => outbox::status::render_text(&list, now),
+    })
+}
+
 fn record_rejection(file: &std::path::Path, e: &edge_agent::config::ConfigError) {
     use edge_agent::audit::{append_now, sha256_hex, Event};
     let errors = match e {

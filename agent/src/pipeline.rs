@@ -84,7 +84,7 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
     // The historian first: what is read must have somewhere to go before anything else can
     // delay it (the trail's open syncs and allocates its reserve). Neither runs without the
     // other: nothing is read until both are open.
-    let (historian, audit) = open_historian_and_trail(&cfg, &stats)?;
+    let (historian, audit, master) = open_historian_and_trail(&cfg, &stats)?;
     // Before anything can raise one: incidents of the start are published too.
     let incident_feed = cfg.audit.publish_incidents.as_ref().map(|name| {
         let (tx, rx) = mpsc::channel(INCIDENT_FEED);
@@ -93,7 +93,7 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
     });
     record_start(&audit, &cfg);
     watch::config_incidents(&cfg, &audit);
-    let started = start_uplinks(&cfg, &stats, &uplink_shutdown, &audit);
+    let started = start_uplinks(&cfg, &stats, &uplink_shutdown, &audit, master);
     let uplinks = match started {
         Ok(s) => s,
         Err(e) => {
@@ -201,11 +201,19 @@ async fn head_due(tick: Option<&mut tokio::time::Interval>) {
     }
 }
 
-/// The historian, sealing with the key file's master key, and the trail its events go to.
+/// The historian, sealing with the key file's master key, the trail its events go to, and the
+/// key (the outboxes seal their important entries with it too).
 fn open_historian_and_trail(
     cfg: &AgentConfig,
     stats: &Arc<Stats>,
-) -> Result<(store::HistorianHandle, AuditLog), PipelineError> {
+) -> Result<
+    (
+        store::HistorianHandle,
+        AuditLog,
+        Arc<store::crypto::MasterKey>,
+    ),
+    PipelineError,
+> {
     let master = Arc::new(store::crypto::MasterKey::load(&cfg.historian.key).map_err(
         |source| store::StoreError::Crypto {
             path: cfg.historian.path.clone(),
@@ -217,20 +225,28 @@ fn open_historian_and_trail(
         &cfg.historian,
         &cfg.points,
         stats.clone(),
-        master,
+        master.clone(),
         trail_hook.hook(),
     )?;
     let audit = open_audit(cfg, stats)?;
     trail_hook.attach(&audit);
-    Ok((historian, audit))
+    Ok((historian, audit, master))
 }
 
+/// Every destination's uplink, each with its durable outbox beside the historian; `master`
+/// seals the outboxes' important entries.
 fn start_uplinks(
     cfg: &AgentConfig,
     stats: &Arc<Stats>,
     uplink_shutdown: &CancellationToken,
     audit: &AuditLog,
+    master: Arc<store::crypto::MasterKey>,
 ) -> Result<Vec<uplink::UplinkHandle>, PipelineError> {
+    // Always with the key: a running agent never keeps important entries unsealed.
+    let place = uplink::OutboxPlace {
+        root: uplink::outbox::root_beside(&cfg.historian.path),
+        master: Some(master),
+    };
     let mut uplinks = Vec::new();
     for dest in &cfg.destinations {
         // Each uplink owns its destination's policy: nothing else can put an item in its queue.
@@ -241,6 +257,7 @@ fn start_uplinks(
             stats.clone(),
             uplink_shutdown.clone(),
             audit.clone(),
+            Some(&place),
         )?);
     }
     Ok(uplinks)

@@ -20,6 +20,11 @@ impl PerLevel {
         self.0[level.index()].load(Ordering::Relaxed)
     }
 
+    /// Sets a gauge (the outbox's backlog), rather than adding to a count.
+    pub(crate) fn set(&self, level: Level, n: u64) {
+        self.0[level.index()].store(n, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> [u64; 3] {
         [
             self.get(Level::General),
@@ -45,6 +50,15 @@ pub struct DestinationStats {
     /// Messages published and acknowledged.
     pub messages_acked: AtomicU64,
     pub connected: std::sync::atomic::AtomicBool,
+    /// Gauges of the durable outbox: items waiting per level (on disk, not yet acknowledged),
+    /// their bytes, and the creation time of the oldest (ms since the epoch, 0 when none).
+    pub backlog_items: PerLevel,
+    pub backlog_bytes: AtomicU64,
+    pub backlog_oldest_ms: std::sync::atomic::AtomicI64,
+    /// Damage the outbox found in its own files (torn tails, damaged entries).
+    pub outbox_damaged: AtomicU64,
+    /// Items appended to the outbox (for its append rate).
+    pub(crate) appended: AtomicU64,
 }
 
 impl DestinationStats {
@@ -57,6 +71,11 @@ impl DestinationStats {
             misrouted: PerLevel::default(),
             messages_acked: AtomicU64::new(0),
             connected: std::sync::atomic::AtomicBool::new(false),
+            backlog_items: PerLevel::default(),
+            backlog_bytes: AtomicU64::new(0),
+            backlog_oldest_ms: std::sync::atomic::AtomicI64::new(0),
+            outbox_damaged: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
         }
     }
 }

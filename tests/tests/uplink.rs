@@ -54,6 +54,7 @@ fn destination(port: u16) -> Arc<Destination> {
         batch_max_items: 7,
         batch_max_delay: Duration::from_millis(20),
         queue_items: 10_000,
+        outbox_max_bytes: 64 << 20,
     })
 }
 
@@ -131,6 +132,7 @@ async fn items_offered_during_an_outage_are_delivered_after_reconnect() {
         stats.clone(),
         shutdown.clone(),
         audit.clone(),
+        None,
     )
     .expect("uplink");
     let general = point(Level::General);
@@ -302,6 +304,7 @@ async fn shutdown_flushes_a_partial_batch_before_stopping() {
         stats.clone(),
         shutdown.clone(),
         audit_log(trail.path()),
+        None,
     )
     .expect("uplink");
     let d = &stats.destinations[0];

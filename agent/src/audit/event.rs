@@ -18,6 +18,23 @@ pub struct RuleInForce {
     pub category: Option<String>,
 }
 
+/// What an outbox dropped of one level, form and reason in a period (`Event::OutboxDropped`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxDrop {
+    pub level: String,
+    /// `raw`, `summary`, or `other` (chain heads, incident lines).
+    pub form: String,
+    /// `bound` (the outbox was full), `unwritable` (the disk refused the entry) or
+    /// `core_refused` (core data reached the uplink: a bug, never data egress).
+    pub reason: String,
+    pub messages: u64,
+    pub items: u64,
+    pub bytes: u64,
+    /// Idempotency keys of the first and last item dropped (empty when unknown).
+    pub first_key: String,
+    pub last_key: String,
+}
+
 /// One audit event.
 // A few records a second at most, each moved once into the writer: boxing the large
 // variants would cost an allocation and buy nothing.
@@ -275,6 +292,27 @@ pub enum Event {
         intact: bool,
         problem: Option<String>,
     },
+    /// A destination's durable outbox dropped messages: aggregated per destination over a
+    /// period (at most one record a minute), never one record per message.
+    OutboxDropped {
+        destination: String,
+        drops: Vec<OutboxDrop>,
+        from: String,
+        until: String,
+    },
+    /// On open (or while reading back) a destination's outbox found damage and repaired it:
+    /// torn tails cut, damaged entries skipped (those before and after them are kept), entries
+    /// whose seal did not open, whole segments set aside, damaged acknowledgements ignored.
+    OutboxRepaired {
+        destination: String,
+        dir: String,
+        torn_bytes: u64,
+        skipped_records: u64,
+        skipped_bytes: u64,
+        unopenable: u64,
+        quarantined: Vec<String>,
+        bad_acks: u64,
+    },
     /// `catalogue --mark-filed`: this catalogue (its SHA-256, its rows of important and core
     /// data and its collection register) is the baseline filed with the regulator (MIIT 12).
     CatalogueFiled {
@@ -324,6 +362,8 @@ impl Event {
             Event::AuditSegmentsDeleted { .. } => "AuditSegmentsDeleted",
             Event::AuditExported { .. } => "AuditExported",
             Event::AuditVerified { .. } => "AuditVerified",
+            Event::OutboxDropped { .. } => "OutboxDropped",
+            Event::OutboxRepaired { .. } => "OutboxRepaired",
             Event::CatalogueFiled { .. } => "CatalogueFiled",
             Event::CatalogueChangeDue { .. } => "CatalogueChangeDue",
             Event::DataRefused { .. } => "DataRefused",

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-pub use event::{Event, RuleInForce};
+pub use event::{Event, OutboxDrop, RuleInForce};
 pub use trail::TrailError;
 pub use verify::{export, verify, ExportFilter, ExportFormat, Exported, Problem, VerifyReport};
 

@@ -484,6 +484,9 @@ pub(crate) struct RawDestination {
     pub(crate) batch_max_delay: Duration,
     #[serde(default = "default_queue_items")]
     pub(crate) queue_items: usize,
+    /// Bound of the destination's durable outbox on disk, MiB (issue 11, decision 0022).
+    #[serde(default = "default_outbox_max_mb")]
+    pub(crate) outbox_max_mb: u64,
 }
 
 fn default_topic_prefix() -> String {
@@ -499,6 +502,9 @@ fn default_batch_max_delay() -> Duration {
 }
 fn default_queue_items() -> usize {
     10_000
+}
+fn default_outbox_max_mb() -> u64 {
+    64
 }
 
 #[derive(Debug, Clone, Deserialize)]

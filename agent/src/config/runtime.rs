@@ -202,8 +202,12 @@ pub struct Destination {
     pub batch_max_items: usize,
     /// Max time an item waits for its batch.
     pub batch_max_delay: Duration,
-    /// Capacity of the in-memory queue in front of the uplink, in items.
+    /// Items held in memory by the uplink: the router's hand-off, and the window of messages
+    /// read from the durable outbox (the rest of the backlog waits on disk).
     pub queue_items: usize,
+    /// Bound of the durable outbox on disk, bytes: beyond it whole segments are dropped,
+    /// general raw data first, important summaries last (decision 0022).
+    pub outbox_max_bytes: u64,
 }
 
 impl Destination {

@@ -15,6 +15,8 @@ use crate::model::{Form, Stat};
 
 /// Default summary window for summary rules that do not set one.
 pub(crate) const DEFAULT_SUMMARY_WINDOW: Duration = Duration::from_secs(60);
+/// Largest `outbox_max_mb` (1 TiB): a typo guard, not a recommendation.
+const MAX_OUTBOX_MB: u64 = 1 << 20;
 
 /// The client id of a destination that sets none: `edge-agent-<site>-<gateway>-<destination>`,
 /// so two gateways on one broker never share a session (a broker drops the older connection
@@ -69,6 +71,15 @@ pub(crate) fn build(
                 format!("{path}.batch_max_items"),
                 "batch_max_items and queue_items must be at least 1",
             ));
+        }
+        if !(1..=MAX_OUTBOX_MB).contains(&d.outbox_max_mb) {
+            out.err(
+                ConfigIssue::new(
+                    format!("{path}.outbox_max_mb"),
+                    format!("{} MiB is outside 1..={MAX_OUTBOX_MB} MiB", d.outbox_max_mb),
+                )
+                .hint("the outbox holds the backlog of an outage on disk; 64 MiB is the default"),
+            );
         }
         // The files themselves are checked where they are read (`uplink::tls`), by the
         // assembly, so `check` parses them exactly as `run` does.
@@ -195,6 +206,7 @@ pub(crate) fn build(
             batch_max_items: d.batch_max_items.max(1),
             batch_max_delay: d.batch_max_delay,
             queue_items: d.queue_items.max(1),
+            outbox_max_bytes: d.outbox_max_mb.clamp(1, MAX_OUTBOX_MB) << 20,
         };
         for v in super::invariant_violations(&dest, out.now_ms) {
             out.err(ConfigIssue::new(v.path(&path), v.to_string()).hint(v.hint()));

@@ -993,6 +993,7 @@ mod tests {
             batch_max_items: 10,
             batch_max_delay: Duration::from_millis(100),
             queue_items: 100,
+            outbox_max_bytes: 64 << 20,
         })
     }
 

@@ -374,6 +374,10 @@ impl<C: Connector> Driver<C> {
             };
         }
         self.stopped();
+        if self.shared.is_durable() {
+            let shared = self.shared.clone();
+            let _ = tokio::task::spawn_blocking(move || shared.finish_outbox()).await;
+        }
     }
 
     fn counters(&self) -> &DestinationStats {
@@ -456,11 +460,15 @@ impl<C: Connector> Driver<C> {
         }
     }
 
-    /// Everything still held is given up and counted as dropped.
+    /// Everything still held is given up: counted as dropped without an outbox; with one it
+    /// stays there for the next start.
     fn stopped(&mut self) {
         self.record_acks();
         self.counters().connected.store(false, Ordering::Relaxed);
         let lost = self.shared.lock().abandon();
+        if self.shared.is_durable() {
+            return;
+        }
         for (level, n) in lost.iter() {
             self.counters().dropped.add(level, n);
         }
@@ -512,6 +520,9 @@ impl<C: Connector> Driver<C> {
             Some(LinkEvent::Acked(pkid)) => {
                 let acked = self.shared.lock().on_puback(pkid);
                 if let Some(a) = acked {
+                    if let (Some(d), Some(_)) = (&self.shared.durable, a.stored) {
+                        d.acked(a);
+                    }
                     self.counters().forwarded.add(a.level, a.items);
                     self.counters()
                         .messages_acked
@@ -560,6 +571,12 @@ impl<C: Connector> Driver<C> {
     /// `DataEgressed` record is in the trail. If the trail cannot be written, nothing is handed
     /// out and the driver tries again after `audit::RETRY_INTERVAL`.
     async fn pump(&mut self, link: &C::Link) {
+        // With an outbox: what waits on disk comes back into the window as it empties.
+        let refill = self.shared.is_durable() && self.shared.lock().refill_room().is_some();
+        if refill {
+            let shared = self.shared.clone();
+            let _ = tokio::task::spawn_blocking(move || shared.refill()).await;
+        }
         if let Some(audit) = self.audit.clone() {
             let (ids, events): (Vec<u64>, Vec<audit::Event>) = {
                 let delivery = self.shared.lock();
@@ -944,6 +961,82 @@ mod tests {
         h.shut_down();
         let shared = h.stopped().await;
         assert_eq!(shared.counters().dropped.get(Level::General), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_an_outbox_memory_holds_a_window_and_the_backlog_drains_in_order_with_fresh_data_behind_it(
+    ) {
+        use crate::uplink::durable::Durable;
+        use crate::uplink::outbox::Outbox;
+        let dir = tempfile::tempdir().expect("tmp");
+        let stats = Arc::new(Stats::new([Arc::from("dc")]));
+        let outbox = Outbox::open(dir.path(), "dc", None, 64 << 20).expect("outbox");
+        // A window of 10 items in memory; 100 one-item messages wait for the broker.
+        let shared = Arc::new(Shared::new(10, stats.clone(), 0).with_durable(Durable::new(
+            outbox,
+            None,
+            "dc".into(),
+        )));
+        let msg =
+            |i: usize| Message::new(format!("m{i:03}").into(), vec![b'x'; 64], Level::General, 1);
+        for i in 0..100 {
+            shared.deliver(vec![msg(i)]);
+        }
+        assert_eq!(shared.lock().items(), 10, "the rest waits on disk only");
+        let probe = Probe::default();
+        let connector = FakeConnector {
+            script: [Attempt::Accept { ack: false }].into_iter().collect(),
+            probe: probe.clone(),
+        };
+        let closing = CancellationToken::new();
+        let driver = Driver::new(
+            shared.clone(),
+            connector,
+            closing.clone(),
+            "b:1".into(),
+            None,
+        );
+        let task = tokio::spawn(driver.run());
+        // The broker acknowledges one message at a time; every fifth acknowledgement, fresh
+        // data arrives (20 messages during the drain).
+        let (mut acked, mut total, mut max_held) = (0usize, 100usize, 0u64);
+        while acked < total {
+            let published = probe.get(|r| r.published.len());
+            if published == acked {
+                probe.until(|r| r.published.len() > acked).await;
+                continue;
+            }
+            acked += 1;
+            probe.inject(LinkEvent::Acked(u16::try_from(acked).expect("few")));
+            let forwarded = || stats.destinations[0].forwarded.get(Level::General);
+            tokio::time::timeout(HANG_GUARD, async {
+                while forwarded() < acked as u64 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+            .await
+            .expect("the acknowledgement is counted");
+            if acked % 5 == 0 && total < 120 {
+                shared.deliver(vec![msg(total)]);
+                total += 1;
+            }
+            max_held = max_held.max(shared.lock().items());
+        }
+        let expected: Vec<String> = (0..120).map(|i| format!("m{i:03}")).collect();
+        assert_eq!(
+            probe.get(|r| r.published.clone()),
+            expected,
+            "backlog first, in order; the fresh data after it, none starved"
+        );
+        assert!(max_held <= 10, "memory held at most the window: {max_held}");
+        shared.housekeep(crate::model::now_ms(), false);
+        assert_eq!(stats.destinations[0].backlog_items.get(Level::General), 0);
+        shared.lock().close(std::time::Instant::now());
+        closing.cancel();
+        tokio::time::timeout(HANG_GUARD, task)
+            .await
+            .expect("driver stops")
+            .expect("driver task");
     }
 
     #[test]

@@ -16,12 +16,18 @@
 //!   message is never dropped to make room for itself.
 //! - On disconnect every unacknowledged message returns to the front of the queue in its original
 //!   order (message ids are monotonic).
+//! - With a durable outbox (`super::outbox`), every message is on disk before it is offered
+//!   ([`Delivery::admit`]) and the core holds only a window of them in memory: the oldest,
+//!   in id order, up to `capacity_items`. Beyond it messages wait on disk only (`spilled`) and
+//!   are read back in id order ([`Delivery::refilled`]) as the window empties; nothing is
+//!   dropped here (the outbox's bound drops, on disk).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::encode::ItemKey;
+use super::outbox::Class;
 use crate::model::{Form, Level};
 use crate::stats::LevelCounts;
 
@@ -43,6 +49,17 @@ pub(crate) struct Message {
     pub(crate) record: Option<u64>,
     /// When it was last handed to the client (for the PUBACK time).
     pub(crate) handed: Option<Instant>,
+    /// When it was appended to the outbox (ms since the epoch; 0 without an outbox).
+    pub(crate) created_ms: i64,
+    /// Where it is in the outbox: `None` for a message held in memory only.
+    pub(crate) stored: Option<Stored>,
+}
+
+/// A message's place in the outbox: what acknowledging it there needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub(crate) class: Class,
+    pub(crate) disk_len: u32,
 }
 
 /// The content of a message as the egress record describes it.
@@ -81,6 +98,8 @@ impl Message {
             facts: Facts::default(),
             record: None,
             handed: None,
+            created_ms: 0,
+            stored: None,
         }
     }
 
@@ -110,6 +129,10 @@ pub(crate) struct Acked {
     pub(crate) record: Option<u64>,
     /// When the message was handed to the client.
     pub(crate) handed: Option<Instant>,
+    pub(crate) id: u64,
+    pub(crate) created_ms: i64,
+    /// Its place in the outbox, to be acknowledged there.
+    pub(crate) stored: Option<Stored>,
 }
 
 /// Where a shutdown flush stands.
@@ -142,6 +165,9 @@ pub(crate) struct Delivery {
     flush_deadline: Option<Instant>,
     /// Hand out only messages with an egress record (the audit trail is on).
     records_required: bool,
+    /// With an outbox: messages wait on disk that are not in memory (all younger than those
+    /// that are).
+    spilled: bool,
 }
 
 impl Delivery {
@@ -157,6 +183,7 @@ impl Delivery {
             max_in_flight,
             flush_deadline: None,
             records_required: false,
+            spilled: false,
         }
     }
 
@@ -213,6 +240,76 @@ impl Delivery {
         dropped
     }
 
+    /// With an outbox: `msg` is on disk under its id. It joins the window if the window has
+    /// room (an empty window takes any message) and nothing waits on disk before it; otherwise
+    /// it waits on disk only, and `false` says so.
+    pub(crate) fn admit(&mut self, msg: Message) -> bool {
+        let held = self.queue.len() + self.awaiting_pkid.len() + self.in_flight.len();
+        if self.spilled || (held > 0 && self.items + msg.items > self.capacity_items) {
+            self.spilled = true;
+            return false;
+        }
+        self.next_id = self.next_id.max(msg.id + 1);
+        self.items += msg.items;
+        self.queue.push_back(msg);
+        true
+    }
+
+    /// Messages wait on disk only (from the start, after a restart with a backlog).
+    pub(crate) fn set_spilled(&mut self) {
+        self.spilled = true;
+    }
+
+    /// With messages waiting on disk and the window at most half full: how many items to read
+    /// back, and whether one must be taken even if it is larger (the window is empty).
+    pub(crate) fn refill_room(&self) -> Option<(u64, bool)> {
+        let half = self.capacity_items / 2;
+        (self.spilled && self.items <= half).then(|| {
+            let held = self.queue.len() + self.awaiting_pkid.len() + self.in_flight.len();
+            (self.capacity_items - self.items, held == 0)
+        })
+    }
+
+    /// Messages read back from disk, in id order (all younger than those held); `caught_up`
+    /// when none is left on disk only.
+    pub(crate) fn refilled(&mut self, msgs: impl IntoIterator<Item = Message>, caught_up: bool) {
+        for m in msgs {
+            self.next_id = self.next_id.max(m.id + 1);
+            self.items += m.items;
+            self.queue.push_back(m);
+        }
+        self.spilled = !caught_up;
+    }
+
+    /// Whether a message of `class` with an id in `first..=last` is handed to the client or
+    /// has its egress record: the outbox must not drop its segment.
+    pub(crate) fn pinned(&self, class: Class, first: u64, last: u64) -> bool {
+        let hit = |m: &Message| {
+            (first..=last).contains(&m.id) && m.stored.is_some_and(|s| s.class == class)
+        };
+        self.awaiting_pkid.iter().any(hit)
+            || self.in_flight.values().any(hit)
+            || self.queue.iter().any(|m| hit(m) && m.record.is_some())
+    }
+
+    /// The outbox dropped the segment of `class` spanning `first..=last`: its queued messages
+    /// leave the window (they were counted as dropped there).
+    pub(crate) fn discard(&mut self, class: Class, first: u64, last: u64) {
+        let before = self.items;
+        let mut items = self.items;
+        self.queue.retain(|m| {
+            let gone = (first..=last).contains(&m.id)
+                && m.stored.is_some_and(|s| s.class == class)
+                && m.record.is_none();
+            if gone {
+                items -= m.items;
+            }
+            !gone
+        });
+        debug_assert!(items <= before);
+        self.items = items;
+    }
+
     /// A connection is up (CONNACK): messages may be handed to its client.
     pub(crate) fn on_connected(&mut self) {
         self.connected = true;
@@ -265,6 +362,9 @@ impl Delivery {
             items: m.items,
             record: m.record,
             handed: m.handed,
+            id: m.id,
+            created_ms: m.created_ms,
+            stored: m.stored,
         })
     }
 
@@ -354,6 +454,73 @@ mod tests {
             out.push(m.topic.to_string());
         }
         out
+    }
+
+    fn stored(id: u64, class: Class, items: u64) -> Message {
+        let mut m = Message::new("t".into(), vec![], class.level(), items);
+        m.id = id;
+        m.stored = Some(Stored {
+            class,
+            disk_len: 10,
+        });
+        m
+    }
+
+    #[test]
+    fn with_an_outbox_the_window_spills_to_disk_and_refills_in_id_order_without_dropping() {
+        let mut d = Delivery::new(4, 32);
+        assert!(d.admit(stored(1, Class::GeneralRaw, 3)));
+        assert!(
+            !d.admit(stored(2, Class::GeneralRaw, 3)),
+            "no room: waits on disk"
+        );
+        assert!(
+            !d.admit(stored(3, Class::ImportantSummary, 1)),
+            "it would fit, but an older message waits on disk: order is kept"
+        );
+        assert_eq!(d.refill_room(), None, "more than half full");
+        d.on_connected();
+        d.next_publish(Instant::now());
+        d.on_published(1);
+        let acked = d.on_puback(1).expect("in flight");
+        assert_eq!(acked.stored.map(|s| s.class), Some(Class::GeneralRaw));
+        assert_eq!(d.refill_room(), Some((4, true)));
+        d.refilled([stored(2, Class::GeneralRaw, 3)], false);
+        assert_eq!(d.refill_room(), None);
+        d.refilled([stored(3, Class::ImportantSummary, 1)], true);
+        assert!(
+            !d.admit(stored(4, Class::GeneralRaw, 5)),
+            "the window is full again"
+        );
+        assert_eq!(d.queued_ids(), [2, 3]);
+    }
+
+    #[test]
+    fn an_empty_window_takes_a_message_larger_than_itself() {
+        let mut d = Delivery::new(2, 32);
+        assert!(d.admit(stored(1, Class::GeneralRaw, 10)));
+        assert!(!d.admit(stored(2, Class::GeneralRaw, 1)));
+    }
+
+    #[test]
+    fn a_dropped_segment_leaves_the_window_but_never_what_was_handed_out_or_recorded() {
+        let mut d = Delivery::new(100, 32);
+        d.require_records();
+        for id in 1..=4 {
+            d.admit(stored(id, Class::GeneralRaw, 1));
+        }
+        d.admit(stored(5, Class::ImportantSummary, 1));
+        d.on_connected();
+        d.set_record(1, 10);
+        d.next_publish(Instant::now());
+        d.set_record(2, 11);
+        assert!(d.pinned(Class::GeneralRaw, 1, 1), "handed out");
+        assert!(d.pinned(Class::GeneralRaw, 2, 2), "recorded");
+        assert!(!d.pinned(Class::GeneralRaw, 3, 4));
+        assert!(!d.pinned(Class::GeneralSummary, 1, 5), "another class");
+        d.discard(Class::GeneralRaw, 3, 5);
+        assert_eq!(d.queued_ids(), [2, 5], "id 5 is of another class");
+        assert_eq!(d.items(), 3);
     }
 
     #[test]
@@ -505,6 +672,9 @@ mod tests {
                 items: 1,
                 record: None,
                 handed,
+                id: 1,
+                created_ms: 0,
+                stored: None,
             })
         );
         assert_eq!(d.in_flight.get(&7).map(|m| &*m.topic), Some("a"));

@@ -67,6 +67,9 @@ pub(crate) enum ItemKey {
         len: i64,
         coverage: Option<(i64, i64)>,
     },
+    /// A key as written in the outbox, read back after a restart (its text is all the audit
+    /// record needs).
+    Text(std::sync::Arc<str>),
 }
 
 impl ItemKey {
@@ -90,6 +93,7 @@ impl std::fmt::Display for ItemKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ItemKey::Raw { tag, ts } => write!(f, "{tag}@{ts}"),
+            ItemKey::Text(text) => f.write_str(text),
             ItemKey::Summary {
                 tag,
                 start,

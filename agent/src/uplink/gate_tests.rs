@@ -60,6 +60,7 @@ fn destination(name: &str, jurisdiction: &str, assessment: Option<Assessment>) -
         batch_max_items: 10,
         batch_max_delay: Duration::from_millis(10),
         queue_items: 100,
+        outbox_max_bytes: 64 << 20,
     })
 }
 
@@ -98,9 +99,19 @@ async fn a_permit_granted_for_one_destination_is_refused_by_another_uplink_and_c
         stats.clone(),
         shutdown.clone(),
         audit.clone(),
+        None,
     )
     .expect("spawn");
-    let hq = spawn(eu, &gateway(), &[], stats.clone(), shutdown.clone(), audit).expect("spawn");
+    let hq = spawn(
+        eu,
+        &gateway(),
+        &[],
+        stats.clone(),
+        shutdown.clone(),
+        audit,
+        None,
+    )
+    .expect("spawn");
 
     // The CN destination's policy approves an important summary...
     let important = meta(0, "furnace.temp", Level::Important);
@@ -145,9 +156,19 @@ async fn each_uplink_decides_with_its_own_destinations_policy() {
         stats.clone(),
         shutdown.clone(),
         audit.clone(),
+        None,
     )
     .expect("spawn");
-    let mut hq = spawn(eu, &gateway(), &[], stats.clone(), shutdown.clone(), audit).expect("spawn");
+    let mut hq = spawn(
+        eu,
+        &gateway(),
+        &[],
+        stats.clone(),
+        shutdown.clone(),
+        audit,
+        None,
+    )
+    .expect("spawn");
 
     let important = meta(0, "furnace.temp", Level::Important);
     let s = Summary::for_test(important, NOW - 10_000, NOW, 812.0);
@@ -208,7 +229,16 @@ fn assessed_uplink(
     let stats = Arc::new(Stats::new([eu.name.clone()]));
     let shutdown = CancellationToken::new();
     let (trail, audit) = crate::audit::AuditLog::for_test();
-    let hq = spawn(eu, &gateway(), &[], stats, shutdown.clone(), audit.clone()).expect("spawn");
+    let hq = spawn(
+        eu,
+        &gateway(),
+        &[],
+        stats,
+        shutdown.clone(),
+        audit.clone(),
+        None,
+    )
+    .expect("spawn");
     (trail, audit, hq, shutdown)
 }
 

@@ -6,6 +6,10 @@
 //!   bounded backlog and its drop order, the shutdown flush decision.
 //! - `connection`: the driver, a loop over explicit states (`Connecting`, `Connected`,
 //!   `Draining`, `Waiting`, `Stopped`) around rumqttc, with `crate::backoff` between attempts.
+//! - `outbox`: the durable outbox, one per destination (decision 0022): segment logs on disk
+//!   where every message waits until its PUBACK, replayed after a reconnect or a restart.
+//! - `durable`: the glue between the delivery core's window and the outbox (blocking I/O,
+//!   always in `spawn_blocking`).
 //! - `drop_log`: turns backlog drops into a start line, one summary per 10 s and an end line.
 //! - This file: the handle, the batcher (items to messages) and the state both tasks share.
 //!
@@ -18,19 +22,27 @@
 //!   is re-published on a fresh connection (each connection gets its own client and event loop,
 //!   so nothing queued for a dead connection can be sent twice under a stale correlation). A
 //!   consumer may see a message twice; the items' idempotency keys make that harmless.
-//! - The backlog is in memory and bounded by `queue_items`; when it is full the oldest general
-//!   message is dropped first, then the oldest of any level, counted per level in `dropped`.
-//!   A durable outbox replaces this in a later issue.
-//! - On shutdown the queue is flushed and PUBACKs are awaited for at most `FLUSH_TIMEOUT`.
+//! - The backlog is the durable outbox: a message is appended and synced before it is queued,
+//!   and deleted only after its PUBACK. The delivery core holds a window of `queue_items`
+//!   items in memory and reads the rest back in order, so memory stays flat however long an
+//!   outage lasts. The outbox's bound (`outbox_max_mb`) drops whole segments, general raw
+//!   first and important summaries last, counted per level in `dropped` and audited
+//!   (`OutboxDropped`). Without an outbox (the detached test uplink) the backlog is the
+//!   window alone, and a full one drops the oldest general message first.
+//! - On shutdown the queue is flushed and PUBACKs are awaited for at most `FLUSH_TIMEOUT`;
+//!   what is left stays in the outbox for the next start.
 //! - The connection driver is the only caller of rumqttc's publish (clippy.toml bans it
 //!   elsewhere).
 
 mod connection;
 mod delivery;
+mod durable;
 mod encode;
+pub mod outbox;
 pub(crate) mod tls;
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -53,10 +65,13 @@ use crate::policy::{reason_text, DenyReason, EgressItem, EgressView, Permitted, 
 use crate::source::Tagged;
 use crate::stats::LevelCounts;
 use crate::stats::{DestinationStats, Stats};
+use crate::store::crypto::MasterKey;
 use crate::summary::Summary;
 use connection::{Driver, EgressAudit, MqttConnector};
 use delivery::{Delivery, Facts, Message};
+use durable::Durable;
 use encode::ItemKey;
+use outbox::{Outbox, OutboxError};
 
 /// Messages handed to the MQTT client and not yet acknowledged, at most. Below rumqttc's own
 /// in-flight limit (100) so its packet-id space never collides with an unacknowledged message.
@@ -76,6 +91,22 @@ pub enum UplinkError {
         destination: String,
         source: TlsError,
     },
+    /// The outbox cannot be opened: its directory, permissions, space, or a second agent.
+    #[error("destination {destination}: {source}")]
+    Outbox {
+        destination: String,
+        source: OutboxError,
+    },
+}
+
+/// Where the uplinks keep their outboxes, and the key that seals important entries.
+#[derive(Debug, Clone)]
+pub struct OutboxPlace {
+    /// `<historian dir>/outbox`: each destination's outbox is a directory in it.
+    pub root: PathBuf,
+    /// The historian's master key. `None` stores important entries in plaintext: for unit
+    /// tests only (decision 0022).
+    pub master: Option<Arc<MasterKey>>,
 }
 
 /// The sending side of one destination's uplink, and the only holder of that destination's
@@ -92,10 +123,11 @@ pub struct UplinkHandle {
     tasks: Vec<JoinHandle<()>>,
     /// Denials, aggregated for the audit trail (none for a detached test uplink).
     denials: Option<Denials>,
-    /// The delivery core, for the audit trail's chain head (which is not a data item).
-    shared: Arc<Shared>,
     env: Envelope,
 }
+
+/// Prebuilt messages (chain heads, incident lines) that may wait for the batcher.
+const MAX_PREBUILT: usize = 64;
 
 /// How often aggregated denials are recorded, per destination, level and reason.
 const DENIAL_PERIOD_MS: i64 = 60_000;
@@ -385,8 +417,7 @@ impl UplinkHandle {
             last_key: None,
             downgrades: Vec::new(),
         });
-        self.shared.offer(msg);
-        true
+        self.handoff.push_message(msg)
     }
 
     /// Publishes one incident line (as in `incidents.jsonl`: kind, severity, subject, levels,
@@ -411,8 +442,7 @@ impl UplinkHandle {
             last_key: None,
             downgrades: Vec::new(),
         });
-        self.shared.offer(msg);
-        true
+        self.handoff.push_message(msg)
     }
 
     /// Records the denials of a period that has ended, and an assessment that is about to
@@ -509,6 +539,9 @@ impl Drop for UplinkHandle {
 #[derive(Debug)]
 struct Handoff {
     items: Mutex<VecDeque<Permitted<EgressItem>>>,
+    /// Messages built outside the batcher (the audit chain head, incident lines): they are
+    /// appended to the outbox like any other, by the batcher, never on the router's path.
+    messages: Mutex<Vec<Message>>,
     capacity: usize,
     /// Wakes the batcher when items arrive or the handle is gone.
     ready: Notify,
@@ -520,6 +553,7 @@ impl Handoff {
     fn new(capacity: usize) -> Self {
         Handoff {
             items: Mutex::new(VecDeque::new()),
+            messages: Mutex::new(Vec::new()),
             capacity,
             ready: Notify::new(),
             closed: AtomicBool::new(false),
@@ -546,6 +580,31 @@ impl Handoff {
         true
     }
 
+    /// Queue a prebuilt message; `false` (dropped) when [`MAX_PREBUILT`] already wait.
+    fn push_message(&self, msg: Message) -> bool {
+        let mut messages = self
+            .messages
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if messages.len() >= MAX_PREBUILT {
+            return false;
+        }
+        messages.push(msg);
+        drop(messages);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Move the prebuilt messages into `out`.
+    fn take_messages(&self, out: &mut Vec<Message>) {
+        out.append(
+            &mut self
+                .messages
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+    }
+
     /// Move everything queued into `out`, which must be empty: the two buffers swap, so
     /// neither is reallocated.
     fn take_all(&self, out: &mut VecDeque<Permitted<EgressItem>>) {
@@ -567,6 +626,9 @@ impl Handoff {
 /// (files missing or invalid); an unreachable broker is retried with backoff for as long as the
 /// agent runs.
 ///
+/// With `outbox`, messages wait in the destination's durable outbox under `outbox.root`
+/// (opened here: what an earlier run left is sent first); without, in memory only.
+///
 /// # Panics
 /// If `stats` was not built from the same config (it has no counters for `dest`): a wiring bug.
 pub fn spawn(
@@ -576,6 +638,7 @@ pub fn spawn(
     stats: Arc<Stats>,
     shutdown: CancellationToken,
     audit: AuditLog,
+    outbox: Option<&OutboxPlace>,
 ) -> Result<UplinkHandle, UplinkError> {
     let index = stats
         .destinations
@@ -585,7 +648,11 @@ pub fn spawn(
     let options = mqtt_options(&dest)?;
     let env = envelope(&dest, gateway);
     let handoff = Arc::new(Handoff::new(dest.queue_items));
-    let shared = Arc::new(Shared::new(dest.queue_items, stats.clone(), index));
+    let mut shared = Shared::new(dest.queue_items, stats.clone(), index);
+    if let Some(place) = outbox {
+        shared = open_outbox(shared, &dest, place, &audit)?;
+    }
+    let shared = Arc::new(shared);
     let closing = CancellationToken::new();
     let batcher = Batcher::new(dest.clone(), env.clone(), shared.clone());
     let batch_task = tokio::spawn(batcher.run(handoff.clone(), shutdown, closing.clone()));
@@ -617,9 +684,46 @@ pub fn spawn(
         stats,
         tasks: vec![batch_task, conn_task],
         denials: Some(denials),
-        shared,
         env,
     })
+}
+
+/// Opens the outbox of `dest` and puts it behind `shared`; says what it found.
+fn open_outbox(
+    shared: Shared,
+    dest: &Destination,
+    place: &OutboxPlace,
+    audit: &AuditLog,
+) -> Result<Shared, UplinkError> {
+    let dir = outbox::destination_dir(&place.root, &dest.name);
+    let mut ob = Outbox::open(
+        &dir,
+        &dest.name,
+        place.master.clone(),
+        dest.outbox_max_bytes,
+    )
+    .map_err(|source| UplinkError::Outbox {
+        destination: dest.name.to_string(),
+        source,
+    })?;
+    let important = dest
+        .allow
+        .iter()
+        .any(|r| r.levels.contains(&Level::Important));
+    if place.master.is_none() && important {
+        warn!(destination = %dest.name, "No historian key for the outbox of {}: important entries are stored unencrypted.", dest.name);
+    }
+    let damage = ob.take_damage();
+    let backlog: u64 = ob.backlog().iter().map(|b| b.items).sum();
+    if ob.has_spilled() {
+        shared.lock().set_spilled();
+        info!(destination = %dest.name, items = backlog, dir = %dir.display(), "Outbox of {} holds {backlog} items from before this start; they are sent first.", dest.name);
+    }
+    let shared = shared.with_durable(Durable::new(ob, Some(audit.clone()), dest.name.clone()));
+    if !damage.is_none() {
+        shared.report_damage_at_open(&damage);
+    }
+    Ok(shared)
 }
 
 /// The uplink of `dest` without its tasks: the handle the router offers to, and the batcher and
@@ -648,7 +752,6 @@ pub(crate) fn detached(
         stats,
         tasks: Vec::new(),
         denials: None,
-        shared: shared.clone(),
         env,
     };
     let detached = Detached {
@@ -684,6 +787,7 @@ impl Detached {
         for slot in 0..self.batcher.pending.len() {
             self.batcher.flush(slot);
         }
+        self.batcher.deliver_now();
         let mut delivery = self.shared.lock();
         delivery.on_connected();
         let mut sent = 0;
@@ -738,6 +842,8 @@ fn mqtt_options(dest: &Destination) -> Result<MqttOptions, UplinkError> {
 #[derive(Debug)]
 struct Shared {
     delivery: Mutex<Delivery>,
+    /// The durable outbox; `None` holds the backlog in memory only (the detached test uplink).
+    durable: Option<Durable>,
     /// Wakes the connection driver when the batcher has queued a message.
     queued: Notify,
     stats: Arc<Stats>,
@@ -748,10 +854,46 @@ impl Shared {
     fn new(capacity_items: usize, stats: Arc<Stats>, index: usize) -> Self {
         Shared {
             delivery: Mutex::new(Delivery::new(capacity_items, MAX_IN_FLIGHT)),
+            durable: None,
             queued: Notify::new(),
             stats,
             index,
         }
+    }
+
+    fn with_durable(mut self, durable: Durable) -> Self {
+        self.durable = Some(durable);
+        self
+    }
+
+    fn is_durable(&self) -> bool {
+        self.durable.is_some()
+    }
+
+    /// Damage the outbox found when it opened: logged, counted, recorded.
+    fn report_damage_at_open(&self, damage: &outbox::Damage) {
+        if let Some(d) = &self.durable {
+            d.with_outbox(|o| self.report_damage(o, damage, crate::model::now_ms()));
+        }
+    }
+
+    /// Appends `msgs` (durably with an outbox, in memory without) and wakes the driver;
+    /// returns (and counts) what was dropped. Blocking with an outbox.
+    fn deliver(&self, msgs: Vec<Message>) -> LevelCounts {
+        let dropped = if self.is_durable() {
+            self.append_durable(msgs, crate::model::now_ms())
+        } else {
+            let mut dropped = LevelCounts::default();
+            for m in msgs {
+                dropped.merge(&self.lock().offer(m));
+            }
+            dropped
+        };
+        for (level, n) in dropped.iter() {
+            self.counters().dropped.add(level, n);
+        }
+        self.queued.notify_one();
+        dropped
     }
 
     fn lock(&self) -> MutexGuard<'_, Delivery> {
@@ -810,6 +952,8 @@ struct Batcher {
     pending: [Pending; 6],
     /// The message being encoded.
     scratch: Vec<u8>,
+    /// Messages encoded and not yet handed to the delivery (or the outbox).
+    outgoing: Vec<Message>,
     drops: DropLog,
 }
 
@@ -837,6 +981,7 @@ impl Batcher {
             shared,
             pending,
             scratch: Vec::new(),
+            outgoing: Vec::new(),
             drops: DropLog::new(DROP_LOG_PERIOD),
         }
     }
@@ -849,10 +994,19 @@ impl Batcher {
     ) {
         // What the router handed off, taken in one swap per wake-up.
         let mut inbox = VecDeque::new();
+        // With an outbox: acknowledgements are noted within a second, the status every 10 s.
+        let mut chores = self.shared.is_durable().then(Chores::new);
         loop {
             let next_due = self.pending.iter().filter_map(|p| p.since).min();
             let deadline = next_due.map(|t| t + self.dest.batch_max_delay);
             let drops_due = self.drops.due().map(Instant::from_std);
+            let chores_due = chores.as_ref().map(Chores::due);
+            let acks_waiting = async {
+                match &self.shared.durable {
+                    Some(d) => d.pending.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -861,32 +1015,78 @@ impl Batcher {
                     let closed = handoff.is_closed();
                     self.take(&handoff, &mut inbox);
                     if closed {
+                        self.deliver().await;
                         break;
                     }
                 }
                 () = sleep_until_opt(deadline) => self.flush_due(Instant::now()),
                 () = sleep_until_opt(drops_due) => {
                     if let Some(report) = self.drops.tick(Instant::now().into_std()) {
-                        log_drops(&self.dest.name, report);
+                        log_drops(&self.dest.name, report, self.shared.is_durable());
+                    }
+                }
+                () = acks_waiting => {
+                    if let Some(c) = &mut chores {
+                        c.acks_waiting();
+                    }
+                }
+                () = sleep_until_opt(chores_due) => {
+                    if let Some(c) = &mut chores {
+                        let status = c.done(Instant::now());
+                        let shared = self.shared.clone();
+                        let now = crate::model::now_ms();
+                        let _ = tokio::task::spawn_blocking(move || shared.housekeep(now, status)).await;
                     }
                 }
             }
+            self.deliver().await;
         }
         // Whatever the router offered before shutdown is still delivered.
         self.take(&handoff, &mut inbox);
         for i in 0..self.pending.len() {
             self.flush(i);
         }
+        self.deliver().await;
         let now = Instant::now();
         if let Some(report) = self.drops.finish(now.into_std()) {
-            log_drops(&self.dest.name, report);
+            log_drops(&self.dest.name, report, self.shared.is_durable());
         }
         self.shared.lock().close((now + FLUSH_TIMEOUT).into_std());
         closing.cancel();
     }
 
+    /// Hands the encoded messages to the delivery: through the outbox (appended and synced off
+    /// the runtime) when there is one.
+    async fn deliver(&mut self) {
+        if self.outgoing.is_empty() {
+            return;
+        }
+        let dropped = if self.shared.is_durable() {
+            let msgs = std::mem::take(&mut self.outgoing);
+            let shared = self.shared.clone();
+            tokio::task::spawn_blocking(move || shared.deliver(msgs))
+                .await
+                .unwrap_or_default()
+        } else {
+            self.deliver_now()
+        };
+        if let Some(report) = self.drops.record(Instant::now().into_std(), &dropped) {
+            log_drops(&self.dest.name, report, self.shared.is_durable());
+        }
+    }
+
+    /// [`Batcher::deliver`] without an outbox: in memory, reusing the buffer.
+    fn deliver_now(&mut self) -> LevelCounts {
+        let mut dropped = LevelCounts::default();
+        for m in self.outgoing.drain(..) {
+            dropped.merge(&self.shared.offer(m));
+        }
+        dropped
+    }
+
     /// Batch everything handed off so far.
     fn take(&mut self, handoff: &Handoff, inbox: &mut VecDeque<Permitted<EgressItem>>) {
+        handoff.take_messages(&mut self.outgoing);
         handoff.take_all(inbox);
         while let Some(item) = inbox.pop_front() {
             self.add(item.into_inner());
@@ -953,15 +1153,57 @@ impl Batcher {
         };
         let msg =
             Message::new(Arc::clone(topic), payload, level, items.len() as u64).with_facts(facts);
-        let dropped = self.shared.offer(msg);
-        if let Some(report) = self.drops.record(Instant::now().into_std(), &dropped) {
-            log_drops(&self.dest.name, report);
+        self.outgoing.push(msg);
+    }
+}
+
+/// The batcher's periodic outbox chores: note acknowledgements within [`ACK_NOTE_DELAY`] of
+/// the first one waiting, and write the status every `durable::STATUS_PERIOD_MS`.
+#[derive(Debug)]
+struct Chores {
+    acks_due: Option<Instant>,
+    status_due: Instant,
+}
+
+/// Acknowledgements wait at most this long to be noted in `acked.log` (a crash meanwhile only
+/// re-sends them).
+const ACK_NOTE_DELAY: Duration = Duration::from_secs(1);
+
+impl Chores {
+    fn new() -> Self {
+        Chores {
+            acks_due: None,
+            status_due: Instant::now(),
         }
+    }
+
+    fn due(&self) -> Instant {
+        self.acks_due
+            .map_or(self.status_due, |a| a.min(self.status_due))
+    }
+
+    fn acks_waiting(&mut self) {
+        self.acks_due
+            .get_or_insert_with(|| Instant::now() + ACK_NOTE_DELAY);
+    }
+
+    /// The chores ran at `now`; returns whether the status was due.
+    fn done(&mut self, now: Instant) -> bool {
+        self.acks_due = None;
+        let status = now >= self.status_due;
+        if status {
+            let period = u64::try_from(durable::STATUS_PERIOD_MS).unwrap_or(10_000);
+            self.status_due = now + Duration::from_millis(period);
+        }
+        status
     }
 }
 
 /// One line per drop episode change or period, never one per message.
-fn log_drops(destination: &str, report: DropReport) {
+fn log_drops(destination: &str, report: DropReport, durable: bool) {
+    if durable {
+        return log_outbox_drops(destination, report);
+    }
     match report {
         DropReport::Started(_) => warn!(
             destination,
@@ -979,6 +1221,30 @@ fn log_drops(destination: &str, report: DropReport) {
             destination,
             items = total.total(),
             "Uplink backlog for {destination} has room again; {total} were dropped over {} s.",
+            lasted.as_secs()
+        ),
+    }
+}
+
+/// [`log_drops`] for a destination with an outbox: the bound on disk is what overflowed.
+fn log_outbox_drops(destination: &str, report: DropReport) {
+    match report {
+        DropReport::Started(_) => warn!(
+            destination,
+            "Outbox of {destination} is full; dropping its oldest segments, general raw data \
+             first, important summaries last. The broker has been unreachable for long: check \
+             the uplink connection, or raise the destination's outbox_max_mb."
+        ),
+        DropReport::Summary { counts, period } => warn!(
+            destination,
+            items = counts.total(),
+            "Dropped {counts} for {destination} in the last {} s (outbox full).",
+            period.as_secs()
+        ),
+        DropReport::Stopped { total, lasted } => info!(
+            destination,
+            items = total.total(),
+            "Outbox of {destination} has room again; {total} were dropped over {} s.",
             lasted.as_secs()
         ),
     }
@@ -1046,6 +1312,7 @@ mod tests {
             batch_max_items,
             batch_max_delay: Duration::from_millis(10),
             queue_items,
+            outbox_max_bytes: 64 << 20,
         })
     }
 
@@ -1220,7 +1487,7 @@ mod tests {
             department: String::new(),
         };
         let (_trail, audit) = AuditLog::for_test();
-        let h = spawn(dest, &gw, &[], stats.clone(), shutdown.clone(), audit).expect("spawn");
+        let h = spawn(dest, &gw, &[], stats.clone(), shutdown.clone(), audit, None).expect("spawn");
         h.enqueue(general_sample(1)).expect("same destination");
         tokio::time::sleep(Duration::from_millis(100)).await;
         shutdown.cancel();

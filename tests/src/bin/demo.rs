@@ -185,6 +185,32 @@ fn print_report(elapsed: Duration, stats: &Stats, collector: &Collector) {
         }
         println!("{line}");
     }
+    let now = edge_agent::model::now_ms();
+    let backlog: Vec<String> = stats
+        .destinations
+        .iter()
+        .map(|d| {
+            let oldest = d
+                .backlog_oldest_ms
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let age = if oldest > 0 {
+                format!("{:.1} s", (now - oldest).max(0) as f64 / 1000.0)
+            } else {
+                "-".to_owned()
+            };
+            format!(
+                "{}: {} general + {} important items, {} bytes, oldest {age}",
+                d.name,
+                d.backlog_items.get(Level::General),
+                d.backlog_items.get(Level::Important),
+                d.backlog_bytes.load(std::sync::atomic::Ordering::Relaxed)
+            )
+        })
+        .collect();
+    println!(
+        "        outbox backlog (waiting for PUBACK): {}",
+        backlog.join("  |  ")
+    );
     let mut topics: BTreeMap<String, usize> = BTreeMap::new();
     for (topic, _) in collector.messages() {
         *topics.entry(topic).or_default() += 1;

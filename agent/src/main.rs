@@ -68,9 +68,11 @@ enum Command {
     /// exits 1 when re-filing is due (0 when not). Finding it due records `CatalogueChangeDue`
     /// once per filing.
     Catalogue(CatalogueArgs),
-    /// Each destination's durable outbox: backlog (items, bytes, oldest age) per level and
-    /// form, and the running agent's drain rate. Reads the files without a lock while the
-    /// agent runs, and never blocks it.
+    /// The gateway at a glance: the historian (records per level, its files against
+    /// `max_disk_mb`), the incidents left open (a full historian among them), and each
+    /// destination's durable outbox: backlog (items, bytes, oldest age) per level and form, and
+    /// the running agent's drain rate. Reads the files without a lock while the agent runs,
+    /// and never blocks it; needs no key.
     Status {
         #[arg(short, long)]
         config: PathBuf,
@@ -251,7 +253,7 @@ fn main() -> ExitCode {
             Ok(loaded) => emit(&report::check(&loaded)),
             Err(code) => code,
         },
-        Command::Explain { config, tag } => match load(&config) {
+        Command::Explain { config, tag } => match load_keyless(&config) {
             Ok(loaded) => {
                 if let Some(text) = report::explain(&loaded.config, &tag, now_ms()) {
                     emit(&text)
@@ -537,7 +539,7 @@ fn catalogue(args: &CatalogueArgs) -> ExitCode {
         (_, true) => Action::Diff,
         _ => Action::Print(format, table),
     };
-    let loaded = match load(&args.config) {
+    let loaded = match load_keyless(&args.config) {
         Ok(l) => l,
         Err(code) => return code,
     };
@@ -597,7 +599,7 @@ fn status(config: &std::path::Path, format: &str) -> ExitCode {
         eprintln!("error: --format must be text or json, not {format:?}");
         return ExitCode::from(2);
     }
-    let loaded = match load(config) {
+    let loaded = match load_keyless(config) {
         Ok(l) => l,
         Err(code) => return code,
     };
@@ -614,9 +616,10 @@ fn status(config: &std::path::Path, format: &str) -> ExitCode {
         }
     }
     let now = now_ms();
+    let cfg = &loaded.config;
     emit(&match format {
-        "json" => outbox::status::render_json(&list, now),
-        _ => outbox::status::render_text(&list, now),
+        "json" => report::status::json(cfg, &list, now),
+        _ => report::status::text(cfg, &list, now),
     })
 }
 
@@ -641,6 +644,15 @@ fn record_rejection(file: &std::path::Path, e: &edge_agent::config::ConfigError)
     if let Err(why) = recorded {
         eprintln!("note: the rejection is not in the audit trail: {why}");
     }
+}
+
+/// [`load`] for commands that read no sealed data (`explain`, `status`, `catalogue`): the key
+/// file is the agent's account's, and an operator without it still gets an answer.
+fn load_keyless(path: &std::path::Path) -> Result<Loaded, ExitCode> {
+    agent_config::load_keyless(path, now_ms()).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
 }
 
 fn load(path: &std::path::Path) -> Result<Loaded, ExitCode> {

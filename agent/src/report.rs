@@ -11,6 +11,7 @@ use crate::source::modbus::config::ModbusDevice;
 use crate::stats::Stats;
 
 mod derived_report;
+pub mod status;
 use derived_report::groups_and_downgrades;
 
 /// Writes one device's poll groups and request plan; returns its requests per cycle (of every

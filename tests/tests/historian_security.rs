@@ -121,7 +121,20 @@ impl Drop for Rig {
 }
 
 fn agent_toml(plant: &Plant, dir: &Path) -> String {
-    agent_toml_with(plant, &dir.join("data/historian.db"), dir, "")
+    // A destination whose broker is down: everything it may get waits in the outbox, which the
+    // canary scan then covers too. Important goes only as summaries (min, max, mean).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dest = format!(
+        "\n[[destinations]]\nname = \"dc\"\njurisdiction = \"CN\"\nrecipient = \"DC\"\npurpose = \"monitoring\"\n\
+         legal_basis = \"contract\"\nbroker = {{ host = \"127.0.0.1\", port = {dead} }}\nbatch_max_delay = \"200ms\"\n\
+         [[destinations.allow]]\nlevels = [\"general\"]\nform = \"raw\"\n\
+         [[destinations.allow]]\nlevels = [\"general\", \"important\"]\nform = \"summary\"\nwindow = \"1s\"\n\
+         stats = [\"mean\", \"min\", \"max\", \"count\"]\n"
+    );
+    agent_toml_with(plant, &dir.join("data/historian.db"), dir, "") + &dest
 }
 
 /// The config with the historian at `historian`, the key in `dir/keys`, the trail in
@@ -174,6 +187,15 @@ fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         }
     }
     out
+}
+
+/// [`files`], or none while `dir` does not exist yet.
+fn files_if_any(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    if dir.is_dir() {
+        files(dir)
+    } else {
+        Vec::new()
+    }
 }
 
 /// The first (file, pattern) of `patterns` found anywhere in `dir`, at any bit alignment.
@@ -262,8 +284,39 @@ fn no_important_or_core_canary_is_on_disk_and_a_wrong_key_changes_nothing() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let rig = Rig::start();
     assert!(edge_agent(&["init"], &rig.config).status.success());
-    // Killed: the newest samples are only in the tail.
-    rig.run_until_stored(40, true);
+    // Killed: the newest samples are only in the tail; the outbox holds what waits upstream
+    // (summary windows of 1 s, so a few seconds in, important summaries are waiting too).
+    let outbox = rig.data().join("outbox/dc");
+    let agent = AgentProc::start(&rig.config).expect("agent starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !files_if_any(&outbox)
+        .iter()
+        .any(|(p, b)| p.to_string_lossy().contains("important") && b.len() > 200)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no important summary reached the outbox"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.kill9().expect("killed");
+    let waiting: u64 = files(&outbox).iter().map(|(_, b)| b.len() as u64).sum();
+    assert!(waiting > 0, "the outbox holds the undelivered messages");
+    assert!(
+        files(&outbox)
+            .iter()
+            .any(|(p, b)| p.to_string_lossy().contains("important") && b.len() > 200),
+        "important summaries wait in the outbox (sealed): {:?}",
+        files(&outbox)
+            .iter()
+            .map(|(p, b)| (p.clone(), b.len()))
+            .collect::<Vec<_>>()
+    );
+    let control = canary_patterns_f64(f64::from(LEVELS[0].2));
+    assert!(
+        find(&outbox, &control).is_some(),
+        "control: general is plaintext in the outbox"
+    );
     assert_no_sensitive_canary(&rig.data(), "after SIGKILL (tail, WAL, database)");
     // Stopped cleanly after a restart: everything committed to the database.
     rig.run_until_stored(80, false);

@@ -285,7 +285,7 @@ fn backlog_items(config: &Path) -> u64 {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Json = serde_json::from_slice(&out.stdout).expect("status JSON");
-    v[0]["items"].as_u64().expect("items")
+    v["destinations"][0]["items"].as_u64().expect("items")
 }
 
 #[test]

@@ -88,6 +88,22 @@ enum Cmd {
         #[arg(long)]
         upstream: bool,
     },
+    /// Crash recovery: run the agent on `tags` points for `secs`, `SIGKILL` it, and time its
+    /// restart (historian replayed, keys unwrapped, outboxes and trail opened: until it logs
+    /// "Agent started.") and `audit verify`; `cycles` times over the same files.
+    Reopen {
+        #[arg(long, default_value_t = 1000)]
+        tags: usize,
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// How long each run lasts before the kill.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+        #[arg(long, default_value_t = 3)]
+        cycles: u32,
+        #[arg(long, default_value = "target/release/edge-agent")]
+        agent: PathBuf,
+    },
     /// The baseline process of `footprint --baseline` (not for direct use).
     #[command(hide = true)]
     BarePoll {
@@ -127,6 +143,13 @@ async fn main() -> anyhow::Result<()> {
             broker,
             count_file,
         } => bare_poll(&devices, interval, broker, &count_file).await,
+        Cmd::Reopen {
+            tags,
+            interval,
+            secs,
+            cycles,
+            agent,
+        } => reopen(tags, interval, secs, cycles, &agent).await,
     }
 }
 
@@ -698,5 +721,91 @@ async fn bare_poll(
     for t in tasks {
         t.await??;
     }
+    Ok(())
+}
+
+/// See `Cmd::Reopen`.
+async fn reopen(
+    tags: usize,
+    interval: Duration,
+    secs: u64,
+    cycles: u32,
+    agent: &Path,
+) -> anyhow::Result<()> {
+    let counts: Vec<usize> = (0..tags.div_ceil(1000))
+        .map(|d| (tags - d * 1000).min(1000))
+        .collect();
+    let (plant, addrs) = start_plant(counts.len()).await?;
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("historian.db");
+    let cfg = dir.path().join("agent.toml");
+    let text = agent_toml(&addrs, &counts, interval, &db);
+    std::fs::write(&cfg, edge_tests::query::with_test_key(&text, &db))?;
+    println!(
+        "{tags} tags every {}: {cycles} cycles of {secs} s of running, SIGKILL, restart",
+        humantime::format_duration(interval)
+    );
+    for cycle in 1..=cycles {
+        let log = dir.path().join(format!("agent-{cycle}.log"));
+        let started = std::time::Instant::now();
+        let mut child = Command::new(agent)
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .args(["--stats-every", "0s"])
+            .env("RUST_LOG", "warn,edge_agent=info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", agent.display()))?;
+        // Until the agent says it started: the historian's replay and every open before it.
+        let up = loop {
+            if std::fs::read_to_string(&log)?.contains("Agent started.") {
+                break started.elapsed();
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("the agent exited ({status}): {}", std::fs::read_to_string(&log)?);
+            }
+            if started.elapsed() > Duration::from_secs(300) {
+                let _ = child.kill();
+                bail!("the agent did not start within 300 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        let replayed = std::fs::read_to_string(&log)?
+            .lines()
+            .find(|l| l.contains("Historian tail replayed"))
+            .map(str::to_owned);
+        let tail = dir_bytes(&dir.path().join("historian.db.tail"));
+        let database = std::fs::metadata(&db).map_or(0, |m| m.len());
+        if cycle > 1 {
+            println!(
+                "  restart {}: started in {:.0} ms (tail {:.1} MB, database {:.1} MB){}",
+                cycle - 1,
+                up.as_secs_f64() * 1e3,
+                tail as f64 / 1e6,
+                database as f64 / 1e6,
+                replayed.map_or_else(String::new, |l| format!(
+                    "\n            {}",
+                    l.split_once("Historian tail replayed").map_or(&*l, |(_, r)| r).trim()
+                ))
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        child.kill()?;
+        child.wait()?;
+    }
+    let t = std::time::Instant::now();
+    let out = Command::new(agent)
+        .args(["audit", "verify", "-c"])
+        .arg(&cfg)
+        .output()?;
+    println!(
+        "  audit verify after the last kill: {:.0} ms, exit {} ({} trail bytes): {}",
+        t.elapsed().as_secs_f64() * 1e3,
+        out.status,
+        dir_bytes(&dir.path().join("audit")),
+        String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default()
+    );
+    plant.shutdown().await;
     Ok(())
 }

@@ -261,7 +261,7 @@ fn assert_every_format_describes_the_data(config: &Path) -> Vec<(&'static str, S
         assert!(r["scale"]["records"].as_u64() > Some(0), "{r}");
         assert!(r["scale"]["bytes"].as_u64() > Some(0), "{r}");
         assert_eq!(r["responsible"]["person"], "Zhang Wei");
-        assert_eq!(r["carrier"]["encrypted_at_rest"], false);
+        assert_eq!(r["carrier"]["encrypted_at_rest"], true);
     }
     let sent = &rows[0]["sharing"][0];
     assert_eq!(sent["destination"], "group-dc");

@@ -74,7 +74,11 @@ impl Rig {
             .expect("proxy");
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("agent.toml");
-        let text = config(&plant, &proxy.addr().to_string(), &dir.path().join("h.db"));
+        let historian = dir.path().join("h.db");
+        let text = edge_tests::query::with_test_key(
+            &config(&plant, &proxy.addr().to_string(), &historian),
+            &historian,
+        );
         std::fs::write(&path, text).expect("config");
         Rig {
             runtime,

@@ -46,7 +46,7 @@ pub enum CryptoError {
         source: std::io::Error,
     },
     /// Wrong key, or data altered or moved: nothing of it is returned.
-    #[error("{what} does not open with this key: wrong key, or the data was altered or moved")]
+    #[error("{what} does not open with this key (authentication tag check failed): wrong key, or the data was altered or moved")]
     Unopenable { what: String },
     #[error("no randomness from the operating system")]
     Random,

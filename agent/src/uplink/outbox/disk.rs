@@ -69,6 +69,7 @@ impl Outbox {
             scratch: Vec::new(),
             content: Vec::new(),
             damage: Damage::default(),
+            rolled: Vec::new(),
         };
         outbox.scan_all()?;
         Ok(outbox)
@@ -316,11 +317,18 @@ impl Outbox {
                 }
             }
         }
+        let rolled = std::mem::take(&mut self.rolled);
         for (i, s) in self.streams.iter_mut().enumerate() {
-            let Some(f) = s.active.as_ref().filter(|_| touched[i]) else {
+            let was_rolled = rolled.iter().any(|(c, _)| *c == i);
+            let Some(f) = s.active.as_ref().filter(|_| touched[i] || was_rolled) else {
                 continue;
             };
-            if let Err(e) = f.sync_data() {
+            let synced = rolled
+                .iter()
+                .filter(|(c, _)| *c == i)
+                .try_for_each(|(_, old)| old.sync_data())
+                .and_then(|()| f.sync_data());
+            if let Err(e) = synced {
                 // Not durable: the stream's entries of this batch are not counted as queued.
                 for p in placed
                     .iter_mut()
@@ -448,7 +456,10 @@ impl Outbox {
             return Err(io_err(&path)(e));
         }
         let stream = &mut self.streams[class.index()];
-        stream.active = Some(f);
+        if let Some(old) = stream.active.replace(f) {
+            // It may hold entries of the batch being appended: `append` syncs it too.
+            self.rolled.push((class.index(), old));
+        }
         stream.segments.push_back(Segment {
             first_id,
             last_id: first_id - 1,

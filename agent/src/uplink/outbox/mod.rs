@@ -317,6 +317,9 @@ pub(crate) struct Outbox {
     content: Vec<u8>,
     /// Damage found since the last [`Outbox::take_damage`].
     damage: Damage,
+    /// Active files replaced by a roll during the current append: synced with the rest before
+    /// the append reports anything placed (their class index and file).
+    rolled: Vec<(usize, File)>,
 }
 
 mod disk;

@@ -63,8 +63,8 @@ pub fn open_incidents(dir: &Path) -> Vec<OpenIncident> {
     open.into_values().collect()
 }
 
-/// Bytes of the historian's files: the database, its WAL and the tail's segments.
-fn historian_bytes(path: &Path) -> u64 {
+/// Bytes of the historian's files as they stand (the database file never shrinks).
+fn file_bytes(path: &Path) -> u64 {
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
@@ -103,7 +103,9 @@ fn historian_json(cfg: &AgentConfig) -> serde_json::Value {
     json!({
         "path": h.path,
         "readable": rows.as_ref().map_or_else(|e| e.to_string(), |_| "yes".to_owned()),
-        "files_bytes": historian_bytes(&h.path),
+        // What the bound counts (used pages, WAL, tail), and the files' size on disk.
+        "used_bytes": crate::store::disk_used(&h.path),
+        "files_bytes": file_bytes(&h.path),
         "max_disk_bytes": h.max_disk_bytes,
         "levels": levels,
     })
@@ -143,8 +145,9 @@ pub fn text(cfg: &AgentConfig, outboxes: &[outbox::status::OutboxStatus], now_ms
     );
     let _ = writeln!(
         s,
-        "historian {}: {} MiB on disk ({bound})",
+        "historian {}: {} MiB used ({bound}), {} MiB of files",
         cfg.historian.path.display(),
+        h["used_bytes"].as_u64().unwrap_or(0) >> 20,
         h["files_bytes"].as_u64().unwrap_or(0) >> 20
     );
     if h["readable"] != "yes" {

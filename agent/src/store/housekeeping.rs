@@ -90,6 +90,12 @@ pub(super) fn oldest_general(conn: &Connection, free: u64) -> rusqlite::Result<V
     Ok(out)
 }
 
+/// Some general chunk is stored (room can still be made by destroying general data).
+pub(super) fn has_general(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM chunks WHERE level = 'general')")?
+        .query_row([], |r| r.get(0))
+}
+
 /// The victims grouped per point and label, as the records describe them.
 pub(super) fn describe(victims: &[Victim], reason: &'static str) -> Vec<Destruction> {
     let mut by: BTreeMap<(String, Level, Category), Destruction> = BTreeMap::new();
@@ -189,4 +195,11 @@ pub(super) fn disk_used(conn: &Connection, path: &Path) -> u64 {
             .sum::<u64>()
     });
     db + wal + tail
+}
+
+/// [`disk_used`] read from outside the writer (`status`): the same measure the bound uses.
+/// `None` when the database cannot be opened.
+pub(crate) fn disk_used_at(path: &Path) -> Option<u64> {
+    let conn = super::schema::open_reader(path).ok()?;
+    Some(disk_used(&conn, path))
 }

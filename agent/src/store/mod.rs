@@ -45,6 +45,13 @@ pub mod testkit;
 mod writer;
 
 pub use reader::{HistorianReader, QueryError, Refused, ScaleRow, StoredSample};
+
+/// What the historian's files take against `max_disk_mb`: the database's used pages (it never
+/// shrinks; freed pages are reused), the WAL and the tail. `None` if it cannot be opened.
+#[must_use]
+pub fn disk_used(path: &std::path::Path) -> Option<u64> {
+    housekeeping::disk_used_at(path)
+}
 pub use tail::TailError;
 pub(crate) use writer::{Historian, HistorianHandle, MAX_HELD_BYTES};
 

@@ -27,7 +27,10 @@ pub struct Selection {
     pub(crate) to_ms: i64,
     levels: [bool; 3],
     /// Per level, per `Category::ALL` index: the reader may see it. A wanted label that is not
-    /// granted is refused (counted by the reader, never read, never decrypted).
+    /// granted is refused: recorded by the reader, never returned, and its database chunks
+    /// never decrypted. (The tail seals each flush's important and core fragments together, so
+    /// a reader granted any sealed label opens whole envelopes and drops the refused labels'
+    /// fragments unread.)
     granted: [[bool; CATEGORIES]; 3],
 }
 

@@ -71,6 +71,9 @@ struct PointRow {
     protocol: String,
     address: String,
     unit: Option<String>,
+    /// The label it is configured with now (its chunks carry their own).
+    level: String,
+    category: String,
 }
 
 /// Data a query wanted and was not granted: per tag, its labels and how many chunks were left
@@ -267,6 +270,21 @@ impl HistorianReader {
             if !sel.wants_tag(&p.tag) {
                 continue;
             }
+            if tail.stats.sealed_skipped > 0 && self.keys.is_none() {
+                // Sealed open chunks went unread without keys: a point configured important
+                // or core that the selection wants and the identity may not read is refused,
+                // so the refusal is on record even before its chunks reach the database.
+                if let (Some(level), Some(category)) =
+                    (parse_level(&p.level), parse_category(&p.category))
+                {
+                    if level != Level::General
+                        && sel.wants_level(level)
+                        && !sel.is_granted(level, category)
+                    {
+                        self.refuse(&p.tag, level, category);
+                    }
+                }
+            }
             let mut stmt = self
                 .conn
                 .prepare_cached(
@@ -434,7 +452,8 @@ impl HistorianReader {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, tag, rule_id, device, protocol, address, unit FROM points ORDER BY tag",
+                "SELECT id, tag, rule_id, device, protocol, address, unit, level, category FROM points \
+                 ORDER BY tag",
             )
             .map_err(|e| self.read_err(e))?;
         let rows = stmt
@@ -447,6 +466,8 @@ impl HistorianReader {
                     protocol: r.get(4)?,
                     address: r.get(5)?,
                     unit: r.get(6)?,
+                    level: r.get(7)?,
+                    category: r.get(8)?,
                 })
             })
             .map_err(|e| self.read_err(e))?;

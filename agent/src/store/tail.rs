@@ -912,6 +912,16 @@ impl Tail {
         Ok(())
     }
 
+    /// The number of the oldest closed segment not yet released.
+    pub(crate) fn oldest_closed(&self) -> Option<u64> {
+        self.closed.front().map(|c| c.number)
+    }
+
+    /// The number of the segment appends go to.
+    pub(crate) fn current_number(&self) -> u64 {
+        self.current.number
+    }
+
     /// Segment files holding live data (closed ones and the current one).
     #[cfg(test)]
     pub(crate) fn live_segments(&self) -> usize {

@@ -148,8 +148,21 @@ fn open_chunks_in_the_tail_are_sealed_too() {
     // A reader without keys skips the sealed envelopes and still reads general.
     let locked = HistorianReader::open(&path).expect("reader");
     assert_eq!(locked.count_by_level().expect("count"), [1, 0, 0]);
-    // Kill-like: drop without close, then a new writer replays the sealed tail.
-    std::mem::forget(h);
+    // A query not granted sealed data records the refusal of what the tail holds sealed.
+    let general_only = Selection::all().granted_by(|l, _| l == Level::General);
+    let mut seen = 0;
+    locked
+        .query(&general_only, |_| {
+            seen += 1;
+            Ok(())
+        })
+        .expect("query");
+    assert_eq!(seen, 1);
+    let refused: Vec<String> = locked.refused().into_keys().collect();
+    assert_eq!(refused, ["key", "recipe"]);
+    // (Replay after a kill: `tail::tests::sealed_fragments_replay_with_the_key...` and the
+    // SIGKILL tests of `tests/tests/crash.rs`, whose important and core points are sealed.)
+    h.close().expect("close");
 }
 
 #[test]
@@ -405,6 +418,23 @@ fn over_the_disk_bound_the_oldest_general_data_goes_first_and_sensitive_data_nev
             );
         }
     }
+    // Over the bound with the trail down: nothing can be destroyed, and since general data is
+    // still there to make room with, samples are still stored (not "full").
+    s.max_disk_bytes = Some(1);
+    rec.refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    let st = stats();
+    let h = spawn_recorded(&s, &pts, st.clone(), &rec);
+    h.offer(vec![sample(
+        &pts[15],
+        crate::model::now_ms(),
+        Value::Float(1.5),
+    )]);
+    h.close().expect("close");
+    assert!(!st
+        .store_over_bound
+        .load(std::sync::atomic::Ordering::Relaxed));
+    assert_eq!(st.stored.snapshot()[1], 1, "stored while general remains");
+    rec.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
     // A bound below what important alone needs: nothing more is stored, and it says so.
     s.max_disk_bytes = Some(1);
     let st = stats();
@@ -414,5 +444,5 @@ fn over_the_disk_bound_the_oldest_general_data_goes_first_and_sensitive_data_nev
         .store_over_bound
         .load(std::sync::atomic::Ordering::Relaxed));
     let after = open_reader(&path).expect("r").count_by_level().expect("n");
-    assert_eq!(after, [0, 200_000, 0]);
+    assert_eq!(after, [0, 200_001, 0]);
 }

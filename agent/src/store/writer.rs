@@ -92,8 +92,12 @@ pub(crate) struct Historian {
     over_bound: bool,
     /// Destructions that could not be recorded (or deleted), aggregated for the log.
     destroy_failures: DropLog,
-    /// When the tail's released segments were last scrubbed after a destruction.
+    /// When the tail's released segments were last scrubbed.
     last_scrub: Option<Instant>,
+    /// A scrub is due once every closed segment numbered below this is released (0: at once):
+    /// after a destruction, and after the first data key started on a historian whose tail an
+    /// older version wrote in plaintext.
+    scrub_due: Option<u64>,
     /// The data keys, shared with the tail (which seals each flush's envelope).
     ring: SharedRing,
     master: Arc<MasterKey>,
@@ -222,7 +226,7 @@ impl Historian {
         // The key is checked before anything is written: a wrong key changes nothing.
         let ring = KeyRing::load(&conn, &path, &master)?;
         let known_ids = schema::upsert_points(&mut conn, &path, points)?;
-        let ring = start_keys(&conn, &path, &master, &hook, ring)?;
+        let (ring, first_key) = start_keys(&conn, &path, &master, &hook, ring)?;
         if let Some(pages) = max_pages {
             // SQLite answers SQLITE_FULL ("database or disk is full") past this size, exactly as
             // on a full disk. The pragma is per connection, so only this writer is capped.
@@ -243,6 +247,7 @@ impl Historian {
         })?;
         let now = Instant::now();
         let (tail, head) = open_tail(&path, &ring, &committed, points.len(), &stats, now)?;
+        let first_own_segment = tail.current_number();
 
         // Validation keeps these >= 1; max(1) keeps a zero from meaning "never flush".
         let batch_size = settings.batch_size.max(1);
@@ -282,6 +287,7 @@ impl Historian {
             over_bound: false,
             destroy_failures: DropLog::new(FAILURE_LOG_PERIOD),
             last_scrub: None,
+            scrub_due: first_key.then_some(first_own_segment),
             ring,
             master,
             hook: Hook(hook),
@@ -545,6 +551,7 @@ impl Historian {
                 warn!(path = %self.path.display(), error = %e, "Cannot release historian tail segments; retrying at the next commit.");
             }
             self.housekeeping(now);
+            self.scrub_if_due(now);
             return;
         }
         self.rotate_key();
@@ -571,6 +578,7 @@ impl Historian {
                     warn!(path = %self.path.display(), error = %e, "Cannot release historian tail segments; retrying at the next commit.");
                 }
                 self.housekeeping(now);
+                self.scrub_if_due(now);
             }
             Err(source) => {
                 // Rolled back: the chunks stay sealed in memory and in the tail; retried at the
@@ -615,7 +623,9 @@ impl Historian {
             };
             let cutoff = now_ms.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX));
             match housekeeping::expired(&self.conn, level, cutoff) {
-                Ok(v) if !v.is_empty() => self.destroy(&v, "retention", now),
+                Ok(v) if !v.is_empty() => {
+                    self.destroy(&v, "retention", now);
+                }
                 Ok(_) => {}
                 Err(e) => self.destroy_failed(now, level, &e.to_string()),
             }
@@ -628,17 +638,32 @@ impl Historian {
     /// `store_capacity` incident says so).
     fn enforce_bound(&mut self, now: Instant) {
         let Some(max) = self.max_disk else { return };
-        let used = housekeeping::disk_used(&self.conn, &self.path);
-        if used > max {
+        // A few passes: one pass frees about what it aimed for (deleted rows free whole pages
+        // only), and is capped in chunks.
+        for _ in 0..4 {
+            let used = housekeeping::disk_used(&self.conn, &self.path);
+            if used <= max {
+                break;
+            }
             // A margin below the bound, so a pass is not needed at every commit.
             let free = used - max + max / 128;
             match housekeeping::oldest_general(&self.conn, free) {
-                Ok(v) if !v.is_empty() => self.destroy(&v, "disk_bound", now),
-                Ok(_) => {}
-                Err(e) => self.destroy_failed(now, Level::General, &e.to_string()),
+                Ok(v) if !v.is_empty() => {
+                    if !self.destroy(&v, "disk_bound", now) {
+                        break;
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    self.destroy_failed(now, Level::General, &e.to_string());
+                    break;
+                }
             }
         }
-        let over = housekeeping::disk_used(&self.conn, &self.path) > max;
+        // Full only when nothing general is left to make room with: while general data remains
+        // (a failed record, the pass cap, a WAL a reader holds), new samples are still stored.
+        let over = housekeeping::disk_used(&self.conn, &self.path) > max
+            && !housekeeping::has_general(&self.conn).unwrap_or(true);
         if over != self.over_bound {
             self.over_bound = over;
             self.stats
@@ -652,13 +677,19 @@ impl Historian {
         }
     }
 
-    /// Records, then deletes. Without a record nothing is deleted.
-    fn destroy(&mut self, victims: &[housekeeping::Victim], reason: &'static str, now: Instant) {
+    /// Records, then deletes. Without a record nothing is deleted. Returns whether the
+    /// victims were destroyed.
+    fn destroy(
+        &mut self,
+        victims: &[housekeeping::Victim],
+        reason: &'static str,
+        now: Instant,
+    ) -> bool {
         let described = housekeeping::describe(victims, reason);
         let level = described.first().map_or(Level::General, |d| d.level);
         if let Err(e) = (self.hook.0)(StoreEvent::Destroying(described)) {
             self.destroy_failed(now, level, &format!("not recorded, so not destroyed: {e}"));
-            return;
+            return false;
         }
         match housekeeping::delete(&mut self.conn, &self.path, victims) {
             Ok(per_level) => {
@@ -668,24 +699,41 @@ impl Historian {
                 if let Some(report) = self.destroy_failures.finish(now) {
                     self.log_destroy_failures(report);
                 }
-                // The destroyed chunks' tail copies may sit in released segments. Hourly at
-                // most: a scrubbed segment costs a metadata commit per flush as it refills.
-                let committed = &self.committed;
-                let released = self.tail.release(|p| committed.get(&p).copied());
-                if self
-                    .last_scrub
-                    .is_none_or(|t| now.saturating_duration_since(t) >= SCRUB_EVERY)
-                {
-                    match released.and_then(|_| self.tail.scrub()) {
-                        Ok(()) => self.last_scrub = Some(now),
-                        Err(e) => {
-                            warn!(path = %self.path.display(), error = %e, "Cannot scrub released historian tail segments after a destruction; retrying at the next one.");
-                        }
-                    }
-                }
+                // The destroyed chunks' tail copies may sit in released segments.
+                self.scrub_due = Some(0);
+                self.scrub_if_due(now);
                 info!(path = %self.path.display(), reason, chunks = victims.len(), general = per_level[0], important = per_level[1], core = per_level[2], "Historian data destroyed (recorded in the audit trail as DataDestroyed).");
+                true
             }
-            Err(e) => self.destroy_failed(now, level, &e.to_string()),
+            Err(e) => {
+                self.destroy_failed(now, level, &e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Scrubs the tail's released segments when a scrub is due, the segments it waits for are
+    /// released, and the last scrub is an hour old (a scrubbed segment costs a metadata commit
+    /// per flush as it refills). Called after each commit, so a due scrub is never forgotten.
+    fn scrub_if_due(&mut self, now: Instant) {
+        let Some(after) = self.scrub_due else { return };
+        if self.tail.oldest_closed().is_some_and(|n| n < after)
+            || self
+                .last_scrub
+                .is_some_and(|t| now.saturating_duration_since(t) < SCRUB_EVERY)
+        {
+            return;
+        }
+        let committed = &self.committed;
+        let released = self.tail.release(|p| committed.get(&p).copied());
+        match released.and_then(|_| self.tail.scrub()) {
+            Ok(()) => {
+                self.last_scrub = Some(now);
+                self.scrub_due = None;
+            }
+            Err(e) => {
+                warn!(path = %self.path.display(), error = %e, "Cannot scrub released historian tail segments; retrying after the next commit.");
+            }
         }
     }
 
@@ -848,15 +896,15 @@ fn start_keys(
     master: &MasterKey,
     hook: &StoreHook,
     mut ring: KeyRing,
-) -> Result<SharedRing, StoreError> {
+) -> Result<(SharedRing, bool), StoreError> {
     let crypto_err = |source| StoreError::Crypto {
         path: path.to_owned(),
         source,
     };
-    if let Some(id) = ring
+    let started = ring
         .ensure_current(conn, master, crate::model::now_ms())
-        .map_err(crypto_err)?
-    {
+        .map_err(crypto_err)?;
+    if let Some(id) = started {
         hook(StoreEvent::DataKeyStarted {
             id,
             master_id: master.id().to_owned(),
@@ -869,7 +917,7 @@ fn start_keys(
         })?;
     }
     seal_plaintext(conn, path, &mut ring)?;
-    Ok(SharedRing::new(ring))
+    Ok((SharedRing::new(ring), started == Some(1)))
 }
 
 /// Inserts `chunks`, important and core ones sealed to their place, and saves the current data

@@ -763,7 +763,10 @@ async fn reopen(
                 break started.elapsed();
             }
             if let Some(status) = child.try_wait()? {
-                bail!("the agent exited ({status}): {}", std::fs::read_to_string(&log)?);
+                bail!(
+                    "the agent exited ({status}): {}",
+                    std::fs::read_to_string(&log)?
+                );
             }
             if started.elapsed() > Duration::from_secs(300) {
                 let _ = child.kill();
@@ -786,7 +789,9 @@ async fn reopen(
                 database as f64 / 1e6,
                 replayed.map_or_else(String::new, |l| format!(
                     "\n            {}",
-                    l.split_once("Historian tail replayed").map_or(&*l, |(_, r)| r).trim()
+                    l.split_once("Historian tail replayed")
+                        .map_or(&*l, |(_, r)| r)
+                        .trim()
                 ))
             );
         }
@@ -804,7 +809,10 @@ async fn reopen(
         t.elapsed().as_secs_f64() * 1e3,
         out.status,
         dir_bytes(&dir.path().join("audit")),
-        String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
     );
     plant.shutdown().await;
     Ok(())

@@ -102,7 +102,7 @@ fn historian_json(cfg: &AgentConfig) -> serde_json::Value {
     };
     json!({
         "path": h.path,
-        "readable": rows.as_ref().map_or_else(|e| e.to_string(), |_| "yes".to_owned()),
+        "readable": rows.as_ref().map_or_else(ToString::to_string, |_| "yes".to_owned()),
         // What the bound counts (used pages, WAL, tail), and the files' size on disk.
         "used_bytes": crate::store::disk_used(&h.path),
         "files_bytes": file_bytes(&h.path),

@@ -271,19 +271,7 @@ impl HistorianReader {
                 continue;
             }
             if tail.stats.sealed_skipped > 0 && self.keys.is_none() {
-                // Sealed open chunks went unread without keys: a point configured important
-                // or core that the selection wants and the identity may not read is refused,
-                // so the refusal is on record even before its chunks reach the database.
-                if let (Some(level), Some(category)) =
-                    (parse_level(&p.level), parse_category(&p.category))
-                {
-                    if level != Level::General
-                        && sel.wants_level(level)
-                        && !sel.is_granted(level, category)
-                    {
-                        self.refuse(&p.tag, level, category);
-                    }
-                }
+                self.refuse_unread_tail(p, sel);
             }
             let mut stmt = self
                 .conn
@@ -409,6 +397,19 @@ impl HistorianReader {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Sealed open chunks went unread without keys: a point configured important or core
+    /// that the selection wants and the identity may not read is refused, so the refusal is on
+    /// record even before its chunks reach the database.
+    fn refuse_unread_tail(&self, p: &PointRow, sel: &Selection) {
+        if let (Some(level), Some(category)) = (parse_level(&p.level), parse_category(&p.category))
+        {
+            if level != Level::General && sel.wants_level(level) && !sel.is_granted(level, category)
+            {
+                self.refuse(&p.tag, level, category);
+            }
+        }
     }
 
     /// A chunk row's level and category.

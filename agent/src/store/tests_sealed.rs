@@ -337,6 +337,7 @@ fn retention_destroys_expired_chunks_after_recording_them_and_leaves_nothing_rea
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario in steps: fill, bound, trail down, full
 fn over_the_disk_bound_the_oldest_general_data_goes_first_and_sensitive_data_never() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db_in(&dir);

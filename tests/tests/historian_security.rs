@@ -506,6 +506,19 @@ fn a_full_historian_disk_sheds_general_first_raises_an_incident_and_recovers() {
         return;
     };
     let plant = rig.plant.as_ref().expect("plant");
+    // A live broker upstream: with the disk full, the outbox (beside the historian) cannot
+    // append, and what leaves must still reach the broker from memory.
+    let broker = edge_tests::EmbeddedBroker::start().expect("broker");
+    let collector = rig
+        .runtime
+        .block_on(edge_tests::Collector::start(broker.addr()))
+        .expect("collector");
+    let dest = format!(
+        "\n[[destinations]]\nname = \"dc\"\njurisdiction = \"CN\"\nrecipient = \"DC\"\npurpose = \"monitoring\"\n\
+         legal_basis = \"contract\"\nbroker = {{ host = \"127.0.0.1\", port = {} }}\nbatch_max_delay = \"100ms\"\n\
+         [[destinations.allow]]\nlevels = [\"general\"]\nform = \"raw\"\n",
+        broker.addr().port()
+    );
     fs::write(
         &rig.config,
         agent_toml_with(
@@ -513,7 +526,7 @@ fn a_full_historian_disk_sheds_general_first_raises_an_incident_and_recovers() {
             &disk.0.join("historian.db"),
             rig.dir.path(),
             "min_free_mb = 4\n",
-        ),
+        ) + &dest,
     )
     .expect("config");
     assert!(edge_agent(&["init"], &rig.config).status.success());
@@ -568,6 +581,16 @@ fn a_full_historian_disk_sheds_general_first_raises_an_incident_and_recovers() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(raised.contains("\"core\""), "{raised}");
+    // The outbox cannot append either: messages still reach the broker, from memory.
+    let sent = collector.messages().len();
+    assert!(
+        rig.runtime
+            .block_on(collector.wait_for_count(sent + 5, Duration::from_secs(30))),
+        "nothing reached the broker while the disk was full"
+    );
+    agent
+        .wait_logged("Outbox append failed", wait)
+        .expect("the outbox could not append: the messages came from memory");
 
     // Space returns: stored again, general included.
     fs::remove_file(&filler).expect("remove filler");

@@ -255,6 +255,13 @@ impl Delivery {
         true
     }
 
+    /// A message of `items` would be admitted now (nothing spilled to disk before it, and
+    /// room in the window).
+    pub(crate) fn has_room(&self, items: u64) -> bool {
+        let held = self.queue.len() + self.awaiting_pkid.len() + self.in_flight.len();
+        !self.spilled && (held == 0 || self.items + items <= self.capacity_items)
+    }
+
     /// Messages wait on disk only (from the start, after a restart with a backlog).
     pub(crate) fn set_spilled(&mut self) {
         self.spilled = true;

@@ -40,6 +40,9 @@ pub(super) struct Durable {
     /// The last `status.json`'s time and the counters then, for rates.
     mark: Mutex<Option<Mark>>,
     destination: Arc<str>,
+    /// When a failed append was last logged (ms; 0: never): a full disk fails every batch, and
+    /// must not also write a journal line per batch.
+    append_error_logged_ms: std::sync::atomic::AtomicI64,
 }
 
 #[derive(Debug, Default)]
@@ -107,6 +110,7 @@ impl Durable {
             audit,
             mark: Mutex::new(None),
             destination,
+            append_error_logged_ms: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -154,7 +158,11 @@ impl Shared {
         let placed = match outbox.append(&entries, now_ms) {
             Ok(p) => p,
             Err(e) => {
-                error!(destination = %d.destination, error = %e, "Outbox append failed; the messages are dropped (counted).");
+                let last = d.append_error_logged_ms.load(Ordering::Relaxed);
+                if now_ms.saturating_sub(last) >= DROP_RECORD_PERIOD_MS {
+                    d.append_error_logged_ms.store(now_ms, Ordering::Relaxed);
+                    error!(destination = %d.destination, error = %e, "Outbox append failed: messages are kept in memory only while the window has room (lost if the agent stops before the broker acknowledges them), else dropped (counted); logged at most once a minute while it lasts.");
+                }
                 vec![None; entries.len()]
             }
         };
@@ -166,6 +174,16 @@ impl Shared {
         for ((mut m, p), (first_key, last_key)) in keep.into_iter().zip(placed).zip(keys) {
             let Some(p) = p else {
                 let class = Class::of(m.level, m.facts.form).expect("partitioned above");
+                // Not on disk (a full or failing disk): kept in memory, in order, while the
+                // window has room, so a broker that is up still gets it; dropped (counted)
+                // only when it has none.
+                if spill_at.is_none() && delivery.has_room(m.items) {
+                    m.id = outbox.reserve_id();
+                    m.created_ms = now_ms;
+                    m.stored = None;
+                    delivery.admit(m);
+                    continue;
+                }
                 dropped.add(m.level, m.items);
                 let lost = DroppedSegment {
                     class,

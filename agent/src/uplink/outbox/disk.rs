@@ -423,6 +423,14 @@ impl Outbox {
         })
     }
 
+    /// An id for a message kept in memory only (its append failed): in order with the
+    /// entries on disk, never reused.
+    pub(crate) fn reserve_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
     /// Starts a new segment of `class` whose first record is `first_id`.
     fn roll(&mut self, class: Class, first_id: u64, now_ms: i64) -> Result<(), OutboxError> {
         let key = match (&self.master, class.level()) {

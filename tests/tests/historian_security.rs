@@ -494,6 +494,7 @@ fn fill(path: &Path) -> u64 {
 /// important and core and the agent keeps running; when space returns, everything is stored
 /// again, and no important or core sample read was lost.
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario in steps: low, full, recovered
 fn a_full_historian_disk_sheds_general_first_raises_an_incident_and_recovers() {
     let _serial = SERIAL
         .lock()

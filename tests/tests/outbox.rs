@@ -249,7 +249,10 @@ fn load_scenario(registers: usize) -> String {
     s
 }
 
-fn load_config(registers: usize) -> impl FnOnce(&Plant, &str, &Path) -> String {
+fn load_config(registers: usize, outage_secs: u64) -> impl FnOnce(&Plant, &str, &Path) -> String {
+    // Room for the whole outage (about 150 bytes an item on disk, twice over): the test is
+    // that nothing permitted is lost, so the bound must not drop anything.
+    let max_mb = (outage_secs * registers as u64 * 20 * 300 / (1 << 20)).max(64);
     move |plant, broker, historian| {
         let line = plant.device_addr("line").expect("line");
         let mut s = gateway_and_historian(historian);
@@ -264,7 +267,10 @@ fn load_config(registers: usize) -> impl FnOnce(&Plant, &str, &Path) -> String {
                 "[[devices.points]]\ntag = \"line.c{i}\"\nregister = \"holding:{i}\"\ntype = \"u16\"\n"
             );
         }
-        s.push_str(&destination(broker, "queue_items = 5000\n"));
+        s.push_str(&destination(
+            broker,
+            &format!("queue_items = 5000\noutbox_max_mb = {max_mb}\n"),
+        ));
         s.push_str("[[destinations.allow]]\nlevels = [\"general\"]\nform = \"raw\"\n");
         s
     }
@@ -300,7 +306,7 @@ fn an_outage_under_load_keeps_memory_flat_and_loses_nothing_permitted() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(120u64);
     let registers = 50;
-    let rig = Rig::start(&load_scenario(registers), load_config(registers));
+    let rig = Rig::start(&load_scenario(registers), load_config(registers, outage));
     let mut agent = AgentProc::start(&rig.config).expect("agent starts");
     agent.wait_stored(1, START_TIMEOUT).expect("samples flow");
     // Warm-up while connected; the figure before the outage is the highest of the last 5 s.

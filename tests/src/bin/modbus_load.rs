@@ -87,6 +87,9 @@ enum Cmd {
         /// broker: the uplink and its audit records (one per MQTT message) join the figures.
         #[arg(long)]
         upstream: bool,
+        /// The points' level: `important` or `core` makes every chunk and tail flush sealed.
+        #[arg(long, default_value = "general")]
+        level: String,
     },
     /// Crash recovery: run the agent on `tags` points for `secs`, `SIGKILL` it, and time its
     /// restart (historian replayed, keys unwrapped, outboxes and trail opened: until it logs
@@ -103,6 +106,9 @@ enum Cmd {
         cycles: u32,
         #[arg(long, default_value = "target/release/edge-agent")]
         agent: PathBuf,
+        /// The points' level (important: every chunk and tail flush sealed).
+        #[arg(long, default_value = "important")]
+        level: String,
     },
     /// The baseline process of `footprint --baseline` (not for direct use).
     #[command(hide = true)]
@@ -136,7 +142,8 @@ async fn main() -> anyhow::Result<()> {
             agent,
             baseline,
             upstream,
-        } => footprint(tags, interval, secs, &agent, baseline, upstream).await,
+            level,
+        } => footprint(tags, interval, secs, &agent, (baseline, upstream), &level).await,
         Cmd::BarePoll {
             devices,
             interval,
@@ -149,7 +156,8 @@ async fn main() -> anyhow::Result<()> {
             secs,
             cycles,
             agent,
-        } => reopen(tags, interval, secs, cycles, &agent).await,
+            level,
+        } => reopen(tags, interval, secs, cycles, &agent, &level).await,
     }
 }
 
@@ -245,6 +253,7 @@ fn agent_toml(
     counts: &[usize],
     interval: Duration,
     historian: &Path,
+    level: &str,
 ) -> String {
     let mut s = format!(
         "{GATEWAY}\n[historian]\npath = \"{}\"\n",
@@ -253,7 +262,7 @@ fn agent_toml(
     for (d, (addr, &per_device)) in addrs.iter().zip(counts).enumerate() {
         let _ = write!(
             s,
-            "\n[[devices]]\nname = \"dev{d}\"\nprotocol = \"modbus_tcp\"\nendpoint = \"{addr}\"\nlevel = \"general\"\npoll_interval = \"{}\"\ntimeout = \"1s\"\n",
+            "\n[[devices]]\nname = \"dev{d}\"\nprotocol = \"modbus_tcp\"\nendpoint = \"{addr}\"\nlevel = \"{level}\"\npoll_interval = \"{}\"\ntimeout = \"1s\"\n",
             humantime::format_duration(interval)
         );
         for p in 0..per_device {
@@ -282,6 +291,7 @@ async fn polls(secs: u64, devices: usize, registers: usize) -> anyhow::Result<()
         &vec![registers; devices],
         Duration::from_millis(1),
         &dir.path().join("h.db"),
+        "general",
     );
     let mut loaded = from_toml_str(&text, now_ms()).map_err(|e| anyhow!("{e}"))?;
     // Config validation wants a positive interval; 1 us makes every cycle due at once, so the
@@ -472,8 +482,8 @@ async fn footprint(
     interval: Duration,
     secs: u64,
     agent: &Path,
-    baseline: bool,
-    upstream: bool,
+    (baseline, upstream): (bool, bool),
+    level: &str,
 ) -> anyhow::Result<()> {
     if !agent.exists() {
         bail!(
@@ -489,7 +499,10 @@ async fn footprint(
     let (plant, addrs) = start_plant(devices).await?;
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("historian.db");
-    let mut text = agent_toml(&addrs, &counts, interval, &db);
+    if upstream && level != "general" {
+        bail!("--upstream forwards raw samples: only general points may go");
+    }
+    let mut text = agent_toml(&addrs, &counts, interval, &db, level);
     let upstream_broker = if upstream {
         let broker = edge_tests::EmbeddedBroker::start()?;
         text.push_str(&upstream_toml(broker.addr()));
@@ -516,9 +529,15 @@ async fn footprint(
         .spawn()
         .with_context(|| format!("starting {}", agent.display()))?;
     // Samples committed to the historian, read beside the running writer (WAL).
+    // Unlocked with the key: sealed (important, core) open chunks count too.
+    let key = edge_agent::store::crypto::MasterKey::load(&edge_tests::query::key_beside(&db))
+        .map_err(|e| anyhow!("{e}"))?;
     let stored = || {
         edge_agent::store::HistorianReader::open(&db)
-            .and_then(|r| r.count_by_level())
+            .and_then(|mut r| {
+                r.unlock(&key)?;
+                r.count_by_level()
+            })
             .map_or(0, |c| c.iter().sum())
     };
     let trail = dir.path().join("audit");
@@ -731,6 +750,7 @@ async fn reopen(
     secs: u64,
     cycles: u32,
     agent: &Path,
+    level: &str,
 ) -> anyhow::Result<()> {
     let counts: Vec<usize> = (0..tags.div_ceil(1000))
         .map(|d| (tags - d * 1000).min(1000))
@@ -739,10 +759,10 @@ async fn reopen(
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("historian.db");
     let cfg = dir.path().join("agent.toml");
-    let text = agent_toml(&addrs, &counts, interval, &db);
+    let text = agent_toml(&addrs, &counts, interval, &db, level);
     std::fs::write(&cfg, edge_tests::query::with_test_key(&text, &db))?;
     println!(
-        "{tags} tags every {}: {cycles} cycles of {secs} s of running, SIGKILL, restart",
+        "{tags} {level} tags every {}: {cycles} cycles of {secs} s of running, SIGKILL, restart",
         humantime::format_duration(interval)
     );
     for cycle in 1..=cycles {

@@ -92,87 +92,27 @@ pub(crate) const MAX_SUMMARY_WINDOWS: usize = crate::summary::MAX_WINDOWS;
 /// compile. `now_ms` is the time of time-dependent checks (assessment expiry, certificate
 /// validity).
 pub fn load(file: &Path, now_ms: i64) -> Result<Loaded, ConfigError> {
-    // Variables that are not Unicode cannot be ours; skip them rather than panic.
-    let env = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    load_with_env(file, env, now_ms)
+    load_with_env(file, process_env(), now_ms)
 }
 
-/// The historian file `file` names (with the process's environment overrides), for commands that
-/// only read it (`query`). Only the `[historian]` section must be valid: reading stored data
-/// must not depend on, say, an uplink certificate that has since expired.
-pub fn historian_path(file: &Path) -> Result<PathBuf, ConfigError> {
-    let env = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    let parsed = load::read(file, env)?;
-    let issues: Vec<ConfigIssue> = parsed
-        .issues
-        .iter()
-        .filter(|i| i.path == "historian" || i.path.starts_with("historian."))
-        .cloned()
-        .collect();
-    match (&parsed.raw, issues.is_empty()) {
-        (Some(raw), true) => Ok(raw.historian.path.clone()),
-        _ => Err(ConfigError::Invalid {
-            file: file.to_owned(),
-            issues: if issues.is_empty() {
-                parsed.issues
-            } else {
-                issues
-            },
-        }),
-    }
+/// The process's `EDGE_AGENT__...` environment (variables that are not Unicode cannot be ours).
+fn process_env() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
 }
 
-/// The historian settings and roles `file` names, for `init` (before the key exists) and
-/// `query`. Only `[historian]` and `[[roles]]` must be valid; the key file itself is not
-/// checked here (`init` creates it, `query` opens it only when it reads sealed data).
-pub fn historian_and_roles(file: &Path) -> Result<(HistorianSettings, Vec<Role>), ConfigError> {
-    let env = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    let parsed = load::read(file, env)?;
+/// Reads `file` with the environment overrides and validates only `sections` with `build`:
+/// for commands that need a part of the config and must not fail on the rest (an uplink
+/// certificate expired since does not stop an operator reading the trail).
+fn partial<T>(
+    file: &Path,
+    sections: &[&str],
+    build: impl FnOnce(&RawConfig, &mut Collector) -> T,
+) -> Result<T, ConfigError> {
+    let parsed = load::read(file, process_env())?;
     let ours = |p: &str| {
-        ["historian", "roles"]
+        sections
             .iter()
             .any(|s| p == *s || p.starts_with(&format!("{s}.")) || p.starts_with(&format!("{s}[")))
-    };
-    let Some(raw) = &parsed.raw else {
-        return Err(ConfigError::Invalid {
-            file: file.to_owned(),
-            issues: parsed.issues,
-        });
-    };
-    let mut out = Collector::new(crate::model::now_ms());
-    let historian = settings::historian(&raw.historian, &mut out);
-    let roles = settings::roles(&raw.roles, &mut out);
-    let issues: Vec<ConfigIssue> = parsed
-        .issues
-        .iter()
-        .cloned()
-        .chain(out.issues)
-        .filter(|i| ours(&i.path))
-        .collect();
-    if issues.is_empty() {
-        Ok((historian, roles))
-    } else {
-        Err(ConfigError::Invalid {
-            file: file.to_owned(),
-            issues,
-        })
-    }
-}
-
-/// The audit settings and gateway id `file` names, for commands that read or append to the
-/// trail beside the running agent (`audit verify`, `audit export`). Only `[gateway]`,
-/// `[historian]` and `[audit]` must be valid.
-pub fn audit_settings(file: &Path) -> Result<(AuditSettings, String), ConfigError> {
-    let env = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    let parsed = load::read(file, env)?;
-    let ours = |p: &str| {
-        ["gateway", "historian", "audit"]
-            .iter()
-            .any(|s| p == *s || p.starts_with(&format!("{s}.")))
     };
     let invalid = |issues| ConfigError::Invalid {
         file: file.to_owned(),
@@ -182,9 +122,7 @@ pub fn audit_settings(file: &Path) -> Result<(AuditSettings, String), ConfigErro
         return Err(invalid(parsed.issues));
     };
     let mut out = Collector::new(crate::model::now_ms());
-    let historian = settings::historian(&raw.historian, &mut out);
-    let audit = settings::audit(&raw.audit, &historian.path, &mut out);
-    let gateway = settings::gateway(&raw.gateway, &mut out);
+    let built = build(raw, &mut out);
     let issues: Vec<ConfigIssue> = parsed
         .issues
         .iter()
@@ -193,19 +131,41 @@ pub fn audit_settings(file: &Path) -> Result<(AuditSettings, String), ConfigErro
         .filter(|i| ours(&i.path))
         .collect();
     if issues.is_empty() {
-        Ok((audit, gateway.id.to_string()))
+        Ok(built)
     } else {
         Err(invalid(issues))
     }
+}
+
+/// The historian settings and roles `file` names, for `init` (before the key exists) and
+/// `query`. Only `[historian]` and `[[roles]]` must be valid; the key file itself is not
+/// checked here (`init` creates it, `query` opens it only when it reads sealed data).
+pub fn historian_and_roles(file: &Path) -> Result<(HistorianSettings, Vec<Role>), ConfigError> {
+    partial(file, &["historian", "roles"], |raw, out| {
+        (
+            settings::historian(&raw.historian, out),
+            settings::roles(&raw.roles, out),
+        )
+    })
+}
+
+/// The audit settings and gateway id `file` names, for commands that read or append to the
+/// trail beside the running agent (`audit verify`, `audit export`). Only `[gateway]`,
+/// `[historian]` and `[audit]` must be valid.
+pub fn audit_settings(file: &Path) -> Result<(AuditSettings, String), ConfigError> {
+    partial(file, &["gateway", "historian", "audit"], |raw, out| {
+        let historian = settings::historian(&raw.historian, out);
+        let audit = settings::audit(&raw.audit, &historian.path, out);
+        let gateway = settings::gateway(&raw.gateway, out);
+        (audit, gateway.id.to_string())
+    })
 }
 
 /// [`load`], except that the key file `historian.key` names is not checked: for harnesses
 /// that point the historian and its key elsewhere before running (the demo, integration
 /// tests). `Historian` still refuses a missing or exposed key when it opens.
 pub fn load_keyless(file: &Path, now_ms: i64) -> Result<Loaded, ConfigError> {
-    let env = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    let parsed = load::read(file, env)?;
+    let parsed = load::read(file, process_env())?;
     compile(parsed, file, now_ms, false)
 }
 

@@ -12,20 +12,8 @@ use std::time::Duration;
 /// Hang guard for the child process: generous, not a timing assertion.
 const GUARD: Duration = Duration::from_secs(60);
 
-/// The binary, with `historian.key` pointed at a key made once for this test process.
-fn bin() -> Command {
-    static KEY: std::sync::OnceLock<(tempfile::TempDir, std::path::PathBuf)> =
-        std::sync::OnceLock::new();
-    let (_, key) = KEY.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tmp");
-        let key = dir.path().join("historian.key");
-        edge_agent::store::crypto::MasterKey::create(&key).expect("key");
-        (dir, key)
-    });
-    let mut c = Command::new(env!("CARGO_BIN_EXE_edge-agent"));
-    c.env("EDGE_AGENT__HISTORIAN__KEY", key);
-    c
-}
+mod common;
+use common::bin;
 
 fn configs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")

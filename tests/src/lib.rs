@@ -47,6 +47,7 @@ pub mod broker;
 pub mod canary;
 pub mod client;
 pub mod collector;
+pub mod disk;
 pub mod mosquitto;
 pub mod net;
 pub mod pki;

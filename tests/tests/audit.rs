@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use edge_agent::audit::sha256_hex;
@@ -296,43 +295,17 @@ fn assert_a_changed_byte_is_named(dir: &Path, config: &Path) {
     );
 }
 
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// `None` where mounting is not permitted (not root, or no `CAP_SYS_ADMIN`).
-    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(at).ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .is_ok_and(|o| o.status.success());
-        ok.then(|| Tmpfs(at.to_owned()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// Fills the file system of `dir` (a file of zeros until ENOSPC).
 fn fill(dir: &Path) -> PathBuf {
-    use std::io::Write as _;
     let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).expect("filler");
-    let block = vec![0u8; 4096];
-    while f.write_all(&block).is_ok() {}
-    let _ = f.sync_all();
+    edge_tests::disk::fill(&path);
     path
 }
 
 #[test]
 fn with_the_audit_disk_full_nothing_leaves_without_its_record_and_egress_resumes() {
     let dir = tempfile::tempdir().expect("tmp");
-    let Some(fs) = Tmpfs::mount(&dir.path().join("audit-fs"), "256k") else {
+    let Some(fs) = edge_tests::disk::Tmpfs::mount(&dir.path().join("audit-fs"), "256k") else {
         eprintln!(
             "SKIPPED: mounting a tmpfs is not permitted here (needs root with CAP_SYS_ADMIN)"
         );

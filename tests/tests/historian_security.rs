@@ -446,49 +446,6 @@ fn a_role_reads_only_what_it_is_granted_and_every_read_and_refusal_is_audited() 
     assert_eq!(officer[0]["roles"], serde_json::json!(["officer"]));
 }
 
-/// A tmpfs for the historian, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// `None` where mounting is not permitted (not root, or no `CAP_SYS_ADMIN`).
-    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
-        fs::create_dir_all(at).ok()?;
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .is_ok_and(|o| o.status.success());
-        ok.then(|| Tmpfs(at.to_owned()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
-/// Writes zeros into `path` until the file system is full; returns the bytes written.
-fn fill(path: &Path) -> u64 {
-    use std::io::Write as _;
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .expect("filler");
-    let block = vec![0u8; 64 * 1024];
-    let mut n = 0u64;
-    while f.write_all(&block).is_ok() {
-        n += block.len() as u64;
-    }
-    let small = [0u8; 512];
-    while f.write_all(&small).is_ok() {
-        n += 512;
-    }
-    let _ = f.sync_all();
-    n
-}
-
 /// The historian's disk fills: below `min_free_mb` general data is no longer stored while
 /// important and core still are; completely full, the `store_capacity` incident is raised for
 /// important and core and the agent keeps running; when space returns, everything is stored
@@ -500,7 +457,7 @@ fn a_full_historian_disk_sheds_general_first_raises_an_incident_and_recovers() {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let rig = Rig::start();
-    let Some(disk) = Tmpfs::mount(&rig.dir.path().join("hfs"), "24m") else {
+    let Some(disk) = edge_tests::disk::Tmpfs::mount(&rig.dir.path().join("hfs"), "24m") else {
         eprintln!(
             "SKIPPED: mounting a tmpfs is not permitted here (needs root with CAP_SYS_ADMIN)"
         );
@@ -539,7 +496,7 @@ fn a_full_historian_disk_sheds_general_first_raises_an_incident_and_recovers() {
 
     // Low: less free than min_free_mb. General is shed, important and core are stored.
     let filler = disk.0.join("filler");
-    let filled = fill(&filler);
+    let filled = edge_tests::disk::fill(&filler);
     let f = fs::OpenOptions::new()
         .write(true)
         .open(&filler)
@@ -565,7 +522,7 @@ fn a_full_historian_disk_sheds_general_first_raises_an_incident_and_recovers() {
         .expect("important and core still stored while general is shed");
 
     // Full: commits fail; important and core wait in the tail, the incident is raised.
-    fill(&filler);
+    edge_tests::disk::fill(&filler);
     let incidents = rig.dir.path().join("audit/incidents.jsonl");
     let deadline = std::time::Instant::now() + wait;
     let raised = loop {

@@ -519,15 +519,7 @@ async fn footprint(
     // The agent's own counters (read, stored, dropped) go to a log printed after the run: they
     // say whether a shortfall is in acquisition or in storage.
     let log = dir.path().join("agent.log");
-    let mut child = Command::new(agent)
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .args(["--stats-every", "0s"])
-        .env("RUST_LOG", "warn,edge_agent=info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()
-        .with_context(|| format!("starting {}", agent.display()))?;
+    let mut child = spawn_agent(agent, &cfg, &log)?;
     // Samples committed to the historian, read beside the running writer (WAL).
     // Unlocked with the key: sealed (important, core) open chunks count too.
     let key = edge_agent::store::crypto::MasterKey::load(&edge_tests::query::key_beside(&db))
@@ -768,15 +760,7 @@ async fn reopen(
     for cycle in 1..=cycles {
         let log = dir.path().join(format!("agent-{cycle}.log"));
         let started = std::time::Instant::now();
-        let mut child = Command::new(agent)
-            .args(["run", "-c"])
-            .arg(&cfg)
-            .args(["--stats-every", "0s"])
-            .env("RUST_LOG", "warn,edge_agent=info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("starting {}", agent.display()))?;
+        let mut child = spawn_agent(agent, &cfg, &log)?;
         // Until the agent says it started: the historian's replay and every open before it.
         let up = loop {
             if std::fs::read_to_string(&log)?.contains("Agent started.") {
@@ -836,4 +820,17 @@ async fn reopen(
     );
     plant.shutdown().await;
     Ok(())
+}
+
+/// `agent run -c cfg`, its log (warnings, and the agent's own info lines) to `log`.
+fn spawn_agent(agent: &Path, cfg: &Path, log: &Path) -> anyhow::Result<std::process::Child> {
+    Command::new(agent)
+        .args(["run", "-c"])
+        .arg(cfg)
+        .args(["--stats-every", "0s"])
+        .env("RUST_LOG", "warn,edge_agent=info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .with_context(|| format!("starting {}", agent.display()))
 }

@@ -783,3 +783,44 @@ fn a_change_whose_record_fails_is_not_marked_raised_and_is_raised_at_the_next_ch
     assert!(matches!(raised, Raised::Raised { .. }), "{raised:?}");
     assert!(cat.join("state.json").exists());
 }
+
+#[test]
+fn destroying_important_data_makes_the_filing_due_once_naming_what_went() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cat = dir.path().join("catalogue");
+    let cfg = load(dir.path(), "Zhang Wei", false);
+    let events = std::cell::RefCell::new(Vec::new());
+    let destroyed = || {
+        vec![(
+            "important/production_operation".to_owned(),
+            "600 samples of press.force (retention)".to_owned(),
+        )]
+    };
+    // Nothing filed yet: nothing to flag.
+    let none =
+        super::watch::flag_destruction(&cat, destroyed(), NOW, recorder(&events)).expect("flag");
+    assert!(none.is_none());
+    mark_filed(&cat, &with_scale(&cfg, 1, 1), NOW, recorder(&events)).expect("filed");
+    let raised = super::watch::flag_destruction(&cat, destroyed(), NOW + DAY, recorder(&events))
+        .expect("flag");
+    assert!(matches!(raised, Some(Raised::Raised { .. })), "{raised:?}");
+    let again = super::watch::flag_destruction(&cat, destroyed(), NOW + 2 * DAY, recorder(&events))
+        .expect("flag");
+    assert!(
+        matches!(again, Some(Raised::AlreadyRaised { .. })),
+        "{again:?}"
+    );
+    let due: Vec<_> = events
+        .borrow()
+        .iter()
+        .filter_map(|e| match e {
+            Event::CatalogueChangeDue { changes, .. } => Some(changes.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(due.len(), 1);
+    assert!(
+        due[0][0].contains("data destroyed") && due[0][0].contains("press.force"),
+        "{due:?}"
+    );
+}

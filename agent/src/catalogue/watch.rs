@@ -77,13 +77,13 @@ pub(super) fn check_once(
 }
 
 /// Destroying important or core data changes what the filing describes: raises
-/// `CatalogueChangeDue` (once per filed baseline, as every change does) naming what was
-/// destroyed. `None` when nothing is filed yet.
+/// `CatalogueChangeDue` through `record` (once per filed baseline, as every change does) naming
+/// what was destroyed. `None` when nothing is filed yet.
 pub(crate) fn flag_destruction(
     dir: &std::path::Path,
     destroyed: Vec<(String, String)>,
-    audit: &AuditLog,
-    runtime: &tokio::runtime::Handle,
+    now_ms: i64,
+    record: impl FnOnce(crate::audit::Event) -> Result<(), CatalogueError>,
 ) -> Result<Option<Raised>, CatalogueError> {
     let Some(baseline) = load_baseline(dir)? else {
         return Ok(None);
@@ -100,11 +100,5 @@ pub(crate) fn flag_destruction(
             .collect(),
         ..super::Diff::default()
     };
-    raise_if_due(dir, &baseline, &diff, now_ms(), |event| {
-        runtime
-            .block_on(audit.record_durable(vec![event]))
-            .map(|_| ())
-            .map_err(CatalogueError::AuditUnavailable)
-    })
-    .map(Some)
+    raise_if_due(dir, &baseline, &diff, now_ms, record).map(Some)
 }

@@ -95,12 +95,18 @@ impl TrailHook {
             })
             .collect();
         if !sensitive.is_empty() {
-            match crate::catalogue::watch::flag_destruction(
+            let flagged = crate::catalogue::watch::flag_destruction(
                 &self.catalogue_dir,
                 sensitive,
-                audit,
-                &self.runtime,
-            ) {
+                crate::model::now_ms(),
+                |event| {
+                    self.runtime
+                        .block_on(audit.record_durable(vec![event]))
+                        .map(|_| ())
+                        .map_err(crate::catalogue::CatalogueError::AuditUnavailable)
+                },
+            );
+            match flagged {
                 Ok(Some(crate::catalogue::Raised::Raised { due_by })) => info!(
                     due_by,
                     "Important or core data was destroyed: the filed data catalogue needs an update (CatalogueChangeDue recorded)."

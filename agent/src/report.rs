@@ -284,6 +284,29 @@ pub fn explain(cfg: &AgentConfig, tag: &str, now_ms: i64) -> Option<String> {
     Some(s)
 }
 
+/// The historian's health in one line (the demo prints it): what could not be stored, what was
+/// destroyed, whether it is full or failing to commit, and the incidents open.
+pub fn historian_line(stats: &Stats) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let fmt3 = |v: [u64; 3]| format!("{}/{}/{}", v[0], v[1], v[2]);
+    let mut s = format!(
+        "historian [general/important/core]: not stored {}, destroyed {}",
+        fmt3(stats.store_dropped.snapshot()),
+        fmt3(stats.store_destroyed.snapshot())
+    );
+    if stats.store_over_bound.load(Relaxed) {
+        s.push_str("; FULL (max_disk_mb): important and core are NOT being stored");
+    }
+    if stats.store_commit_failing.load(Relaxed) {
+        s.push_str("; COMMITS FAILING (disk full?): important and core wait in the tail");
+    }
+    let open = stats.incidents_open.load(Relaxed);
+    if open > 0 {
+        let _ = write!(s, "; INCIDENTS OPEN {open} (incidents.jsonl, `edge-agent status`)");
+    }
+    s
+}
+
 /// One line of per-level counters: read, stored, and per destination forwarded/denied/dropped.
 pub fn counters_line(stats: &Stats) -> String {
     let mut s = String::new();

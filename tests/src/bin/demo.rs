@@ -185,6 +185,7 @@ fn print_report(elapsed: Duration, stats: &Stats, collector: &Collector) {
         }
         println!("{line}");
     }
+    println!("        {}", edge_agent::report::historian_line(stats));
     let now = edge_agent::model::now_ms();
     let backlog: Vec<String> = stats
         .destinations

@@ -302,7 +302,10 @@ pub fn historian_line(stats: &Stats) -> String {
     }
     let open = stats.incidents_open.load(Relaxed);
     if open > 0 {
-        let _ = write!(s, "; INCIDENTS OPEN {open} (incidents.jsonl, `edge-agent status`)");
+        let _ = write!(
+            s,
+            "; INCIDENTS OPEN {open} (incidents.jsonl, `edge-agent status`)"
+        );
     }
     s
 }

@@ -121,6 +121,28 @@ impl KeyRing {
         self.key(id)?.open(place, sealed)
     }
 
+    /// Opens a tail envelope sealed under key `key_id`.
+    fn open_envelope(&self, key_id: u32, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, String> {
+        self.key(key_id)
+            .and_then(|k| k.open_record(aad, sealed, "tail envelope"))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Adds the seals made since the last save to the current key's row, in the caller's
+    /// transaction; returns how many (give them back with `restore_unsaved` if the
+    /// transaction does not commit). On failure they count again at the next save.
+    pub(crate) fn save_seals(&mut self, tx: &Connection) -> rusqlite::Result<u64> {
+        let Some((id, n)) = self.take_unsaved() else {
+            return Ok(0);
+        };
+        tx.execute(
+            "UPDATE keys SET seals = seals + ?2 WHERE id = ?1",
+            params![id, i64::try_from(n).unwrap_or(i64::MAX)],
+        )
+        .map(|_| n)
+        .inspect_err(|_| self.restore_unsaved(n))
+    }
+
     /// The seals since the last save, to add to the current key's row (in the commit's
     /// transaction): (key id, count).
     pub(crate) fn take_unsaved(&mut self) -> Option<(u32, u64)> {
@@ -181,11 +203,7 @@ impl TailCrypto for SharedRing {
     }
 
     fn open(&self, key_id: u32, aad: &[u8], sealed: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        let ring = self.lock();
-        let key = ring.key(key_id).map_err(|e| e.to_string())?;
-        key.open_record(aad, sealed, "tail envelope")
-            .map(Some)
-            .map_err(|e| e.to_string())
+        self.lock().open_envelope(key_id, aad, sealed).map(Some)
     }
 }
 
@@ -199,9 +217,6 @@ impl TailCrypto for ReadKeys {
     }
 
     fn open(&self, key_id: u32, aad: &[u8], sealed: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        let key = self.0.key(key_id).map_err(|e| e.to_string())?;
-        key.open_record(aad, sealed, "tail envelope")
-            .map(Some)
-            .map_err(|e| e.to_string())
+        self.0.open_envelope(key_id, aad, sealed).map(Some)
     }
 }

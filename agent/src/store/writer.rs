@@ -939,22 +939,13 @@ fn write_chunks(
             schema::insert_chunk(&tx, c, id, &sealed)?;
         }
     }
-    let unsaved = ring.take_unsaved();
-    let saved = (|| {
-        if let Some((id, n)) = unsaved {
-            tx.execute(
-                "UPDATE keys SET seals = seals + ?2 WHERE id = ?1",
-                rusqlite::params![id, i64::try_from(n).unwrap_or(i64::MAX)],
-            )?;
-        }
-        tx.commit()
-    })();
-    if saved.is_err() {
-        if let Some((_, n)) = unsaved {
-            ring.restore_unsaved(n);
-        }
+    let saved = ring.save_seals(&tx)?;
+    let committed = tx.commit();
+    if committed.is_err() {
+        // Rolled back: the seal counts were not saved either.
+        ring.restore_unsaved(saved);
     }
-    saved
+    committed
 }
 
 /// Where a sealed chunk belongs: what its ciphertext is bound to.
@@ -1023,13 +1014,7 @@ fn seal_plaintext(conn: &Connection, path: &Path, ring: &mut KeyRing) -> Result<
     if sealed == 0 {
         return Ok(());
     }
-    if let Some((id, n)) = ring.take_unsaved() {
-        tx.execute(
-            "UPDATE keys SET seals = seals + ?2 WHERE id = ?1",
-            rusqlite::params![id, i64::try_from(n).unwrap_or(i64::MAX)],
-        )
-        .map_err(write)?;
-    }
+    ring.save_seals(&tx).map_err(write)?;
     tx.commit().map_err(write)?;
     // Best effort: a reader holding a snapshot delays the truncation to a later checkpoint.
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");

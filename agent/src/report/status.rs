@@ -63,22 +63,6 @@ pub fn open_incidents(dir: &Path) -> Vec<OpenIncident> {
     open.into_values().collect()
 }
 
-/// Bytes of the historian's files as they stand (the database file never shrinks).
-fn file_bytes(path: &Path) -> u64 {
-    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    let mut tail = path.as_os_str().to_owned();
-    tail.push(".tail");
-    let tail = std::fs::read_dir(Path::new(&tail)).map_or(0, |d| {
-        d.filter_map(Result::ok)
-            .filter_map(|e| e.metadata().ok())
-            .map(|m| m.len())
-            .sum()
-    });
-    size(path) + size(Path::new(&wal)) + tail
-}
-
 /// The historian's part: per level the committed records and bytes, and its files.
 fn historian_json(cfg: &AgentConfig) -> serde_json::Value {
     let h = &cfg.historian;
@@ -105,7 +89,7 @@ fn historian_json(cfg: &AgentConfig) -> serde_json::Value {
         "readable": rows.as_ref().map_or_else(ToString::to_string, |_| "yes".to_owned()),
         // What the bound counts (used pages, WAL, tail), and the files' size on disk.
         "used_bytes": crate::store::disk_used(&h.path),
-        "files_bytes": file_bytes(&h.path),
+        "files_bytes": crate::store::files_bytes(&h.path),
         "max_disk_bytes": h.max_disk_bytes,
         "levels": levels,
     })

@@ -183,7 +183,11 @@ pub(super) fn disk_used(conn: &Connection, path: &Path) -> u64 {
             .unwrap_or(0)
     };
     let pages = pragma("page_count").saturating_sub(pragma("freelist_count"));
-    let db = pages * pragma("page_size");
+    pages * pragma("page_size") + beside_bytes(path)
+}
+
+/// Bytes of the WAL and the tail's segments beside the database at `path`.
+pub(crate) fn beside_bytes(path: &Path) -> u64 {
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     let wal = std::fs::metadata(&wal).map_or(0, |m| m.len());
@@ -194,7 +198,7 @@ pub(super) fn disk_used(conn: &Connection, path: &Path) -> u64 {
             .map(|m| m.len())
             .sum::<u64>()
     });
-    db + wal + tail
+    wal + tail
 }
 
 /// [`disk_used`] read from outside the writer (`status`): the same measure the bound uses.

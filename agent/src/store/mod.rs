@@ -52,6 +52,12 @@ pub use reader::{HistorianReader, QueryError, Refused, ScaleRow, StoredSample};
 pub fn disk_used(path: &std::path::Path) -> Option<u64> {
     housekeeping::disk_used_at(path)
 }
+
+/// The historian's files as they stand: the database file (it never shrinks), its WAL, the tail.
+#[must_use]
+pub fn files_bytes(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len()) + housekeeping::beside_bytes(path)
+}
 pub use tail::TailError;
 pub(crate) use writer::{Historian, HistorianHandle, MAX_HELD_BYTES};
 

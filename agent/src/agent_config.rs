@@ -34,6 +34,8 @@ pub struct AgentConfig {
     pub(crate) classification: ClassificationSettings,
     /// Modbus lines, each with its devices.
     pub lines: Vec<Arc<ModbusLine>>,
+    /// Device-side MQTT brokers, each with its maps.
+    pub mqtt: Vec<Arc<crate::source::mqtt::config::MqttSource>>,
     /// Every point of every device, indexed by `PointMeta::id`.
     pub points: Vec<Arc<PointMeta>>,
     pub historian: HistorianSettings,
@@ -244,6 +246,25 @@ fn build(raw: &RawConfig, origin: ConfigOrigin, out: &mut Collector) -> AgentCon
     let historian = settings::historian(&raw.historian, out);
     let audit = settings::audit(&raw.audit, &historian.path, out);
     let lines = modbus_config::build(&raw.lines, &raw.devices, &mut classifier, out);
+    let destinations = crate::policy::config::build(&raw.destinations, &gateway, out);
+    let mqtt = crate::source::mqtt::config::build(
+        &raw.mqtt_brokers,
+        &raw.mqtt_maps,
+        &gateway,
+        &destinations,
+        &mut classifier,
+        out,
+    );
+    for (i, m) in mqtt.iter().enumerate() {
+        if let Some(tls) = &m.tls {
+            for p in crate::uplink::tls::check(tls, &m.host, out.now_ms) {
+                out.err(
+                    ConfigIssue::new(format!("mqtt_brokers[{i}].tls.{}", p.key), p.message)
+                        .hint(p.hint),
+                );
+            }
+        }
+    }
     let classification = classifier.settings().clone();
     let points = classifier.finish(out);
     let groups = derived::groups(&raw.groups, &points, &gateway, out);
@@ -251,7 +272,6 @@ fn build(raw: &RawConfig, origin: ConfigOrigin, out: &mut Collector) -> AgentCon
     let roles = settings::roles(&raw.roles, out);
     let catalogue =
         crate::catalogue::config::build(raw.catalogue.as_ref(), &historian.path, &points, out);
-    let destinations = crate::policy::config::build(&raw.destinations, &gateway, out);
     for (i, d) in destinations.iter().enumerate() {
         if let Some(tls) = &d.broker.tls {
             for p in crate::uplink::tls::check(tls, &d.broker.host, out.now_ms) {
@@ -282,13 +302,14 @@ fn build(raw: &RawConfig, origin: ConfigOrigin, out: &mut Collector) -> AgentCon
             .hint("use the same window length in several destinations"),
         );
     }
-    if lines.is_empty() {
+    if lines.is_empty() && mqtt.is_empty() {
         out.warn("no devices configured: nothing will be read");
     }
     AgentConfig {
         gateway,
         classification,
         lines,
+        mqtt,
         points,
         historian,
         audit,

@@ -28,6 +28,9 @@ use crate::{source, store, uplink};
 
 /// Poll batches the router may have queued before sources wait.
 const SOURCE_QUEUE: usize = 256;
+/// MQTT batches the router may have queued; when full, MQTT sources drop (counted), so a flood
+/// never delays Modbus polling.
+const MQTT_QUEUE: usize = 256;
 /// The router wakes at the end of the next summary window, and at least this often: a wall
 /// clock stepped forward moves window ends nearer than the sleep computed before the step.
 const SUMMARY_MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -76,7 +79,10 @@ impl RunningAgent {
 
 /// Start every stage of `cfg`. Must be called inside a tokio runtime.
 pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
-    let stats = Arc::new(Stats::new(cfg.destinations.iter().map(|d| d.name.clone())));
+    let stats = Arc::new(
+        Stats::new(cfg.destinations.iter().map(|d| d.name.clone()))
+            .with_mqtt(cfg.mqtt.iter().map(|m| m.name.clone())),
+    );
     let shutdown = CancellationToken::new();
     // Uplinks stop only after the router has drained the sources, so nothing read is lost.
     let uplink_shutdown = CancellationToken::new();
@@ -119,6 +125,22 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
         )));
     }
     drop(tx);
+    let (mqtt_tx, mqtt_rx) = mpsc::channel::<source::mqtt::Batch>(MQTT_QUEUE);
+    let wiring = source::mqtt::Wiring {
+        tx: mqtt_tx,
+        seq: seq.clone(),
+        registry: Arc::new(mqtt_registry(&cfg)),
+        shutdown: shutdown.clone(),
+        audit: Some(audit.clone()),
+    };
+    for (m, st) in cfg.mqtt.iter().zip(&stats.mqtt) {
+        sources.push(tokio::spawn(source::mqtt::run_source(
+            m.clone(),
+            st.clone(),
+            wiring.clone(),
+        )));
+    }
+    drop(wiring);
     tokio::spawn(watch::run(
         stats.clone(),
         audit.clone(),
@@ -128,6 +150,7 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
     info!(
         lines = cfg.lines.len(),
         devices = cfg.devices().count(),
+        mqtt_brokers = cfg.mqtt.len(),
         points = cfg.points.len(),
         destinations = cfg.destinations.len(),
         "Agent started."
@@ -146,7 +169,7 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
         if let Some((name, rx)) = incident_feed {
             router = router.publishing_incidents(&name, rx);
         }
-        router.run(rx, &historian).await;
+        router.run(rx, mqtt_rx, &historian).await;
         for s in sources {
             // A source that panicked lost only its own line's polling; say so loudly, the rest
             // of the shutdown goes on so nothing else is lost.
@@ -181,6 +204,32 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
         shutdown,
         router,
     })
+}
+
+/// Tags the MQTT sources may not take for points they meet (the table's and the groups'), and
+/// the first id after theirs.
+fn mqtt_registry(cfg: &AgentConfig) -> source::mqtt::Registry {
+    let metas = cfg.points.iter().chain(&cfg.groups);
+    let first_id = metas.clone().map(|p| p.id() + 1).max().unwrap_or(0);
+    source::mqtt::Registry::new(metas.map(|p| p.tag().clone()), first_id)
+}
+
+/// The next poll batch, or never once every Modbus source has stopped.
+async fn poll_batch(rx: &mut Option<mpsc::Receiver<Vec<Tagged>>>) -> Option<Vec<Tagged>> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next MQTT batch, or never once every MQTT source has stopped.
+async fn mqtt_batch(
+    rx: &mut Option<mpsc::Receiver<source::mqtt::Batch>>,
+) -> Option<source::mqtt::Batch> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next incident line to publish, or never.
@@ -366,9 +415,12 @@ impl Router {
 
     async fn run(
         &mut self,
-        mut rx: mpsc::Receiver<Vec<Tagged>>,
+        rx: mpsc::Receiver<Vec<Tagged>>,
+        mqtt_rx: mpsc::Receiver<source::mqtt::Batch>,
         historian: &store::HistorianHandle,
     ) {
+        let mut rx = Some(rx);
+        let mut mqtt_rx = Some(mqtt_rx);
         let mut head_tick = self.head.as_ref().map(|(_, _, every)| {
             let mut t = tokio::time::interval(*every);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -384,11 +436,19 @@ impl Router {
                     None => std::future::pending().await,
                 }
             };
+            if rx.is_none() && mqtt_rx.is_none() {
+                // Every source has stopped.
+                break;
+            }
             tokio::select! {
-                batch = rx.recv() => match batch {
+                batch = poll_batch(&mut rx) => match batch {
                     Some(batch) => self.on_batch(batch, historian),
-                    // Every source has stopped.
-                    None => break,
+                    None => rx = None,
+                },
+                batch = mqtt_batch(&mut mqtt_rx) => match batch {
+                    Some(b) if b.historical => self.on_historical(b.samples, historian),
+                    Some(b) => self.on_batch(b.samples, historian),
+                    None => mqtt_rx = None,
                 },
                 () = windows_end => self.close_summaries(now_ms()),
                 () = head_due(head_tick.as_mut()) => self.publish_head(),
@@ -423,6 +483,18 @@ impl Router {
                 uplink.record_denials(now);
             }
         }
+    }
+
+    /// Historical samples (Sparkplug `is_historical`): stored and offered raw like any other,
+    /// but not summarised, since they are not current values.
+    fn on_historical(&mut self, batch: Vec<Tagged>, historian: &store::HistorianHandle) {
+        let now = now_ms();
+        for t in &batch {
+            for uplink in &mut self.uplinks {
+                let _ = uplink.offer_raw(t, now);
+            }
+        }
+        historian.offer(batch);
     }
 
     /// Every sample of a poll batch into the summaries and, raw, to every uplink's policy.

@@ -121,6 +121,8 @@ pub struct Stats {
     /// that group summary (shown in the counters line when not zero).
     pub(crate) group_late: AtomicU64,
     pub destinations: Vec<DestinationStats>,
+    /// One per device-side MQTT broker, in config order.
+    pub mqtt: Vec<Arc<crate::source::mqtt::counters::MqttStats>>,
 }
 
 impl Stats {
@@ -146,7 +148,17 @@ impl Stats {
                 .into_iter()
                 .map(DestinationStats::new)
                 .collect(),
+            mqtt: Vec::new(),
         }
+    }
+
+    /// With counters for these MQTT sources.
+    pub fn with_mqtt(mut self, sources: impl IntoIterator<Item = Arc<str>>) -> Self {
+        self.mqtt = sources
+            .into_iter()
+            .map(|n| Arc::new(crate::source::mqtt::counters::MqttStats::new(n)))
+            .collect();
+        self
     }
 
     #[cfg(test)]

@@ -87,6 +87,44 @@ pub enum Event {
         unit: u8,
         error: String,
     },
+    /// A device-side MQTT broker accepted the agent's connection (first time, or again after
+    /// `MqttBrokerLost`); its subscriptions were (re)made.
+    MqttBrokerConnected {
+        source: String,
+        broker: String,
+        session_present: bool,
+    },
+    /// The connection to a device-side MQTT broker failed or broke; the agent reconnects with
+    /// back-off (and a persistent session keeps QoS 1 messages for it meanwhile).
+    MqttBrokerLost {
+        source: String,
+        broker: String,
+        error: String,
+    },
+    /// An MQTT source met a point nobody listed (a topic only a catch-all subscription brings,
+    /// a JSON field no map lists, a Sparkplug metric no rule labels): it took the default level
+    /// (never general) and is stored locally. Once per point, never per message.
+    ClassificationUnmapped {
+        source: String,
+        topic: String,
+        /// The JSON pointer or Sparkplug metric (empty: the whole payload).
+        field: String,
+        tag: String,
+        level: String,
+        category: String,
+    },
+    /// What an MQTT source could not take as it came, aggregated over a period (at most one
+    /// record a minute per source): counts per reason (`invalid_json`, `topic_rate`,
+    /// `queue_full`, `sparkplug_seq_gap`, ...) and samples dropped per level.
+    MqttInputRejected {
+        source: String,
+        reasons: std::collections::BTreeMap<String, u64>,
+        dropped_general: u64,
+        dropped_important: u64,
+        dropped_core: u64,
+        from: String,
+        until: String,
+    },
     /// A point no classification rule or explicit setting maps: it takes the default level
     /// (never general). Recorded once per point when the agent starts.
     PointUnmapped {
@@ -347,6 +385,10 @@ impl Event {
             Event::DeviceConnected { .. } => "DeviceConnected",
             Event::DeviceLost { .. } => "DeviceLost",
             Event::PointUnmapped { .. } => "PointUnmapped",
+            Event::MqttBrokerConnected { .. } => "MqttBrokerConnected",
+            Event::MqttBrokerLost { .. } => "MqttBrokerLost",
+            Event::ClassificationUnmapped { .. } => "ClassificationUnmapped",
+            Event::MqttInputRejected { .. } => "MqttInputRejected",
             Event::DataEgressed { .. } => "DataEgressed",
             Event::EgressAcknowledged { .. } => "EgressAcknowledged",
             Event::EgressDenied { .. } => "EgressDenied",

@@ -45,13 +45,20 @@ pub(crate) struct PointSpec<'a> {
     pub(crate) value_scale: Option<(f64, f64)>,
 }
 
-/// Compiles points into [`PointMeta`]s with dense ids, and keeps tags unique across sources.
+/// The compiled rules, shared with the sources that meet points while running (MQTT topics,
+/// Sparkplug metrics): they classify those the same way the compiler classifies the point list.
 #[derive(Debug)]
-pub(crate) struct Classifier {
+pub(crate) struct Rules {
     settings: ClassificationSettings,
     rules: Vec<CompiledRule>,
     gateway: Arc<str>,
     site: Arc<str>,
+}
+
+/// Compiles points into [`PointMeta`]s with dense ids, and keeps tags unique across sources.
+#[derive(Debug)]
+pub(crate) struct Classifier {
+    rules: Arc<Rules>,
     points: Vec<Arc<PointMeta>>,
     /// Tag -> key path of the point that first used it.
     tags: HashMap<String, String>,
@@ -76,7 +83,7 @@ impl Classifier {
                 .hint("use \"important\" (the safe default) or \"core\""),
             );
         }
-        Self {
+        let rules = Rules {
             settings: ClassificationSettings {
                 default_level: c.default_level,
                 default_category: c.default_category,
@@ -95,6 +102,9 @@ impl Classifier {
             rules: compile_rules(&c.rules, out),
             gateway: gateway.id.clone(),
             site: gateway.site.clone(),
+        };
+        Self {
+            rules: Arc::new(rules),
             points: Vec::new(),
             tags: HashMap::new(),
             unmapped: Vec::new(),
@@ -102,7 +112,12 @@ impl Classifier {
     }
 
     pub(crate) fn settings(&self) -> &ClassificationSettings {
-        &self.settings
+        &self.rules.settings
+    }
+
+    /// The rules, for a source that classifies points it meets while running.
+    pub(crate) fn rules(&self) -> Arc<Rules> {
+        self.rules.clone()
     }
 
     /// Records that the point at `path` uses `tag`; the key path of an earlier point with the
@@ -112,28 +127,12 @@ impl Classifier {
     }
 
     /// Classifies the point and gives it the next id.
-    #[allow(clippy::disallowed_methods)] // the classification compiler labels points: the one allowed caller
     #[allow(clippy::cast_possible_truncation)] // point ids: the config size limit keeps them far below 2^32
     pub(crate) fn compile(&mut self, p: PointSpec<'_>) -> Arc<PointMeta> {
-        let (level, category, rule_id) = self.classify(&p);
-        if &*rule_id == UNMAPPED_RULE_ID {
+        let meta = self.rules.compile(self.points.len() as u32, &p);
+        if &**meta.rule_id() == UNMAPPED_RULE_ID {
             self.unmapped.push(p.tag.into());
         }
-        let meta = Arc::new(PointMeta::compile(PointFields {
-            id: self.points.len() as u32,
-            tag: p.tag.into(),
-            level,
-            category,
-            rule_id,
-            device: p.device.clone(),
-            protocol: p.protocol,
-            address: p.address.into(),
-            gateway: self.gateway.clone(),
-            site: self.site.clone(),
-            unit: p.unit.map(Into::into),
-            interval_ms: crate::model::millis(p.interval),
-            value_scale: p.value_scale,
-        }));
         self.points.push(meta.clone());
         meta
     }
@@ -146,11 +145,35 @@ impl Classifier {
             out.warn(format!(
                 "{} point(s) match no rule and take the default level `{}` (ClassificationUnmapped): {}",
                 names.len(),
-                self.settings.default_level,
+                self.rules.settings.default_level,
                 name_list(&names)
             ));
         }
         self.points
+    }
+}
+
+impl Rules {
+    /// Classifies `p` and labels it with `id`: the one place a point's label is made, for the
+    /// compiled table and for points a source meets while running.
+    #[allow(clippy::disallowed_methods)] // the classification compiler labels points: the one allowed caller
+    pub(crate) fn compile(&self, id: u32, p: &PointSpec<'_>) -> Arc<PointMeta> {
+        let (level, category, rule_id) = self.classify(p);
+        Arc::new(PointMeta::compile(PointFields {
+            id,
+            tag: p.tag.into(),
+            level,
+            category,
+            rule_id,
+            device: p.device.clone(),
+            protocol: p.protocol,
+            address: p.address.into(),
+            gateway: self.gateway.clone(),
+            site: self.site.clone(),
+            unit: p.unit.map(Into::into),
+            interval_ms: crate::model::millis(p.interval),
+            value_scale: p.value_scale,
+        }))
     }
 
     /// Level, category and the id of the rule that decided them, in precedence order.

@@ -33,6 +33,11 @@ pub(crate) struct RawConfig {
     pub(crate) catalogue: Option<RawCatalogue>,
     #[serde(default)]
     pub(crate) roles: Vec<RawRole>,
+    /// Device-side MQTT brokers and what is read from them (`source::mqtt::config`).
+    #[serde(default)]
+    pub(crate) mqtt_brokers: Vec<crate::source::mqtt::config::RawMqttBroker>,
+    #[serde(default)]
+    pub(crate) mqtt_maps: Vec<crate::source::mqtt::config::RawMqttMap>,
 }
 
 /// A group summary: one summary over a named set of points (e.g. the mean furnace-zone

@@ -358,3 +358,24 @@ mod tests {
         );
     }
 }
+
+/// `tls` of a broker (a destination's or a device-side one) at `path`; the files themselves are
+/// checked where they are read (`uplink::tls`), so `check` parses them exactly as `run` does.
+pub(crate) fn tls(
+    path: &str,
+    t: &super::raw::RawTls,
+    out: &mut Collector,
+) -> super::runtime::TlsSettings {
+    if t.client_cert.is_some() != t.client_key.is_some() {
+        out.err(
+            ConfigIssue::new(path, "client_cert and client_key go together (mutual TLS)")
+                .hint("set both for mutual TLS, or neither"),
+        );
+    }
+    super::runtime::TlsSettings {
+        ca: t.ca.clone(),
+        client_cert: t.client_cert.clone(),
+        client_key: t.client_key.clone(),
+        server_name: t.server_name.clone(),
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::config::issues::{is_topic_safe, parse_date_end_ms, Collector, ConfigIssue};
 use crate::config::raw::RawDestination;
-use crate::config::runtime::{AllowRule, Assessment, Broker, Destination, Gateway, TlsSettings};
+use crate::config::runtime::{AllowRule, Assessment, Broker, Destination, Gateway};
 use crate::config::settings;
 use crate::model::{Form, Stat};
 
@@ -83,23 +83,11 @@ pub(crate) fn build(
         }
         // The files themselves are checked where they are read (`uplink::tls`), by the
         // assembly, so `check` parses them exactly as `run` does.
-        let tls = d.broker.tls.as_ref().map(|t| {
-            if t.client_cert.is_some() != t.client_key.is_some() {
-                out.err(
-                    ConfigIssue::new(
-                        format!("{path}.broker.tls"),
-                        "client_cert and client_key go together (mutual TLS)",
-                    )
-                    .hint("set both for mutual TLS, or neither"),
-                );
-            }
-            TlsSettings {
-                ca: t.ca.clone(),
-                client_cert: t.client_cert.clone(),
-                client_key: t.client_key.clone(),
-                server_name: t.server_name.clone(),
-            }
-        });
+        let tls = d
+            .broker
+            .tls
+            .as_ref()
+            .map(|t| settings::tls(&format!("{path}.broker.tls"), t, out));
         if d.broker.port == 0 {
             out.err(
                 ConfigIssue::new(

@@ -7,6 +7,7 @@
 use crate::model::{Category, Level, PointMeta, Quality, Value};
 
 pub mod modbus;
+pub mod mqtt;
 
 /// A point's label as its samples carry it: the pinned metadata, and copies of the three fields
 /// every stage reads per sample. A source keeps one per point, side by side, so stamping reads
@@ -14,7 +15,7 @@ pub mod modbus;
 /// sample at each hop (the line's counters, the summary engine, the historian): a third of the
 /// historian thread's time at 1 000 points every 100 ms (decision 0017).
 #[derive(Debug, Clone, Copy)]
-struct Label {
+pub(crate) struct Label {
     meta: &'static PointMeta,
     id: u32,
     level: Level,

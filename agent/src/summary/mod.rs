@@ -442,6 +442,9 @@ pub struct SummaryEngine {
     next_due_ms: i64,
 }
 
+/// Ids beyond this are refused (a wiring bug, not a point): slots are indexed by id.
+const MAX_POINT_ID: usize = 1 << 24;
+
 impl SummaryEngine {
     /// An engine for `points` (the compiled point table) and the window lengths of
     /// `SummarySettings::windows`. Zero-length and sub-millisecond windows, duplicates, and lengths
@@ -529,9 +532,12 @@ impl SummaryEngine {
     /// Add one sample to every window of its point (and of its groups). O(windows), no
     /// allocation (see module doc).
     pub fn observe(&mut self, t: &Tagged) {
-        let Some(Some(slot)) = self.points.get_mut(t.point_id() as usize) else {
-            // Sources only emit points of the table they were built from; this would be a wiring bug.
+        let id = t.point_id() as usize;
+        if !matches!(self.points.get(id), Some(Some(_))) && !self.meet(id, t) {
             self.unknown += 1;
+            return;
+        }
+        let Some(Some(slot)) = self.points.get_mut(id) else {
             return;
         };
         if fold(slot, &self.windows_ms, self.started_ms, &mut self.closed, t) {
@@ -544,6 +550,25 @@ impl SummaryEngine {
                 }
             }
         }
+    }
+
+    /// A point an MQTT source met at run time (its id follows the table's): a slot of its own,
+    /// once, the first time it is seen. `false` for a group's subject, which no source emits.
+    #[cold]
+    fn meet(&mut self, id: usize, t: &Tagged) -> bool {
+        if t.meta().group().is_some() || id >= MAX_POINT_ID {
+            return false;
+        }
+        if self.points.len() <= id {
+            self.points.resize_with(id + 1, || None);
+        }
+        let accs = vec![Acc::EMPTY; self.windows_ms.len()].into_boxed_slice();
+        self.points[id] = Some(Slot {
+            meta: Arc::new(t.meta().clone()),
+            accs,
+            groups: Box::default(),
+        });
+        true
     }
 
     /// Move into `out` every summary whose window ended at or before `now_ms`: first those closed

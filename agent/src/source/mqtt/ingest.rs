@@ -1,0 +1,471 @@
+//! One device-side broker's messages to labelled samples (pure: time is an argument, no I/O).
+//!
+//! For each message, in order:
+//! 1. A message on the agent's own upstream topics is never read ([`Reason::OwnTopic`]); one
+//!    larger than `max_payload_bytes` is not read ([`Reason::Oversized`]); one beyond its
+//!    topic's rate is dropped ([`Reason::TopicRate`]).
+//! 2. Every map whose filter matches reads its fields: JSON by pointer, text as a whole, or
+//!    Sparkplug B through its decoder. A field of the wrong type is stored as `decode_error`
+//!    with the point's last value; an absent field is counted, not stored.
+//! 3. JSON leaves no matching map lists (unless the maps say `unmapped_fields = "ignore"`), and
+//!    topics only a catch-all subscription brings, are stored as unmapped points
+//!    `<topic>#<pointer>` (or `<topic>`), labelled by the pattern rules or the default level.
+//!
+//! Every point met for the first time is reported in [`Output::met`] (the driver audits the
+//! unmapped ones as `ClassificationUnmapped`): once per point, never per message.
+
+use std::sync::Arc;
+
+use serde_json::Value as Json;
+
+use super::config::{Field, Format, Kind, Map, MqttSource, Unmapped};
+use super::counters::{MqttStats, Reason};
+use super::filter::Captures;
+use super::json::{self, FieldError, TsProblem};
+use super::points::{Points, Registry};
+use super::rate::TopicRate;
+use crate::config::classify::{PointSpec, UNMAPPED_RULE_ID};
+use crate::model::{Category, Level, Protocol, Quality, Value};
+use crate::source::Tagged;
+
+/// Most leaves of one message stored as unmapped points.
+pub(crate) const MAX_UNLISTED_LEAVES: usize = 64;
+
+/// A point met for the first time.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Met {
+    pub(crate) tag: Arc<str>,
+    pub(crate) topic: String,
+    /// The JSON pointer or Sparkplug metric, empty for a whole payload.
+    pub(crate) field: String,
+    pub(crate) level: Level,
+    pub(crate) category: Category,
+    /// Nothing listed it: it took the default level.
+    pub(crate) unmapped: bool,
+}
+
+/// What messages produced, until the driver hands it on.
+#[derive(Debug, Default)]
+pub(crate) struct Output {
+    /// Current values: stored, summarised, offered upstream.
+    pub(crate) live: Vec<Tagged>,
+    /// Sparkplug historical values: stored and offered raw, kept out of live summaries.
+    pub(crate) historical: Vec<Tagged>,
+    pub(crate) met: Vec<Met>,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct Ingest {
+    source: Arc<MqttSource>,
+    stats: Arc<MqttStats>,
+    points: Points,
+    /// Slot of each fixed field, `[map][field]`.
+    fixed: Vec<Vec<Option<usize>>>,
+    rate: TopicRate,
+    tag: String,
+    leaves: Vec<(String, Value)>,
+}
+
+impl Ingest {
+    pub(crate) fn new(
+        source: Arc<MqttSource>,
+        registry: Arc<Registry>,
+        stats: Arc<MqttStats>,
+    ) -> Self {
+        let mut points = Points::new(registry, source.max_points);
+        let fixed = source
+            .maps
+            .iter()
+            .map(|m| {
+                m.fields
+                    .iter()
+                    .map(|f| f.fixed.as_ref().map(|meta| points.fixed(meta)))
+                    .collect()
+            })
+            .collect();
+        let rate = TopicRate::new(
+            source.topic_rate,
+            source.max_points.saturating_mul(2).max(1024),
+        );
+        Self {
+            source,
+            stats,
+            points,
+            fixed,
+            rate,
+            tag: String::new(),
+            leaves: Vec::new(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> &Arc<MqttStats> {
+        &self.stats
+    }
+
+    /// One message (see the module docs).
+    pub(crate) fn handle(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        arrival_ms: i64,
+        out: &mut Output,
+    ) {
+        let stats = self.stats.clone();
+        stats
+            .messages
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let source = self.source.clone();
+        if source
+            .own_topics
+            .iter()
+            .any(|t| topic.starts_with(t.as_str()))
+        {
+            stats.count(Reason::OwnTopic, 1);
+            return;
+        }
+        if payload.len() > source.max_payload {
+            stats.count(Reason::Oversized, 1);
+            return;
+        }
+        if !self.rate.admit(topic, arrival_ms) {
+            stats.count(Reason::TopicRate, 1);
+            return;
+        }
+        let mut caps = Captures::new();
+        let mut doc: Option<Option<Json>> = None;
+        let mut matched = false;
+        let mut unlisted = false;
+        for (mi, map) in source.maps.iter().enumerate() {
+            if !map.filter.matches(topic, &mut caps) {
+                continue;
+            }
+            matched = true;
+            match map.format {
+                Format::Json => {
+                    let d = doc.get_or_insert_with(|| parse(payload, &stats));
+                    if let Some(d) = d {
+                        self.json_map(mi, map, topic, &caps, d, arrival_ms, out);
+                        unlisted |= map.unmapped == Unmapped::Store;
+                    }
+                }
+                Format::Text => self.text_map(mi, map, topic, &caps, payload, arrival_ms, out),
+                Format::SparkplugB => {}
+            }
+        }
+        if unlisted {
+            if let Some(Some(d)) = &doc {
+                let skip: Vec<&str> = source
+                    .maps
+                    .iter()
+                    .filter(|m| m.format == Format::Json && m.filter.matches(topic, &mut caps))
+                    .flat_map(|m| {
+                        m.fields
+                            .iter()
+                            .map(|f| f.pointer.as_str())
+                            .chain(m.timestamp.as_ref().map(|(p, _)| p.as_str()))
+                    })
+                    .collect();
+                self.unlisted_json(topic, d, &skip, arrival_ms, out);
+            }
+        }
+        if !matched && source.catch_all.iter().any(|f| f.matches(topic, &mut caps)) {
+            self.unlisted_topic(topic, payload, doc, arrival_ms, out);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // one message with everything that places it
+    fn json_map(
+        &mut self,
+        mi: usize,
+        map: &Map,
+        topic: &str,
+        caps: &Captures<'_>,
+        doc: &Json,
+        arrival_ms: i64,
+        out: &mut Output,
+    ) {
+        let ts = match &map.timestamp {
+            Some((pointer, format)) => {
+                let (ts, problem) =
+                    json::timestamp(doc, pointer, *format, arrival_ms, map.max_skew_ms);
+                match problem {
+                    Some(TsProblem::Malformed) => self.stats.count(Reason::BadTimestamp, 1),
+                    Some(TsProblem::Skewed) => self.stats.count(Reason::ClockSkew, 1),
+                    None => {}
+                }
+                ts
+            }
+            None => arrival_ms,
+        };
+        for (fi, field) in map.fields.iter().enumerate() {
+            let read =
+                json::field_value(doc, &field.pointer, field.kind, field.scale, field.offset);
+            if read == Err(FieldError::Missing) {
+                self.stats.count(Reason::MissingField, 1);
+                continue;
+            }
+            self.emit_field(mi, map, fi, field, topic, caps, read, ts, out);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // one message with everything that places it
+    fn text_map(
+        &mut self,
+        mi: usize,
+        map: &Map,
+        topic: &str,
+        caps: &Captures<'_>,
+        payload: &[u8],
+        arrival_ms: i64,
+        out: &mut Output,
+    ) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            self.stats.count(Reason::NotUtf8, 1);
+            return;
+        };
+        for (fi, field) in map.fields.iter().enumerate() {
+            let read = json::text_value(text, field.kind, field.scale, field.offset);
+            self.emit_field(mi, map, fi, field, topic, caps, read, arrival_ms, out);
+        }
+    }
+
+    /// A listed field's reading as a sample of its point (created when first met).
+    #[allow(clippy::too_many_arguments)] // one reading with everything that places it
+    fn emit_field(
+        &mut self,
+        mi: usize,
+        map: &Map,
+        fi: usize,
+        field: &Field,
+        topic: &str,
+        caps: &Captures<'_>,
+        read: Result<Value, FieldError>,
+        ts: i64,
+        out: &mut Output,
+    ) {
+        let slot = match self.fixed[mi][fi] {
+            Some(s) => s,
+            None => {
+                field.tag.render(caps, &mut self.tag);
+                match self.points.find(&self.tag) {
+                    Some(s) => s,
+                    None => {
+                        let address = super::config::address(topic, &field.pointer);
+                        let tag = std::mem::take(&mut self.tag);
+                        let device = self.source.name.clone();
+                        let spec = PointSpec {
+                            tag: &tag,
+                            level: field.level,
+                            category: field.category,
+                            device: &device,
+                            device_level: map.level,
+                            device_category: map.category,
+                            protocol: Protocol::Mqtt,
+                            address: &address,
+                            unit: field.unit.as_deref(),
+                            interval: std::time::Duration::ZERO,
+                            value_scale: field.value_scale(),
+                        };
+                        let created = self.create(&spec, topic, &field.pointer, out);
+                        self.tag = tag;
+                        match created {
+                            Some(s) => s,
+                            None => return,
+                        }
+                    }
+                }
+            }
+        };
+        let (value, quality) = match read {
+            Ok(v) => {
+                if let Value::Text(t) = &v {
+                    if t.len() == super::config::MAX_TEXT_BYTES {
+                        self.stats.count(Reason::TextCut, 1);
+                    }
+                }
+                (v, Quality::Good)
+            }
+            Err(_) => {
+                self.stats.count(Reason::WrongType, 1);
+                let last = self.points.slot(slot).last.clone();
+                (
+                    last.unwrap_or_else(|| zero(field.kind)),
+                    Quality::DecodeError,
+                )
+            }
+        };
+        self.stamp(slot, value, quality, ts, &mut out.live);
+    }
+
+    /// Creates the point `spec` describes; `None` (counted) if it cannot be.
+    fn create(
+        &mut self,
+        spec: &PointSpec<'_>,
+        topic: &str,
+        field: &str,
+        out: &mut Output,
+    ) -> Option<usize> {
+        let rules = self.source.rules.clone();
+        match self.points.create(spec.tag, |id| rules.compile(id, spec)) {
+            Ok(s) => {
+                self.stats
+                    .points
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let meta = self.points.slot(s).label.meta;
+                out.met.push(Met {
+                    tag: meta.tag().clone(),
+                    topic: topic.to_owned(),
+                    field: field.to_owned(),
+                    level: meta.level(),
+                    category: meta.category(),
+                    unmapped: &**meta.rule_id() == UNMAPPED_RULE_ID,
+                });
+                Some(s)
+            }
+            Err(reason) => {
+                self.stats.count(reason, 1);
+                None
+            }
+        }
+    }
+
+    fn stamp(
+        &mut self,
+        slot: usize,
+        value: Value,
+        quality: Quality,
+        ts: i64,
+        out: &mut Vec<Tagged>,
+    ) {
+        let s = self.points.slot_mut(slot);
+        if quality.is_good() {
+            s.last = Some(value.clone());
+        }
+        out.push(Tagged::stamp(s.label, value, quality, ts, 0));
+    }
+
+    /// Leaves of `doc` no matching map lists, as unmapped points `<topic>#<pointer>`.
+    fn unlisted_json(
+        &mut self,
+        topic: &str,
+        doc: &Json,
+        skip: &[&str],
+        arrival_ms: i64,
+        out: &mut Output,
+    ) {
+        let mut found = Vec::new();
+        if json::leaves(doc, skip, MAX_UNLISTED_LEAVES, &mut found) {
+            self.stats.count(Reason::TooManyFields, 1);
+        }
+        self.leaves.clear();
+        self.leaves.extend(
+            found
+                .into_iter()
+                .filter_map(|(p, v)| json::leaf_value(v).map(|v| (p, v))),
+        );
+        let leaves = std::mem::take(&mut self.leaves);
+        for (pointer, value) in &leaves {
+            self.unlisted(topic, pointer, value.clone(), arrival_ms, out);
+        }
+        self.leaves = leaves;
+    }
+
+    /// A message only a catch-all subscription brings: a JSON document's leaves, or the whole
+    /// payload as one value.
+    fn unlisted_topic(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        doc: Option<Option<Json>>,
+        arrival_ms: i64,
+        out: &mut Output,
+    ) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            self.stats.count(Reason::NotUtf8, 1);
+            return;
+        };
+        let doc = match doc {
+            Some(d) => d,
+            None => serde_json::from_str::<Json>(text).ok(),
+        };
+        match doc {
+            Some(d @ (Json::Object(_) | Json::Array(_))) => {
+                self.unlisted_json(topic, &d, &[], arrival_ms, out);
+            }
+            Some(d) => {
+                if let Some(v) = json::leaf_value(&d) {
+                    self.unlisted(topic, "", v, arrival_ms, out);
+                }
+            }
+            None => {
+                let v = Value::Text(json::cut(text.trim()).into());
+                self.unlisted(topic, "", v, arrival_ms, out);
+            }
+        }
+    }
+
+    fn unlisted(&mut self, topic: &str, pointer: &str, value: Value, ts: i64, out: &mut Output) {
+        self.tag.clear();
+        self.tag.push_str(topic);
+        if !pointer.is_empty() {
+            self.tag.push('#');
+            self.tag.push_str(pointer);
+        }
+        let slot = match self.points.find(&self.tag) {
+            Some(s) => s,
+            None => {
+                let tag = std::mem::take(&mut self.tag);
+                let device = self.source.name.clone();
+                let spec = PointSpec {
+                    tag: &tag,
+                    level: None,
+                    category: None,
+                    device: &device,
+                    device_level: None,
+                    device_category: None,
+                    protocol: Protocol::Mqtt,
+                    address: &tag,
+                    unit: None,
+                    interval: std::time::Duration::ZERO,
+                    value_scale: None,
+                };
+                let created = self.create(&spec, topic, pointer, out);
+                self.tag = tag;
+                let Some(s) = created else { return };
+                s
+            }
+        };
+        self.stamp(slot, value, Quality::Good, ts, &mut out.live);
+    }
+}
+
+fn parse(payload: &[u8], stats: &MqttStats) -> Option<Json> {
+    match serde_json::from_slice(payload) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            stats.count(
+                if e.is_syntax() && std::str::from_utf8(payload).is_err() {
+                    Reason::NotUtf8
+                } else {
+                    Reason::InvalidJson
+                },
+                1,
+            );
+            None
+        }
+    }
+}
+
+/// The value a point of `kind` carries before its first good reading.
+fn zero(kind: Kind) -> Value {
+    match kind {
+        Kind::Number => Value::Float(0.0),
+        Kind::Integer => Value::Int(0),
+        Kind::Bool => Value::Bool(false),
+        Kind::Text => Value::Text("".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,248 @@
+//! One message at a time through `Ingest`: tags from captures, values by pointer and type,
+//! device time, labels, unlisted data, and every hostile input counted without stopping the rest.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::agent_config::tests::{load_ok, BASE};
+use crate::source::mqtt::config::tests::MQTT;
+
+const T0: i64 = 1_767_225_600_000;
+
+struct Rig {
+    ingest: Ingest,
+    stats: Arc<MqttStats>,
+}
+
+impl Rig {
+    fn new(extra: &str) -> Self {
+        let l = load_ok(&format!("{BASE}{extra}"));
+        let source = l.config.mqtt[0].clone();
+        let first = u32::try_from(l.config.points.len()).expect("ids");
+        let registry = Arc::new(Registry::new(
+            l.config.points.iter().map(|p| p.tag().clone()),
+            first,
+        ));
+        let stats = Arc::new(MqttStats::new(source.name.clone()));
+        Rig {
+            ingest: Ingest::new(source, registry, stats.clone()),
+            stats,
+        }
+    }
+
+    fn feed(&mut self, topic: &str, payload: &str, at: i64) -> Output {
+        let mut out = Output::default();
+        self.ingest.handle(topic, payload.as_bytes(), at, &mut out);
+        out
+    }
+}
+
+fn sample<'a>(out: &'a Output, tag: &str) -> &'a Tagged {
+    out.live
+        .iter()
+        .find(|t| &**t.meta().tag() == tag)
+        .unwrap_or_else(|| panic!("no sample of {tag} in {:?}", tags(out)))
+}
+
+fn tags(out: &Output) -> Vec<String> {
+    out.live
+        .iter()
+        .map(|t| t.meta().tag().to_string())
+        .collect()
+}
+
+#[test]
+fn captured_levels_name_the_points_and_each_field_is_labelled_at_source() {
+    let mut r = Rig::new(MQTT);
+    let out = r.feed(
+        "plant/l1/m3/telemetry",
+        &format!(
+            r#"{{"ts": {}, "spindle": {{"speed": 1200.5}}, "recipe": {{"feed": 0.25}}}}"#,
+            T0 - 40
+        ),
+        T0,
+    );
+    let speed = sample(&out, "l1.m3.spindle_speed");
+    assert_eq!(speed.value(), &Value::Float(1200.5));
+    assert_eq!(speed.ts_ms(), T0 - 40, "the device's own time");
+    assert_eq!(speed.quality(), Quality::Good);
+    assert_eq!(speed.level(), Level::General, "the map's level");
+    assert_eq!(
+        &**speed.meta().address(),
+        "plant/l1/m3/telemetry#/spindle/speed"
+    );
+    assert_eq!(speed.meta().unit().map(|u| &**u), Some("rpm"));
+    // The pattern rule `*.recipe.*` outranks the map's default, as for a Modbus point.
+    let feed = sample(&out, "l1.m3.recipe.feed");
+    assert_eq!(feed.level(), Level::Core);
+    assert_eq!(&**feed.meta().rule_id(), "rule:recipes@v1");
+    // Two points met, both labelled by what the config says: neither is unmapped.
+    assert_eq!(out.met.len(), 2);
+    assert!(out.met.iter().all(|m| !m.unmapped));
+    // Another machine is another point; the same machine again is the same one.
+    let again = r.feed("plant/l1/m4/telemetry", r#"{"spindle": {"speed": 7}}"#, T0);
+    assert_eq!(tags(&again), ["l1.m4.spindle_speed"]);
+    let same = r.feed("plant/l1/m3/telemetry", r#"{"spindle": {"speed": 8}}"#, T0);
+    assert!(same.met.is_empty());
+    assert_eq!(
+        sample(&same, "l1.m3.spindle_speed").point_id(),
+        speed.point_id()
+    );
+    assert_eq!(r.stats.get(Reason::MissingField), 2, "recipe absent twice");
+    assert_eq!(r.stats.get(Reason::BadTimestamp), 2);
+}
+
+#[test]
+fn an_unlisted_field_takes_the_default_level_never_the_maps_and_is_reported_once() {
+    let mut r = Rig::new(MQTT);
+    let msg = r#"{"spindle": {"speed": 1}, "secret": {"formula": "A-17"}, "vib": [0.5, 0.7]}"#;
+    let out = r.feed("plant/l1/m3/telemetry", msg, T0);
+    let formula = sample(&out, "plant/l1/m3/telemetry#/secret/formula");
+    assert_eq!(
+        formula.level(),
+        Level::Important,
+        "the default, not the map's general"
+    );
+    assert_eq!(formula.value(), &Value::Text("A-17".into()));
+    sample(&out, "plant/l1/m3/telemetry#/vib/1");
+    let unmapped: Vec<&str> = out
+        .met
+        .iter()
+        .filter(|m| m.unmapped)
+        .map(|m| m.field.as_str())
+        .collect();
+    assert_eq!(unmapped, ["/secret/formula", "/vib/0", "/vib/1"]);
+    // Not once per message: the second message meets nothing new.
+    let out = r.feed("plant/l1/m3/telemetry", msg, T0 + 1);
+    assert!(out.met.is_empty());
+    assert_eq!(out.live.len(), 4);
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_a_decode_error_carrying_the_last_good_value() {
+    let mut r = Rig::new(MQTT);
+    r.feed(
+        "plant/l1/m3/telemetry",
+        r#"{"spindle": {"speed": 900}}"#,
+        T0,
+    );
+    let out = r.feed(
+        "plant/l1/m3/telemetry",
+        r#"{"spindle": {"speed": "fast"}}"#,
+        T0 + 1,
+    );
+    let s = sample(&out, "l1.m3.spindle_speed");
+    assert_eq!(s.quality(), Quality::DecodeError);
+    assert_eq!(s.value(), &Value::Float(900.0));
+    assert_eq!(r.stats.get(Reason::WrongType), 1);
+}
+
+#[test]
+fn hostile_messages_are_counted_by_reason_and_good_ones_still_flow() {
+    let mut r = Rig::new(MQTT);
+    let big = format!(
+        r#"{{"spindle": {{"speed": 1}}, "pad": "{}"}}"#,
+        "x".repeat(300 * 1024)
+    );
+    let garbage: [(&str, &[u8]); 3] = [
+        ("plant/l1/m3/telemetry", b"{not json"),
+        ("plant/l1/m3/telemetry", &[0xff, 0xfe, 0x00, 0x80]),
+        ("plant/l1/m3/telemetry", big.as_bytes()),
+    ];
+    for (topic, payload) in garbage {
+        let mut out = Output::default();
+        r.ingest.handle(topic, payload, T0, &mut out);
+        assert!(out.live.is_empty());
+    }
+    assert_eq!(r.stats.get(Reason::InvalidJson), 1);
+    assert_eq!(r.stats.get(Reason::NotUtf8), 1);
+    assert_eq!(r.stats.get(Reason::Oversized), 1);
+    // The agent's own upstream topics are never read, whatever subscribes to them.
+    let own = r.feed("edge/plant-a/gw-01/raw/general", r#"{"v": 1}"#, T0);
+    assert!(own.live.is_empty());
+    assert_eq!(r.stats.get(Reason::OwnTopic), 1);
+    let ok = r.feed("plant/l2/m1/telemetry", r#"{"spindle": {"speed": 5}}"#, T0);
+    assert_eq!(tags(&ok), ["l2.m1.spindle_speed"]);
+}
+
+#[test]
+fn a_flooding_topic_is_cut_to_its_rate_and_other_topics_keep_flowing() {
+    let mut r = Rig::new(&MQTT.replace("port = 1884", "port = 1884\nmax_topic_rate = 50"));
+    let mut flood = 0;
+    let mut quiet = 0;
+    for i in 0..5_000i64 {
+        let at = T0 + i / 5; // 1 000 ms of flood, 5 000 messages
+        flood += r
+            .feed("plant/l1/m1/telemetry", r#"{"spindle": {"speed": 1}}"#, at)
+            .live
+            .len();
+        if i % 100 == 0 {
+            quiet += r
+                .feed("plant/l1/m2/telemetry", r#"{"spindle": {"speed": 2}}"#, at)
+                .live
+                .len();
+        }
+    }
+    assert!(flood <= 100, "{flood}");
+    assert_eq!(quiet, 50, "every message of the quiet topic");
+    assert!(r.stats.get(Reason::TopicRate) >= 4_900);
+}
+
+#[test]
+fn a_catch_all_topic_is_stored_whole_at_the_default_level() {
+    let mut r = Rig::new(MQTT);
+    let out = r.feed("plant/l1/m3/status", "RUNNING", T0);
+    let s = sample(&out, "plant/l1/m3/status");
+    assert_eq!(s.value(), &Value::Text("RUNNING".into()));
+    assert_eq!(s.level(), Level::Important);
+    assert_eq!(out.met.len(), 1);
+    assert!(out.met[0].unmapped);
+    let out = r.feed("plant/l1/m3/energy", r#"{"kwh": 12.5}"#, T0);
+    assert_eq!(
+        sample(&out, "plant/l1/m3/energy#/kwh").value(),
+        &Value::Float(12.5)
+    );
+    let out = r.feed("plant/l1/m3/count", "42", T0);
+    assert_eq!(sample(&out, "plant/l1/m3/count").value(), &Value::Int(42));
+}
+
+#[test]
+fn a_text_map_reads_the_whole_payload_into_its_fixed_point() {
+    let mut r = Rig::new(MQTT);
+    let out = r.feed("meters/main/kwh", " 1234.5\n", T0);
+    let s = sample(&out, "meter.main.kwh");
+    assert_eq!(s.value(), &Value::Float(1234.5));
+    assert_eq!(s.level(), Level::General);
+    assert!(out.met.is_empty(), "a fixed point is in the table already");
+    let bad = r.feed("meters/main/kwh", "n/a", T0);
+    assert_eq!(
+        sample(&bad, "meter.main.kwh").quality(),
+        Quality::DecodeError
+    );
+}
+
+#[test]
+fn points_met_are_bounded_per_broker() {
+    let mut r = Rig::new(&MQTT.replace("port = 1884", "port = 1884\nmax_points = 3"));
+    for m in 0..10 {
+        r.feed(
+            &format!("plant/l1/m{m}/telemetry"),
+            r#"{"spindle": {"speed": 1}}"#,
+            T0,
+        );
+    }
+    assert_eq!(r.stats.points.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(r.stats.get(Reason::PointLimit), 7);
+}
+
+#[test]
+fn device_time_beyond_the_skew_bound_is_replaced_by_the_arrival_time() {
+    let mut r = Rig::new(MQTT);
+    let out = r.feed(
+        "plant/l1/m3/telemetry",
+        &format!(r#"{{"ts": {}, "spindle": {{"speed": 1}}}}"#, T0 - 3_600_000),
+        T0,
+    );
+    assert_eq!(sample(&out, "l1.m3.spindle_speed").ts_ms(), T0);
+    assert_eq!(r.stats.get(Reason::ClockSkew), 1);
+}

@@ -1,0 +1,464 @@
+//! The MQTT source: one task per device-side broker that subscribes to the maps' topics and turns
+//! each message into labelled samples, with the same guarantees as the Modbus source.
+//!
+//! - [`config`]: `[[mqtt_brokers]]` and `[[mqtt_maps]]`, validated (loop guard included).
+//! - `filter`: topic filters with named captures, tag templates, filter overlap (pure).
+//! - `json`: JSON pointer and text values, device timestamps, unlisted leaves (pure).
+//! - `sparkplug`: Sparkplug B payloads, births, aliases, sequence and deaths (pure).
+//! - `points`: the points a source reads, the fixed ones and those met at run time.
+//! - `rate`: the per-topic message rate limit (pure).
+//! - `ingest`: one message to samples, every problem counted by reason (pure).
+//! - [`counters`]: what each source counts.
+//! - this module: the connection driver.
+//!
+//! Invariants:
+//! - A message never stops ingestion: whatever its bytes, it is read, counted by reason, or
+//!   both. Problems are logged when a reason first appears and then once a period with counts,
+//!   and audited in aggregate (`MqttInputRejected`), never one line per message.
+//! - Ingestion is bounded and never stalls the Modbus source: samples go to the router through
+//!   their own bounded queue with `try_send`; when it is full the batch is dropped and counted
+//!   per level ([`Reason::QueueFull`]). Points met at run time are bounded by `max_points`, the
+//!   per-topic rate table by twice that.
+//! - Acknowledged means handed on: with QoS 1 the agent acknowledges a message (manual PUBACK)
+//!   only after its samples were handed to the router, or counted as dropped. A message that
+//!   arrived while the agent was away waits in the broker's persistent session
+//!   (`persistent_session`, the default, with the gateway-unique client id).
+//! - Subscriptions are made again on every connection (`ConnAck`), whatever the broker says of
+//!   its session. Reconnection backs off with the agent's one schedule (`crate::backoff`).
+//! - Samples are stamped when the message arrives (`ts_ms` is the device's time when the map
+//!   says where it is and it is within `max_skew`); `seq` comes from the gateway-wide counter.
+
+pub mod config;
+pub mod counters;
+pub(crate) mod filter;
+pub(crate) mod ingest;
+pub(crate) mod json;
+pub(crate) mod points;
+pub(crate) mod rate;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, MqttOptions, Packet, QoS, Transport};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use self::config::MqttSource;
+use self::counters::{MqttStats, Reason};
+use self::ingest::{Ingest, Output};
+pub(crate) use self::points::Registry;
+use crate::audit::{AuditLog, Event};
+use crate::backoff::{random_unit, Backoff};
+use crate::model::now_ms;
+use crate::source::Tagged;
+use crate::stats::LevelCounts;
+
+/// Samples the driver holds before handing them on, at most.
+const BATCH_SAMPLES: usize = 512;
+/// How long the first sample of a batch waits for others, at most.
+const BATCH_WAIT: Duration = Duration::from_millis(20);
+/// How often counts of problems are logged and audited.
+const REPORT_PERIOD: Duration = Duration::from_secs(60);
+/// Back-off between connection attempts.
+const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Requests (subscriptions, acknowledgements) the client may have queued.
+const REQUEST_CAPACITY: usize = 4 * BATCH_SAMPLES;
+/// Largest packet the client reads: larger ones break the connection (rumqttc), so the limit
+/// is far above `max_payload_bytes`, which the source checks itself and counts.
+const MAX_INCOMING_PACKET: usize = 64 << 20;
+
+/// Samples of one kind the MQTT sources hand to the router.
+#[derive(Debug)]
+pub struct Batch {
+    pub(crate) samples: Vec<Tagged>,
+    /// Sparkplug historical values: stored and offered raw, not summarised as current.
+    pub(crate) historical: bool,
+}
+
+/// Everything a source task needs besides its config.
+#[derive(Debug, Clone)]
+pub(crate) struct Wiring {
+    pub(crate) tx: mpsc::Sender<Batch>,
+    pub(crate) seq: Arc<AtomicU64>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) audit: Option<AuditLog>,
+}
+
+/// Runs one device-side broker's source until shutdown.
+pub(crate) async fn run_source(source: Arc<MqttSource>, stats: Arc<MqttStats>, wiring: Wiring) {
+    let options = match options(&source) {
+        Ok(o) => o,
+        Err(e) => {
+            // `check` parses the same files; this happens only if they changed since.
+            warn!(source = %source.name, error = %e, "MQTT source not started: its TLS settings cannot be used.");
+            if let Some(audit) = &wiring.audit {
+                audit.record(Event::MqttBrokerLost {
+                    source: source.name.to_string(),
+                    broker: endpoint(&source),
+                    error: e,
+                });
+            }
+            return;
+        }
+    };
+    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+    let ingest = Ingest::new(source.clone(), wiring.registry.clone(), stats);
+    Driver {
+        source,
+        client,
+        ingest,
+        wiring,
+        out: Output::default(),
+        acks: Vec::new(),
+        first_at: None,
+        backoff: Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX),
+        connected: false,
+        report: Report::new(),
+    }
+    .run(eventloop)
+    .await;
+}
+
+/// The client options of `source`: gateway-unique client id, persistent session, manual
+/// acknowledgements, TLS and login as configured.
+fn options(source: &MqttSource) -> Result<MqttOptions, String> {
+    let mut o = MqttOptions::new(source.client_id.clone(), source.host.clone(), source.port);
+    o.set_keep_alive(source.keep_alive);
+    o.set_clean_session(!source.persistent_session);
+    o.set_manual_acks(true);
+    o.set_max_packet_size(MAX_INCOMING_PACKET, 64 * 1024);
+    if let Some((user, password)) = &source.login {
+        o.set_credentials(user.clone(), password.0.clone());
+    }
+    if let Some(t) = &source.tls {
+        let cfg = crate::uplink::tls::client_config(t, &source.host).map_err(|e| e.to_string())?;
+        o.set_transport(Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(cfg),
+        ));
+    }
+    Ok(o)
+}
+
+fn endpoint(source: &MqttSource) -> String {
+    format!("{}:{}", source.host, source.port)
+}
+
+/// One source's connection, its batch in the making and its reports.
+struct Driver {
+    source: Arc<MqttSource>,
+    client: AsyncClient,
+    ingest: Ingest,
+    wiring: Wiring,
+    out: Output,
+    /// QoS 1 messages read and not yet acknowledged: `(packet id)`.
+    acks: Vec<u16>,
+    /// When the batch's first sample came.
+    first_at: Option<Instant>,
+    backoff: Backoff,
+    connected: bool,
+    report: Report,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("source", &self.source.name)
+            .field("connected", &self.connected)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    async fn run(mut self, mut eventloop: EventLoop) {
+        let shutdown = self.wiring.shutdown.clone();
+        let mut report_tick = tokio::time::interval(REPORT_PERIOD);
+        report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        report_tick.reset();
+        loop {
+            let flush_in = self
+                .first_at
+                .map(|t| BATCH_WAIT.saturating_sub(t.elapsed()));
+            let flush_due = async move {
+                match flush_in {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                () = flush_due => self.flush(),
+                _ = report_tick.tick() => self.report(),
+                polled = eventloop.poll() => match polled {
+                    Ok(event) => self.on_event(event),
+                    Err(e) => {
+                        self.flush();
+                        self.lost(&e.to_string());
+                        let wait = self.backoff.fail(random_unit());
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                },
+            }
+        }
+        self.flush();
+        self.report();
+        // Fails only if the event loop is gone; the connection ends with the task either way.
+        let _ = self.client.try_disconnect();
+        // Let the DISCONNECT (and the last acknowledgements) out, briefly.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while eventloop.poll().await.is_ok() {}
+        })
+        .await;
+    }
+
+    fn on_event(&mut self, event: MqttEvent) {
+        match event {
+            MqttEvent::Incoming(Packet::ConnAck(ack)) => self.connected(ack.session_present),
+            MqttEvent::Incoming(Packet::Publish(p)) => {
+                let arrival = now_ms();
+                self.ingest
+                    .handle(&p.topic, &p.payload, arrival, &mut self.out);
+                if p.qos != QoS::AtMostOnce {
+                    self.acks.push(p.pkid);
+                }
+                if self.first_at.is_none() {
+                    self.first_at = Some(Instant::now());
+                }
+                if self.out.live.len() + self.out.historical.len() >= BATCH_SAMPLES
+                    || self.acks.len() >= BATCH_SAMPLES
+                {
+                    self.flush();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn connected(&mut self, session_present: bool) {
+        self.backoff.reset();
+        for (filter, qos) in self.source.subscriptions() {
+            let qos = if qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            if let Err(e) = self.client.try_subscribe(filter.clone(), qos) {
+                warn!(source = %self.source.name, filter = %filter, error = %e, "MQTT subscription not sent; it is made again on the next connection.");
+            }
+        }
+        if !self.connected {
+            self.connected = true;
+            self.ingest.stats().connected.store(true, Ordering::Relaxed);
+            info!(source = %self.source.name, broker = %endpoint(&self.source), session_present, "MQTT device broker connected.");
+            if let Some(audit) = &self.wiring.audit {
+                audit.record(Event::MqttBrokerConnected {
+                    source: self.source.name.to_string(),
+                    broker: endpoint(&self.source),
+                    session_present,
+                });
+            }
+        }
+    }
+
+    fn lost(&mut self, error: &str) {
+        // Acknowledgements of the dead connection cannot be sent; the broker redelivers those
+        // messages (QoS 1) and the historian keeps both copies' samples.
+        self.acks.clear();
+        let first = self.connected || self.backoff.failures() == 0;
+        if self.connected {
+            self.connected = false;
+            self.ingest
+                .stats()
+                .connected
+                .store(false, Ordering::Relaxed);
+        }
+        if first {
+            warn!(source = %self.source.name, broker = %endpoint(&self.source), error, "MQTT device broker lost; reconnecting with back-off.");
+            if let Some(audit) = &self.wiring.audit {
+                audit.record(Event::MqttBrokerLost {
+                    source: self.source.name.to_string(),
+                    broker: endpoint(&self.source),
+                    error: error.to_owned(),
+                });
+            }
+        }
+    }
+
+    /// Hands the batch to the router (or drops it, counted), then acknowledges its messages.
+    fn flush(&mut self) {
+        self.first_at = None;
+        let stats = self.ingest.stats().clone();
+        for (samples, historical) in [
+            (std::mem::take(&mut self.out.live), false),
+            (std::mem::take(&mut self.out.historical), true),
+        ] {
+            if samples.is_empty() {
+                continue;
+            }
+            let mut batch = Batch {
+                samples,
+                historical,
+            };
+            Tagged::number(&mut batch.samples, &self.wiring.seq);
+            let mut counts = LevelCounts::default();
+            for t in &batch.samples {
+                counts.add(t.level(), 1);
+            }
+            match self.wiring.tx.try_send(batch) {
+                Ok(()) => {
+                    for (level, n) in counts.iter() {
+                        stats.samples.add(level, n);
+                    }
+                }
+                Err(_) => {
+                    // Full (or the router is gone at shutdown): counted per level, reported.
+                    stats.count(Reason::QueueFull, counts.total());
+                    for (level, n) in counts.iter() {
+                        stats.dropped.add(level, n);
+                    }
+                }
+            }
+        }
+        for met in self.out.met.drain(..) {
+            if !met.unmapped {
+                continue;
+            }
+            self.report.unmapped += 1;
+            if let Some(audit) = &self.wiring.audit {
+                audit.record(Event::ClassificationUnmapped {
+                    source: self.source.name.to_string(),
+                    topic: met.topic,
+                    field: met.field,
+                    tag: met.tag.to_string(),
+                    level: met.level.as_str().into(),
+                    category: met.category.as_str().into(),
+                });
+            }
+        }
+        for pkid in self.acks.drain(..) {
+            let mut p = rumqttc::Publish::new("", QoS::AtLeastOnce, Vec::<u8>::new());
+            p.pkid = pkid;
+            // Full only if the connection is stuck; the broker then redelivers (QoS 1).
+            let _ = self.client.try_ack(&p);
+        }
+        self.report.first_problems(&stats, &self.source.name);
+    }
+
+    /// The period's counts: one log line and one audit record if anything was lost.
+    fn report(&mut self) {
+        let stats = self.ingest.stats().clone();
+        if let Some(r) = self.report.period(&stats) {
+            warn!(source = %self.source.name, reasons = %r.text, dropped = %r.dropped, unmapped_points = r.unmapped, "MQTT input not taken as it came in the last period.");
+            if let Some(audit) = &self.wiring.audit {
+                audit.record(Event::MqttInputRejected {
+                    source: self.source.name.to_string(),
+                    reasons: r.reasons,
+                    dropped_general: r.dropped.get(crate::model::Level::General),
+                    dropped_important: r.dropped.get(crate::model::Level::Important),
+                    dropped_core: r.dropped.get(crate::model::Level::Core),
+                    from: crate::audit::rfc3339_ms(r.from_ms),
+                    until: crate::audit::rfc3339_ms(now_ms()),
+                });
+            }
+        }
+    }
+}
+
+/// The aggregate reports of one source: the first appearance of each reason at once (a state
+/// change), then counts per period.
+#[derive(Debug)]
+struct Report {
+    /// Counts at the start of the period.
+    base: [u64; Reason::ALL.len()],
+    dropped_base: [u64; 3],
+    /// Reasons already seen (their first appearance was logged).
+    seen: [bool; Reason::ALL.len()],
+    from_ms: i64,
+    unmapped: u64,
+}
+
+/// One period's report.
+#[derive(Debug)]
+struct PeriodReport {
+    text: String,
+    reasons: std::collections::BTreeMap<String, u64>,
+    dropped: LevelCounts,
+    unmapped: u64,
+    from_ms: i64,
+}
+
+impl Report {
+    fn new() -> Self {
+        Self {
+            base: [0; Reason::ALL.len()],
+            dropped_base: [0; 3],
+            seen: [false; Reason::ALL.len()],
+            from_ms: now_ms(),
+            unmapped: 0,
+        }
+    }
+
+    /// Logs reasons seen for the first time (one line each, ever).
+    fn first_problems(&mut self, stats: &MqttStats, source: &str) {
+        let now = stats.snapshot();
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            if now[i] > 0 && !self.seen[i] {
+                self.seen[i] = true;
+                if r.loses_data() {
+                    warn!(
+                        source,
+                        reason = r.as_str(),
+                        "MQTT input problem seen; counted from now on and reported once a minute."
+                    );
+                } else {
+                    info!(
+                        source,
+                        reason = r.as_str(),
+                        "MQTT input adjusted; counted from now on."
+                    );
+                }
+            }
+        }
+    }
+
+    fn period(&mut self, stats: &MqttStats) -> Option<PeriodReport> {
+        let now = stats.snapshot();
+        let dropped_now = stats.dropped.snapshot();
+        let mut reasons = std::collections::BTreeMap::new();
+        let mut lost = false;
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            let n = now[i] - self.base[i];
+            if n > 0 {
+                reasons.insert(r.as_str().to_owned(), n);
+                lost |= r.loses_data();
+            }
+        }
+        let mut dropped = LevelCounts::default();
+        for (i, level) in crate::model::Level::ALL.iter().enumerate() {
+            dropped.add(*level, dropped_now[i] - self.dropped_base[i]);
+        }
+        let from_ms = self.from_ms;
+        let unmapped = std::mem::take(&mut self.unmapped);
+        self.base = now;
+        self.dropped_base = dropped_now;
+        self.from_ms = now_ms();
+        (lost || !dropped.is_zero()).then(|| PeriodReport {
+            text: reasons
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            reasons,
+            dropped,
+            unmapped,
+            from_ms,
+        })
+    }
+}

@@ -132,6 +132,7 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
         registry: Arc::new(mqtt_registry(&cfg)),
         shutdown: shutdown.clone(),
         audit: Some(audit.clone()),
+        stats: stats.clone(),
     };
     for (m, st) in cfg.mqtt.iter().zip(&stats.mqtt) {
         sources.push(tokio::spawn(source::mqtt::run_source(

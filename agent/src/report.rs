@@ -149,6 +149,45 @@ fn records_kept(s: &mut String, cfg: &AgentConfig) {
     derived_report::access(s, cfg);
 }
 
+/// The MQTT part of `check`: each device broker, its maps, and the subscriptions that can bring
+/// data nobody listed (stored at the default level, `ClassificationUnmapped`).
+fn mqtt_sources(s: &mut String, cfg: &AgentConfig) {
+    if cfg.mqtt.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "\nMQTT device brokers ({}):", cfg.mqtt.len());
+    for m in &cfg.mqtt {
+        let _ = writeln!(
+            s,
+            "  broker {} {}:{}{} client id {} ({} session)",
+            m.name,
+            m.host,
+            m.port,
+            if m.tls.is_some() { " tls" } else { "" },
+            m.client_id,
+            if m.persistent_session {
+                "persistent"
+            } else {
+                "clean"
+            }
+        );
+        for line in m.map_lines() {
+            let _ = writeln!(s, "    map {line}");
+        }
+        let unmapped = m.unmapped_sources();
+        if !unmapped.is_empty() {
+            let _ = writeln!(
+                s,
+                "    may bring unmapped data (default level {}, ClassificationUnmapped):",
+                cfg.classification.default_level
+            );
+            for u in unmapped {
+                let _ = writeln!(s, "      - {u}");
+            }
+        }
+    }
+}
+
 /// The `check` report of a valid config.
 pub fn check(loaded: &Loaded) -> String {
     let cfg = &loaded.config;
@@ -188,6 +227,7 @@ pub fn check(loaded: &Loaded) -> String {
         "Modbus requests per poll cycle: {total_requests} ({per_second:.1} requests/s at the configured intervals)"
     );
 
+    mqtt_sources(&mut s, cfg);
     records_kept(&mut s, cfg);
     let _ = writeln!(
         s,
@@ -211,14 +251,44 @@ pub fn check(loaded: &Loaded) -> String {
     s
 }
 
+/// Where a Modbus point's values come from, for `explain`.
+fn modbus_source(cfg: &AgentConfig, meta: &crate::model::PointMeta) -> Option<String> {
+    let (line, device) = cfg.devices().find(|(_, d)| d.name == *meta.device())?;
+    let point = device.points.iter().find(|p| p.meta.id() == meta.id())?;
+    Some(format!(
+        "device {} ({} via {}) {} as {} order {} scale {} offset {}{}",
+        meta.device(),
+        meta.protocol().as_str(),
+        line.transport.describe(),
+        meta.address(),
+        point.data_type.as_str(),
+        point.order.name(point.data_type.width()),
+        point.scale,
+        point.offset,
+        point
+            .map
+            .as_ref()
+            .map(|m| format!(", mapped to {} label(s)", m.0.len()))
+            .unwrap_or_default()
+    ))
+}
+
 /// The `explain` report of one point or group, or `None` if nothing has that name.
 pub fn explain(cfg: &AgentConfig, tag: &str, now_ms: i64) -> Option<String> {
     if let Some(g) = cfg.group_by_name(tag) {
         return Some(derived_report::explain_group(cfg, g, now_ms));
     }
-    let meta = cfg.point_by_tag(tag)?;
-    let (line, device) = cfg.devices().find(|(_, d)| d.name == *meta.device())?;
-    let point = device.points.iter().find(|p| p.meta.id() == meta.id())?;
+    let table = cfg
+        .point_by_tag(tag)
+        .filter(|m| m.protocol() != crate::model::Protocol::Mqtt);
+    let (meta, source, met) = match table {
+        Some(meta) => (meta.clone(), modbus_source(cfg, meta)?, false),
+        None => {
+            let e = cfg.mqtt.iter().find_map(|m| m.explain(tag))?;
+            (e.meta, e.source, e.met_at_run_time)
+        }
+    };
+    let meta = &meta;
     let mut s = String::new();
     let _ = writeln!(s, "point {}", meta.tag());
     let _ = writeln!(s, "  level:     {}", meta.level());
@@ -233,37 +303,35 @@ pub fn explain(cfg: &AgentConfig, tag: &str, now_ms: i64) -> Option<String> {
         r => format!("defaults of {}", r.replace(':', " ")),
     };
     let _ = writeln!(s, "  decided by {} ({why})", meta.rule_id());
-    let _ = writeln!(
-        s,
-        "  source:    device {} ({} via {}) {} as {} order {} scale {} offset {}{}",
-        meta.device(),
-        meta.protocol().as_str(),
-        line.transport.describe(),
-        meta.address(),
-        point.data_type.as_str(),
-        point.order.name(point.data_type.width()),
-        point.scale,
-        point.offset,
-        point
-            .map
-            .as_ref()
-            .map(|m| format!(", mapped to {} label(s)", m.0.len()))
-            .unwrap_or_default()
-    );
-    let _ = writeln!(
-        s,
-        "  sampled every {} ms; stored locally in {}",
-        meta.interval_ms(),
-        cfg.historian.path.display()
-    );
+    let _ = writeln!(s, "  source:    {source}");
+    let mqtt = meta.protocol() == crate::model::Protocol::Mqtt;
+    if mqtt {
+        let _ = writeln!(
+            s,
+            "  read as published{}; stored locally in {}",
+            if met {
+                " (a point met at run time: labelled as above when its first message arrives)"
+            } else {
+                ""
+            },
+            cfg.historian.path.display()
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "  sampled every {} ms; stored locally in {}",
+            meta.interval_ms(),
+            cfg.historian.path.display()
+        );
+    }
     let _ = writeln!(
         s,
         "  audit trail {}: each MQTT message that carries it is recorded (DataEgressed) before it leaves, each refusal counted (EgressDenied){}",
         cfg.audit.dir.display(),
-        if &**meta.rule_id() == crate::config::classify::UNMAPPED_RULE_ID {
-            "; unmapped, so recorded as PointUnmapped at every start"
-        } else {
-            ""
+        match (&**meta.rule_id() == crate::config::classify::UNMAPPED_RULE_ID, met) {
+            (true, true) => "; unmapped, so recorded as ClassificationUnmapped when first met",
+            (true, false) => "; unmapped, so recorded as PointUnmapped at every start",
+            (false, _) => "",
         }
     );
     let groups: Vec<&str> = cfg
@@ -358,6 +426,33 @@ pub fn counters_line(stats: &Stats) -> String {
             let _ = write!(s, " dropped {}", fmt3(dr));
         }
         if !d.connected.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = write!(s, " (disconnected)");
+        }
+    }
+    for m in &stats.mqtt {
+        use std::sync::atomic::Ordering::Relaxed;
+        let _ = write!(
+            s,
+            " | mqtt {}: messages {} samples {}",
+            m.name,
+            m.messages.load(Relaxed),
+            fmt3(m.samples.snapshot())
+        );
+        let problems: u64 = m
+            .snapshot()
+            .iter()
+            .zip(crate::source::mqtt::counters::Reason::ALL)
+            .filter(|(_, r)| r.loses_data())
+            .map(|(n, _)| n)
+            .sum();
+        if problems > 0 {
+            let _ = write!(s, " rejected {problems}");
+        }
+        let dr = m.dropped.snapshot();
+        if dr.iter().any(|n| *n > 0) {
+            let _ = write!(s, " dropped {}", fmt3(dr));
+        }
+        if !m.connected.load(Relaxed) {
             let _ = write!(s, " (disconnected)");
         }
     }

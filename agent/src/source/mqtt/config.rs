@@ -321,6 +321,169 @@ impl MqttSource {
     }
 }
 
+/// What `explain` says of an MQTT point.
+#[derive(Debug)]
+pub struct Explained {
+    /// The point's label: as compiled, or as the source will compile it when first met.
+    pub meta: Arc<PointMeta>,
+    /// Where its values come from, in words.
+    pub source: String,
+    /// A point met at run time (not in the compiled table).
+    pub met_at_run_time: bool,
+}
+
+impl MqttSource {
+    /// The point `tag` of this broker, if a map reads it or could create it.
+    pub fn explain(&self, tag: &str) -> Option<Explained> {
+        let here = format!("broker {} (mqtt {}:{})", self.name, self.host, self.port);
+        for m in &self.maps {
+            if let Some(e) = self.explain_in_map(m, tag, &here) {
+                return Some(e);
+            }
+        }
+        // An unlisted field (`<topic>#<pointer>`) or a topic only a catch-all brings.
+        let (topic, pointer) = tag.split_once('#').unwrap_or((tag, ""));
+        let mut caps = super::filter::Captures::new();
+        let unlisted = self.maps.iter().any(|m| {
+            m.format == Format::Json
+                && m.unmapped == Unmapped::Store
+                && !pointer.is_empty()
+                && m.filter.matches(topic, &mut caps)
+        }) || self.catch_all.iter().any(|f| f.matches(topic, &mut caps));
+        unlisted.then(|| {
+            let spec = self.spec(tag, None, None, None, None, tag, None, None);
+            Explained {
+                meta: self.rules.compile(u32::MAX, &spec),
+                source: format!(
+                    "{here} topic {topic}{}, nobody lists it: unmapped",
+                    if pointer.is_empty() {
+                        " (the whole payload)".to_owned()
+                    } else {
+                        format!(" field {pointer}")
+                    }
+                ),
+                met_at_run_time: true,
+            }
+        })
+    }
+
+    fn explain_in_map(&self, m: &Map, tag: &str, here: &str) -> Option<Explained> {
+        let names = m.filter.names().len();
+        for f in &m.fields {
+            let what = format!(
+                "{here} topic {} {} as {:?} scale {} offset {}",
+                m.filter.text(),
+                if f.pointer.is_empty() {
+                    "(the whole payload)".to_owned()
+                } else {
+                    format!("pointer {}", f.pointer)
+                },
+                f.kind,
+                f.scale,
+                f.offset
+            );
+            if let Some(meta) = &f.fixed {
+                if &**meta.tag() == tag {
+                    return Some(Explained {
+                        meta: meta.clone(),
+                        source: what,
+                        met_at_run_time: false,
+                    });
+                }
+            } else if f.tag.match_tag(tag, names).is_some() {
+                let address = address(m.filter.text(), &f.pointer);
+                let spec = self.spec(
+                    tag,
+                    f.level,
+                    f.category,
+                    m.level,
+                    m.category,
+                    &address,
+                    f.unit.as_deref(),
+                    f.value_scale(),
+                );
+                return Some(Explained {
+                    meta: self.rules.compile(u32::MAX, &spec),
+                    source: what,
+                    met_at_run_time: true,
+                });
+            }
+        }
+        let sp = m.sparkplug.as_ref()?;
+        // Only names whose topic the map subscribes to: `spBv1.0/<group>/DDATA/<node>/<device>`.
+        let subscribed = |topic: &str| m.filter.matches(topic, &mut super::filter::Captures::new());
+        let (device, metric) = if let Some(v) = sp
+            .tag
+            .match_tag(tag, DEVICE_VARS.len())
+            .filter(|v| {
+                subscribed(&format!("spBv1.0/{}/DDATA/{}/{}", v[0], v[1], v[2]))
+            }) {
+            (Some(v[2].clone()), v[3].clone())
+        } else {
+            let v = sp
+                .node_tag
+                .match_tag(tag, NODE_VARS.len())
+                .filter(|v| {
+                    subscribed(&format!("spBv1.0/{}/NDATA/{}", v[0], v[1]))
+                })?;
+            (None, v[2].clone())
+        };
+        let ms = sp.metric(device.as_deref(), &metric);
+        if ms.ignore {
+            return None;
+        }
+        let address = format!("{} metric {metric}", m.filter.text());
+        let spec = self.spec(
+            tag,
+            ms.level,
+            ms.category,
+            None,
+            None,
+            &address,
+            ms.unit,
+            None,
+        );
+        Some(Explained {
+            meta: self.rules.compile(u32::MAX, &spec),
+            source: format!(
+                "{here} Sparkplug B {} metric {metric:?}{} scale {} offset {}",
+                m.filter.text(),
+                device.map(|d| format!(" of device {d:?}")).unwrap_or_default(),
+                ms.scale,
+                ms.offset
+            ),
+            met_at_run_time: true,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)] // a point spec, field by field
+    fn spec<'a>(
+        &'a self,
+        tag: &'a str,
+        level: Option<Level>,
+        category: Option<Category>,
+        device_level: Option<Level>,
+        device_category: Option<Category>,
+        address: &'a str,
+        unit: Option<&'a str>,
+        value_scale: Option<(f64, f64)>,
+    ) -> PointSpec<'a> {
+        PointSpec {
+            tag,
+            level,
+            category,
+            device: &self.name,
+            device_level,
+            device_category,
+            protocol: Protocol::Mqtt,
+            address,
+            unit,
+            interval: Duration::ZERO,
+            value_scale,
+        }
+    }
+}
+
 /// One `[[mqtt_maps]]` entry, compiled.
 #[derive(Debug)]
 pub(crate) struct Map {
@@ -379,6 +542,46 @@ pub(crate) struct SparkplugMap {
     /// Variables `group`, `node`, `metric`.
     pub(crate) node_tag: Template,
     pub(crate) metrics: Vec<MetricRule>,
+}
+
+/// How a Sparkplug metric is read: the first `metrics` entry matching it, if any.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MetricSpec<'a> {
+    pub(crate) level: Option<Level>,
+    pub(crate) category: Option<Category>,
+    pub(crate) unit: Option<&'a str>,
+    pub(crate) scale: f64,
+    pub(crate) offset: f64,
+    pub(crate) ignore: bool,
+}
+
+impl SparkplugMap {
+    /// The entry for `metric` of `device` (a node metric: `device` is `None`), matched on
+    /// `device/metric` or `metric`.
+    pub(crate) fn metric(&self, device: Option<&str>, metric: &str) -> MetricSpec<'_> {
+        let name = match device {
+            Some(d) => format!("{d}/{metric}"),
+            None => metric.to_owned(),
+        };
+        match self.metrics.iter().find(|r| r.matcher.is_match(&name)) {
+            Some(r) => MetricSpec {
+                level: r.level,
+                category: r.category,
+                unit: r.unit.as_deref(),
+                scale: r.scale,
+                offset: r.offset,
+                ignore: r.ignore,
+            },
+            None => MetricSpec {
+                level: None,
+                category: None,
+                unit: None,
+                scale: 1.0,
+                offset: 0.0,
+                ignore: false,
+            },
+        }
+    }
 }
 
 /// Template variables of a Sparkplug device metric's tag.

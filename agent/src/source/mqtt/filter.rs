@@ -263,6 +263,30 @@ impl Template {
         self.parts.iter().all(|p| matches!(p, Part::Literal(_)))
     }
 
+    /// The variable values that render `tag`, if any do (the first split, leftmost variables
+    /// shortest, each at least one character): `explain` of a point met at run time.
+    pub(crate) fn match_tag(&self, tag: &str, vars: usize) -> Option<Vec<String>> {
+        fn go(parts: &[Part], rest: &str, values: &mut Vec<String>) -> bool {
+            match parts.split_first() {
+                None => rest.is_empty(),
+                Some((Part::Literal(l), more)) => {
+                    rest.strip_prefix(l.as_str()).is_some_and(|r| go(more, r, values))
+                }
+                Some((Part::Var(i), more)) => {
+                    for (end, _) in rest.char_indices().skip(1).chain([(rest.len(), ' ')]) {
+                        values[*i] = rest[..end].to_owned();
+                        if go(more, &rest[end..], values) {
+                            return true;
+                        }
+                    }
+                    false
+                }
+            }
+        }
+        let mut values = vec![String::new(); vars];
+        go(&self.parts, tag, &mut values).then_some(values)
+    }
+
     /// Renders into `out` (cleared first), with `values` indexed like the parse's `vars`.
     pub(crate) fn render(&self, values: &[&str], out: &mut String) {
         out.clear();

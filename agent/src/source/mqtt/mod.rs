@@ -86,6 +86,8 @@ pub(crate) struct Wiring {
     pub(crate) registry: Arc<Registry>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) audit: Option<AuditLog>,
+    /// The agent's counters (`read`, `bad_quality`), shared with the other sources.
+    pub(crate) stats: Arc<crate::stats::Stats>,
 }
 
 /// Runs one device-side broker's source until shutdown.
@@ -308,13 +310,21 @@ impl Driver {
             };
             Tagged::number(&mut batch.samples, &self.wiring.seq);
             let mut counts = LevelCounts::default();
+            let mut bad = LevelCounts::default();
             for t in &batch.samples {
                 counts.add(t.level(), 1);
+                if !t.quality().is_good() {
+                    bad.add(t.level(), 1);
+                }
             }
             match self.wiring.tx.try_send(batch) {
                 Ok(()) => {
                     for (level, n) in counts.iter() {
                         stats.samples.add(level, n);
+                        self.wiring.stats.read.add(level, n);
+                    }
+                    for (level, n) in bad.iter() {
+                        self.wiring.stats.bad_quality.add(level, n);
                     }
                 }
                 Err(_) => {

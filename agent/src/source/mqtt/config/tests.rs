@@ -255,3 +255,45 @@ fn a_text_map_reads_exactly_one_whole_payload() {
     let i = issues(&two);
     assert!(has(&i, "mqtt_maps[1].fields", "exactly one"), "{i:#?}");
 }
+
+#[test]
+fn explain_names_fixed_templated_sparkplug_and_unlisted_points_with_their_labels() {
+    let l = load_ok(&with(MQTT));
+    let c = &l.config;
+    let text = |tag: &str| {
+        crate::report::explain(c, tag, crate::agent_config::tests::NOW)
+            .unwrap_or_else(|| panic!("{tag} explained"))
+    };
+    let kwh = text("meter.main.kwh");
+    assert!(kwh.contains("level:     general"), "{kwh}");
+    assert!(kwh.contains("topic meters/main/kwh (the whole payload)"), "{kwh}");
+    assert!(!kwh.contains("met at run time"), "{kwh}");
+    let speed = text("l7.m2.spindle_speed");
+    assert!(speed.contains("level:     general"), "{speed}");
+    assert!(speed.contains("pointer /spindle/speed"), "{speed}");
+    assert!(speed.contains("met at run time"), "{speed}");
+    let feed = text("l7.m2.recipe.feed");
+    assert!(feed.contains("level:     core"), "a rule outranks the map: {feed}");
+    let metric = text("plant1.cell-3.press.Temperature");
+    assert!(metric.contains("level:     important"), "{metric}");
+    assert!(metric.contains("metric \"Temperature\" of device \"press\""), "{metric}");
+    let unlisted = text("plant/l1/m3/telemetry#/vib");
+    assert!(unlisted.contains("level:     important"), "{unlisted}");
+    assert!(unlisted.contains("ClassificationUnmapped"), "{unlisted}");
+    assert!(crate::report::explain(c, "nothing.like.this", 0).is_none());
+}
+
+#[test]
+fn check_lists_each_broker_its_maps_and_what_may_bring_unmapped_data() {
+    let l = load_ok(&with(MQTT));
+    let report = crate::report::check(&l);
+    for needle in [
+        "MQTT device brokers (1):",
+        "broker floor 127.0.0.1:1884 client id edge-agent-plant-a-gw-01-src-floor (persistent session)",
+        "map plant/+line/+machine/telemetry (json, QoS 1): {line}.{machine}.spindle_speed, {line}.{machine}.recipe.feed",
+        "may bring unmapped data (default level important, ClassificationUnmapped):",
+        "- plant/# (catch-all subscription)",
+    ] {
+        assert!(report.contains(needle), "{needle}\n{report}");
+    }
+}

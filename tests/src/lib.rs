@@ -16,6 +16,7 @@
 //! - [`mosquitto`]: [`Mosquitto`], the system broker as a child process with a mutual-TLS and a
 //!   plain listener, for `#[ignore]`d interop tests (`cargo test -- --ignored`).
 //! - [`client`]: [`publish_once`], a bounded one-shot `QoS` 1 publisher.
+//! - [`mqtt_device`]: a long-lived test device publishing JSON to a device-side broker.
 //! - [`net`]: free-port picking and bounded readiness probes.
 //! - [`plant`]: the simulated demo plant wired to the agent (shared by end-to-end tests and the
 //!   demo binary).
@@ -49,6 +50,7 @@ pub mod client;
 pub mod collector;
 pub mod disk;
 pub mod mosquitto;
+pub mod mqtt_device;
 pub mod net;
 pub mod pki;
 pub mod plant;

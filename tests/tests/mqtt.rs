@@ -1,0 +1,275 @@
+//! MQTT devices end to end, the way a field engineer meets them: a device publishes JSON to the
+//! plant's broker, the real `edge-agent run` reads it, `edge-agent query` shows what was stored
+//! (tag, value, device time, level, quality), `edge-agent audit export` shows what was unmapped,
+//! and a subscriber on `#` of the upstream broker sees only what the policy permits: no core
+//! value in any form, no raw important value.
+
+#![allow(clippy::float_cmp)] // values are compared exactly: the round trip must be exact
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use edge_tests::agent_proc::{query, AgentProc};
+use edge_tests::canary::{canary_patterns_f64, contains_bits};
+use edge_tests::mqtt_device::TestDevice;
+use edge_tests::query::{export_today, with_test_key};
+use edge_tests::{Collector, EmbeddedBroker};
+use serde_json::Value as Json;
+
+const WAIT: Duration = Duration::from_secs(60);
+/// Core: a recipe setpoint (listed, labelled core by the pattern rule) and a recipe name.
+const CORE_SETPOINT: f64 = 7_391.123_456_789;
+const CORE_NAME: &str = "RECIPE-ZX-7731-SECRET";
+/// Unlisted: nobody lists `/calib/gain`, so it takes the default level (important).
+const UNLISTED_GAIN: f64 = 4_821.987_654_321;
+const MESSAGES: usize = 20;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn agent_config(dir: &Path, device: std::net::SocketAddr, upstream: std::net::SocketAddr) -> PathBuf {
+    let historian = dir.join("historian.db");
+    let text = format!(
+        r#"
+[gateway]
+id = "gw-mqtt"
+site = "site-m"
+jurisdiction = "CN"
+data_processor = "ACME"
+responsible_person = "Li Na"
+department = "IT"
+
+[classification]
+default_level = "important"
+[[classification.rules]]
+id = "recipes"
+match = "*.recipe.*"
+level = "core"
+category = "rd_design"
+
+[historian]
+path = {historian:?}
+
+[[mqtt_brokers]]
+name = "floor"
+host = "127.0.0.1"
+port = {device_port}
+max_topic_rate = 100000
+
+[[mqtt_maps]]
+broker = "floor"
+topic = "plant/+line/+machine/telemetry"
+level = "general"
+category = "production_operation"
+timestamp = {{ pointer = "/ts", format = "epoch_ms" }}
+[[mqtt_maps.fields]]
+pointer = "/speed"
+tag = "{{line}}.{{machine}}.speed"
+type = "number"
+unit = "rpm"
+[[mqtt_maps.fields]]
+pointer = "/temp"
+tag = "{{line}}.{{machine}}.temp"
+type = "number"
+level = "important"
+[[mqtt_maps.fields]]
+pointer = "/recipe/setpoint"
+tag = "{{line}}.{{machine}}.recipe.setpoint"
+type = "number"
+[[mqtt_maps.fields]]
+pointer = "/recipe/name"
+tag = "{{line}}.{{machine}}.recipe.name"
+type = "text"
+
+[[destinations]]
+name = "dc"
+jurisdiction = "CN"
+recipient = "Group DC"
+purpose = "monitoring"
+legal_basis = "contract"
+broker = {{ host = "127.0.0.1", port = {up_port} }}
+[[destinations.allow]]
+levels = ["general"]
+form = "raw"
+[[destinations.allow]]
+levels = ["general", "important"]
+form = "summary"
+window = "1s"
+stats = ["count", "mean", "max"]
+"#,
+        historian = historian.display().to_string(),
+        device_port = device.port(),
+        up_port = upstream.port(),
+    );
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, with_test_key(&text, &historian)).expect("config");
+    path
+}
+
+fn payload(ts: i64, i: usize, machine: usize) -> Vec<u8> {
+    serde_json::json!({
+        "ts": ts,
+        "speed": 1000.0 + i as f64 + machine as f64 / 10.0,
+        "temp": 40.0 + (i % 7) as f64,
+        "recipe": { "setpoint": CORE_SETPOINT, "name": CORE_NAME },
+        "calib": { "gain": UNLISTED_GAIN },
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn rows(config: &Path, tag: &str) -> Vec<Json> {
+    query(config, &["--points", tag], WAIT)
+        .and_then(|r| r.samples())
+        .unwrap_or_else(|e| panic!("query {tag}: {e}"))
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
+fn json_devices_are_stored_labelled_at_source_and_leave_only_as_the_policy_permits() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tmp");
+    let device_broker = EmbeddedBroker::start().expect("device broker");
+    let upstream = EmbeddedBroker::start().expect("upstream broker");
+    let collector = rt
+        .block_on(Collector::start(upstream.addr()))
+        .expect("collector");
+    let config = agent_config(dir.path(), device_broker.addr(), upstream.addr());
+    let mut agent = AgentProc::start(&config).expect("agent");
+    agent
+        .wait_logged("MQTT device broker connected", WAIT)
+        .expect("connected");
+
+    // Two machines, 20 messages each, device time 5 ms before publishing.
+    let mut sent: Vec<(usize, usize, i64)> = Vec::new();
+    rt.block_on(async {
+        let device = TestDevice::connect(device_broker.addr(), "press-line-1")
+            .await
+            .expect("device");
+        for i in 0..MESSAGES {
+            for machine in 1..=2 {
+                let ts = edge_agent::model::now_ms() - 5;
+                let topic = format!("plant/l1/m{machine}/telemetry");
+                device
+                    .publish(&topic, &payload(ts, i, machine), false)
+                    .await
+                    .expect("publish");
+                sent.push((i, machine, ts));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        device
+            .wait_acked((2 * MESSAGES) as u64, WAIT)
+            .await
+            .expect("acked");
+    });
+    // 5 samples a message: speed, temp, setpoint, name, and the unlisted gain.
+    let expected = (2 * MESSAGES * 5) as u64;
+    agent
+        .wait_counter("stored", |c| c.iter().sum::<u64>() >= expected, WAIT)
+        .expect("stored");
+    // An important summary upstream proves the summaries path ran before we stop.
+    let deadline = Instant::now() + WAIT;
+    while !collector
+        .messages()
+        .iter()
+        .any(|(t, _)| t.contains("/summary/important"))
+    {
+        assert!(Instant::now() < deadline, "no important summary upstream");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.terminate(WAIT).expect("stopped");
+
+    // What the historian holds, read the way an operator reads it.
+    for machine in 1..=2 {
+        let speed = rows(&config, &format!("l1.m{machine}.speed"));
+        assert_eq!(speed.len(), MESSAGES, "every message's speed stored once");
+        for (row, (i, _, ts)) in speed
+            .iter()
+            .zip(sent.iter().filter(|(_, m, _)| *m == machine))
+        {
+            assert_eq!(row["level"], "general");
+            assert_eq!(row["quality"], "good");
+            assert_eq!(
+                row["value"].as_f64(),
+                Some(1000.0 + *i as f64 + machine as f64 / 10.0)
+            );
+            let at = std::time::UNIX_EPOCH
+                + Duration::from_millis(u64::try_from(*ts).expect("ts"));
+            assert_eq!(
+                row["ts"].as_str(),
+                Some(humantime::format_rfc3339_millis(at).to_string().as_str()),
+                "the device's own time"
+            );
+        }
+        let temp = rows(&config, &format!("l1.m{machine}.temp"));
+        assert!(temp.iter().all(|r| r["level"] == "important"));
+        let setpoint = rows(&config, &format!("l1.m{machine}.recipe.setpoint"));
+        assert_eq!(setpoint.len(), MESSAGES);
+        assert!(setpoint
+            .iter()
+            .all(|r| r["level"] == "core" && r["value"].as_f64() == Some(CORE_SETPOINT)));
+        let name = rows(&config, &format!("l1.m{machine}.recipe.name"));
+        assert!(name
+            .iter()
+            .all(|r| r["level"] == "core" && r["value"] == CORE_NAME));
+        let gain = rows(
+            &config,
+            &format!("plant/l1/m{machine}/telemetry#/calib/gain"),
+        );
+        assert_eq!(gain.len(), MESSAGES, "unlisted, yet stored locally");
+        assert!(gain.iter().all(|r| r["level"] == "important"));
+    }
+
+    // Unmapped data is on record once per point, not once per message.
+    let unmapped = export_today(&config, "ClassificationUnmapped", false);
+    let records: Vec<Json> = unmapped
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let mut tags: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["event"]["tag"].as_str().or(r["tag"].as_str()))
+        .collect();
+    tags.sort_unstable();
+    assert_eq!(
+        tags,
+        [
+            "plant/l1/m1/telemetry#/calib/gain",
+            "plant/l1/m2/telemetry#/calib/gain"
+        ],
+        "{unmapped}"
+    );
+
+    // Upstream: general raw and summaries only; no core value in any form anywhere; the
+    // important values only inside summaries.
+    let messages = collector.messages();
+    assert!(messages
+        .iter()
+        .any(|(t, _)| t == "edge/site-m/gw-mqtt/raw/general"));
+    for (topic, bytes) in &messages {
+        assert!(
+            !topic.contains("/raw/important") && !topic.contains("/raw/core"),
+            "{topic}"
+        );
+        for p in canary_patterns_f64(CORE_SETPOINT) {
+            assert!(!contains_bits(bytes, &p.bytes), "core setpoint ({}) on {topic}", p.label);
+        }
+        assert!(
+            !String::from_utf8_lossy(bytes).contains(CORE_NAME),
+            "core recipe name on {topic}"
+        );
+        if topic.contains("/raw/") {
+            for p in canary_patterns_f64(UNLISTED_GAIN) {
+                assert!(!contains_bits(bytes, &p.bytes), "unmapped value raw on {topic}");
+            }
+            let text = String::from_utf8_lossy(bytes);
+            assert!(!text.contains("\"important\""), "{text}");
+        }
+    }
+}

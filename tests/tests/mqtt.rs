@@ -273,3 +273,85 @@ fn json_devices_are_stored_labelled_at_source_and_leave_only_as_the_policy_permi
         }
     }
 }
+
+#[test]
+fn a_storm_of_garbage_on_one_topic_loses_nothing_on_another_and_is_counted_by_reason() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tmp");
+    let device_broker = EmbeddedBroker::start().expect("device broker");
+    let upstream = EmbeddedBroker::start().expect("upstream broker");
+    // The default per-topic rate (1 000 messages/s) this time: the storm is cut by it too.
+    let config = agent_config(dir.path(), device_broker.addr(), upstream.addr());
+    let text = std::fs::read_to_string(&config)
+        .expect("config")
+        .replace("max_topic_rate = 100000\n", "");
+    std::fs::write(&config, text).expect("config");
+    let mut agent = AgentProc::start(&config).expect("agent");
+    agent
+        .wait_logged("MQTT device broker connected", WAIT)
+        .expect("connected");
+    const GARBAGE: usize = 20_000;
+    const GOOD: usize = 50;
+    rt.block_on(async {
+        let storm = TestDevice::connect(device_broker.addr(), "broken-vision-station")
+            .await
+            .expect("storm device");
+        let good = TestDevice::connect(device_broker.addr(), "press-line-2")
+            .await
+            .expect("good device");
+        let kinds: [&[u8]; 4] = [b"{\"speed\": ", b"\xff\xfe\x00garbage", b"[1,2", b"null"];
+        for i in 0..GARBAGE {
+            storm
+                .publish("plant/l9/m9/telemetry", kinds[i % kinds.len()], false)
+                .await
+                .expect("garbage");
+            if i % (GARBAGE / GOOD) == 0 {
+                let n = i / (GARBAGE / GOOD);
+                let ts = edge_agent::model::now_ms();
+                good.publish("plant/l2/m1/telemetry", &payload(ts, n, 1), false)
+                    .await
+                    .expect("good");
+            }
+        }
+        storm
+            .wait_acked(GARBAGE as u64, WAIT)
+            .await
+            .expect("storm acked");
+        good.wait_acked(GOOD as u64, WAIT).await.expect("good acked");
+    });
+    agent
+        .wait_counter(
+            "stored",
+            |c| c.iter().sum::<u64>() >= (GOOD * 5) as u64,
+            WAIT,
+        )
+        .expect("stored");
+    let finished = agent.terminate(WAIT).expect("stopped");
+    assert!(
+        finished.logged("MQTT input problem seen"),
+        "the first problem of each reason is logged"
+    );
+    let garbage_lines = finished
+        .lines
+        .iter()
+        .filter(|l| l.contains("invalid_json") || l.contains("not_utf8"))
+        .count();
+    assert!(garbage_lines < 10, "aggregated, not a line per message: {garbage_lines}");
+    let speed = rows(&config, "l2.m1.speed");
+    assert_eq!(speed.len(), GOOD, "every good message stored");
+    // Every garbage message is accounted for in the aggregate record, by reason.
+    let records = export_today(&config, "MqttInputRejected", false);
+    let mut counted = 0;
+    for line in records.lines() {
+        let r: Json = serde_json::from_str(line).expect("json");
+        for reason in ["invalid_json", "not_utf8", "topic_rate"] {
+            counted += r["reasons"][reason].as_u64().unwrap_or(0);
+        }
+    }
+    // `null` is valid JSON: its fields are missing, counted as such, not as garbage.
+    let nulls = GARBAGE / 4;
+    assert!(
+        counted >= (GARBAGE - nulls) as u64 && counted <= GARBAGE as u64,
+        "{counted} of {GARBAGE}: {records}"
+    );
+}

@@ -32,7 +32,11 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn agent_config(dir: &Path, device: std::net::SocketAddr, upstream: std::net::SocketAddr) -> PathBuf {
+fn agent_config(
+    dir: &Path,
+    device: std::net::SocketAddr,
+    upstream: std::net::SocketAddr,
+) -> PathBuf {
     let historian = dir.join("historian.db");
     let text = format!(
         r#"
@@ -199,8 +203,7 @@ fn json_devices_are_stored_labelled_at_source_and_leave_only_as_the_policy_permi
                 row["value"].as_f64(),
                 Some(1000.0 + *i as f64 + machine as f64 / 10.0)
             );
-            let at = std::time::UNIX_EPOCH
-                + Duration::from_millis(u64::try_from(*ts).expect("ts"));
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(*ts).expect("ts"));
             assert_eq!(
                 row["ts"].as_str(),
                 Some(humantime::format_rfc3339_millis(at).to_string().as_str()),
@@ -258,7 +261,11 @@ fn json_devices_are_stored_labelled_at_source_and_leave_only_as_the_policy_permi
             "{topic}"
         );
         for p in canary_patterns_f64(CORE_SETPOINT) {
-            assert!(!contains_bits(bytes, &p.bytes), "core setpoint ({}) on {topic}", p.label);
+            assert!(
+                !contains_bits(bytes, &p.bytes),
+                "core setpoint ({}) on {topic}",
+                p.label
+            );
         }
         assert!(
             !String::from_utf8_lossy(bytes).contains(CORE_NAME),
@@ -266,7 +273,10 @@ fn json_devices_are_stored_labelled_at_source_and_leave_only_as_the_policy_permi
         );
         if topic.contains("/raw/") {
             for p in canary_patterns_f64(UNLISTED_GAIN) {
-                assert!(!contains_bits(bytes, &p.bytes), "unmapped value raw on {topic}");
+                assert!(
+                    !contains_bits(bytes, &p.bytes),
+                    "unmapped value raw on {topic}"
+                );
             }
             let text = String::from_utf8_lossy(bytes);
             assert!(!text.contains("\"important\""), "{text}");
@@ -317,7 +327,9 @@ fn a_storm_of_garbage_on_one_topic_loses_nothing_on_another_and_is_counted_by_re
             .wait_acked(GARBAGE as u64, WAIT)
             .await
             .expect("storm acked");
-        good.wait_acked(GOOD as u64, WAIT).await.expect("good acked");
+        good.wait_acked(GOOD as u64, WAIT)
+            .await
+            .expect("good acked");
     });
     agent
         .wait_counter(
@@ -336,7 +348,10 @@ fn a_storm_of_garbage_on_one_topic_loses_nothing_on_another_and_is_counted_by_re
         .iter()
         .filter(|l| l.contains("invalid_json") || l.contains("not_utf8"))
         .count();
-    assert!(garbage_lines < 10, "aggregated, not a line per message: {garbage_lines}");
+    assert!(
+        garbage_lines < 10,
+        "aggregated, not a line per message: {garbage_lines}"
+    );
     let speed = rows(&config, "l2.m1.speed");
     assert_eq!(speed.len(), GOOD, "every good message stored");
     // Every garbage message is accounted for in the aggregate record, by reason.

@@ -99,11 +99,9 @@ pub fn assemble(
         .as_ref()
         .ok_or(CatalogueError::NotConfigured)?;
     let register = register(cfg, now_ms);
-    let mut keys: BTreeSet<(Level, Category)> = cfg
-        .points
-        .iter()
-        .map(|p| (p.level(), p.category()))
-        .collect();
+    // The register's labels: the table's points and the MQTT maps' families.
+    let mut keys: BTreeSet<(Level, Category)> =
+        register.iter().map(|p| (p.level, p.category)).collect();
     keys.extend(
         scale
             .unwrap_or_default()
@@ -143,23 +141,40 @@ fn register(cfg: &AgentConfig, now_ms: i64) -> Vec<RegisterEntry> {
         .iter()
         .map(|d| Policy::new(d.clone()).with_downgrades(&cfg.downgrades))
         .collect();
+    let brokers: HashMap<&str, String> = cfg
+        .mqtt
+        .iter()
+        .map(|m| (&*m.name, format!("{}:{}", m.host, m.port)))
+        .collect();
+    // Points MQTT sources meet at run time are filed by the map that makes them.
+    let families: Vec<std::sync::Arc<PointMeta>> =
+        cfg.mqtt.iter().flat_map(|m| m.families()).collect();
     cfg.points
         .iter()
+        .chain(&families)
         .map(|meta| {
-            let found = modbus.get(&meta.id());
+            let found = modbus.get(&meta.id()).filter(|_| meta.id() != u32::MAX);
             let interval = Duration::from_millis(meta.interval_ms());
+            let mqtt = meta.protocol() == crate::model::Protocol::Mqtt;
             RegisterEntry {
                 tag: meta.tag().to_string(),
                 device: meta.device().to_string(),
                 protocol: meta.protocol().as_str().to_owned(),
-                endpoint: found.map_or_else(String::new, |(l, ..)| endpoint(&l.transport)),
+                endpoint: match found {
+                    Some((l, ..)) => endpoint(&l.transport),
+                    None => brokers.get(&**meta.device()).cloned().unwrap_or_default(),
+                },
                 unit: found.map(|(_, d, _)| d.unit_id),
                 function: found.map(|(.., p)| p.table.function_code()),
                 table: found.map(|(.., p)| p.table.as_str().to_owned()),
                 register: found.map(|(.., p)| p.address),
                 data_type: found.map(|(.., p)| p.data_type.as_str().to_owned()),
                 address: meta.address().to_string(),
-                poll_interval: humantime::format_duration(interval).to_string(),
+                poll_interval: if mqtt {
+                    "as published".to_owned()
+                } else {
+                    humantime::format_duration(interval).to_string()
+                },
                 poll_interval_ms: meta.interval_ms(),
                 level: meta.level(),
                 category: meta.category(),

@@ -824,3 +824,70 @@ fn destroying_important_data_makes_the_filing_due_once_naming_what_went() {
         "{due:?}"
     );
 }
+
+#[test]
+fn points_mqtt_sources_meet_at_run_time_are_filed_by_the_map_that_makes_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mqtt = r#"
+[[mqtt_brokers]]
+name = "floor"
+host = "10.0.0.5"
+port = 1883
+[[mqtt_maps]]
+broker = "floor"
+topic = "cells/+cell/formula"
+[[mqtt_maps.fields]]
+pointer = "/blend"
+tag = "{cell}.formula.blend"
+type = "number"
+level = "core"
+category = "rd_design"
+[[mqtt_maps]]
+broker = "floor"
+topic = "spBv1.0/g1/#"
+format = "sparkplug_b"
+[[mqtt_maps.metrics]]
+name = "*/Energy*"
+level = "important"
+category = "management"
+"#;
+    let text = toml(
+        dir.path(),
+        "Wang Fang",
+        false,
+        &format!("{mqtt}{CATALOGUE}"),
+    );
+    let cfg = from_toml_str(&text, NOW)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    let c = assemble(&cfg, None, &[], NOW).expect("catalogue");
+    let blend = c
+        .register
+        .iter()
+        .find(|p| p.tag == "{cell}.formula.blend")
+        .expect("the templated field is filed");
+    assert_eq!(
+        (blend.level, blend.category),
+        (Level::Core, Category::RdDesign)
+    );
+    assert_eq!(blend.endpoint, "10.0.0.5:1883");
+    assert_eq!(blend.protocol, "mqtt");
+    assert_eq!(blend.address, "cells/+cell/formula#/blend");
+    let energy = c
+        .register
+        .iter()
+        .find(|p| p.tag.contains("*/Energy*"))
+        .expect("the Sparkplug metric entry is filed");
+    assert_eq!(energy.level, Level::Important);
+    // The unmapped JSON fields of the map are filed at the default level.
+    assert!(c
+        .register
+        .iter()
+        .any(|p| p.classified_by == "unmapped/default" && p.tag.contains("cells/+cell/formula")));
+    assert!(
+        c.rows
+            .iter()
+            .any(|r| r.level == Level::Important && r.category == Category::Management),
+        "a row for the family's label"
+    );
+}

@@ -367,6 +367,55 @@ impl MqttSource {
         })
     }
 
+    /// The points this broker makes at run time, one entry per map field, Sparkplug metric
+    /// entry or unmapped source: the tag template as the tag, labelled as the source will label
+    /// them (for the catalogue's collection register).
+    pub fn families(&self) -> Vec<Arc<PointMeta>> {
+        let mut out = Vec::new();
+        for m in &self.maps {
+            for f in m.fields.iter().filter(|f| f.fixed.is_none()) {
+                let address = address(m.filter.text(), &f.pointer);
+                let spec = self.spec(
+                    f.tag.text(),
+                    f.level,
+                    f.category,
+                    m.level,
+                    m.category,
+                    &address,
+                    f.unit.as_deref(),
+                    f.value_scale(),
+                );
+                out.push(self.rules.compile(u32::MAX, &spec));
+            }
+            if let Some(sp) = &m.sparkplug {
+                for r in sp.metrics.iter().filter(|r| !r.ignore) {
+                    let tag = format!("{} ({})", sp.tag.text(), r.glob);
+                    let address = format!("{} metrics {}", m.filter.text(), r.glob);
+                    let spec = self.spec(
+                        &tag,
+                        r.level,
+                        r.category,
+                        None,
+                        None,
+                        &address,
+                        r.unit.as_deref(),
+                        None,
+                    );
+                    out.push(self.rules.compile(u32::MAX, &spec));
+                }
+            }
+        }
+        for u in self.unmapped_sources() {
+            let spec = self.spec(&u, None, None, None, None, &u, None, None);
+            let meta = self.rules.compile(u32::MAX, &spec);
+            // Only what the rules leave to the default is unmapped data.
+            if &**meta.rule_id() == crate::config::classify::UNMAPPED_RULE_ID {
+                out.push(meta);
+            }
+        }
+        out
+    }
+
     fn explain_in_map(&self, m: &Map, tag: &str, here: &str) -> Option<Explained> {
         let names = m.filter.names().len();
         for f in &m.fields {
@@ -415,17 +464,14 @@ impl MqttSource {
         let (device, metric) = if let Some(v) = sp
             .tag
             .match_tag(tag, DEVICE_VARS.len())
-            .filter(|v| {
-                subscribed(&format!("spBv1.0/{}/DDATA/{}/{}", v[0], v[1], v[2]))
-            }) {
+            .filter(|v| subscribed(&format!("spBv1.0/{}/DDATA/{}/{}", v[0], v[1], v[2])))
+        {
             (Some(v[2].clone()), v[3].clone())
         } else {
             let v = sp
                 .node_tag
                 .match_tag(tag, NODE_VARS.len())
-                .filter(|v| {
-                    subscribed(&format!("spBv1.0/{}/NDATA/{}", v[0], v[1]))
-                })?;
+                .filter(|v| subscribed(&format!("spBv1.0/{}/NDATA/{}", v[0], v[1])))?;
             (None, v[2].clone())
         };
         let ms = sp.metric(device.as_deref(), &metric);
@@ -448,7 +494,9 @@ impl MqttSource {
             source: format!(
                 "{here} Sparkplug B {} metric {metric:?}{} scale {} offset {}",
                 m.filter.text(),
-                device.map(|d| format!(" of device {d:?}")).unwrap_or_default(),
+                device
+                    .map(|d| format!(" of device {d:?}"))
+                    .unwrap_or_default(),
                 ms.scale,
                 ms.offset
             ),

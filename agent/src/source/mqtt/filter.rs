@@ -269,9 +269,9 @@ impl Template {
         fn go(parts: &[Part], rest: &str, values: &mut Vec<String>) -> bool {
             match parts.split_first() {
                 None => rest.is_empty(),
-                Some((Part::Literal(l), more)) => {
-                    rest.strip_prefix(l.as_str()).is_some_and(|r| go(more, r, values))
-                }
+                Some((Part::Literal(l), more)) => rest
+                    .strip_prefix(l.as_str())
+                    .is_some_and(|r| go(more, r, values)),
                 Some((Part::Var(i), more)) => {
                     for (end, _) in rest.char_indices().skip(1).chain([(rest.len(), ' ')]) {
                         values[*i] = rest[..end].to_owned();

@@ -266,17 +266,26 @@ fn explain_names_fixed_templated_sparkplug_and_unlisted_points_with_their_labels
     };
     let kwh = text("meter.main.kwh");
     assert!(kwh.contains("level:     general"), "{kwh}");
-    assert!(kwh.contains("topic meters/main/kwh (the whole payload)"), "{kwh}");
+    assert!(
+        kwh.contains("topic meters/main/kwh (the whole payload)"),
+        "{kwh}"
+    );
     assert!(!kwh.contains("met at run time"), "{kwh}");
     let speed = text("l7.m2.spindle_speed");
     assert!(speed.contains("level:     general"), "{speed}");
     assert!(speed.contains("pointer /spindle/speed"), "{speed}");
     assert!(speed.contains("met at run time"), "{speed}");
     let feed = text("l7.m2.recipe.feed");
-    assert!(feed.contains("level:     core"), "a rule outranks the map: {feed}");
+    assert!(
+        feed.contains("level:     core"),
+        "a rule outranks the map: {feed}"
+    );
     let metric = text("plant1.cell-3.press.Temperature");
     assert!(metric.contains("level:     important"), "{metric}");
-    assert!(metric.contains("metric \"Temperature\" of device \"press\""), "{metric}");
+    assert!(
+        metric.contains("metric \"Temperature\" of device \"press\""),
+        "{metric}"
+    );
     let unlisted = text("plant/l1/m3/telemetry#/vib");
     assert!(unlisted.contains("level:     important"), "{unlisted}");
     assert!(unlisted.contains("ClassificationUnmapped"), "{unlisted}");

@@ -18,6 +18,7 @@
 //! - [`client`]: [`publish_once`], a bounded one-shot `QoS` 1 publisher.
 //! - [`mqtt_device`]: a long-lived test device publishing JSON to a device-side broker.
 //! - [`net`]: free-port picking and bounded readiness probes.
+//! - [`footprint`]: a process's CPU, memory and bytes written from /proc, for the load tools.
 //! - [`plant`]: the simulated demo plant wired to the agent (shared by end-to-end tests and the
 //!   demo binary).
 //! - [`press`]: one simulated press and a broker for tests running the real binary on a
@@ -49,6 +50,7 @@ pub mod canary;
 pub mod client;
 pub mod collector;
 pub mod disk;
+pub mod footprint;
 pub mod mosquitto;
 pub mod mqtt_device;
 pub mod net;

@@ -111,37 +111,7 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
         }
     };
 
-    let (tx, rx) = mpsc::channel::<Vec<Tagged>>(SOURCE_QUEUE);
-    let seq = Arc::new(AtomicU64::new(0));
-    let mut sources = Vec::new();
-    for line in &cfg.lines {
-        sources.push(tokio::spawn(source::modbus::run_line(
-            line.clone(),
-            tx.clone(),
-            seq.clone(),
-            stats.clone(),
-            shutdown.clone(),
-            Some(audit.clone()),
-        )));
-    }
-    drop(tx);
-    let (mqtt_tx, mqtt_rx) = mpsc::channel::<source::mqtt::Batch>(MQTT_QUEUE);
-    let wiring = source::mqtt::Wiring {
-        tx: mqtt_tx,
-        seq: seq.clone(),
-        registry: Arc::new(mqtt_registry(&cfg)),
-        shutdown: shutdown.clone(),
-        audit: Some(audit.clone()),
-        stats: stats.clone(),
-    };
-    for (m, st) in cfg.mqtt.iter().zip(&stats.mqtt) {
-        sources.push(tokio::spawn(source::mqtt::run_source(
-            m.clone(),
-            st.clone(),
-            wiring.clone(),
-        )));
-    }
-    drop(wiring);
+    let (sources, rx, mqtt_rx) = start_sources(&cfg, &stats, &shutdown, &audit);
     tokio::spawn(watch::run(
         stats.clone(),
         audit.clone(),
@@ -205,6 +175,63 @@ pub fn start(cfg: AgentConfig) -> Result<RunningAgent, PipelineError> {
         shutdown,
         router,
     })
+}
+
+/// Every source task: one per Modbus line (its batches wait for room in their queue) and one
+/// per device-side MQTT broker (its batches are dropped, counted, when their queue is full).
+#[allow(clippy::type_complexity)] // the tasks and the two queues' receiving ends
+fn start_sources(
+    cfg: &AgentConfig,
+    stats: &Arc<Stats>,
+    shutdown: &CancellationToken,
+    audit: &AuditLog,
+) -> (
+    Vec<JoinHandle<()>>,
+    mpsc::Receiver<Vec<Tagged>>,
+    mpsc::Receiver<source::mqtt::Batch>,
+) {
+    let (tx, rx) = mpsc::channel::<Vec<Tagged>>(SOURCE_QUEUE);
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut sources = Vec::new();
+    for line in &cfg.lines {
+        sources.push(tokio::spawn(source::modbus::run_line(
+            line.clone(),
+            tx.clone(),
+            seq.clone(),
+            stats.clone(),
+            shutdown.clone(),
+            Some(audit.clone()),
+        )));
+    }
+    drop(tx);
+    let (mqtt_tx, mqtt_rx) = mpsc::channel::<source::mqtt::Batch>(MQTT_QUEUE);
+    sources.extend(start_mqtt(
+        cfg,
+        source::mqtt::Wiring {
+            tx: mqtt_tx,
+            seq: seq.clone(),
+            registry: Arc::new(mqtt_registry(cfg)),
+            shutdown: shutdown.clone(),
+            audit: Some(audit.clone()),
+            stats: stats.clone(),
+        },
+    ));
+    (sources, rx, mqtt_rx)
+}
+
+/// One task per device-side MQTT broker.
+fn start_mqtt(cfg: &AgentConfig, wiring: source::mqtt::Wiring) -> Vec<JoinHandle<()>> {
+    cfg.mqtt
+        .iter()
+        .zip(&wiring.stats.mqtt)
+        .map(|(m, st)| {
+            tokio::spawn(source::mqtt::run_source(
+                m.clone(),
+                st.clone(),
+                wiring.clone(),
+            ))
+        })
+        .collect()
 }
 
 /// Tags the MQTT sources may not take for points they meet (the table's and the groups'), and

@@ -281,12 +281,11 @@ pub fn explain(cfg: &AgentConfig, tag: &str, now_ms: i64) -> Option<String> {
     let table = cfg
         .point_by_tag(tag)
         .filter(|m| m.protocol() != crate::model::Protocol::Mqtt);
-    let (meta, source, met) = match table {
-        Some(meta) => (meta.clone(), modbus_source(cfg, meta)?, false),
-        None => {
-            let e = cfg.mqtt.iter().find_map(|m| m.explain(tag))?;
-            (e.meta, e.source, e.met_at_run_time)
-        }
+    let (meta, source, met) = if let Some(meta) = table {
+        (meta.clone(), modbus_source(cfg, meta)?, false)
+    } else {
+        let e = cfg.mqtt.iter().find_map(|m| m.explain(tag))?;
+        (e.meta, e.source, e.met_at_run_time)
     };
     let meta = &meta;
     let mut s = String::new();

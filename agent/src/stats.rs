@@ -153,6 +153,7 @@ impl Stats {
     }
 
     /// With counters for these MQTT sources.
+    #[must_use]
     pub fn with_mqtt(mut self, sources: impl IntoIterator<Item = Arc<str>>) -> Self {
         self.mqtt = sources
             .into_iter()

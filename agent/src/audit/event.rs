@@ -95,7 +95,7 @@ pub enum Event {
         session_present: bool,
     },
     /// The connection to a device-side MQTT broker failed or broke; the agent reconnects with
-    /// back-off (and a persistent session keeps QoS 1 messages for it meanwhile).
+    /// back-off (and a persistent session keeps `QoS` 1 messages for it meanwhile).
     MqttBrokerLost {
         source: String,
         broker: String,

@@ -50,7 +50,7 @@ pub(crate) struct PointSpec<'a> {
 #[derive(Debug)]
 pub(crate) struct Rules {
     settings: ClassificationSettings,
-    rules: Vec<CompiledRule>,
+    patterns: Vec<CompiledRule>,
     gateway: Arc<str>,
     site: Arc<str>,
 }
@@ -99,7 +99,7 @@ impl Classifier {
                     })
                     .collect(),
             },
-            rules: compile_rules(&c.rules, out),
+            patterns: compile_rules(&c.rules, out),
             gateway: gateway.id.clone(),
             site: gateway.site.clone(),
         };
@@ -179,7 +179,7 @@ impl Rules {
     /// Level, category and the id of the rule that decided them, in precedence order.
     fn classify(&self, p: &PointSpec<'_>) -> (Level, Category, Arc<str>) {
         let c = &self.settings;
-        let rule = self.rules.iter().find(|r| r.matcher.is_match(p.tag));
+        let rule = self.patterns.iter().find(|r| r.matcher.is_match(p.tag));
         let fallback_category = rule
             .and_then(|r| r.category)
             .or(p.device_category)

@@ -324,6 +324,27 @@ fn historian_path_issue(path: &Path) -> Option<ConfigIssue> {
     blocked_by_ancestor(KEY, path).map(|i| i.hint("point historian.path into a directory"))
 }
 
+/// `tls` of a broker (a destination's or a device-side one) at `path`; the files themselves are
+/// checked where they are read (`uplink::tls`), so `check` parses them exactly as `run` does.
+pub(crate) fn tls(
+    path: &str,
+    t: &super::raw::RawTls,
+    out: &mut Collector,
+) -> super::runtime::TlsSettings {
+    if t.client_cert.is_some() != t.client_key.is_some() {
+        out.err(
+            ConfigIssue::new(path, "client_cert and client_key go together (mutual TLS)")
+                .hint("set both for mutual TLS, or neither"),
+        );
+    }
+    super::runtime::TlsSettings {
+        ca: t.ca.clone(),
+        client_cert: t.client_cert.clone(),
+        client_key: t.client_key.clone(),
+        server_name: t.server_name.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,26 +377,5 @@ mod tests {
             None,
             "an existing file is fine"
         );
-    }
-}
-
-/// `tls` of a broker (a destination's or a device-side one) at `path`; the files themselves are
-/// checked where they are read (`uplink::tls`), so `check` parses them exactly as `run` does.
-pub(crate) fn tls(
-    path: &str,
-    t: &super::raw::RawTls,
-    out: &mut Collector,
-) -> super::runtime::TlsSettings {
-    if t.client_cert.is_some() != t.client_key.is_some() {
-        out.err(
-            ConfigIssue::new(path, "client_cert and client_key go together (mutual TLS)")
-                .hint("set both for mutual TLS, or neither"),
-        );
-    }
-    super::runtime::TlsSettings {
-        ca: t.ca.clone(),
-        client_cert: t.client_cert.clone(),
-        client_key: t.client_key.clone(),
-        server_name: t.server_name.clone(),
     }
 }

@@ -255,7 +255,7 @@ async fn footprint(rate: u64, secs: u64, agent: &Path, baseline: bool) -> anyhow
 }
 
 /// The baseline: subscribe to the telemetry, parse each message, append it to `out` as one
-/// InfluxDB line-protocol line (Telegraf's `mqtt_consumer` into its `file` output), buffered.
+/// `InfluxDB` line-protocol line (Telegraf's `mqtt_consumer` into its `file` output), buffered.
 async fn bare_subscribe(broker: SocketAddr, count_file: &Path, out: &Path) -> anyhow::Result<()> {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 

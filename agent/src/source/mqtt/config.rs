@@ -74,7 +74,7 @@ pub(crate) struct RawMqttBroker {
     pub(crate) username: Option<String>,
     /// A file holding the password (its first line), so the config holds no secret.
     pub(crate) password_file: Option<PathBuf>,
-    /// Keep the session on the broker while the agent is away (QoS 1 messages wait for it).
+    /// Keep the session on the broker while the agent is away (`QoS` 1 messages wait for it).
     #[serde(default = "default_true")]
     pub(crate) persistent_session: bool,
     #[serde(default = "default_max_payload")]
@@ -249,7 +249,7 @@ pub struct MqttSource {
 }
 
 impl MqttSource {
-    /// Every subscription with its QoS, deduplicated (highest QoS wins).
+    /// Every subscription with its `QoS`, deduplicated (highest `QoS` wins).
     pub(crate) fn subscriptions(&self) -> Vec<(String, u8)> {
         let mut subs: Vec<(String, u8)> = Vec::new();
         let all = self
@@ -780,33 +780,7 @@ fn broker(
         .tls
         .as_ref()
         .map(|t| settings::tls(&format!("{path}.tls"), t, out));
-    let login = match (&b.username, &b.password_file) {
-        (Some(user), Some(file)) => match std::fs::read_to_string(file) {
-            Ok(text) => Some((
-                user.clone(),
-                Secret(text.lines().next().unwrap_or("").to_owned()),
-            )),
-            Err(e) => {
-                out.err(
-                    ConfigIssue::new(
-                        format!("{path}.password_file"),
-                        format!("cannot read {}: {e}", file.display()),
-                    )
-                    .hint("a file whose first line is the password, readable by the agent"),
-                );
-                None
-            }
-        },
-        (Some(user), None) => Some((user.clone(), Secret(String::new()))),
-        (None, Some(_)) => {
-            out.err(ConfigIssue::new(
-                format!("{path}.password_file"),
-                "a password needs a username",
-            ));
-            None
-        }
-        (None, None) => None,
-    };
+    let login = login(path, b, out);
     if login.is_some() && tls.is_none() && !is_loopback(&b.host) {
         out.warn(format!(
             "{path}: the password goes to {} in clear text (no tls)",
@@ -843,6 +817,37 @@ fn broker(
         catch_all,
         rules: classifier.rules(),
         own_topics: own_topics.iter().map(|(t, _)| t.clone()).collect(),
+    }
+}
+
+/// Username and password (from `password_file`) of a broker, if it sets them.
+fn login(path: &str, b: &RawMqttBroker, out: &mut Collector) -> Option<(String, Secret)> {
+    match (&b.username, &b.password_file) {
+        (Some(user), Some(file)) => match std::fs::read_to_string(file) {
+            Ok(text) => Some((
+                user.clone(),
+                Secret(text.lines().next().unwrap_or("").to_owned()),
+            )),
+            Err(e) => {
+                out.err(
+                    ConfigIssue::new(
+                        format!("{path}.password_file"),
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                    .hint("a file whose first line is the password, readable by the agent"),
+                );
+                None
+            }
+        },
+        (Some(user), None) => Some((user.clone(), Secret(String::new()))),
+        (None, Some(_)) => {
+            out.err(ConfigIssue::new(
+                format!("{path}.password_file"),
+                "a password needs a username",
+            ));
+            None
+        }
+        (None, None) => None,
     }
 }
 
@@ -932,39 +937,12 @@ fn map(
     if let Some(t) = &m.timestamp {
         pointer_issue(&format!("{path}.timestamp.pointer"), &t.pointer, out);
     }
+    keys_of_the_other_format(path, m, out);
     match m.format {
         Format::SparkplugB => {
-            for (key, set) in [
-                ("fields", !m.fields.is_empty()),
-                ("timestamp", m.timestamp.is_some()),
-                ("level", m.level.is_some()),
-                ("category", m.category.is_some()),
-            ] {
-                if set {
-                    out.err(
-                        ConfigIssue::new(
-                            format!("{path}.{key}"),
-                            "not used by a sparkplug_b map",
-                        )
-                        .hint("label Sparkplug metrics with [[mqtt_maps.metrics]] (name, level, category)"),
-                    );
-                }
-            }
             compiled.sparkplug = Some(sparkplug_map(path, m, out));
         }
         Format::Json | Format::Text => {
-            for (key, set) in [
-                ("tag", m.tag.is_some()),
-                ("node_tag", m.node_tag.is_some()),
-                ("metrics", !m.metrics.is_empty()),
-            ] {
-                if set {
-                    out.err(ConfigIssue::new(
-                        format!("{path}.{key}"),
-                        "only a sparkplug_b map uses this",
-                    ));
-                }
-            }
             if m.format == Format::Text && m.fields.len() != 1 {
                 out.err(
                     ConfigIssue::new(
@@ -990,6 +968,32 @@ fn map(
         }
     }
     Some(compiled)
+}
+
+/// Refuses keys the map's format does not use (a Sparkplug map with fields, a JSON map with
+/// metric entries), so a misplaced key is never silently ignored.
+fn keys_of_the_other_format(path: &str, m: &RawMqttMap, out: &mut Collector) {
+    let sparkplug = m.format == Format::SparkplugB;
+    let keys = [
+        ("fields", !m.fields.is_empty(), false),
+        ("timestamp", m.timestamp.is_some(), false),
+        ("level", m.level.is_some(), false),
+        ("category", m.category.is_some(), false),
+        ("tag", m.tag.is_some(), true),
+        ("node_tag", m.node_tag.is_some(), true),
+        ("metrics", !m.metrics.is_empty(), true),
+    ];
+    for (key, set, sparkplug_key) in keys {
+        if !set || sparkplug_key == sparkplug {
+            continue;
+        }
+        out.err(if sparkplug {
+            ConfigIssue::new(format!("{path}.{key}"), "not used by a sparkplug_b map")
+                .hint("label Sparkplug metrics with [[mqtt_maps.metrics]] (name, level, category)")
+        } else {
+            ConfigIssue::new(format!("{path}.{key}"), "only a sparkplug_b map uses this")
+        });
+    }
 }
 
 fn pointer_issue(key: &str, pointer: &str, out: &mut Collector) {

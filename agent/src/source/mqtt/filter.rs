@@ -274,7 +274,7 @@ impl Template {
                     .is_some_and(|r| go(more, r, values)),
                 Some((Part::Var(i), more)) => {
                     for (end, _) in rest.char_indices().skip(1).chain([(rest.len(), ' ')]) {
-                        values[*i] = rest[..end].to_owned();
+                        rest[..end].clone_into(&mut values[*i]);
                         if go(more, &rest[end..], values) {
                             return true;
                         }

@@ -133,7 +133,8 @@ impl Ingest {
             return;
         }
         let mut caps = Captures::new();
-        let mut doc: Option<Option<Json>> = None;
+        // Parsed once, by the first JSON map that matches.
+        let mut doc: Option<Result<Json, ()>> = None;
         let mut matched = false;
         let mut unlisted = false;
         for (mi, map) in source.maps.iter().enumerate() {
@@ -144,7 +145,7 @@ impl Ingest {
             match map.format {
                 Format::Json => {
                     let d = doc.get_or_insert_with(|| parse(payload, &stats));
-                    if let Some(d) = d {
+                    if let Ok(d) = d {
                         self.json_map(mi, map, topic, &caps, d, arrival_ms, out);
                         unlisted |= map.unmapped == Unmapped::Store;
                     }
@@ -154,7 +155,7 @@ impl Ingest {
             }
         }
         if unlisted {
-            if let Some(Some(d)) = &doc {
+            if let Some(Ok(d)) = &doc {
                 let skip: Vec<&str> = source
                     .maps
                     .iter()
@@ -244,58 +245,66 @@ impl Ingest {
         ts: i64,
         out: &mut Output,
     ) {
-        let slot = match self.fixed[mi][fi] {
-            Some(s) => s,
-            None => {
-                field.tag.render(caps, &mut self.tag);
-                match self.points.find(&self.tag) {
-                    Some(s) => s,
-                    None => {
-                        let address = super::config::address(topic, &field.pointer);
-                        let tag = std::mem::take(&mut self.tag);
-                        let device = self.source.name.clone();
-                        let spec = PointSpec {
-                            tag: &tag,
-                            level: field.level,
-                            category: field.category,
-                            device: &device,
-                            device_level: map.level,
-                            device_category: map.category,
-                            protocol: Protocol::Mqtt,
-                            address: &address,
-                            unit: field.unit.as_deref(),
-                            interval: std::time::Duration::ZERO,
-                            value_scale: field.value_scale(),
-                        };
-                        let created = self.create(&spec, topic, &field.pointer, out);
-                        self.tag = tag;
-                        match created {
-                            Some(s) => s,
-                            None => return,
-                        }
-                    }
-                }
-            }
+        let Some(slot) = self.field_slot(mi, map, fi, field, topic, caps, out) else {
+            return;
         };
-        let (value, quality) = match read {
-            Ok(v) => {
-                if let Value::Text(t) = &v {
-                    if t.len() == super::config::MAX_TEXT_BYTES {
-                        self.stats.count(Reason::TextCut, 1);
-                    }
+        let (value, quality) = if let Ok(v) = read {
+            if let Value::Text(t) = &v {
+                if t.len() == super::config::MAX_TEXT_BYTES {
+                    self.stats.count(Reason::TextCut, 1);
                 }
-                (v, Quality::Good)
             }
-            Err(_) => {
-                self.stats.count(Reason::WrongType, 1);
-                let last = self.points.slot(slot).last.clone();
-                (
-                    last.unwrap_or_else(|| zero(field.kind)),
-                    Quality::DecodeError,
-                )
-            }
+            (v, Quality::Good)
+        } else {
+            self.stats.count(Reason::WrongType, 1);
+            let last = self.points.slot(slot).last.clone();
+            (
+                last.unwrap_or_else(|| zero(field.kind)),
+                Quality::DecodeError,
+            )
         };
         self.stamp(slot, value, quality, ts, &mut out.live);
+    }
+
+    /// The slot of a listed field's point: fixed, met before, or created now (`None`: it could
+    /// not be, counted).
+    #[allow(clippy::too_many_arguments)] // one reading with everything that places it
+    fn field_slot(
+        &mut self,
+        mi: usize,
+        map: &Map,
+        fi: usize,
+        field: &Field,
+        topic: &str,
+        caps: &Captures<'_>,
+        out: &mut Output,
+    ) -> Option<usize> {
+        if let Some(s) = self.fixed[mi][fi] {
+            return Some(s);
+        }
+        field.tag.render(caps, &mut self.tag);
+        if let Some(s) = self.points.find(&self.tag) {
+            return Some(s);
+        }
+        let address = super::config::address(topic, &field.pointer);
+        let tag = std::mem::take(&mut self.tag);
+        let device = self.source.name.clone();
+        let spec = PointSpec {
+            tag: &tag,
+            level: field.level,
+            category: field.category,
+            device: &device,
+            device_level: map.level,
+            device_category: map.category,
+            protocol: Protocol::Mqtt,
+            address: &address,
+            unit: field.unit.as_deref(),
+            interval: std::time::Duration::ZERO,
+            value_scale: field.value_scale(),
+        };
+        let created = self.create(&spec, topic, &field.pointer, out);
+        self.tag = tag;
+        created
     }
 
     /// Creates the point `spec` describes; `None` (counted) if it cannot be.
@@ -377,7 +386,7 @@ impl Ingest {
         &mut self,
         topic: &str,
         payload: &[u8],
-        doc: Option<Option<Json>>,
+        doc: Option<Result<Json, ()>>,
         arrival_ms: i64,
         out: &mut Output,
     ) {
@@ -385,10 +394,9 @@ impl Ingest {
             self.stats.count(Reason::NotUtf8, 1);
             return;
         };
-        let doc = match doc {
-            Some(d) => d,
-            None => serde_json::from_str::<Json>(text).ok(),
-        };
+        let doc = doc
+            .unwrap_or_else(|| serde_json::from_str::<Json>(text).map_err(|_| ()))
+            .ok();
         match doc {
             Some(d @ (Json::Object(_) | Json::Array(_))) => {
                 self.unlisted_json(topic, &d, &[], arrival_ms, out);
@@ -412,37 +420,36 @@ impl Ingest {
             self.tag.push('#');
             self.tag.push_str(pointer);
         }
-        let slot = match self.points.find(&self.tag) {
-            Some(s) => s,
-            None => {
-                let tag = std::mem::take(&mut self.tag);
-                let device = self.source.name.clone();
-                let spec = PointSpec {
-                    tag: &tag,
-                    level: None,
-                    category: None,
-                    device: &device,
-                    device_level: None,
-                    device_category: None,
-                    protocol: Protocol::Mqtt,
-                    address: &tag,
-                    unit: None,
-                    interval: std::time::Duration::ZERO,
-                    value_scale: None,
-                };
-                let created = self.create(&spec, topic, pointer, out);
-                self.tag = tag;
-                let Some(s) = created else { return };
-                s
-            }
+        let slot = if let Some(s) = self.points.find(&self.tag) {
+            s
+        } else {
+            let tag = std::mem::take(&mut self.tag);
+            let device = self.source.name.clone();
+            let spec = PointSpec {
+                tag: &tag,
+                level: None,
+                category: None,
+                device: &device,
+                device_level: None,
+                device_category: None,
+                protocol: Protocol::Mqtt,
+                address: &tag,
+                unit: None,
+                interval: std::time::Duration::ZERO,
+                value_scale: None,
+            };
+            let created = self.create(&spec, topic, pointer, out);
+            self.tag = tag;
+            let Some(s) = created else { return };
+            s
         };
         self.stamp(slot, value, Quality::Good, ts, &mut out.live);
     }
 }
 
-fn parse(payload: &[u8], stats: &MqttStats) -> Option<Json> {
+fn parse(payload: &[u8], stats: &MqttStats) -> Result<Json, ()> {
     match serde_json::from_slice(payload) {
-        Ok(d) => Some(d),
+        Ok(d) => Ok(d),
         Err(e) => {
             stats.count(
                 if e.is_syntax() && std::str::from_utf8(payload).is_err() {
@@ -452,7 +459,7 @@ fn parse(payload: &[u8], stats: &MqttStats) -> Option<Json> {
                 },
                 1,
             );
-            None
+            Err(())
         }
     }
 }

@@ -161,65 +161,69 @@ fn device_ms(v: &Json, format: TsFormat) -> Option<i64> {
 
 /// RFC 3339 (`2026-11-30T08:15:00.250+08:00`, `...Z`) to epoch milliseconds; `None` if
 /// malformed. Fractions beyond milliseconds are truncated; a space may stand for `T`.
-pub(crate) fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || !b.is_ascii() {
+pub(crate) fn parse_rfc3339(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    if bytes.len() < 20 || !bytes.is_ascii() {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        let t = s.get(r)?;
-        t.bytes()
+    let digits = |range: std::ops::Range<usize>| -> Option<u32> {
+        let part = text.get(range)?;
+        part.bytes()
             .all(|c| c.is_ascii_digit())
-            .then(|| t.parse().ok())
+            .then(|| part.parse().ok())
             .flatten()
     };
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+    let separators = bytes[4] == b'-'
+        && bytes[7] == b'-'
+        && matches!(bytes[10], b'T' | b't' | b' ')
+        && bytes[13] == b':'
+        && bytes[16] == b':';
+    if !separators {
         return None;
     }
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
     // A leap second (60) is read as the last second of its minute.
-    if !(1..=12).contains(&mo) || d == 0 || d > 31 || h > 23 || mi > 59 || sec > 60 {
+    if !(1..=12).contains(&month) || day == 0 || day > 31 || hour > 23 || minute > 59 || second > 60
+    {
         return None;
     }
-    let mut i = 19;
-    let mut ms = 0u32;
-    if b[i] == b'.' {
-        let start = i + 1;
-        i = start;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
+    let mut at = 19;
+    let mut millis = 0u32;
+    if bytes[at] == b'.' {
+        let start = at + 1;
+        at = start;
+        while at < bytes.len() && bytes[at].is_ascii_digit() {
+            at += 1;
         }
-        if i == start {
+        if at == start {
             return None;
         }
-        let digits = &s[start..i.min(start + 3)];
-        ms = digits.parse::<u32>().ok()? * 10u32.pow(3 - u32::try_from(digits.len()).ok()?);
+        let kept = &text[start..at.min(start + 3)];
+        millis = kept.parse::<u32>().ok()? * 10u32.pow(3 - u32::try_from(kept.len()).ok()?);
     }
-    let offset_min: i64 = match b.get(i)? {
-        b'Z' | b'z' if i + 1 == b.len() => 0,
-        c @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
-            let oh = i64::from(num(i + 1..i + 3)?);
-            let om = i64::from(num(i + 4..i + 6)?);
-            if oh > 23 || om > 59 {
+    let offset_min: i64 = match bytes.get(at)? {
+        b'Z' | b'z' if at + 1 == bytes.len() => 0,
+        sign @ (b'+' | b'-') if at + 6 == bytes.len() && bytes[at + 3] == b':' => {
+            let hours = i64::from(digits(at + 1..at + 3)?);
+            let minutes = i64::from(digits(at + 4..at + 6)?);
+            if hours > 23 || minutes > 59 {
                 return None;
             }
-            let m = oh * 60 + om;
-            if *c == b'+' {
-                m
+            let total = hours * 60 + minutes;
+            if *sign == b'+' {
+                total
             } else {
-                -m
+                -total
             }
         }
         _ => return None,
     };
-    let days = crate::config::issues::days_from_civil(i64::from(y), mo, d);
-    let secs = days * 86_400 + i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(sec.min(59))
-        - offset_min * 60;
-    Some(secs * 1000 + i64::from(ms))
+    let days = crate::config::issues::days_from_civil(i64::from(year), month, day);
+    let secs =
+        days * 86_400 + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second.min(59))
+            - offset_min * 60;
+    Some(secs * 1000 + i64::from(millis))
 }
 
 /// Appends to `out` the pointer and value of every scalar leaf of `doc` not in `skip`, depth

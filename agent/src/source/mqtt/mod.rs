@@ -19,7 +19,7 @@
 //!   their own bounded queue with `try_send`; when it is full the batch is dropped and counted
 //!   per level ([`Reason::QueueFull`]). Points met at run time are bounded by `max_points`, the
 //!   per-topic rate table by twice that.
-//! - Acknowledged means handed on: with QoS 1 the agent acknowledges a message (manual PUBACK)
+//! - Acknowledged means handed on: with `QoS` 1 the agent acknowledges a message (manual PUBACK)
 //!   only after its samples were handed to the router, or counted as dropped. A message that
 //!   arrived while the agent was away waits in the broker's persistent session
 //!   (`persistent_session`, the default, with the gateway-unique client id).
@@ -156,7 +156,7 @@ struct Driver {
     ingest: Ingest,
     wiring: Wiring,
     out: Output,
-    /// QoS 1 messages read and not yet acknowledged: `(packet id)`.
+    /// `QoS` 1 messages read and not yet acknowledged, by packet id.
     acks: Vec<u16>,
     /// When the batch's first sample came.
     first_at: Option<Instant>,
@@ -317,22 +317,19 @@ impl Driver {
                     bad.add(t.level(), 1);
                 }
             }
-            match self.wiring.tx.try_send(batch) {
-                Ok(()) => {
-                    for (level, n) in counts.iter() {
-                        stats.samples.add(level, n);
-                        self.wiring.stats.read.add(level, n);
-                    }
-                    for (level, n) in bad.iter() {
-                        self.wiring.stats.bad_quality.add(level, n);
-                    }
+            if self.wiring.tx.try_send(batch).is_ok() {
+                for (level, n) in counts.iter() {
+                    stats.samples.add(level, n);
+                    self.wiring.stats.read.add(level, n);
                 }
-                Err(_) => {
-                    // Full (or the router is gone at shutdown): counted per level, reported.
-                    stats.count(Reason::QueueFull, counts.total());
-                    for (level, n) in counts.iter() {
-                        stats.dropped.add(level, n);
-                    }
+                for (level, n) in bad.iter() {
+                    self.wiring.stats.bad_quality.add(level, n);
+                }
+            } else {
+                // Full (or the router is gone at shutdown): counted per level, reported.
+                stats.count(Reason::QueueFull, counts.total());
+                for (level, n) in counts.iter() {
+                    stats.dropped.add(level, n);
                 }
             }
         }
@@ -353,6 +350,8 @@ impl Driver {
             }
         }
         for pkid in self.acks.drain(..) {
+            // Never published: it only carries the packet id rumqttc's PUBACK needs.
+            #[allow(clippy::disallowed_methods)]
             let mut p = rumqttc::Publish::new("", QoS::AtLeastOnce, Vec::<u8>::new());
             p.pkid = pkid;
             // Full only if the connection is stuck; the broker then redelivers (QoS 1).

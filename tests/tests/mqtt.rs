@@ -286,6 +286,8 @@ fn json_devices_are_stored_labelled_at_source_and_leave_only_as_the_policy_permi
 
 #[test]
 fn a_storm_of_garbage_on_one_topic_loses_nothing_on_another_and_is_counted_by_reason() {
+    const GARBAGE: usize = 20_000;
+    const GOOD: usize = 50;
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tmp");
     let device_broker = EmbeddedBroker::start().expect("device broker");
@@ -300,8 +302,6 @@ fn a_storm_of_garbage_on_one_topic_loses_nothing_on_another_and_is_counted_by_re
     agent
         .wait_logged("MQTT device broker connected", WAIT)
         .expect("connected");
-    const GARBAGE: usize = 20_000;
-    const GOOD: usize = 50;
     rt.block_on(async {
         let storm = TestDevice::connect(device_broker.addr(), "broken-vision-station")
             .await

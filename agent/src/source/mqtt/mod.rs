@@ -471,3 +471,71 @@ impl Report {
         })
     }
 }
+
+/// The MQTT source's message path without a broker, for the benchmark (`benches/mqtt.rs`):
+/// only under the `testkit` feature, which no shipped build enables.
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+pub mod testkit {
+    use std::sync::Arc;
+
+    use super::counters::MqttStats;
+    use super::ingest::{Ingest, Output};
+    use super::Registry;
+    use crate::model::PointMeta;
+    use crate::source::Tagged;
+
+    /// One broker's ingest (the first `[[mqtt_brokers]]` of a config) and what it produced.
+    #[derive(Debug)]
+    pub struct IngestBench {
+        ingest: Ingest,
+        out: Output,
+        table: Vec<Arc<PointMeta>>,
+    }
+
+    impl IngestBench {
+        /// # Panics
+        /// If the config is invalid or has no MQTT broker.
+        pub fn from_toml(text: &str) -> Self {
+            let loaded = crate::agent_config::from_toml_str(text, crate::model::now_ms())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let cfg = loaded.config;
+            let source = cfg.mqtt.first().expect("an MQTT broker").clone();
+            let first = u32::try_from(cfg.points.len()).unwrap_or(u32::MAX);
+            let registry = Arc::new(Registry::new(
+                cfg.points.iter().map(|p| p.tag().clone()),
+                first,
+            ));
+            let stats = Arc::new(MqttStats::new(source.name.clone()));
+            Self {
+                ingest: Ingest::new(source, registry, stats),
+                out: Output::default(),
+                table: cfg.points,
+            }
+        }
+
+        /// One message, as the driver hands it over.
+        pub fn handle(&mut self, topic: &str, payload: &[u8], arrival_ms: i64) {
+            self.ingest
+                .handle(topic, payload, arrival_ms, &mut self.out);
+        }
+
+        /// The samples produced so far (current and historical), in order.
+        pub fn take(&mut self) -> Vec<Tagged> {
+            let mut v = std::mem::take(&mut self.out.live);
+            v.append(&mut self.out.historical);
+            self.out.met.clear();
+            v
+        }
+
+        /// The compiled point table (the fixed points).
+        pub fn table(&self) -> &[Arc<PointMeta>] {
+            &self.table
+        }
+
+        /// Samples the source could not take, all reasons together.
+        pub fn problems(&self) -> u64 {
+            self.ingest.stats().snapshot().iter().sum()
+        }
+    }
+}

@@ -7,6 +7,7 @@
 use crate::model::{Category, Level, PointMeta, Quality, Value};
 
 pub mod modbus;
+pub mod mqtt;
 
 /// A point's label as its samples carry it: the pinned metadata, and copies of the three fields
 /// every stage reads per sample. A source keeps one per point, side by side, so stamping reads

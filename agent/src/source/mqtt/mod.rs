@@ -1,0 +1,3 @@
+//! MQTT sources: device brokers the agent subscribes to (Sparkplug B edge nodes).
+
+pub(crate) mod sparkplug;

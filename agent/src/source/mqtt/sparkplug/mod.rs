@@ -26,9 +26,10 @@
 //!
 //! # Sequence numbers (§6.4.5; §6.4.19 to §6.4.26)
 //! Every message of a node after its `NBIRTH` (`NDATA`, `DBIRTH`, `DDATA`, `DDEATH`) carries
-//! `seq` = previous + 1 (mod 256), starting from the `NBIRTH`'s own `seq` (any of 0..=255 in
-//! 3.0.0 final; an `NBIRTH` without a valid one leaves the start to the next `seq` seen). A
-//! message out of sequence (or without `seq`) is still decoded, but it is a
+//! `seq` = previous + 1 (mod 256), starting from the `NBIRTH`'s own `seq`: 3.0.0 says it MUST be
+//! 0 in §4.2.1.1.2 and allows 0..=255 in §6.4.19 (tahu issue #373), and counting from the
+//! birth's own value satisfies both; an `NBIRTH` without a valid one leaves the start to the next
+//! `seq` seen. A message out of sequence (or without `seq`) is still decoded, but it is a
 //! [`Reject::SeqGap`]: the node and its devices go [`StaleCause::SeqGap`] stale and every later
 //! metric of the node is emitted with `stale: true` until its next `NBIRTH`. The specification's
 //! remedy (§5.9: a reorder timeout, then an `NCMD` rebirth request) needs a clock and a publisher,

@@ -1,6 +1,7 @@
 //! The Sparkplug B topic namespace (Sparkplug 3.0.0 §4.1):
 //! `spBv1.0/<group_id>/<message_type>/<edge_node_id>[/<device_id>]`, and the host applications'
-//! `spBv1.0/STATE/<host_id>` (§4.2.3).
+//! `spBv1.0/STATE/<host_id>` (§4.2.3). Ids are UTF-8 without `+`, `/` or `#` (§4.1.2 to §4.1.5);
+//! a `/` would add a segment, and wildcards never appear in a published topic.
 //!
 //! Invariants:
 //! - parsing borrows from the topic and never allocates;
@@ -170,6 +171,7 @@ mod tests {
             "spBv1.0/g/NDATA/",      // empty node
             "spBv1.0/g/DDATA/n/",    // empty device
             "spBv1.0/g/ndata/n",     // case matters
+            "spBv1.0/STATE/NDATA/n", // STATE is the hosts' namespace, not a group
             "spBv1.0/g/NFOO/n",
             "spAv1.0/g/NDATA/n",
             "plant/line1/temperature",

@@ -5,12 +5,13 @@
 //! - a value is produced only from the protobuf field its datatype uses (`int_value` for the
 //!   32-bit-and-narrower integers, `long_value` for 64-bit ones and `DateTime`, ...); any other
 //!   field, or none, is [`Reject::TypeMismatch`]. The one tolerance: `UInt32` is also read from
-//!   `long_value`, where Tahu's reference encoders put it before 2022 (sparkplug issue #102);
-//! - signed integers narrower than 32 bits arrive in a `uint32` as either representation encoders
+//!   `long_value`, where older Tahu encoders and Ignition put it (sparkplug issue #102);
+//! - signed integers narrower than 32 bits arrive in a `uint32` in either representation encoders
 //!   use for a negative value: two's complement at the type's own width (Int8 -1 as 255) or
-//!   sign-extended to 32 bits (-1 as 4294967295; Tahu's Java encoder). The specification does not
-//!   say which (sparkplug issue #453 is open), so both are read; anything else (Int8 300) is
-//!   [`Reject::OutOfRange`], never silently truncated;
+//!   sign-extended to 32 bits (-1 as 4294967295, what a negative int written to a `uint32` field
+//!   becomes: tahu issue #71). The specification does not say which (sparkplug issue #453), so
+//!   both are read; anything else (Int8 300) is [`Reject::OutOfRange`], never truncated (Tahu's
+//!   Java decoder truncates: `(byte) int_value`);
 //! - integers become `Value::Int`, except `UInt64`, which is `Value::UInt` (above `i64::MAX` it
 //!   does not fit); `Float` and `Double` become `Value::Float` and must be finite; `String`,
 //!   `Text` and `UUID` become `Value::Text`, sharing the previous value's `Arc` when unchanged;

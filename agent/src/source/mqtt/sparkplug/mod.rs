@@ -21,7 +21,8 @@
 //! - Aliases (§6.4.6) resolve within the metric's own node or device. Data may carry only the
 //!   alias (as the specification requires) or only the name; if it carries both they must agree.
 //!   An unresolvable metric is counted and skipped; the rest of the payload goes through.
-//! - In data, `datatype` may be absent (§6.4.6 says it SHOULD be); it is taken from the birth.
+//! - In data, `datatype` is usually absent (§6.4.6: it SHOULD NOT be sent); it is taken from the
+//!   birth.
 //!   A data message declaring another datatype than the birth is [`Reject::TypeMismatch`].
 //!
 //! # Sequence numbers (§6.4.5; §6.4.19 to §6.4.26)

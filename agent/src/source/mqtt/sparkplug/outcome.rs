@@ -46,7 +46,8 @@ pub(crate) enum Reject {
     UnknownAlias,
     /// Metric: sent by name only, and the name is not in the birth of its node or device.
     UnknownName,
-    /// Metric: a birth metric without a name; it cannot be addressed or labelled.
+    /// Metric: a birth metric without a name, or a data metric with neither name nor alias; it
+    /// cannot be addressed or labelled.
     Unnamed,
     /// Metric: a birth metric repeating an earlier metric's name or alias in the same birth.
     /// A repeated alias is dropped for both metrics: data carrying it is [`Reject::UnknownAlias`].

@@ -35,6 +35,7 @@ pub(crate) mod ingest;
 pub(crate) mod json;
 pub(crate) mod points;
 pub(crate) mod rate;
+pub(crate) mod sparkplug;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -34,9 +34,10 @@
 //! [`Reject::SeqGap`]: the node and its devices go [`StaleCause::SeqGap`] stale and every later
 //! metric of the node is emitted with `stale: true` until its next `NBIRTH`. The specification's
 //! remedy (§5.9: a reorder timeout, then an `NCMD` rebirth request) needs a clock and a publisher,
-//! so it is the caller's business or nobody's; a late message is just another gap here. Caveat:
-//! metrics after a gap are read against the last birth we saw; if the gap hid a rebirth that
-//! reassigned aliases, they carry the wrong names. `stale: true` is the caller's cue.
+//! so it is the caller's business or nobody's; a late message is just another gap here. After a
+//! gap, a metric sent by alias only is refused ([`Reject::AliasAfterGap`]): the gap may have
+//! hidden a rebirth that gave its alias to another metric, and a wrong name is a wrong label.
+//! Metrics sent with their name are still read (flagged `stale: true`).
 //!
 //! # Deaths
 //! - `NDEATH` (§5.4, §6.4.25) carries no `seq` and a `bdSeq` metric that must equal the current
@@ -456,7 +457,7 @@ impl Decoder {
             arrival_ms: msg.arrival_ms,
         };
         for metric in &p.metrics {
-            match birth.resolve(metric) {
+            match birth.resolve_data(metric, origin.stale) {
                 Ok(i) => emit(origin, birth, i, metric, out, o),
                 Err(r) => o.add(r),
             }
@@ -543,7 +544,7 @@ impl Decoder {
             return;
         };
         for metric in &p.metrics {
-            match birth.resolve(metric) {
+            match birth.resolve_data(metric, origin.stale) {
                 Ok(i) => emit(origin, birth, i, metric, out, o),
                 Err(r) => o.add(r),
             }
@@ -749,6 +750,17 @@ impl Birth {
                 Some(i)
             })
             .collect()
+    }
+
+    /// [`Birth::resolve`] for data, refusing a metric sent by alias only after a sequence gap:
+    /// the gap may have hidden a rebirth that gave its alias to another metric, and a wrong
+    /// name is a wrong label (a core value could pass for a general one). A metric sent with
+    /// its name is still read; the node's next `NBIRTH` restores its aliases.
+    fn resolve_data(&self, metric: &Metric, after_gap: bool) -> Result<u32, Reject> {
+        if after_gap && metric.name.is_none() {
+            return Err(Reject::AliasAfterGap);
+        }
+        self.resolve(metric)
     }
 
     /// The declared metric a data message's metric refers to.

@@ -46,6 +46,10 @@ pub(crate) enum Reject {
     UnknownAlias,
     /// Metric: sent by name only, and the name is not in the birth of its node or device.
     UnknownName,
+    /// Metric: sent by alias only after a sequence gap, before the node's next `NBIRTH`: the gap
+    /// may have hidden a rebirth that gave the alias to another metric, so its name (hence its
+    /// label) is not known for sure. Dropped, never guessed.
+    AliasAfterGap,
     /// Metric: a birth metric without a name, or a data metric with neither name nor alias; it
     /// cannot be addressed or labelled.
     Unnamed,
@@ -73,7 +77,7 @@ pub(crate) enum Reject {
 }
 
 /// Reasons without a datatype, in slot order.
-const FIXED: [Reject; 18] = [
+const FIXED: [Reject; 19] = [
     Reject::BadTopic,
     Reject::HostState,
     Reject::Command,
@@ -92,6 +96,7 @@ const FIXED: [Reject; 18] = [
     Reject::BadTimestamp,
     Reject::Null,
     Reject::Transient,
+    Reject::AliasAfterGap,
 ];
 
 /// `unsupported_<type>` for each datatype code, then one for codes outside the enum.
@@ -159,6 +164,7 @@ impl Reject {
             Reject::BadTimestamp => 15,
             Reject::Null => 16,
             Reject::Transient => 17,
+            Reject::AliasAfterGap => 18,
             Reject::Unsupported(Some(t)) => FIXED.len() + t as usize,
             Reject::Unsupported(None) => FIXED.len() + DataType::ALL.len(),
         }
@@ -196,6 +202,7 @@ impl Reject {
             Reject::BadTimestamp => "bad_timestamp",
             Reject::Null => "null",
             Reject::Transient => "transient",
+            Reject::AliasAfterGap => "alias_after_gap",
             Reject::Unsupported(_) => UNSUPPORTED[self.slot() - FIXED.len()],
         }
     }

@@ -45,12 +45,14 @@ pub enum Reason {
     SparkplugProtobuf,
     /// Sparkplug: data or death from a node or device not born this session.
     SparkplugNoBirth,
-    /// Sparkplug: a metric alias no birth declared.
-    SparkplugUnknownAlias,
+    /// Sparkplug: a metric its birth does not declare (unknown alias or name, unnamed,
+    /// declared twice).
+    SparkplugUnknownMetric,
     /// Sparkplug: a datatype the agent does not store (arrays, `DataSet`, `Template`, bytes, file).
     SparkplugUnsupported,
-    /// Sparkplug: the value does not match the declared datatype, or is missing.
-    SparkplugTypeMismatch,
+    /// Sparkplug: the value does not match the declared datatype, is missing, out of range,
+    /// not finite, or its timestamp does not fit.
+    SparkplugBadValue,
     /// Sparkplug: a metric marked `is_null`.
     SparkplugNull,
     /// Sparkplug: a metric marked `is_transient` (not historized, by the specification).
@@ -59,7 +61,8 @@ pub enum Reason {
     SparkplugStaleDeath,
     /// Sparkplug: the node, device or metric limits were reached.
     SparkplugTooMany,
-    /// Sparkplug: a sequence number was skipped; the node is stale until its next birth.
+    /// Sparkplug: a sequence number was skipped (the node is stale until its next birth), or a
+    /// metric came by alias only after such a gap (its name is not sure: not read).
     SparkplugSeqGap,
 }
 
@@ -82,9 +85,9 @@ impl Reason {
         Reason::SparkplugTopic,
         Reason::SparkplugProtobuf,
         Reason::SparkplugNoBirth,
-        Reason::SparkplugUnknownAlias,
+        Reason::SparkplugUnknownMetric,
         Reason::SparkplugUnsupported,
-        Reason::SparkplugTypeMismatch,
+        Reason::SparkplugBadValue,
         Reason::SparkplugNull,
         Reason::SparkplugTransient,
         Reason::SparkplugStaleDeath,
@@ -111,9 +114,9 @@ impl Reason {
             Reason::SparkplugTopic => "sparkplug_topic",
             Reason::SparkplugProtobuf => "sparkplug_protobuf",
             Reason::SparkplugNoBirth => "sparkplug_no_birth",
-            Reason::SparkplugUnknownAlias => "sparkplug_unknown_alias",
+            Reason::SparkplugUnknownMetric => "sparkplug_unknown_metric",
             Reason::SparkplugUnsupported => "sparkplug_unsupported",
-            Reason::SparkplugTypeMismatch => "sparkplug_type_mismatch",
+            Reason::SparkplugBadValue => "sparkplug_bad_value",
             Reason::SparkplugNull => "sparkplug_null",
             Reason::SparkplugTransient => "sparkplug_transient",
             Reason::SparkplugStaleDeath => "sparkplug_stale_death",
@@ -125,6 +128,30 @@ impl Reason {
     /// Its position in [`Reason::ALL`] (the variants are declared in that order).
     fn index(self) -> usize {
         self as usize
+    }
+
+    /// The reason a Sparkplug decoder's reject is counted under (its own, finer name is in the
+    /// periodic report); `None` for what is not a problem at all (host state, commands).
+    pub(crate) fn of_sparkplug(r: super::sparkplug::Reject) -> Option<Reason> {
+        use super::sparkplug::Reject as R;
+        Some(match r {
+            R::HostState | R::Command => return None,
+            R::BadTopic => Reason::SparkplugTopic,
+            R::Protobuf => Reason::SparkplugProtobuf,
+            R::NoBirth => Reason::SparkplugNoBirth,
+            R::SeqGap | R::AliasAfterGap => Reason::SparkplugSeqGap,
+            R::StaleDeath => Reason::SparkplugStaleDeath,
+            R::TooMany => Reason::SparkplugTooMany,
+            R::UnknownAlias | R::UnknownName | R::Unnamed | R::Duplicate => {
+                Reason::SparkplugUnknownMetric
+            }
+            R::Unsupported(_) => Reason::SparkplugUnsupported,
+            R::TypeMismatch | R::OutOfRange | R::NotFinite | R::BadTimestamp => {
+                Reason::SparkplugBadValue
+            }
+            R::Null => Reason::SparkplugNull,
+            R::Transient => Reason::SparkplugTransient,
+        })
     }
 
     /// Whether data was lost (as opposed to adjusted, or left out by design): logged as a

@@ -14,6 +14,7 @@
 //! Every point met for the first time is reported in [`Output::met`] (the driver audits the
 //! unmapped ones as `ClassificationUnmapped`): once per point, never per message.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value as Json;
@@ -24,6 +25,7 @@ use super::filter::Captures;
 use super::json::{self, FieldError, TsProblem};
 use super::points::{Points, Registry};
 use super::rate::TopicRate;
+use super::sparkplug::{self, Decoder, Event as SpEvent, Outcome, StaleCause};
 use crate::config::classify::{PointSpec, UNMAPPED_RULE_ID};
 use crate::model::{Category, Level, Protocol, Quality, Value};
 use crate::source::Tagged;
@@ -65,6 +67,13 @@ pub(crate) struct Ingest {
     rate: TopicRate,
     tag: String,
     leaves: Vec<(String, Value)>,
+    /// The Sparkplug session state of this connection (if a map reads Sparkplug B).
+    sparkplug: Option<Decoder>,
+    events: Vec<SpEvent>,
+    /// The Sparkplug outcomes since the last report, with the decoder's own reasons.
+    sparkplug_period: Outcome,
+    /// Slots of each Sparkplug edge node's points (with their device), for deaths and gaps.
+    nodes: HashMap<(Arc<str>, Arc<str>), Vec<(Option<Arc<str>>, usize)>>,
 }
 
 impl Ingest {
@@ -88,6 +97,11 @@ impl Ingest {
             source.topic_rate,
             source.max_points.saturating_mul(2).max(1024),
         );
+        let sparkplug = source
+            .maps
+            .iter()
+            .any(|m| m.sparkplug.is_some())
+            .then(|| Decoder::new(sparkplug::Limits::default()));
         Self {
             source,
             stats,
@@ -96,6 +110,25 @@ impl Ingest {
             rate,
             tag: String::new(),
             leaves: Vec::new(),
+            sparkplug,
+            events: Vec::new(),
+            sparkplug_period: Outcome::default(),
+            nodes: HashMap::new(),
+        }
+    }
+
+    /// The Sparkplug outcomes since the last call (the decoder's own reasons, finer than
+    /// [`Reason`]: `unsupported_int8_array`, `alias_after_gap`, ...).
+    pub(crate) fn take_sparkplug_period(&mut self) -> Outcome {
+        std::mem::take(&mut self.sparkplug_period)
+    }
+
+    /// The connection to the broker was lost: every Sparkplug node's points go stale now
+    /// (Sparkplug B §5.3) and must be born again.
+    pub(crate) fn connection_lost(&mut self, now_ms: i64, out: &mut Output) {
+        if let Some(d) = &mut self.sparkplug {
+            d.connection_lost(now_ms, &mut self.events);
+            self.sparkplug_events(None, out);
         }
     }
 
@@ -137,6 +170,9 @@ impl Ingest {
         let mut doc: Option<Result<Json, ()>> = None;
         let mut matched = false;
         let mut unlisted = false;
+        // One decoder per connection: a message goes through it once, for the first matching
+        // Sparkplug map (which names and labels its metrics).
+        let mut sparkplug_done = false;
         for (mi, map) in source.maps.iter().enumerate() {
             if !map.filter.matches(topic, &mut caps) {
                 continue;
@@ -151,7 +187,12 @@ impl Ingest {
                     }
                 }
                 Format::Text => self.text_map(mi, map, topic, &caps, payload, arrival_ms, out),
-                Format::SparkplugB => {}
+                Format::SparkplugB => {
+                    if !sparkplug_done {
+                        sparkplug_done = true;
+                        self.sparkplug_message(mi, topic, payload, arrival_ms, out);
+                    }
+                }
             }
         }
         if unlisted {
@@ -461,6 +502,182 @@ fn parse(payload: &[u8], stats: &MqttStats) -> Result<Json, ()> {
             );
             Err(())
         }
+    }
+}
+
+impl Ingest {
+    /// A message for Sparkplug map `mi`: through the decoder, then its events to samples.
+    fn sparkplug_message(
+        &mut self,
+        mi: usize,
+        topic: &str,
+        payload: &[u8],
+        arrival_ms: i64,
+        out: &mut Output,
+    ) {
+        let Some(decoder) = &mut self.sparkplug else {
+            return;
+        };
+        let outcome = decoder.handle(topic, payload, arrival_ms, &mut self.events);
+        for (reject, n) in outcome.rejects() {
+            if let Some(reason) = Reason::of_sparkplug(reject) {
+                self.stats.count(reason, u64::from(n));
+            }
+        }
+        self.sparkplug_period.absorb(&outcome);
+        self.sparkplug_events(Some(mi), out);
+    }
+
+    /// The decoder's events as samples: metrics of map `mi` (the first Sparkplug map when
+    /// `None`), and stale samples of every point of a dead, gapped or lost node or device.
+    fn sparkplug_events(&mut self, mi: Option<usize>, out: &mut Output) {
+        let source = self.source.clone();
+        let map = match mi {
+            Some(i) => source.maps.get(i),
+            None => source.maps.iter().find(|m| m.sparkplug.is_some()),
+        };
+        let Some((map, sp)) = map.and_then(|m| Some((m, m.sparkplug.as_ref()?))) else {
+            self.events.clear();
+            return;
+        };
+        let mut events = std::mem::take(&mut self.events);
+        for event in &events {
+            match event {
+                SpEvent::Metric {
+                    group,
+                    node,
+                    device,
+                    name,
+                    value,
+                    ts_ms,
+                    historical,
+                    stale,
+                } => {
+                    let spec = sp.metric(device.as_deref(), name);
+                    if spec.ignore {
+                        continue;
+                    }
+                    let Some(slot) =
+                        self.metric_slot(map, (group, node, device.as_ref()), name, out)
+                    else {
+                        continue;
+                    };
+                    let value = scaled(value, spec.scale, spec.offset);
+                    let quality = if *stale {
+                        Quality::Stale
+                    } else {
+                        Quality::Good
+                    };
+                    let into = if *historical {
+                        &mut out.historical
+                    } else {
+                        &mut out.live
+                    };
+                    self.stamp(slot, value, quality, *ts_ms, into);
+                }
+                SpEvent::Stale {
+                    group,
+                    node,
+                    device,
+                    ts_ms,
+                    cause,
+                } => {
+                    tracing::debug!(source = %self.source.name, %group, %node, device = device.as_deref().unwrap_or(""), cause = cause.as_str(), "Sparkplug points stale.");
+                    // A rebirth's own values follow at once: no stale samples between.
+                    if *cause != StaleCause::Rebirth {
+                        self.stale_node(group, node, device.as_ref(), *ts_ms, out);
+                    }
+                }
+            }
+        }
+        events.clear();
+        self.events = events;
+    }
+
+    /// A stale sample (with the last value) of every point of the node (`device: None`: with
+    /// all its devices) or of one device.
+    fn stale_node(
+        &mut self,
+        group: &Arc<str>,
+        node: &Arc<str>,
+        device: Option<&Arc<str>>,
+        ts_ms: i64,
+        out: &mut Output,
+    ) {
+        let key = (group.clone(), node.clone());
+        let slots: Vec<usize> = self
+            .nodes
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter(|(d, _)| device.is_none() || d.as_ref() == device)
+            .map(|(_, s)| *s)
+            .collect();
+        for slot in slots {
+            let Some(last) = self.points.slot(slot).last.clone() else {
+                continue;
+            };
+            self.stamp(slot, last, Quality::Stale, ts_ms, &mut out.live);
+        }
+    }
+
+    /// The slot of a Sparkplug metric's point, created (and indexed under its node) when first
+    /// met; `None` (counted) if it cannot be.
+    fn metric_slot(
+        &mut self,
+        map: &Map,
+        (group, node, device): (&Arc<str>, &Arc<str>, Option<&Arc<str>>),
+        name: &Arc<str>,
+        out: &mut Output,
+    ) -> Option<usize> {
+        let sp = map.sparkplug.as_ref()?;
+        match device {
+            Some(d) => sp.tag.render(&[group, node, d, name], &mut self.tag),
+            None => sp.node_tag.render(&[group, node, name], &mut self.tag),
+        }
+        if let Some(s) = self.points.find(&self.tag) {
+            return Some(s);
+        }
+        let spec = sp.metric(device.map(|d| &**d), name);
+        let topic = match device {
+            Some(d) => format!("spBv1.0/{group}/DDATA/{node}/{d}"),
+            None => format!("spBv1.0/{group}/NDATA/{node}"),
+        };
+        let address = format!("{topic} metric {name}");
+        let tag = std::mem::take(&mut self.tag);
+        let broker = self.source.name.clone();
+        let point = PointSpec {
+            tag: &tag,
+            level: spec.level,
+            category: spec.category,
+            device: &broker,
+            device_level: None,
+            device_category: None,
+            protocol: Protocol::Mqtt,
+            address: &address,
+            unit: spec.unit,
+            interval: std::time::Duration::ZERO,
+            value_scale: None,
+        };
+        let created = self.create(&point, &topic, name, out);
+        self.tag = tag;
+        let slot = created?;
+        self.nodes
+            .entry((group.clone(), node.clone()))
+            .or_default()
+            .push((device.cloned(), slot));
+        Some(slot)
+    }
+}
+
+/// `value * scale + offset` for numbers when a scale is set; other values as they are.
+fn scaled(value: &Value, scale: f64, offset: f64) -> Value {
+    if (scale, offset) == (1.0, 0.0) {
+        return value.clone();
+    }
+    match value.as_f64() {
+        Some(x) if !matches!(value, Value::Bool(_)) => Value::Float(x * scale + offset),
+        _ => value.clone(),
     }
 }
 

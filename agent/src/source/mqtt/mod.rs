@@ -199,8 +199,8 @@ impl Driver {
                 polled = eventloop.poll() => match polled {
                     Ok(event) => self.on_event(event),
                     Err(e) => {
-                        self.flush();
                         self.lost(&e.to_string());
+                        self.flush();
                         let wait = self.backoff.fail(random_unit());
                         tokio::select! {
                             () = shutdown.cancelled() => break,
@@ -274,6 +274,8 @@ impl Driver {
         // Acknowledgements of the dead connection cannot be sent; the broker redelivers those
         // messages (QoS 1) and the historian keeps both copies' samples.
         self.acks.clear();
+        // Sparkplug nodes are stale from now until they are born again (§5.3).
+        self.ingest.connection_lost(now_ms(), &mut self.out);
         let first = self.connected || self.backoff.failures() == 0;
         if self.connected {
             self.connected = false;
@@ -364,7 +366,8 @@ impl Driver {
     /// The period's counts: one log line and one audit record if anything was lost.
     fn report(&mut self) {
         let stats = self.ingest.stats().clone();
-        if let Some(r) = self.report.period(&stats) {
+        let sparkplug = self.ingest.take_sparkplug_period();
+        if let Some(r) = self.report.period(&stats, &sparkplug) {
             warn!(source = %self.source.name, reasons = %r.text, dropped = %r.dropped, unmapped_points = r.unmapped, "MQTT input not taken as it came in the last period.");
             if let Some(audit) = &self.wiring.audit {
                 audit.record(Event::MqttInputRejected {
@@ -438,7 +441,12 @@ impl Report {
         }
     }
 
-    fn period(&mut self, stats: &MqttStats) -> Option<PeriodReport> {
+    /// The period's counts per reason, with `sparkplug`'s finer ones as `sparkplug.<reason>`.
+    fn period(
+        &mut self,
+        stats: &MqttStats,
+        sparkplug: &self::sparkplug::Outcome,
+    ) -> Option<PeriodReport> {
         let now = stats.snapshot();
         let dropped_now = stats.dropped.snapshot();
         let mut reasons = std::collections::BTreeMap::new();
@@ -449,6 +457,9 @@ impl Report {
                 reasons.insert(r.as_str().to_owned(), n);
                 lost |= r.loses_data();
             }
+        }
+        for (reject, n) in sparkplug.rejects() {
+            reasons.insert(format!("sparkplug.{}", reject.as_str()), u64::from(n));
         }
         let mut dropped = LevelCounts::default();
         for (i, level) in crate::model::Level::ALL.iter().enumerate() {

@@ -75,10 +75,6 @@
 //! between messages (up to [`SCRATCH_METRICS`] metrics), so an alias-only numeric `NDATA`
 //! decodes without allocating. The caller owns (and should reuse) the event vector.
 
-// The MQTT source that drives this core is written alongside and merged separately; until it
-// lands, only the tests call the API below.
-#![cfg_attr(not(test), allow(dead_code))]
-
 mod outcome;
 pub(crate) mod proto;
 mod topic;
@@ -265,6 +261,7 @@ impl Decoder {
         }
     }
 
+    #[cfg(test)]
     /// Edge nodes with a live session.
     pub(crate) fn live_nodes(&self) -> usize {
         self.nodes

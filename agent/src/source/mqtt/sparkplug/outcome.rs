@@ -207,6 +207,7 @@ impl Reject {
         }
     }
 
+    #[cfg(test)]
     /// False for what is counted but is not a fault: host state, commands, transient metrics.
     pub(crate) fn is_error(self) -> bool {
         !matches!(
@@ -215,6 +216,7 @@ impl Reject {
         )
     }
 
+    #[cfg(test)]
     /// True for reasons counted once per metric, false for those counted once per message.
     pub(crate) fn is_per_metric(self) -> bool {
         !matches!(
@@ -256,6 +258,7 @@ impl Default for Outcome {
 }
 
 impl Outcome {
+    #[cfg(test)]
     /// How many times `reason` was counted.
     pub(crate) fn count(&self, reason: Reject) -> u32 {
         self.counts[reason.slot()]
@@ -270,6 +273,7 @@ impl Outcome {
             .filter_map(|(slot, n)| Reject::from_slot(slot).map(|r| (r, *n)))
     }
 
+    #[cfg(test)]
     /// Sum of the counts of reasons that are errors ([`Reject::is_error`]).
     pub(crate) fn errors(&self) -> u32 {
         self.rejects()

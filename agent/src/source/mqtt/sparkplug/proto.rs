@@ -381,10 +381,12 @@ impl DataType {
             .and_then(|i| DataType::ALL.get(i).copied())
     }
 
+    #[cfg(test)]
     pub(crate) fn code(self) -> u32 {
         self as u32
     }
 
+    #[cfg(test)]
     /// The `.proto` enum name.
     pub(crate) fn name(self) -> &'static str {
         match self {

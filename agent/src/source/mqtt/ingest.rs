@@ -553,6 +553,11 @@ impl Ingest {
                     historical,
                     stale,
                 } => {
+                    // `bdSeq` is the session's bookkeeping (the birth-death pairing), not
+                    // process data.
+                    if device.is_none() && &**name == "bdSeq" {
+                        continue;
+                    }
                     let spec = sp.metric(device.as_deref(), name);
                     if spec.ignore {
                         continue;

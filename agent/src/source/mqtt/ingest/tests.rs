@@ -246,3 +246,278 @@ fn device_time_beyond_the_skew_bound_is_replaced_by_the_arrival_time() {
     assert_eq!(sample(&out, "l1.m3.spindle_speed").ts_ms(), T0);
     assert_eq!(r.stats.get(Reason::ClockSkew), 1);
 }
+
+mod sparkplug {
+    //! Sparkplug B through the source: names from the map's templates, labels from its metric
+    //! entries or the rules, deaths and gaps as stale samples, historical values apart.
+
+    use prost::Message;
+
+    use super::*;
+    use crate::source::mqtt::sparkplug::proto::{metric, DataType, Metric, Payload};
+
+    /// A map whose entries label Temperature general and the recipe core; other metrics are
+    /// unlisted.
+    const SPB: &str = r#"
+[[mqtt_brokers]]
+name = "floor"
+host = "127.0.0.1"
+port = 1884
+
+[[mqtt_maps]]
+broker = "floor"
+topic = "spBv1.0/plant1/#"
+format = "sparkplug_b"
+[[mqtt_maps.metrics]]
+name = "*/Temperature"
+level = "general"
+category = "production_operation"
+scale = 0.1
+[[mqtt_maps.metrics]]
+name = "*/Recipe/*"
+level = "core"
+category = "rd_design"
+[[mqtt_maps.metrics]]
+name = "Node Control/*"
+ignore = true
+"#;
+
+    fn declare(name: &str, alias: u64, dt: DataType, v: metric::Value) -> Metric {
+        Metric {
+            name: Some(name.into()),
+            alias: Some(alias),
+            datatype: Some(dt as u32),
+            value: Some(v),
+            ..Metric::default()
+        }
+    }
+
+    fn by_alias(alias: u64, v: metric::Value) -> Metric {
+        Metric {
+            alias: Some(alias),
+            value: Some(v),
+            ..Metric::default()
+        }
+    }
+
+    fn bytes(seq: Option<u64>, metrics: Vec<Metric>) -> Vec<u8> {
+        Payload {
+            timestamp: Some(u64::try_from(T0).expect("ts")),
+            metrics,
+            seq,
+            ..Payload::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn bd_seq(n: u64) -> Metric {
+        Metric {
+            name: Some("bdSeq".into()),
+            datatype: Some(DataType::Int64 as u32),
+            value: Some(metric::Value::LongValue(n)),
+            ..Metric::default()
+        }
+    }
+
+    fn feed(r: &mut Rig, topic: &str, payload: &[u8]) -> Output {
+        let mut out = Output::default();
+        r.ingest.handle(topic, payload, T0 + 10, &mut out);
+        out
+    }
+
+    /// Node `cell-3` born with `bdSeq` 1, then device `press` born.
+    fn born(r: &mut Rig) -> (Output, Output) {
+        let node = feed(
+            r,
+            "spBv1.0/plant1/NBIRTH/cell-3",
+            &bytes(
+                Some(0),
+                vec![
+                    bd_seq(1),
+                    declare(
+                        "Node Control/Rebirth",
+                        1,
+                        DataType::Boolean,
+                        metric::Value::BooleanValue(false),
+                    ),
+                    declare("Uptime", 2, DataType::Int64, metric::Value::LongValue(42)),
+                ],
+            ),
+        );
+        let device = feed(
+            r,
+            "spBv1.0/plant1/DBIRTH/cell-3/press",
+            &bytes(
+                Some(1),
+                vec![
+                    declare(
+                        "Temperature",
+                        10,
+                        DataType::Int32,
+                        metric::Value::IntValue(452),
+                    ),
+                    declare(
+                        "Recipe/Blend",
+                        11,
+                        DataType::String,
+                        metric::Value::StringValue("ZX-7731".into()),
+                    ),
+                ],
+            ),
+        );
+        (node, device)
+    }
+
+    #[test]
+    fn births_and_data_become_samples_named_by_the_templates_and_labelled_by_the_entries() {
+        let mut r = Rig::new(SPB);
+        let (node, device) = born(&mut r);
+        // The rebirth control is ignored; Uptime is unlisted: default level, reported once.
+        let uptime = sample(&node, "plant1.cell-3.Uptime");
+        assert_eq!(uptime.level(), Level::Important);
+        assert_eq!(uptime.value(), &Value::Int(42));
+        assert!(!tags(&node).iter().any(|t| t.contains("Node Control")));
+        assert!(node
+            .met
+            .iter()
+            .any(|m| m.unmapped && &*m.tag == "plant1.cell-3.Uptime"));
+        let temp = sample(&device, "plant1.cell-3.press.Temperature");
+        assert_eq!(temp.level(), Level::General);
+        assert_eq!(temp.value(), &Value::Float(45.2), "scaled by the entry");
+        assert_eq!(temp.ts_ms(), T0, "the payload's time");
+        let blend = sample(&device, "plant1.cell-3.press.Recipe/Blend");
+        assert_eq!(blend.level(), Level::Core);
+        // Data by alias.
+        let data = feed(
+            &mut r,
+            "spBv1.0/plant1/DDATA/cell-3/press",
+            &bytes(Some(2), vec![by_alias(10, metric::Value::IntValue(460))]),
+        );
+        assert_eq!(
+            sample(&data, "plant1.cell-3.press.Temperature").value(),
+            &Value::Float(46.0)
+        );
+        assert!(data.met.is_empty());
+    }
+
+    #[test]
+    fn a_death_makes_the_nodes_points_stale_with_their_last_values() {
+        let mut r = Rig::new(SPB);
+        born(&mut r);
+        let death = feed(
+            &mut r,
+            "spBv1.0/plant1/NDEATH/cell-3",
+            &bytes(None, vec![bd_seq(1)]),
+        );
+        let mut stale: Vec<(String, Quality, Value)> = death
+            .live
+            .iter()
+            .map(|t| (t.meta().tag().to_string(), t.quality(), t.value().clone()))
+            .collect();
+        stale.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            stale,
+            [
+                (
+                    "plant1.cell-3.Uptime".to_owned(),
+                    Quality::Stale,
+                    Value::Int(42)
+                ),
+                (
+                    "plant1.cell-3.press.Recipe/Blend".to_owned(),
+                    Quality::Stale,
+                    Value::Text("ZX-7731".into())
+                ),
+                (
+                    "plant1.cell-3.press.Temperature".to_owned(),
+                    Quality::Stale,
+                    Value::Float(45.2)
+                ),
+            ]
+        );
+        assert!(
+            death.live.iter().all(|t| t.ts_ms() == T0 + 10),
+            "from the arrival"
+        );
+        // Data after the death, before a birth, is not read.
+        let after = feed(
+            &mut r,
+            "spBv1.0/plant1/DDATA/cell-3/press",
+            &bytes(Some(2), vec![by_alias(10, metric::Value::IntValue(1))]),
+        );
+        assert!(after.live.is_empty());
+        assert_eq!(r.stats.get(Reason::SparkplugNoBirth), 1);
+    }
+
+    #[test]
+    fn a_gap_marks_the_node_stale_and_a_lost_connection_too() {
+        let mut r = Rig::new(SPB);
+        born(&mut r);
+        let gap = feed(
+            &mut r,
+            "spBv1.0/plant1/DDATA/cell-3/press",
+            &bytes(Some(9), vec![by_alias(10, metric::Value::IntValue(470))]),
+        );
+        assert_eq!(
+            gap.live.len(),
+            3,
+            "every point of the node stale: {:?}",
+            tags(&gap)
+        );
+        assert!(gap.live.iter().all(|t| t.quality() == Quality::Stale));
+        assert_eq!(
+            r.stats.get(Reason::SparkplugSeqGap),
+            2,
+            "the gap, and the alias after it"
+        );
+        let mut out = Output::default();
+        r.ingest.connection_lost(T0 + 99, &mut out);
+        assert_eq!(out.live.len(), 3);
+        assert!(out
+            .live
+            .iter()
+            .all(|t| t.quality() == Quality::Stale && t.ts_ms() == T0 + 99));
+    }
+
+    #[test]
+    fn historical_values_are_kept_apart_and_garbage_is_counted() {
+        let mut r = Rig::new(SPB);
+        born(&mut r);
+        let mut old = by_alias(10, metric::Value::IntValue(400));
+        old.is_historical = Some(true);
+        old.timestamp = Some(u64::try_from(T0 - 3_600_000).expect("ts"));
+        let out = feed(
+            &mut r,
+            "spBv1.0/plant1/DDATA/cell-3/press",
+            &bytes(Some(2), vec![old]),
+        );
+        assert!(out.live.is_empty());
+        assert_eq!(out.historical.len(), 1);
+        assert_eq!(out.historical[0].ts_ms(), T0 - 3_600_000);
+        let garbage = feed(
+            &mut r,
+            "spBv1.0/plant1/DDATA/cell-3/press",
+            b"\xff\x00garbage",
+        );
+        assert!(garbage.live.is_empty());
+        assert_eq!(r.stats.get(Reason::SparkplugProtobuf), 1);
+        let mut arr = declare(
+            "Profile",
+            12,
+            DataType::Int32Array,
+            metric::Value::BytesValue(vec![1, 0, 0, 0]),
+        );
+        arr.alias = None;
+        let birth = feed(
+            &mut r,
+            "spBv1.0/plant1/DBIRTH/cell-3/scale",
+            &bytes(Some(3), vec![arr]),
+        );
+        assert!(birth.live.is_empty());
+        assert_eq!(r.stats.get(Reason::SparkplugUnsupported), 1);
+        let report = r.ingest.take_sparkplug_period();
+        assert!(report
+            .rejects()
+            .any(|(reject, n)| reject.as_str() == "unsupported_int32_array" && n == 1));
+    }
+}

@@ -550,4 +550,61 @@ pub mod testkit {
             self.ingest.stats().snapshot().iter().sum()
         }
     }
+
+    /// A Sparkplug B birth (`NBIRTH` with `bdSeq` 0 when `node`, else a `DBIRTH`) declaring
+    /// `names` as doubles with aliases 1, 2, ...
+    pub fn sparkplug_birth(seq: u64, node: bool, names: &[String]) -> Vec<u8> {
+        use super::sparkplug::proto::{metric, DataType, Metric, Payload};
+        use prost::Message as _;
+        let mut metrics: Vec<Metric> = names
+            .iter()
+            .zip(1u64..)
+            .map(|(name, alias)| Metric {
+                name: Some(name.clone()),
+                alias: Some(alias),
+                datatype: Some(DataType::Double as u32),
+                value: Some(metric::Value::DoubleValue(0.0)),
+                ..Metric::default()
+            })
+            .collect();
+        if node {
+            metrics.insert(
+                0,
+                Metric {
+                    name: Some("bdSeq".into()),
+                    datatype: Some(DataType::Int64 as u32),
+                    value: Some(metric::Value::LongValue(0)),
+                    ..Metric::default()
+                },
+            );
+        }
+        Payload {
+            timestamp: Some(0),
+            metrics,
+            seq: Some(seq),
+            ..Payload::default()
+        }
+        .encode_to_vec()
+    }
+
+    /// A Sparkplug B data message: `values` by alias 1, 2, ..., at `ts_ms`.
+    pub fn sparkplug_data(seq: u64, ts_ms: u64, values: &[f64]) -> Vec<u8> {
+        use super::sparkplug::proto::{metric, Metric, Payload};
+        use prost::Message as _;
+        Payload {
+            timestamp: Some(ts_ms),
+            metrics: values
+                .iter()
+                .zip(1u64..)
+                .map(|(v, alias)| Metric {
+                    alias: Some(alias),
+                    value: Some(metric::Value::DoubleValue(*v)),
+                    ..Metric::default()
+                })
+                .collect(),
+            seq: Some(seq),
+            ..Payload::default()
+        }
+        .encode_to_vec()
+    }
 }

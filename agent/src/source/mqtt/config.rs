@@ -374,7 +374,7 @@ impl MqttSource {
         let mut out = Vec::new();
         for m in &self.maps {
             for f in m.fields.iter().filter(|f| f.fixed.is_none()) {
-                let address = address(m.filter.text(), &f.pointer);
+                let address = address(m.filter.text(), f.pointer.as_str());
                 let spec = self.spec(
                     f.tag.text(),
                     f.level,
@@ -425,7 +425,7 @@ impl MqttSource {
                 if f.pointer.is_empty() {
                     "(the whole payload)".to_owned()
                 } else {
-                    format!("pointer {}", f.pointer)
+                    format!("pointer {}", f.pointer.as_str())
                 },
                 f.kind,
                 f.scale,
@@ -440,7 +440,7 @@ impl MqttSource {
                     });
                 }
             } else if f.tag.match_tag(tag, names).is_some() {
-                let address = address(m.filter.text(), &f.pointer);
+                let address = address(m.filter.text(), f.pointer.as_str());
                 let spec = self.spec(
                     tag,
                     f.level,
@@ -540,7 +540,9 @@ pub(crate) struct Map {
     pub(crate) qos: u8,
     pub(crate) level: Option<Level>,
     pub(crate) category: Option<Category>,
-    pub(crate) timestamp: Option<(String, TsFormat)>,
+    pub(crate) timestamp: Option<(super::json::Pointer, TsFormat)>,
+    /// Pointers of the fields and the timestamp: leaves not stored as unmapped.
+    pub(crate) listed: Vec<String>,
     pub(crate) max_skew_ms: i64,
     pub(crate) unmapped: Unmapped,
     pub(crate) fields: Vec<Field>,
@@ -561,7 +563,7 @@ impl Map {
 #[derive(Debug)]
 pub(crate) struct Field {
     /// RFC 6901; empty: the whole payload.
-    pub(crate) pointer: String,
+    pub(crate) pointer: super::json::Pointer,
     pub(crate) tag: Template,
     pub(crate) kind: Kind,
     pub(crate) scale: f64,
@@ -928,7 +930,16 @@ fn map(
         qos: m.qos.min(1),
         level: m.level,
         category: m.category,
-        timestamp: m.timestamp.as_ref().map(|t| (t.pointer.clone(), t.format)),
+        timestamp: m
+            .timestamp
+            .as_ref()
+            .map(|t| (super::json::Pointer::new(&t.pointer), t.format)),
+        listed: m
+            .fields
+            .iter()
+            .filter_map(|f| f.pointer.clone())
+            .chain(m.timestamp.as_ref().map(|t| t.pointer.clone()))
+            .collect(),
         max_skew_ms: i64::try_from(m.max_skew.as_millis()).unwrap_or(i64::MAX),
         unmapped: m.unmapped_fields,
         fields: Vec::new(),
@@ -1045,7 +1056,7 @@ fn field(
         }
     };
     let mut field = Field {
-        pointer,
+        pointer: super::json::Pointer::new(&pointer),
         tag,
         kind: f.kind,
         scale,
@@ -1064,7 +1075,7 @@ fn field(
             ));
             return None;
         }
-        let address = address(&m.topic, &field.pointer);
+        let address = address(&m.topic, field.pointer.as_str());
         field.fixed = Some(classifier.compile(PointSpec {
             tag: &tag,
             level: f.level,

@@ -13,8 +13,6 @@
 //!   rendering never fails at run time.
 //! - Matching allocates nothing: captures are slices of the topic.
 
-use std::fmt::Write as _;
-
 /// Most named captures one filter may have.
 pub(crate) const MAX_CAPTURES: usize = 8;
 
@@ -293,9 +291,7 @@ impl Template {
         for p in &self.parts {
             match p {
                 Part::Literal(s) => out.push_str(s),
-                Part::Var(i) => {
-                    let _ = write!(out, "{}", values.get(*i).copied().unwrap_or(""));
-                }
+                Part::Var(i) => out.push_str(values.get(*i).copied().unwrap_or("")),
             }
         }
     }

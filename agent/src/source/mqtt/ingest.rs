@@ -74,6 +74,8 @@ pub(crate) struct Ingest {
     sparkplug_period: Outcome,
     /// Slots of each Sparkplug edge node's points (with their device), for deaths and gaps.
     nodes: HashMap<(Arc<str>, Arc<str>), Vec<(Option<Arc<str>>, usize)>>,
+    /// Tags of Sparkplug metrics an entry ignores.
+    ignored: std::collections::HashSet<Box<str>>,
 }
 
 impl Ingest {
@@ -114,6 +116,7 @@ impl Ingest {
             events: Vec::new(),
             sparkplug_period: Outcome::default(),
             nodes: HashMap::new(),
+            ignored: std::collections::HashSet::new(),
         }
     }
 
@@ -201,12 +204,7 @@ impl Ingest {
                     .maps
                     .iter()
                     .filter(|m| m.format == Format::Json && m.filter.matches(topic, &mut caps))
-                    .flat_map(|m| {
-                        m.fields
-                            .iter()
-                            .map(|f| f.pointer.as_str())
-                            .chain(m.timestamp.as_ref().map(|(p, _)| p.as_str()))
-                    })
+                    .flat_map(|m| m.listed.iter().map(String::as_str))
                     .collect();
                 self.unlisted_json(topic, d, &skip, arrival_ms, out);
             }
@@ -327,7 +325,7 @@ impl Ingest {
         if let Some(s) = self.points.find(&self.tag) {
             return Some(s);
         }
-        let address = super::config::address(topic, &field.pointer);
+        let address = super::config::address(topic, field.pointer.as_str());
         let tag = std::mem::take(&mut self.tag);
         let device = self.source.name.clone();
         let spec = PointSpec {
@@ -343,7 +341,7 @@ impl Ingest {
             interval: std::time::Duration::ZERO,
             value_scale: field.value_scale(),
         };
-        let created = self.create(&spec, topic, &field.pointer, out);
+        let created = self.create(&spec, topic, field.pointer.as_str(), out);
         self.tag = tag;
         created
     }
@@ -536,7 +534,7 @@ impl Ingest {
             Some(i) => source.maps.get(i),
             None => source.maps.iter().find(|m| m.sparkplug.is_some()),
         };
-        let Some((map, sp)) = map.and_then(|m| Some((m, m.sparkplug.as_ref()?))) else {
+        let Some(map) = map.filter(|m| m.sparkplug.is_some()) else {
             self.events.clear();
             return;
         };
@@ -558,16 +556,13 @@ impl Ingest {
                     if device.is_none() && &**name == "bdSeq" {
                         continue;
                     }
-                    let spec = sp.metric(device.as_deref(), name);
-                    if spec.ignore {
-                        continue;
-                    }
                     let Some(slot) =
                         self.metric_slot(map, (group, node, device.as_ref()), name, out)
                     else {
                         continue;
                     };
-                    let value = scaled(value, spec.scale, spec.offset);
+                    let (scale, offset) = self.points.slot(slot).scale;
+                    let value = scaled(value, scale, offset);
                     let quality = if *stale {
                         Quality::Stale
                     } else {
@@ -627,7 +622,8 @@ impl Ingest {
     }
 
     /// The slot of a Sparkplug metric's point, created (and indexed under its node) when first
-    /// met; `None` (counted) if it cannot be.
+    /// met; `None` if it is ignored (`ignore = true`) or cannot be made (counted). The metric
+    /// entries' globs are matched once per metric, not per message.
     fn metric_slot(
         &mut self,
         map: &Map,
@@ -643,7 +639,17 @@ impl Ingest {
         if let Some(s) = self.points.find(&self.tag) {
             return Some(s);
         }
+        if self.ignored.contains(self.tag.as_str()) {
+            return None;
+        }
         let spec = sp.metric(device.map(|d| &**d), name);
+        if spec.ignore {
+            // Remembered (bounded like the points) so the next message skips it cheaply.
+            if self.ignored.len() < self.source.max_points {
+                self.ignored.insert(self.tag.as_str().into());
+            }
+            return None;
+        }
         let topic = match device {
             Some(d) => format!("spBv1.0/{group}/DDATA/{node}/{d}"),
             None => format!("spBv1.0/{group}/NDATA/{node}"),
@@ -667,6 +673,7 @@ impl Ingest {
         let created = self.create(&point, &topic, name, out);
         self.tag = tag;
         let slot = created?;
+        self.points.slot_mut(slot).scale = (spec.scale, spec.offset);
         self.nodes
             .entry((group.clone(), node.clone()))
             .or_default()

@@ -24,15 +24,64 @@ pub(crate) enum FieldError {
     WrongType,
 }
 
+/// An RFC 6901 JSON pointer, split and unescaped once (when the config is built): reading it
+/// allocates nothing, where `serde_json::Value::pointer` unescapes every token on every call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pointer {
+    text: String,
+    tokens: Box<[String]>,
+}
+
+impl Pointer {
+    /// `text` as written (`""`: the whole document); the caller has checked it starts with `/`.
+    pub(crate) fn new(text: &str) -> Self {
+        let tokens = if text.is_empty() {
+            Box::default()
+        } else {
+            text.split('/')
+                .skip(1)
+                .map(|t| t.replace("~1", "/").replace("~0", "~"))
+                .collect()
+        };
+        Self {
+            text: text.to_owned(),
+            tokens,
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    /// What it names in `doc`: an object's member, or an array's element by its decimal index
+    /// (no leading zeros, RFC 6901 §4).
+    pub(crate) fn get<'d>(&self, doc: &'d Json) -> Option<&'d Json> {
+        self.tokens.iter().try_fold(doc, |v, t| match v {
+            Json::Object(map) => map.get(t.as_str()),
+            Json::Array(items) => {
+                if t.len() > 1 && t.starts_with('0') {
+                    return None;
+                }
+                items.get(t.parse::<usize>().ok()?)
+            }
+            _ => None,
+        })
+    }
+}
+
 /// The value of `kind` at `pointer` in `doc`, scaled.
 pub(crate) fn field_value(
     doc: &Json,
-    pointer: &str,
+    pointer: &Pointer,
     kind: Kind,
     scale: f64,
     offset: f64,
 ) -> Result<Value, FieldError> {
-    let v = doc.pointer(pointer).ok_or(FieldError::Missing)?;
+    let v = pointer.get(doc).ok_or(FieldError::Missing)?;
     convert(v, kind, scale, offset)
 }
 
@@ -127,12 +176,12 @@ pub(crate) enum TsProblem {
 /// `arrival_ms`; otherwise the arrival time and why.
 pub(crate) fn timestamp(
     doc: &Json,
-    pointer: &str,
+    pointer: &Pointer,
     format: TsFormat,
     arrival_ms: i64,
     max_skew_ms: i64,
 ) -> (i64, Option<TsProblem>) {
-    let Some(ts) = doc.pointer(pointer).and_then(|v| device_ms(v, format)) else {
+    let Some(ts) = pointer.get(doc).and_then(|v| device_ms(v, format)) else {
         return (arrival_ms, Some(TsProblem::Malformed));
     };
     if ts.abs_diff(arrival_ms) > max_skew_ms.unsigned_abs() {
@@ -337,7 +386,7 @@ mod tests {
     fn fields_are_read_by_pointer_and_type_and_scaled() {
         let doc = json!({"motor": {"speed": 1200, "temp": 45.5, "on": true, "mode": "AUTO"},
                          "a/b": {"~x": 7}, "f": 12.0});
-        let get = |p: &str, k: Kind| field_value(&doc, p, k, 1.0, 0.0);
+        let get = |p: &str, k: Kind| field_value(&doc, &Pointer::new(p), k, 1.0, 0.0);
         assert_eq!(get("/motor/speed", Kind::Integer), Ok(Value::Int(1200)));
         assert_eq!(get("/motor/speed", Kind::Number), Ok(Value::Float(1200.0)));
         assert_eq!(get("/motor/temp", Kind::Number), Ok(Value::Float(45.5)));
@@ -356,12 +405,12 @@ mod tests {
         assert_eq!(get("/motor/speed", Kind::Text), Err(FieldError::WrongType));
         assert_eq!(get("/motor/nope", Kind::Number), Err(FieldError::Missing));
         assert_eq!(
-            field_value(&doc, "/motor/speed", Kind::Integer, 0.1, 5.0),
+            field_value(&doc, &Pointer::new("/motor/speed"), Kind::Integer, 0.1, 5.0),
             Ok(Value::Float(125.0))
         );
         // The whole document.
         assert_eq!(
-            field_value(&json!(23.5), "", Kind::Number, 1.0, 0.0),
+            field_value(&json!(23.5), &Pointer::new(""), Kind::Number, 1.0, 0.0),
             Ok(Value::Float(23.5))
         );
     }
@@ -391,7 +440,7 @@ mod tests {
         let arrival = 1_764_489_600_000; // 2025-11-30T08:00:00Z
         let doc = json!({"ms": arrival - 1500, "s": 1_764_489_599.5, "iso": "2025-11-30T16:00:01.25+08:00",
                          "far": arrival - 3_600_000, "bad": "yesterday"});
-        let ts = |p: &str, f: TsFormat| timestamp(&doc, p, f, arrival, 60_000);
+        let ts = |p: &str, f: TsFormat| timestamp(&doc, &Pointer::new(p), f, arrival, 60_000);
         assert_eq!(ts("/ms", TsFormat::EpochMs), (arrival - 1500, None));
         assert_eq!(ts("/s", TsFormat::EpochS), (arrival - 500, None));
         assert_eq!(ts("/iso", TsFormat::Rfc3339), (arrival + 1250, None));
@@ -438,6 +487,7 @@ mod tests {
         assert_eq!(pointers, ["/a/b~1c", "/a/list/0", "/a/list/1"]);
         for (p, v) in &out {
             assert_eq!(doc.pointer(p), Some(*v), "{p} reads back");
+            assert_eq!(Pointer::new(p).get(&doc), Some(*v), "{p} reads back");
         }
         out.clear();
         assert!(leaves(&doc, &[], 2, &mut out), "capped");
@@ -448,11 +498,13 @@ mod tests {
         #[test]
         fn arbitrary_payloads_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256), ptr in "(/[a-z0-9~]{0,3}){0,3}") {
             if let Ok(doc) = serde_json::from_slice::<Json>(&bytes) {
+                let pointer = Pointer::new(&ptr);
+                prop_assert_eq!(pointer.get(&doc), doc.pointer(&ptr), "as serde_json reads it");
                 for kind in [Kind::Number, Kind::Integer, Kind::Bool, Kind::Text] {
-                    let _ = field_value(&doc, &ptr, kind, 0.5, 1.0);
+                    let _ = field_value(&doc, &pointer, kind, 0.5, 1.0);
                 }
                 for f in [TsFormat::EpochMs, TsFormat::EpochS, TsFormat::Rfc3339] {
-                    let _ = timestamp(&doc, &ptr, f, 0, 1000);
+                    let _ = timestamp(&doc, &pointer, f, 0, 1000);
                 }
                 let mut out = Vec::new();
                 let _ = leaves(&doc, &[], 64, &mut out);

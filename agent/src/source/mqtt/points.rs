@@ -61,6 +61,9 @@ pub(crate) struct Slot {
     pub(crate) label: Label,
     /// The last good value (a bad-quality sample carries it, as Modbus samples do).
     pub(crate) last: Option<Value>,
+    /// `(scale, offset)` the source applies to its values (Sparkplug metric entries), found
+    /// once when the point is made.
+    pub(crate) scale: (f64, f64),
 }
 
 /// The points of one source (see the module docs).
@@ -113,7 +116,11 @@ impl Points {
     }
 
     fn push(&mut self, tag: Arc<str>, label: Label) -> usize {
-        self.slots.push(Slot { label, last: None });
+        self.slots.push(Slot {
+            label,
+            last: None,
+            scale: (1.0, 0.0),
+        });
         self.by_tag.insert(tag, self.slots.len() - 1);
         self.slots.len() - 1
     }

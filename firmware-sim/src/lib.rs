@@ -27,6 +27,8 @@
 //!   RTU line loop shared by RTU-over-TCP connections and ptys.
 //! - [`plant`]: the async shell: one ticker per device, one server per TCP device and per
 //!   bus, stop and restart, runtime fault control.
+//! - [`broker`]: [`EmbeddedBroker`], an in-process rumqttd on a free loopback port (tests) or a
+//!   fixed one (the demo); [`net`]: the free-port picker it uses.
 //!
 //! ```text
 //!  Scenario ──validate──> DeviceSpec ─┬─> DeviceModel ──ticker: apply(tick)──┐
@@ -88,6 +90,7 @@
 //! # }
 //! ```
 
+pub mod broker;
 mod bus;
 mod device;
 pub mod encoding;
@@ -95,6 +98,7 @@ pub mod faults;
 pub mod frame;
 pub mod generator;
 pub mod image;
+pub mod net;
 pub mod plant;
 pub mod scenario;
 pub mod service;
@@ -102,6 +106,7 @@ mod tcp;
 
 pub use encoding::{ByteOrder, DataType, Table};
 pub use faults::{AddressRange, Faults};
+pub use broker::EmbeddedBroker;
 pub use generator::GeneratorSpec;
 pub use image::{evaluate, evaluate_device, DeviceModel, RegisterImage};
 pub use plant::{BusEndpoint, Plant, PlantError};

@@ -27,6 +27,8 @@
 //!   RTU line loop shared by RTU-over-TCP connections and ptys.
 //! - [`plant`]: the async shell: one ticker per device, one server per TCP device and per
 //!   bus, stop and restart, runtime fault control.
+//! - [`sparkplug`]: the Sparkplug B payload model, encoder and decoder, on [`protobuf`], a
+//!   hand-written protobuf wire codec (varints, tags, length-delimited fields).
 //! - [`broker`]: [`EmbeddedBroker`], an in-process rumqttd on a free loopback port (tests) or a
 //!   fixed one (the demo); [`net`]: the free-port picker it uses.
 //!
@@ -100,8 +102,10 @@ pub mod generator;
 pub mod image;
 pub mod net;
 pub mod plant;
+pub mod protobuf;
 pub mod scenario;
 pub mod service;
+pub mod sparkplug;
 mod tcp;
 
 pub use encoding::{ByteOrder, DataType, Table};

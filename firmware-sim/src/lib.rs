@@ -1,10 +1,13 @@
 //! A simulated plant: Modbus TCP devices and Modbus RTU buses (RTU over TCP, or a
 //! pseudo-terminal a client opens like a serial port) whose registers follow deterministic
+//! generators, and MQTT devices (JSON publishers, Sparkplug B edge nodes) driven by the same
 //! generators, with fault injection, for demos and for testing the edge agent in-process.
 //!
-//! Library first: the `firmware-sim` binary is a thin CLI over [`Scenario`] and [`Plant`].
-//! This crate does not depend on the agent, so tests that use it exercise the agent only
-//! through real sockets and ptys.
+//! Library first: the `firmware-sim` binary is a thin CLI over [`Scenario`], [`Plant`] (the
+//! Modbus side), [`MqttPlant`] (the MQTT side) and [`EmbeddedBroker`]. This crate does not
+//! depend on the agent, so tests that use it exercise the agent only through real sockets,
+//! ptys and a broker; its Sparkplug encoder is written by hand, so the agent's decoder is
+//! checked against an independent implementation.
 //!
 //! # Layout
 //!
@@ -27,6 +30,15 @@
 //!   RTU line loop shared by RTU-over-TCP connections and ptys.
 //! - [`plant`]: the async shell: one ticker per device, one server per TCP device and per
 //!   bus, stop and restart, runtime fault control.
+//! - [`mqtt`]: MQTT devices: the scenario's `[mqtt]` and `[[mqtt_devices]]` ([`mqtt::spec`]),
+//!   typed values from generators ([`mqtt::value`]), publisher faults ([`mqtt::faults`]), the
+//!   pure cores of a JSON device ([`mqtt::json`]) and of a Sparkplug edge node
+//!   ([`mqtt::node`]: births, report by exception, `seq`/`bdSeq`, deaths), and [`MqttPlant`]
+//!   ([`mqtt::plant`]): one task per device, kill/stop/restart/rebirth, counters.
+//! - [`sparkplug`]: the Sparkplug B payload model, encoder and decoder, on [`protobuf`], a
+//!   hand-written protobuf wire codec (varints, tags, length-delimited fields).
+//! - [`broker`]: [`EmbeddedBroker`], an in-process rumqttd on a free loopback port (tests) or a
+//!   fixed one (the demo); [`net`]: the free-port picker it uses.
 //!
 //! ```text
 //!  Scenario ──validate──> DeviceSpec ─┬─> DeviceModel ──ticker: apply(tick)──┐
@@ -38,6 +50,12 @@
 //!          tcp::serve_mbap (one server per TCP device)   bus::serve_rtu (per bus: TCP
 //!                          ^                              connections or the pty master)
 //!                  Modbus TCP clients                    RTU masters (TCP, /dev/pts/N)
+//!
+//!  Scenario ──validate──> MqttDeviceSpec ─┬─> JsonDevice ─┐  (pure: message at a tick,
+//!                                         └─> EdgeNode  ──┤   mqtt::faults::decide per message)
+//!                                                         v
+//!              MqttPlant: one task per device (timers, will, NCMD, commands) ──rumqttc──>
+//!                                                             EmbeddedBroker | any broker
 //! ```
 //!
 //! # Example
@@ -87,7 +105,43 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! MQTT devices against an embedded broker, with the exact values a subscriber should see:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use firmware_sim::{EmbeddedBroker, MqttFaults, MqttPlant, Scenario};
+//!
+//! let broker = EmbeddedBroker::start()?; // 127.0.0.1, a free port
+//! let scenario = Scenario::from_toml_str(
+//!     r#"
+//!     [[mqtt_devices]]
+//!     kind = "sparkplug"
+//!     name = "cell-3"
+//!     group = "plant1"
+//!     node = "cell-3"
+//!     tick = "100ms"
+//!     [[mqtt_devices.devices]]
+//!     name = "robot"
+//!     metrics = [{ name = "Cycles", type = "Int32", generator = { kind = "counter" } }]
+//!     "#,
+//! )?;
+//! let plant = MqttPlant::start(scenario, broker.addr()).await?; // births published
+//! let alias = plant.alias_of("cell-3", Some("robot"), "Cycles")?;
+//! // A DDATA metric stamped `ts` carries exactly this:
+//! # let ts = plant.origin_ms();
+//! let tick = plant.tick_of_timestamp("cell-3", ts)?;
+//! let value = plant.metric_value_at("cell-3", Some("robot"), "Cycles", tick)?;
+//! # let _ = (alias, value);
+//! plant.set_faults("cell-3", MqttFaults { seq_gap_every: std::num::NonZeroU64::new(5), ..MqttFaults::default() })?;
+//! plant.kill("cell-3").await?; // the broker publishes the NDEATH will
+//! plant.restart("cell-3").await?; // bdSeq + 1, NBIRTH seq 0
+//! plant.shutdown().await; // DDEATH, NDEATH, DISCONNECT
+//! # Ok(())
+//! # }
+//! ```
 
+pub mod broker;
 mod bus;
 mod device;
 pub mod encoding;
@@ -95,15 +149,24 @@ pub mod faults;
 pub mod frame;
 pub mod generator;
 pub mod image;
+pub mod mqtt;
+pub mod net;
 pub mod plant;
+pub mod protobuf;
 pub mod scenario;
 pub mod service;
+pub mod sparkplug;
 mod tcp;
 
+pub use broker::EmbeddedBroker;
 pub use encoding::{ByteOrder, DataType, Table};
 pub use faults::{AddressRange, Faults};
 pub use generator::GeneratorSpec;
 pub use image::{evaluate, evaluate_device, DeviceModel, RegisterImage};
+pub use mqtt::{
+    DeviceStatus, MqttDeviceSpec, MqttDeviceStats, MqttFaults, MqttPlant, MqttPlantError,
+    PointValue,
+};
 pub use plant::{BusEndpoint, Plant, PlantError};
 pub use scenario::{
     BusSpec, BusTransport, DeviceSpec, ExceptionSpec, RegisterSpec, Scenario, ScenarioError,

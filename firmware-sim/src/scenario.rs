@@ -15,6 +15,8 @@
 //! - Faults make sense where they are set: CRC and partial-frame faults only on RTU (a bus or
 //!   a device on one), connection drops not on a pty (there is no connection to close), and
 //!   silent ranges are well formed and inside the device's tables.
+//! - A scenario has at least one device, Modbus (`[[devices]]`) or MQTT (`[[mqtt_devices]]`);
+//!   device names are unique across both. The MQTT rules are in [`crate::mqtt::spec`].
 //!
 //! See `configs/sim-reference.toml` for every option, annotated.
 
@@ -31,6 +33,7 @@ use crate::{
     encoding::{ByteOrder, DataType, Table},
     faults::{spans_overlap, Faults},
     generator::GeneratorSpec,
+    mqtt::spec::{validate_mqtt, MqttDeviceSpec, MqttSettings},
 };
 
 /// Default generator tick period.
@@ -46,8 +49,15 @@ pub struct Scenario {
     /// The Modbus RTU lines (`[[buses]]`); devices join one with `bus = "name"`.
     #[serde(default)]
     pub buses: Vec<BusSpec>,
-    /// The devices: each a Modbus TCP server on its own port, or a unit on a bus.
+    /// The Modbus devices: each a Modbus TCP server on its own port, or a unit on a bus.
+    #[serde(default)]
     pub devices: Vec<DeviceSpec>,
+    /// Where the MQTT devices publish (`[mqtt]`).
+    #[serde(default)]
+    pub mqtt: Option<MqttSettings>,
+    /// The MQTT devices (`[[mqtt_devices]]`): JSON publishers and Sparkplug B edge nodes.
+    #[serde(default)]
+    pub mqtt_devices: Vec<MqttDeviceSpec>,
 }
 
 /// How a bus is reached.
@@ -313,14 +323,77 @@ impl Scenario {
     /// Checks every rule in the module docs and reports all violations together.
     pub fn validate(&self) -> Result<(), ScenarioError> {
         let mut errors = Vec::new();
-        if self.devices.is_empty() {
+        if self.devices.is_empty() && self.mqtt_devices.is_empty() {
             errors.push(ValidationError {
                 path: "devices".into(),
-                message: "a scenario needs at least one device ([[devices]])".into(),
+                message: "a scenario needs at least one device ([[devices]] or \
+                          [[mqtt_devices]])"
+                    .into(),
             });
         }
         let mut names = HashSet::new();
         let mut ports = HashSet::new();
+        self.validate_buses(&mut ports, &mut errors);
+        // (bus, unit) -> label of the device that took it, for duplicate-unit messages.
+        let mut units: HashMap<(&str, u8), String> = HashMap::new();
+        for (i, device) in self.devices.iter().enumerate() {
+            let path = format!("devices[{i}] {:?}", device.name);
+            if device.name.trim().is_empty() {
+                errors.push(err(&path, "name must not be empty"));
+            } else if !names.insert(device.name.as_str()) {
+                errors.push(err(&path, "duplicate device name; names must be unique"));
+            }
+            let site = match &device.bus {
+                None => {
+                    if device.port != 0 && !ports.insert(device.port) {
+                        errors.push(err(
+                            &format!("{path}.port"),
+                            format!(
+                                "port {} is used by another device or bus; give each device \
+                                 its own port (or 0 for an ephemeral one)",
+                                device.port
+                            ),
+                        ));
+                    }
+                    Site::Tcp
+                }
+                Some(bus_name) => {
+                    self.validate_bus_member(device, bus_name, &path, &mut units, &mut errors)
+                }
+            };
+            validate_device(device, &path, &mut errors);
+            validate_faults(
+                &device.faults,
+                site,
+                Some(&device.size),
+                &format!("{path}.faults"),
+                &mut errors,
+            );
+        }
+        let mut all_names: HashSet<String> = names.into_iter().map(str::to_owned).collect();
+        validate_mqtt(
+            self.mqtt.as_ref(),
+            &self.mqtt_devices,
+            &mut all_names,
+            &mut errors,
+        );
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ScenarioError::Invalid(errors))
+        }
+    }
+
+    /// Looks an MQTT device up by name.
+    pub fn mqtt_device(&self, name: &str) -> Option<&MqttDeviceSpec> {
+        self.mqtt_devices.iter().find(|d| d.name() == name)
+    }
+}
+
+impl Scenario {
+    /// Checks the `[[buses]]`: names, transports and ports (fixed ports recorded in `ports`),
+    /// members and bus-wide faults.
+    fn validate_buses(&self, ports: &mut HashSet<u16>, errors: &mut Vec<ValidationError>) {
         let mut bus_names = HashSet::new();
         for (i, bus) in self.buses.iter().enumerate() {
             let path = format!("buses[{i}] {:?}", bus.name);
@@ -362,54 +435,11 @@ impl Scenario {
                 Site::Bus(bus.transport),
                 None,
                 &format!("{path}.faults"),
-                &mut errors,
+                errors,
             );
-        }
-        // (bus, unit) -> label of the device that took it, for duplicate-unit messages.
-        let mut units: HashMap<(&str, u8), String> = HashMap::new();
-        for (i, device) in self.devices.iter().enumerate() {
-            let path = format!("devices[{i}] {:?}", device.name);
-            if device.name.trim().is_empty() {
-                errors.push(err(&path, "name must not be empty"));
-            } else if !names.insert(device.name.as_str()) {
-                errors.push(err(&path, "duplicate device name; names must be unique"));
-            }
-            let site = match &device.bus {
-                None => {
-                    if device.port != 0 && !ports.insert(device.port) {
-                        errors.push(err(
-                            &format!("{path}.port"),
-                            format!(
-                                "port {} is used by another device or bus; give each device \
-                                 its own port (or 0 for an ephemeral one)",
-                                device.port
-                            ),
-                        ));
-                    }
-                    Site::Tcp
-                }
-                Some(bus_name) => {
-                    self.validate_bus_member(device, bus_name, &path, &mut units, &mut errors)
-                }
-            };
-            validate_device(device, &path, &mut errors);
-            validate_faults(
-                &device.faults,
-                site,
-                Some(&device.size),
-                &format!("{path}.faults"),
-                &mut errors,
-            );
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ScenarioError::Invalid(errors))
         }
     }
-}
 
-impl Scenario {
     /// Checks a device's membership of `bus_name` and returns where its faults apply.
     fn validate_bus_member<'a>(
         &'a self,
@@ -533,7 +563,7 @@ pub(crate) fn validate_faults(
     }
 }
 
-fn err(path: &str, message: impl Into<String>) -> ValidationError {
+pub(crate) fn err(path: &str, message: impl Into<String>) -> ValidationError {
     ValidationError {
         path: path.to_owned(),
         message: message.into(),
@@ -673,6 +703,53 @@ fn validate_generator(
     errors: &mut Vec<ValidationError>,
 ) {
     let gpath = format!("{path}.generator");
+    if !validate_generator_shape(generator, &gpath, errors) {
+        return;
+    }
+    match *generator {
+        GeneratorSpec::Counter { start, .. } => {
+            // A counter wraps while running, but a start outside the type is almost
+            // certainly a typo (e.g. 70000 in a u16).
+            let (lo, hi) = dt.range();
+            let s = start as f64;
+            if dt != DataType::F32 && !(lo..=hi).contains(&s) {
+                errors.push(err(
+                    &gpath,
+                    format!("counter start {start} does not fit a {dt} ({lo}..={hi})"),
+                ));
+            }
+        }
+        GeneratorSpec::Constant { value }
+            if dt == DataType::Bool && value != 0.0 && value != 1.0 =>
+        {
+            errors.push(err(&gpath, "a bool constant must be 0 or 1"));
+        }
+        _ => {}
+    }
+    // A bool takes "rounded value is non-zero", so any finite range is meaningful for it.
+    if let (Some((lo, hi)), false) = (generator.analog_bounds(), dt == DataType::Bool) {
+        let (tlo, thi) = dt.range();
+        if lo < tlo || hi > thi {
+            errors.push(err(
+                &gpath,
+                format!(
+                    "{} produces values in [{lo}, {hi}], outside what a {dt} holds \
+                     ({tlo}..={thi}); values are raw register units",
+                    generator.kind()
+                ),
+            ));
+        }
+    }
+}
+
+/// Checks what makes a generator well formed whatever it feeds (finite numbers, a ramp that
+/// rises, positive periods, a random walk that starts inside its bounds) and reports problems
+/// at `gpath`. Returns false if a number is not finite, so callers skip range checks.
+pub(crate) fn validate_generator_shape(
+    generator: &GeneratorSpec,
+    gpath: &str,
+    errors: &mut Vec<ValidationError>,
+) -> bool {
     let numbers: Vec<f64> = match *generator {
         GeneratorSpec::Constant { value } => vec![value],
         GeneratorSpec::Counter { .. } => vec![],
@@ -689,26 +766,26 @@ fn validate_generator(
         } => vec![start, step, min, max],
     };
     if numbers.iter().any(|v| !v.is_finite()) {
-        errors.push(err(&gpath, "values must be finite (no nan or inf)"));
-        return;
+        errors.push(err(gpath, "values must be finite (no nan or inf)"));
+        return false;
     }
     match *generator {
         GeneratorSpec::Ramp { min, max, period } => {
             if min >= max {
                 errors.push(err(
-                    &gpath,
+                    gpath,
                     format!("ramp min {min} must be below max {max}"),
                 ));
             }
-            check_period(period, &gpath, errors);
+            check_period(period, gpath, errors);
         }
         GeneratorSpec::Sine {
             amplitude, period, ..
         } => {
             if amplitude < 0.0 {
-                errors.push(err(&gpath, "sine amplitude must not be negative"));
+                errors.push(err(gpath, "sine amplitude must not be negative"));
             }
-            check_period(period, &gpath, errors);
+            check_period(period, gpath, errors);
         }
         GeneratorSpec::RandomWalk {
             start,
@@ -719,51 +796,22 @@ fn validate_generator(
         } => {
             if min > max {
                 errors.push(err(
-                    &gpath,
+                    gpath,
                     format!("random_walk min {min} is above max {max}"),
                 ));
             } else if !(min..=max).contains(&start) {
                 errors.push(err(
-                    &gpath,
+                    gpath,
                     format!("random_walk start {start} is outside [{min}, {max}]"),
                 ));
             }
             if step < 0.0 {
-                errors.push(err(&gpath, "random_walk step must not be negative"));
+                errors.push(err(gpath, "random_walk step must not be negative"));
             }
         }
-        GeneratorSpec::Counter { start, .. } => {
-            // A counter wraps while running, but a start outside the type is almost
-            // certainly a typo (e.g. 70000 in a u16).
-            let (lo, hi) = dt.range();
-            let s = start as f64;
-            if dt != DataType::F32 && !(lo..=hi).contains(&s) {
-                errors.push(err(
-                    &gpath,
-                    format!("counter start {start} does not fit a {dt} ({lo}..={hi})"),
-                ));
-            }
-        }
-        GeneratorSpec::Constant { value } => {
-            if dt == DataType::Bool && value != 0.0 && value != 1.0 {
-                errors.push(err(&gpath, "a bool constant must be 0 or 1"));
-            }
-        }
+        GeneratorSpec::Constant { .. } | GeneratorSpec::Counter { .. } => {}
     }
-    // A bool takes "rounded value is non-zero", so any finite range is meaningful for it.
-    if let (Some((lo, hi)), false) = (generator.analog_bounds(), dt == DataType::Bool) {
-        let (tlo, thi) = dt.range();
-        if lo < tlo || hi > thi {
-            errors.push(err(
-                &gpath,
-                format!(
-                    "{} produces values in [{lo}, {hi}], outside what a {dt} holds \
-                     ({tlo}..={thi}); values are raw register units",
-                    generator.kind()
-                ),
-            ));
-        }
-    }
+    true
 }
 
 fn check_period(period: Duration, path: &str, errors: &mut Vec<ValidationError>) {
@@ -911,6 +959,8 @@ mod tests {
     fn empty_scenario_is_rejected() {
         let errors = invalid("devices = []");
         assert_eq!(errors[0].path, "devices");
+        let errors = invalid("description = \"nothing\"");
+        assert!(errors[0].message.contains("[[mqtt_devices]]"), "{errors:?}");
     }
 
     #[test]
@@ -962,8 +1012,25 @@ mod tests {
         assert_eq!(ports, [5020, 5021, 5022, 0, 0]);
         let bus = demo.bus("rs485-air").expect("the demo bus");
         assert_eq!((bus.transport, bus.port), (BusTransport::RtuOverTcp, 5023));
-        Scenario::from_toml_str(include_str!("../../configs/sim-reference.toml"))
+        // MQTT: a JSON station and a Sparkplug node on the embedded broker's fixed port.
+        let mqtt: Vec<_> = demo
+            .mqtt_devices
+            .iter()
+            .map(|d| (d.name(), d.kind()))
+            .collect();
+        assert_eq!(mqtt, [("vision-2", "json"), ("cell-3", "sparkplug")]);
+        assert_eq!(
+            demo.mqtt.as_ref().and_then(MqttSettings::target),
+            Some(crate::mqtt::BrokerTarget::Embedded { port: 1884 })
+        );
+        let reference = Scenario::from_toml_str(include_str!("../../configs/sim-reference.toml"))
             .expect("configs/sim-reference.toml is valid");
+        let kinds: Vec<_> = reference
+            .mqtt_devices
+            .iter()
+            .map(MqttDeviceSpec::kind)
+            .collect();
+        assert_eq!(kinds, ["json", "sparkplug"]);
     }
 
     const BUSES: &str = r#"

@@ -72,6 +72,8 @@ async fn one_plant_serves_fifty_tcp_devices_of_a_thousand_registers() {
         description: None,
         buses: Vec::new(),
         devices: (0..DEVICES).map(|i| device(i, None)).collect(),
+        mqtt: None,
+        mqtt_devices: Vec::new(),
     };
     let plant = start_scenario(scenario).await;
     let devices = plant.devices();
@@ -109,6 +111,8 @@ async fn one_bus_serves_fifty_units_of_a_thousand_registers() {
             faults: Faults::default(),
         }],
         devices: (0..DEVICES).map(|i| device(i, Some("line"))).collect(),
+        mqtt: None,
+        mqtt_devices: Vec::new(),
     };
     let plant = start_scenario(scenario).await;
     assert_eq!(plant.bus_units("line").expect("bus exists").len(), DEVICES);

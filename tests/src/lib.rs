@@ -7,7 +7,8 @@
 //!
 //! - [`agent_proc`]: the real `edge-agent` binary as a child process: run, follow its counters,
 //!   `SIGKILL` or `SIGTERM` it, and `query` its historian (crash tests).
-//! - [`broker`]: [`EmbeddedBroker`], in-process rumqttd on a free `127.0.0.1` port (default run).
+//! - [`broker`]: [`EmbeddedBroker`], in-process rumqttd on a free `127.0.0.1` port (default run);
+//!   it lives in `firmware_sim::broker` and is re-exported here.
 //! - [`collector`]: [`Collector`], a `#` subscriber recording every publish, with bounded waits.
 //! - [`canary`]: the byte forms a leaked canary value could take (text, registers, 4 byte
 //!   orders raw and hex) and scans for them.

@@ -2,54 +2,19 @@
 //!
 //! Invariants:
 //! - Everything here is `127.0.0.1`; nothing binds a wildcard address or a fixed port.
-//! - [`free_port`] never hands out the same port twice in one process, so two brokers started
-//!   concurrently by parallel tests cannot be given the same port by us (another process can
-//!   still take it between our probe and the server's bind; callers retry on that race).
+//! - [`free_port`] (from [`firmware_sim::net`], so the simulator's embedded broker and the
+//!   harness share one record of handed-out ports) never hands out the same port twice in one
+//!   process; another process can still take it between our probe and the server's bind, and
+//!   callers retry on that race.
 //! - [`wait_until_accepting`] is bounded: it returns an error after the deadline instead of
 //!   hanging a test run.
 
-use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::sync::{Mutex, OnceLock};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 
-/// The only address the harness listens on.
-pub const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
-
-/// How long a server may take to start accepting connections before the harness gives up.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Ports already handed out by [`free_port`] in this process.
-fn handed_out() -> &'static Mutex<HashSet<u16>> {
-    static PORTS: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
-    PORTS.get_or_init(|| Mutex::new(HashSet::new()))
-}
-
-/// Returns a loopback address whose port was free a moment ago.
-///
-/// For servers that cannot report the port they bound (rumqttd, mosquitto): the kernel picks a
-/// port for `127.0.0.1:0`, we read it and release it. The server's own bind can still lose a
-/// race against another process; callers detect that and retry with a new port.
-pub fn free_port() -> anyhow::Result<SocketAddr> {
-    // A handful of attempts is plenty: the kernel rarely repeats an ephemeral port soon.
-    for _ in 0..64 {
-        let listener = TcpListener::bind(SocketAddrV4::new(LOOPBACK, 0))
-            .context("binding 127.0.0.1:0 to find a free port; is the loopback interface up?")?;
-        let addr = listener
-            .local_addr()
-            .context("reading the probe listener's address")?;
-        drop(listener);
-        let mut ports = handed_out()
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if ports.insert(addr.port()) {
-            return Ok(addr);
-        }
-    }
-    bail!("the kernel kept returning ports this process already used; too many servers?")
-}
+pub use firmware_sim::net::{free_port, LOOPBACK, READY_TIMEOUT};
 
 /// Polls `addr` with TCP connects until one succeeds, `alive()` turns false, or `timeout`.
 ///

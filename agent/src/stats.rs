@@ -25,7 +25,7 @@ impl PerLevel {
         self.0[level.index()].store(n, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self) -> [u64; 3] {
+    pub fn snapshot(&self) -> [u64; 3] {
         [
             self.get(Level::General),
             self.get(Level::Important),

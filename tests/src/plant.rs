@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context};
 use edge_agent::agent_config::{self, AgentConfig, Loaded};
 use edge_agent::model::now_ms;
 use edge_agent::source::modbus::config::LineTransport;
-use firmware_sim::{Plant, Scenario};
+use firmware_sim::{EmbeddedBroker, MqttPlant, Plant, Scenario};
 
 /// Root of the workspace (for `configs/`), whatever the current directory of the test.
 pub fn workspace_root() -> PathBuf {
@@ -44,11 +44,100 @@ pub async fn start_demo_plant(ephemeral: bool) -> anyhow::Result<Plant> {
         .map_err(|e| anyhow!("starting the simulated plant: {e}"))
 }
 
+/// The demo plant's MQTT half: its device broker (embedded) and the JSON and Sparkplug B
+/// devices publishing to it, started apart: Sparkplug B births are published once, when an edge
+/// node comes online, and the agent (a read-only host: it never asks for a rebirth) reads a node
+/// from its birth on. So the broker starts first, then the agent, then the devices.
+#[derive(Debug)]
+pub struct MqttDemo {
+    pub broker: EmbeddedBroker,
+    plant: Option<MqttPlant>,
+}
+
+/// Start the demo plant's device broker: on a free port when `ephemeral` (tests), else on the
+/// scenario's fixed port (1884, as `configs/demo.toml` says).
+pub fn start_device_broker(ephemeral: bool) -> anyhow::Result<MqttDemo> {
+    let path = config_path("sim-demo.toml");
+    let scenario =
+        Scenario::from_file(&path).with_context(|| format!("loading {}", path.display()))?;
+    let port = scenario
+        .mqtt
+        .as_ref()
+        .and_then(|m| match m.target() {
+            Some(firmware_sim::mqtt::spec::BrokerTarget::Embedded { port }) => Some(port),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("{} names no embedded MQTT broker", path.display()))?;
+    let broker = if ephemeral || port == 0 {
+        EmbeddedBroker::start()
+    } else {
+        EmbeddedBroker::start_on(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+    }
+    .map_err(|e| anyhow!("starting the device broker: {e}"))?;
+    Ok(MqttDemo {
+        broker,
+        plant: None,
+    })
+}
+
+impl MqttDemo {
+    /// Starts the scenario's MQTT devices on the broker; returns once each is online with its
+    /// births published.
+    pub async fn start_devices(&mut self) -> anyhow::Result<()> {
+        let path = config_path("sim-demo.toml");
+        let scenario =
+            Scenario::from_file(&path).with_context(|| format!("loading {}", path.display()))?;
+        let plant = MqttPlant::start(scenario, self.broker.addr())
+            .await
+            .map_err(|e| anyhow!("starting the simulated MQTT devices: {e}"))?;
+        self.plant = Some(plant);
+        Ok(())
+    }
+
+    /// The running devices (what they published at each tick).
+    ///
+    /// # Panics
+    /// If [`MqttDemo::start_devices`] has not succeeded.
+    pub fn devices(&self) -> &MqttPlant {
+        self.plant.as_ref().expect("start_devices first")
+    }
+
+    pub async fn shutdown(self) {
+        if let Some(p) = self.plant {
+            p.shutdown().await;
+        }
+    }
+}
+
+/// Waits until every MQTT source of the agent behind `stats` is connected to its broker with
+/// every subscription acknowledged.
+pub async fn wait_mqtt_connected(
+    stats: &edge_agent::stats::Stats,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !stats
+        .mqtt
+        .iter()
+        .all(|m| m.subscribed.load(std::sync::atomic::Ordering::Relaxed))
+    {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(anyhow!(
+                "the agent's MQTT sources did not connect within {timeout:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 /// Options for [`demo_agent_config`].
 #[derive(Debug, Clone)]
 pub struct Wiring {
     /// Every destination's broker.
     pub broker: SocketAddr,
+    /// The device-side MQTT broker ([`start_demo_mqtt`]); `None` leaves MQTT devices out.
+    pub device_broker: Option<SocketAddr>,
     pub historian: PathBuf,
     /// The historian's master key, created if missing (as `edge-agent init` would).
     pub key: PathBuf,
@@ -89,6 +178,16 @@ fn rewire(cfg: &mut AgentConfig, plant: &Plant, wiring: &Wiring) -> anyhow::Resu
                 ))
             }
         }
+    }
+    match wiring.device_broker {
+        Some(addr) => {
+            for m in &mut cfg.mqtt {
+                let m = Arc::make_mut(m);
+                m.host = addr.ip().to_string();
+                m.port = addr.port();
+            }
+        }
+        None => cfg.mqtt.clear(),
     }
     for dest in &mut cfg.destinations {
         let dest = Arc::make_mut(dest);

@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use edge_agent::model::Level;
 use edge_agent::pipeline::{self, RunningAgent};
-use edge_tests::plant::{demo_agent_config, start_demo_plant, Wiring};
+use edge_tests::plant::{
+    demo_agent_config, start_demo_plant, start_device_broker, wait_mqtt_connected, MqttDemo, Wiring,
+};
 use edge_tests::query::{latest, query};
 use edge_tests::{
     canary_patterns_f32, canary_patterns_u32, init_test_tracing, Collector, EmbeddedBroker,
@@ -44,6 +46,7 @@ struct Rig {
     _broker: EmbeddedBroker,
     collector: Collector,
     plant: Plant,
+    mqtt: MqttDemo,
     agent: RunningAgent,
     dir: tempfile::TempDir,
 }
@@ -54,28 +57,44 @@ impl Rig {
         let broker = EmbeddedBroker::start().expect("broker");
         let collector = Collector::start(broker.addr()).await.expect("collector");
         let plant = start_demo_plant(true).await.expect("plant");
+        let mut mqtt = start_device_broker(true).expect("device broker");
         let dir = tempfile::tempdir().expect("tempdir");
         let wiring = Wiring {
             broker: broker.addr(),
+            device_broker: Some(mqtt.broker.addr()),
             historian: dir.path().join("historian.db"),
             key: dir.path().join("historian.key"),
             window: Some(WINDOW),
         };
         let loaded = demo_agent_config(&plant, &wiring).expect("demo config");
         let agent = pipeline::start(loaded.config).expect("agent starts");
+        // Sparkplug births go out once, when a node comes online: the agent listens first.
+        wait_mqtt_connected(&agent.stats, WAIT)
+            .await
+            .expect("the agent subscribed");
+        mqtt.start_devices().await.expect("MQTT devices");
         Rig {
             _broker: broker,
             collector,
             plant,
+            mqtt,
             agent,
             dir,
         }
     }
 
     async fn stop(self) -> (Collector, tempfile::TempDir) {
+        let (c, dir, mqtt) = self.stop_agent().await;
+        mqtt.shutdown().await;
+        (c, dir)
+    }
+
+    /// Stops the agent and the Modbus plant; the MQTT devices are left to the caller (their
+    /// handle says what they published at each tick).
+    async fn stop_agent(self) -> (Collector, tempfile::TempDir, MqttDemo) {
         self.agent.stop().await;
         self.plant.shutdown().await;
-        (self.collector, self.dir)
+        (self.collector, self.dir, self.mqtt)
     }
 }
 
@@ -235,6 +254,27 @@ async fn no_core_canary_and_no_raw_important_sample_ever_reaches_the_broker() {
     for tag in CORE_TAGS {
         assert!(!text.contains(tag), "core tag {tag} appeared upstream");
     }
+    // MQTT core: the vision station's recipe (text and number) and the welding program, a
+    // Sparkplug string metric (in protobuf on the device side, never upstream in any form).
+    for text_canary in [
+        "VX-731337-R7",
+        "WELD-A",
+        "WELD-B",
+        "recipe.model",
+        "robot-1.Program",
+    ] {
+        assert!(
+            !text.contains(text_canary),
+            "MQTT core value {text_canary} appeared upstream"
+        );
+    }
+    for p in edge_tests::canary::canary_patterns_f64(0.731_337) {
+        assert!(
+            !edge_tests::canary::contains_bits(&bytes, &p.bytes),
+            "MQTT core threshold ({}) appeared upstream",
+            p.label
+        );
+    }
     for number in ["731337", "195936478", "-1337001", "31337"] {
         assert!(
             !contains_number(&text, number),
@@ -270,6 +310,133 @@ async fn no_core_canary_and_no_raw_important_sample_ever_reaches_the_broker() {
     assert_eq!(soak["level"], "core");
     let id = latest(&db, "furnace1.recipe.id").expect("stored");
     assert_eq!(id["value"], 0x0BAD_C0DE);
+    let model = latest(&db, "line1.vision-2.recipe.model").expect("stored");
+    assert_eq!(
+        (&model["value"], &model["level"]),
+        (&Json::from("VX-731337-R7"), &Json::from("core"))
+    );
+    let program = latest(&db, "plant1.cell-3.robot-1.Program").expect("stored");
+    assert_eq!(program["level"], "core");
+    assert!(program["value"]
+        .as_str()
+        .is_some_and(|p| p.starts_with("WELD-")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
+async fn mqtt_devices_json_and_sparkplug_are_stored_labelled_and_leave_only_as_permitted() {
+    let rig = Rig::start().await;
+    let c = &rig.collector;
+    let raw_topic = format!("{PREFIX_DC}/raw/general");
+    assert!(
+        c.wait_for(
+            |t, p| t == raw_topic && has_item(p, "line1.vision-2.inspected"),
+            WAIT
+        )
+        .await,
+        "no raw general JSON sample upstream"
+    );
+    assert!(
+        c.wait_for(
+            |t, p| t == raw_topic && has_item(p, "plant1.cell-3.robot-1.Axis/Temp"),
+            WAIT
+        )
+        .await,
+        "no raw general Sparkplug sample upstream"
+    );
+    let important = format!("{PREFIX_DC}/summary/important");
+    assert!(
+        c.wait_for(
+            |t, p| t == important && has_item(p, "line1.vision-2.reject_rate"),
+            WAIT
+        )
+        .await,
+        "no important JSON summary upstream"
+    );
+    // The values stored are those the simulator published at their ticks.
+    let (c, dir, mqtt) = rig.stop_agent().await;
+    let sim = mqtt.devices();
+    let db = dir.path().join("historian.db");
+    let rows = query(&db, &["--points", "line1.vision-2.inspected"]).expect("query");
+    assert!(!rows.is_empty(), "{rows:?}");
+    for r in &rows {
+        assert_eq!(
+            (r["level"].as_str(), r["quality"].as_str()),
+            (Some("general"), Some("good"))
+        );
+        let ts = u64::try_from(r["ts_ms"].as_i64().expect("ts")).expect("ts");
+        let tick = sim
+            .tick_of_timestamp("vision-2", ts)
+            .expect("stored at the device's tick time");
+        assert_eq!(
+            sim.json_value_at("vision-2", "inspected", tick)
+                .expect("value")
+                .to_string(),
+            r["value"].to_string()
+        );
+    }
+    for (tag, level) in [
+        ("line1.vision-2.reject_rate", "important"),
+        ("line1.vision-2.camera_temp", "general"),
+        ("line1.vision-2.camera_online", "general"),
+        ("line1.vision-2.verdict", "general"),
+        ("line1.vision-2.recipe.threshold", "core"),
+        ("plant1.cell-3.Uptime", "general"),
+        ("plant1.cell-3.Properties/Firmware", "general"),
+        ("plant1.cell-3.robot-1.Weld/Current", "important"),
+        ("plant1.cell-3.robot-1.Cycles", "general"),
+        // Unlisted: the default level.
+        ("plant1.cell-3.robot-1.Wire/Offset", "important"),
+        ("plant1.cell-3.robot-1.LastService", "important"),
+    ] {
+        let row = latest(&db, tag).unwrap_or_else(|e| panic!("{tag}: {e}"));
+        assert_eq!(row["level"], level, "{tag}");
+    }
+    assert_eq!(
+        latest(&db, "plant1.cell-3.robot-1.Wire/Offset").expect("stored")["value"],
+        -12
+    );
+    let cycles = query(&db, &["--points", "plant1.cell-3.robot-1.Cycles"]).expect("query");
+    for r in &cycles {
+        let ts = u64::try_from(r["ts_ms"].as_i64().expect("ts")).expect("ts");
+        let tick = sim.tick_of_timestamp("cell-3", ts).expect("a tick time");
+        assert_eq!(
+            sim.metric_value_at("cell-3", Some("robot-1"), "Cycles", tick)
+                .expect("value")
+                .to_string(),
+            r["value"].to_string()
+        );
+    }
+    // Unmapped metrics are on record once each, not once per message.
+    let records = edge_agent::audit::records(&dir.path().join("audit")).expect("trail");
+    let mut unmapped: Vec<&str> = records
+        .iter()
+        .filter(|r| r["type"] == "ClassificationUnmapped")
+        .filter_map(|r| r["tag"].as_str())
+        .collect();
+    unmapped.sort_unstable();
+    assert_eq!(
+        unmapped,
+        [
+            "plant1.cell-3.robot-1.LastService",
+            "plant1.cell-3.robot-1.Wire/Offset"
+        ]
+    );
+    mqtt.shutdown().await;
+    // Upstream: MQTT items only as the policy permits.
+    for (topic, payload) in c.messages() {
+        for item in items(&payload) {
+            let tag = item["point"].as_str().unwrap_or_default();
+            if !(tag.starts_with("line1.") || tag.starts_with("plant1.")) {
+                continue;
+            }
+            assert_ne!(item["level"], "core", "{topic}: {item}");
+            if item["level"] == "important" {
+                assert!(topic == important, "important MQTT data on {topic}");
+                assert!(item.get("value").is_none(), "{item}");
+            }
+        }
+    }
 }
 
 /// `needle` occurring in `haystack` as a whole number: not inside a longer number or a

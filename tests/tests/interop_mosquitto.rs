@@ -40,6 +40,7 @@ async fn agent_publishes_to_mosquitto_over_mutual_tls_and_only_permitted_data_ar
     let dir = tempfile::tempdir().expect("tempdir");
     let wiring = Wiring {
         broker: mosquitto.tls_addr(),
+        device_broker: None,
         historian: dir.path().join("historian.db"),
         key: dir.path().join("historian.key"),
         window: Some(Duration::from_secs(1)),

@@ -23,7 +23,9 @@ use clap::Parser;
 use edge_agent::model::Level;
 use edge_agent::pipeline;
 use edge_agent::stats::Stats;
-use edge_tests::plant::{demo_agent_config, start_demo_plant, Wiring};
+use edge_tests::plant::{
+    demo_agent_config, start_demo_plant, start_device_broker, wait_mqtt_connected, Wiring,
+};
 use edge_tests::{Collector, EmbeddedBroker};
 
 #[derive(Debug, Parser)]
@@ -75,12 +77,32 @@ async fn main() -> anyhow::Result<()> {
             .collect();
         println!("  RS-485 line {name} via {endpoint}: {}", units.join(", "));
     }
+    let mut mqtt = start_device_broker(!args.fixed_ports)?;
+    println!(
+        "  MQTT device broker (embedded, the plant's own) on {}:",
+        mqtt.broker.addr()
+    );
+    for d in &firmware_sim::Scenario::from_file(edge_tests::plant::config_path("sim-demo.toml"))?
+        .mqtt_devices
+    {
+        let what = match d {
+            firmware_sim::MqttDeviceSpec::Json(j) => format!("JSON on {}", j.topic),
+            firmware_sim::MqttDeviceSpec::Sparkplug(n) => format!(
+                "Sparkplug B as edge node {}/{} with {} device(s)",
+                n.group,
+                n.node,
+                n.devices.len()
+            ),
+        };
+        println!("    {} publishing {what}", d.name());
+    }
     println!(
         "upstream broker (embedded, standing in for the group DC and HQ): {}",
         broker.addr()
     );
     let wiring = Wiring {
         broker: broker.addr(),
+        device_broker: Some(mqtt.broker.addr()),
         historian: args.historian.clone(),
         key: args.key.clone(),
         window: None,
@@ -101,6 +123,9 @@ async fn main() -> anyhow::Result<()> {
         trail.display()
     );
     let agent = pipeline::start(loaded.config).context("starting the agent")?;
+    // Sparkplug births go out once, when a node comes online: the agent listens first.
+    wait_mqtt_connected(&agent.stats, Duration::from_secs(30)).await?;
+    mqtt.start_devices().await?;
     let stats = agent.stats.clone();
     let token = agent.shutdown_token();
 
@@ -124,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
     token.cancel();
     agent.wait().await;
     plant.shutdown().await;
+    mqtt.shutdown().await;
     print_report(started.elapsed(), &stats, &collector);
     print_trail(&trail);
     let report = edge_agent::audit::verify(&trail, None).context("verifying the audit trail")?;
@@ -158,6 +184,56 @@ fn print_trail(dir: &std::path::Path) {
     );
 }
 
+/// Samples read per source and level: the Modbus devices, then each MQTT device broker split by
+/// format (JSON devices, Sparkplug B edge nodes), with what the MQTT sources could not take.
+fn print_sources(stats: &Stats) {
+    let fmt = |v: [u64; 3]| format!("{:>8} {:>9} {:>6}", v[0], v[1], v[2]);
+    let mut modbus = stats.read.snapshot();
+    println!(
+        "        by source   {:>8} {:>9} {:>6}",
+        "general", "important", "core"
+    );
+    let mut lines = Vec::new();
+    for m in &stats.mqtt {
+        let json = m.from_json.snapshot();
+        let spb = m.from_sparkplug.snapshot();
+        for i in 0..3 {
+            modbus[i] = modbus[i].saturating_sub(json[i] + spb[i]);
+        }
+        lines.push(format!(
+            "        {:<11} {}  (JSON devices on MQTT broker {})",
+            "mqtt json",
+            fmt(json),
+            m.name
+        ));
+        let problems: Vec<String> = edge_agent::source::mqtt::counters::Reason::ALL
+            .iter()
+            .zip(m.snapshot())
+            .filter(|(r, n)| *n > 0 && r.loses_data())
+            .map(|(r, n)| format!("{}={n}", r.as_str()))
+            .collect();
+        lines.push(format!(
+            "        {:<11} {}  (Sparkplug B edge nodes; {} points met at run time; not taken: {})",
+            "mqtt spB",
+            fmt(spb),
+            m.points.load(std::sync::atomic::Ordering::Relaxed),
+            if problems.is_empty() {
+                "none".to_owned()
+            } else {
+                problems.join(" ")
+            }
+        ));
+    }
+    println!(
+        "        {:<11} {}  (Modbus TCP and RTU devices)",
+        "modbus",
+        fmt(modbus)
+    );
+    for l in lines {
+        println!("{l}");
+    }
+}
+
 fn print_report(elapsed: Duration, stats: &Stats, collector: &Collector) {
     println!(
         "t={:>4}s {:<10} {:>8} {:>8} {:>9}",
@@ -185,6 +261,7 @@ fn print_report(elapsed: Duration, stats: &Stats, collector: &Collector) {
         }
         println!("{line}");
     }
+    print_sources(stats);
     println!("        {}", edge_agent::report::historian_line(stats));
     let now = edge_agent::model::now_ms();
     let backlog: Vec<String> = stats

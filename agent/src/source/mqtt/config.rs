@@ -227,7 +227,7 @@ impl std::fmt::Debug for Secret {
 }
 
 /// One device-side broker and everything read from it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MqttSource {
     pub name: Arc<str>,
     pub host: String,
@@ -533,7 +533,7 @@ impl MqttSource {
 }
 
 /// One `[[mqtt_maps]]` entry, compiled.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Map {
     pub(crate) filter: Filter,
     pub(crate) format: Format,
@@ -560,7 +560,7 @@ impl Map {
 }
 
 /// One field of a JSON or text map.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Field {
     /// RFC 6901; empty: the whole payload.
     pub(crate) pointer: super::json::Pointer,
@@ -585,7 +585,7 @@ impl Field {
 }
 
 /// How a Sparkplug B map names and labels metrics.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct SparkplugMap {
     /// Variables `group`, `node`, `device`, `metric`.
     pub(crate) tag: Template,
@@ -640,7 +640,7 @@ pub(crate) const DEVICE_VARS: [&str; 4] = ["group", "node", "device", "metric"];
 pub(crate) const NODE_VARS: [&str; 3] = ["group", "node", "metric"];
 
 /// One `metrics` entry of a Sparkplug map.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct MetricRule {
     pub(crate) glob: String,
     pub(crate) matcher: GlobMatcher,

@@ -173,12 +173,18 @@ impl Reason {
 pub struct MqttStats {
     pub name: Arc<str>,
     pub connected: AtomicBool,
+    /// Every subscription of the current connection is acknowledged (SUBACK).
+    pub subscribed: AtomicBool,
     /// Messages received (before any check).
     pub messages: AtomicU64,
     /// Samples handed to the pipeline, per level.
     pub samples: PerLevel,
     /// Samples dropped because the pipeline's MQTT queue was full, per level.
     pub dropped: PerLevel,
+    /// Samples read from JSON and text maps, and from Sparkplug B maps, per level (before the
+    /// queue: `samples` and `dropped` say what became of them).
+    pub from_json: PerLevel,
+    pub from_sparkplug: PerLevel,
     /// Points met at run time (not in the compiled table).
     pub points: AtomicU64,
     counts: [AtomicU64; Reason::ALL.len()],
@@ -189,9 +195,12 @@ impl MqttStats {
         Self {
             name,
             connected: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
             messages: AtomicU64::new(0),
             samples: PerLevel::default(),
             dropped: PerLevel::default(),
+            from_json: PerLevel::default(),
+            from_sparkplug: PerLevel::default(),
             points: AtomicU64::new(0),
             counts: std::array::from_fn(|_| AtomicU64::new(0)),
         }

@@ -302,6 +302,9 @@ impl Ingest {
                 Quality::DecodeError,
             )
         };
+        self.stats
+            .from_json
+            .add(self.points.slot(slot).label.level, 1);
         self.stamp(slot, value, quality, ts, &mut out.live);
     }
 
@@ -482,6 +485,9 @@ impl Ingest {
             let Some(s) = created else { return };
             s
         };
+        self.stats
+            .from_json
+            .add(self.points.slot(slot).label.level, 1);
         self.stamp(slot, value, Quality::Good, ts, &mut out.live);
     }
 }
@@ -568,6 +574,9 @@ impl Ingest {
                     } else {
                         Quality::Good
                     };
+                    self.stats
+                        .from_sparkplug
+                        .add(self.points.slot(slot).label.level, 1);
                     let into = if *historical {
                         &mut out.historical
                     } else {
@@ -617,6 +626,9 @@ impl Ingest {
             let Some(last) = self.points.slot(slot).last.clone() else {
                 continue;
             };
+            self.stats
+                .from_sparkplug
+                .add(self.points.slot(slot).label.level, 1);
             self.stamp(slot, last, Quality::Stale, ts_ms, &mut out.live);
         }
     }

@@ -120,6 +120,7 @@ pub(crate) async fn run_source(source: Arc<MqttSource>, stats: Arc<MqttStats>, w
         first_at: None,
         backoff: Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX),
         connected: false,
+        pending_subacks: 0,
         report: Report::new(),
     }
     .run(eventloop)
@@ -163,6 +164,8 @@ struct Driver {
     first_at: Option<Instant>,
     backoff: Backoff,
     connected: bool,
+    /// SUBACKs still expected for this connection's subscriptions.
+    pending_subacks: usize,
     report: Report,
 }
 
@@ -224,6 +227,15 @@ impl Driver {
     fn on_event(&mut self, event: MqttEvent) {
         match event {
             MqttEvent::Incoming(Packet::ConnAck(ack)) => self.connected(ack.session_present),
+            MqttEvent::Incoming(Packet::SubAck(_)) => {
+                self.pending_subacks = self.pending_subacks.saturating_sub(1);
+                if self.pending_subacks == 0 {
+                    self.ingest
+                        .stats()
+                        .subscribed
+                        .store(true, Ordering::Relaxed);
+                }
+            }
             MqttEvent::Incoming(Packet::Publish(p)) => {
                 let arrival = now_ms();
                 self.ingest
@@ -246,7 +258,9 @@ impl Driver {
 
     fn connected(&mut self, session_present: bool) {
         self.backoff.reset();
-        for (filter, qos) in self.source.subscriptions() {
+        let subscriptions = self.source.subscriptions();
+        self.pending_subacks = subscriptions.len();
+        for (filter, qos) in subscriptions {
             let qos = if qos == 0 {
                 QoS::AtMostOnce
             } else {
@@ -279,10 +293,9 @@ impl Driver {
         let first = self.connected || self.backoff.failures() == 0;
         if self.connected {
             self.connected = false;
-            self.ingest
-                .stats()
-                .connected
-                .store(false, Ordering::Relaxed);
+            let stats = self.ingest.stats();
+            stats.connected.store(false, Ordering::Relaxed);
+            stats.subscribed.store(false, Ordering::Relaxed);
         }
         if first {
             warn!(source = %self.source.name, broker = %endpoint(&self.source), error, "MQTT device broker lost; reconnecting with back-off.");

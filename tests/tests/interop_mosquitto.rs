@@ -101,3 +101,185 @@ async fn agent_publishes_to_mosquitto_over_mutual_tls_and_only_permitted_data_ar
         }
     }
 }
+
+/// The agent's config for reading devices from `mosquitto`'s mutual-TLS listener with a client
+/// certificate: a JSON map (general speed, core recipe) and a Sparkplug B map (every metric
+/// important). No destination: this is the device side.
+fn device_side_config(dir: &std::path::Path, mosquitto: &Mosquitto) -> std::path::PathBuf {
+    let paths = mosquitto.pki_paths();
+    let historian = dir.join("historian.db");
+    let text = format!(
+        r#"
+[gateway]
+id = "gw-interop"
+site = "site-i"
+jurisdiction = "CN"
+data_processor = "ACME"
+responsible_person = "Li Na"
+department = "IT"
+
+[classification]
+default_level = "important"
+[[classification.rules]]
+id = "recipes"
+match = "*.recipe.*"
+level = "core"
+category = "rd_design"
+
+[historian]
+path = {historian:?}
+
+[[mqtt_brokers]]
+name = "plant"
+host = "127.0.0.1"
+port = {port}
+keep_alive = "5s"
+[mqtt_brokers.tls]
+ca = {ca:?}
+client_cert = {cert:?}
+client_key = {key:?}
+server_name = "localhost"
+
+[[mqtt_maps]]
+broker = "plant"
+topic = "plant/+machine/telemetry"
+level = "general"
+[[mqtt_maps.fields]]
+pointer = "/speed"
+tag = "{{machine}}.speed"
+type = "number"
+[[mqtt_maps.fields]]
+pointer = "/recipe/id"
+tag = "{{machine}}.recipe.id"
+type = "text"
+
+[[mqtt_maps]]
+broker = "plant"
+topic = "spBv1.0/interop/#"
+format = "sparkplug_b"
+[[mqtt_maps.metrics]]
+name = "*"
+level = "important"
+"#,
+        historian = historian.display().to_string(),
+        port = mosquitto.tls_addr().port(),
+        ca = paths.ca.display().to_string(),
+        cert = paths.client_cert.display().to_string(),
+        key = paths.client_key.display().to_string(),
+    );
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, edge_tests::query::with_test_key(&text, &historian)).expect("config");
+    path
+}
+
+/// One JSON message of machine `m1`, `QoS` 1, through mosquitto's plain listener.
+async fn publish_json(mosquitto: &Mosquitto, n: u32) {
+    let mut o = rumqttc::MqttOptions::new(
+        format!("json-device-{n}"),
+        mosquitto.plain_addr().ip().to_string(),
+        mosquitto.plain_addr().port(),
+    );
+    o.set_keep_alive(Duration::from_secs(5));
+    let payload = format!(
+        r#"{{"speed": {}.5, "recipe": {{"id": "R-{n}"}}}}"#,
+        1000 + n
+    );
+    edge_tests::publish_once(o, "plant/m1/telemetry", payload.as_bytes(), WAIT)
+        .await
+        .expect("published");
+}
+
+fn stored(config: &std::path::Path, tag: &str) -> Vec<Json> {
+    edge_tests::agent_proc::query(config, &["--points", tag], WAIT)
+        .and_then(|r| r.samples())
+        .unwrap_or_else(|e| panic!("query {tag}: {e}"))
+}
+
+#[test]
+#[ignore = "needs the mosquitto binary; run by .ci/run with --ignored"]
+fn agent_reads_json_and_sparkplug_devices_from_mosquitto_over_tls_with_a_client_certificate() {
+    assert!(Mosquitto::available(), "mosquitto is not installed");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pki = TestPki::generate().expect("pki");
+    let mosquitto = Mosquitto::start(&pki).expect("mosquitto starts");
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = device_side_config(dir.path(), &mosquitto);
+    let mut agent = edge_tests::agent_proc::AgentProc::start(&config).expect("agent");
+    agent
+        .wait_logged("MQTT device broker connected", WAIT)
+        .unwrap_or_else(|e| panic!("{e}; mosquitto log:\n{}", mosquitto.log()));
+    // The subscriptions follow the CONNACK; the persistent session keeps QoS 1 messages from
+    // then on, and the first read below proves they were made.
+    rt.block_on(async {
+        for n in 0..5 {
+            publish_json(&mosquitto, n).await;
+        }
+        // A Sparkplug B edge node from the simulator, on the plain listener.
+        let scenario = firmware_sim::Scenario::from_toml_str(
+            r#"
+[[mqtt_devices]]
+kind = "sparkplug"
+name = "node-i"
+group = "interop"
+node = "node-i"
+tick = "100ms"
+metrics = [{ name = "Pressure", type = "Double", generator = { kind = "sine", offset = 5.0, amplitude = 1.0, period = "2s" } }]
+"#,
+        )
+        .expect("scenario");
+        let node = firmware_sim::MqttPlant::start(scenario, mosquitto.plain_addr())
+            .await
+            .expect("edge node");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        node.shutdown().await;
+    });
+    agent
+        .wait_counter("stored", |c| c.iter().sum::<u64>() >= 12, WAIT)
+        .unwrap_or_else(|e| panic!("{e}; mosquitto log:\n{}", mosquitto.log()));
+    agent.terminate(WAIT).expect("stopped");
+    let speed = stored(&config, "m1.speed");
+    assert_eq!(speed.len(), 5, "{speed:?}");
+    assert!(speed.iter().all(|r| r["level"] == "general"));
+    let recipe = stored(&config, "m1.recipe.id");
+    assert!(recipe.iter().all(|r| r["level"] == "core"));
+    let pressure = stored(&config, "interop.node-i.Pressure");
+    assert!(!pressure.is_empty(), "no Sparkplug metric over TLS");
+    assert!(pressure.iter().all(|r| r["level"] == "important"));
+}
+
+#[test]
+#[ignore = "needs the mosquitto binary; run by .ci/run with --ignored"]
+fn qos1_messages_published_while_the_agent_is_away_are_read_when_it_returns() {
+    assert!(Mosquitto::available(), "mosquitto is not installed");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pki = TestPki::generate().expect("pki");
+    let mosquitto = Mosquitto::start(&pki).expect("mosquitto starts");
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = device_side_config(dir.path(), &mosquitto);
+    // First run: the session and its subscriptions are made on the broker.
+    let mut agent = edge_tests::agent_proc::AgentProc::start(&config).expect("agent");
+    agent
+        .wait_logged("MQTT device broker connected", WAIT)
+        .expect("connected");
+    rt.block_on(publish_json(&mosquitto, 0));
+    agent
+        .wait_counter("stored", |c| c.iter().sum::<u64>() >= 2, WAIT)
+        .expect("the first message stored");
+    agent.terminate(WAIT).expect("stopped");
+    // Away: ten messages wait in the persistent session.
+    rt.block_on(async {
+        for n in 1..=10 {
+            publish_json(&mosquitto, n).await;
+        }
+    });
+    let mut agent = edge_tests::agent_proc::AgentProc::start(&config).expect("agent again");
+    agent
+        .wait_counter("stored", |c| c.iter().sum::<u64>() >= 20, WAIT)
+        .unwrap_or_else(|e| panic!("{e}; mosquitto log:\n{}", mosquitto.log()));
+    agent.terminate(WAIT).expect("stopped");
+    let speed = stored(&config, "m1.speed");
+    let mut values: Vec<f64> = speed.iter().filter_map(|r| r["value"].as_f64()).collect();
+    values.sort_by(f64::total_cmp);
+    let expected: Vec<f64> = (0..=10).map(|n| f64::from(1000 + n) + 0.5).collect();
+    assert_eq!(values, expected, "every message, none lost, none twice");
+}

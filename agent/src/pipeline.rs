@@ -469,6 +469,8 @@ impl Router {
                 break;
             }
             tokio::select! {
+                // Modbus first: its queue makes polling wait, an MQTT flood must not.
+                biased;
                 batch = poll_batch(&mut rx) => match batch {
                     Some(batch) => self.on_batch(batch, historian),
                     None => rx = None,

@@ -14,6 +14,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+/// The `[gateway]` and `[classification]` of the load tools' agent configs.
+pub const BENCH_GATEWAY: &str = r#"
+[gateway]
+id = "gw-load"
+site = "bench"
+jurisdiction = "CN"
+data_processor = "Bench"
+responsible_person = "Bench"
+department = "Bench"
+
+[classification]
+default_level = "important"
+"#;
+
 /// utime + stime of `pid`, in seconds.
 pub fn cpu_seconds(pid: u32, ticks_per_s: f64) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;

@@ -568,6 +568,9 @@ impl SummaryEngine {
             accs,
             groups: Box::default(),
         });
+        // Its windows end on their own schedule: the next `close_due` looks again (a config of
+        // points met at run time only would otherwise never be due).
+        self.next_due_ms = i64::MIN;
         true
     }
 

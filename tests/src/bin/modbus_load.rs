@@ -162,18 +162,7 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-const GATEWAY: &str = r#"
-[gateway]
-id = "gw-load"
-site = "bench"
-jurisdiction = "CN"
-data_processor = "Bench"
-responsible_person = "Bench"
-department = "Bench"
-
-[classification]
-default_level = "important"
-"#;
+use edge_tests::footprint::BENCH_GATEWAY as GATEWAY;
 
 /// A seeded xorshift, so the fragmented map is the same on every run.
 struct Rng(u64);

@@ -29,7 +29,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use edge_agent::model::now_ms;
-use edge_tests::footprint::{ask_count, measure, report, spawn_agent};
+use edge_tests::footprint::{ask_count, measure, report, spawn_agent, BENCH_GATEWAY};
 use edge_tests::mqtt_device::TestDevice;
 
 #[derive(Debug, Parser)]
@@ -89,18 +89,7 @@ const FIELDS: u64 = 5;
 
 fn agent_toml(broker: SocketAddr, db: &Path) -> String {
     format!(
-        r#"
-[gateway]
-id = "gw-load"
-site = "bench"
-jurisdiction = "CN"
-data_processor = "Bench"
-responsible_person = "Bench"
-department = "Bench"
-
-[classification]
-default_level = "important"
-
+        r#"{BENCH_GATEWAY}
 [historian]
 path = {db:?}
 

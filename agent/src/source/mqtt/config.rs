@@ -720,6 +720,7 @@ pub(crate) fn build(
             source.maps.push(map);
         }
     }
+    client_ids(&sources, destinations, out);
     for s in &sources {
         if s.maps.is_empty() && s.catch_all.is_empty() {
             out.warn(format!(
@@ -853,6 +854,47 @@ fn login(path: &str, b: &RawMqttBroker, out: &mut Collector) -> Option<(String, 
     }
 }
 
+/// Refuses an empty client id, and one a destination or another source uses on the same broker:
+/// a broker drops the older connection of a client id that connects again, so two such clients
+/// would take each other's session (and its queued messages) in a loop.
+fn client_ids(sources: &[MqttSource], destinations: &[Arc<Destination>], out: &mut Collector) {
+    for (i, s) in sources.iter().enumerate() {
+        let key = format!("mqtt_brokers[{i}].client_id");
+        if s.client_id.trim().is_empty() {
+            out.err(
+                ConfigIssue::new(key, "must not be empty")
+                    .hint("leave it out for the default edge-agent-<site>-<gateway>-src-<name>"),
+            );
+            continue;
+        }
+        let same = |host: &str, port: u16| same_endpoint(&s.host, s.port, host, port);
+        if let Some(d) = destinations
+            .iter()
+            .find(|d| d.broker.client_id == s.client_id && same(&d.broker.host, d.broker.port))
+        {
+            out.err(ConfigIssue::new(
+                key.clone(),
+                format!(
+                    "{:?} is also destination {:?}'s client id on the same broker",
+                    s.client_id, d.name
+                ),
+            ));
+        }
+        if let Some(j) = sources[..i]
+            .iter()
+            .position(|o| o.client_id == s.client_id && same(&o.host, o.port))
+        {
+            out.err(ConfigIssue::new(
+                key,
+                format!(
+                    "{:?} is also mqtt_brokers[{j}]'s client id on the same broker",
+                    s.client_id
+                ),
+            ));
+        }
+    }
+}
+
 /// The client id of a device-side broker that sets none: unique per gateway and broker, so two
 /// gateways reading one plant broker never take each other's session.
 pub(crate) fn default_client_id(gateway: &Gateway, broker: &str) -> String {
@@ -934,10 +976,11 @@ fn map(
             .timestamp
             .as_ref()
             .map(|t| (super::json::Pointer::new(&t.pointer), t.format)),
+        // A field without a pointer reads the whole document: its root (`""`) is listed too.
         listed: m
             .fields
             .iter()
-            .filter_map(|f| f.pointer.clone())
+            .map(|f| f.pointer.clone().unwrap_or_default())
             .chain(m.timestamp.as_ref().map(|t| t.pointer.clone()))
             .collect(),
         max_skew_ms: i64::try_from(m.max_skew.as_millis()).unwrap_or(i64::MAX),

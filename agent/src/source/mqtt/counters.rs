@@ -33,6 +33,8 @@ pub enum Reason {
     PointLimit,
     /// A rendered tag is already another point's (another map, a Modbus point): not read.
     TagConflict,
+    /// A tag made from the topic, a JSON key or a metric name is longer than 256 bytes: not read.
+    TagTooLong,
     /// The topic sent more than `max_topic_rate` messages per second: dropped.
     TopicRate,
     /// The pipeline's MQTT queue was full: samples dropped (counted per level too).
@@ -67,7 +69,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Reason::Oversized,
         Reason::NotUtf8,
         Reason::InvalidJson,
@@ -79,6 +81,7 @@ impl Reason {
         Reason::TooManyFields,
         Reason::PointLimit,
         Reason::TagConflict,
+        Reason::TagTooLong,
         Reason::TopicRate,
         Reason::QueueFull,
         Reason::OwnTopic,
@@ -108,6 +111,7 @@ impl Reason {
             Reason::TooManyFields => "too_many_fields",
             Reason::PointLimit => "point_limit",
             Reason::TagConflict => "tag_conflict",
+            Reason::TagTooLong => "tag_too_long",
             Reason::TopicRate => "topic_rate",
             Reason::QueueFull => "queue_full",
             Reason::OwnTopic => "own_topic",

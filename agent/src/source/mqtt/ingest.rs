@@ -23,7 +23,7 @@ use super::config::{Field, Format, Kind, Map, MqttSource, Unmapped};
 use super::counters::{MqttStats, Reason};
 use super::filter::Captures;
 use super::json::{self, FieldError, TsProblem};
-use super::points::{Points, Registry};
+use super::points::{Origin, Points, Registry};
 use super::rate::TopicRate;
 use super::sparkplug::{self, Decoder, Event as SpEvent, Outcome, StaleCause};
 use crate::config::classify::{PointSpec, UNMAPPED_RULE_ID};
@@ -32,6 +32,9 @@ use crate::source::Tagged;
 
 /// Most leaves of one message stored as unmapped points.
 pub(crate) const MAX_UNLISTED_LEAVES: usize = 64;
+/// Longest tag a point met at run time may have, in bytes (topics, JSON keys and metric names
+/// make tags; each point's label lives as long as the agent).
+pub(crate) const MAX_TAG_BYTES: usize = 256;
 
 /// A point met for the first time.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,10 +91,15 @@ impl Ingest {
         let fixed = source
             .maps
             .iter()
-            .map(|m| {
+            .enumerate()
+            .map(|(map, m)| {
                 m.fields
                     .iter()
-                    .map(|f| f.fixed.as_ref().map(|meta| points.fixed(meta)))
+                    .enumerate()
+                    .map(|(field, f)| {
+                        let origin = Origin::Field { map, field };
+                        f.fixed.as_ref().map(|meta| points.fixed(meta, origin))
+                    })
                     .collect()
             })
             .collect();
@@ -131,7 +139,7 @@ impl Ingest {
     pub(crate) fn connection_lost(&mut self, now_ms: i64, out: &mut Output) {
         if let Some(d) = &mut self.sparkplug {
             d.connection_lost(now_ms, &mut self.events);
-            self.sparkplug_events(None, out);
+            self.sparkplug_events(None, now_ms, out);
         }
     }
 
@@ -325,8 +333,14 @@ impl Ingest {
             return Some(s);
         }
         field.tag.render(caps, &mut self.tag);
-        if let Some(s) = self.points.find(&self.tag) {
-            return Some(s);
+        let origin = Origin::Field { map: mi, field: fi };
+        match self.points.find(&self.tag, origin) {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) => {}
+            Err(reason) => {
+                self.stats.count(reason, 1);
+                return None;
+            }
         }
         let address = super::config::address(topic, field.pointer.as_str());
         let tag = std::mem::take(&mut self.tag);
@@ -344,7 +358,7 @@ impl Ingest {
             interval: std::time::Duration::ZERO,
             value_scale: field.value_scale(),
         };
-        let created = self.create(&spec, topic, field.pointer.as_str(), out);
+        let created = self.create(&spec, origin, topic, field.pointer.as_str(), out);
         self.tag = tag;
         created
     }
@@ -353,12 +367,20 @@ impl Ingest {
     fn create(
         &mut self,
         spec: &PointSpec<'_>,
+        origin: Origin,
         topic: &str,
         field: &str,
         out: &mut Output,
     ) -> Option<usize> {
         let rules = self.source.rules.clone();
-        match self.points.create(spec.tag, |id| rules.compile(id, spec)) {
+        if spec.tag.len() > MAX_TAG_BYTES {
+            self.stats.count(Reason::TagTooLong, 1);
+            return None;
+        }
+        match self
+            .points
+            .create(spec.tag, origin, |id| rules.compile(id, spec))
+        {
             Ok(s) => {
                 self.stats
                     .points
@@ -462,7 +484,14 @@ impl Ingest {
             self.tag.push('#');
             self.tag.push_str(pointer);
         }
-        let slot = if let Some(s) = self.points.find(&self.tag) {
+        let found = match self.points.find(&self.tag, Origin::Unlisted) {
+            Ok(found) => found,
+            Err(reason) => {
+                self.stats.count(reason, 1);
+                return;
+            }
+        };
+        let slot = if let Some(s) = found {
             s
         } else {
             let tag = std::mem::take(&mut self.tag);
@@ -480,7 +509,7 @@ impl Ingest {
                 interval: std::time::Duration::ZERO,
                 value_scale: None,
             };
-            let created = self.create(&spec, topic, pointer, out);
+            let created = self.create(&spec, Origin::Unlisted, topic, pointer, out);
             self.tag = tag;
             let Some(s) = created else { return };
             s
@@ -529,18 +558,18 @@ impl Ingest {
             }
         }
         self.sparkplug_period.absorb(&outcome);
-        self.sparkplug_events(Some(mi), out);
+        self.sparkplug_events(Some(mi), arrival_ms, out);
     }
 
     /// The decoder's events as samples: metrics of map `mi` (the first Sparkplug map when
     /// `None`), and stale samples of every point of a dead, gapped or lost node or device.
-    fn sparkplug_events(&mut self, mi: Option<usize>, out: &mut Output) {
+    fn sparkplug_events(&mut self, mi: Option<usize>, arrival_ms: i64, out: &mut Output) {
         let source = self.source.clone();
-        let map = match mi {
-            Some(i) => source.maps.get(i),
-            None => source.maps.iter().find(|m| m.sparkplug.is_some()),
-        };
-        let Some(map) = map.filter(|m| m.sparkplug.is_some()) else {
+        let mi = mi.or_else(|| source.maps.iter().position(|m| m.sparkplug.is_some()));
+        let Some((mi, map)) = mi
+            .and_then(|i| Some((i, source.maps.get(i)?)))
+            .filter(|(_, m)| m.sparkplug.is_some())
+        else {
             self.events.clear();
             return;
         };
@@ -563,12 +592,32 @@ impl Ingest {
                         continue;
                     }
                     let Some(slot) =
-                        self.metric_slot(map, (group, node, device.as_ref()), name, out)
+                        self.metric_slot(mi, map, (group, node, device.as_ref()), name, out)
                     else {
                         continue;
                     };
                     let (scale, offset) = self.points.slot(slot).scale;
-                    let value = scaled(value, scale, offset);
+                    let mut value = scaled(value, scale, offset);
+                    if let Value::Text(t) = &value {
+                        if t.len() > super::config::MAX_TEXT_BYTES {
+                            self.stats.count(Reason::TextCut, 1);
+                            value = Value::Text(json::cut(t).into());
+                        }
+                    }
+                    // A device clock far off would move the point's summary windows: as for
+                    // JSON, beyond `max_skew` the arrival time stands in (historical values
+                    // are old by nature: only a time in the future is refused for them).
+                    let skewed = if *historical {
+                        *ts_ms - arrival_ms > map.max_skew_ms
+                    } else {
+                        ts_ms.abs_diff(arrival_ms) > map.max_skew_ms.unsigned_abs()
+                    };
+                    let ts_ms = if skewed {
+                        self.stats.count(Reason::ClockSkew, 1);
+                        arrival_ms
+                    } else {
+                        *ts_ms
+                    };
                     let quality = if *stale {
                         Quality::Stale
                     } else {
@@ -582,7 +631,7 @@ impl Ingest {
                     } else {
                         &mut out.live
                     };
-                    self.stamp(slot, value, quality, *ts_ms, into);
+                    self.stamp(slot, value, quality, ts_ms, into);
                 }
                 SpEvent::Stale {
                     group,
@@ -638,18 +687,30 @@ impl Ingest {
     /// entries' globs are matched once per metric, not per message.
     fn metric_slot(
         &mut self,
+        mi: usize,
         map: &Map,
         (group, node, device): (&Arc<str>, &Arc<str>, Option<&Arc<str>>),
         name: &Arc<str>,
         out: &mut Output,
     ) -> Option<usize> {
         let sp = map.sparkplug.as_ref()?;
-        match device {
-            Some(d) => sp.tag.render(&[group, node, d, name], &mut self.tag),
-            None => sp.node_tag.render(&[group, node, name], &mut self.tag),
-        }
-        if let Some(s) = self.points.find(&self.tag) {
-            return Some(s);
+        let origin = match device {
+            Some(d) => {
+                sp.tag.render(&[group, node, d, name], &mut self.tag);
+                Origin::DeviceMetric { map: mi }
+            }
+            None => {
+                sp.node_tag.render(&[group, node, name], &mut self.tag);
+                Origin::NodeMetric { map: mi }
+            }
+        };
+        match self.points.find(&self.tag, origin) {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) => {}
+            Err(reason) => {
+                self.stats.count(reason, 1);
+                return None;
+            }
         }
         if self.ignored.contains(self.tag.as_str()) {
             return None;
@@ -682,7 +743,7 @@ impl Ingest {
             interval: std::time::Duration::ZERO,
             value_scale: None,
         };
-        let created = self.create(&point, &topic, name, out);
+        let created = self.create(&point, origin, &topic, name, out);
         self.tag = tag;
         let slot = created?;
         self.points.slot_mut(slot).scale = (spec.scale, spec.offset);

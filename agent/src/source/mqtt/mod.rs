@@ -58,6 +58,10 @@ use crate::stats::LevelCounts;
 
 /// Samples the driver holds before handing them on, at most.
 const BATCH_SAMPLES: usize = 512;
+/// `QoS` 1 messages read before their samples are handed on and acknowledged: below the
+/// in-flight window brokers keep per client (Mosquitto: 20), so a broker never stops sending
+/// while it waits for PUBACKs the batch timer holds back.
+const ACK_BATCH: usize = 16;
 /// How long the first sample of a batch waits for others, at most.
 const BATCH_WAIT: Duration = Duration::from_millis(20);
 /// How often counts of problems are logged and audited.
@@ -227,7 +231,15 @@ impl Driver {
     fn on_event(&mut self, event: MqttEvent) {
         match event {
             MqttEvent::Incoming(Packet::ConnAck(ack)) => self.connected(ack.session_present),
-            MqttEvent::Incoming(Packet::SubAck(_)) => {
+            MqttEvent::Incoming(Packet::SubAck(ack)) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    // A broker ACL refusing the filter: no data will come, say so.
+                    warn!(source = %self.source.name, "MQTT device broker refused a subscription (SUBACK failure): check the broker's ACL for the agent's user.");
+                }
                 self.pending_subacks = self.pending_subacks.saturating_sub(1);
                 if self.pending_subacks == 0 {
                     self.ingest
@@ -247,7 +259,7 @@ impl Driver {
                     self.first_at = Some(Instant::now());
                 }
                 if self.out.live.len() + self.out.historical.len() >= BATCH_SAMPLES
-                    || self.acks.len() >= BATCH_SAMPLES
+                    || self.acks.len() >= ACK_BATCH
                 {
                     self.flush();
                 }
@@ -313,6 +325,7 @@ impl Driver {
     fn flush(&mut self) {
         self.first_at = None;
         let stats = self.ingest.stats().clone();
+        let mut unacknowledged = false;
         for (samples, historical) in [
             (std::mem::take(&mut self.out.live), false),
             (std::mem::take(&mut self.out.historical), true),
@@ -333,19 +346,27 @@ impl Driver {
                     bad.add(t.level(), 1);
                 }
             }
-            if self.wiring.tx.try_send(batch).is_ok() {
-                for (level, n) in counts.iter() {
-                    stats.samples.add(level, n);
-                    self.wiring.stats.read.add(level, n);
+            match self.wiring.tx.try_send(batch) {
+                Ok(()) => {
+                    for (level, n) in counts.iter() {
+                        stats.samples.add(level, n);
+                        self.wiring.stats.read.add(level, n);
+                    }
+                    for (level, n) in bad.iter() {
+                        self.wiring.stats.bad_quality.add(level, n);
+                    }
                 }
-                for (level, n) in bad.iter() {
-                    self.wiring.stats.bad_quality.add(level, n);
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // A flood: dropped, counted per level and reported (acknowledged, or the
+                    // broker would stop sending this source anything).
+                    stats.count(Reason::QueueFull, counts.total());
+                    for (level, n) in counts.iter() {
+                        stats.dropped.add(level, n);
+                    }
                 }
-            } else {
-                // Full (or the router is gone at shutdown): counted per level, reported.
-                stats.count(Reason::QueueFull, counts.total());
-                for (level, n) in counts.iter() {
-                    stats.dropped.add(level, n);
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    // Shutting down: not acknowledged, so the persistent session redelivers.
+                    unacknowledged = true;
                 }
             }
         }
@@ -364,6 +385,9 @@ impl Driver {
                     category: met.category.as_str().into(),
                 });
             }
+        }
+        if unacknowledged {
+            self.acks.clear();
         }
         for pkid in self.acks.drain(..) {
             // Never published: it only carries the packet id rumqttc's PUBACK needs.

@@ -6,6 +6,9 @@
 //! - A tag names one point in the whole agent: a point met at run time never takes a tag of the
 //!   compiled table (a Modbus point, a fixed MQTT field, a group) or of a point another source
 //!   met first ([`Reason::TagConflict`]).
+//! - Within a source a tag names one point of one origin (a map's field, a Sparkplug map's node
+//!   or device metrics, unlisted data): a reading whose tag is another origin's point is refused
+//!   ([`Reason::TagConflict`]), never stored under the other point's label.
 //! - A source holds at most `max_points` points met at run time ([`Reason::PointLimit`]): a
 //!   publisher inventing topics cannot grow memory without bound.
 //! - Ids of points met at run time follow the table's and the groups' ids, from one counter
@@ -64,6 +67,18 @@ pub(crate) struct Slot {
     /// `(scale, offset)` the source applies to its values (Sparkplug metric entries), found
     /// once when the point is made.
     pub(crate) scale: (f64, f64),
+    /// What made the point (see [`Origin`]).
+    origin: Origin,
+}
+
+/// What makes a point of a source: a map's field, a Sparkplug map's node or device metrics, or
+/// unlisted data. Two origins may render the same tag; only the first gets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Field { map: usize, field: usize },
+    NodeMetric { map: usize },
+    DeviceMetric { map: usize },
+    Unlisted,
 }
 
 /// The points of one source (see the module docs).
@@ -88,22 +103,28 @@ impl Points {
     }
 
     /// Adds a point of the compiled table (pinned once, here); its slot.
-    pub(crate) fn fixed(&mut self, meta: &Arc<PointMeta>) -> usize {
+    pub(crate) fn fixed(&mut self, meta: &Arc<PointMeta>, origin: Origin) -> usize {
         if let Some(&i) = self.by_tag.get(&**meta.tag()) {
             return i;
         }
-        self.push(meta.tag().clone(), Label::pin(meta))
+        self.push(meta.tag().clone(), Label::pin(meta), origin)
     }
 
-    /// The slot of `tag`, if this source has it.
-    pub(crate) fn find(&self, tag: &str) -> Option<usize> {
-        self.by_tag.get(tag).copied()
+    /// The slot of `tag` if this source has it from `origin`; [`Reason::TagConflict`] if
+    /// another origin has it.
+    pub(crate) fn find(&self, tag: &str, origin: Origin) -> Result<Option<usize>, Reason> {
+        match self.by_tag.get(tag) {
+            Some(&i) if self.slots[i].origin == origin => Ok(Some(i)),
+            Some(_) => Err(Reason::TagConflict),
+            None => Ok(None),
+        }
     }
 
     /// Creates the point `tag` with the label `make` compiles for the id it is given; its slot.
     pub(crate) fn create(
         &mut self,
         tag: &str,
+        origin: Origin,
         make: impl FnOnce(u32) -> Arc<PointMeta>,
     ) -> Result<usize, Reason> {
         if self.met >= self.max_met {
@@ -112,14 +133,15 @@ impl Points {
         let id = self.registry.claim(tag)?;
         let meta = make(id);
         self.met += 1;
-        Ok(self.push(meta.tag().clone(), Label::pin(&meta)))
+        Ok(self.push(meta.tag().clone(), Label::pin(&meta), origin))
     }
 
-    fn push(&mut self, tag: Arc<str>, label: Label) -> usize {
+    fn push(&mut self, tag: Arc<str>, label: Label, origin: Origin) -> usize {
         self.slots.push(Slot {
             label,
             last: None,
             scale: (1.0, 0.0),
+            origin,
         });
         self.by_tag.insert(tag, self.slots.len() - 1);
         self.slots.len() - 1
@@ -146,6 +168,8 @@ mod tests {
     use crate::model::testutil::meta;
     use crate::model::Level;
 
+    const U: Origin = Origin::Unlisted;
+
     #[test]
     fn a_tag_is_taken_once_across_sources_and_never_from_the_table() {
         let registry = Arc::new(Registry::new(["modbus.tag".into()], 10));
@@ -156,18 +180,27 @@ mod tests {
             let t = tag.to_owned();
             move |id: u32| meta(id, &t, Level::Important)
         };
-        let first = a.create("l1.m1.speed", make("l1.m1.speed")).expect("new");
+        let first = a
+            .create("l1.m1.speed", U, make("l1.m1.speed"))
+            .expect("new");
         ids.push(a.slot(first).label.id);
-        assert_eq!(a.find("l1.m1.speed"), Some(first));
+        assert_eq!(a.find("l1.m1.speed", U), Ok(Some(first)));
         assert_eq!(
-            b.create("l1.m1.speed", make("l1.m1.speed")).err(),
+            a.find("l1.m1.speed", Origin::NodeMetric { map: 0 }),
+            Err(Reason::TagConflict),
+            "another origin's tag is not read under this point's label"
+        );
+        assert_eq!(
+            b.create("l1.m1.speed", U, make("l1.m1.speed")).err(),
             Some(Reason::TagConflict)
         );
         assert_eq!(
-            a.create("modbus.tag", make("modbus.tag")).err(),
+            a.create("modbus.tag", U, make("modbus.tag")).err(),
             Some(Reason::TagConflict)
         );
-        let second = b.create("l1.m2.speed", make("l1.m2.speed")).expect("new");
+        let second = b
+            .create("l1.m2.speed", U, make("l1.m2.speed"))
+            .expect("new");
         ids.push(b.slot(second).label.id);
         assert_eq!(
             ids,
@@ -181,18 +214,18 @@ mod tests {
         let mut p = Points::new(Arc::new(Registry::new([], 0)), 2);
         for i in 0..2 {
             let tag = format!("t{i}");
-            p.create(&tag, |id| meta(id, &tag, Level::Core))
+            p.create(&tag, U, |id| meta(id, &tag, Level::Core))
                 .expect("room");
         }
         assert_eq!(
-            p.create("t2", |id| meta(id, "t2", Level::Core)).err(),
+            p.create("t2", U, |id| meta(id, "t2", Level::Core)).err(),
             Some(Reason::PointLimit)
         );
         assert_eq!(p.met(), 2);
         // Table points do not count against the limit.
         let fixed = meta(0, "fixed", Level::General);
-        let i = p.fixed(&fixed);
-        assert_eq!(p.fixed(&fixed), i);
+        let i = p.fixed(&fixed, U);
+        assert_eq!(p.fixed(&fixed, U), i);
         assert_eq!(p.met(), 2);
     }
 }

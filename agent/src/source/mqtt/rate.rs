@@ -7,6 +7,9 @@
 //!   second or more are forgotten; if none is, a new topic shares one overflow bucket (so a
 //!   flood of ever-new topics is cut as one topic).
 //! - A topic's burst is one second's worth of its rate.
+//! - Buckets are keyed by a seeded hash of the topic, not the topic: a long topic costs no more
+//!   memory than a short one (two topics sharing a hash share a budget; the seed is random per
+//!   process, so no publisher can aim for that).
 
 use std::collections::HashMap;
 
@@ -18,7 +21,11 @@ struct Bucket {
 
 impl Bucket {
     fn admit(&mut self, rate: f64, now_ms: i64) -> bool {
-        let elapsed = (now_ms - self.at_ms).max(0) as f64 / 1000.0;
+        // A wall clock stepped back would otherwise freeze the refill until it caught up.
+        if now_ms < self.at_ms {
+            self.at_ms = now_ms;
+        }
+        let elapsed = (now_ms - self.at_ms) as f64 / 1000.0;
         self.tokens = (self.tokens + elapsed * rate).min(rate);
         self.at_ms = self.at_ms.max(now_ms);
         if self.tokens >= 1.0 {
@@ -35,7 +42,8 @@ impl Bucket {
 pub(crate) struct TopicRate {
     rate: f64,
     max_topics: usize,
-    buckets: HashMap<Box<str>, Bucket>,
+    buckets: HashMap<u64, Bucket>,
+    hasher: std::collections::hash_map::RandomState,
     overflow: Bucket,
 }
 
@@ -46,6 +54,7 @@ impl TopicRate {
             rate,
             max_topics: max_topics.max(1),
             buckets: HashMap::new(),
+            hasher: std::collections::hash_map::RandomState::new(),
             overflow: Bucket {
                 tokens: rate,
                 at_ms: i64::MIN,
@@ -55,7 +64,9 @@ impl TopicRate {
 
     /// Whether a message on `topic` at `now_ms` is within its topic's rate.
     pub(crate) fn admit(&mut self, topic: &str, now_ms: i64) -> bool {
-        if let Some(b) = self.buckets.get_mut(topic) {
+        use std::hash::BuildHasher as _;
+        let key = self.hasher.hash_one(topic);
+        if let Some(b) = self.buckets.get_mut(&key) {
             return b.admit(self.rate, now_ms);
         }
         if self.buckets.len() >= self.max_topics {
@@ -72,7 +83,7 @@ impl TopicRate {
             at_ms: now_ms,
         };
         let ok = b.admit(self.rate, now_ms);
-        self.buckets.insert(topic.into(), b);
+        self.buckets.insert(key, b);
         ok
     }
 

@@ -306,3 +306,25 @@ fn check_lists_each_broker_its_maps_and_what_may_bring_unmapped_data() {
         assert!(report.contains(needle), "{needle}\n{report}");
     }
 }
+
+#[test]
+fn a_client_id_shared_with_a_destination_on_the_same_broker_or_empty_is_refused() {
+    let shared = MQTT.replace(
+        "port = 1884\nsubscribe",
+        "port = 1883\nclient_id = \"edge-agent-plant-a-gw-01-group-dc\"\nsubscribe",
+    );
+    let i = issues(&with(&shared));
+    assert!(
+        has(&i, "mqtt_brokers[0].client_id", "destination \"group-dc\""),
+        "{i:#?}"
+    );
+    let empty = MQTT.replace(
+        "port = 1884\nsubscribe",
+        "port = 1884\nclient_id = \" \"\nsubscribe",
+    );
+    let i = issues(&with(&empty));
+    assert!(
+        has(&i, "mqtt_brokers[0].client_id", "must not be empty"),
+        "{i:#?}"
+    );
+}

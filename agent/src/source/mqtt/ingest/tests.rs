@@ -247,6 +247,72 @@ fn device_time_beyond_the_skew_bound_is_replaced_by_the_arrival_time() {
     assert_eq!(r.stats.get(Reason::ClockSkew), 1);
 }
 
+#[test]
+fn a_json_field_read_whole_is_not_also_stored_as_unlisted_data() {
+    let mut r = Rig::new(
+        r#"
+[[mqtt_brokers]]
+name = "floor"
+host = "127.0.0.1"
+port = 1884
+[[mqtt_maps]]
+broker = "floor"
+topic = "press/+m/force"
+[[mqtt_maps.fields]]
+tag = "{m}.force"
+type = "number"
+level = "core"
+"#,
+    );
+    let out = r.feed("press/p1/force", "812.5", T0);
+    assert_eq!(
+        tags(&out),
+        ["p1.force"],
+        "the core value once, under its own label"
+    );
+    assert_eq!(sample(&out, "p1.force").level(), Level::Core);
+    assert!(out.met.iter().all(|m| !m.unmapped));
+}
+
+#[test]
+fn a_tag_two_maps_can_render_is_read_only_from_the_map_that_made_it() {
+    // Map 0 lists line1's force as general (fixed); map 1 makes `{line}.press.force` core.
+    let mut r = Rig::new(
+        r#"
+[[mqtt_brokers]]
+name = "floor"
+host = "127.0.0.1"
+port = 1884
+[[mqtt_maps]]
+broker = "floor"
+topic = "plant/line1/press/telemetry"
+[[mqtt_maps.fields]]
+pointer = "/force"
+tag = "line1.press.force"
+type = "number"
+level = "general"
+[[mqtt_maps]]
+broker = "floor"
+topic = "plant/+line/press/telemetry"
+[[mqtt_maps.fields]]
+pointer = "/force"
+tag = "{line}.press.force"
+type = "number"
+level = "core"
+"#,
+    );
+    let out = r.feed("plant/line1/press/telemetry", r#"{"force": 1.5}"#, T0);
+    assert_eq!(out.live.len(), 1, "{:?}", tags(&out));
+    assert_eq!(out.live[0].level(), Level::General, "map 0's own reading");
+    assert_eq!(
+        r.stats.get(Reason::TagConflict),
+        1,
+        "map 1's reading refused, not relabelled"
+    );
+    let other = r.feed("plant/line2/press/telemetry", r#"{"force": 2.5}"#, T0);
+    assert_eq!(sample(&other, "line2.press.force").level(), Level::Core);
+}
+
 mod sparkplug {
     //! Sparkplug B through the source: names from the map's templates, labels from its metric
     //! entries or the rules, deaths and gaps as stale samples, historical values apart.
@@ -477,6 +543,21 @@ ignore = true
             .live
             .iter()
             .all(|t| t.quality() == Quality::Stale && t.ts_ms() == T0 + 99));
+    }
+
+    #[test]
+    fn a_device_clock_far_off_is_replaced_by_the_arrival_time_for_live_values() {
+        let mut r = Rig::new(SPB);
+        born(&mut r);
+        let mut future = by_alias(10, metric::Value::IntValue(470));
+        future.timestamp = Some(4_102_444_800_000); // 2100
+        let out = feed(
+            &mut r,
+            "spBv1.0/plant1/DDATA/cell-3/press",
+            &bytes(Some(2), vec![future]),
+        );
+        assert_eq!(out.live[0].ts_ms(), T0 + 10);
+        assert_eq!(r.stats.get(Reason::ClockSkew), 1);
     }
 
     #[test]

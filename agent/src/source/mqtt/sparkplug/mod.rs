@@ -453,12 +453,7 @@ impl Decoder {
             payload_ts: p.timestamp,
             arrival_ms: msg.arrival_ms,
         };
-        for metric in &p.metrics {
-            match birth.resolve_data(metric, origin.stale) {
-                Ok(i) => emit(origin, birth, i, metric, out, o),
-                Err(r) => o.add(r),
-            }
-        }
+        emit_data(origin, birth, &p.metrics, out, o);
     }
 
     fn node_death(&mut self, msg: Msg<'_>, p: &Payload, out: &mut Vec<Event>, o: &mut Outcome) {
@@ -540,12 +535,7 @@ impl Decoder {
             o.add(Reject::NoBirth);
             return;
         };
-        for metric in &p.metrics {
-            match birth.resolve_data(metric, origin.stale) {
-                Ok(i) => emit(origin, birth, i, metric, out, o),
-                Err(r) => o.add(r),
-            }
-        }
+        emit_data(origin, birth, &p.metrics, out, o);
     }
 
     fn device_death(
@@ -639,6 +629,22 @@ impl Node {
             stale: self.stale,
             payload_ts: p.timestamp,
             arrival_ms,
+        }
+    }
+}
+
+/// Emits a data message's `metrics` against `birth`, counting each one it cannot resolve.
+fn emit_data(
+    origin: Origin<'_>,
+    birth: &mut Birth,
+    metrics: &[Metric],
+    out: &mut Vec<Event>,
+    o: &mut Outcome,
+) {
+    for metric in metrics {
+        match birth.resolve_data(metric, origin.stale) {
+            Ok(i) => emit(origin, birth, i, metric, out, o),
+            Err(r) => o.add(r),
         }
     }
 }

@@ -64,38 +64,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("subscribing to upstream")?;
     let plant = start_demo_plant(!args.fixed_ports).await?;
-    println!("simulated plant:");
-    for (name, addr) in plant.devices() {
-        println!("  device {name} listening on {addr}");
-    }
-    for (name, endpoint) in plant.buses() {
-        let units: Vec<String> = plant
-            .bus_units(&name)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(unit, device)| format!("{device} (unit {unit})"))
-            .collect();
-        println!("  RS-485 line {name} via {endpoint}: {}", units.join(", "));
-    }
     let mut mqtt = start_device_broker(!args.fixed_ports)?;
-    println!(
-        "  MQTT device broker (embedded, the plant's own) on {}:",
-        mqtt.broker.addr()
-    );
-    for d in &firmware_sim::Scenario::from_file(edge_tests::plant::config_path("sim-demo.toml"))?
-        .mqtt_devices
-    {
-        let what = match d {
-            firmware_sim::MqttDeviceSpec::Json(j) => format!("JSON on {}", j.topic),
-            firmware_sim::MqttDeviceSpec::Sparkplug(n) => format!(
-                "Sparkplug B as edge node {}/{} with {} device(s)",
-                n.group,
-                n.node,
-                n.devices.len()
-            ),
-        };
-        println!("    {} publishing {what}", d.name());
-    }
+    print_plant(&plant, &mqtt)?;
     println!(
         "upstream broker (embedded, standing in for the group DC and HQ): {}",
         broker.addr()
@@ -165,6 +135,45 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     println!("stopped cleanly.");
+    Ok(())
+}
+
+/// The simulated plant's devices and where they are.
+fn print_plant(
+    plant: &firmware_sim::Plant,
+    mqtt: &edge_tests::plant::MqttDemo,
+) -> anyhow::Result<()> {
+    println!("simulated plant:");
+    for (name, addr) in plant.devices() {
+        println!("  device {name} listening on {addr}");
+    }
+    for (name, endpoint) in plant.buses() {
+        let units: Vec<String> = plant
+            .bus_units(&name)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(unit, device)| format!("{device} (unit {unit})"))
+            .collect();
+        println!("  RS-485 line {name} via {endpoint}: {}", units.join(", "));
+    }
+    println!(
+        "  MQTT device broker (embedded, the plant's own) on {}:",
+        mqtt.broker.addr()
+    );
+    for d in &firmware_sim::Scenario::from_file(edge_tests::plant::config_path("sim-demo.toml"))?
+        .mqtt_devices
+    {
+        let what = match d {
+            firmware_sim::MqttDeviceSpec::Json(j) => format!("JSON on {}", j.topic),
+            firmware_sim::MqttDeviceSpec::Sparkplug(n) => format!(
+                "Sparkplug B as edge node {}/{} with {} device(s)",
+                n.group,
+                n.node,
+                n.devices.len()
+            ),
+        };
+        println!("    {} publishing {what}", d.name());
+    }
     Ok(())
 }
 

@@ -30,6 +30,11 @@ use crate::config::classify::{PointSpec, UNMAPPED_RULE_ID};
 use crate::model::{Category, Level, Protocol, Quality, Value};
 use crate::source::Tagged;
 
+/// A Sparkplug edge node: group and node id.
+type NodeKey = (Arc<str>, Arc<str>);
+/// One point of an edge node: its device (`None`: a node metric) and its slot.
+type NodePoint = (Option<Arc<str>>, usize);
+
 /// Most leaves of one message stored as unmapped points.
 pub(crate) const MAX_UNLISTED_LEAVES: usize = 64;
 /// Longest tag a point met at run time may have, in bytes (topics, JSON keys and metric names
@@ -76,7 +81,7 @@ pub(crate) struct Ingest {
     /// The Sparkplug outcomes since the last report, with the decoder's own reasons.
     sparkplug_period: Outcome,
     /// Slots of each Sparkplug edge node's points (with their device), for deaths and gaps.
-    nodes: HashMap<(Arc<str>, Arc<str>), Vec<(Option<Arc<str>>, usize)>>,
+    nodes: HashMap<NodeKey, Vec<NodePoint>>,
     /// Tags of Sparkplug metrics an entry ignores.
     ignored: std::collections::HashSet<Box<str>>,
 }
@@ -694,15 +699,12 @@ impl Ingest {
         out: &mut Output,
     ) -> Option<usize> {
         let sp = map.sparkplug.as_ref()?;
-        let origin = match device {
-            Some(d) => {
-                sp.tag.render(&[group, node, d, name], &mut self.tag);
-                Origin::DeviceMetric { map: mi }
-            }
-            None => {
-                sp.node_tag.render(&[group, node, name], &mut self.tag);
-                Origin::NodeMetric { map: mi }
-            }
+        let origin = if let Some(d) = device {
+            sp.tag.render(&[group, node, d, name], &mut self.tag);
+            Origin::DeviceMetric { map: mi }
+        } else {
+            sp.node_tag.render(&[group, node, name], &mut self.tag);
+            Origin::NodeMetric { map: mi }
         };
         match self.points.find(&self.tag, origin) {
             Ok(Some(s)) => return Some(s),

@@ -588,9 +588,9 @@ pub mod testkit {
         }
     }
 
-    /// A Sparkplug B birth (`NBIRTH` with `bdSeq` 0 when `node`, else a `DBIRTH`) declaring
-    /// `names` as doubles with aliases 1, 2, ...
-    pub fn sparkplug_birth(seq: u64, node: bool, names: &[String]) -> Vec<u8> {
+    /// A Sparkplug B birth (`NBIRTH` with `bdSeq` 0 when `node`, else a `DBIRTH`) at `ts_ms`,
+    /// declaring `names` as doubles with aliases 1, 2, ...
+    pub fn sparkplug_birth(seq: u64, ts_ms: u64, node: bool, names: &[String]) -> Vec<u8> {
         use super::sparkplug::proto::{metric, DataType, Metric, Payload};
         use prost::Message as _;
         let mut metrics: Vec<Metric> = names
@@ -616,7 +616,7 @@ pub mod testkit {
             );
         }
         Payload {
-            timestamp: Some(0),
+            timestamp: Some(ts_ms),
             metrics,
             seq: Some(seq),
             ..Payload::default()

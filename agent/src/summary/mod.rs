@@ -911,9 +911,31 @@ mod tests {
     }
 
     #[test]
-    fn unknown_point_ids_are_counted_and_ignored() {
+    fn a_point_met_at_run_time_is_summarised_with_its_own_label_and_its_windows_come_due() {
+        // No table point at all (a gateway of MQTT devices only): nothing is ever due...
+        let mut e = SummaryEngine::new(&[], &[SEC]);
+        assert!(close(&mut e, 50).is_empty());
+        let never = |d: Option<Duration>| d.is_none_or(|d| d > Duration::from_secs(3600));
+        assert!(never(e.due_in(60)), "nothing to summarise yet");
+        // ...until an MQTT source meets a point (its id follows the table's).
+        let met = meta(7, "l1.m3.speed", Level::Core);
+        e.observe(&sample(&met, 100, 1.0));
+        e.observe(&sample(&met, 200, 3.0));
+        assert_eq!(e.unknown(), 0);
+        assert!(
+            e.due_in(200).is_some_and(|d| d <= SEC),
+            "its window is due on its own schedule"
+        );
+        let out = close(&mut e, 1_000);
+        assert_eq!(out.len(), 1);
+        assert_eq!((&**out[0].meta().tag(), out[0].level()), ("l1.m3.speed", Level::Core));
+        assert_eq!(out[0].count(), 2);
+    }
+
+    #[test]
+    fn a_group_subject_no_engine_knows_is_counted_and_ignored() {
         let p = meta(0, "t", Level::General);
-        let stranger = meta(7, "stranger", Level::Core);
+        let stranger = Arc::new(PointMeta::group_for_test(9, "g.unknown", &[p.clone()]));
         let mut e = SummaryEngine::new(&[p], &[SEC]);
         e.observe(&sample(&stranger, 100, 1.0));
         assert_eq!(e.unknown(), 1);

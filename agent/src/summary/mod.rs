@@ -928,7 +928,10 @@ mod tests {
         );
         let out = close(&mut e, 1_000);
         assert_eq!(out.len(), 1);
-        assert_eq!((&**out[0].meta().tag(), out[0].level()), ("l1.m3.speed", Level::Core));
+        assert_eq!(
+            (&**out[0].meta().tag(), out[0].level()),
+            ("l1.m3.speed", Level::Core)
+        );
         assert_eq!(out[0].count(), 2);
     }
 

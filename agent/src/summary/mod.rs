@@ -938,7 +938,11 @@ mod tests {
     #[test]
     fn a_group_subject_no_engine_knows_is_counted_and_ignored() {
         let p = meta(0, "t", Level::General);
-        let stranger = Arc::new(PointMeta::group_for_test(9, "g.unknown", &[p.clone()]));
+        let stranger = Arc::new(PointMeta::group_for_test(
+            9,
+            "g.unknown",
+            std::slice::from_ref(&p),
+        ));
         let mut e = SummaryEngine::new(&[p], &[SEC]);
         e.observe(&sample(&stranger, 100, 1.0));
         assert_eq!(e.unknown(), 1);

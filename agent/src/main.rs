@@ -274,6 +274,9 @@ fn main() -> ExitCode {
             config,
             stats_every,
         } => {
+            // Before anything slow (the config, the key, the runtime): a stop requested while
+            // the agent loads must end it with exit 0, not by the signal's default action.
+            let early = EarlySignals::catch();
             let loaded = match agent_config::load(&config, now_ms()) {
                 Ok(l) => l,
                 Err(e) => {
@@ -296,7 +299,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            runtime.block_on(run(loaded, stats_every))
+            runtime.block_on(run(loaded, stats_every, &early))
         }
     }
 }
@@ -662,10 +665,18 @@ fn load(path: &std::path::Path) -> Result<Loaded, ExitCode> {
     })
 }
 
-async fn run(loaded: Loaded, stats_every: Duration) -> ExitCode {
+async fn run(loaded: Loaded, stats_every: Duration, early: &EarlySignals) -> ExitCode {
     // Handlers first: a signal that arrives while the pipeline starts must drain it, not take the
     // default action (SIGHUP and SIGTERM would kill the agent with unflushed data).
     let signals = StopSignals::listen();
+    // Checked after tokio's handlers exist, so a signal is seen by one or the other.
+    if let Some(signal) = early.received() {
+        info!(
+            signal,
+            "Shutdown requested while the agent was loading; nothing was started."
+        );
+        return ExitCode::SUCCESS;
+    }
     let agent = match pipeline::start(loaded.config) {
         Ok(a) => a,
         Err(e) => {
@@ -699,6 +710,54 @@ async fn run(loaded: Loaded, stats_every: Duration) -> ExitCode {
     printer.abort();
     info!("{}", report::counters_line(&stats));
     ExitCode::SUCCESS
+}
+
+/// SIGINT, SIGTERM and SIGHUP caught from the first line of `run`, before the runtime exists:
+/// until then their default action would end the agent with "killed by signal", which a
+/// supervisor or a test reads as a crash.
+struct EarlySignals {
+    #[cfg(unix)]
+    last: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl EarlySignals {
+    fn catch() -> Self {
+        #[cfg(unix)]
+        {
+            use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+            let last = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            for sig in [SIGINT, SIGTERM, SIGHUP] {
+                // Only fails for a forbidden signal (SIGKILL, SIGSTOP): none of these.
+                if let Err(e) = signal_hook::flag::register_usize(
+                    sig,
+                    std::sync::Arc::clone(&last),
+                    usize::try_from(sig).unwrap_or(usize::MAX),
+                ) {
+                    warn!(signal = sig, error = %e, "Cannot catch a stop signal while loading.");
+                }
+            }
+            Self { last }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// The stop signal received so far, if any.
+    #[cfg(unix)]
+    fn received(&self) -> Option<&'static str> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        match i32::try_from(self.last.load(std::sync::atomic::Ordering::SeqCst)).ok()? {
+            SIGINT => Some("SIGINT"),
+            SIGTERM => Some("SIGTERM"),
+            SIGHUP => Some("SIGHUP"),
+            _ => None,
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn received(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// SIGINT, SIGTERM and SIGHUP, registered when built (so none is missed while the agent starts).

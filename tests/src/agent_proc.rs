@@ -189,6 +189,48 @@ impl AgentProc {
         Ok(self.finish(status))
     }
 
+    /// Whether the agent catches `signal` (its bit in `SigCgt` of `/proc/PID/status`): before it
+    /// does, the signal's default action would end it.
+    pub fn catches(&self, signal: u32) -> anyhow::Result<bool> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let mask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .with_context(|| format!("no SigCgt line in {path}"))?;
+        let mask = u64::from_str_radix(mask.trim(), 16)
+            .with_context(|| format!("SigCgt of {path}: {mask:?}"))?;
+        Ok(signal >= 1 && mask & (1 << (signal - 1)) != 0)
+    }
+
+    /// Waits up to `timeout` for the agent to catch `signal` (see [`AgentProc::catches`]).
+    pub fn wait_catches(&mut self, signal: u32, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !self.catches(signal)? {
+            if let Some(status) = self.child.try_wait().context("polling the agent")? {
+                bail!(
+                    "the agent exited ({status}) before it caught signal {signal}:\n{}",
+                    self.log_text()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the agent did not catch signal {signal} within {timeout:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the agent to exit by itself (killed after that).
+    pub fn wait_exit(mut self, timeout: Duration) -> anyhow::Result<Finished> {
+        let status = wait_deadline(&mut self.child, timeout)
+            .with_context(|| format!("the agent did not exit within {timeout:?}"))?;
+        Ok(self.finish(status))
+    }
+
     /// `SIGTERM`, then waits up to `timeout` for the agent to drain and exit.
     pub fn terminate(mut self, timeout: Duration) -> anyhow::Result<Finished> {
         let sent = Command::new("kill")

@@ -51,6 +51,8 @@ const LEVELS: [&str; 3] = ["general", "important", "core"];
 
 /// Kills in a row in the main test (plus one clean stop half way and one at the end).
 const KILLS: usize = 12;
+
+const SIGTERM: u32 = 15;
 /// A kill lands up to this long after the run's first stored sample, or (one in four) up to
 /// `MAX_STARTUP_KILL_MS` after the spawn.
 const MAX_KILL_DELAY_MS: u64 = 1500;
@@ -387,7 +389,14 @@ fn one_run(rig: &Rig, moment: Moment, clean: bool) -> anyhow::Result<(Run, Finis
             agent.wait_stored(1, START_TIMEOUT)?;
             std::thread::sleep(Duration::from_millis(ms));
         }
-        Moment::AfterSpawn(ms) => std::thread::sleep(Duration::from_millis(ms)),
+        Moment::AfterSpawn(ms) => {
+            // A stop counts from the moment the agent catches SIGTERM (its first lines of
+            // code): before that it has run nothing of its own, and no process can drain then.
+            if clean {
+                agent.wait_catches(SIGTERM, START_TIMEOUT)?;
+            }
+            std::thread::sleep(Duration::from_millis(ms));
+        }
     }
     let end = if clean {
         agent.terminate(STOP_TIMEOUT)?

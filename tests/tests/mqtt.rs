@@ -370,3 +370,63 @@ fn a_storm_of_garbage_on_one_topic_loses_nothing_on_another_and_is_counted_by_re
         "{counted} of {GARBAGE}: {records}"
     );
 }
+
+/// A stop requested while the agent is still loading its config (here: blocked reading a
+/// password from a FIFO, as a secrets helper would hand it) ends the agent with exit 0 once the
+/// load completes, without starting anything, instead of killing it by the signal's default
+/// action, which a supervisor counts as a crash.
+#[test]
+fn sigterm_while_the_config_loads_exits_0_without_starting() {
+    const SIGTERM: u32 = 15;
+    let dir = tempfile::tempdir().expect("tmp");
+    let upstream = EmbeddedBroker::start().expect("upstream broker");
+    // Nobody listens on the device broker's port: the agent must never get that far.
+    let config = agent_config(dir.path(), upstream.addr(), upstream.addr());
+    let fifo = dir.path().join("password");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success(), "mkfifo {}: {made}", fifo.display());
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "max_topic_rate = 100000\n",
+        &format!(
+            "max_topic_rate = 100000\nusername = \"agent\"\npassword_file = {:?}\n",
+            fifo.display().to_string()
+        ),
+    );
+    std::fs::write(&config, text).expect("config");
+
+    let mut agent = AgentProc::start(&config).expect("agent");
+    // The agent blocks opening the FIFO until a writer comes; it must catch SIGTERM before.
+    agent
+        .wait_catches(SIGTERM, WAIT)
+        .expect("the agent catches SIGTERM while its config loads");
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &agent.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    // Now hand over the password: the load completes and the agent sees the stop.
+    // From a thread: opening a FIFO blocks until the reader is there, and the exit wait below
+    // is what bounds the test if the agent never reads it.
+    let writer = fifo.clone();
+    std::thread::spawn(move || std::fs::write(writer, "secret\n"));
+    let end = agent.wait_exit(WAIT).expect("the agent exits");
+    assert!(
+        end.status.success(),
+        "exit status {}; log:\n{}",
+        end.status,
+        end.lines.join("\n")
+    );
+    assert!(
+        end.logged("Shutdown requested while the agent was loading"),
+        "log:\n{}",
+        end.lines.join("\n")
+    );
+    assert!(
+        !end.logged("Historian opened") && !dir.path().join("historian.db").exists(),
+        "the agent started its pipeline after the stop; log:\n{}",
+        end.lines.join("\n")
+    );
+}

@@ -472,12 +472,12 @@ impl Router {
                 // Modbus first: its queue makes polling wait, an MQTT flood must not.
                 biased;
                 batch = poll_batch(&mut rx) => match batch {
-                    Some(batch) => self.on_batch(batch, historian),
+                    Some(batch) => self.on_batch(batch, historian, false),
                     None => rx = None,
                 },
                 batch = mqtt_batch(&mut mqtt_rx) => match batch {
                     Some(b) if b.historical => self.on_historical(b.samples, historian),
-                    Some(b) => self.on_batch(b.samples, historian),
+                    Some(b) => self.on_batch(b.samples, historian, true),
                     None => mqtt_rx = None,
                 },
                 () = windows_end => self.close_summaries(now_ms()),
@@ -500,10 +500,15 @@ impl Router {
         debug!("Router drained.");
     }
 
-    fn on_batch(&mut self, batch: Vec<Tagged>, historian: &store::HistorianHandle) {
+    /// `pushed`: MQTT data, which may take only its share of the historian's queue.
+    fn on_batch(&mut self, batch: Vec<Tagged>, historian: &store::HistorianHandle, pushed: bool) {
         let now = now_ms();
         self.route(&batch, now);
-        historian.offer(batch);
+        if pushed {
+            historian.offer_pushed(batch);
+        } else {
+            historian.offer(batch);
+        }
         // Windows that later samples closed go out now, not at the next window end; closing
         // them also moves the denial periods, so that is done once per batch either way.
         if self.summary.has_closed() {
@@ -524,7 +529,7 @@ impl Router {
                 let _ = uplink.offer_raw(t, now);
             }
         }
-        historian.offer(batch);
+        historian.offer_pushed(batch);
     }
 
     /// Every sample of a poll batch into the summaries and, raw, to every uplink's policy.

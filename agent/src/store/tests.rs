@@ -329,6 +329,50 @@ fn a_full_queue_drops_batches_and_counts_them_per_level() {
 }
 
 #[test]
+fn pushed_batches_take_at_most_half_the_queue_and_polled_ones_keep_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    let pts = three_points();
+    let st = stats();
+    let s = HistorianSettings {
+        queue_batches: 4,
+        ..settings(&path)
+    };
+    let (open_gate, gate) = std::sync::mpsc::channel();
+    let h = spawn_gated(&s, &pts, st.clone(), Some(gate), None, None).expect("spawn");
+    let general = || vec![sample(&pts[0], 1, Value::Int(1))];
+    let core = || vec![sample(&pts[2], 1, Value::Int(1))];
+    // A flood of pushed general data: two get in, the rest are dropped at the share.
+    for _ in 0..10 {
+        h.offer_pushed(general());
+    }
+    assert_eq!(st.store_dropped.snapshot(), [8, 0, 0]);
+    // Polled batches still find the other half of the queue.
+    h.offer(core());
+    h.offer(core());
+    assert_eq!(st.store_dropped.snapshot(), [8, 0, 0]);
+    // The queue itself is now full for everyone.
+    h.offer(core());
+    assert_eq!(st.store_dropped.snapshot(), [8, 0, 1]);
+    open_gate.send(()).expect("writer waits at the gate");
+    // Once the writer absorbed them, the share is free again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while st.stored.snapshot() != [2, 0, 2] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writer stuck: {:?}",
+            st.stored.snapshot()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    h.offer_pushed(general());
+    h.offer_pushed(general());
+    assert_eq!(st.store_dropped.snapshot(), [8, 0, 1]);
+    h.close().expect("close");
+    assert_eq!(st.stored.snapshot(), [4, 0, 2]);
+}
+
+#[test]
 fn close_drains_and_commits_everything_offered() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db_in(&dir);

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -311,6 +311,8 @@ impl Historian {
             path,
             stats,
             dropped_batches: AtomicU64::new(0),
+            pushed_queued: Arc::new(AtomicUsize::new(0)),
+            pushed_limit: (settings.queue_batches / 2).max(1),
         })
     }
 
@@ -318,7 +320,7 @@ impl Historian {
     /// pending sample has waited `flush_interval`; commit sealed chunks every
     /// `COMMIT_INTERVAL` (or sooner when many wait); on disconnect (the handle closed), seal
     /// everything, flush, commit and return.
-    fn run(mut self, rx: Receiver<Vec<Tagged>>) -> Result<(), StoreError> {
+    fn run(mut self, rx: Receiver<Queued>) -> Result<(), StoreError> {
         loop {
             let mut wake = self.next_commit;
             for due in [self.flush_deadline, self.failures.due(), self.shed.due()]
@@ -328,7 +330,14 @@ impl Historian {
                 wake = wake.min(due);
             }
             match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
-                Ok(batch) => self.absorb(&batch),
+                Ok(Queued {
+                    batch,
+                    _share: share,
+                }) => {
+                    // Out of the queue: its pushed slot (if any) is free again.
+                    drop(share);
+                    self.absorb(&batch);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 // Every batch sent before the handle closed has been received by now.
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -1050,30 +1059,83 @@ fn lock_writer(db: &Path) -> Result<File, StoreError> {
     }
 }
 
+/// A batch on its way to the writer, holding its slot of the pushed share if it has one.
+#[derive(Debug)]
+struct Queued {
+    batch: Vec<Tagged>,
+    _share: Option<PushedSlot>,
+}
+
+/// One slot of the queue's share for pushed (MQTT) batches, given back when the writer has
+/// absorbed the batch or when the batch is dropped unsent.
+#[derive(Debug)]
+struct PushedSlot(Arc<AtomicUsize>);
+
+impl Drop for PushedSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The agent's side of the historian: offer batches without blocking, then close.
 #[derive(Debug)]
 pub(crate) struct HistorianHandle {
-    tx: SyncSender<Vec<Tagged>>,
+    tx: SyncSender<Queued>,
     thread: JoinHandle<Result<(), StoreError>>,
     path: PathBuf,
     stats: Arc<Stats>,
     dropped_batches: AtomicU64,
+    /// Pushed batches queued and not yet absorbed.
+    pushed_queued: Arc<AtomicUsize>,
+    /// At most this many (half the queue): the other half is kept for polled batches.
+    pushed_limit: usize,
 }
 
 impl HistorianHandle {
-    /// Queue `batch` for writing. Never blocks: if the queue is full (the disk is slower than the
-    /// sources) the batch is dropped and counted per level in `Stats::store_dropped`.
+    /// Queue a polled (Modbus) `batch` for writing. Never blocks: if the queue is full (the disk
+    /// is slower than the sources) the batch is dropped and counted per level in
+    /// `Stats::store_dropped`.
     pub(crate) fn offer(&self, batch: Vec<Tagged>) {
+        self.send(batch, None);
+    }
+
+    /// [`HistorianHandle::offer`] for a pushed (MQTT) batch, which may take at most half the
+    /// queue. Polled data comes at the pace of its poll plan; pushed data comes at the pace of
+    /// its publishers, so a flood of valid MQTT data must not cost the Modbus samples their
+    /// place in the historian (docs/decisions/0024-mqtt-devices.md).
+    pub(crate) fn offer_pushed(&self, batch: Vec<Tagged>) {
         if batch.is_empty() {
             return;
         }
-        let (batch, writer_gone) = match self.tx.try_send(batch) {
-            Ok(()) => return,
-            Err(TrySendError::Full(batch)) => (batch, false),
-            Err(TrySendError::Disconnected(batch)) => (batch, true),
+        // Only the router offers, so the check and the increment cannot race another offer;
+        // the writer only ever decrements.
+        if self.pushed_queued.load(Ordering::Acquire) >= self.pushed_limit {
+            self.dropped(&batch, false, true);
+            return;
+        }
+        self.pushed_queued.fetch_add(1, Ordering::AcqRel);
+        self.send(batch, Some(PushedSlot(Arc::clone(&self.pushed_queued))));
+    }
+
+    fn send(&self, batch: Vec<Tagged>, share: Option<PushedSlot>) {
+        if batch.is_empty() {
+            return;
+        }
+        let queued = Queued {
+            batch,
+            _share: share,
         };
+        match self.tx.try_send(queued) {
+            Ok(()) => {}
+            Err(TrySendError::Full(q)) => self.dropped(&q.batch, false, false),
+            Err(TrySendError::Disconnected(q)) => self.dropped(&q.batch, true, false),
+        }
+    }
+
+    /// Counts a batch the queue could not take, per level; logs every `DROP_LOG_EVERY`th.
+    fn dropped(&self, batch: &[Tagged], writer_gone: bool, share_full: bool) {
         let mut levels = [0u64; 3];
-        for t in &batch {
+        for t in batch {
             levels[t.level().index()] += 1;
         }
         for level in crate::model::Level::ALL {
@@ -1082,6 +1144,13 @@ impl HistorianHandle {
         let n = self.dropped_batches.fetch_add(1, Ordering::Relaxed);
         if writer_gone {
             error!(path = %self.path.display(), dropped = ?levels, "Historian writer has stopped; batch dropped.");
+        } else if share_full && n % DROP_LOG_EVERY == 0 {
+            warn!(
+                path = %self.path.display(),
+                dropped = ?levels,
+                dropped_batches = n + 1,
+                "Historian queue's share for MQTT data full (the rest is kept for Modbus); batch dropped (counted in store_dropped)."
+            );
         } else if n % DROP_LOG_EVERY == 0 {
             warn!(
                 path = %self.path.display(),

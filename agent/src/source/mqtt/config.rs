@@ -49,6 +49,9 @@ fn default_max_payload() -> usize {
 fn default_max_points() -> usize {
     10_000
 }
+fn default_max_unlisted_points() -> usize {
+    1_000
+}
 fn default_topic_rate() -> u32 {
     1_000
 }
@@ -82,6 +85,10 @@ pub(crate) struct RawMqttBroker {
     /// Points this broker may bring that the config does not list one by one.
     #[serde(default = "default_max_points")]
     pub(crate) max_points: usize,
+    /// Points of data no map lists (its own budget, so a publisher inventing topics under a
+    /// catch-all cannot use up the points of listed maps).
+    #[serde(default = "default_max_unlisted_points")]
+    pub(crate) max_unlisted_points: usize,
     /// Messages per second one topic may bring; more are dropped (counted).
     #[serde(default = "default_topic_rate")]
     pub(crate) max_topic_rate: u32,
@@ -239,6 +246,7 @@ pub struct MqttSource {
     pub persistent_session: bool,
     pub(crate) max_payload: usize,
     pub(crate) max_points: usize,
+    pub(crate) max_unlisted_points: usize,
     pub(crate) topic_rate: u32,
     pub(crate) maps: Vec<Map>,
     /// Catch-all subscriptions (unmapped topics).
@@ -773,11 +781,17 @@ fn broker(
             ),
         ));
     }
-    if b.max_points == 0 || b.max_topic_rate == 0 {
-        out.err(ConfigIssue::new(
-            format!("{path}.max_points"),
-            "max_points and max_topic_rate must be at least 1",
-        ));
+    for (key, value) in [
+        ("max_points", b.max_points),
+        ("max_unlisted_points", b.max_unlisted_points),
+        ("max_topic_rate", b.max_topic_rate as usize),
+    ] {
+        if value == 0 {
+            out.err(ConfigIssue::new(
+                format!("{path}.{key}"),
+                "must be at least 1",
+            ));
+        }
     }
     let tls = b
         .tls
@@ -815,6 +829,7 @@ fn broker(
         persistent_session: b.persistent_session,
         max_payload: b.max_payload_bytes,
         max_points: b.max_points,
+        max_unlisted_points: b.max_unlisted_points,
         topic_rate: b.max_topic_rate,
         maps: Vec::new(),
         catch_all,

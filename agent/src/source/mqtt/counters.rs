@@ -29,8 +29,10 @@ pub enum Reason {
     TextCut,
     /// An unlisted JSON document had more leaves than are read from one message.
     TooManyFields,
-    /// The broker's `max_points` are all in use: a new point was not created.
+    /// The broker's `max_points` are all in use: a new listed point was not created.
     PointLimit,
+    /// The broker's `max_unlisted_points` are all in use: a new unlisted point was not created.
+    UnlistedPointLimit,
     /// A rendered tag is already another point's (another map, a Modbus point): not read.
     TagConflict,
     /// A tag made from the topic, a JSON key or a metric name is longer than 256 bytes: not read.
@@ -69,7 +71,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::Oversized,
         Reason::NotUtf8,
         Reason::InvalidJson,
@@ -80,6 +82,7 @@ impl Reason {
         Reason::TextCut,
         Reason::TooManyFields,
         Reason::PointLimit,
+        Reason::UnlistedPointLimit,
         Reason::TagConflict,
         Reason::TagTooLong,
         Reason::TopicRate,
@@ -110,6 +113,7 @@ impl Reason {
             Reason::TextCut => "text_cut",
             Reason::TooManyFields => "too_many_fields",
             Reason::PointLimit => "point_limit",
+            Reason::UnlistedPointLimit => "unlisted_point_limit",
             Reason::TagConflict => "tag_conflict",
             Reason::TagTooLong => "tag_too_long",
             Reason::TopicRate => "topic_rate",

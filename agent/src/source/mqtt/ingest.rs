@@ -92,7 +92,7 @@ impl Ingest {
         registry: Arc<Registry>,
         stats: Arc<MqttStats>,
     ) -> Self {
-        let mut points = Points::new(registry, source.max_points);
+        let mut points = Points::new(registry, source.max_points, source.max_unlisted_points);
         let fixed = source
             .maps
             .iter()
@@ -110,7 +110,11 @@ impl Ingest {
             .collect();
         let rate = TopicRate::new(
             source.topic_rate,
-            source.max_points.saturating_mul(2).max(1024),
+            source
+                .max_points
+                .saturating_add(source.max_unlisted_points)
+                .saturating_mul(2)
+                .max(1024),
         );
         let sparkplug = source
             .maps

@@ -17,8 +17,8 @@
 //!   and audited in aggregate (`MqttInputRejected`), never one line per message.
 //! - Ingestion is bounded and never stalls the Modbus source: samples go to the router through
 //!   their own bounded queue with `try_send`; when it is full the batch is dropped and counted
-//!   per level ([`Reason::QueueFull`]). Points met at run time are bounded by `max_points`, the
-//!   per-topic rate table by twice that.
+//!   per level ([`Reason::QueueFull`]). Points met at run time are bounded by `max_points`
+//!   (listed) and `max_unlisted_points` (apart), the per-topic rate table by twice their sum.
 //! - Acknowledged means handed on: with `QoS` 1 the agent acknowledges a message (manual PUBACK)
 //!   only after its samples were handed to the router, or counted as dropped. A message that
 //!   arrived while the agent was away waits in the broker's persistent session

@@ -9,8 +9,10 @@
 //! - Within a source a tag names one point of one origin (a map's field, a Sparkplug map's node
 //!   or device metrics, unlisted data): a reading whose tag is another origin's point is refused
 //!   ([`Reason::TagConflict`]), never stored under the other point's label.
-//! - A source holds at most `max_points` points met at run time ([`Reason::PointLimit`]): a
-//!   publisher inventing topics cannot grow memory without bound.
+//! - A source holds at most `max_points` listed points met at run time ([`Reason::PointLimit`])
+//!   and, apart from them, `max_unlisted_points` unlisted ones ([`Reason::UnlistedPointLimit`]):
+//!   a publisher inventing topics cannot grow memory without bound, and one inventing unlisted
+//!   topics cannot use up the points of listed maps (a new machine on a templated map).
 //! - Ids of points met at run time follow the table's and the groups' ids, from one counter
 //!   shared by every source: the summary engine and the historian index points by id.
 
@@ -89,16 +91,20 @@ pub(crate) struct Points {
     slots: Vec<Slot>,
     met: usize,
     max_met: usize,
+    unlisted: usize,
+    max_unlisted: usize,
 }
 
 impl Points {
-    pub(crate) fn new(registry: Arc<Registry>, max_met: usize) -> Self {
+    pub(crate) fn new(registry: Arc<Registry>, max_met: usize, max_unlisted: usize) -> Self {
         Self {
             registry,
             by_tag: HashMap::new(),
             slots: Vec::new(),
             met: 0,
             max_met,
+            unlisted: 0,
+            max_unlisted,
         }
     }
 
@@ -127,12 +133,20 @@ impl Points {
         origin: Origin,
         make: impl FnOnce(u32) -> Arc<PointMeta>,
     ) -> Result<usize, Reason> {
-        if self.met >= self.max_met {
+        let unlisted = origin == Origin::Unlisted;
+        if unlisted && self.unlisted >= self.max_unlisted {
+            return Err(Reason::UnlistedPointLimit);
+        }
+        if !unlisted && self.met >= self.max_met {
             return Err(Reason::PointLimit);
         }
         let id = self.registry.claim(tag)?;
+        if unlisted {
+            self.unlisted += 1;
+        } else {
+            self.met += 1;
+        }
         let meta = make(id);
-        self.met += 1;
         Ok(self.push(meta.tag().clone(), Label::pin(&meta), origin))
     }
 
@@ -155,10 +169,10 @@ impl Points {
         &mut self.slots[i]
     }
 
-    /// Points met at run time so far.
+    /// Points met at run time so far: listed, unlisted.
     #[cfg(test)]
-    pub(crate) fn met(&self) -> usize {
-        self.met
+    pub(crate) fn met(&self) -> (usize, usize) {
+        (self.met, self.unlisted)
     }
 }
 
@@ -173,8 +187,8 @@ mod tests {
     #[test]
     fn a_tag_is_taken_once_across_sources_and_never_from_the_table() {
         let registry = Arc::new(Registry::new(["modbus.tag".into()], 10));
-        let mut a = Points::new(registry.clone(), 5);
-        let mut b = Points::new(registry, 5);
+        let mut a = Points::new(registry.clone(), 5, 5);
+        let mut b = Points::new(registry, 5, 5);
         let mut ids = Vec::new();
         let make = |tag: &str| {
             let t = tag.to_owned();
@@ -210,22 +224,34 @@ mod tests {
     }
 
     #[test]
-    fn a_source_meets_at_most_max_points() {
-        let mut p = Points::new(Arc::new(Registry::new([], 0)), 2);
-        for i in 0..2 {
-            let tag = format!("t{i}");
+    fn a_source_meets_at_most_max_points_listed_and_max_unlisted_points_apart() {
+        const LISTED: Origin = Origin::Field { map: 0, field: 0 };
+        let mut p = Points::new(Arc::new(Registry::new([], 0)), 2, 3);
+        for i in 0..3 {
+            let tag = format!("u{i}");
             p.create(&tag, U, |id| meta(id, &tag, Level::Core))
                 .expect("room");
         }
         assert_eq!(
-            p.create("t2", U, |id| meta(id, "t2", Level::Core)).err(),
+            p.create("u3", U, |id| meta(id, "u3", Level::Core)).err(),
+            Some(Reason::UnlistedPointLimit)
+        );
+        // Unlisted points used up their budget, not the listed one.
+        for i in 0..2 {
+            let tag = format!("t{i}");
+            p.create(&tag, LISTED, |id| meta(id, &tag, Level::Core))
+                .expect("room");
+        }
+        assert_eq!(
+            p.create("t2", LISTED, |id| meta(id, "t2", Level::Core))
+                .err(),
             Some(Reason::PointLimit)
         );
-        assert_eq!(p.met(), 2);
-        // Table points do not count against the limit.
+        assert_eq!(p.met(), (2, 3));
+        // Table points do not count against the limits.
         let fixed = meta(0, "fixed", Level::General);
         let i = p.fixed(&fixed, U);
         assert_eq!(p.fixed(&fixed, U), i);
-        assert_eq!(p.met(), 2);
+        assert_eq!(p.met(), (2, 3));
     }
 }

@@ -247,6 +247,21 @@ type = "number"
 }
 
 #[test]
+fn point_and_rate_bounds_of_zero_are_refused_each_by_name() {
+    let zero = with(&MQTT.replace(
+        "port = 1884",
+        "port = 1884\nmax_points = 0\nmax_unlisted_points = 0\nmax_topic_rate = 0",
+    ));
+    let i = issues(&zero);
+    for key in ["max_points", "max_unlisted_points", "max_topic_rate"] {
+        assert!(
+            has(&i, &format!("mqtt_brokers[0].{key}"), "at least 1"),
+            "{key}: {i:#?}"
+        );
+    }
+}
+
+#[test]
 fn a_text_map_reads_exactly_one_whole_payload() {
     let two = with(&MQTT.replace(
         "tag = \"meter.main.kwh\"\ntype = \"number\"",

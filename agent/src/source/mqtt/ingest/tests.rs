@@ -236,6 +236,31 @@ fn points_met_are_bounded_per_broker() {
 }
 
 #[test]
+fn a_publisher_inventing_unlisted_topics_cannot_use_up_the_listed_points() {
+    let mut r = Rig::new(&MQTT.replace(
+        "port = 1884",
+        "port = 1884\nmax_points = 3\nmax_unlisted_points = 5",
+    ));
+    // Under the catch-all `plant/#`, 50 invented topics: 5 become unlisted points.
+    for i in 0..50 {
+        r.feed(&format!("plant/junk/{i}"), "1", T0);
+    }
+    assert_eq!(r.stats.get(Reason::UnlistedPointLimit), 45);
+    // A new machine on the templated map still gets its points.
+    let out = r.feed(
+        "plant/l9/m1/telemetry",
+        r#"{"spindle": {"speed": 7}, "recipe": {"feed": 2}}"#,
+        T0,
+    );
+    assert_eq!(
+        sample(&out, "l9.m1.spindle_speed").value(),
+        &Value::Float(7.0)
+    );
+    assert_eq!(r.stats.get(Reason::PointLimit), 0);
+    assert_eq!(r.stats.points.load(std::sync::atomic::Ordering::Relaxed), 7);
+}
+
+#[test]
 fn device_time_beyond_the_skew_bound_is_replaced_by_the_arrival_time() {
     let mut r = Rig::new(MQTT);
     let out = r.feed(

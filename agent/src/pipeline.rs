@@ -239,7 +239,9 @@ fn start_mqtt(cfg: &AgentConfig, wiring: source::mqtt::Wiring) -> Vec<JoinHandle
 fn mqtt_registry(cfg: &AgentConfig) -> source::mqtt::Registry {
     let metas = cfg.points.iter().chain(&cfg.groups);
     let first_id = metas.clone().map(|p| p.id() + 1).max().unwrap_or(0);
-    source::mqtt::Registry::new(metas.map(|p| p.tag().clone()), first_id)
+    // Without an MQTT broker nobody claims a tag: no set of every table tag to keep.
+    let taken = (!cfg.mqtt.is_empty()).then(|| metas.map(|p| p.tag().clone()));
+    source::mqtt::Registry::new(taken.into_iter().flatten(), first_id)
 }
 
 /// The next poll batch, or never once every Modbus source has stopped.

@@ -891,3 +891,81 @@ category = "management"
         "a row for the family's label"
     );
 }
+
+#[test]
+fn a_templated_family_is_filed_once_per_label_its_rendered_tags_can_take() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // `line1.*` is written for rendered tags: the template text `{line}.{machine}.speed` does
+    // not match it, but `line1.m1.speed` does, and `line2.m1.speed` falls to the default.
+    let mqtt = r#"
+[[classification.rules]]
+id = "line1-is-general"
+match = "line1.*"
+level = "general"
+category = "production_operation"
+
+[[mqtt_brokers]]
+name = "floor"
+host = "10.0.0.5"
+port = 1883
+[[mqtt_maps]]
+broker = "floor"
+topic = "plant/+line/+machine/telemetry"
+unmapped_fields = "ignore"
+[[mqtt_maps.fields]]
+pointer = "/speed"
+tag = "{line}.{machine}.speed"
+type = "number"
+[[mqtt_maps.fields]]
+pointer = "/feed"
+tag = "{line}.{machine}.recipe.feed"
+type = "number"
+"#;
+    let text = toml(
+        dir.path(),
+        "Wang Fang",
+        false,
+        &format!("{mqtt}{CATALOGUE}"),
+    );
+    let cfg = from_toml_str(&text, NOW)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    let c = assemble(&cfg, None, &[], NOW).expect("catalogue");
+    let labels = |tag: &str| {
+        let mut v: Vec<(Level, String)> = c
+            .register
+            .iter()
+            .filter(|p| p.tag == tag)
+            .map(|p| (p.level, p.classified_by.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    // A topic level may hold dots: `plant/a/x.recipe.y/telemetry` renders `a.x.recipe.y.speed`,
+    // which the first rule labels core.
+    assert_eq!(
+        labels("{line}.{machine}.speed"),
+        [
+            (Level::General, "rule line1-is-general v1".to_owned()),
+            (Level::Important, "unmapped/default".to_owned()),
+            (Level::Core, "rule recipes-are-core v3".to_owned()),
+        ]
+    );
+    // `*.recipe.*` comes first and matches every rendering: neither the later rule nor the
+    // default can label these.
+    assert_eq!(
+        labels("{line}.{machine}.recipe.feed"),
+        [(Level::Core, "rule recipes-are-core v3".to_owned())]
+    );
+    // The run-time labels are among the filed ones.
+    let rules = cfg.mqtt[0].rules.clone();
+    for (tag, level) in [
+        ("a.x.recipe.y.speed", Level::Core),
+        ("line1.m1.speed", Level::General),
+        ("line2.m1.speed", Level::Important),
+        ("line1.m1.recipe.feed", Level::Core),
+    ] {
+        let spec = cfg.mqtt[0].spec(tag, None, None, None, None, "", None, None);
+        assert_eq!(rules.compile(0, &spec).level(), level, "{tag}");
+    }
+}

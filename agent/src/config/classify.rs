@@ -21,6 +21,8 @@ struct CompiledRule {
     id: String,
     version: u32,
     matcher: GlobMatcher,
+    /// For the catalogue's families (`None`: a syntax the shape test does not model).
+    shape: Option<super::glob_shape::Glob>,
     level: Level,
     category: Option<Category>,
 }
@@ -158,7 +160,16 @@ impl Rules {
     /// compiled table and for points a source meets while running.
     #[allow(clippy::disallowed_methods)] // the classification compiler labels points: the one allowed caller
     pub(crate) fn compile(&self, id: u32, p: &PointSpec<'_>) -> Arc<PointMeta> {
-        let (level, category, rule_id) = self.classify(p);
+        self.meta(id, p, self.classify(p))
+    }
+
+    #[allow(clippy::disallowed_methods)] // the classification compiler labels points: the one allowed caller
+    fn meta(
+        &self,
+        id: u32,
+        p: &PointSpec<'_>,
+        (level, category, rule_id): (Level, Category, Arc<str>),
+    ) -> Arc<PointMeta> {
         Arc::new(PointMeta::compile(PointFields {
             id,
             tag: p.tag.into(),
@@ -176,10 +187,57 @@ impl Rules {
         }))
     }
 
+    /// Every label a family of points (an MQTT map's templated tag, a catch-all subscription)
+    /// can take, with `p.tag` the family's name and `shape` the tags it renders: one per pattern
+    /// rule that may be the first to match a rendering, and the one without a rule unless a rule
+    /// surely matches them all. Never misses a label its points can take (see `glob_shape`).
+    pub(crate) fn compile_family(
+        &self,
+        p: &PointSpec<'_>,
+        shape: &super::glob_shape::Shape,
+    ) -> Vec<Arc<PointMeta>> {
+        let mut firsts = Vec::new();
+        let mut covered = false;
+        for r in &self.patterns {
+            if r.shape.as_ref().is_some_and(|g| !g.intersects(shape)) {
+                continue;
+            }
+            firsts.push(Some(r));
+            if r.shape.as_ref().is_some_and(|g| g.covers(shape)) {
+                covered = true;
+                break;
+            }
+        }
+        if !covered {
+            firsts.push(None);
+        }
+        let mut out: Vec<Arc<PointMeta>> = Vec::new();
+        for rule in firsts {
+            let (level, category, rule_id) = self.classify_with(p, rule);
+            // An explicit level with the same category whatever the rule: one label.
+            if out.iter().any(|m| {
+                m.level() == level && m.category() == category && **m.rule_id() == *rule_id
+            }) {
+                continue;
+            }
+            out.push(self.meta(u32::MAX, p, (level, category, rule_id)));
+        }
+        out
+    }
+
     /// Level, category and the id of the rule that decided them, in precedence order.
     fn classify(&self, p: &PointSpec<'_>) -> (Level, Category, Arc<str>) {
-        let c = &self.settings;
         let rule = self.patterns.iter().find(|r| r.matcher.is_match(p.tag));
+        self.classify_with(p, rule)
+    }
+
+    /// [`Rules::classify`] with `rule` as the first pattern rule matching the tag.
+    fn classify_with(
+        &self,
+        p: &PointSpec<'_>,
+        rule: Option<&CompiledRule>,
+    ) -> (Level, Category, Arc<str>) {
+        let c = &self.settings;
         let fallback_category = rule
             .and_then(|r| r.category)
             .or(p.device_category)
@@ -238,6 +296,7 @@ fn compile_rules(rules: &[RawRule], out: &mut Collector) -> Vec<CompiledRule> {
                 id: r.id.clone(),
                 version: r.version,
                 matcher: g.compile_matcher(),
+                shape: super::glob_shape::Glob::parse(&r.pattern),
                 level: r.level,
                 category: r.category,
             }),

@@ -10,6 +10,7 @@
 
 pub(crate) mod classify;
 pub(crate) mod derived;
+pub(crate) mod glob_shape;
 pub(crate) mod issues;
 pub(crate) mod load;
 pub(crate) mod raw;

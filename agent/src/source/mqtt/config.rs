@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use super::filter::{self, Filter, Template};
 use crate::config::classify::{Classifier, PointSpec, Rules};
+use crate::config::glob_shape::Shape;
 use crate::config::issues::{is_topic_safe, Collector, ConfigIssue};
 use crate::config::raw::RawTls;
 use crate::config::runtime::{Destination, Gateway, TlsSettings};
@@ -277,23 +278,46 @@ impl MqttSource {
     /// Subscriptions that can bring data no one listed (for `check`), with why.
     pub fn unmapped_sources(&self) -> Vec<String> {
         let mut v: Vec<String> = self
+            .unmapped_families()
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
+        // A Sparkplug map's node and device templates are one source of unmapped data.
+        v.dedup();
+        v
+    }
+
+    /// [`MqttSource::unmapped_sources`], each with the tags its data is stored under.
+    fn unmapped_families(&self) -> Vec<(String, Shape)> {
+        let mut v: Vec<(String, Shape)> = self
             .catch_all
             .iter()
-            .map(|f| format!("{} (catch-all subscription)", f.text()))
+            .map(|f| {
+                (
+                    format!("{} (catch-all subscription)", f.text()),
+                    // `<topic>` or, for JSON, `<topic>#<pointer>`.
+                    Shape::of_filter(f.text()).then("", true),
+                )
+            })
             .collect();
         for m in &self.maps {
             match m.format {
                 Format::Json if m.unmapped == Unmapped::Store => {
-                    v.push(format!(
-                        "{} (JSON fields the map does not list)",
-                        m.filter.text()
+                    v.push((
+                        format!("{} (JSON fields the map does not list)", m.filter.text()),
+                        Shape::of_filter(m.filter.text()).then("#/", true),
                     ));
                 }
                 Format::SparkplugB if !m.covers_every_metric() => {
-                    v.push(format!(
+                    let what = format!(
                         "{} (Sparkplug metrics no `metrics` entry labels)",
                         m.filter.text()
-                    ));
+                    );
+                    if let Some(sp) = &m.sparkplug {
+                        for t in sp.templates() {
+                            v.push((what.clone(), t.shape()));
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -393,33 +417,33 @@ impl MqttSource {
                     f.unit.as_deref(),
                     f.value_scale(),
                 );
-                out.push(self.rules.compile(u32::MAX, &spec));
+                out.extend(self.rules.compile_family(&spec, &f.tag.shape()));
             }
             if let Some(sp) = &m.sparkplug {
                 for r in sp.metrics.iter().filter(|r| !r.ignore) {
-                    let tag = format!("{} ({})", sp.tag.text(), r.glob);
                     let address = format!("{} metrics {}", m.filter.text(), r.glob);
-                    let spec = self.spec(
-                        &tag,
-                        r.level,
-                        r.category,
-                        None,
-                        None,
-                        &address,
-                        r.unit.as_deref(),
-                        None,
-                    );
-                    out.push(self.rules.compile(u32::MAX, &spec));
+                    for t in sp.templates() {
+                        let tag = format!("{} ({})", t.text(), r.glob);
+                        let spec = self.spec(
+                            &tag,
+                            r.level,
+                            r.category,
+                            None,
+                            None,
+                            &address,
+                            r.unit.as_deref(),
+                            None,
+                        );
+                        out.extend(self.rules.compile_family(&spec, &t.shape()));
+                    }
                 }
             }
         }
-        for u in self.unmapped_sources() {
+        // Data no map lists: labelled by the pattern rules that can match its tags, or the
+        // default (unmapped data proper).
+        for (u, shape) in self.unmapped_families() {
             let spec = self.spec(&u, None, None, None, None, &u, None, None);
-            let meta = self.rules.compile(u32::MAX, &spec);
-            // Only what the rules leave to the default is unmapped data.
-            if &**meta.rule_id() == crate::config::classify::UNMAPPED_RULE_ID {
-                out.push(meta);
-            }
+            out.extend(self.rules.compile_family(&spec, &shape));
         }
         out
     }
@@ -513,7 +537,7 @@ impl MqttSource {
     }
 
     #[allow(clippy::too_many_arguments)] // a point spec, field by field
-    fn spec<'a>(
+    pub(crate) fn spec<'a>(
         &'a self,
         tag: &'a str,
         level: Option<Level>,
@@ -614,6 +638,12 @@ pub(crate) struct MetricSpec<'a> {
 }
 
 impl SparkplugMap {
+    /// The device metrics' tag template and, when it differs, the node metrics'.
+    pub(crate) fn templates(&self) -> impl Iterator<Item = &Template> {
+        let node = (self.node_tag.text() != self.tag.text()).then_some(&self.node_tag);
+        std::iter::once(&self.tag).chain(node)
+    }
+
     /// The entry for `metric` of `device` (a node metric: `device` is `None`), matched on
     /// `device/metric` or `metric`.
     pub(crate) fn metric(&self, device: Option<&str>, metric: &str) -> MetricSpec<'_> {

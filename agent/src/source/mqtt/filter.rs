@@ -256,6 +256,14 @@ impl Template {
         &self.text
     }
 
+    /// The tags it renders, each variable standing for any text (the catalogue's families).
+    pub(crate) fn shape(&self) -> crate::config::glob_shape::Shape {
+        crate::config::glob_shape::Shape::from_parts(self.parts.iter().map(|p| match p {
+            Part::Literal(s) => Some(s.as_str()),
+            Part::Var(_) => None,
+        }))
+    }
+
     /// Whether the template names no variable: every match renders the same tag.
     pub(crate) fn is_fixed(&self) -> bool {
         self.parts.iter().all(|p| matches!(p, Part::Literal(_)))

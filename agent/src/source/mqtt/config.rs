@@ -729,6 +729,8 @@ pub(crate) fn build(
         }
         sources.push(broker(&path, b, gateway, classifier, &own_topics, out));
     }
+    // (broker, map index, subscription) of every Sparkplug map.
+    let mut sparkplug = Vec::new();
     for (i, m) in maps.iter().enumerate() {
         let path = format!("mqtt_maps[{i}]");
         let Some(&b) = names.get(&m.broker) else {
@@ -755,9 +757,13 @@ pub(crate) fn build(
                 &own_topics,
                 out,
             );
+            if map.sparkplug.is_some() {
+                sparkplug.push((b, i, map.filter.subscription().to_owned()));
+            }
             source.maps.push(map);
         }
     }
+    overlapping_sparkplug_maps(&sparkplug, out);
     client_ids(&sources, destinations, out);
     for s in &sources {
         if s.maps.is_empty() && s.catch_all.is_empty() {
@@ -768,6 +774,21 @@ pub(crate) fn build(
         }
     }
     sources.into_iter().map(Arc::new).collect()
+}
+
+/// Warns of two Sparkplug maps of one broker whose topics overlap: a message is read by the
+/// first matching map (one decoder state per node), so the later one's names and labels never
+/// apply where the first matches.
+fn overlapping_sparkplug_maps(maps: &[(usize, usize, String)], out: &mut Collector) {
+    for (k, (b, i, first)) in maps.iter().enumerate() {
+        for (b2, j, later) in &maps[k + 1..] {
+            if b == b2 && filter::overlap(first, later) {
+                out.warn(format!(
+                    "mqtt_maps[{j}].topic: {later:?} overlaps mqtt_maps[{i}].topic {first:?} on the same broker; a Sparkplug message is read by the first map that matches it, so mqtt_maps[{j}] labels only topics mqtt_maps[{i}] does not match"
+                ));
+            }
+        }
+    }
 }
 
 fn broker(

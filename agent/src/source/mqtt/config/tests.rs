@@ -343,3 +343,30 @@ fn a_client_id_shared_with_a_destination_on_the_same_broker_or_empty_is_refused(
         "{i:#?}"
     );
 }
+
+#[test]
+fn overlapping_sparkplug_maps_on_one_broker_are_warned_about() {
+    let text = with(&format!(
+        "{MQTT}\n[[mqtt_maps]]\nbroker = \"floor\"\ntopic = \"spBv1.0/plant1/+/cell-9/#\"\nformat = \"sparkplug_b\"\n"
+    ));
+    let l = load_ok(&text);
+    let warned: Vec<&str> = l
+        .warnings
+        .iter()
+        .map(|w| w.0.as_str())
+        .filter(|w| w.contains("overlaps"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{:#?}", l.warnings);
+    assert!(
+        warned[0].starts_with("mqtt_maps[3].topic") && warned[0].contains("mqtt_maps[2]"),
+        "{warned:?}"
+    );
+    // Not overlapping: no warning.
+    let apart = with(&format!(
+        "{MQTT}\n[[mqtt_maps]]\nbroker = \"floor\"\ntopic = \"spBv1.0/plant2/#\"\nformat = \"sparkplug_b\"\n"
+    ));
+    assert!(!load_ok(&apart)
+        .warnings
+        .iter()
+        .any(|w| w.0.contains("overlaps")));
+}

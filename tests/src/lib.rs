@@ -22,6 +22,8 @@
 //! - [`footprint`]: a process's CPU, memory and bytes written from /proc, for the load tools.
 //! - [`plant`]: the simulated demo plant wired to the agent (shared by end-to-end tests and the
 //!   demo binary).
+//! - [`scripted_broker`]: a scripted MQTT broker that refuses subscriptions and drops
+//!   connections on cue (what real brokers do only with an ACL or a fault).
 //! - [`press`]: one simulated press and a broker for tests running the real binary on a
 //!   config of their own.
 //!
@@ -60,6 +62,7 @@ pub mod plant;
 pub mod press;
 pub mod proxy;
 pub mod query;
+pub mod scripted_broker;
 
 pub use broker::EmbeddedBroker;
 pub use canary::{

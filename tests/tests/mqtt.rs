@@ -430,3 +430,57 @@ fn sigterm_while_the_config_loads_exits_0_without_starting() {
         end.lines.join("\n")
     );
 }
+
+/// A broker that refuses a subscription (SUBACK failure, as an ACL does): the agent says which
+/// filter in its log and its audit trail, once while the refusal stays the same, even across
+/// reconnections, and reads the filters the broker accepted.
+#[test]
+fn a_refused_subscription_is_logged_and_audited_once_naming_its_filter() {
+    use edge_tests::scripted_broker::{Script, ScriptedBroker};
+    let dir = tempfile::tempdir().expect("tmp");
+    let upstream = EmbeddedBroker::start().expect("upstream broker");
+    let broker = ScriptedBroker::start(Script {
+        refuse: vec!["secret/#".to_owned()],
+        // The first connection ends after its SUBACK: the agent reconnects and is refused
+        // again, which is no news.
+        drop_after_suback: 1,
+        probe_topic: "plant/l1/m1/telemetry".to_owned(),
+        probe_payload: br#"{"speed": 1}"#.to_vec(),
+    })
+    .expect("scripted broker");
+    let config = agent_config(dir.path(), broker.addr(), upstream.addr());
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "max_topic_rate = 100000\n",
+        "max_topic_rate = 100000\nsubscribe = [\"secret/#\"]\n",
+    );
+    std::fs::write(&config, text).expect("config");
+
+    let agent = AgentProc::start(&config).expect("agent");
+    // The probe's PUBACK on the second connection comes after the agent read its SUBACK.
+    let seen = broker
+        .wait(WAIT, |s| s.connections >= 2 && s.probe_acks >= 1)
+        .unwrap_or_else(|s| panic!("the agent did not come back and read: {s:?}"));
+    assert_eq!(
+        seen.subscribes[0],
+        ["plant/+/+/telemetry", "secret/#"],
+        "one SUBSCRIBE with every filter"
+    );
+    let end = agent.terminate(WAIT).expect("agent stops");
+    assert!(end.status.success(), "{}", end.status);
+    let warned: Vec<&String> = end
+        .lines
+        .iter()
+        .filter(|l| l.contains("refused subscriptions"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert!(warned[0].contains("secret/#"), "{}", warned[0]);
+    let records: Vec<Json> = export_today(&config, "MqttSubscriptionRefused", false)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["filters"], serde_json::json!(["secret/#"]));
+    // The accepted filter was read: the probe is stored.
+    let stored = rows(&config, "l1.m1.speed");
+    assert!(!stored.is_empty(), "the probe was not stored");
+}

@@ -101,6 +101,14 @@ pub enum Event {
         broker: String,
         error: String,
     },
+    /// A device-side MQTT broker refused some of the agent's subscriptions (SUBACK failure,
+    /// usually its ACL): no data comes from them. Recorded when the refused set changes, not on
+    /// every reconnection.
+    MqttSubscriptionRefused {
+        source: String,
+        broker: String,
+        filters: Vec<String>,
+    },
     /// An MQTT source met a point nobody listed (a topic only a catch-all subscription brings,
     /// a JSON field no map lists, a Sparkplug metric no rule labels): it took the default level
     /// (never general) and is stored locally. Once per point, never per message.
@@ -387,6 +395,7 @@ impl Event {
             Event::PointUnmapped { .. } => "PointUnmapped",
             Event::MqttBrokerConnected { .. } => "MqttBrokerConnected",
             Event::MqttBrokerLost { .. } => "MqttBrokerLost",
+            Event::MqttSubscriptionRefused { .. } => "MqttSubscriptionRefused",
             Event::ClassificationUnmapped { .. } => "ClassificationUnmapped",
             Event::MqttInputRejected { .. } => "MqttInputRejected",
             Event::DataEgressed { .. } => "DataEgressed",

@@ -41,7 +41,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{
+    AsyncClient, Event as MqttEvent, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter,
+    SubscribeReasonCode, Transport,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -124,7 +127,7 @@ pub(crate) async fn run_source(source: Arc<MqttSource>, stats: Arc<MqttStats>, w
         first_at: None,
         backoff: Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX),
         connected: false,
-        pending_subacks: 0,
+        refused: Vec::new(),
         report: Report::new(),
     }
     .run(eventloop)
@@ -168,8 +171,9 @@ struct Driver {
     first_at: Option<Instant>,
     backoff: Backoff,
     connected: bool,
-    /// SUBACKs still expected for this connection's subscriptions.
-    pending_subacks: usize,
+    /// The filters the broker last refused (SUBACK failure), as last reported: a change is
+    /// logged and audited, the same refusal on every reconnection is not.
+    refused: Vec<String>,
     report: Report,
 }
 
@@ -231,23 +235,7 @@ impl Driver {
     fn on_event(&mut self, event: MqttEvent) {
         match event {
             MqttEvent::Incoming(Packet::ConnAck(ack)) => self.connected(ack.session_present),
-            MqttEvent::Incoming(Packet::SubAck(ack)) => {
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                {
-                    // A broker ACL refusing the filter: no data will come, say so.
-                    warn!(source = %self.source.name, "MQTT device broker refused a subscription (SUBACK failure): check the broker's ACL for the agent's user.");
-                }
-                self.pending_subacks = self.pending_subacks.saturating_sub(1);
-                if self.pending_subacks == 0 {
-                    self.ingest
-                        .stats()
-                        .subscribed
-                        .store(true, Ordering::Relaxed);
-                }
-            }
+            MqttEvent::Incoming(Packet::SubAck(ack)) => self.subscribed(&ack.return_codes),
             MqttEvent::Incoming(Packet::Publish(p)) => {
                 let arrival = now_ms();
                 self.ingest
@@ -268,18 +256,59 @@ impl Driver {
         }
     }
 
+    /// The SUBACK of this connection's one SUBSCRIBE: its codes answer the filters in order.
+    fn subscribed(&mut self, codes: &[SubscribeReasonCode]) {
+        let refused: Vec<String> = self
+            .source
+            .subscriptions()
+            .into_iter()
+            .zip(codes)
+            .filter(|(_, c)| matches!(c, SubscribeReasonCode::Failure))
+            .map(|((filter, _), _)| filter)
+            .collect();
+        self.ingest
+            .stats()
+            .subscribed
+            .store(true, Ordering::Relaxed);
+        if refused == self.refused {
+            return;
+        }
+        if refused.is_empty() {
+            info!(source = %self.source.name, "MQTT device broker now accepts every subscription.");
+        } else {
+            // A broker ACL refusing a filter: no data will come from it, say which.
+            warn!(source = %self.source.name, broker = %endpoint(&self.source), refused = ?refused, "MQTT device broker refused subscriptions (SUBACK failure): no data comes from them; check the broker's ACL for the agent's user.");
+            if let Some(audit) = &self.wiring.audit {
+                audit.record(Event::MqttSubscriptionRefused {
+                    source: self.source.name.to_string(),
+                    broker: endpoint(&self.source),
+                    filters: refused.clone(),
+                });
+            }
+        }
+        self.refused = refused;
+    }
+
     fn connected(&mut self, session_present: bool) {
         self.backoff.reset();
-        let subscriptions = self.source.subscriptions();
-        self.pending_subacks = subscriptions.len();
-        for (filter, qos) in subscriptions {
-            let qos = if qos == 0 {
-                QoS::AtMostOnce
-            } else {
-                QoS::AtLeastOnce
-            };
-            if let Err(e) = self.client.try_subscribe(filter.clone(), qos) {
-                warn!(source = %self.source.name, filter = %filter, error = %e, "MQTT subscription not sent; it is made again on the next connection.");
+        // One SUBSCRIBE for every filter: its SUBACK answers them in order, so a refusal names
+        // its filter whatever packet ids this or an earlier connection used.
+        let filters: Vec<SubscribeFilter> = self
+            .source
+            .subscriptions()
+            .into_iter()
+            .map(|(filter, qos)| {
+                let qos = if qos == 0 {
+                    QoS::AtMostOnce
+                } else {
+                    QoS::AtLeastOnce
+                };
+                SubscribeFilter::new(filter, qos)
+            })
+            .collect();
+        if !filters.is_empty() {
+            if let Err(e) = self.client.try_subscribe_many(filters) {
+                warn!(source = %self.source.name, error = %e, "MQTT subscriptions not sent; they are made again on the next connection.");
             }
         }
         if !self.connected {

@@ -373,6 +373,66 @@ fn pushed_batches_take_at_most_half_the_queue_and_polled_ones_keep_the_rest() {
 }
 
 #[test]
+fn points_met_at_run_time_are_stored_under_their_own_tags_whatever_their_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    let pts = three_points();
+    let st = stats();
+    let h = spawn(&settings(&path), &pts, st.clone()).expect("spawn");
+    // Ids after the table's, as MQTT sources give them; then another meta under an id already
+    // seen (never made by the registry, but the index must not take it for the first).
+    let m1 = point(
+        3,
+        "line1.m1.speed",
+        Level::General,
+        Category::ProductionOperation,
+    );
+    let m2 = point(
+        4,
+        "line1.m2.speed",
+        Level::Important,
+        Category::ProductionOperation,
+    );
+    let other = point(
+        3,
+        "line9.m9.speed",
+        Level::Core,
+        Category::ProductionOperation,
+    );
+    for ts in 0..3 {
+        h.offer(vec![
+            sample(&m1, ts, Value::Int(ts)),
+            sample(&m2, ts, Value::Int(10 + ts)),
+        ]);
+    }
+    h.offer(vec![sample(&other, 5, Value::Int(99))]);
+    h.offer(vec![sample(&m1, 6, Value::Int(6))]);
+    h.close().expect("close");
+    let r = open_reader(&path).expect("reader");
+    let values = |tag: &str| -> Vec<(i64, Option<Value>, Level)> {
+        r.samples_for_tag(tag, 10)
+            .expect("read")
+            .into_iter()
+            .map(|s| (s.ts_ms, s.value, s.level))
+            .collect()
+    };
+    assert_eq!(
+        values("line1.m1.speed"),
+        [
+            (0, Some(Value::Int(0)), Level::General),
+            (1, Some(Value::Int(1)), Level::General),
+            (2, Some(Value::Int(2)), Level::General),
+            (6, Some(Value::Int(6)), Level::General)
+        ]
+    );
+    assert_eq!(values("line1.m2.speed").len(), 3);
+    assert_eq!(
+        values("line9.m9.speed"),
+        [(5, Some(Value::Int(99)), Level::Core)]
+    );
+}
+
+#[test]
 fn close_drains_and_commits_everything_offered() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db_in(&dir);

@@ -112,12 +112,27 @@ pub(crate) struct Historian {
 struct PointIds {
     /// The table's metas (held, so that no other meta can take their address) and store ids.
     known: Vec<Option<(Arc<PointMeta>, u32)>>,
-    /// Points met at run time that were not in the table given to `spawn` (none today: sources
-    /// only emit table points). Upserted on first sight.
+    /// Points met at run time (MQTT templated, unlisted and Sparkplug points), by tag: upserted
+    /// on first sight.
     extra: HashMap<Arc<str>, u32>,
+    /// The same points by id (theirs follow the table's, dense): pinned meta and store id, so a
+    /// sample of one costs an index and an address compare, not a tag hash.
+    met: Vec<Option<(&'static PointMeta, u32)>>,
 }
 
+/// Ids beyond the table indexed in `PointIds::met` (16 B each): far above the points sources
+/// may meet (`max_points` + `max_unlisted_points` per broker); beyond it, by tag.
+const MAX_MET_INDEX: usize = 1 << 20;
+
 impl PointIds {
+    fn new(known: Vec<Option<(Arc<PointMeta>, u32)>>) -> Self {
+        Self {
+            known,
+            extra: HashMap::new(),
+            met: Vec::new(),
+        }
+    }
+
     fn get(&mut self, conn: &Connection, t: &Tagged) -> rusqlite::Result<u32> {
         // The sample's own copy of the id, and an address compare: the common case reads
         // nothing through the sample's meta pointer (a cache miss per sample, decision 0017).
@@ -127,11 +142,28 @@ impl PointIds {
                 return Ok(*id);
             }
         }
-        if let Some(id) = self.extra.get(meta.tag()) {
-            return Ok(*id);
+        let at = (t.point_id() as usize)
+            .checked_sub(self.known.len())
+            .filter(|&i| i < MAX_MET_INDEX);
+        if let Some(Some((met, id))) = at.and_then(|i| self.met.get(i)) {
+            // Pinned metas live for the process: an address names one point.
+            if std::ptr::eq(*met, meta) {
+                return Ok(*id);
+            }
         }
-        let id = store_id(schema::upsert_point(conn, meta)?);
-        self.extra.insert(meta.tag().clone(), id);
+        let id = if let Some(id) = self.extra.get(meta.tag()) {
+            *id
+        } else {
+            let id = store_id(schema::upsert_point(conn, meta)?);
+            self.extra.insert(meta.tag().clone(), id);
+            id
+        };
+        if let Some(i) = at {
+            if i >= self.met.len() {
+                self.met.resize(i + 1, None);
+            }
+            self.met[i] = Some((meta, id));
+        }
         Ok(id)
     }
 }
@@ -254,10 +286,7 @@ impl Historian {
         let writer = Historian {
             conn,
             path: path.clone(),
-            ids: PointIds {
-                known,
-                extra: HashMap::new(),
-            },
+            ids: PointIds::new(known),
             head,
             tail,
             committed,

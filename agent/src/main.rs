@@ -277,7 +277,9 @@ fn main() -> ExitCode {
             // Before anything slow (the config, the key, the runtime): a stop requested while
             // the agent loads must end it with exit 0, not by the signal's default action.
             let early = EarlySignals::catch();
-            let loaded = match agent_config::load(&config, now_ms()) {
+            let loaded = agent_config::load(&config, now_ms());
+            early.loaded();
+            let loaded = match loaded {
                 Ok(l) => l,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -673,7 +675,7 @@ async fn run(loaded: Loaded, stats_every: Duration, early: &EarlySignals) -> Exi
     if let Some(signal) = early.received() {
         info!(
             signal,
-            "Shutdown requested while the agent was loading; nothing was started."
+            "Shutdown requested before the agent started; nothing was started."
         );
         return ExitCode::SUCCESS;
     }
@@ -713,11 +715,15 @@ async fn run(loaded: Loaded, stats_every: Duration, early: &EarlySignals) -> Exi
 }
 
 /// SIGINT, SIGTERM and SIGHUP caught from the first line of `run`, before the runtime exists:
-/// until then their default action would end the agent with "killed by signal", which a
-/// supervisor or a test reads as a crash.
+/// their default action would end the agent with "killed by signal", which a supervisor or a
+/// test reads as a crash. While the config loads (which may block: a password file on a FIFO or
+/// a hung mount), one ends the agent at once with exit 0: nothing is started yet, nothing is
+/// written. After, it is remembered for `run`, which stops without starting.
 struct EarlySignals {
     #[cfg(unix)]
     last: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    #[cfg(unix)]
+    loading: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl EarlySignals {
@@ -726,20 +732,37 @@ impl EarlySignals {
         {
             use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
             let last = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let loading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
             for sig in [SIGINT, SIGTERM, SIGHUP] {
                 // Only fails for a forbidden signal (SIGKILL, SIGSTOP): none of these.
-                if let Err(e) = signal_hook::flag::register_usize(
+                let registered = signal_hook::flag::register_conditional_shutdown(
                     sig,
-                    std::sync::Arc::clone(&last),
-                    usize::try_from(sig).unwrap_or(usize::MAX),
-                ) {
+                    0,
+                    std::sync::Arc::clone(&loading),
+                )
+                .and_then(|_| {
+                    signal_hook::flag::register_usize(
+                        sig,
+                        std::sync::Arc::clone(&last),
+                        usize::try_from(sig).unwrap_or(usize::MAX),
+                    )
+                });
+                if let Err(e) = registered {
                     warn!(signal = sig, error = %e, "Cannot catch a stop signal while loading.");
                 }
             }
-            Self { last }
+            Self { last, loading }
         }
         #[cfg(not(unix))]
         Self {}
+    }
+
+    /// The config is loaded: from now on a stop signal is remembered for `run`, not obeyed at
+    /// once (the audit trail may be written).
+    fn loaded(&self) {
+        #[cfg(unix)]
+        self.loading
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The stop signal received so far, if any.

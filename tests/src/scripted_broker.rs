@@ -2,10 +2,10 @@
 //! subscriptions (SUBACK failure, as an ACL does) and drop connections on cue.
 //!
 //! It serves one client at a time on a free `127.0.0.1` port: CONNACK, SUBACK (refusing the
-//! filters it was told to), PINGRESP; after a SUBACK it either closes the connection (the first
-//! `drop_after_suback` connections) or publishes one `QoS` 1 message on `probe_topic` and
-//! records its PUBACK. A PUBACK for a message sent after the SUBACK proves the client has read
-//! that SUBACK: packets are handled in order.
+//! filters it was told to), PINGRESP. After each SUBACK it publishes one `QoS` 1 message on
+//! `probe_topic` and records its PUBACK: a PUBACK for a message sent after the SUBACK proves the
+//! client has read that SUBACK (packets are handled in order). The first `drop_after_probe`
+//! connections are then closed.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -34,7 +34,7 @@ pub struct Seen {
 #[derive(Debug, Clone)]
 pub struct Script {
     pub refuse: Vec<String>,
-    pub drop_after_suback: usize,
+    pub drop_after_probe: usize,
     pub probe_topic: String,
     pub probe_payload: Vec<u8>,
 }
@@ -61,7 +61,7 @@ impl ScriptedBroker {
                     s.connections
                 };
                 // A broken client connection ends only that connection.
-                let _ = serve(stream, &script, n <= script.drop_after_suback, &shared);
+                let _ = serve(stream, &script, n <= script.drop_after_probe, &shared);
             }
         });
         Ok(ScriptedBroker {
@@ -103,7 +103,7 @@ impl ScriptedBroker {
 fn serve(
     mut stream: TcpStream,
     script: &Script,
-    drop_after_suback: bool,
+    drop_after_probe: bool,
     seen: &Mutex<Seen>,
 ) -> anyhow::Result<()> {
     let codec = |e: MqttError| anyhow::anyhow!("MQTT packet: {e:?}");
@@ -150,10 +150,6 @@ fn serve(
                 Packet::SubAck(SubAck::new(sub.pkid, codes))
                     .write(&mut out, MAX_PACKET)
                     .map_err(codec)?;
-                if drop_after_suback {
-                    stream.write_all(&out)?;
-                    return Ok(());
-                }
                 let mut probe = Publish::new(
                     script.probe_topic.clone(),
                     QoS::AtLeastOnce,
@@ -168,6 +164,9 @@ fn serve(
                 seen.lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .probe_acks += 1;
+                if drop_after_probe {
+                    return Ok(());
+                }
             }
             Packet::PingReq => {
                 Packet::PingResp

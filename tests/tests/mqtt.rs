@@ -372,9 +372,10 @@ fn a_storm_of_garbage_on_one_topic_loses_nothing_on_another_and_is_counted_by_re
 }
 
 /// A stop requested while the agent is still loading its config (here: blocked reading a
-/// password from a FIFO, as a secrets helper would hand it) ends the agent with exit 0 once the
-/// load completes, without starting anything, instead of killing it by the signal's default
-/// action, which a supervisor counts as a crash.
+/// password from a FIFO nobody writes, as a hung secrets helper or mount would leave it) ends
+/// the agent at once with exit 0, without starting anything, instead of killing it by the
+/// signal's default action (which a supervisor counts as a crash) or leaving it hung until the
+/// supervisor's SIGKILL.
 #[test]
 fn sigterm_while_the_config_loads_exits_0_without_starting() {
     const SIGTERM: u32 = 15;
@@ -398,7 +399,8 @@ fn sigterm_while_the_config_loads_exits_0_without_starting() {
     std::fs::write(&config, text).expect("config");
 
     let mut agent = AgentProc::start(&config).expect("agent");
-    // The agent blocks opening the FIFO until a writer comes; it must catch SIGTERM before.
+    // The agent blocks opening the FIFO until a writer comes (none will); it must catch
+    // SIGTERM before.
     agent
         .wait_catches(SIGTERM, WAIT)
         .expect("the agent catches SIGTERM while its config loads");
@@ -407,11 +409,6 @@ fn sigterm_while_the_config_loads_exits_0_without_starting() {
         .status()
         .expect("kill");
     assert!(kill.success());
-    // Now hand over the password: the load completes and the agent sees the stop.
-    // From a thread: opening a FIFO blocks until the reader is there, and the exit wait below
-    // is what bounds the test if the agent never reads it.
-    let writer = fifo.clone();
-    std::thread::spawn(move || std::fs::write(writer, "secret\n"));
     let end = agent.wait_exit(WAIT).expect("the agent exits");
     assert!(
         end.status.success(),
@@ -420,12 +417,7 @@ fn sigterm_while_the_config_loads_exits_0_without_starting() {
         end.lines.join("\n")
     );
     assert!(
-        end.logged("Shutdown requested while the agent was loading"),
-        "log:\n{}",
-        end.lines.join("\n")
-    );
-    assert!(
-        !end.logged("Historian opened") && !dir.path().join("historian.db").exists(),
+        !dir.path().join("historian.db").exists(),
         "the agent started its pipeline after the stop; log:\n{}",
         end.lines.join("\n")
     );
@@ -441,9 +433,9 @@ fn a_refused_subscription_is_logged_and_audited_once_naming_its_filter() {
     let upstream = EmbeddedBroker::start().expect("upstream broker");
     let broker = ScriptedBroker::start(Script {
         refuse: vec!["secret/#".to_owned()],
-        // The first connection ends after its SUBACK: the agent reconnects and is refused
-        // again, which is no news.
-        drop_after_suback: 1,
+        // The first connection ends once its SUBACK was read: the agent reconnects and is
+        // refused again, which is no news.
+        drop_after_probe: 1,
         probe_topic: "plant/l1/m1/telemetry".to_owned(),
         probe_payload: br#"{"speed": 1}"#.to_vec(),
     })
@@ -456,9 +448,10 @@ fn a_refused_subscription_is_logged_and_audited_once_naming_its_filter() {
     std::fs::write(&config, text).expect("config");
 
     let agent = AgentProc::start(&config).expect("agent");
-    // The probe's PUBACK on the second connection comes after the agent read its SUBACK.
+    // A probe's PUBACK comes after the agent read that connection's SUBACK: two of them, both
+    // refusals were read.
     let seen = broker
-        .wait(WAIT, |s| s.connections >= 2 && s.probe_acks >= 1)
+        .wait(WAIT, |s| s.connections >= 2 && s.probe_acks >= 2)
         .unwrap_or_else(|s| panic!("the agent did not come back and read: {s:?}"));
     assert_eq!(
         seen.subscribes[0],

@@ -125,6 +125,13 @@ struct PointIds {
 const MAX_MET_INDEX: usize = 1 << 20;
 
 impl PointIds {
+    /// Forgets the store ids of points met at run time (a failed commit may have rolled their
+    /// rows back): they are looked up or upserted again at their next sample.
+    fn forget_met(&mut self) {
+        self.extra.clear();
+        self.met.clear();
+    }
+
     fn new(known: Vec<Option<(Arc<PointMeta>, u32)>>) -> Self {
         Self {
             known,
@@ -341,6 +348,7 @@ impl Historian {
             stats,
             dropped_batches: AtomicU64::new(0),
             pushed_queued: Arc::new(AtomicUsize::new(0)),
+            // With a one-batch queue there is no half to keep: the slot is shared.
             pushed_limit: (settings.queue_batches / 2).max(1),
         })
     }
@@ -625,7 +633,7 @@ impl Historian {
                 self.stats
                     .store_commit_failing
                     .store(true, std::sync::atomic::Ordering::Relaxed);
-                self.ids.extra.clear();
+                self.ids.forget_met();
                 self.last_error = Some(source.to_string());
                 let mut waiting = LevelCounts::default();
                 for c in self.head.sealed() {

@@ -181,7 +181,8 @@ impl Reason {
 pub struct MqttStats {
     pub name: Arc<str>,
     pub connected: AtomicBool,
-    /// Every subscription of the current connection is acknowledged (SUBACK).
+    /// The broker answered the current connection's subscriptions (SUBACK), accepting or
+    /// refusing each (refusals are logged and audited as `MqttSubscriptionRefused`).
     pub subscribed: AtomicBool,
     /// Messages received (before any check).
     pub messages: AtomicU64,

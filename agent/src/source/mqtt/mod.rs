@@ -258,9 +258,12 @@ impl Driver {
 
     /// The SUBACK of this connection's one SUBSCRIBE: its codes answer the filters in order.
     fn subscribed(&mut self, codes: &[SubscribeReasonCode]) {
-        let refused: Vec<String> = self
-            .source
-            .subscriptions()
+        let filters = self.source.subscriptions();
+        if codes.len() != filters.len() {
+            // A broker's protocol error: the codes cannot be matched to the filters.
+            warn!(source = %self.source.name, filters = filters.len(), codes = codes.len(), "MQTT device broker answered a different number of subscriptions than were made; which were refused is not known.");
+        }
+        let refused: Vec<String> = filters
             .into_iter()
             .zip(codes)
             .filter(|(_, c)| matches!(c, SubscribeReasonCode::Failure))

@@ -825,6 +825,16 @@ fn destroying_important_data_makes_the_filing_due_once_naming_what_went() {
     );
 }
 
+/// The base config with `mqtt` (brokers, maps, extra rules) and a catalogue; its catalogue.
+fn with_mqtt(dir: &Path, mqtt: &str) -> (AgentConfig, Catalogue) {
+    let text = toml(dir, "Wang Fang", false, &format!("{mqtt}{CATALOGUE}"));
+    let cfg = from_toml_str(&text, NOW)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    let c = assemble(&cfg, None, &[], NOW).expect("catalogue");
+    (cfg, c)
+}
+
 #[test]
 fn points_mqtt_sources_meet_at_run_time_are_filed_by_the_map_that_makes_them() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -851,16 +861,7 @@ name = "*/Energy*"
 level = "important"
 category = "management"
 "#;
-    let text = toml(
-        dir.path(),
-        "Wang Fang",
-        false,
-        &format!("{mqtt}{CATALOGUE}"),
-    );
-    let cfg = from_toml_str(&text, NOW)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .config;
-    let c = assemble(&cfg, None, &[], NOW).expect("catalogue");
+    let (_, c) = with_mqtt(dir.path(), mqtt);
     let blend = c
         .register
         .iter()
@@ -921,16 +922,7 @@ pointer = "/feed"
 tag = "{line}.{machine}.recipe.feed"
 type = "number"
 "#;
-    let text = toml(
-        dir.path(),
-        "Wang Fang",
-        false,
-        &format!("{mqtt}{CATALOGUE}"),
-    );
-    let cfg = from_toml_str(&text, NOW)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .config;
-    let c = assemble(&cfg, None, &[], NOW).expect("catalogue");
+    let (cfg, c) = with_mqtt(dir.path(), mqtt);
     let labels = |tag: &str| {
         let mut v: Vec<(Level, String)> = c
             .register

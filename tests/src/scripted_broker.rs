@@ -35,6 +35,8 @@ pub struct Seen {
 pub struct Script {
     pub refuse: Vec<String>,
     pub drop_after_probe: usize,
+    /// Answer one code fewer than the SUBSCRIBE has filters (a broker's protocol error).
+    pub short_suback: bool,
     pub probe_topic: String,
     pub probe_payload: Vec<u8>,
 }
@@ -132,9 +134,11 @@ fn serve(
             }
             Packet::Subscribe(sub) => {
                 let filters: Vec<String> = sub.filters.iter().map(|f| f.path.clone()).collect();
+                let answered = sub.filters.len() - usize::from(script.short_suback);
                 let codes = sub
                     .filters
                     .iter()
+                    .take(answered)
                     .map(|f| {
                         if script.refuse.contains(&f.path) {
                             SubscribeReasonCode::Failure

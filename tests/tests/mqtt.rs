@@ -436,6 +436,7 @@ fn a_refused_subscription_is_logged_and_audited_once_naming_its_filter() {
         // The first connection ends once its SUBACK was read: the agent reconnects and is
         // refused again, which is no news.
         drop_after_probe: 1,
+        short_suback: false,
         probe_topic: "plant/l1/m1/telemetry".to_owned(),
         probe_payload: br#"{"speed": 1}"#.to_vec(),
     })
@@ -476,4 +477,38 @@ fn a_refused_subscription_is_logged_and_audited_once_naming_its_filter() {
     // The accepted filter was read: the probe is stored.
     let stored = rows(&config, "l1.m1.speed");
     assert!(!stored.is_empty(), "the probe was not stored");
+}
+
+/// A SUBACK with fewer codes than filters cannot say which filter a code answers: the agent says
+/// so instead of taking the unanswered filters as accepted in silence, and keeps reading.
+#[test]
+fn a_suback_answering_fewer_filters_than_were_made_is_warned_about() {
+    use edge_tests::scripted_broker::{Script, ScriptedBroker};
+    let dir = tempfile::tempdir().expect("tmp");
+    let upstream = EmbeddedBroker::start().expect("upstream broker");
+    let broker = ScriptedBroker::start(Script {
+        refuse: Vec::new(),
+        drop_after_probe: 0,
+        short_suback: true,
+        probe_topic: "plant/l1/m1/telemetry".to_owned(),
+        probe_payload: br#"{"speed": 1}"#.to_vec(),
+    })
+    .expect("scripted broker");
+    let config = agent_config(dir.path(), broker.addr(), upstream.addr());
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "max_topic_rate = 100000\n",
+        "max_topic_rate = 100000\nsubscribe = [\"secret/#\"]\n",
+    );
+    std::fs::write(&config, text).expect("config");
+    let agent = AgentProc::start(&config).expect("agent");
+    broker
+        .wait(WAIT, |s| s.probe_acks >= 1)
+        .unwrap_or_else(|s| panic!("the agent did not read after the SUBACK: {s:?}"));
+    let end = agent.terminate(WAIT).expect("agent stops");
+    assert!(end.status.success(), "{}", end.status);
+    assert!(
+        end.logged("answered a different number of subscriptions"),
+        "{:#?}",
+        end.lines
+    );
 }

@@ -125,3 +125,27 @@ pub fn latest(historian: &Path, tag: &str) -> anyhow::Result<serde_json::Value> 
         .pop()
         .with_context(|| format!("no stored sample of {tag}"))
 }
+
+/// `[gateway]` (id `id`, site `site`, in CN) and `[classification]` (default important; rule
+/// `recipes`: `*.recipe.*` is core R&D data) of the MQTT tests' agent configs.
+pub fn recipe_gateway(id: &str, site: &str) -> String {
+    format!(
+        r#"
+[gateway]
+id = "{id}"
+site = "{site}"
+jurisdiction = "CN"
+data_processor = "ACME"
+responsible_person = "Li Na"
+department = "IT"
+
+[classification]
+default_level = "important"
+[[classification.rules]]
+id = "recipes"
+match = "*.recipe.*"
+level = "core"
+category = "rd_design"
+"#
+    )
+}

@@ -109,23 +109,7 @@ fn device_side_config(dir: &std::path::Path, mosquitto: &Mosquitto) -> std::path
     let paths = mosquitto.pki_paths();
     let historian = dir.join("historian.db");
     let text = format!(
-        r#"
-[gateway]
-id = "gw-interop"
-site = "site-i"
-jurisdiction = "CN"
-data_processor = "ACME"
-responsible_person = "Li Na"
-department = "IT"
-
-[classification]
-default_level = "important"
-[[classification.rules]]
-id = "recipes"
-match = "*.recipe.*"
-level = "core"
-category = "rd_design"
-
+        r#"{header}
 [historian]
 path = {historian:?}
 
@@ -161,6 +145,7 @@ format = "sparkplug_b"
 name = "*"
 level = "important"
 "#,
+        header = edge_tests::query::recipe_gateway("gw-interop", "site-i"),
         historian = historian.display().to_string(),
         port = mosquitto.tls_addr().port(),
         ca = paths.ca.display().to_string(),

@@ -39,23 +39,7 @@ fn agent_config(
 ) -> PathBuf {
     let historian = dir.join("historian.db");
     let text = format!(
-        r#"
-[gateway]
-id = "gw-mqtt"
-site = "site-m"
-jurisdiction = "CN"
-data_processor = "ACME"
-responsible_person = "Li Na"
-department = "IT"
-
-[classification]
-default_level = "important"
-[[classification.rules]]
-id = "recipes"
-match = "*.recipe.*"
-level = "core"
-category = "rd_design"
-
+        r#"{header}
 [historian]
 path = {historian:?}
 
@@ -106,6 +90,7 @@ form = "summary"
 window = "1s"
 stats = ["count", "mean", "max"]
 "#,
+        header = edge_tests::query::recipe_gateway("gw-mqtt", "site-m"),
         historian = historian.display().to_string(),
         device_port = device.port(),
         up_port = upstream.port(),

@@ -305,12 +305,7 @@ impl Ingest {
             return;
         };
         let (value, quality) = if let Ok(v) = read {
-            if let Value::Text(t) = &v {
-                if t.len() == super::config::MAX_TEXT_BYTES {
-                    self.stats.count(Reason::TextCut, 1);
-                }
-            }
-            (v, Quality::Good)
+            (self.cut_text(v), Quality::Good)
         } else {
             self.stats.count(Reason::WrongType, 1);
             let last = self.points.slot(slot).last.clone();
@@ -323,6 +318,17 @@ impl Ingest {
             .from_json
             .add(self.points.slot(slot).label.level, 1);
         self.stamp(slot, value, quality, ts, &mut out.live);
+    }
+
+    /// A text value longer than `MAX_TEXT_BYTES` cut on a character boundary, and counted.
+    fn cut_text(&self, v: Value) -> Value {
+        match &v {
+            Value::Text(t) if t.len() > super::config::MAX_TEXT_BYTES => {
+                self.stats.count(Reason::TextCut, 1);
+                Value::Text(json::cut(t).into())
+            }
+            _ => v,
+        }
     }
 
     /// The slot of a listed field's point: fixed, met before, or created now (`None`: it could
@@ -606,13 +612,7 @@ impl Ingest {
                         continue;
                     };
                     let (scale, offset) = self.points.slot(slot).scale;
-                    let mut value = scaled(value, scale, offset);
-                    if let Value::Text(t) = &value {
-                        if t.len() > super::config::MAX_TEXT_BYTES {
-                            self.stats.count(Reason::TextCut, 1);
-                            value = Value::Text(json::cut(t).into());
-                        }
-                    }
+                    let value = self.cut_text(scaled(value, scale, offset));
                     // A device clock far off would move the point's summary windows: as for
                     // JSON, beyond `max_skew` the arrival time stands in (historical values
                     // are old by nature: only a time in the future is refused for them).

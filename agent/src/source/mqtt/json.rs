@@ -122,8 +122,9 @@ pub(crate) fn convert(v: &Json, kind: Kind, scale: f64, offset: f64) -> Result<V
             Json::Number(n) if n.as_u64() == Some(1) => Ok(Value::Bool(true)),
             _ => Err(FieldError::WrongType),
         },
+        // Uncut: the caller cuts to `MAX_TEXT_BYTES` and counts the cut (`Ingest::cut_text`).
         Kind::Text => match v {
-            Json::String(s) => Ok(Value::Text(cut(s).into())),
+            Json::String(s) => Ok(Value::Text(s.as_str().into())),
             _ => Err(FieldError::WrongType),
         },
     }
@@ -138,7 +139,7 @@ pub(crate) fn text_value(
 ) -> Result<Value, FieldError> {
     let t = payload.trim();
     match kind {
-        Kind::Text => Ok(Value::Text(cut(t).into())),
+        Kind::Text => Ok(Value::Text(t.into())),
         Kind::Bool => match t {
             "true" | "1" | "on" | "ON" | "TRUE" => Ok(Value::Bool(true)),
             "false" | "0" | "off" | "OFF" | "FALSE" => Ok(Value::Bool(false)),

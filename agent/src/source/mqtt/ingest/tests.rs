@@ -627,3 +627,27 @@ ignore = true
             .any(|(reject, n)| reject.as_str() == "unsupported_int32_array" && n == 1));
     }
 }
+
+#[test]
+fn a_text_is_counted_cut_exactly_when_it_was_longer_than_the_limit() {
+    let max = crate::source::mqtt::config::MAX_TEXT_BYTES;
+    let mut r = Rig::new(&MQTT.replace(
+        "tag = \"meter.main.kwh\"\ntype = \"number\"",
+        "tag = \"meter.main.kwh\"\ntype = \"text\"",
+    ));
+    // Exactly the limit: stored whole, not a cut.
+    let out = r.feed("meters/main/kwh", &"a".repeat(max), T0);
+    assert_eq!(
+        sample(&out, "meter.main.kwh").value(),
+        &Value::Text("a".repeat(max).into())
+    );
+    assert_eq!(r.stats.get(Reason::TextCut), 0);
+    // Longer, with the limit inside a two-byte character: cut below the limit, and counted.
+    let long = format!("{}éé", "a".repeat(max - 1));
+    let out = r.feed("meters/main/kwh", &long, T0);
+    assert_eq!(
+        sample(&out, "meter.main.kwh").value(),
+        &Value::Text("a".repeat(max - 1).into())
+    );
+    assert_eq!(r.stats.get(Reason::TextCut), 1);
+}

@@ -369,6 +369,23 @@ impl Decoder {
         self.groups.get_mut(msg.group)?.get_mut(msg.node)
     }
 
+    /// `msg`'s born node with `p`'s sequence number checked (a gap marks it stale); `None`,
+    /// counted as [`Reject::NoBirth`], when the node was not born this session.
+    fn sequenced(
+        &mut self,
+        msg: Msg<'_>,
+        p: &Payload,
+        out: &mut Vec<Event>,
+        o: &mut Outcome,
+    ) -> Option<&mut Node> {
+        let Some(node) = self.node_mut(msg) else {
+            o.add(Reject::NoBirth);
+            return None;
+        };
+        node.check_seq(p.seq, msg.arrival_ms, out, o);
+        Some(node)
+    }
+
     /// Ends `msg`'s node's session, if it has one, announcing it stale from `ts_ms`.
     fn end_node(&mut self, msg: Msg<'_>, ts_ms: i64, cause: StaleCause, out: &mut Vec<Event>) {
         let Some(nodes) = self.groups.get_mut(msg.group) else {
@@ -434,11 +451,9 @@ impl Decoder {
     }
 
     fn node_data(&mut self, msg: Msg<'_>, p: &Payload, out: &mut Vec<Event>, o: &mut Outcome) {
-        let Some(node) = self.node_mut(msg) else {
-            o.add(Reject::NoBirth);
+        let Some(node) = self.sequenced(msg, p, out, o) else {
             return;
         };
-        node.check_seq(p.seq, msg.arrival_ms, out, o);
         let Node {
             group,
             name,
@@ -477,11 +492,9 @@ impl Decoder {
         o: &mut Outcome,
     ) {
         let limits = self.limits;
-        let Some(node) = self.node_mut(msg) else {
-            o.add(Reject::NoBirth);
+        let Some(node) = self.sequenced(msg, p, out, o) else {
             return;
         };
-        node.check_seq(p.seq, msg.arrival_ms, out, o);
         let ts_ms = publish_time(p, msg.arrival_ms);
         let name = node
             .end_device(device, ts_ms, StaleCause::Rebirth, out)
@@ -512,11 +525,9 @@ impl Decoder {
         out: &mut Vec<Event>,
         o: &mut Outcome,
     ) {
-        let Some(node) = self.node_mut(msg) else {
-            o.add(Reject::NoBirth);
+        let Some(node) = self.sequenced(msg, p, out, o) else {
             return;
         };
-        node.check_seq(p.seq, msg.arrival_ms, out, o);
         let Node {
             group,
             name,
@@ -546,11 +557,9 @@ impl Decoder {
         out: &mut Vec<Event>,
         o: &mut Outcome,
     ) {
-        let Some(node) = self.node_mut(msg) else {
-            o.add(Reject::NoBirth);
+        let Some(node) = self.sequenced(msg, p, out, o) else {
             return;
         };
-        node.check_seq(p.seq, msg.arrival_ms, out, o);
         let ts_ms = publish_time(p, msg.arrival_ms);
         if node
             .end_device(device, ts_ms, StaleCause::DeviceDeath, out)

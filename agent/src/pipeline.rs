@@ -244,18 +244,9 @@ fn mqtt_registry(cfg: &AgentConfig) -> source::mqtt::Registry {
     source::mqtt::Registry::new(taken.into_iter().flatten(), first_id)
 }
 
-/// The next poll batch, or never once every Modbus source has stopped.
-async fn poll_batch(rx: &mut Option<mpsc::Receiver<Vec<Tagged>>>) -> Option<Vec<Tagged>> {
-    match rx {
-        Some(r) => r.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next MQTT batch, or never once every MQTT source has stopped.
-async fn mqtt_batch(
-    rx: &mut Option<mpsc::Receiver<source::mqtt::Batch>>,
-) -> Option<source::mqtt::Batch> {
+/// The next item of `rx`, or never once it is gone (its sources stopped): a stopped source
+/// must not wake the router in a loop.
+async fn recv_or_pending<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(r) => r.recv().await,
         None => std::future::pending().await,
@@ -473,11 +464,11 @@ impl Router {
             tokio::select! {
                 // Modbus first: its queue makes polling wait, an MQTT flood must not.
                 biased;
-                batch = poll_batch(&mut rx) => match batch {
+                batch = recv_or_pending(&mut rx) => match batch {
                     Some(batch) => self.on_batch(batch, historian, false),
                     None => rx = None,
                 },
-                batch = mqtt_batch(&mut mqtt_rx) => match batch {
+                batch = recv_or_pending(&mut mqtt_rx) => match batch {
                     Some(b) if b.historical => self.on_historical(b.samples, historian),
                     Some(b) => self.on_batch(b.samples, historian, true),
                     None => mqtt_rx = None,
